@@ -1,0 +1,98 @@
+//! The event log: every change, with who made it and the state before and after.
+
+use kiln_types::api::Event;
+use sqlx::{AnyConnection, Row as _};
+
+use crate::{Store, StoreError};
+
+/// What to read from the log. `projects: None` means every project (admins).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub projects: Option<Vec<String>>,
+    pub target_kind: Option<String>,
+    pub target: Option<String>,
+    /// Only events with an id greater than this.
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
+pub(crate) struct NewEvent<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target_kind: &'a str,
+    pub target: &'a str,
+    pub project: Option<&'a str>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+pub(crate) async fn record(connection: &mut AnyConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO events (at, actor, action, target_kind, target, project, state_before, state_after) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(crate::now_millis())
+    .bind(event.actor)
+    .bind(event.action)
+    .bind(event.target_kind)
+    .bind(event.target)
+    .bind(event.project)
+    .bind(event.before.map(|value| value.to_string()))
+    .bind(event.after.map(|value| value.to_string()))
+    .execute(connection)
+    .await
+    .map_err(StoreError::query("recording an event"))?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, at, actor, action, target_kind, target, project, state_before, state_after FROM events WHERE id > $1",
+        );
+        let mut text_binds: Vec<String> = Vec::new();
+        if let Some(kind) = &filter.target_kind {
+            text_binds.push(kind.clone());
+            sql.push_str(&format!(" AND target_kind = ${}", text_binds.len() + 1));
+        }
+        if let Some(target) = &filter.target {
+            text_binds.push(target.clone());
+            sql.push_str(&format!(" AND target = ${}", text_binds.len() + 1));
+        }
+        if let Some(projects) = &filter.projects {
+            if projects.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push_str(&format!(" AND project IN ({})", crate::placeholders(text_binds.len() + 2, projects.len())));
+            text_binds.extend(projects.iter().cloned());
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", filter.limit.clamp(1, crate::MAX_PAGE_SIZE)));
+        let mut query = sqlx::query(&sql).bind(filter.after.unwrap_or(0));
+        for value in &text_binds {
+            query = query.bind(value.as_str());
+        }
+        let mut connection = self.read().await?;
+        let rows = query.fetch_all(&mut *connection).await.map_err(StoreError::query("listing events"))?;
+        rows.iter()
+            .map(|row| {
+                let json = |column: &str| -> Result<Option<serde_json::Value>, StoreError> {
+                    let text: Option<String> = row.try_get(column).map_err(StoreError::query("reading an event"))?;
+                    text.map(|text| serde_json::from_str(&text))
+                        .transpose()
+                        .map_err(|error| StoreError::Corrupt { message: format!("event {column}: {error}") })
+                };
+                Ok(Event {
+                    id: row.try_get("id").map_err(StoreError::query("reading an event"))?,
+                    at: crate::timestamp(row.try_get("at").map_err(StoreError::query("reading an event"))?),
+                    actor: row.try_get("actor").map_err(StoreError::query("reading an event"))?,
+                    action: row.try_get("action").map_err(StoreError::query("reading an event"))?,
+                    target_kind: row.try_get("target_kind").map_err(StoreError::query("reading an event"))?,
+                    target: row.try_get("target").map_err(StoreError::query("reading an event"))?,
+                    project: row.try_get("project").map_err(StoreError::query("reading an event"))?,
+                    before: json("state_before")?,
+                    after: json("state_after")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,199 @@
+//! Kiln's store: the only crate that knows SQL.
+//!
+//! One [`Store`] type over two backends: SQLite (embedded default, WAL mode) and PostgreSQL
+//! (for several `kiln serve` replicas). Both run the same statements through sqlx's `Any`
+//! driver; where their SQL differs the migrations say so, one directory per backend. Every
+//! change is made in one transaction together with the event that records it, so a crash
+//! leaves either both or neither.
+
+mod error;
+mod events;
+mod groups;
+mod migrations;
+mod nodes;
+mod tenancy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_auth::SecretBox;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
+
+pub use error::StoreError;
+pub use events::EventFilter;
+pub use nodes::{NodeFilter, NodeSnapshot};
+pub use tenancy::TokenIdentity;
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Listings return at most this many items per page.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// A handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    secrets: SecretBox,
+    /// SQLite allows one writer at a time and a deferred transaction that later wants to
+    /// write fails with SQLITE_BUSY instead of waiting. Serialising writers in the process
+    /// avoids that; PostgreSQL needs no such gate.
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}{}:******{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating an SQLite file if
+    /// needed, and brings the schema up to date.
+    pub async fn open(url: &str, secrets: SecretBox) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl { url: redact_url(url) });
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
+        };
+        let options: AnyConnectOptions =
+            url.parse().map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 8,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // synchronous=NORMAL is durable in WAL mode except for the last
+                        // transactions before a power cut; it never corrupts the database.
+                        connection
+                            .execute(
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+                            )
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
+        let store = Store {
+            pool,
+            backend,
+            secrets,
+            write_gate: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection; waits for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.read().await?;
+        connection.ping().await.map_err(|source| StoreError::Query { operation: "ping", source })
+    }
+
+    async fn read(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, StoreError> {
+        self.pool.acquire().await.map_err(|source| StoreError::Query { operation: "acquiring a connection", source })
+    }
+
+    /// Starts a write transaction (behind the SQLite write gate).
+    async fn write(&self) -> Result<WriteTransaction, StoreError> {
+        let gate = match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
+        let transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(|source| StoreError::Query { operation: "starting a transaction", source })?;
+        Ok(WriteTransaction { transaction, _gate: gate })
+    }
+}
+
+/// A transaction that holds the SQLite write gate until it ends.
+struct WriteTransaction {
+    transaction: sqlx::Transaction<'static, sqlx::Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTransaction {
+    fn connection(&mut self) -> &mut AnyConnection {
+        &mut self.transaction
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.transaction.commit().await.map_err(|source| StoreError::Query { operation: "committing", source })
+    }
+}
+
+/// Whether a node of `project` is inside `scope`. Nodes without a project (the unallocated
+/// pool) are visible to admins only.
+pub(crate) fn nodes_visible(scope: &kiln_auth::ProjectScope, project: Option<&str>) -> bool {
+    match scope {
+        kiln_auth::ProjectScope::All => true,
+        kiln_auth::ProjectScope::Projects(projects) => project.is_some_and(|project| projects.iter().any(|p| p == project)),
+    }
+}
+
+/// Now, at the millisecond resolution the store keeps, so that what a write returns equals
+/// what a later read returns.
+pub(crate) fn now() -> jiff::Timestamp {
+    timestamp(now_millis())
+}
+
+pub(crate) fn now_millis() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+pub(crate) fn timestamp(millis: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_millisecond(millis).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// `$first, $first+1, …` for `count` values: the placeholders of an `IN (…)` list. Both
+/// SQLite and PostgreSQL accept numbered `$N` parameters.
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,293 @@
+//! The store conformance suite: every test runs against SQLite and PostgreSQL, so both
+//! backends behave the same to the rest of Kiln.
+
+use kiln_auth::{ProjectScope, SecretBox};
+use kiln_db::{NodeFilter, Store, StoreError};
+use kiln_test_utils::{BackendKind, TestDatabase};
+use kiln_types::api::ProjectRole;
+use kiln_types::discovery::parse_document;
+use kiln_types::node::{NodeChange, NodeInput, NodeSpec};
+use kiln_types::{MacAddress, ProvisionState};
+
+async fn open(kind: BackendKind) -> Option<(Store, TestDatabase)> {
+    let database = TestDatabase::new(kind).await?;
+    let store = Store::open(&database.url, SecretBox::from_key([9; 32])).await.expect("opening the store");
+    Some((store, database))
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                let (store, _database) = super::open(kiln_test_utils::BackendKind::Sqlite).await.unwrap();
+                super::$name(store).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                if let Some((store, _database)) = super::open(kiln_test_utils::BackendKind::Postgres).await {
+                    super::$name(store).await;
+                }
+            })*
+        }
+    };
+}
+
+conformance!(
+    migrations_are_idempotent,
+    nodes_round_trip_with_interfaces_groups_and_masked_password,
+    unique_names_xnames_nids_and_macs,
+    discovery_is_all_or_nothing_and_idempotent,
+    listing_filters_and_pages,
+    scopes_hide_other_projects,
+    allocation_moves_nodes_between_projects,
+    tokens_resolve_expire_and_revoke,
+    bootstrap_creates_one_admin,
+    groups_respect_project_ownership,
+    events_record_changes,
+);
+
+fn spec(yaml: &str) -> NodeSpec {
+    let input: NodeInput = serde_yaml_from(yaml);
+    NodeSpec::try_from(&input).unwrap()
+}
+
+fn serde_yaml_from<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    // The store tests need no YAML parser of their own: JSON is YAML.
+    serde_json::from_str(text).unwrap()
+}
+
+fn five_nodes() -> serde_json::Value {
+    let nodes: Vec<_> = (1..=5)
+        .map(|n| {
+            serde_json::json!({
+                "name": format!("node{n:02}"), "nid": n, "xname": format!("x1000c0s0b{}n0", n - 1),
+                "bmc_mac": format!("52:54:00:be:ee:{n:02}"), "bmc_ip": format!("172.16.0.10{n}"), "group": "compute",
+                "interfaces": [{"mac_addr": format!("52:54:00:be:ef:{n:02}"), "ip_addrs": [{"name": "management", "ip_addr": format!("172.16.0.{n}")}]}]
+            })
+        })
+        .collect();
+    serde_json::Value::Array(nodes)
+}
+
+async fn migrations_are_idempotent(store: Store) {
+    // Opening again runs the migrator again over an up-to-date schema.
+    store.create_project("t", "p", "").await.unwrap();
+    store.close().await;
+}
+
+async fn nodes_round_trip_with_interfaces_groups_and_masked_password(store: Store) {
+    let node = store
+        .create_node(
+            "test",
+            &spec(r#"{"name": "n1", "xname": "x1000c0s0b0n0", "nid": 1, "groups": ["compute", "gpu"],
+                 "interfaces": [{"mac_addr": "52:54:00:BE:EF:01", "ip_addrs": [{"name": "mgmt", "ip_addr": "10.0.0.1"}]}],
+                 "bmc": {"driver": "redfish", "address": "127.0.0.1:8000", "username": "root", "password": "calvin"},
+                 "properties": {"cpu_count": 4}}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(node.provision_state, ProvisionState::Enroll);
+    let fetched = store.get_node("x1000c0s0b0n0", &ProjectScope::All).await.unwrap();
+    assert_eq!(fetched, node);
+    assert_eq!(fetched.groups, vec!["compute", "gpu"]);
+    assert_eq!(fetched.interfaces[0].mac_addr.to_string(), "52:54:00:be:ef:01");
+    assert_eq!(fetched.properties["cpu_count"], 4);
+    let bmc = fetched.bmc.unwrap();
+    assert_eq!(bmc.password.as_deref(), Some("******"));
+    assert_eq!(store.bmc_password("n1").await.unwrap().as_deref(), Some("calvin"));
+    let serialized = serde_json::to_string(&store.get_node(&node.id, &ProjectScope::All).await.unwrap()).unwrap();
+    assert!(!serialized.contains("calvin"));
+
+    // Echoing the mask back keeps the password; a new one replaces it.
+    let keep = NodeChange::try_from(&serde_json::from_str(r#"{"bmc": {"driver": "redfish", "address": "127.0.0.1:8000", "password": "******"}}"#).unwrap()).unwrap();
+    store.update_node("test", "n1", &ProjectScope::All, &keep).await.unwrap();
+    assert_eq!(store.bmc_password("n1").await.unwrap().as_deref(), Some("calvin"));
+    let replace = NodeChange::try_from(&serde_json::from_str(r#"{"bmc": {"driver": "ipmi", "address": "127.0.0.1:623", "password": "s3cret"}}"#).unwrap()).unwrap();
+    let updated = store.update_node("test", "n1", &ProjectScope::All, &replace).await.unwrap();
+    assert_eq!(store.bmc_password("n1").await.unwrap().as_deref(), Some("s3cret"));
+    assert_eq!(updated.bmc.unwrap().username.as_deref(), Some("root"));
+
+    store.delete_node("test", "n1", &ProjectScope::All).await.unwrap();
+    assert!(matches!(store.get_node("n1", &ProjectScope::All).await, Err(StoreError::NotFound { .. })));
+    // The MAC is free again once its node is gone.
+    store.create_node("test", &spec(r#"{"name": "n2", "interfaces": [{"mac_addr": "52:54:00:be:ef:01"}]}"#)).await.unwrap();
+}
+
+async fn unique_names_xnames_nids_and_macs(store: Store) {
+    store
+        .create_node("test", &spec(r#"{"name": "a", "xname": "x1c0s0b0n0", "nid": 1, "interfaces": [{"mac_addr": "52:54:00:00:00:01"}]}"#))
+        .await
+        .unwrap();
+    let clashes = [
+        (r#"{"name": "a"}"#, "name 'a' is already used by node 'a'"),
+        (r#"{"name": "b", "xname": "x1c0s0b0n0"}"#, "xname x1c0s0b0n0 is already used by node 'a'"),
+        (r#"{"name": "b", "nid": 1}"#, "NID 1 is already used by node 'a'"),
+        (r#"{"name": "b", "interfaces": [{"mac_addr": "52:54:00:00:00:01"}]}"#, "MAC 52:54:00:00:00:01 is already used by node 'a'"),
+    ];
+    for (input, message) in clashes {
+        match store.create_node("test", &spec(input)).await {
+            Err(StoreError::Conflict { message: got }) => assert_eq!(got, message),
+            other => panic!("{input}: expected a conflict, got {other:?}"),
+        }
+    }
+    let page = store.list_nodes(&NodeFilter::new(ProjectScope::All)).await.unwrap();
+    assert_eq!(page.items.len(), 1, "a refused create must leave nothing behind");
+}
+
+async fn discovery_is_all_or_nothing_and_idempotent(store: Store) {
+    let specs = parse_document(&five_nodes()).unwrap();
+    let first = store.discover("admin", &specs).await.unwrap();
+    assert_eq!(first.created.len(), 5);
+    let events_after_first = store.list_events(&kiln_db::EventFilter { limit: 1000, ..Default::default() }).await.unwrap().len();
+    let second = store.discover("admin", &specs).await.unwrap();
+    assert_eq!((second.created.len(), second.updated.len(), second.unchanged.len()), (0, 0, 5));
+    let events_after_second = store.list_events(&kiln_db::EventFilter { limit: 1000, ..Default::default() }).await.unwrap().len();
+    assert_eq!(events_after_first, events_after_second, "an unchanged re-run records nothing");
+
+    // A change to one node updates that node only.
+    let mut changed = five_nodes();
+    changed[2]["interfaces"][0]["ip_addrs"][0]["ip_addr"] = "172.16.0.33".into();
+    let third = store.discover("admin", &parse_document(&changed).unwrap()).await.unwrap();
+    assert_eq!(third.updated, vec!["node03"]);
+
+    // A MAC that belongs to a node outside the document rejects the whole document.
+    store.create_node("admin", &spec(r#"{"name": "other", "interfaces": [{"mac_addr": "52:54:00:aa:aa:aa"}]}"#)).await.unwrap();
+    let mut clash = five_nodes();
+    clash.as_array_mut().unwrap().push(serde_json::json!({"name": "node06", "xname": "x1000c0s0b5n0", "nid": 6,
+        "interfaces": [{"mac_addr": "52:54:00:aa:aa:aa"}]}));
+    clash[0]["nid"] = 100.into();
+    match store.discover("admin", &parse_document(&clash).unwrap()).await {
+        Err(StoreError::Conflict { message }) => assert_eq!(message, "entry 6 (node06): MAC 52:54:00:aa:aa:aa is already used by node 'other'"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(store.get_node("node06", &ProjectScope::All).await.is_err());
+    assert_eq!(store.get_node("node01", &ProjectScope::All).await.unwrap().nid, Some(1), "the earlier entries were rolled back");
+}
+
+async fn listing_filters_and_pages(store: Store) {
+    store.discover("admin", &parse_document(&five_nodes()).unwrap()).await.unwrap();
+    store.create_node("admin", &spec(r#"{"name": "lone", "groups": ["storage"]}"#)).await.unwrap();
+    let all = NodeFilter::new(ProjectScope::All);
+    let names = |page: kiln_types::api::Page<kiln_types::node::Node>| page.items.into_iter().map(|n| n.name).collect::<Vec<_>>();
+    assert_eq!(names(store.list_nodes(&all).await.unwrap()), ["lone", "node01", "node02", "node03", "node04", "node05"]);
+    let compute = NodeFilter { group: Some("compute".into()), ..all.clone() };
+    assert_eq!(store.list_nodes(&compute).await.unwrap().items.len(), 5);
+    let mac: MacAddress = "52:54:00:be:ef:03".parse().unwrap();
+    assert_eq!(names(store.list_nodes(&NodeFilter { mac: Some(mac), ..all.clone() }).await.unwrap()), ["node03"]);
+    let state = NodeFilter { state: Some(ProvisionState::Active), ..all.clone() };
+    assert!(store.list_nodes(&state).await.unwrap().items.is_empty());
+    let mut page = store.list_nodes(&NodeFilter { limit: 4, ..all.clone() }).await.unwrap();
+    assert_eq!(page.items.len(), 4);
+    assert_eq!(page.next.as_deref(), Some("node03"));
+    page = store.list_nodes(&NodeFilter { limit: 4, after: page.next, ..all.clone() }).await.unwrap();
+    assert_eq!(names(page.clone()), ["node04", "node05"]);
+    assert_eq!(page.next, None);
+}
+
+async fn scopes_hide_other_projects(store: Store) {
+    store.create_project("admin", "a", "").await.unwrap();
+    store.create_project("admin", "b", "").await.unwrap();
+    store.create_node("admin", &spec(r#"{"name": "na", "project": "a"}"#)).await.unwrap();
+    store.create_node("admin", &spec(r#"{"name": "nb", "project": "b"}"#)).await.unwrap();
+    store.create_node("admin", &spec(r#"{"name": "free"}"#)).await.unwrap();
+    let scope_a = ProjectScope::Projects(vec!["a".into()]);
+    let listed = store.list_nodes(&NodeFilter::new(scope_a.clone())).await.unwrap();
+    assert_eq!(listed.items.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["na"]);
+    for key in ["nb", "free"] {
+        assert!(matches!(store.get_node(key, &scope_a).await, Err(StoreError::NotFound { .. })));
+        let change = NodeChange { role: Some("x".into()), ..Default::default() };
+        assert!(matches!(store.update_node("u", key, &scope_a, &change).await, Err(StoreError::NotFound { .. })));
+        assert!(matches!(store.delete_node("u", key, &scope_a).await, Err(StoreError::NotFound { .. })));
+    }
+    assert!(store.get_node("nb", &ProjectScope::All).await.is_ok(), "nothing was deleted");
+    let empty = ProjectScope::Projects(vec![]);
+    assert!(store.list_nodes(&NodeFilter::new(empty)).await.unwrap().items.is_empty());
+}
+
+async fn allocation_moves_nodes_between_projects(store: Store) {
+    store.create_project("admin", "a", "").await.unwrap();
+    store.create_node("admin", &spec(r#"{"name": "n1"}"#)).await.unwrap();
+    store.create_node("admin", &spec(r#"{"name": "n2"}"#)).await.unwrap();
+    let nodes = store.set_nodes_project("admin", &["n1".into(), "n2".into()], Some("a")).await.unwrap();
+    assert!(nodes.iter().all(|n| n.project.as_deref() == Some("a")));
+    assert!(matches!(store.delete_project("admin", "a").await, Err(StoreError::Conflict { .. })));
+    // All or none: an unknown node leaves the others where they were.
+    assert!(store.set_nodes_project("admin", &["n1".into(), "missing".into()], None).await.is_err());
+    assert_eq!(store.get_node("n1", &ProjectScope::All).await.unwrap().project.as_deref(), Some("a"));
+    store.set_nodes_project("admin", &["n1".into(), "n2".into()], None).await.unwrap();
+    store.delete_project("admin", "a").await.unwrap();
+    assert!(matches!(store.set_nodes_project("admin", &["n1".into()], Some("nope")).await, Err(StoreError::NotFound { .. })));
+}
+
+async fn tokens_resolve_expire_and_revoke(store: Store) {
+    store.create_project("admin", "a", "").await.unwrap();
+    store.create_user("admin", "alice", false).await.unwrap();
+    store.set_membership("admin", "a", "alice", ProjectRole::Member).await.unwrap();
+    let token = store.create_token("admin", "alice", "laptop", "hash-1", None).await.unwrap();
+    let identity = store.identify_token("hash-1").await.unwrap().unwrap();
+    assert_eq!(identity.user, "alice");
+    assert!(!identity.admin && !identity.revoked);
+    assert_eq!(identity.memberships.get("a"), Some(&ProjectRole::Member));
+    assert!(store.identify_token("hash-2").await.unwrap().is_none());
+    let revoked = store.revoke_token("admin", &token.id).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(store.identify_token("hash-1").await.unwrap().unwrap().revoked);
+    let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    store.create_token("admin", "alice", "old", "hash-3", Some(past)).await.unwrap();
+    assert!(store.identify_token("hash-3").await.unwrap().unwrap().expires_at.unwrap() < jiff::Timestamp::now());
+    assert_eq!(store.list_tokens(Some("alice")).await.unwrap().len(), 2);
+    store.delete_user("admin", "alice").await.unwrap();
+    assert!(store.identify_token("hash-3").await.unwrap().is_none(), "a deleted user's tokens go with them");
+}
+
+async fn bootstrap_creates_one_admin(store: Store) {
+    assert!(store.bootstrap_admin("first").await.unwrap());
+    assert!(!store.bootstrap_admin("second").await.unwrap());
+    assert!(store.identify_token("first").await.unwrap().unwrap().admin);
+    assert!(store.identify_token("second").await.unwrap().is_none());
+    assert!(matches!(store.delete_user("x", "admin").await, Err(StoreError::Conflict { .. })), "the last admin stays");
+}
+
+async fn groups_respect_project_ownership(store: Store) {
+    store.create_project("admin", "a", "").await.unwrap();
+    store.create_project("admin", "b", "").await.unwrap();
+    store.create_node("admin", &spec(r#"{"name": "na", "project": "a"}"#)).await.unwrap();
+    store.create_node("admin", &spec(r#"{"name": "nb", "project": "b"}"#)).await.unwrap();
+    let scope_a = ProjectScope::Projects(vec!["a".into()]);
+    let scope_b = ProjectScope::Projects(vec!["b".into()]);
+    let group = store.create_group("alice", "ga", "", Some("a"), &["na".into()], &scope_a).await.unwrap();
+    assert_eq!(group.members, ["na"]);
+    assert!(matches!(store.create_group("alice", "gx", "", Some("b"), &[], &scope_a).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.get_group("ga", &scope_b).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.update_group("bob", "ga", Some("x"), None, &scope_b).await, Err(StoreError::NotFound { .. })));
+    // A node of project b cannot join a group of project a.
+    let join = NodeChange { groups: Some(vec!["ga".into()]), ..Default::default() };
+    assert!(matches!(store.update_node("bob", "nb", &scope_b, &join).await, Err(StoreError::NotFound { kind: "group", .. })));
+    // A global group holds nodes of both projects; each tenant sees only its own.
+    store.create_group("admin", "compute", "", None, &["na".into(), "nb".into()], &ProjectScope::All).await.unwrap();
+    assert_eq!(store.get_group("compute", &scope_a).await.unwrap().members, ["na"]);
+    assert_eq!(store.get_group("compute", &ProjectScope::All).await.unwrap().members, ["na", "nb"]);
+    assert!(matches!(store.delete_group("alice", "compute", &scope_a).await, Err(StoreError::NotFound { .. })));
+    store.delete_group("alice", "ga", &scope_a).await.unwrap();
+    assert_eq!(store.get_node("na", &ProjectScope::All).await.unwrap().groups, ["compute"]);
+}
+
+async fn events_record_changes(store: Store) {
+    store.create_project("admin", "a", "").await.unwrap();
+    store.create_node("admin", &spec(r#"{"name": "n1", "project": "a", "bmc": {"address": "127.0.0.1", "password": "pw"}}"#)).await.unwrap();
+    let change = NodeChange { role: Some("Service".into()), ..Default::default() };
+    store.update_node("alice", "n1", &ProjectScope::All, &change).await.unwrap();
+    let events = store.list_events(&kiln_db::EventFilter { projects: Some(vec!["a".into()]), limit: 100, ..Default::default() }).await.unwrap();
+    let actions: Vec<_> = events.iter().map(|e| (e.actor.as_str(), e.action.as_str())).collect();
+    assert_eq!(actions, [("admin", "project.create"), ("admin", "node.create"), ("alice", "node.update")]);
+    let update = &events[2];
+    assert_eq!(update.before.as_ref().unwrap()["role"], serde_json::Value::Null);
+    assert_eq!(update.after.as_ref().unwrap()["role"], "Service");
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains("\"pw\""), "events never hold secrets");
+    let later = store.list_events(&kiln_db::EventFilter { after: Some(events[1].id), limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(later.len(), 1);
+}

@@ -1,0 +1,20 @@
+//! Kiln's vocabulary: identifiers, MAC addresses, xnames and the JSON shapes the API speaks.
+//!
+//! Nothing here does IO. Inputs arrive as loose "wire" structs (strings, options) so that a
+//! bad value can be reported with the path of the field that holds it; `TryFrom` turns them
+//! into validated specs that the store accepts without re-checking.
+
+pub mod api;
+pub mod discovery;
+pub mod mac;
+pub mod node;
+pub mod validate;
+pub mod xname;
+
+pub use mac::MacAddress;
+pub use node::{BmcDriver, ProvisionState};
+pub use validate::InvalidField;
+pub use xname::Xname;
+
+/// The string shown in place of any secret the API holds (BMC passwords and the like).
+pub const SECRET_MASK: &str = "******";
