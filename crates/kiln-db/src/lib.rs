@@ -13,7 +13,6 @@ mod migrations;
 mod nodes;
 mod tenancy;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_auth::SecretBox;
@@ -39,12 +38,14 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions run. For SQLite this is a pool of one connection: SQLite
+    /// allows one writer at a time, and a deferred transaction that reads and then writes
+    /// fails with SQLITE_BUSY (rather than waiting) when another connection wrote in
+    /// between. One connection also orders the rollback of a transaction dropped on error
+    /// before the next writer's statements. For PostgreSQL it is the main pool.
+    write_pool: AnyPool,
     backend: Backend,
     secrets: SecretBox,
-    /// SQLite allows one writer at a time and a deferred transaction that later wants to
-    /// write fails with SQLITE_BUSY instead of waiting. Serialising writers in the process
-    /// avoids that; PostgreSQL needs no such gate.
-    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -85,11 +86,8 @@ impl Store {
         };
         let options: AnyConnectOptions =
             url.parse().map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Sqlite => 8,
-                Backend::Postgres => 16,
-            })
+        let pool_options = |max_connections| AnyPoolOptions::new()
+            .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |connection, _| {
                 Box::pin(async move {
@@ -106,15 +104,22 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
-        let store = Store {
-            pool,
-            backend,
-            secrets,
-            write_gate: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+        ;
+        let connect_error = |source| StoreError::Connect { url: redact_url(&url), source };
+        let (pool, write_pool) = match backend {
+            Backend::Sqlite => {
+                // The writer first, so that it creates the file and switches it to WAL
+                // before readers open it.
+                let write_pool = pool_options(1).connect_with(options.clone()).await.map_err(connect_error)?;
+                let pool = pool_options(8).connect_with(options).await.map_err(connect_error)?;
+                (pool, write_pool)
+            }
+            Backend::Postgres => {
+                let pool = pool_options(16).connect_with(options).await.map_err(connect_error)?;
+                (pool.clone(), pool)
+            }
         };
+        let store = Store { pool, write_pool, backend, secrets };
         store.migrate().await?;
         Ok(store)
     }
@@ -126,6 +131,7 @@ impl Store {
     /// Closes every connection; waits for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.write_pool.close().await;
     }
 
     /// Checks that the database answers.
@@ -138,25 +144,19 @@ impl Store {
         self.pool.acquire().await.map_err(|source| StoreError::Query { operation: "acquiring a connection", source })
     }
 
-    /// Starts a write transaction (behind the SQLite write gate).
+    /// Starts a write transaction. Dropping it without `commit` rolls it back.
     async fn write(&self) -> Result<WriteTransaction, StoreError> {
-        let gate = match &self.write_gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
-            None => None,
-        };
         let transaction = self
-            .pool
+            .write_pool
             .begin()
             .await
             .map_err(|source| StoreError::Query { operation: "starting a transaction", source })?;
-        Ok(WriteTransaction { transaction, _gate: gate })
+        Ok(WriteTransaction { transaction })
     }
 }
 
-/// A transaction that holds the SQLite write gate until it ends.
 struct WriteTransaction {
     transaction: sqlx::Transaction<'static, sqlx::Any>,
-    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl WriteTransaction {
