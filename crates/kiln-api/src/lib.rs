@@ -1,1 +1,78 @@
-//! stub
+//! Kiln's REST API: the HTTP handlers under `/v1`, health and metrics, and the OpenAPI
+//! document that describes them.
+//!
+//! Handlers are thin: they authenticate (by taking a [`auth::Caller`]), decide access by
+//! asking the caller's context, validate input into specs, and call the store.
+
+pub mod auth;
+pub mod error;
+mod events;
+mod extract;
+mod groups;
+pub mod metrics;
+mod nodes;
+mod openapi;
+mod tenancy;
+
+use std::sync::Arc;
+
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use kiln_db::Store;
+
+pub use openapi::openapi_document;
+
+/// Everything a handler may use. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub metrics: Arc<metrics::Metrics>,
+    pub tokens: Arc<auth::TokenCache>,
+}
+
+impl ApiState {
+    pub fn new(store: Store) -> Self {
+        ApiState { store, metrics: Arc::default(), tokens: Arc::default() }
+    }
+}
+
+/// The API's routes. Bodies larger than `max_body_bytes` are refused with 413.
+pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route("/whoami", get(tenancy::whoami))
+        .route("/nodes", get(nodes::list_nodes).post(nodes::create_node))
+        .route("/nodes/{node}", get(nodes::get_node).patch(nodes::update_node).delete(nodes::delete_node))
+        .route("/discover/static", post(nodes::discover_static))
+        .route("/projects", get(tenancy::list_projects).post(tenancy::create_project))
+        .route("/projects/{project}", get(tenancy::get_project).delete(tenancy::delete_project))
+        .route("/projects/{project}/members", put(tenancy::set_member))
+        .route("/projects/{project}/members/{user}", delete(tenancy::remove_member))
+        .route("/projects/{project}/allocate", post(nodes::allocate_nodes))
+        .route("/projects/{project}/release", post(nodes::release_nodes))
+        .route("/users", get(tenancy::list_users).post(tenancy::create_user))
+        .route("/users/{user}", get(tenancy::get_user).delete(tenancy::delete_user))
+        .route("/tokens", get(tenancy::list_tokens).post(tenancy::create_token))
+        .route("/tokens/{id}", delete(tenancy::revoke_token))
+        .route("/groups", get(groups::list_groups).post(groups::create_group))
+        .route("/groups/{group}", get(groups::get_group).patch(groups::update_group).delete(groups::delete_group))
+        .route("/events", get(events::list_events))
+        .route("/openapi.json", get(openapi::serve_document));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics_endpoint))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Liveness and readiness: answers 200 when the database answers.
+async fn healthz(axum::extract::State(state): axum::extract::State<ApiState>) -> Result<&'static str, error::ApiError> {
+    state.store.ping().await?;
+    Ok("ok\n")
+}
+
+async fn not_found(uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {}", uri.path()))
+}

@@ -43,6 +43,21 @@ impl AuthContext {
             || project.is_some_and(|project| self.memberships.get(project) == Some(&ProjectRole::Member))
     }
 
+    /// The projects whose resources the caller may change.
+    pub fn write_scope(&self) -> ProjectScope {
+        if self.admin {
+            ProjectScope::All
+        } else {
+            ProjectScope::Projects(
+                self.memberships
+                    .iter()
+                    .filter(|(_, role)| **role == ProjectRole::Member)
+                    .map(|(project, _)| project.clone())
+                    .collect(),
+            )
+        }
+    }
+
     pub fn read_scope(&self) -> ProjectScope {
         if self.admin {
             ProjectScope::All

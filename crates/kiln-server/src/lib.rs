@@ -1,1 +1,147 @@
-//! stub
+//! Kiln's server: configuration, start-up, the running services and their shutdown.
+//!
+//! [`start`] brings up everything a [`ServerConfig`] describes and returns a
+//! [`ServerHandle`]; dropping the handle, or calling [`ServerHandle::shutdown`], stops it.
+
+pub mod config;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use kiln_api::ApiState;
+use kiln_auth::{hash_token, mint_token, SecretBox};
+use kiln_db::Store;
+use tokio::sync::watch;
+
+pub use config::{ConfigError, ServerConfig, ServerConfigLayer};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("creating the data directory {path}")]
+    DataDir { path: PathBuf, #[source] source: std::io::Error },
+    #[error("loading the server's secret key")]
+    SecretKey(#[source] kiln_auth::SecretError),
+    #[error("opening the store")]
+    Store(#[source] kiln_db::StoreError),
+    #[error("creating the first administrator")]
+    Bootstrap(#[source] kiln_db::StoreError),
+    #[error("writing the admin token to {path}")]
+    AdminToken { path: PathBuf, #[source] source: std::io::Error },
+    #[error("listening on {address}")]
+    Listen { address: SocketAddr, #[source] source: std::io::Error },
+}
+
+/// A running server. Dropping it stops the server without waiting.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    admin_token_file: Option<PathBuf>,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Where the API listens (the real port when the configuration asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin token file, when this start created the first administrator.
+    pub fn admin_token_file(&self) -> Option<&Path> {
+        self.admin_token_file.as_deref()
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, closes the database.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(&mut self) {
+        if let Some(task) = self.task.as_mut() {
+            let _ = task.await;
+            self.task = None;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Starts the server described by `config`.
+pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    let secrets = SecretBox::load_or_create(&config.secret_key_file).map_err(StartError::SecretKey)?;
+    let store = Store::open(&config.database_url, secrets).await.map_err(StartError::Store)?;
+    let admin_token_file = bootstrap_admin(&store, &config.data_dir).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen { address: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
+    let state = ApiState::new(store.clone());
+    let app = kiln_api::router(state, config.max_body_bytes);
+    let (shutdown, mut shutdown_requested) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = shutdown_requested.wait_for(|requested| *requested).await;
+        };
+        if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::error!(%error, "the API server failed");
+        }
+        store.close().await;
+        tracing::info!("server stopped");
+    });
+    tracing::info!(address = %local_addr, public_url = %config.public_url, database = %kiln_db::redact_url(&config.database_url), "kiln is serving");
+    Ok(ServerHandle { local_addr, admin_token_file, shutdown, task: Some(task) })
+}
+
+/// On a database without users, creates the administrator and writes its token to
+/// `<data-dir>/admin-token` (0600). The token is written (to a side file) before the
+/// database commit and renamed after it, so that a crash in between never leaves an
+/// administrator whose token is lost: the next start finishes the rename.
+async fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<Option<PathBuf>, StartError> {
+    let path = data_dir.join("admin-token");
+    let pending = data_dir.join("admin-token.pending");
+    let write_error = |source| StartError::AdminToken { path: path.clone(), source };
+    if pending.exists() && !path.exists() {
+        // A previous start committed or not; if its token works, keep it.
+        let secret = std::fs::read_to_string(&pending).map_err(write_error)?;
+        if store.identify_token(&hash_token(secret.trim())).await.map_err(StartError::Bootstrap)?.is_some() {
+            std::fs::rename(&pending, &path).map_err(write_error)?;
+            tracing::info!(path = %path.display(), "admin token written");
+            return Ok(Some(path));
+        }
+    }
+    let secret = mint_token();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&pending)
+        .map_err(write_error)?;
+    file.write_all(format!("{secret}\n").as_bytes()).and_then(|()| file.sync_all()).map_err(write_error)?;
+    drop(file);
+    let created = store.bootstrap_admin(&hash_token(&secret)).await.map_err(StartError::Bootstrap)?;
+    if created {
+        std::fs::rename(&pending, &path).map_err(write_error)?;
+        tracing::info!(path = %path.display(), "created the administrator 'admin'; its API token is in this file");
+        Ok(Some(path))
+    } else {
+        let _ = std::fs::remove_file(&pending);
+        Ok(None)
+    }
+}

@@ -1,0 +1,42 @@
+//! `/v1/events`: the change log, filtered to what the caller may see.
+
+use axum::extract::State;
+use axum::Json;
+use kiln_auth::ProjectScope;
+use kiln_db::EventFilter;
+use kiln_types::api::Event;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::extract::QueryParams;
+use crate::ApiState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    /// Only events with a greater id (for following the log).
+    after: Option<i64>,
+    /// At most this many events (default 100, at most 1000).
+    limit: Option<u32>,
+    /// `node`, `project`, `user`, `token` or `group`.
+    kind: Option<String>,
+    /// The name of the resource.
+    target: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery), responses((status = 200, body = Vec<Event>)))]
+pub async fn list_events(State(state): State<ApiState>, caller: Caller, QueryParams(query): QueryParams<EventQuery>) -> ApiResult<Json<Vec<Event>>> {
+    let filter = EventFilter {
+        projects: match caller.read_scope() {
+            ProjectScope::All => None,
+            ProjectScope::Projects(projects) => Some(projects),
+        },
+        target_kind: query.kind,
+        target: query.target,
+        after: query.after,
+        limit: query.limit.unwrap_or(100),
+    };
+    Ok(Json(state.store.list_events(&filter).await?))
+}

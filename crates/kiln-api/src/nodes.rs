@@ -1,0 +1,158 @@
+//! `/v1/nodes` and `/v1/discover/static`: the inventory.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use kiln_db::NodeFilter;
+use kiln_types::api::{DiscoverySummary, Page};
+use kiln_types::discovery::parse_document;
+use kiln_types::node::{Node, NodeChange, NodeInput, NodePatch, NodeSpec};
+use kiln_types::{MacAddress, ProvisionState};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, QueryParams};
+use crate::ApiState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NodeListQuery {
+    /// Only nodes in this group.
+    group: Option<String>,
+    /// Only nodes in this provision state.
+    state: Option<String>,
+    /// Only nodes of this project.
+    project: Option<String>,
+    /// Only the node with an interface of this MAC.
+    mac: Option<String>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+    /// At most this many nodes (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodeListQuery),
+    responses((status = 200, body = Page<Node>), (status = 400, body = kiln_types::api::ErrorBody)))]
+pub async fn list_nodes(State(state): State<ApiState>, caller: Caller, QueryParams(query): QueryParams<NodeListQuery>) -> ApiResult<Json<Page<Node>>> {
+    let mut filter = NodeFilter::new(caller.read_scope());
+    filter.group = query.group;
+    filter.project = query.project;
+    filter.after = query.after;
+    filter.limit = query.limit.unwrap_or(100);
+    filter.state = query.state.map(|text| text.parse::<ProvisionState>()).transpose().map_err(ApiError::invalid)?;
+    filter.mac = query
+        .mac
+        .map(|text| text.parse::<MacAddress>())
+        .transpose()
+        .map_err(|error| ApiError::invalid(format!("mac: {error}")))?;
+    Ok(Json(state.store.list_nodes(&filter).await?))
+}
+
+#[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = NodeInput,
+    responses((status = 201, body = Node), (status = 400, body = kiln_types::api::ErrorBody), (status = 409, body = kiln_types::api::ErrorBody)))]
+pub async fn create_node(State(state): State<ApiState>, caller: Caller, JsonBody(input): JsonBody<NodeInput>) -> ApiResult<(StatusCode, Json<Node>)> {
+    caller.require_admin()?;
+    let spec = NodeSpec::try_from(&input)?;
+    let node = state.store.create_node(&caller.user, &spec).await?;
+    tracing::info!(node = %node.name, actor = %caller.user, "node created");
+    Ok((StatusCode::CREATED, Json(node)))
+}
+
+#[utoipa::path(get, path = "/v1/nodes/{node}", tag = "nodes",
+    params(("node" = String, Path, description = "Name, xname or id")),
+    responses((status = 200, body = Node), (status = 404, body = kiln_types::api::ErrorBody)))]
+pub async fn get_node(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<Node>> {
+    Ok(Json(state.store.get_node(&key, &caller.read_scope()).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/nodes/{node}", tag = "nodes", request_body = NodePatch,
+    params(("node" = String, Path, description = "Name, xname or id")),
+    responses((status = 200, body = Node), (status = 400, body = kiln_types::api::ErrorBody), (status = 403, body = kiln_types::api::ErrorBody),
+        (status = 404, body = kiln_types::api::ErrorBody), (status = 409, body = kiln_types::api::ErrorBody)))]
+pub async fn update_node(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    JsonBody(patch): JsonBody<NodePatch>,
+) -> ApiResult<Json<Node>> {
+    let change = NodeChange::try_from(&patch)?;
+    let node = state.store.get_node(&key, &caller.read_scope()).await?;
+    if !caller.can_write(node.project.as_deref()) {
+        return Err(ApiError::forbidden(format!("you may read node '{key}' but not change it")));
+    }
+    // The physical inventory (identity, wiring, BMC) is the operators'; tenants arrange
+    // their nodes (groups, role, properties, maintenance).
+    let touches_inventory = change.name.is_some()
+        || change.xname.is_some()
+        || change.nid.is_some()
+        || change.interfaces.is_some()
+        || change.bmc.is_some();
+    if touches_inventory {
+        caller.require_admin()?;
+    }
+    let scope = if caller.admin { kiln_auth::ProjectScope::All } else { caller.write_scope() };
+    Ok(Json(state.store.update_node(&caller.user, &key, &scope, &change).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/nodes/{node}", tag = "nodes",
+    params(("node" = String, Path, description = "Name, xname or id")),
+    responses((status = 204), (status = 403, body = kiln_types::api::ErrorBody), (status = 404, body = kiln_types::api::ErrorBody)))]
+pub async fn delete_node(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<StatusCode> {
+    // Look first, so that a tenant asking about another tenant's node hears "not found",
+    // not "forbidden".
+    state.store.get_node(&key, &caller.read_scope()).await?;
+    caller.require_admin()?;
+    state.store.delete_node(&caller.user, &key, &kiln_auth::ProjectScope::All).await?;
+    tracing::info!(node = %key, actor = %caller.user, "node deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The body is OpenCHAMI's static discovery document: a list of nodes, or `{ "nodes": [...] }`.
+#[utoipa::path(post, path = "/v1/discover/static", tag = "nodes",
+    request_body(content = Vec<kiln_types::discovery::DiscoveryEntry>, description = "OpenCHAMI nodes.yaml, as JSON"),
+    responses((status = 200, body = DiscoverySummary), (status = 400, body = kiln_types::api::ErrorBody), (status = 409, body = kiln_types::api::ErrorBody)))]
+pub async fn discover_static(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(document): JsonBody<serde_json::Value>,
+) -> ApiResult<Json<DiscoverySummary>> {
+    caller.require_admin()?;
+    let specs = parse_document(&document).map_err(|error| ApiError::invalid(error.to_string()))?;
+    let summary = state.store.discover(&caller.user, &specs).await?;
+    tracing::info!(actor = %caller.user, created = summary.created.len(), updated = summary.updated.len(),
+        unchanged = summary.unchanged.len(), "static discovery applied");
+    Ok(Json(summary))
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/allocate", tag = "projects", request_body = kiln_types::api::AllocationInput,
+    params(("project" = String, Path)),
+    responses((status = 200, body = Vec<Node>), (status = 403, body = kiln_types::api::ErrorBody), (status = 404, body = kiln_types::api::ErrorBody)))]
+pub async fn allocate_nodes(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    JsonBody(input): JsonBody<kiln_types::api::AllocationInput>,
+) -> ApiResult<Json<Vec<Node>>> {
+    caller.require_admin()?;
+    Ok(Json(state.store.set_nodes_project(&caller.user, &input.nodes, Some(&project)).await?))
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/release", tag = "projects", request_body = kiln_types::api::AllocationInput,
+    params(("project" = String, Path)),
+    responses((status = 200, body = Vec<Node>), (status = 403, body = kiln_types::api::ErrorBody), (status = 404, body = kiln_types::api::ErrorBody)))]
+pub async fn release_nodes(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    JsonBody(input): JsonBody<kiln_types::api::AllocationInput>,
+) -> ApiResult<Json<Vec<Node>>> {
+    caller.require_admin()?;
+    let scope = kiln_auth::ProjectScope::Projects(vec![project.clone()]);
+    for key in &input.nodes {
+        // Releasing from the wrong project is a mistake worth reporting, not a no-op.
+        state.store.get_node(key, &scope).await.map_err(|_| ApiError::not_found("node", &format!("{key}' in project '{project}")))?;
+    }
+    Ok(Json(state.store.set_nodes_project(&caller.user, &input.nodes, None).await?))
+}

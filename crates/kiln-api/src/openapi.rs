@@ -1,0 +1,58 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and checked in as
+//! `openapi/kiln.json` (a test fails when the two differ).
+
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kiln", description = "Bare-metal provisioning and image management.", license(name = "Apache-2.0")),
+    paths(
+        crate::tenancy::whoami,
+        crate::nodes::list_nodes, crate::nodes::create_node, crate::nodes::get_node, crate::nodes::update_node,
+        crate::nodes::delete_node, crate::nodes::discover_static, crate::nodes::allocate_nodes, crate::nodes::release_nodes,
+        crate::tenancy::list_projects, crate::tenancy::create_project, crate::tenancy::get_project, crate::tenancy::delete_project,
+        crate::tenancy::set_member, crate::tenancy::remove_member,
+        crate::tenancy::list_users, crate::tenancy::create_user, crate::tenancy::get_user, crate::tenancy::delete_user,
+        crate::tenancy::list_tokens, crate::tenancy::create_token, crate::tenancy::revoke_token,
+        crate::groups::list_groups, crate::groups::create_group, crate::groups::get_group, crate::groups::update_group,
+        crate::groups::delete_group,
+        crate::events::list_events,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct KilnApi;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The document as pretty JSON, with the crate version as the API version.
+pub fn openapi_document() -> String {
+    let mut document = KilnApi::openapi();
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let mut text = document.to_pretty_json().expect("the OpenAPI document serializes");
+    text.push('\n');
+    text
+}
+
+pub(crate) async fn serve_document() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi_document())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Fails when the handlers change without the checked-in document; run with
+    /// `UPDATE_EXPECT=1` to regenerate it.
+    #[test]
+    fn checked_in_document_matches_the_code() {
+        expect_test::expect_file!["../../../openapi/kiln.json"].assert_eq(&super::openapi_document());
+    }
+}

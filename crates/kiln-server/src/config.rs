@@ -1,0 +1,173 @@
+//! Server configuration: read as loose layers (TOML file, `KILN_*` environment, flags), merged
+//! in that order of precedence, then validated into a [`ServerConfig`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One source of settings, every field optional. The TOML file has this shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ServerConfigLayer {
+    /// Where the SQLite database, the secret key and the blobs live.
+    pub data_dir: Option<PathBuf>,
+    /// The API's listening address.
+    pub listen: Option<String>,
+    /// `sqlite://PATH` or `postgres://…`; defaults to `sqlite://<data_dir>/kiln.db`.
+    pub database_url: Option<String>,
+    /// The URL nodes and clients use to reach this server.
+    pub public_url: Option<String>,
+    /// The key that encrypts secrets at rest; replicas must share it.
+    pub secret_key_file: Option<PathBuf>,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: Option<usize>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the configuration file {path}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("parsing the configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{setting}: {message}")]
+    Invalid { setting: &'static str, message: String },
+}
+
+impl ServerConfigLayer {
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_owned(), message: error.to_string() })
+    }
+
+    /// The `KILN_*` variables among `environment`.
+    pub fn from_environment(environment: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| environment.get(name).filter(|value| !value.is_empty()).cloned();
+        let max_body_bytes = get("KILN_MAX_BODY_BYTES")
+            .map(|text| {
+                text.parse().map_err(|_| ConfigError::Invalid { setting: "KILN_MAX_BODY_BYTES", message: format!("'{text}' is not a number of bytes") })
+            })
+            .transpose()?;
+        Ok(ServerConfigLayer {
+            data_dir: get("KILN_DATA_DIR").map(PathBuf::from),
+            listen: get("KILN_LISTEN"),
+            database_url: get("KILN_DATABASE_URL"),
+            public_url: get("KILN_PUBLIC_URL"),
+            secret_key_file: get("KILN_SECRET_KEY_FILE").map(PathBuf::from),
+            max_body_bytes,
+        })
+    }
+
+    /// `self` with every setting that `over` has replaced by it.
+    pub fn overlaid_with(self, over: ServerConfigLayer) -> Self {
+        ServerConfigLayer {
+            data_dir: over.data_dir.or(self.data_dir),
+            listen: over.listen.or(self.listen),
+            database_url: over.database_url.or(self.database_url),
+            public_url: over.public_url.or(self.public_url),
+            secret_key_file: over.secret_key_file.or(self.secret_key_file),
+            max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
+        }
+    }
+}
+
+/// A validated configuration: what [`crate::start`] runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub public_url: String,
+    pub secret_key_file: PathBuf,
+    pub max_body_bytes: usize,
+}
+
+pub const DEFAULT_DATA_DIR: &str = "./kiln-data";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Large enough for a discovery file of tens of thousands of nodes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+
+impl TryFrom<ServerConfigLayer> for ServerConfig {
+    type Error = ConfigError;
+
+    fn try_from(layer: ServerConfigLayer) -> Result<Self, Self::Error> {
+        let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid { setting: "data_dir", message: "must not be empty".to_owned() });
+        }
+        let listen_text = layer.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| ConfigError::Invalid {
+            setting: "listen",
+            message: format!("'{listen_text}' is not an address:port such as 127.0.0.1:8080"),
+        })?;
+        let database_url = layer.database_url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("kiln.db").display()));
+        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres:") || database_url.starts_with("postgresql:")) {
+            return Err(ConfigError::Invalid {
+                setting: "database_url",
+                message: format!("'{}' is neither sqlite://PATH nor postgres://…", kiln_db::redact_url(&database_url)),
+            });
+        }
+        let public_url = layer
+            .public_url
+            .unwrap_or_else(|| {
+                let host = if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
+                let host = if listen.is_ipv6() && host != "127.0.0.1" { format!("[{host}]") } else { host };
+                format!("http://{host}:{}", listen.port())
+            })
+            .trim_end_matches('/')
+            .to_owned();
+        let valid_public_url = (public_url.starts_with("http://") || public_url.starts_with("https://"))
+            && public_url.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !valid_public_url {
+            return Err(ConfigError::Invalid { setting: "public_url", message: format!("'{public_url}' is not an http:// or https:// URL") });
+        }
+        let secret_key_file = layer.secret_key_file.unwrap_or_else(|| data_dir.join("secret.key"));
+        let max_body_bytes = layer.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid { setting: "max_body_bytes", message: "must be at least 1024".to_owned() });
+        }
+        Ok(ServerConfig { data_dir, listen, database_url, public_url, secret_key_file, max_body_bytes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_everything_from_one_directory() {
+        let config = ServerConfig::try_from(ServerConfigLayer::default()).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("./kiln-data"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url, "sqlite://./kiln-data/kiln.db");
+        assert_eq!(config.public_url, "http://127.0.0.1:8080");
+        assert_eq!(config.secret_key_file, PathBuf::from("./kiln-data/secret.key"));
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_file() {
+        let file: ServerConfigLayer = toml::from_str("listen = \"127.0.0.1:1\"\ndata_dir = \"/file\"\npublic_url = \"http://file\"\n").unwrap();
+        let environment = HashMap::from([("KILN_LISTEN".to_owned(), "127.0.0.1:2".to_owned()), ("KILN_DATA_DIR".to_owned(), "/env".to_owned())]);
+        let flags = ServerConfigLayer { listen: Some("127.0.0.1:3".to_owned()), ..Default::default() };
+        let merged = file.overlaid_with(ServerConfigLayer::from_environment(&environment).unwrap()).overlaid_with(flags);
+        let config = ServerConfig::try_from(merged).unwrap();
+        assert_eq!(config.listen.port(), 3);
+        assert_eq!(config.data_dir, PathBuf::from("/env"));
+        assert_eq!(config.public_url, "http://file");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases = [
+            (ServerConfigLayer { listen: Some("localhost".into()), ..Default::default() }, "listen: 'localhost' is not an address:port such as 127.0.0.1:8080"),
+            (ServerConfigLayer { database_url: Some("mysql://u:pw@h/db".into()), ..Default::default() }, "database_url: 'mysql://u:******@h/db' is neither sqlite://PATH nor postgres://…"),
+            (ServerConfigLayer { public_url: Some("ftp://x".into()), ..Default::default() }, "public_url: 'ftp://x' is not an http:// or https:// URL"),
+        ];
+        for (layer, message) in cases {
+            assert_eq!(ServerConfig::try_from(layer).unwrap_err().to_string(), message);
+        }
+        assert!(toml::from_str::<ServerConfigLayer>("lisen = \"x\"").is_err(), "typos in the file are refused");
+    }
+}
