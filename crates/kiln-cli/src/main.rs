@@ -1,1 +1,151 @@
-fn main() {}
+//! `kiln`: the server (`kiln serve`) and the command-line client for its API.
+
+mod commands;
+mod input;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::input::InputFormat;
+use crate::output::OutputFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "Bare-metal provisioning and image management", propagate_version = true)]
+pub struct Cli {
+    /// The server's URL [default: from the client config file, else http://127.0.0.1:8080]
+    #[arg(long, env = "KILN_URL", global = true)]
+    url: Option<String>,
+    /// The API token [default: from the client config file]
+    #[arg(long, env = "KILN_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'F', long = "format", value_enum, default_value = "table", global = true)]
+    format: OutputFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServerFlags),
+    /// Validate the server configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Nodes: the machines Kiln manages.
+    #[command(subcommand)]
+    Node(commands::NodeCommand),
+    /// Groups of nodes.
+    #[command(subcommand)]
+    Group(commands::GroupCommand),
+    /// Projects (tenants).
+    #[command(subcommand)]
+    Project(commands::ProjectCommand),
+    /// Users.
+    #[command(subcommand)]
+    User(commands::UserCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(commands::TokenCommand),
+    /// Add nodes to the inventory.
+    #[command(subcommand)]
+    Discover(commands::DiscoverCommand),
+    /// The change log.
+    Events(commands::EventsArgs),
+    /// Show who the token belongs to.
+    Whoami,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the validated configuration, or what is wrong with it.
+    Check(ServerFlags),
+}
+
+/// Settings for `kiln serve`; each overrides `KILN_*` variables, which override the file.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerFlags {
+    /// A TOML configuration file.
+    #[arg(long, env = "KILN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the database, secret key and blobs live [default: ./kiln-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The API's listening address [default: 127.0.0.1:8080]
+    #[arg(long)]
+    listen: Option<String>,
+    /// sqlite://PATH or postgres://… [default: sqlite://<data-dir>/kiln.db]
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The URL nodes use to reach this server [default: from --listen]
+    #[arg(long)]
+    public_url: Option<String>,
+}
+
+/// `-f FORMAT -d DATA`, the ochami way of passing a document.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    /// The format of the data.
+    #[arg(short = 'f', long = "input-format", value_enum, default_value = "yaml")]
+    input_format: InputFormat,
+    /// @FILE, - for standard input, or the document itself.
+    #[arg(short = 'd', long = "data", allow_hyphen_values = true)]
+    data: String,
+}
+
+impl DataArgs {
+    pub fn read(&self) -> anyhow::Result<serde_json::Value> {
+        input::read_document(self.input_format, &self.data)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if serving { "info" } else { "warn" })),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(flags) => serve::serve(&flags).await,
+        Command::Config(ConfigCommand::Check(flags)) => serve::check(&flags, cli.format),
+        command => {
+            let client = commands::client(cli.url, cli.token)?;
+            let format = cli.format;
+            match command {
+                Command::Node(command) => commands::node(&client, format, command).await,
+                Command::Group(command) => commands::group(&client, format, command).await,
+                Command::Project(command) => commands::project(&client, format, command).await,
+                Command::User(command) => commands::user(&client, format, command).await,
+                Command::Token(command) => commands::token(&client, format, command).await,
+                Command::Discover(command) => commands::discover(&client, format, command).await,
+                Command::Events(args) => commands::events(&client, format, args).await,
+                Command::Whoami => commands::whoami(&client, format).await,
+                Command::Serve(_) | Command::Config(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
