@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use kiln_auth::{hash_token, AuthContext};
+use kiln_auth::{AuthContext, hash_token};
 
-use crate::error::ApiError;
 use crate::ApiState;
+use crate::error::ApiError;
 
 /// How long a resolved token is trusted without asking the database again. A revocation is
 /// seen at once by the replica that made it (it clears its cache) and by other replicas
@@ -73,20 +73,16 @@ async fn authenticate(state: &ApiState, token: &str) -> Result<AuthContext, ApiE
     let expired = |expires_at: Option<jiff::Timestamp>| expires_at.is_some_and(|at| at <= now);
     {
         let entries = state.tokens.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(cached) = entries.get(&hash) {
-            if cached.fetched.elapsed() < TOKEN_CACHE_TTL {
-                if expired(cached.expires_at) {
-                    return Err(ApiError::unauthorized("the token has expired"));
-                }
-                return Ok(cached.context.clone());
+        if let Some(cached) = entries.get(&hash)
+            && cached.fetched.elapsed() < TOKEN_CACHE_TTL
+        {
+            if expired(cached.expires_at) {
+                return Err(ApiError::unauthorized("the token has expired"));
             }
+            return Ok(cached.context.clone());
         }
     }
-    let identity = state
-        .store
-        .identify_token(&hash)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+    let identity = state.store.identify_token(&hash).await?.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
     if identity.revoked {
         return Err(ApiError::unauthorized("the token has been revoked"));
     }

@@ -1,17 +1,17 @@
 //! `/v1/events`: the change log, filtered to what the caller may see.
 
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 use kiln_auth::ProjectScope;
 use kiln_db::EventFilter;
 use kiln_types::api::Event;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::ApiState;
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::extract::QueryParams;
-use crate::ApiState;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -27,7 +27,11 @@ pub struct EventQuery {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery), responses((status = 200, body = Vec<Event>)))]
-pub async fn list_events(State(state): State<ApiState>, caller: Caller, QueryParams(query): QueryParams<EventQuery>) -> ApiResult<Json<Vec<Event>>> {
+pub async fn list_events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<EventQuery>,
+) -> ApiResult<Json<Vec<Event>>> {
     let filter = EventFilter {
         projects: match caller.read_scope() {
             ProjectScope::All => None,

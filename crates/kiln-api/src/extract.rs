@@ -16,9 +16,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = axum::body::Bytes::from_request(request, state)
             .await
             .map_err(|rejection| ApiError::invalid(format!("reading the request body: {rejection}")))?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|error| ApiError::invalid(format!("invalid JSON body: {error}")))
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|error| ApiError::invalid(format!("invalid JSON body: {error}")))
     }
 }
 

@@ -1,15 +1,15 @@
 //! `/v1/groups`: named sets of nodes.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
 use kiln_types::api::{Group, GroupInput, GroupPatch};
 use kiln_types::validate;
 
+use crate::ApiState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
-use crate::ApiState;
 
 type ErrorBody = kiln_types::api::ErrorBody;
 
@@ -20,7 +20,11 @@ pub async fn list_groups(State(state): State<ApiState>, caller: Caller) -> ApiRe
 
 #[utoipa::path(post, path = "/v1/groups", tag = "groups", request_body = GroupInput,
     responses((status = 201, body = Group), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_group(State(state): State<ApiState>, caller: Caller, JsonBody(input): JsonBody<GroupInput>) -> ApiResult<(StatusCode, Json<Group>)> {
+pub async fn create_group(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<GroupInput>,
+) -> ApiResult<(StatusCode, Json<Group>)> {
     let name = validate::name("name", &input.name)?;
     let description = validate::single_line("description", &input.description, 1024)?;
     let group = state
@@ -49,10 +53,8 @@ pub async fn update_group(
         return Err(ApiError::forbidden(format!("you may read group '{name}' but not change it")));
     }
     let description = patch.description.as_deref().map(|text| validate::single_line("description", text, 1024)).transpose()?;
-    let group = state
-        .store
-        .update_group(&caller.user, &name, description.as_deref(), patch.members.as_deref(), &caller.write_scope())
-        .await?;
+    let group =
+        state.store.update_group(&caller.user, &name, description.as_deref(), patch.members.as_deref(), &caller.write_scope()).await?;
     Ok(Json(group))
 }
 

@@ -16,8 +16,8 @@ mod tenancy;
 
 use std::sync::Arc;
 
-use axum::routing::{delete, get, post, put};
 use axum::Router;
+use axum::routing::{delete, get, post, put};
 use kiln_db::Store;
 
 pub use openapi::openapi_document;

@@ -1,8 +1,8 @@
 //! `/v1/nodes` and `/v1/discover/static`: the inventory.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
 use kiln_db::NodeFilter;
 use kiln_types::api::{DiscoverySummary, Page};
 use kiln_types::discovery::parse_document;
@@ -11,10 +11,10 @@ use kiln_types::{MacAddress, ProvisionState};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::ApiState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
-use crate::ApiState;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -35,24 +35,29 @@ pub struct NodeListQuery {
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodeListQuery),
     responses((status = 200, body = Page<Node>), (status = 400, body = kiln_types::api::ErrorBody)))]
-pub async fn list_nodes(State(state): State<ApiState>, caller: Caller, QueryParams(query): QueryParams<NodeListQuery>) -> ApiResult<Json<Page<Node>>> {
+pub async fn list_nodes(
+    State(state): State<ApiState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<NodeListQuery>,
+) -> ApiResult<Json<Page<Node>>> {
     let mut filter = NodeFilter::new(caller.read_scope());
     filter.group = query.group;
     filter.project = query.project;
     filter.after = query.after;
     filter.limit = query.limit.unwrap_or(100);
     filter.state = query.state.map(|text| text.parse::<ProvisionState>()).transpose().map_err(ApiError::invalid)?;
-    filter.mac = query
-        .mac
-        .map(|text| text.parse::<MacAddress>())
-        .transpose()
-        .map_err(|error| ApiError::invalid(format!("mac: {error}")))?;
+    filter.mac =
+        query.mac.map(|text| text.parse::<MacAddress>()).transpose().map_err(|error| ApiError::invalid(format!("mac: {error}")))?;
     Ok(Json(state.store.list_nodes(&filter).await?))
 }
 
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = NodeInput,
     responses((status = 201, body = Node), (status = 400, body = kiln_types::api::ErrorBody), (status = 409, body = kiln_types::api::ErrorBody)))]
-pub async fn create_node(State(state): State<ApiState>, caller: Caller, JsonBody(input): JsonBody<NodeInput>) -> ApiResult<(StatusCode, Json<Node>)> {
+pub async fn create_node(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<NodeInput>,
+) -> ApiResult<(StatusCode, Json<Node>)> {
     caller.require_admin()?;
     let spec = NodeSpec::try_from(&input)?;
     let node = state.store.create_node(&caller.user, &spec).await?;
@@ -84,11 +89,8 @@ pub async fn update_node(
     }
     // The physical inventory (identity, wiring, BMC) is the operators'; tenants arrange
     // their nodes (groups, role, properties, maintenance).
-    let touches_inventory = change.name.is_some()
-        || change.xname.is_some()
-        || change.nid.is_some()
-        || change.interfaces.is_some()
-        || change.bmc.is_some();
+    let touches_inventory =
+        change.name.is_some() || change.xname.is_some() || change.nid.is_some() || change.interfaces.is_some() || change.bmc.is_some();
     if touches_inventory {
         caller.require_admin()?;
     }
@@ -120,6 +122,7 @@ pub async fn discover_static(
 ) -> ApiResult<Json<DiscoverySummary>> {
     caller.require_admin()?;
     let specs = parse_document(&document).map_err(|error| ApiError::invalid(error.to_string()))?;
+    tracing::info!(actor = %caller.user, entries = specs.len(), "applying static discovery");
     let summary = state.store.discover(&caller.user, &specs).await?;
     tracing::info!(actor = %caller.user, created = summary.created.len(), updated = summary.updated.len(),
         unchanged = summary.unchanged.len(), "static discovery applied");

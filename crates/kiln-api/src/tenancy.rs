@@ -1,18 +1,18 @@
 //! `/v1/projects`, `/v1/users`, `/v1/tokens` and `/v1/whoami`: who may do what.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
-use kiln_auth::{hash_token, mint_token, ProjectScope};
+use kiln_auth::{ProjectScope, hash_token, mint_token};
 use kiln_types::api::{CreatedToken, MembershipInput, Project, ProjectInput, Token, TokenInput, User, UserInput, WhoAmI};
 use kiln_types::validate;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::ApiState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
-use crate::ApiState;
 
 type ErrorBody = kiln_types::api::ErrorBody;
 
@@ -40,7 +40,11 @@ pub async fn list_projects(State(state): State<ApiState>, caller: Caller) -> Api
 
 #[utoipa::path(post, path = "/v1/projects", tag = "tenancy", request_body = ProjectInput,
     responses((status = 201, body = Project), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_project(State(state): State<ApiState>, caller: Caller, JsonBody(input): JsonBody<ProjectInput>) -> ApiResult<(StatusCode, Json<Project>)> {
+pub async fn create_project(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<ProjectInput>,
+) -> ApiResult<(StatusCode, Json<Project>)> {
     caller.require_admin()?;
     let name = validate::name("name", &input.name)?;
     let description = validate::single_line("description", &input.description, 1024)?;
@@ -84,7 +88,11 @@ pub async fn set_member(
 
 #[utoipa::path(delete, path = "/v1/projects/{project}/members/{user}", tag = "tenancy",
     params(("project" = String, Path), ("user" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn remove_member(State(state): State<ApiState>, caller: Caller, Path((project, user)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn remove_member(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((project, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     state.store.remove_membership(&caller.user, &project, &user).await?;
     state.tokens.clear();
@@ -99,7 +107,11 @@ pub async fn list_users(State(state): State<ApiState>, caller: Caller) -> ApiRes
 
 #[utoipa::path(post, path = "/v1/users", tag = "tenancy", request_body = UserInput,
     responses((status = 201, body = User), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_user(State(state): State<ApiState>, caller: Caller, JsonBody(input): JsonBody<UserInput>) -> ApiResult<(StatusCode, Json<User>)> {
+pub async fn create_user(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<UserInput>,
+) -> ApiResult<(StatusCode, Json<User>)> {
     caller.require_admin()?;
     let name = validate::name("name", &input.name)?;
     Ok((StatusCode::CREATED, Json(state.store.create_user(&caller.user, &name, input.admin).await?)))
@@ -131,7 +143,11 @@ pub struct TokenListQuery {
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tenancy", params(TokenListQuery), responses((status = 200, body = Vec<Token>)))]
-pub async fn list_tokens(State(state): State<ApiState>, caller: Caller, QueryParams(query): QueryParams<TokenListQuery>) -> ApiResult<Json<Vec<Token>>> {
+pub async fn list_tokens(
+    State(state): State<ApiState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<TokenListQuery>,
+) -> ApiResult<Json<Vec<Token>>> {
     let user = match (caller.admin, query.user) {
         (true, user) => user,
         (false, Some(user)) if user != caller.user => return Err(ApiError::forbidden("only administrators list other users' tokens")),
@@ -143,7 +159,11 @@ pub async fn list_tokens(State(state): State<ApiState>, caller: Caller, QueryPar
 /// The response carries the token's secret: the only time it is ever shown.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tenancy", request_body = TokenInput,
     responses((status = 201, body = CreatedToken), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn create_token(State(state): State<ApiState>, caller: Caller, JsonBody(input): JsonBody<TokenInput>) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+pub async fn create_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<TokenInput>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     let user = input.user.clone().unwrap_or_else(|| caller.user.clone());
     if user != caller.user {
         caller.require_admin()?;

@@ -39,8 +39,7 @@ impl AuthContext {
     }
 
     pub fn can_write(&self, project: Option<&str>) -> bool {
-        self.admin
-            || project.is_some_and(|project| self.memberships.get(project) == Some(&ProjectRole::Member))
+        self.admin || project.is_some_and(|project| self.memberships.get(project) == Some(&ProjectRole::Member))
     }
 
     /// The projects whose resources the caller may change.
@@ -49,21 +48,13 @@ impl AuthContext {
             ProjectScope::All
         } else {
             ProjectScope::Projects(
-                self.memberships
-                    .iter()
-                    .filter(|(_, role)| **role == ProjectRole::Member)
-                    .map(|(project, _)| project.clone())
-                    .collect(),
+                self.memberships.iter().filter(|(_, role)| **role == ProjectRole::Member).map(|(project, _)| project.clone()).collect(),
             )
         }
     }
 
     pub fn read_scope(&self) -> ProjectScope {
-        if self.admin {
-            ProjectScope::All
-        } else {
-            ProjectScope::Projects(self.memberships.keys().cloned().collect())
-        }
+        if self.admin { ProjectScope::All } else { ProjectScope::Projects(self.memberships.keys().cloned().collect()) }
     }
 }
 

@@ -8,4 +8,4 @@ mod token;
 
 pub use context::{AuthContext, Denied, ProjectScope};
 pub use secret::{SecretBox, SecretError};
-pub use token::{hash_token, mint_token, TOKEN_PREFIX};
+pub use token::{TOKEN_PREFIX, hash_token, mint_token};

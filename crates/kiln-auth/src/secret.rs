@@ -15,9 +15,17 @@ const SEALED_PREFIX: &str = "v1:";
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("reading the secret key {path}")]
-    ReadKey { path: PathBuf, #[source] source: std::io::Error },
+    ReadKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing the secret key {path}")]
-    WriteKey { path: PathBuf, #[source] source: std::io::Error },
+    WriteKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the secret key {path} must be exactly 32 bytes, found {found}")]
     KeyLength { path: PathBuf, found: usize },
     #[error("the secret key {path} is readable by others (mode {mode:o}); chmod 600 it")]
@@ -48,17 +56,13 @@ impl SecretBox {
     pub fn load_or_create(path: &Path) -> Result<Self, SecretError> {
         match fs::read(path) {
             Ok(bytes) => {
-                let mode = fs::metadata(path)
-                    .map_err(|source| SecretError::ReadKey { path: path.to_owned(), source })?
-                    .permissions()
-                    .mode();
+                let mode =
+                    fs::metadata(path).map_err(|source| SecretError::ReadKey { path: path.to_owned(), source })?.permissions().mode();
                 if mode & 0o077 != 0 {
                     return Err(SecretError::KeyPermissions { path: path.to_owned(), mode: mode & 0o777 });
                 }
-                let key: [u8; 32] = bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| SecretError::KeyLength { path: path.to_owned(), found: bytes.len() })?;
+                let key: [u8; 32] =
+                    bytes.as_slice().try_into().map_err(|_| SecretError::KeyLength { path: path.to_owned(), found: bytes.len() })?;
                 Ok(Self::from_key(key))
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -100,8 +104,7 @@ impl SecretBox {
             return Err(SecretError::Decrypt);
         }
         let (nonce, ciphertext) = bytes.split_at(24);
-        let plaintext =
-            self.cipher.decrypt(XNonce::from_slice(nonce), ciphertext).map_err(|_| SecretError::Decrypt)?;
+        let plaintext = self.cipher.decrypt(XNonce::from_slice(nonce), ciphertext).map_err(|_| SecretError::Decrypt)?;
         String::from_utf8(plaintext).map_err(|_| SecretError::Decrypt)
     }
 }

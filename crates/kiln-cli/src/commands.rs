@@ -1,16 +1,14 @@
 //! The client commands: each turns its arguments into API calls and prints the answer.
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use kiln_client::{encode, Client};
-use kiln_types::api::{
-    CreatedToken, DiscoverySummary, Event, Group, Page, Project, ProjectRole, Token, User, WhoAmI,
-};
+use kiln_client::{Client, encode};
+use kiln_types::api::{CreatedToken, DiscoverySummary, Event, Group, Page, Project, ProjectRole, Token, User, WhoAmI};
 use kiln_types::node::Node;
 use serde::Deserialize;
 
-use crate::output::{or_dash, print, print_one, print_rows, table, OutputFormat, Tabular};
 use crate::DataArgs;
+use crate::output::{OutputFormat, Tabular, or_dash, print, print_one, print_rows, table};
 
 /// What `~/.config/kiln/config.toml` may hold for the client.
 #[derive(Debug, Default, Deserialize)]
@@ -35,7 +33,9 @@ pub fn client(url: Option<String>, token: Option<String>) -> anyhow::Result<Clie
     let url = url.or(file.url).unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
     let token = match (token, file.token, file.token_file) {
         (Some(token), _, _) | (None, Some(token), _) => Some(token),
-        (None, None, Some(path)) => Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_owned()),
+        (None, None, Some(path)) => {
+            Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_owned())
+        }
         (None, None, None) => None,
     };
     Ok(Client::new(&url, token.filter(|t| !t.is_empty())))
@@ -200,16 +200,21 @@ pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -
         }
         NodeCommand::Delete { nodes } => {
             for node in nodes {
-                client.delete::<serde_json::Value>(&format!("/v1/nodes/{}", encode(&node))).await.with_context(|| format!("deleting {node}"))?;
+                client
+                    .delete::<serde_json::Value>(&format!("/v1/nodes/{}", encode(&node)))
+                    .await
+                    .with_context(|| format!("deleting {node}"))?;
             }
             Ok(())
         }
         NodeCommand::Allocate { project, nodes } => {
-            let nodes: Vec<Node> = client.post(&format!("/v1/projects/{}/allocate", encode(&project)), &serde_json::json!({ "nodes": nodes })).await?;
+            let nodes: Vec<Node> =
+                client.post(&format!("/v1/projects/{}/allocate", encode(&project)), &serde_json::json!({ "nodes": nodes })).await?;
             print_rows(format, &nodes)
         }
         NodeCommand::Release { project, nodes } => {
-            let nodes: Vec<Node> = client.post(&format!("/v1/projects/{}/release", encode(&project)), &serde_json::json!({ "nodes": nodes })).await?;
+            let nodes: Vec<Node> =
+                client.post(&format!("/v1/projects/{}/release", encode(&project)), &serde_json::json!({ "nodes": nodes })).await?;
             print_rows(format, &nodes)
         }
     }
@@ -250,7 +255,9 @@ fn node_details(node: &Node) -> String {
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     List,
-    Show { group: String },
+    Show {
+        group: String,
+    },
     /// Create a group.
     Create {
         name: String,
@@ -272,7 +279,9 @@ pub enum GroupCommand {
         #[arg(long = "member")]
         members: Option<Vec<String>>,
     },
-    Delete { group: String },
+    Delete {
+        group: String,
+    },
 }
 
 pub async fn group(client: &Client, format: OutputFormat, command: GroupCommand) -> anyhow::Result<()> {
@@ -297,13 +306,17 @@ pub async fn group(client: &Client, format: OutputFormat, command: GroupCommand)
 #[derive(Debug, Subcommand)]
 pub enum ProjectCommand {
     List,
-    Show { project: String },
+    Show {
+        project: String,
+    },
     Create {
         name: String,
         #[arg(long, default_value = "")]
         description: String,
     },
-    Delete { project: String },
+    Delete {
+        project: String,
+    },
     /// Add a user to a project, or change their role.
     AddMember {
         project: String,
@@ -311,16 +324,20 @@ pub enum ProjectCommand {
         #[arg(long, default_value = "member")]
         role: String,
     },
-    RemoveMember { project: String, user: String },
+    RemoveMember {
+        project: String,
+        user: String,
+    },
 }
 
 pub async fn project(client: &Client, format: OutputFormat, command: ProjectCommand) -> anyhow::Result<()> {
     match command {
         ProjectCommand::List => print_rows(format, &client.get::<Vec<Project>>("/v1/projects").await?),
         ProjectCommand::Show { project } => print_one(format, &client.get::<Project>(&format!("/v1/projects/{}", encode(&project))).await?),
-        ProjectCommand::Create { name, description } => {
-            print_one(format, &client.post::<_, Project>("/v1/projects", &serde_json::json!({ "name": name, "description": description })).await?)
-        }
+        ProjectCommand::Create { name, description } => print_one(
+            format,
+            &client.post::<_, Project>("/v1/projects", &serde_json::json!({ "name": name, "description": description })).await?,
+        ),
         ProjectCommand::Delete { project } => {
             client.delete::<serde_json::Value>(&format!("/v1/projects/{}", encode(&project))).await?;
             Ok(())
@@ -328,7 +345,10 @@ pub async fn project(client: &Client, format: OutputFormat, command: ProjectComm
         ProjectCommand::AddMember { project, user, role } => {
             let role: ProjectRole = role.parse().map_err(anyhow::Error::msg)?;
             client
-                .put::<_, serde_json::Value>(&format!("/v1/projects/{}/members", encode(&project)), &serde_json::json!({ "user": user, "role": role }))
+                .put::<_, serde_json::Value>(
+                    &format!("/v1/projects/{}/members", encode(&project)),
+                    &serde_json::json!({ "user": user, "role": role }),
+                )
                 .await?;
             Ok(())
         }
@@ -342,14 +362,18 @@ pub async fn project(client: &Client, format: OutputFormat, command: ProjectComm
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     List,
-    Show { user: String },
+    Show {
+        user: String,
+    },
     Create {
         name: String,
         /// Make the user an administrator.
         #[arg(long)]
         admin: bool,
     },
-    Delete { user: String },
+    Delete {
+        user: String,
+    },
 }
 
 pub async fn user(client: &Client, format: OutputFormat, command: UserCommand) -> anyhow::Result<()> {
@@ -383,7 +407,9 @@ pub enum TokenCommand {
         #[arg(long)]
         user: Option<String>,
     },
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 /// `90s`, `15m`, `12h`, `30d`, or plain seconds.

@@ -2,7 +2,7 @@
 
 use std::io::Read as _;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InputFormat {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 use kiln_server::{ServerConfig, ServerConfigLayer};
 
-use crate::output::OutputFormat;
 use crate::ServerFlags;
+use crate::output::OutputFormat;
 
 /// File, then `KILN_*` environment, then flags; validated.
 fn load_config(flags: &ServerFlags) -> anyhow::Result<ServerConfig> {
@@ -23,7 +23,7 @@ fn load_config(flags: &ServerFlags) -> anyhow::Result<ServerConfig> {
         ..Default::default()
     };
     let layers = file.overlaid_with(ServerConfigLayer::from_environment(&environment)?).overlaid_with(from_flags);
-    Ok(ServerConfig::try_from(layers).context("invalid configuration")?)
+    ServerConfig::try_from(layers).context("invalid configuration")
 }
 
 pub fn check(flags: &ServerFlags, format: OutputFormat) -> anyhow::Result<()> {
@@ -44,7 +44,8 @@ pub async fn serve(flags: &ServerFlags) -> anyhow::Result<()> {
     if let Some(path) = handle.admin_token_file() {
         eprintln!("The administrator's API token is in {}:\n  export KILN_TOKEN=$(cat {})", path.display(), path.display());
     }
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing a SIGTERM handler")?;
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: finishing in-flight requests"),

@@ -1,8 +1,8 @@
 //! A small HTTP client for Kiln's REST API, used by the CLI and by tests.
 
 use reqwest::{Method, StatusCode};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// What went wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +77,11 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|error| ClientError::Unreachable { url: self.base_url.clone(), message: root_cause(&error) })?;
+        let response =
+            request.send().await.map_err(|error| ClientError::Unreachable { url: self.base_url.clone(), message: root_cause(&error) })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|error| ClientError::Unreachable { url: self.base_url.clone(), message: root_cause(&error) })?;
+        let bytes =
+            response.bytes().await.map_err(|error| ClientError::Unreachable { url: self.base_url.clone(), message: root_cause(&error) })?;
         if !status.is_success() {
             let parsed: Option<kiln_types::api::ErrorBody> = serde_json::from_slice(&bytes).ok();
             return Err(match parsed {

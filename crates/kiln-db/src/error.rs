@@ -5,13 +5,26 @@ pub enum StoreError {
     #[error("unsupported database URL {url} (expected sqlite://PATH or postgres://…)")]
     UnsupportedUrl { url: String },
     #[error("connecting to the database at {url}")]
-    Connect { url: String, #[source] source: sqlx::Error },
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("applying database migration {version} ({name})")]
-    Migrate { version: i64, name: &'static str, #[source] source: sqlx::Error },
+    Migrate {
+        version: i64,
+        name: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("the database schema is at version {found}, newer than this Kiln knows ({known}); upgrade Kiln")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("database error while {operation}")]
-    Query { operation: &'static str, #[source] source: sqlx::Error },
+    Query {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("{kind} '{key}' not found")]
     NotFound { kind: &'static str, key: String },
     #[error("{message}")]
@@ -27,12 +40,12 @@ impl StoreError {
         move |source| {
             // A unique constraint that a pre-check did not catch (a race with another
             // writer) is still a conflict, not a server error.
-            if let sqlx::Error::Database(database_error) = &source {
-                if database_error.is_unique_violation() {
-                    return StoreError::Conflict {
-                        message: format!("{operation}: a unique value is already taken ({})", database_error.message()),
-                    };
-                }
+            if let sqlx::Error::Database(database_error) = &source
+                && database_error.is_unique_violation()
+            {
+                return StoreError::Conflict {
+                    message: format!("{operation}: a unique value is already taken ({})", database_error.message()),
+                };
             }
             StoreError::Query { operation, source }
         }

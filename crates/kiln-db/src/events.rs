@@ -47,9 +47,8 @@ pub(crate) async fn record(connection: &mut AnyConnection, event: NewEvent<'_>) 
 
 impl Store {
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
-        let mut sql = String::from(
-            "SELECT id, at, actor, action, target_kind, target, project, state_before, state_after FROM events WHERE id > $1",
-        );
+        let mut sql =
+            String::from("SELECT id, at, actor, action, target_kind, target, project, state_before, state_after FROM events WHERE id > $1");
         let mut text_binds: Vec<String> = Vec::new();
         if let Some(kind) = &filter.target_kind {
             text_binds.push(kind.clone());

@@ -5,7 +5,7 @@ use kiln_auth::ProjectScope;
 use kiln_types::api::Group;
 use sqlx::{AnyConnection, Row as _};
 
-use crate::events::{record, NewEvent};
+use crate::events::{NewEvent, record};
 use crate::nodes::find_node;
 use crate::{Store, StoreError};
 
@@ -94,13 +94,7 @@ async fn members_of(connection: &mut AnyConnection, group: &str, scope: &Project
 
 async fn group_view(connection: &mut AnyConnection, row: GroupRow, scope: &ProjectScope) -> Result<Group, StoreError> {
     let members = members_of(connection, &row.name, scope).await?;
-    Ok(Group {
-        name: row.name,
-        description: row.description,
-        project: row.project,
-        members,
-        created_at: crate::timestamp(row.created_at),
-    })
+    Ok(Group { name: row.name, description: row.description, project: row.project, members, created_at: crate::timestamp(row.created_at) })
 }
 
 /// Replaces the member list of a group; every node must be writable by `scope` and
@@ -177,15 +171,20 @@ impl Store {
         }
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        if let Some(project) = project {
-            if !crate::tenancy::project_exists(connection, project).await? {
-                return Err(StoreError::not_found("project", project));
-            }
+        if let Some(project) = project
+            && !crate::tenancy::project_exists(connection, project).await?
+        {
+            return Err(StoreError::not_found("project", project));
         }
         if group_row(connection, name).await?.is_some() {
             return Err(StoreError::conflict(format!("group '{name}' already exists")));
         }
-        let row = GroupRow { name: name.to_owned(), description: description.to_owned(), project: project.map(str::to_owned), created_at: crate::now_millis() };
+        let row = GroupRow {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            project: project.map(str::to_owned),
+            created_at: crate::now_millis(),
+        };
         sqlx::query("INSERT INTO node_groups (name, description, project, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&row.name)
             .bind(&row.description)
@@ -197,7 +196,8 @@ impl Store {
         set_members(connection, &row, members, scope).await?;
         let group = group_view(connection, row, &ProjectScope::All).await?;
         let after = serde_json::to_value(&group).ok();
-        record(connection, NewEvent { actor, action: "group.create", target_kind: "group", target: name, project, before: None, after }).await?;
+        record(connection, NewEvent { actor, action: "group.create", target_kind: "group", target: name, project, before: None, after })
+            .await?;
         transaction.commit().await?;
         Ok(group)
     }
@@ -222,10 +222,10 @@ impl Store {
             .map_err(StoreError::query("listing groups"))?;
         let mut groups = Vec::new();
         for name in names {
-            if let Some(row) = group_row(&mut connection, &name).await? {
-                if visible(scope, row.project.as_deref()) {
-                    groups.push(group_view(&mut connection, row, scope).await?);
-                }
+            if let Some(row) = group_row(&mut connection, &name).await?
+                && visible(scope, row.project.as_deref())
+            {
+                groups.push(group_view(&mut connection, row, scope).await?);
             }
         }
         Ok(groups)
@@ -264,7 +264,19 @@ impl Store {
         let after = group_view(connection, row, &ProjectScope::All).await?;
         if after != before {
             let (old, new) = (serde_json::to_value(&before).ok(), serde_json::to_value(&after).ok());
-            record(connection, NewEvent { actor, action: "group.update", target_kind: "group", target: name, project: project.as_deref(), before: old, after: new }).await?;
+            record(
+                connection,
+                NewEvent {
+                    actor,
+                    action: "group.update",
+                    target_kind: "group",
+                    target: name,
+                    project: project.as_deref(),
+                    before: old,
+                    after: new,
+                },
+            )
+            .await?;
         }
         transaction.commit().await?;
         Ok(after)
@@ -290,7 +302,19 @@ impl Store {
             .await
             .map_err(StoreError::query("deleting a group"))?;
         let old = serde_json::to_value(&before).ok();
-        record(connection, NewEvent { actor, action: "group.delete", target_kind: "group", target: name, project: project.as_deref(), before: old, after: None }).await?;
+        record(
+            connection,
+            NewEvent {
+                actor,
+                action: "group.delete",
+                target_kind: "group",
+                target: name,
+                project: project.as_deref(),
+                before: old,
+                after: None,
+            },
+        )
+        .await?;
         transaction.commit().await
     }
 }

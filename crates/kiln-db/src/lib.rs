@@ -84,27 +84,26 @@ impl Store {
             Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
             _ => url.to_owned(),
         };
-        let options: AnyConnectOptions =
-            url.parse().map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
-        let pool_options = |max_connections| AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // synchronous=NORMAL is durable in WAL mode except for the last
-                        // transactions before a power cut; it never corrupts the database.
-                        connection
-                            .execute(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+        let options: AnyConnectOptions = url.parse().map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
+        let pool_options = |max_connections| {
+            AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(30)).after_connect(
+                move |connection, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // synchronous=NORMAL is durable in WAL mode except for the last
+                            // transactions before a power cut; it never corrupts the database.
+                            connection
+                                .execute(
+                                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
                                  PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
-                            )
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-        ;
+                                )
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                },
+            )
+        };
         let connect_error = |source| StoreError::Connect { url: redact_url(&url), source };
         let (pool, write_pool) = match backend {
             Backend::Sqlite => {
@@ -146,11 +145,8 @@ impl Store {
 
     /// Starts a write transaction. Dropping it without `commit` rolls it back.
     async fn write(&self) -> Result<WriteTransaction, StoreError> {
-        let transaction = self
-            .write_pool
-            .begin()
-            .await
-            .map_err(|source| StoreError::Query { operation: "starting a transaction", source })?;
+        let transaction =
+            self.write_pool.begin().await.map_err(|source| StoreError::Query { operation: "starting a transaction", source })?;
         Ok(WriteTransaction { transaction })
     }
 }

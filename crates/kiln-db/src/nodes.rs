@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 
-use crate::events::{record, NewEvent};
+use crate::events::{NewEvent, record};
 use crate::{Store, StoreError};
 
 /// Which nodes a listing returns.
@@ -67,10 +67,8 @@ fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
 fn node_from_row(row: &AnyRow) -> Result<NodeSnapshot, StoreError> {
     let get_text = |column: &str| row.try_get::<Option<String>, _>(column).map_err(StoreError::query("reading a node"));
     let get_int = |column: &str| row.try_get::<Option<i64>, _>(column).map_err(StoreError::query("reading a node"));
-    let bmc = get_text("bmc")?
-        .map(|text| serde_json::from_str::<StoredBmc>(&text))
-        .transpose()
-        .map_err(|error| corrupt("node bmc", error))?;
+    let bmc =
+        get_text("bmc")?.map(|text| serde_json::from_str::<StoredBmc>(&text)).transpose().map_err(|error| corrupt("node bmc", error))?;
     let sealed_bmc_password = get_text("bmc_password")?;
     let properties = serde_json::from_str(&get_text("properties")?.unwrap_or_else(|| "{}".to_owned()))
         .map_err(|error| corrupt("node properties", error))?;
@@ -119,8 +117,7 @@ async fn load_nodes(
     if nodes.is_empty() {
         return Ok(nodes);
     }
-    let index: HashMap<String, usize> =
-        nodes.iter().enumerate().map(|(position, snapshot)| (snapshot.node.id.clone(), position)).collect();
+    let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(position, snapshot)| (snapshot.node.id.clone(), position)).collect();
     let ids = crate::placeholders(1, nodes.len());
     let interface_sql = format!("SELECT node_id, mac, ip_addrs FROM interfaces WHERE node_id IN ({ids}) ORDER BY node_id, position");
     let group_sql = format!("SELECT node_id, group_name FROM group_members WHERE node_id IN ({ids}) ORDER BY node_id, position");
@@ -163,7 +160,6 @@ pub(crate) async fn find_node(connection: &mut AnyConnection, key: &str) -> Resu
     Ok(None)
 }
 
-
 /// Finds a node the scope may see; anything else is "not found", never "forbidden", so a
 /// tenant cannot learn that another tenant's node exists.
 async fn find_visible_node(connection: &mut AnyConnection, key: &str, scope: &ProjectScope) -> Result<NodeSnapshot, StoreError> {
@@ -178,11 +174,7 @@ fn interface_views(interfaces: &[InterfaceSpec]) -> Vec<InterfaceView> {
         .iter()
         .map(|interface| InterfaceView {
             mac_addr: interface.mac,
-            ip_addrs: interface
-                .ip_addrs
-                .iter()
-                .map(|(name, ip)| IpAddrEntry { name: name.clone(), ip_addr: ip.to_string() })
-                .collect(),
+            ip_addrs: interface.ip_addrs.iter().map(|(name, ip)| IpAddrEntry { name: name.clone(), ip_addr: ip.to_string() }).collect(),
         })
         .collect()
 }
@@ -231,7 +223,19 @@ impl Store {
         let snapshot = self.new_snapshot(spec)?;
         write_node(connection, &snapshot, None).await?;
         let after = serde_json::to_value(&snapshot.node).ok();
-        record(connection, NewEvent { actor, action: "node.create", target_kind: "node", target: &snapshot.node.name, project: snapshot.node.project.as_deref(), before: None, after }).await?;
+        record(
+            connection,
+            NewEvent {
+                actor,
+                action: "node.create",
+                target_kind: "node",
+                target: &snapshot.node.name,
+                project: snapshot.node.project.as_deref(),
+                before: None,
+                after,
+            },
+        )
+        .await?;
         transaction.commit().await?;
         Ok(snapshot.node)
     }
@@ -348,7 +352,19 @@ impl Store {
             after.node.updated_at = crate::now();
             write_node(connection, &after, Some(&before)).await?;
             let (old, new) = (serde_json::to_value(&before.node).ok(), serde_json::to_value(&after.node).ok());
-            record(connection, NewEvent { actor, action: "node.update", target_kind: "node", target: &after.node.name, project: after.node.project.as_deref(), before: old, after: new }).await?;
+            record(
+                connection,
+                NewEvent {
+                    actor,
+                    action: "node.update",
+                    target_kind: "node",
+                    target: &after.node.name,
+                    project: after.node.project.as_deref(),
+                    before: old,
+                    after: new,
+                },
+            )
+            .await?;
         }
         transaction.commit().await?;
         Ok(after.node)
@@ -371,7 +387,19 @@ impl Store {
             .await
             .map_err(StoreError::query("deleting a node"))?;
         let old = serde_json::to_value(&before.node).ok();
-        record(connection, NewEvent { actor, action: "node.delete", target_kind: "node", target: &before.node.name, project: before.node.project.as_deref(), before: old, after: None }).await?;
+        record(
+            connection,
+            NewEvent {
+                actor,
+                action: "node.delete",
+                target_kind: "node",
+                target: &before.node.name,
+                project: before.node.project.as_deref(),
+                before: old,
+                after: None,
+            },
+        )
+        .await?;
         transaction.commit().await
     }
 
@@ -380,10 +408,10 @@ impl Store {
     pub async fn set_nodes_project(&self, actor: &str, keys: &[String], project: Option<&str>) -> Result<Vec<Node>, StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        if let Some(project) = project {
-            if !crate::tenancy::project_exists(connection, project).await? {
-                return Err(StoreError::not_found("project", project));
-            }
+        if let Some(project) = project
+            && !crate::tenancy::project_exists(connection, project).await?
+        {
+            return Err(StoreError::not_found("project", project));
         }
         let mut nodes = Vec::with_capacity(keys.len());
         for key in keys {
@@ -403,7 +431,11 @@ impl Store {
             let action = if project.is_some() { "node.allocate" } else { "node.release" };
             let (old, new) = (serde_json::to_value(&before.node).ok(), serde_json::to_value(&after.node).ok());
             let event_project = project.or(before.node.project.as_deref());
-            record(connection, NewEvent { actor, action, target_kind: "node", target: &after.node.name, project: event_project, before: old, after: new }).await?;
+            record(
+                connection,
+                NewEvent { actor, action, target_kind: "node", target: &after.node.name, project: event_project, before: old, after: new },
+            )
+            .await?;
             nodes.push(after.node);
         }
         transaction.commit().await?;
@@ -420,9 +452,9 @@ impl Store {
         for (position, spec) in specs.iter().enumerate() {
             let entry = |error: StoreError| match error {
                 StoreError::Conflict { message } => StoreError::conflict(format!("entry {} ({}): {message}", position + 1, spec.name)),
-                StoreError::NotFound { kind, key } => StoreError::Invalid {
-                    message: format!("entry {} ({}): {kind} '{key}' not found", position + 1, spec.name),
-                },
+                StoreError::NotFound { kind, key } => {
+                    StoreError::Invalid { message: format!("entry {} ({}): {kind} '{key}' not found", position + 1, spec.name) }
+                }
                 other => other,
             };
             let existing = match &spec.xname {
@@ -434,7 +466,19 @@ impl Store {
                     let snapshot = self.new_snapshot(spec)?;
                     write_node(connection, &snapshot, None).await.map_err(entry)?;
                     let after = serde_json::to_value(&snapshot.node).ok();
-                    record(connection, NewEvent { actor, action: "node.discover", target_kind: "node", target: &spec.name, project: None, before: None, after }).await?;
+                    record(
+                        connection,
+                        NewEvent {
+                            actor,
+                            action: "node.discover",
+                            target_kind: "node",
+                            target: &spec.name,
+                            project: None,
+                            before: None,
+                            after,
+                        },
+                    )
+                    .await?;
                     summary.created.push(spec.name.clone());
                 }
                 Some(before) => {
@@ -463,7 +507,19 @@ impl Store {
                     after.node.updated_at = crate::now();
                     write_node(connection, &after, Some(&before)).await.map_err(entry)?;
                     let (old, new) = (serde_json::to_value(&before.node).ok(), serde_json::to_value(&after.node).ok());
-                    record(connection, NewEvent { actor, action: "node.discover", target_kind: "node", target: &spec.name, project: after.node.project.as_deref(), before: old, after: new }).await?;
+                    record(
+                        connection,
+                        NewEvent {
+                            actor,
+                            action: "node.discover",
+                            target_kind: "node",
+                            target: &spec.name,
+                            project: after.node.project.as_deref(),
+                            before: old,
+                            after: new,
+                        },
+                    )
+                    .await?;
                     summary.updated.push(spec.name.clone());
                 }
             }

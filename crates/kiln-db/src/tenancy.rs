@@ -6,7 +6,7 @@ use kiln_types::api::{Membership, Project, ProjectRole, Token, User};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 
-use crate::events::{record, NewEvent};
+use crate::events::{NewEvent, record};
 use crate::{Store, StoreError};
 
 /// What a token hash resolves to: enough to build the request's auth context.
@@ -97,7 +97,11 @@ impl Store {
             .await
             .map_err(StoreError::query("creating a project"))?;
         let after = serde_json::to_value(&project).ok();
-        record(connection, NewEvent { actor, action: "project.create", target_kind: "project", target: name, project: Some(name), before: None, after }).await?;
+        record(
+            connection,
+            NewEvent { actor, action: "project.create", target_kind: "project", target: name, project: Some(name), before: None, after },
+        )
+        .await?;
         transaction.commit().await?;
         Ok(project)
     }
@@ -106,9 +110,7 @@ impl Store {
     pub async fn list_projects(&self, names: Option<&[String]>) -> Result<Vec<Project>, StoreError> {
         let mut connection = self.read().await?;
         let rows = match names {
-            None => sqlx::query("SELECT name, description, created_at FROM projects ORDER BY name")
-                .fetch_all(&mut *connection)
-                .await,
+            None => sqlx::query("SELECT name, description, created_at FROM projects ORDER BY name").fetch_all(&mut *connection).await,
             Some([]) => return Ok(Vec::new()),
             Some(names) => {
                 let sql = format!(
@@ -161,7 +163,19 @@ impl Store {
             .execute(&mut *connection)
             .await
             .map_err(StoreError::query("deleting a project"))?;
-        record(connection, NewEvent { actor, action: "project.delete", target_kind: "project", target: name, project: Some(name), before: None, after: None }).await?;
+        record(
+            connection,
+            NewEvent {
+                actor,
+                action: "project.delete",
+                target_kind: "project",
+                target: name,
+                project: Some(name),
+                before: None,
+                after: None,
+            },
+        )
+        .await?;
         transaction.commit().await
     }
 
@@ -217,7 +231,11 @@ impl Store {
             .await
             .map_err(StoreError::query("deleting a user"))?;
         let before = serde_json::to_value(&user).ok();
-        record(connection, NewEvent { actor, action: "user.delete", target_kind: "user", target: name, project: None, before, after: None }).await?;
+        record(
+            connection,
+            NewEvent { actor, action: "user.delete", target_kind: "user", target: name, project: None, before, after: None },
+        )
+        .await?;
         transaction.commit().await
     }
 
@@ -239,7 +257,19 @@ impl Store {
         .await
         .map_err(StoreError::query("setting a membership"))?;
         let after = Some(serde_json::json!({ "user": user, "role": role }));
-        record(connection, NewEvent { actor, action: "project.member.set", target_kind: "project", target: project, project: Some(project), before: None, after }).await?;
+        record(
+            connection,
+            NewEvent {
+                actor,
+                action: "project.member.set",
+                target_kind: "project",
+                target: project,
+                project: Some(project),
+                before: None,
+                after,
+            },
+        )
+        .await?;
         transaction.commit().await
     }
 
@@ -257,7 +287,19 @@ impl Store {
             return Err(StoreError::not_found("membership", format!("{user} in {project}")));
         }
         let before = Some(serde_json::json!({ "user": user }));
-        record(connection, NewEvent { actor, action: "project.member.remove", target_kind: "project", target: project, project: Some(project), before, after: None }).await?;
+        record(
+            connection,
+            NewEvent {
+                actor,
+                action: "project.member.remove",
+                target_kind: "project",
+                target: project,
+                project: Some(project),
+                before,
+                after: None,
+            },
+        )
+        .await?;
         transaction.commit().await
     }
 
@@ -283,10 +325,12 @@ impl Store {
         let mut connection = self.read().await?;
         let columns = "id, name, user_name, created_at, expires_at, revoked_at";
         let rows = match user {
-            Some(user) => sqlx::query(&format!("SELECT {columns} FROM tokens WHERE user_name = $1 ORDER BY created_at, id"))
-                .bind(user)
-                .fetch_all(&mut *connection)
-                .await,
+            Some(user) => {
+                sqlx::query(&format!("SELECT {columns} FROM tokens WHERE user_name = $1 ORDER BY created_at, id"))
+                    .bind(user)
+                    .fetch_all(&mut *connection)
+                    .await
+            }
             None => sqlx::query(&format!("SELECT {columns} FROM tokens ORDER BY created_at, id")).fetch_all(&mut *connection).await,
         }
         .map_err(StoreError::query("listing tokens"))?;
@@ -324,7 +368,11 @@ impl Store {
         let token = token_from_row(&row).map_err(StoreError::query("reading a token"))?;
         if updated > 0 {
             let after = serde_json::to_value(&token).ok();
-            record(connection, NewEvent { actor, action: "token.revoke", target_kind: "token", target: id, project: None, before: None, after }).await?;
+            record(
+                connection,
+                NewEvent { actor, action: "token.revoke", target_kind: "token", target: id, project: None, before: None, after },
+            )
+            .await?;
         }
         transaction.commit().await?;
         Ok(token)
@@ -398,7 +446,8 @@ async fn insert_user(connection: &mut AnyConnection, actor: &str, name: &str, ad
         .await
         .map_err(StoreError::query("creating a user"))?;
     let after = serde_json::to_value(&user).ok();
-    record(connection, NewEvent { actor, action: "user.create", target_kind: "user", target: name, project: None, before: None, after }).await?;
+    record(connection, NewEvent { actor, action: "user.create", target_kind: "user", target: name, project: None, before: None, after })
+        .await?;
     Ok(user)
 }
 
@@ -429,6 +478,10 @@ async fn insert_token(
         .await
         .map_err(StoreError::query("creating a token"))?;
     let after = serde_json::to_value(&token).ok();
-    record(connection, NewEvent { actor, action: "token.create", target_kind: "token", target: &token.id, project: None, before: None, after }).await?;
+    record(
+        connection,
+        NewEvent { actor, action: "token.create", target_kind: "token", target: &token.id, project: None, before: None, after },
+    )
+    .await?;
     Ok(token)
 }

@@ -82,10 +82,12 @@ async fn nodes_round_trip_with_interfaces_groups_and_masked_password(store: Stor
     let node = store
         .create_node(
             "test",
-            &spec(r#"{"name": "n1", "xname": "x1000c0s0b0n0", "nid": 1, "groups": ["compute", "gpu"],
+            &spec(
+                r#"{"name": "n1", "xname": "x1000c0s0b0n0", "nid": 1, "groups": ["compute", "gpu"],
                  "interfaces": [{"mac_addr": "52:54:00:BE:EF:01", "ip_addrs": [{"name": "mgmt", "ip_addr": "10.0.0.1"}]}],
                  "bmc": {"driver": "redfish", "address": "127.0.0.1:8000", "username": "root", "password": "calvin"},
-                 "properties": {"cpu_count": 4}}"#),
+                 "properties": {"cpu_count": 4}}"#,
+            ),
         )
         .await
         .unwrap();
@@ -102,10 +104,16 @@ async fn nodes_round_trip_with_interfaces_groups_and_masked_password(store: Stor
     assert!(!serialized.contains("calvin"));
 
     // Echoing the mask back keeps the password; a new one replaces it.
-    let keep = NodeChange::try_from(&serde_json::from_str(r#"{"bmc": {"driver": "redfish", "address": "127.0.0.1:8000", "password": "******"}}"#).unwrap()).unwrap();
+    let keep = NodeChange::try_from(
+        &serde_json::from_str(r#"{"bmc": {"driver": "redfish", "address": "127.0.0.1:8000", "password": "******"}}"#).unwrap(),
+    )
+    .unwrap();
     store.update_node("test", "n1", &ProjectScope::All, &keep).await.unwrap();
     assert_eq!(store.bmc_password("n1").await.unwrap().as_deref(), Some("calvin"));
-    let replace = NodeChange::try_from(&serde_json::from_str(r#"{"bmc": {"driver": "ipmi", "address": "127.0.0.1:623", "password": "s3cret"}}"#).unwrap()).unwrap();
+    let replace = NodeChange::try_from(
+        &serde_json::from_str(r#"{"bmc": {"driver": "ipmi", "address": "127.0.0.1:623", "password": "s3cret"}}"#).unwrap(),
+    )
+    .unwrap();
     let updated = store.update_node("test", "n1", &ProjectScope::All, &replace).await.unwrap();
     assert_eq!(store.bmc_password("n1").await.unwrap().as_deref(), Some("s3cret"));
     assert_eq!(updated.bmc.unwrap().username.as_deref(), Some("root"));
@@ -160,7 +168,9 @@ async fn discovery_is_all_or_nothing_and_idempotent(store: Store) {
         "interfaces": [{"mac_addr": "52:54:00:aa:aa:aa"}]}));
     clash[0]["nid"] = 100.into();
     match store.discover("admin", &parse_document(&clash).unwrap()).await {
-        Err(StoreError::Conflict { message }) => assert_eq!(message, "entry 6 (node06): MAC 52:54:00:aa:aa:aa is already used by node 'other'"),
+        Err(StoreError::Conflict { message }) => {
+            assert_eq!(message, "entry 6 (node06): MAC 52:54:00:aa:aa:aa is already used by node 'other'")
+        }
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert!(store.get_node("node06", &ProjectScope::All).await.is_err());
@@ -277,10 +287,14 @@ async fn groups_respect_project_ownership(store: Store) {
 
 async fn events_record_changes(store: Store) {
     store.create_project("admin", "a", "").await.unwrap();
-    store.create_node("admin", &spec(r#"{"name": "n1", "project": "a", "bmc": {"address": "127.0.0.1", "password": "pw"}}"#)).await.unwrap();
+    store
+        .create_node("admin", &spec(r#"{"name": "n1", "project": "a", "bmc": {"address": "127.0.0.1", "password": "pw"}}"#))
+        .await
+        .unwrap();
     let change = NodeChange { role: Some("Service".into()), ..Default::default() };
     store.update_node("alice", "n1", &ProjectScope::All, &change).await.unwrap();
-    let events = store.list_events(&kiln_db::EventFilter { projects: Some(vec!["a".into()]), limit: 100, ..Default::default() }).await.unwrap();
+    let events =
+        store.list_events(&kiln_db::EventFilter { projects: Some(vec!["a".into()]), limit: 100, ..Default::default() }).await.unwrap();
     let actions: Vec<_> = events.iter().map(|e| (e.actor.as_str(), e.action.as_str())).collect();
     assert_eq!(actions, [("admin", "project.create"), ("admin", "node.create"), ("alice", "node.update")]);
     let update = &events[2];

@@ -29,7 +29,11 @@ pub struct ServerConfigLayer {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading the configuration file {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("parsing the configuration file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{setting}: {message}")]
@@ -47,7 +51,10 @@ impl ServerConfigLayer {
         let get = |name: &str| environment.get(name).filter(|value| !value.is_empty()).cloned();
         let max_body_bytes = get("KILN_MAX_BODY_BYTES")
             .map(|text| {
-                text.parse().map_err(|_| ConfigError::Invalid { setting: "KILN_MAX_BODY_BYTES", message: format!("'{text}' is not a number of bytes") })
+                text.parse().map_err(|_| ConfigError::Invalid {
+                    setting: "KILN_MAX_BODY_BYTES",
+                    message: format!("'{text}' is not a number of bytes"),
+                })
             })
             .transpose()?;
         Ok(ServerConfigLayer {
@@ -121,7 +128,10 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
         let valid_public_url = (public_url.starts_with("http://") || public_url.starts_with("https://"))
             && public_url.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
         if !valid_public_url {
-            return Err(ConfigError::Invalid { setting: "public_url", message: format!("'{public_url}' is not an http:// or https:// URL") });
+            return Err(ConfigError::Invalid {
+                setting: "public_url",
+                message: format!("'{public_url}' is not an http:// or https:// URL"),
+            });
         }
         let secret_key_file = layer.secret_key_file.unwrap_or_else(|| data_dir.join("secret.key"));
         let max_body_bytes = layer.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
@@ -148,8 +158,10 @@ mod tests {
 
     #[test]
     fn flags_beat_environment_beats_file() {
-        let file: ServerConfigLayer = toml::from_str("listen = \"127.0.0.1:1\"\ndata_dir = \"/file\"\npublic_url = \"http://file\"\n").unwrap();
-        let environment = HashMap::from([("KILN_LISTEN".to_owned(), "127.0.0.1:2".to_owned()), ("KILN_DATA_DIR".to_owned(), "/env".to_owned())]);
+        let file: ServerConfigLayer =
+            toml::from_str("listen = \"127.0.0.1:1\"\ndata_dir = \"/file\"\npublic_url = \"http://file\"\n").unwrap();
+        let environment =
+            HashMap::from([("KILN_LISTEN".to_owned(), "127.0.0.1:2".to_owned()), ("KILN_DATA_DIR".to_owned(), "/env".to_owned())]);
         let flags = ServerConfigLayer { listen: Some("127.0.0.1:3".to_owned()), ..Default::default() };
         let merged = file.overlaid_with(ServerConfigLayer::from_environment(&environment).unwrap()).overlaid_with(flags);
         let config = ServerConfig::try_from(merged).unwrap();
@@ -161,9 +173,18 @@ mod tests {
     #[test]
     fn errors_name_the_setting() {
         let cases = [
-            (ServerConfigLayer { listen: Some("localhost".into()), ..Default::default() }, "listen: 'localhost' is not an address:port such as 127.0.0.1:8080"),
-            (ServerConfigLayer { database_url: Some("mysql://u:pw@h/db".into()), ..Default::default() }, "database_url: 'mysql://u:******@h/db' is neither sqlite://PATH nor postgres://…"),
-            (ServerConfigLayer { public_url: Some("ftp://x".into()), ..Default::default() }, "public_url: 'ftp://x' is not an http:// or https:// URL"),
+            (
+                ServerConfigLayer { listen: Some("localhost".into()), ..Default::default() },
+                "listen: 'localhost' is not an address:port such as 127.0.0.1:8080",
+            ),
+            (
+                ServerConfigLayer { database_url: Some("mysql://u:pw@h/db".into()), ..Default::default() },
+                "database_url: 'mysql://u:******@h/db' is neither sqlite://PATH nor postgres://…",
+            ),
+            (
+                ServerConfigLayer { public_url: Some("ftp://x".into()), ..Default::default() },
+                "public_url: 'ftp://x' is not an http:// or https:// URL",
+            ),
         ];
         for (layer, message) in cases {
             assert_eq!(ServerConfig::try_from(layer).unwrap_err().to_string(), message);

@@ -11,7 +11,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use kiln_api::ApiState;
-use kiln_auth::{hash_token, mint_token, SecretBox};
+use kiln_auth::{SecretBox, hash_token, mint_token};
 use kiln_db::Store;
 use tokio::sync::watch;
 
@@ -21,7 +21,11 @@ pub use config::{ConfigError, ServerConfig, ServerConfigLayer};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("creating the data directory {path}")]
-    DataDir { path: PathBuf, #[source] source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("loading the server's secret key")]
     SecretKey(#[source] kiln_auth::SecretError),
     #[error("opening the store")]
@@ -29,9 +33,17 @@ pub enum StartError {
     #[error("creating the first administrator")]
     Bootstrap(#[source] kiln_db::StoreError),
     #[error("writing the admin token to {path}")]
-    AdminToken { path: PathBuf, #[source] source: std::io::Error },
+    AdminToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listening on {address}")]
-    Listen { address: SocketAddr, #[source] source: std::io::Error },
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running server. Dropping it stops the server without waiting.
@@ -87,9 +99,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let store = Store::open(&config.database_url, secrets).await.map_err(StartError::Store)?;
     let admin_token_file = bootstrap_admin(&store, &config.data_dir).await?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen { address: config.listen, source })?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { address: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
     let state = ApiState::new(store.clone());
     let app = kiln_api::router(state, config.max_body_bytes);
@@ -126,13 +137,7 @@ async fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<Option<PathBu
         }
     }
     let secret = mint_token();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&pending)
-        .map_err(write_error)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&pending).map_err(write_error)?;
     file.write_all(format!("{secret}\n").as_bytes()).and_then(|()| file.sync_all()).map_err(write_error)?;
     drop(file);
     let created = store.bootstrap_admin(&hash_token(&secret)).await.map_err(StartError::Bootstrap)?;

@@ -6,7 +6,7 @@ use kiln_server::{ServerConfig, ServerConfigLayer, ServerHandle};
 use kiln_test_utils::{BackendKind, TestDatabase};
 use kiln_types::api::{CreatedToken, DiscoverySummary, Event, Page};
 use kiln_types::node::Node;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 struct TestServer {
     handle: Option<ServerHandle>,
@@ -192,7 +192,11 @@ async fn revoked_expired_and_unknown_tokens_get_401(server: &TestServer) {
 
 async fn bad_input_gets_4xx_naming_the_problem_and_changes_nothing(server: &TestServer) {
     server.admin.post::<_, Value>("/v1/discover/static", &five_nodes()).await.unwrap();
-    server.admin.post::<_, Value>("/v1/nodes", &json!({ "name": "other", "interfaces": [{ "mac_addr": "52:54:00:aa:00:01" }] })).await.unwrap();
+    server
+        .admin
+        .post::<_, Value>("/v1/nodes", &json!({ "name": "other", "interfaces": [{ "mac_addr": "52:54:00:aa:00:01" }] }))
+        .await
+        .unwrap();
     let nodes_before: Page<Node> = server.admin.get("/v1/nodes").await.unwrap();
     let events_before: Vec<Event> = server.admin.get("/v1/events?limit=1000").await.unwrap();
     let mut duplicate_mac = five_nodes();
@@ -204,11 +208,22 @@ async fn bad_input_gets_4xx_naming_the_problem_and_changes_nothing(server: &Test
     let mut bad_ip = five_nodes();
     bad_ip[3]["interfaces"][0]["ip_addrs"][0]["ip_addr"] = "172.16.0.256".into();
     let mut taken_mac = five_nodes();
-    taken_mac.as_array_mut().unwrap().push(json!({ "name": "nid006", "nid": 6, "xname": "x1000c0s0b5n0", "interfaces": [{ "mac_addr": "52:54:00:aa:00:01" }] }));
+    taken_mac
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "nid006", "nid": 6, "xname": "x1000c0s0b5n0", "interfaces": [{ "mac_addr": "52:54:00:aa:00:01" }] }));
     let cases = [
         (duplicate_mac, 400, "entry 5 (nid005): interfaces[0].mac_addr: MAC 52:54:00:be:ef:01 is also used by entry 1"),
-        (bad_xname, 400, "entry 3 (nid003): xname: 'x1000c0s0b2' is not a node xname (expected x<cabinet>c<chassis>s<slot>b<bmc>n<node>, e.g. x1000c0s0b0n0)"),
-        (bad_mac, 400, "entry 2 (nid002): interfaces[0].mac_addr: '52:54:00:be:ef' is not a MAC address (expected six hex pairs like 52:54:00:be:ef:01)"),
+        (
+            bad_xname,
+            400,
+            "entry 3 (nid003): xname: 'x1000c0s0b2' is not a node xname (expected x<cabinet>c<chassis>s<slot>b<bmc>n<node>, e.g. x1000c0s0b0n0)",
+        ),
+        (
+            bad_mac,
+            400,
+            "entry 2 (nid002): interfaces[0].mac_addr: '52:54:00:be:ef' is not a MAC address (expected six hex pairs like 52:54:00:be:ef:01)",
+        ),
         (bad_ip, 400, "entry 4 (nid004): interfaces[0].ip_addrs[0].ip_addr: '172.16.0.256' is not an IPv4 or IPv6 address"),
         (taken_mac, 409, "entry 6 (nid006): MAC 52:54:00:aa:00:01 is already used by node 'other'"),
         (json!({ "nodes": "x" }), 400, "the document must be a list of nodes, or an object with a `nodes` list"),
@@ -260,7 +275,11 @@ async fn bmc_passwords_never_leave_the_server(server: &TestServer) {
         .await
         .unwrap();
     assert_eq!(node["bmc"]["password"], "******");
-    server.admin.patch::<_, Value>("/v1/nodes/n1", &json!({ "bmc": { "address": "127.0.0.1:8001", "password": format!("{PASSWORD}2") } })).await.unwrap();
+    server
+        .admin
+        .patch::<_, Value>("/v1/nodes/n1", &json!({ "bmc": { "address": "127.0.0.1:8001", "password": format!("{PASSWORD}2") } }))
+        .await
+        .unwrap();
     let alice = server.user("alice", "a", "member").await;
     let mut everything = Vec::new();
     for client in [&server.admin, &alice] {

@@ -104,7 +104,10 @@ mod tests {
 
     #[test]
     fn replaces_the_database_keeping_parameters() {
-        assert_eq!(replace_database("postgres://postgres@localhost:5432/postgres?host=/tmp", "x"), "postgres://postgres@localhost:5432/x?host=/tmp");
+        assert_eq!(
+            replace_database("postgres://postgres@localhost:5432/postgres?host=/tmp", "x"),
+            "postgres://postgres@localhost:5432/x?host=/tmp"
+        );
         assert_eq!(replace_database("postgres://u:p@h/db", "x"), "postgres://u:p@h/x");
         assert_eq!(replace_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
     }

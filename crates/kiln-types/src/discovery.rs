@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::node::{validate_interfaces, BmcSpec, InterfaceInput, NodeSpec};
-use crate::validate::{self, InvalidField};
 use crate::BmcDriver;
+use crate::node::{BmcSpec, InterfaceInput, NodeSpec, validate_interfaces};
+use crate::validate::{self, InvalidField};
 
 /// One node in a static discovery file, exactly as `ochami discover static` reads it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -76,8 +76,11 @@ pub fn parse_document(document: &serde_json::Value) -> Result<Vec<NodeSpec>, Dis
     for (position, value) in entries.iter().enumerate() {
         let index = position + 1;
         let label = label_of(value);
-        let entry: DiscoveryEntry = serde_json::from_value(value.clone())
-            .map_err(|error| DiscoveryError::Entry { index, label: label.clone(), message: error.to_string() })?;
+        let entry: DiscoveryEntry = serde_json::from_value(value.clone()).map_err(|error| DiscoveryError::Entry {
+            index,
+            label: label.clone(),
+            message: error.to_string(),
+        })?;
         let spec = entry_to_spec(&entry).map_err(|error| DiscoveryError::Field {
             index,
             label: label.clone(),
@@ -147,15 +150,15 @@ fn check_unique_within_document(specs: &[NodeSpec]) -> Result<(), DiscoveryError
         if let Some(first) = names.insert(spec.name.clone(), index) {
             return Err(clash(index, spec, "name", format!("name {}", spec.name), first));
         }
-        if let Some(xname) = &spec.xname {
-            if let Some(first) = xnames.insert(xname.clone(), index) {
-                return Err(clash(index, spec, "xname", format!("xname {xname}"), first));
-            }
+        if let Some(xname) = &spec.xname
+            && let Some(first) = xnames.insert(xname.clone(), index)
+        {
+            return Err(clash(index, spec, "xname", format!("xname {xname}"), first));
         }
-        if let Some(nid) = spec.nid {
-            if let Some(first) = nids.insert(nid, index) {
-                return Err(clash(index, spec, "nid", format!("NID {nid}"), first));
-            }
+        if let Some(nid) = spec.nid
+            && let Some(first) = nids.insert(nid, index)
+        {
+            return Err(clash(index, spec, "nid", format!("NID {nid}"), first));
         }
         for (interface_index, interface) in spec.interfaces.iter().enumerate() {
             if let Some(first) = macs.insert(interface.mac, index) {
@@ -235,13 +238,34 @@ mod tests {
     #[test]
     fn errors_name_the_entry_and_the_field() {
         let cases = [
-            ("- xname: x1000c0s0b0n0\n- xname: x1000c0s0b1\n", expect!["entry 2 (x1000c0s0b1): xname: 'x1000c0s0b1' is not a node xname (expected x<cabinet>c<chassis>s<slot>b<bmc>n<node>, e.g. x1000c0s0b0n0)"]),
-            ("- name: a\n  interfaces:\n  - mac_addr: 52:54:00:zz:00:01\n", expect!["entry 1 (a): interfaces[0].mac_addr: '52:54:00:zz:00:01' is not a MAC address (expected six hex pairs like 52:54:00:be:ef:01)"]),
-            ("- name: a\n  interfaces:\n  - mac_addr: 52:54:00:00:00:01\n    ip_addrs:\n    - ip_addr: 10.1.1\n", expect!["entry 1 (a): interfaces[0].ip_addrs[0].ip_addr: '10.1.1' is not an IPv4 or IPv6 address"]),
-            ("- name: a\n  interfaces: [{mac_addr: '52:54:00:00:00:01'}]\n- name: b\n  interfaces: [{mac_addr: '52:54:00:00:00:01'}]\n", expect!["entry 2 (b): interfaces[0].mac_addr: MAC 52:54:00:00:00:01 is also used by entry 1"]),
+            (
+                "- xname: x1000c0s0b0n0\n- xname: x1000c0s0b1\n",
+                expect![
+                    "entry 2 (x1000c0s0b1): xname: 'x1000c0s0b1' is not a node xname (expected x<cabinet>c<chassis>s<slot>b<bmc>n<node>, e.g. x1000c0s0b0n0)"
+                ],
+            ),
+            (
+                "- name: a\n  interfaces:\n  - mac_addr: 52:54:00:zz:00:01\n",
+                expect![
+                    "entry 1 (a): interfaces[0].mac_addr: '52:54:00:zz:00:01' is not a MAC address (expected six hex pairs like 52:54:00:be:ef:01)"
+                ],
+            ),
+            (
+                "- name: a\n  interfaces:\n  - mac_addr: 52:54:00:00:00:01\n    ip_addrs:\n    - ip_addr: 10.1.1\n",
+                expect!["entry 1 (a): interfaces[0].ip_addrs[0].ip_addr: '10.1.1' is not an IPv4 or IPv6 address"],
+            ),
+            (
+                "- name: a\n  interfaces: [{mac_addr: '52:54:00:00:00:01'}]\n- name: b\n  interfaces: [{mac_addr: '52:54:00:00:00:01'}]\n",
+                expect!["entry 2 (b): interfaces[0].mac_addr: MAC 52:54:00:00:00:01 is also used by entry 1"],
+            ),
             ("- name: a\n  nid: 1\n- name: b\n  nid: 1\n", expect!["entry 2 (b): nid: NID 1 is also used by entry 1"]),
             ("- name: a\n  bmc_ip: 300.1.1.1\n", expect!["entry 1 (a): bmc_ip: '300.1.1.1' is not an IPv4 or IPv6 address"]),
-            ("- name: a\n  colour: blue\n", expect!["entry 1 (a): unknown field `colour`, expected one of `name`, `nid`, `xname`, `bmc_mac`, `bmc_ip`, `group`, `groups`, `role`, `interfaces`"]),
+            (
+                "- name: a\n  colour: blue\n",
+                expect![
+                    "entry 1 (a): unknown field `colour`, expected one of `name`, `nid`, `xname`, `bmc_mac`, `bmc_ip`, `group`, `groups`, `role`, `interfaces`"
+                ],
+            ),
             ("- name: a\n  nid: -3\n", expect!["entry 1 (a): invalid value: integer `-3`, expected u32"]),
             ("- nid: 4\n", expect!["entry 1 (unnamed): name: an entry needs a name or an xname"]),
             ("name: a\n", expect!["the document must be a list of nodes, or an object with a `nodes` list"]),

@@ -71,10 +71,7 @@ impl FromStr for ProvisionState {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| format!("'{text}' is not a provision state"))
+        Self::ALL.into_iter().find(|state| state.as_str() == text).ok_or_else(|| format!("'{text}' is not a provision state"))
     }
 }
 
@@ -295,19 +292,12 @@ pub fn validate_bmc(input: &BmcInput) -> Result<BmcSpec, InvalidField> {
     };
     let mac = input.mac.as_deref().map(|text| validate::mac("bmc.mac", text)).transpose()?;
     let username = input.username.as_deref().map(|text| validate::single_line("bmc.username", text, 128)).transpose()?;
-    if let Some(password) = &input.password {
-        if password.len() > 256 {
-            return Err(InvalidField::new("bmc.password", "longer than 256 bytes"));
-        }
+    if let Some(password) = &input.password
+        && password.len() > 256
+    {
+        return Err(InvalidField::new("bmc.password", "longer than 256 bytes"));
     }
-    Ok(BmcSpec {
-        driver,
-        address,
-        mac,
-        username,
-        password: input.password.clone(),
-        insecure: input.insecure.unwrap_or(false),
-    })
+    Ok(BmcSpec { driver, address, mac, username, password: input.password.clone(), insecure: input.insecure.unwrap_or(false) })
 }
 
 pub fn validate_groups(groups: &[String]) -> Result<Vec<String>, InvalidField> {

@@ -49,9 +49,7 @@ pub fn xname(field: &str, value: &str) -> Result<Xname, InvalidField> {
 }
 
 pub fn ip(field: &str, value: &str) -> Result<IpAddr, InvalidField> {
-    value
-        .parse()
-        .map_err(|_| InvalidField::new(field, format!("'{value}' is not an IPv4 or IPv6 address")))
+    value.parse().map_err(|_| InvalidField::new(field, format!("'{value}' is not an IPv4 or IPv6 address")))
 }
 
 /// Free text that ends up in tables and logs: one line, bounded.

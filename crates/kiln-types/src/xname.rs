@@ -76,7 +76,8 @@ mod tests {
 
     #[test]
     fn rejects_other_shapes() {
-        for text in ["", "x1000", "x1000c0s0b0", "x1000c0s0b0n", "x1000c0s0b0n0p0", "X1000c0s0b0n0", "x01c0s0b0n0", "xac0s0b0n0", "node01"] {
+        for text in ["", "x1000", "x1000c0s0b0", "x1000c0s0b0n", "x1000c0s0b0n0p0", "X1000c0s0b0n0", "x01c0s0b0n0", "xac0s0b0n0", "node01"]
+        {
             assert!(text.parse::<Xname>().is_err(), "{text} should be rejected");
         }
     }
