@@ -31,6 +31,11 @@ pub enum Backend {
     Postgres,
 }
 
+/// SQLite reader connections. sqlx runs each SQLite connection on a thread of its own and
+/// hands every statement over a channel; on a small machine more readers than cores cost
+/// more in context switches than they gain in parallelism (measured: BENCHMARKS.md).
+const SQLITE_READERS: u32 = 2;
+
 /// Listings return at most this many items per page.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
@@ -86,8 +91,13 @@ impl Store {
         };
         let options: AnyConnectOptions = url.parse().map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
         let pool_options = |max_connections| {
-            AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(30)).after_connect(
-                move |connection, _| {
+            AnyPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                // A ping before every acquire would double the round trips of a one-statement
+                // request; a broken connection fails its statement instead and is replaced.
+                .test_before_acquire(false)
+                .after_connect(move |connection, _| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
                             // synchronous=NORMAL is durable in WAL mode except for the last
@@ -101,8 +111,7 @@ impl Store {
                         }
                         Ok(())
                     })
-                },
-            )
+                })
         };
         let connect_error = |source| StoreError::Connect { url: redact_url(&url), source };
         let (pool, write_pool) = match backend {
@@ -110,7 +119,7 @@ impl Store {
                 // The writer first, so that it creates the file and switches it to WAL
                 // before readers open it.
                 let write_pool = pool_options(1).connect_with(options.clone()).await.map_err(connect_error)?;
-                let pool = pool_options(8).connect_with(options).await.map_err(connect_error)?;
+                let pool = pool_options(SQLITE_READERS).connect_with(options).await.map_err(connect_error)?;
                 (pool, write_pool)
             }
             Backend::Postgres => {

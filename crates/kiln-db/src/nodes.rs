@@ -1,7 +1,5 @@
 //! Nodes: inventory records with their interfaces and group memberships.
 
-use std::collections::HashMap;
-
 use kiln_auth::ProjectScope;
 use kiln_types::api::{DiscoverySummary, Page};
 use kiln_types::node::{BmcSpec, BmcView, InterfaceSpec, InterfaceView, IpAddrEntry, Node, NodeChange, NodeSpec};
@@ -99,65 +97,80 @@ fn node_from_row(row: &AnyRow) -> Result<NodeSnapshot, StoreError> {
     Ok(NodeSnapshot { node, sealed_bmc_password })
 }
 
-/// Loads nodes chosen by `where_sql` (with `$1…` bound to `binds`), with their interfaces
-/// and groups, in three queries whatever the number of nodes.
+/// The interfaces and groups of each node, aggregated to JSON inside the database, so that
+/// loading any number of nodes is one statement. Each element carries its position and is
+/// sorted in Rust: SQL aggregates promise no order.
+fn aggregate_columns(connection: &AnyConnection) -> &'static str {
+    if connection.backend_name() == "PostgreSQL" {
+        "(SELECT COALESCE(json_agg(json_build_object('position', i.position, 'mac_addr', i.mac, 'ip_addrs', i.ip_addrs::json)), '[]'::json)::text \
+            FROM interfaces i WHERE i.node_id = nodes.id) AS interfaces_json, \
+         (SELECT COALESCE(json_agg(json_build_object('position', m.position, 'name', m.group_name)), '[]'::json)::text \
+            FROM group_members m WHERE m.node_id = nodes.id) AS groups_json"
+    } else {
+        "(SELECT json_group_array(json_object('position', i.position, 'mac_addr', i.mac, 'ip_addrs', json(i.ip_addrs))) \
+            FROM interfaces i WHERE i.node_id = nodes.id) AS interfaces_json, \
+         (SELECT json_group_array(json_object('position', m.position, 'name', m.group_name)) \
+            FROM group_members m WHERE m.node_id = nodes.id) AS groups_json"
+    }
+}
+
+#[derive(Deserialize)]
+struct AggregatedInterface {
+    position: i64,
+    mac_addr: MacAddress,
+    ip_addrs: Vec<IpAddrEntry>,
+}
+
+#[derive(Deserialize)]
+struct AggregatedGroup {
+    position: i64,
+    name: String,
+}
+
+/// Loads the nodes chosen by `where_sql` (with `$1…` bound to `binds`), with their
+/// interfaces and groups, in one statement.
 async fn load_nodes(
     connection: &mut AnyConnection,
     where_sql: &str,
     binds: &[String],
     suffix: &str,
 ) -> Result<Vec<NodeSnapshot>, StoreError> {
-    let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE {where_sql} {suffix}");
+    let sql = format!("SELECT {NODE_COLUMNS}, {} FROM nodes WHERE {where_sql} {suffix}", aggregate_columns(connection));
     let mut query = sqlx::query(&sql);
     for value in binds {
         query = query.bind(value.as_str());
     }
     let rows = query.fetch_all(&mut *connection).await.map_err(StoreError::query("reading nodes"))?;
-    let mut nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>, _>>()?;
-    if nodes.is_empty() {
-        return Ok(nodes);
-    }
-    let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(position, snapshot)| (snapshot.node.id.clone(), position)).collect();
-    let ids = crate::placeholders(1, nodes.len());
-    let interface_sql = format!("SELECT node_id, mac, ip_addrs FROM interfaces WHERE node_id IN ({ids}) ORDER BY node_id, position");
-    let group_sql = format!("SELECT node_id, group_name FROM group_members WHERE node_id IN ({ids}) ORDER BY node_id, position");
-    let mut interface_query = sqlx::query(&interface_sql);
-    let mut group_query = sqlx::query(&group_sql);
-    for snapshot in &nodes {
-        interface_query = interface_query.bind(snapshot.node.id.clone());
-        group_query = group_query.bind(snapshot.node.id.clone());
-    }
-    for row in interface_query.fetch_all(&mut *connection).await.map_err(StoreError::query("reading interfaces"))? {
-        let node_id: String = row.try_get("node_id").map_err(StoreError::query("reading interfaces"))?;
-        let mac: String = row.try_get("mac").map_err(StoreError::query("reading interfaces"))?;
-        let ip_addrs: String = row.try_get("ip_addrs").map_err(StoreError::query("reading interfaces"))?;
-        let interface = InterfaceView {
-            mac_addr: mac.parse().map_err(|error| corrupt("interface mac", error))?,
-            ip_addrs: serde_json::from_str::<Vec<IpAddrEntry>>(&ip_addrs).map_err(|error| corrupt("interface ip_addrs", error))?,
-        };
-        if let Some(&position) = index.get(&node_id) {
-            nodes[position].node.interfaces.push(interface);
-        }
-    }
-    for row in group_query.fetch_all(&mut *connection).await.map_err(StoreError::query("reading group members"))? {
-        let node_id: String = row.try_get("node_id").map_err(StoreError::query("reading group members"))?;
-        let group: String = row.try_get("group_name").map_err(StoreError::query("reading group members"))?;
-        if let Some(&position) = index.get(&node_id) {
-            nodes[position].node.groups.push(group);
-        }
-    }
-    Ok(nodes)
+    rows.iter()
+        .map(|row| {
+            let mut snapshot = node_from_row(row)?;
+            let interfaces: String = row.try_get("interfaces_json").map_err(StoreError::query("reading interfaces"))?;
+            let mut interfaces: Vec<AggregatedInterface> =
+                serde_json::from_str(&interfaces).map_err(|error| corrupt("node interfaces", error))?;
+            interfaces.sort_by_key(|interface| interface.position);
+            snapshot.node.interfaces = interfaces
+                .into_iter()
+                .map(|interface| InterfaceView { mac_addr: interface.mac_addr, ip_addrs: interface.ip_addrs })
+                .collect();
+            let groups: String = row.try_get("groups_json").map_err(StoreError::query("reading group members"))?;
+            let mut groups: Vec<AggregatedGroup> = serde_json::from_str(&groups).map_err(|error| corrupt("node groups", error))?;
+            groups.sort_by_key(|group| group.position);
+            snapshot.node.groups = groups.into_iter().map(|group| group.name).collect();
+            Ok(snapshot)
+        })
+        .collect()
 }
 
-/// Finds a node by name, xname or id (in that order).
+/// Finds a node by name, xname or id, preferring a name match, in one statement.
 pub(crate) async fn find_node(connection: &mut AnyConnection, key: &str) -> Result<Option<NodeSnapshot>, StoreError> {
-    for column in ["name", "xname", "id"] {
-        let mut found = load_nodes(connection, &format!("{column} = $1"), &[key.to_owned()], "").await?;
-        if let Some(snapshot) = found.pop() {
-            return Ok(Some(snapshot));
-        }
-    }
-    Ok(None)
+    let mut found = load_nodes(
+        connection,
+        "(name = $1 OR xname = $1 OR id = $1)",
+        &[key.to_owned()],
+        "ORDER BY CASE WHEN name = $1 THEN 0 WHEN xname = $1 THEN 1 ELSE 2 END LIMIT 1",
+    )
+    .await?;
+    Ok(found.pop())
 }
 
 /// Finds a node the scope may see; anything else is "not found", never "forbidden", so a
@@ -635,11 +648,13 @@ async fn write_node(connection: &mut AnyConnection, snapshot: &NodeSnapshot, bef
 
     let interfaces_changed = before.is_none_or(|before| before.node.interfaces != node.interfaces);
     if interfaces_changed {
-        sqlx::query("DELETE FROM interfaces WHERE node_id = $1")
-            .bind(&node.id)
-            .execute(&mut *connection)
-            .await
-            .map_err(StoreError::query("writing interfaces"))?;
+        if before.is_some() {
+            sqlx::query("DELETE FROM interfaces WHERE node_id = $1")
+                .bind(&node.id)
+                .execute(&mut *connection)
+                .await
+                .map_err(StoreError::query("writing interfaces"))?;
+        }
         for (position, interface) in node.interfaces.iter().enumerate() {
             let ip_addrs = serde_json::to_string(&interface.ip_addrs).map_err(|error| corrupt("interface ip_addrs", error))?;
             sqlx::query("INSERT INTO interfaces (mac, node_id, position, ip_addrs) VALUES ($1, $2, $3, $4)")
@@ -655,11 +670,13 @@ async fn write_node(connection: &mut AnyConnection, snapshot: &NodeSnapshot, bef
 
     let groups_changed = before.is_none_or(|before| before.node.groups != node.groups);
     if groups_changed {
-        sqlx::query("DELETE FROM group_members WHERE node_id = $1")
-            .bind(&node.id)
-            .execute(&mut *connection)
-            .await
-            .map_err(StoreError::query("writing group members"))?;
+        if before.is_some() {
+            sqlx::query("DELETE FROM group_members WHERE node_id = $1")
+                .bind(&node.id)
+                .execute(&mut *connection)
+                .await
+                .map_err(StoreError::query("writing group members"))?;
+        }
         for (position, group) in node.groups.iter().enumerate() {
             crate::groups::ensure_group_for(connection, group, node.project.as_deref()).await?;
             sqlx::query("INSERT INTO group_members (group_name, node_id, position) VALUES ($1, $2, $3)")
