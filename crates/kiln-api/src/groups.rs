@@ -31,6 +31,7 @@ pub async fn create_group(
         .store
         .create_group(&caller.user, &name, &description, input.project.as_deref(), &input.members, &caller.write_scope())
         .await?;
+    state.after_node_write().await;
     Ok((StatusCode::CREATED, Json(group)))
 }
 
@@ -66,5 +67,6 @@ pub async fn delete_group(State(state): State<ApiState>, caller: Caller, Path(na
         return Err(ApiError::forbidden(format!("you may read group '{name}' but not delete it")));
     }
     state.store.delete_group(&caller.user, &name, &caller.write_scope()).await?;
+    state.after_node_write().await;
     Ok(StatusCode::NO_CONTENT)
 }

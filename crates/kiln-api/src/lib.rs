@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{delete, get, post, put};
-use kiln_db::Store;
+use kiln_db::{Inventory, Store};
 
 pub use openapi::openapi_document;
 
@@ -26,13 +26,23 @@ pub use openapi::openapi_document;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
+    /// Node reads are served from here; writes go to the store, then refresh it.
+    pub inventory: Arc<Inventory>,
     pub metrics: Arc<metrics::Metrics>,
     pub tokens: Arc<auth::TokenCache>,
 }
 
 impl ApiState {
-    pub fn new(store: Store) -> Self {
-        ApiState { store, metrics: Arc::default(), tokens: Arc::default() }
+    pub fn new(store: Store, inventory: Arc<Inventory>) -> Self {
+        ApiState { store, inventory, metrics: Arc::default(), tokens: Arc::default() }
+    }
+
+    /// Brings the inventory view up to date after a write, so the caller reads its own
+    /// write. A failure here is not the write's failure: the follower catches up later.
+    pub(crate) async fn after_node_write(&self) {
+        if let Err(error) = self.inventory.refresh().await {
+            tracing::warn!(%error, "refreshing the inventory view after a write failed");
+        }
     }
 }
 

@@ -48,7 +48,7 @@ pub async fn list_nodes(
     filter.state = query.state.map(|text| text.parse::<ProvisionState>()).transpose().map_err(ApiError::invalid)?;
     filter.mac =
         query.mac.map(|text| text.parse::<MacAddress>()).transpose().map_err(|error| ApiError::invalid(format!("mac: {error}")))?;
-    Ok(Json(state.store.list_nodes(&filter).await?))
+    Ok(Json(state.inventory.view().list(&filter)))
 }
 
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = NodeInput,
@@ -61,6 +61,7 @@ pub async fn create_node(
     caller.require_admin()?;
     let spec = NodeSpec::try_from(&input)?;
     let node = state.store.create_node(&caller.user, &spec).await?;
+    state.after_node_write().await;
     tracing::info!(node = %node.name, actor = %caller.user, "node created");
     Ok((StatusCode::CREATED, Json(node)))
 }
@@ -69,7 +70,10 @@ pub async fn create_node(
     params(("node" = String, Path, description = "Name, xname or id")),
     responses((status = 200, body = Node), (status = 404, body = kiln_types::api::ErrorBody)))]
 pub async fn get_node(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<Node>> {
-    Ok(Json(state.store.get_node(&key, &caller.read_scope()).await?))
+    match state.inventory.view().get_visible(&key, &caller.read_scope()) {
+        Some(node) => Ok(Json(Node::clone(node))),
+        None => Err(ApiError::not_found("node", &key)),
+    }
 }
 
 #[utoipa::path(patch, path = "/v1/nodes/{node}", tag = "nodes", request_body = NodePatch,
@@ -95,7 +99,9 @@ pub async fn update_node(
         caller.require_admin()?;
     }
     let scope = if caller.admin { kiln_auth::ProjectScope::All } else { caller.write_scope() };
-    Ok(Json(state.store.update_node(&caller.user, &key, &scope, &change).await?))
+    let node = state.store.update_node(&caller.user, &key, &scope, &change).await?;
+    state.after_node_write().await;
+    Ok(Json(node))
 }
 
 #[utoipa::path(delete, path = "/v1/nodes/{node}", tag = "nodes",
@@ -107,6 +113,7 @@ pub async fn delete_node(State(state): State<ApiState>, caller: Caller, Path(key
     state.store.get_node(&key, &caller.read_scope()).await?;
     caller.require_admin()?;
     state.store.delete_node(&caller.user, &key, &kiln_auth::ProjectScope::All).await?;
+    state.after_node_write().await;
     tracing::info!(node = %key, actor = %caller.user, "node deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -124,6 +131,7 @@ pub async fn discover_static(
     let specs = parse_document(&document).map_err(|error| ApiError::invalid(error.to_string()))?;
     tracing::info!(actor = %caller.user, entries = specs.len(), "applying static discovery");
     let summary = state.store.discover(&caller.user, &specs).await?;
+    state.after_node_write().await;
     tracing::info!(actor = %caller.user, created = summary.created.len(), updated = summary.updated.len(),
         unchanged = summary.unchanged.len(), "static discovery applied");
     Ok(Json(summary))
@@ -139,7 +147,9 @@ pub async fn allocate_nodes(
     JsonBody(input): JsonBody<kiln_types::api::AllocationInput>,
 ) -> ApiResult<Json<Vec<Node>>> {
     caller.require_admin()?;
-    Ok(Json(state.store.set_nodes_project(&caller.user, &input.nodes, Some(&project)).await?))
+    let nodes = state.store.set_nodes_project(&caller.user, &input.nodes, Some(&project)).await?;
+    state.after_node_write().await;
+    Ok(Json(nodes))
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/release", tag = "projects", request_body = kiln_types::api::AllocationInput,
@@ -157,5 +167,7 @@ pub async fn release_nodes(
         // Releasing from the wrong project is a mistake worth reporting, not a no-op.
         state.store.get_node(key, &scope).await.map_err(|_| ApiError::not_found("node", &format!("{key}' in project '{project}")))?;
     }
-    Ok(Json(state.store.set_nodes_project(&caller.user, &input.nodes, None).await?))
+    let nodes = state.store.set_nodes_project(&caller.user, &input.nodes, None).await?;
+    state.after_node_write().await;
+    Ok(Json(nodes))
 }

@@ -26,7 +26,19 @@ pub(crate) struct NewEvent<'a> {
     pub after: Option<serde_json::Value>,
 }
 
+/// Held from an event's insert to its transaction's commit on PostgreSQL, so that event ids
+/// become visible in the order they were allocated: a reader of "events after N" never
+/// misses one that commits late. (SQLite has one writer, which gives the same order.)
+const EVENT_ORDER_LOCK: i64 = 7283640562;
+
 pub(crate) async fn record(connection: &mut AnyConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
+    if connection.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENT_ORDER_LOCK)
+            .execute(&mut *connection)
+            .await
+            .map_err(StoreError::query("ordering the event log"))?;
+    }
     sqlx::query(
         "INSERT INTO events (at, actor, action, target_kind, target, project, state_before, state_after) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -9,6 +9,7 @@
 mod error;
 mod events;
 mod groups;
+mod inventory;
 mod migrations;
 mod nodes;
 mod tenancy;
@@ -21,6 +22,7 @@ use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
 pub use error::StoreError;
 pub use events::EventFilter;
+pub use inventory::{Inventory, InventoryView};
 pub use nodes::{NodeFilter, NodeSnapshot};
 pub use tenancy::TokenIdentity;
 
@@ -34,7 +36,7 @@ pub enum Backend {
 /// SQLite reader connections. sqlx runs each SQLite connection on a thread of its own and
 /// hands every statement over a channel; on a small machine more readers than cores cost
 /// more in context switches than they gain in parallelism (measured: BENCHMARKS.md).
-const SQLITE_READERS: u32 = 2;
+const SQLITE_READERS: u32 = 4;
 
 /// Listings return at most this many items per page.
 pub const MAX_PAGE_SIZE: u32 = 1000;

@@ -129,7 +129,7 @@ struct AggregatedGroup {
 
 /// Loads the nodes chosen by `where_sql` (with `$1…` bound to `binds`), with their
 /// interfaces and groups, in one statement.
-async fn load_nodes(
+pub(crate) async fn load_nodes(
     connection: &mut AnyConnection,
     where_sql: &str,
     binds: &[String],

@@ -1,6 +1,8 @@
 //! The store conformance suite: every test runs against SQLite and PostgreSQL, so both
 //! backends behave the same to the rest of Kiln.
 
+use std::sync::Arc;
+
 use kiln_auth::{ProjectScope, SecretBox};
 use kiln_db::{NodeFilter, Store, StoreError};
 use kiln_test_utils::{BackendKind, TestDatabase};
@@ -34,6 +36,33 @@ macro_rules! conformance {
         }
     };
 }
+
+/// Tests that need a second store on the same database: a second replica.
+macro_rules! conformance_two_replicas {
+    ($($name:ident),* $(,)?) => {
+        mod two_replicas_sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                let (store, database) = super::open(kiln_test_utils::BackendKind::Sqlite).await.unwrap();
+                let other = Store::open(&database.url, SecretBox::from_key([9; 32])).await.unwrap();
+                super::$name(store, other).await;
+            })*
+            use super::*;
+        }
+        mod two_replicas_postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                if let Some((store, database)) = super::open(kiln_test_utils::BackendKind::Postgres).await {
+                    let other = Store::open(&database.url, SecretBox::from_key([9; 32])).await.unwrap();
+                    super::$name(store, other).await;
+                }
+            })*
+            use super::*;
+        }
+    };
+}
+
+conformance_two_replicas!(inventory_follows_changes_made_by_another_replica);
 
 conformance!(
     migrations_are_idempotent,
@@ -304,4 +333,47 @@ async fn events_record_changes(store: Store) {
     assert!(!all.contains("\"pw\""), "events never hold secrets");
     let later = store.list_events(&kiln_db::EventFilter { after: Some(events[1].id), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(later.len(), 1);
+}
+
+async fn inventory_follows_changes_made_by_another_replica(store: Store, other: Store) {
+    use kiln_db::Inventory;
+    store.discover("admin", &parse_document(&five_nodes()).unwrap()).await.unwrap();
+    let inventory = Inventory::load(store.clone()).await.unwrap();
+    let view = inventory.view();
+    assert_eq!(view.len(), 5);
+    assert_eq!(view.get("x1000c0s0b2n0").unwrap().name, "node03");
+    let mac: MacAddress = "52:54:00:be:ef:04".parse().unwrap();
+    assert_eq!(view.by_mac(&mac).unwrap().name, "node04");
+
+    // Another replica renames one node, deletes another, adds one and regroups.
+    let rename = NodeChange { name: Some("renamed".into()), ..Default::default() };
+    other.update_node("bob", "node01", &ProjectScope::All, &rename).await.unwrap();
+    other.delete_node("bob", "node02", &ProjectScope::All).await.unwrap();
+    other.create_node("bob", &spec(r#"{"name": "fresh", "interfaces": [{"mac_addr": "52:54:00:00:00:99"}]}"#)).await.unwrap();
+    assert_eq!(inventory.view().len(), 5, "nothing changes before a refresh");
+    let view = inventory.refresh().await.unwrap();
+    let names: Vec<_> = view.list(&NodeFilter::new(ProjectScope::All)).items.into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["fresh", "node03", "node04", "node05", "renamed"]);
+    assert!(view.get("node01").is_none() && view.get("node02").is_none());
+    assert_eq!(view.get("x1000c0s0b0n0").unwrap().name, "renamed");
+    assert_eq!(view.by_mac(&"52:54:00:00:00:99".parse().unwrap()).unwrap().name, "fresh");
+
+    other.create_group("bob", "gpu", "", None, &["node03".into()], &ProjectScope::All).await.unwrap();
+    let view = inventory.refresh().await.unwrap();
+    assert_eq!(view.get("node03").unwrap().groups, ["compute", "gpu"]);
+    let gpu = NodeFilter { group: Some("gpu".into()), ..NodeFilter::new(ProjectScope::All) };
+    assert_eq!(view.list(&gpu).items.len(), 1);
+
+    // The view lists exactly what the store lists, page by page.
+    let mut filter = NodeFilter { limit: 2, ..NodeFilter::new(ProjectScope::All) };
+    loop {
+        let from_store = store.list_nodes(&filter).await.unwrap();
+        assert_eq!(view.list(&filter), from_store);
+        match from_store.next {
+            Some(next) => filter.after = Some(next),
+            None => break,
+        }
+    }
+    let unchanged = inventory.refresh().await.unwrap();
+    assert!(Arc::ptr_eq(&unchanged, &view), "no new events, no new view");
 }

@@ -17,6 +17,9 @@ use tokio::sync::watch;
 
 pub use config::{ConfigError, ServerConfig, ServerConfigLayer};
 
+/// How often a replica looks for changes other replicas made to the inventory.
+const INVENTORY_FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -102,7 +105,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { address: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
-    let state = ApiState::new(store.clone());
+    let inventory = kiln_db::Inventory::load(store.clone()).await.map_err(StartError::Store)?;
+    let follower = inventory.follow(INVENTORY_FOLLOW_INTERVAL);
+    let state = ApiState::new(store.clone(), inventory);
     let app = kiln_api::router(state, config.max_body_bytes);
     let (shutdown, mut shutdown_requested) = watch::channel(false);
     let task = tokio::spawn(async move {
@@ -112,6 +117,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
             tracing::error!(%error, "the API server failed");
         }
+        follower.abort();
         store.close().await;
         tracing::info!("server stopped");
     });

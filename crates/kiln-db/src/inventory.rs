@@ -1,0 +1,247 @@
+//! An in-memory view of every node, kept current by tailing the event log.
+//!
+//! Hot read paths (node show and list, and later DHCP, boot scripts and cloud-init) must not
+//! pay a database round trip per request. Each replica holds an [`InventoryView`], loaded
+//! once and then brought up to date from the events written since: every node change
+//! records an event in its own transaction, and event ids grow in commit order (one writer
+//! on SQLite; an advisory lock around the event insert on PostgreSQL), so reading the events
+//! after the last one seen never misses a change. A replica sees its own writes at once (the
+//! API refreshes after writing) and other replicas' within the follow interval.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kiln_auth::ProjectScope;
+use kiln_types::MacAddress;
+use kiln_types::api::Page;
+use kiln_types::node::Node;
+use sqlx::Row as _;
+
+use crate::{NodeFilter, Store, StoreError};
+
+/// Above this many changed nodes in one refresh, reloading everything is cheaper.
+const FULL_RELOAD_THRESHOLD: usize = 500;
+
+/// An immutable snapshot of the inventory. Cheap to share; never changes once built.
+#[derive(Debug, Default, Clone)]
+pub struct InventoryView {
+    by_name: BTreeMap<String, Arc<Node>>,
+    name_of_id: HashMap<String, String>,
+    name_of_xname: HashMap<String, String>,
+    name_of_mac: HashMap<MacAddress, String>,
+    last_event: i64,
+}
+
+impl InventoryView {
+    fn insert(&mut self, node: Node) {
+        self.remove(&node.id);
+        self.name_of_id.insert(node.id.clone(), node.name.clone());
+        if let Some(xname) = &node.xname {
+            self.name_of_xname.insert(xname.clone(), node.name.clone());
+        }
+        for interface in &node.interfaces {
+            self.name_of_mac.insert(interface.mac_addr, node.name.clone());
+        }
+        self.by_name.insert(node.name.clone(), Arc::new(node));
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some(name) = self.name_of_id.remove(id) else { return };
+        if let Some(node) = self.by_name.remove(&name) {
+            if let Some(xname) = &node.xname {
+                self.name_of_xname.remove(xname);
+            }
+            for interface in &node.interfaces {
+                self.name_of_mac.remove(&interface.mac_addr);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The id of the last event this view reflects.
+    pub fn last_event(&self) -> i64 {
+        self.last_event
+    }
+
+    /// A node by name, xname or id (in that order of preference), as the store finds them.
+    pub fn get(&self, key: &str) -> Option<&Arc<Node>> {
+        self.by_name
+            .get(key)
+            .or_else(|| self.name_of_xname.get(key).and_then(|name| self.by_name.get(name)))
+            .or_else(|| self.name_of_id.get(key).and_then(|name| self.by_name.get(name)))
+    }
+
+    /// The node with an interface of this MAC.
+    pub fn by_mac(&self, mac: &MacAddress) -> Option<&Arc<Node>> {
+        self.name_of_mac.get(mac).and_then(|name| self.by_name.get(name))
+    }
+
+    /// A node the scope may see; others are absent, as in the store.
+    pub fn get_visible(&self, key: &str, scope: &ProjectScope) -> Option<&Arc<Node>> {
+        self.get(key).filter(|node| crate::nodes_visible(scope, node.project.as_deref()))
+    }
+
+    /// The same listing as [`Store::list_nodes`], from memory.
+    pub fn list(&self, filter: &NodeFilter) -> Page<Node> {
+        let limit = filter.limit.clamp(1, crate::MAX_PAGE_SIZE) as usize;
+        let start = match &filter.after {
+            Some(after) => std::ops::Bound::Excluded(after.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut items = Vec::with_capacity(limit.min(self.by_name.len()));
+        let mut next = None;
+        let matching = self.by_name.range((start, std::ops::Bound::Unbounded)).map(|(_, node)| node).filter(|node| {
+            crate::nodes_visible(&filter.scope, node.project.as_deref())
+                && filter.project.as_ref().is_none_or(|project| node.project.as_ref() == Some(project))
+                && filter.state.is_none_or(|state| node.provision_state == state)
+                && filter.group.as_ref().is_none_or(|group| node.groups.contains(group))
+                && filter.mac.is_none_or(|mac| node.interfaces.iter().any(|interface| interface.mac_addr == mac))
+        });
+        for node in matching {
+            if items.len() == limit {
+                next = items.last().map(|node: &Node| node.name.clone());
+                break;
+            }
+            items.push(Node::clone(node));
+        }
+        Page { items, next }
+    }
+}
+
+/// The live inventory of one replica: the current view and the means to refresh it.
+pub struct Inventory {
+    store: Store,
+    current: RwLock<Arc<InventoryView>>,
+    /// One refresh at a time, so two never race to install views out of order.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory").field("nodes", &self.view().len()).finish_non_exhaustive()
+    }
+}
+
+impl Inventory {
+    /// Loads every node.
+    pub async fn load(store: Store) -> Result<Arc<Inventory>, StoreError> {
+        let view = store.load_view().await?;
+        Ok(Arc::new(Inventory { store, current: RwLock::new(Arc::new(view)), refreshing: tokio::sync::Mutex::new(()) }))
+    }
+
+    pub fn view(&self) -> Arc<InventoryView> {
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Applies the changes recorded since the current view. Returns the new view.
+    pub async fn refresh(&self) -> Result<Arc<InventoryView>, StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let current = self.view();
+        let changes = self.store.node_changes_after(current.last_event).await?;
+        let Some(last_event) = changes.last_event else { return Ok(current) };
+        let view = if changes.everything || changes.node_ids.len() > FULL_RELOAD_THRESHOLD {
+            self.store.load_view().await?
+        } else {
+            let mut view = InventoryView::clone(&current);
+            for id in &changes.node_ids {
+                match self.store.get_node(id, &ProjectScope::All).await {
+                    Ok(node) => view.insert(node),
+                    Err(StoreError::NotFound { .. }) => view.remove(id),
+                    Err(error) => return Err(error),
+                }
+            }
+            view.last_event = last_event;
+            view
+        };
+        let view = Arc::new(view);
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = view.clone();
+        Ok(view)
+    }
+
+    /// Refreshes every `interval` until the returned task is aborted: how a replica learns
+    /// of other replicas' changes.
+    pub fn follow(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let inventory = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(error) = inventory.refresh().await {
+                    tracing::warn!(error = %error, "refreshing the inventory view failed; retrying");
+                }
+            }
+        })
+    }
+}
+
+/// What changed since an event id.
+#[derive(Debug, Default)]
+pub(crate) struct NodeChanges {
+    last_event: Option<i64>,
+    node_ids: Vec<String>,
+    /// A change that may touch many nodes at once (group edits): reload all.
+    everything: bool,
+}
+
+impl Store {
+    /// Every node, and the id of the last event they reflect. The event id is read first:
+    /// a change that lands in between is then both in the load and replayed, which is
+    /// harmless, rather than in neither.
+    async fn load_view(&self) -> Result<InventoryView, StoreError> {
+        let mut connection = self.read().await?;
+        let last_event: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM events")
+            .fetch_one(&mut *connection)
+            .await
+            .and_then(|row| row.try_get("id"))
+            .map_err(StoreError::query("reading the last event"))?;
+        let nodes = crate::nodes::load_nodes(&mut connection, "1 = 1", &[], "").await?;
+        let mut view = InventoryView { last_event, ..Default::default() };
+        for snapshot in nodes {
+            view.insert(snapshot.node);
+        }
+        Ok(view)
+    }
+
+    async fn node_changes_after(&self, after: i64) -> Result<NodeChanges, StoreError> {
+        let mut connection = self.read().await?;
+        let rows = sqlx::query("SELECT id, target_kind, state_before, state_after FROM events WHERE id > $1 ORDER BY id")
+            .bind(after)
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(StoreError::query("reading node changes"))?;
+        let mut changes = NodeChanges::default();
+        for row in rows {
+            let read = StoreError::query("reading node changes");
+            let id: i64 = row.try_get("id").map_err(read)?;
+            changes.last_event = Some(id);
+            let kind: String = row.try_get("target_kind").map_err(StoreError::query("reading node changes"))?;
+            match kind.as_str() {
+                "node" => {
+                    for column in ["state_before", "state_after"] {
+                        let state: Option<String> = row.try_get(column).map_err(StoreError::query("reading node changes"))?;
+                        let node_id = state
+                            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                            .and_then(|value| value.get("id").and_then(|id| id.as_str()).map(str::to_owned));
+                        if let Some(node_id) = node_id {
+                            if !changes.node_ids.contains(&node_id) {
+                                changes.node_ids.push(node_id);
+                            }
+                        }
+                    }
+                }
+                "group" => changes.everything = true,
+                _ => {}
+            }
+        }
+        Ok(changes)
+    }
+}
