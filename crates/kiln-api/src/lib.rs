@@ -5,6 +5,7 @@
 //! asking the caller's context, validate input into specs, and call the store.
 
 pub mod auth;
+pub mod boot;
 pub mod error;
 mod events;
 mod extract;
@@ -30,11 +31,12 @@ pub struct ApiState {
     pub inventory: Arc<Inventory>,
     pub metrics: Arc<metrics::Metrics>,
     pub tokens: Arc<auth::TokenCache>,
+    pub boot: Arc<boot::BootSettings>,
 }
 
 impl ApiState {
-    pub fn new(store: Store, inventory: Arc<Inventory>) -> Self {
-        ApiState { store, inventory, metrics: Arc::default(), tokens: Arc::default() }
+    pub fn new(store: Store, inventory: Arc<Inventory>, boot: boot::BootSettings) -> Self {
+        ApiState { store, inventory, metrics: Arc::default(), tokens: Arc::default(), boot: Arc::new(boot) }
     }
 
     /// Brings the inventory view up to date after a write, so the caller reads its own
@@ -66,9 +68,16 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/groups", get(groups::list_groups).post(groups::create_group))
         .route("/groups/{group}", get(groups::get_group).patch(groups::update_group).delete(groups::delete_group))
         .route("/events", get(events::list_events))
+        .route("/boot/params", get(boot::list_params).post(boot::add_params).put(boot::set_params).delete(boot::delete_params))
         .route("/openapi.json", get(openapi::serve_document));
+    let boot_files = tower_http::services::ServeDir::new(&state.boot.files_dir);
+    let ipxe_files = tower_http::services::ServeDir::new(&state.boot.ipxe_dir);
     Router::new()
         .nest("/v1", v1)
+        .route("/boot/v1/bootscript", get(boot::bootscript))
+        .route("/boot/v1/phone-home", get(boot::phone_home).post(boot::phone_home))
+        .nest_service("/boot/files", boot_files)
+        .nest_service("/boot/ipxe", ipxe_files)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics_endpoint))
         .fallback(not_found)

@@ -19,6 +19,8 @@ use utoipa::{Modify, OpenApi};
         crate::groups::list_groups, crate::groups::create_group, crate::groups::get_group, crate::groups::update_group,
         crate::groups::delete_group,
         crate::events::list_events,
+        crate::boot::list_params, crate::boot::add_params, crate::boot::set_params, crate::boot::delete_params,
+        crate::boot::bootscript, crate::boot::phone_home,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -466,6 +466,59 @@ pub async fn discover(client: &Client, format: OutputFormat, command: DiscoverCo
     }
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BootCommand {
+    /// Boot parameters (kernel, initrd, command line) by MAC, host, NID or group.
+    #[command(subcommand)]
+    Params(BootParamsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BootParamsCommand {
+    /// Show every entry.
+    Get,
+    /// Store parameters, replacing those of the same targets.
+    Set(DataArgs),
+    /// Store parameters; refused if a target already has some.
+    Add(DataArgs),
+    /// Remove targets (the document lists macs, hosts, nids or groups).
+    Delete(DataArgs),
+}
+
+pub async fn boot(client: &Client, format: OutputFormat, command: BootCommand) -> anyhow::Result<()> {
+    let BootCommand::Params(command) = command;
+    let show = |entries: &Vec<kiln_boot::BootParams>| {
+        let rows = entries
+            .iter()
+            .map(|entry| {
+                let targets = entry.targets().iter().map(|t| format!("{}={}", t.kind(), t.value())).collect::<Vec<_>>().join(",");
+                vec![targets, or_dash(&entry.kernel), or_dash(&entry.initrd), entry.params.clone()]
+            })
+            .collect();
+        table(&["targets", "kernel", "initrd", "params"], rows)
+    };
+    match command {
+        BootParamsCommand::Get => {
+            let entries: Vec<kiln_boot::BootParams> = client.get("/v1/boot/params").await?;
+            print(format, &entries, || show(&entries))
+        }
+        BootParamsCommand::Set(data) => {
+            let entry: kiln_boot::BootParams = client.put("/v1/boot/params", &data.read()?).await?;
+            let entries = vec![entry];
+            print(format, &entries, || show(&entries))
+        }
+        BootParamsCommand::Add(data) => {
+            let entry: kiln_boot::BootParams = client.post("/v1/boot/params", &data.read()?).await?;
+            let entries = vec![entry];
+            print(format, &entries, || show(&entries))
+        }
+        BootParamsCommand::Delete(data) => {
+            client.send_delete_with_body("/v1/boot/params", &data.read()?).await?;
+            Ok(())
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
     /// Only events of this kind of resource (node, project, user, token, group).

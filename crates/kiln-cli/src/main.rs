@@ -53,6 +53,9 @@ enum Command {
     /// Add nodes to the inventory.
     #[command(subcommand)]
     Discover(commands::DiscoverCommand),
+    /// Network boot: boot parameters.
+    #[command(subcommand)]
+    Boot(commands::BootCommand),
     /// The change log.
     Events(commands::EventsArgs),
     /// Show who the token belongs to.
@@ -142,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::User(command) => commands::user(&client, format, command).await,
                 Command::Token(command) => commands::token(&client, format, command).await,
                 Command::Discover(command) => commands::discover(&client, format, command).await,
+                Command::Boot(command) => commands::boot(&client, format, command).await,
                 Command::Events(args) => commands::events(&client, format, args).await,
                 Command::Whoami => commands::whoami(&client, format).await,
                 Command::Serve(_) | Command::Config(_) => unreachable!("handled above"),

@@ -66,6 +66,11 @@ impl Client {
         self.send::<(), T>(Method::DELETE, path, None).await
     }
 
+    /// A DELETE with a JSON body (deleting boot parameters by target).
+    pub async fn send_delete_with_body<B: Serialize>(&self, path: &str, body: &B) -> Result<serde_json::Value, ClientError> {
+        self.send(Method::DELETE, path, Some(body)).await
+    }
+
     /// Sends a request and decodes the JSON answer. An empty answer (204) decodes as JSON
     /// `null`, so callers that expect nothing ask for `serde_json::Value` or `()`.
     async fn send<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {

@@ -6,6 +6,7 @@
 //! change is made in one transaction together with the event that records it, so a crash
 //! leaves either both or neither.
 
+mod boot;
 mod error;
 mod events;
 mod groups;

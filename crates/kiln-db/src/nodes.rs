@@ -557,6 +557,11 @@ async fn project_groups(connection: &mut AnyConnection, project: &str) -> Result
         .collect()
 }
 
+/// Writes a new node that needs no uniqueness checks beyond the database's own (enrolment).
+pub(crate) async fn insert_plain_node(connection: &mut AnyConnection, node: &Node) -> Result<(), StoreError> {
+    write_node(connection, &NodeSnapshot { node: node.clone(), sealed_bmc_password: None }, None).await
+}
+
 /// Checks that `value` in `column` is not held by a node other than `id`.
 async fn check_unique(connection: &mut AnyConnection, column: &str, value: &str, id: &str, what: &str) -> Result<(), StoreError> {
     let holder = sqlx::query(&format!("SELECT name FROM nodes WHERE {column} = $1 AND id <> $2"))

@@ -23,6 +23,57 @@ pub struct ServerConfigLayer {
     pub secret_key_file: Option<PathBuf>,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: Option<usize>,
+    /// Network boot over HTTP (boot scripts, files).
+    pub boot: Option<BootLayer>,
+    /// The DHCP server; absent means no DHCP.
+    pub dhcp: Option<DhcpLayer>,
+    /// The TFTP server; absent means no TFTP.
+    pub tftp: Option<TftpLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootLayer {
+    /// Served under /boot/files/ [default: <data_dir>/boot-files]
+    pub files_dir: Option<PathBuf>,
+    /// iPXE binaries, served by TFTP and under /boot/ipxe/ [default: /usr/lib/ipxe]
+    pub ipxe_dir: Option<PathBuf>,
+    /// Enrol machines with unknown MACs as `discovered` nodes [default: true]
+    pub auto_enroll: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpLayer {
+    /// `authoritative` or `proxy`.
+    pub mode: Option<kiln_dhcp::DhcpMode>,
+    pub interface: Option<String>,
+    /// This server's address on the interface.
+    pub server_address: Option<String>,
+    /// CIDR, e.g. 10.77.0.0/24.
+    pub subnet: Option<String>,
+    pub router: Option<String>,
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+    pub domain: Option<String>,
+    pub lease_seconds: Option<u32>,
+    /// FIRST-LAST, e.g. 10.77.0.100-10.77.0.199.
+    pub pool: Option<String>,
+    pub hostname_prefix: Option<String>,
+    pub nid_length: Option<usize>,
+    pub bios_boot_file: Option<String>,
+    pub uefi_boot_file: Option<String>,
+    pub arm64_boot_file: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TftpLayer {
+    /// e.g. 10.77.0.1:69
+    pub listen: Option<String>,
+    /// [default: the boot ipxe_dir]
+    pub root: Option<PathBuf>,
 }
 
 /// Why a configuration was refused.
@@ -64,6 +115,7 @@ impl ServerConfigLayer {
             public_url: get("KILN_PUBLIC_URL"),
             secret_key_file: get("KILN_SECRET_KEY_FILE").map(PathBuf::from),
             max_body_bytes,
+            ..Default::default()
         })
     }
 
@@ -76,6 +128,9 @@ impl ServerConfigLayer {
             public_url: over.public_url.or(self.public_url),
             secret_key_file: over.secret_key_file.or(self.secret_key_file),
             max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
+            boot: over.boot.or(self.boot),
+            dhcp: over.dhcp.or(self.dhcp),
+            tftp: over.tftp.or(self.tftp),
         }
     }
 }
@@ -89,6 +144,87 @@ pub struct ServerConfig {
     pub public_url: String,
     pub secret_key_file: PathBuf,
     pub max_body_bytes: usize,
+    pub boot: BootConfig,
+    pub dhcp: Option<kiln_dhcp::DhcpConfig>,
+    pub tftp: Option<TftpSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootConfig {
+    pub files_dir: PathBuf,
+    pub ipxe_dir: PathBuf,
+    pub auto_enroll: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TftpSettings {
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+}
+
+fn ipv4(setting: &'static str, text: &str) -> Result<std::net::Ipv4Addr, ConfigError> {
+    text.parse().map_err(|_| ConfigError::Invalid { setting, message: format!("'{text}' is not an IPv4 address") })
+}
+
+fn dhcp_config(layer: DhcpLayer, public_url: &str, auto_enroll: bool) -> Result<kiln_dhcp::DhcpConfig, ConfigError> {
+    let missing = |setting: &'static str| ConfigError::Invalid { setting, message: "is required when [dhcp] is configured".to_owned() };
+    let interface = layer.interface.ok_or_else(|| missing("dhcp.interface"))?;
+    let server_address = ipv4("dhcp.server_address", &layer.server_address.ok_or_else(|| missing("dhcp.server_address"))?)?;
+    let subnet_text = layer.subnet.ok_or_else(|| missing("dhcp.subnet"))?;
+    let (subnet, prefix) = subnet_text
+        .split_once('/')
+        .and_then(|(address, prefix)| {
+            Some((address.parse::<std::net::Ipv4Addr>().ok()?, prefix.parse::<u8>().ok().filter(|p| (1..=30).contains(p))?))
+        })
+        .ok_or_else(|| ConfigError::Invalid {
+            setting: "dhcp.subnet",
+            message: format!("'{subnet_text}' is not a subnet such as 10.77.0.0/24"),
+        })?;
+    let pool = layer
+        .pool
+        .map(|text| {
+            let (first, last) = text
+                .split_once('-')
+                .ok_or_else(|| ConfigError::Invalid { setting: "dhcp.pool", message: format!("'{text}' is not FIRST-LAST") })?;
+            let (first, last) = (ipv4("dhcp.pool", first.trim())?, ipv4("dhcp.pool", last.trim())?);
+            if u32::from(first) > u32::from(last) {
+                return Err(ConfigError::Invalid { setting: "dhcp.pool", message: format!("'{text}' ends before it starts") });
+            }
+            Ok((first, last))
+        })
+        .transpose()?;
+    let defaults = kiln_dhcp::config::BootFiles::default();
+    let config = kiln_dhcp::DhcpConfig {
+        mode: layer.mode.unwrap_or(kiln_dhcp::DhcpMode::Authoritative),
+        interface,
+        server_address,
+        subnet,
+        prefix_length: prefix,
+        router: layer.router.as_deref().map(|text| ipv4("dhcp.router", text)).transpose()?,
+        dns_servers: layer.dns_servers.iter().map(|text| ipv4("dhcp.dns_servers", text)).collect::<Result<_, _>>()?,
+        domain: layer.domain,
+        lease_seconds: layer.lease_seconds.unwrap_or(3600).max(60),
+        pool,
+        hostname_prefix: layer.hostname_prefix.unwrap_or_else(|| "nid".to_owned()),
+        nid_length: layer.nid_length.unwrap_or(3),
+        boot_files: kiln_dhcp::config::BootFiles {
+            bios: layer.bios_boot_file.unwrap_or(defaults.bios),
+            uefi_x64: layer.uefi_boot_file.unwrap_or(defaults.uefi_x64),
+            uefi_arm64: layer.arm64_boot_file.unwrap_or(defaults.uefi_arm64),
+        },
+        http_base_url: public_url.to_owned(),
+        auto_enroll,
+        port: layer.port.unwrap_or(67),
+    };
+    if !config.contains(server_address) {
+        return Err(ConfigError::Invalid { setting: "dhcp.server_address", message: format!("{server_address} is outside {subnet_text}") });
+    }
+    if let Some((first, last)) = pool {
+        if !config.contains(first) || !config.contains(last) {
+            return Err(ConfigError::Invalid { setting: "dhcp.pool", message: format!("the pool is outside {subnet_text}") });
+        }
+    }
+    Ok(config)
 }
 
 pub const DEFAULT_DATA_DIR: &str = "./kiln-data";
@@ -138,7 +274,24 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
         if max_body_bytes < 1024 {
             return Err(ConfigError::Invalid { setting: "max_body_bytes", message: "must be at least 1024".to_owned() });
         }
-        Ok(ServerConfig { data_dir, listen, database_url, public_url, secret_key_file, max_body_bytes })
+        let boot_layer = layer.boot.unwrap_or_default();
+        let boot = BootConfig {
+            files_dir: boot_layer.files_dir.unwrap_or_else(|| data_dir.join("boot-files")),
+            ipxe_dir: boot_layer.ipxe_dir.unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe")),
+            auto_enroll: boot_layer.auto_enroll.unwrap_or(true),
+        };
+        let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, boot.auto_enroll)).transpose()?;
+        let tftp = layer
+            .tftp
+            .map(|tftp| {
+                let text = tftp.listen.unwrap_or_else(|| "0.0.0.0:69".to_owned());
+                let listen = text
+                    .parse()
+                    .map_err(|_| ConfigError::Invalid { setting: "tftp.listen", message: format!("'{text}' is not an address:port") })?;
+                Ok::<_, ConfigError>(TftpSettings { listen, root: tftp.root.unwrap_or_else(|| boot.ipxe_dir.clone()) })
+            })
+            .transpose()?;
+        Ok(ServerConfig { data_dir, listen, database_url, public_url, secret_key_file, max_body_bytes, boot, dhcp, tftp })
     }
 }
 

@@ -41,6 +41,10 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the DHCP server")]
+    Dhcp(#[source] kiln_dhcp::server::DhcpError),
+    #[error("starting the TFTP server")]
+    Tftp(#[source] kiln_tftp::server::TftpError),
     #[error("listening on {address}")]
     Listen {
         address: SocketAddr,
@@ -107,13 +111,34 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
     let inventory = kiln_db::Inventory::load(store.clone()).await.map_err(StartError::Store)?;
     let follower = inventory.follow(INVENTORY_FOLLOW_INTERVAL);
-    let state = ApiState::new(store.clone(), inventory);
+    let boot = kiln_api::boot::BootSettings {
+        public_url: config.public_url.clone(),
+        files_dir: config.boot.files_dir.clone(),
+        ipxe_dir: config.boot.ipxe_dir.clone(),
+        auto_enroll: config.boot.auto_enroll,
+    };
+    let dhcp = match &config.dhcp {
+        Some(dhcp) => Some(kiln_dhcp::start(dhcp.clone(), store.clone(), inventory.clone()).await.map_err(StartError::Dhcp)?),
+        None => None,
+    };
+    let tftp = match &config.tftp {
+        Some(tftp) => {
+            let mut settings = kiln_tftp::TftpConfig::new(tftp.listen, tftp.root.clone());
+            // iPXE asking by TFTP gets a script that continues over HTTP.
+            settings.generated.insert("kiln.ipxe".to_owned(), kiln_boot::chain_script(&config.public_url).into_bytes());
+            Some(kiln_tftp::start(settings).await.map_err(StartError::Tftp)?)
+        }
+        None => None,
+    };
+    let state = ApiState::new(store.clone(), inventory, boot);
     let app = kiln_api::router(state, config.max_body_bytes);
     let (shutdown, mut shutdown_requested) = watch::channel(false);
     let task = tokio::spawn(async move {
         let stopped = async move {
             let _ = shutdown_requested.wait_for(|requested| *requested).await;
         };
+        let _boot_services = (dhcp, tftp);
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
             tracing::error!(%error, "the API server failed");
         }

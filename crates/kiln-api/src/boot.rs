@@ -1,0 +1,144 @@
+//! Network boot over HTTP: boot parameters under `/v1/boot/params` (operators), and the
+//! paths booting machines use under `/boot/` (no token: a machine in PXE has none).
+
+use std::path::PathBuf;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use kiln_boot::params::lookup_order;
+use kiln_boot::{BootParams, BootParamsInput, ScriptContext};
+use kiln_types::MacAddress;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::ApiState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, QueryParams};
+
+type ErrorBody = kiln_types::api::ErrorBody;
+
+/// Boot settings the HTTP side needs.
+#[derive(Debug, Clone)]
+pub struct BootSettings {
+    /// How nodes reach the server (written into scripts).
+    pub public_url: String,
+    /// Served under `/boot/files/`: kernels, initrds and root images placed by hand.
+    pub files_dir: PathBuf,
+    /// Served under `/boot/ipxe/`: iPXE binaries, for UEFI HTTP boot.
+    pub ipxe_dir: PathBuf,
+    /// Whether a machine that asks for a boot script with an unknown MAC is added to the
+    /// inventory as `discovered`.
+    pub auto_enroll: bool,
+}
+
+fn invalid(error: kiln_boot::InvalidBootParams) -> ApiError {
+    ApiError::invalid(error.to_string())
+}
+
+#[utoipa::path(get, path = "/v1/boot/params", tag = "boot", responses((status = 200, body = Vec<BootParams>), (status = 403, body = ErrorBody)))]
+pub async fn list_params(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<BootParams>>> {
+    caller.require_admin()?;
+    Ok(Json(state.store.list_boot_params().await?))
+}
+
+/// `add`: refuses when any target already has parameters.
+#[utoipa::path(post, path = "/v1/boot/params", tag = "boot", request_body = BootParamsInput,
+    responses((status = 201, body = BootParams), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn add_params(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<BootParamsInput>,
+) -> ApiResult<(StatusCode, Json<BootParams>)> {
+    caller.require_admin()?;
+    let params = BootParams::try_from(&input).map_err(invalid)?;
+    Ok((StatusCode::CREATED, Json(state.store.put_boot_params(&caller.user, &params, false).await?)))
+}
+
+/// `set`: the targets leave whatever parameters they had.
+#[utoipa::path(put, path = "/v1/boot/params", tag = "boot", request_body = BootParamsInput,
+    responses((status = 200, body = BootParams), (status = 400, body = ErrorBody)))]
+pub async fn set_params(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<BootParamsInput>,
+) -> ApiResult<Json<BootParams>> {
+    caller.require_admin()?;
+    let params = BootParams::try_from(&input).map_err(invalid)?;
+    Ok(Json(state.store.put_boot_params(&caller.user, &params, true).await?))
+}
+
+/// Takes the listed targets out of their entries.
+#[utoipa::path(delete, path = "/v1/boot/params", tag = "boot", request_body = BootParamsInput,
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_params(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<BootParamsInput>,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    let targets = input.targets().map_err(invalid)?;
+    if targets.is_empty() {
+        return Err(ApiError::invalid("name the targets to delete: macs, hosts, nids or groups"));
+    }
+    state.store.delete_boot_params(&caller.user, &targets).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MacQuery {
+    /// The MAC address the machine booted from.
+    mac: String,
+}
+
+fn parse_mac(text: &str) -> Result<MacAddress, ApiError> {
+    text.parse().map_err(|error| ApiError::invalid(format!("mac: {error}")))
+}
+
+fn ipxe(script: String) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], script)
+}
+
+/// The iPXE script for the machine booting from `mac` (OpenCHAMI BSS's path). An unknown
+/// machine is enrolled (when auto-enrolment is on) and gets the default parameters, or a
+/// script that waits and asks again.
+#[utoipa::path(get, path = "/boot/v1/bootscript", tag = "boot", params(MacQuery), security(()),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ErrorBody)))]
+pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): QueryParams<MacQuery>) -> ApiResult<impl IntoResponse> {
+    let mac = parse_mac(&query.mac)?;
+    let view = state.inventory.view();
+    let mut node = view.by_mac(&mac).cloned();
+    if node.is_none() && state.boot.auto_enroll {
+        let enrolled = state.store.enroll_discovered(mac).await?;
+        state.after_node_write().await;
+        node = Some(std::sync::Arc::new(enrolled));
+    }
+    let order = lookup_order(mac, node.as_deref());
+    let params = state.store.boot_params_for(&order).await?;
+    let context = ScriptContext { server_url: &state.boot.public_url, mac, node: node.as_deref() };
+    let script = match params {
+        Some(params) => kiln_boot::bootscript(&params, &context),
+        None => kiln_boot::unknown_machine_script(&context),
+    };
+    tracing::info!(%mac, node = node.as_ref().map(|n| n.name.as_str()), "boot script served");
+    Ok(ipxe(script))
+}
+
+/// A booted system's proof of life: records an event for the node with this MAC.
+#[utoipa::path(get, path = "/boot/v1/phone-home", tag = "boot", params(MacQuery), security(()),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn phone_home(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    QueryParams(query): QueryParams<MacQuery>,
+) -> ApiResult<StatusCode> {
+    let mac = parse_mac(&query.mac)?;
+    let view = state.inventory.view();
+    let node = view.by_mac(&mac).ok_or_else(|| ApiError::not_found("node with MAC", &mac.to_string()))?;
+    state.store.record_phone_home(node, &peer.ip().to_string()).await?;
+    tracing::info!(%mac, node = %node.name, address = %peer.ip(), "node phoned home");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,9 @@
+//! Kiln's boot planning: boot parameters with OpenCHAMI BSS semantics, which entry applies
+//! to a node, and the iPXE script a node gets. Pure functions of their inputs, no IO, so
+//! every decision is tested with data.
+
+pub mod params;
+pub mod script;
+
+pub use params::{BootParams, BootParamsInput, BootTarget, InvalidBootParams};
+pub use script::{ScriptContext, bootscript, chain_script, unknown_machine_script};

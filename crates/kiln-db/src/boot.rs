@@ -1,0 +1,266 @@
+//! Boot parameters (OpenCHAMI BSS semantics) and the enrolment of machines seen booting.
+
+use kiln_boot::{BootParams, BootTarget};
+use kiln_types::node::{InterfaceView, Node};
+use kiln_types::{MacAddress, ProvisionState};
+use sqlx::{AnyConnection, Row as _};
+
+use crate::events::{NewEvent, record};
+use crate::{Store, StoreError};
+
+fn describe(params: &BootParams) -> String {
+    let targets = params.targets();
+    match targets.len() {
+        0 => "none".to_owned(),
+        1 => format!("{}={}", targets[0].kind(), targets[0].value()),
+        n => format!("{}={} and {} more", targets[0].kind(), targets[0].value(), n - 1),
+    }
+}
+
+async fn load_entry(connection: &mut AnyConnection, id: &str) -> Result<Option<BootParams>, StoreError> {
+    let Some(row) = sqlx::query("SELECT kernel, initrd, params FROM boot_params WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(StoreError::query("reading boot parameters"))?
+    else {
+        return Ok(None);
+    };
+    let read = || StoreError::query("reading boot parameters");
+    let base = BootParams {
+        kernel: row.try_get("kernel").map_err(read())?,
+        initrd: row.try_get("initrd").map_err(read())?,
+        params: row.try_get("params").map_err(read())?,
+        macs: vec![],
+        hosts: vec![],
+        nids: vec![],
+        groups: vec![],
+    };
+    let rows = sqlx::query("SELECT kind, value FROM boot_targets WHERE params_id = $1 ORDER BY kind, value")
+        .bind(id)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(read())?;
+    let mut targets = Vec::with_capacity(rows.len());
+    for row in rows {
+        let kind: String = row.try_get("kind").map_err(read())?;
+        let value: String = row.try_get("value").map_err(read())?;
+        targets.push(
+            BootTarget::from_parts(&kind, &value).ok_or_else(|| StoreError::Corrupt { message: format!("boot target {kind}={value}") })?,
+        );
+    }
+    Ok(Some(base.with_targets(&targets)))
+}
+
+async fn owner_of(connection: &mut AnyConnection, target: &BootTarget) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query("SELECT params_id FROM boot_targets WHERE kind = $1 AND value = $2")
+        .bind(target.kind())
+        .bind(target.value())
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(StoreError::query("looking up a boot target"))?
+        .map(|row| row.try_get::<String, _>("params_id"))
+        .transpose()
+        .map_err(StoreError::query("looking up a boot target"))?)
+}
+
+/// Takes targets away from whatever entries hold them, deleting entries left with none.
+async fn release_targets(connection: &mut AnyConnection, targets: &[BootTarget]) -> Result<usize, StoreError> {
+    let mut released = 0;
+    for target in targets {
+        let Some(owner) = owner_of(connection, target).await? else { continue };
+        sqlx::query("DELETE FROM boot_targets WHERE kind = $1 AND value = $2")
+            .bind(target.kind())
+            .bind(target.value())
+            .execute(&mut *connection)
+            .await
+            .map_err(StoreError::query("releasing a boot target"))?;
+        released += 1;
+        let remaining: i64 = sqlx::query("SELECT COUNT(*) AS count FROM boot_targets WHERE params_id = $1")
+            .bind(&owner)
+            .fetch_one(&mut *connection)
+            .await
+            .and_then(|row| row.try_get("count"))
+            .map_err(StoreError::query("releasing a boot target"))?;
+        if remaining == 0 {
+            sqlx::query("DELETE FROM boot_params WHERE id = $1")
+                .bind(&owner)
+                .execute(&mut *connection)
+                .await
+                .map_err(StoreError::query("deleting boot parameters"))?;
+        }
+    }
+    Ok(released)
+}
+
+impl Store {
+    /// Every entry, in creation order.
+    pub async fn list_boot_params(&self) -> Result<Vec<BootParams>, StoreError> {
+        let mut connection = self.read().await?;
+        let ids: Vec<String> = sqlx::query("SELECT id FROM boot_params ORDER BY created_at, id")
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(StoreError::query("listing boot parameters"))?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::query("listing boot parameters"))?;
+        let mut entries = Vec::with_capacity(ids.len());
+        for id in ids {
+            entries.extend(load_entry(&mut connection, &id).await?);
+        }
+        Ok(entries)
+    }
+
+    /// Stores an entry. `replace: false` is BSS's `add`: it refuses if any target already
+    /// has parameters. `replace: true` is `set`: the targets leave their old entries.
+    pub async fn put_boot_params(&self, actor: &str, params: &BootParams, replace: bool) -> Result<BootParams, StoreError> {
+        let mut transaction = self.write().await?;
+        let connection = transaction.connection();
+        let targets = params.targets();
+        if replace {
+            release_targets(connection, &targets).await?;
+        } else {
+            for target in &targets {
+                if owner_of(connection, target).await?.is_some() {
+                    return Err(StoreError::conflict(format!(
+                        "{} {} already has boot parameters (use set to replace them)",
+                        target.kind(),
+                        target.value()
+                    )));
+                }
+            }
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = crate::now_millis();
+        sqlx::query("INSERT INTO boot_params (id, kernel, initrd, params, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
+            .bind(&id)
+            .bind(params.kernel.as_deref())
+            .bind(params.initrd.as_deref())
+            .bind(&params.params)
+            .bind(now)
+            .execute(&mut *connection)
+            .await
+            .map_err(StoreError::query("storing boot parameters"))?;
+        for target in &targets {
+            sqlx::query("INSERT INTO boot_targets (kind, value, params_id) VALUES ($1, $2, $3)")
+                .bind(target.kind())
+                .bind(target.value())
+                .bind(&id)
+                .execute(&mut *connection)
+                .await
+                .map_err(StoreError::query("storing boot parameters"))?;
+        }
+        let stored = load_entry(connection, &id).await?.ok_or_else(|| StoreError::not_found("boot parameters", id.clone()))?;
+        let action = if replace { "boot_params.set" } else { "boot_params.add" };
+        let after = serde_json::to_value(&stored).ok();
+        record(
+            connection,
+            NewEvent { actor, action, target_kind: "boot_params", target: &describe(&stored), project: None, before: None, after },
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok(stored)
+    }
+
+    /// Removes these targets from their entries (and entries left without targets).
+    pub async fn delete_boot_params(&self, actor: &str, targets: &[BootTarget]) -> Result<usize, StoreError> {
+        let mut transaction = self.write().await?;
+        let connection = transaction.connection();
+        let released = release_targets(connection, targets).await?;
+        if released == 0 {
+            return Err(StoreError::not_found(
+                "boot parameters",
+                targets.iter().map(|t| format!("{}={}", t.kind(), t.value())).collect::<Vec<_>>().join(", "),
+            ));
+        }
+        let before = Some(serde_json::json!({ "targets": targets }));
+        record(
+            connection,
+            NewEvent {
+                actor,
+                action: "boot_params.delete",
+                target_kind: "boot_params",
+                target: &format!("{released} targets"),
+                project: None,
+                before,
+                after: None,
+            },
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok(released)
+    }
+
+    /// The entry for the first target in `order` that has one.
+    pub async fn boot_params_for(&self, order: &[BootTarget]) -> Result<Option<BootParams>, StoreError> {
+        let mut connection = self.read().await?;
+        for target in order {
+            if let Some(owner) = owner_of(&mut connection, target).await? {
+                return load_entry(&mut connection, &owner).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Adds a machine seen booting with an unknown MAC as a `discovered` node, named after
+    /// its MAC. Returns the node that has this MAC, new or not.
+    pub async fn enroll_discovered(&self, mac: MacAddress) -> Result<Node, StoreError> {
+        let mut transaction = self.write().await?;
+        let connection = transaction.connection();
+        let existing =
+            crate::nodes::load_nodes(connection, "id IN (SELECT node_id FROM interfaces WHERE mac = $1)", &[mac.to_string()], "").await?;
+        if let Some(snapshot) = existing.into_iter().next() {
+            return Ok(snapshot.node);
+        }
+        let now = crate::now();
+        let node = Node {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: format!("discovered-{}", mac.to_string().replace(':', "")),
+            xname: None,
+            nid: None,
+            role: None,
+            groups: vec![],
+            interfaces: vec![InterfaceView { mac_addr: mac, ip_addrs: vec![] }],
+            bmc: None,
+            properties: Default::default(),
+            project: None,
+            provision_state: ProvisionState::Discovered,
+            maintenance: false,
+            created_at: now,
+            updated_at: now,
+        };
+        crate::nodes::insert_plain_node(connection, &node).await?;
+        let after = serde_json::to_value(&node).ok();
+        record(
+            connection,
+            NewEvent { actor: "kiln", action: "node.enroll", target_kind: "node", target: &node.name, project: None, before: None, after },
+        )
+        .await?;
+        transaction.commit().await?;
+        tracing::info!(node = %node.name, %mac, "unknown machine enrolled as discovered");
+        Ok(node)
+    }
+
+    /// Records that a node called back from a booted system (the lab's and the agent's
+    /// proof of life).
+    pub async fn record_phone_home(&self, node: &Node, address: &str) -> Result<(), StoreError> {
+        let mut transaction = self.write().await?;
+        let connection = transaction.connection();
+        let after = Some(serde_json::json!({ "id": node.id, "address": address }));
+        record(
+            connection,
+            NewEvent {
+                actor: &format!("node:{}", node.name),
+                action: "node.phone-home",
+                target_kind: "node_boot",
+                target: &node.name,
+                project: node.project.as_deref(),
+                before: None,
+                after,
+            },
+        )
+        .await?;
+        transaction.commit().await
+    }
+}

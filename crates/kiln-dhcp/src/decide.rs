@@ -1,0 +1,221 @@
+//! The DHCP protocol logic: what to answer to one request. No IO and no state: the server
+//! looks the client up first and passes what it found as a [`Binding`].
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use kiln_types::MacAddress;
+
+use crate::config::{DhcpConfig, DhcpMode};
+
+/// What the server knows of a client: the address it may have and its host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub address: Ipv4Addr,
+    pub hostname: Option<String>,
+}
+
+/// What a booting client should load next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootChoice {
+    /// A file name on Kiln's TFTP server (next-server is this server).
+    Tftp(String),
+    /// A URL (iPXE scripts, UEFI HTTP boot).
+    Http(String),
+}
+
+/// The client's hardware address, if it is Ethernet-shaped.
+pub fn client_mac(request: &Message) -> Option<MacAddress> {
+    let chaddr = request.chaddr();
+    (request.hlen() == 6 && chaddr.len() >= 6).then(|| MacAddress([chaddr[0], chaddr[1], chaddr[2], chaddr[3], chaddr[4], chaddr[5]]))
+}
+
+fn vendor_class(request: &Message) -> Option<&[u8]> {
+    match request.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(bytes)) => Some(bytes),
+        _ => None,
+    }
+}
+
+fn architecture(request: &Message) -> Option<u16> {
+    match request.opts().get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(arch)) => Some(u16::from(*arch)),
+        _ => None,
+    }
+}
+
+fn is_ipxe(request: &Message) -> bool {
+    // iPXE sends the bare string "iPXE" as its user class (not RFC 3004's framing).
+    matches!(request.opts().get(OptionCode::UserClass), Some(DhcpOption::UserClass(bytes)) if bytes.windows(4).any(|w| w == b"iPXE"))
+}
+
+/// Chooses the boot file by client kind (RFC 4578 architecture, vendor and user class). A
+/// client that is already iPXE gets its HTTP boot script, so it never loads iPXE again.
+pub fn boot_choice(request: &Message, config: &DhcpConfig, mac: MacAddress) -> Option<BootChoice> {
+    if is_ipxe(request) {
+        return Some(BootChoice::Http(format!("{}/boot/v1/bootscript?mac={mac}", config.http_base_url)));
+    }
+    let vendor = vendor_class(request).unwrap_or_default();
+    let arch = architecture(request);
+    let file = |arch: Option<u16>| match arch {
+        Some(11) | Some(19) => &config.boot_files.uefi_arm64,
+        Some(6) | Some(7) | Some(9) | Some(16) => &config.boot_files.uefi_x64,
+        _ => &config.boot_files.bios,
+    };
+    if vendor.starts_with(b"HTTPClient") {
+        return Some(BootChoice::Http(format!("{}/boot/ipxe/{}", config.http_base_url, file(arch))));
+    }
+    if vendor.starts_with(b"PXEClient") || arch.is_some() {
+        return Some(BootChoice::Tftp(file(arch).clone()));
+    }
+    None
+}
+
+/// The answer to `request`, or `None` when the server should stay silent.
+pub fn decide(request: &Message, config: &DhcpConfig, binding: Option<&Binding>) -> Option<Message> {
+    if request.opcode() != Opcode::BootRequest {
+        return None;
+    }
+    let mac = client_mac(request)?;
+    let kind = request.opts().msg_type()?;
+    match config.mode {
+        DhcpMode::Authoritative => authoritative(request, config, binding, mac, kind),
+        DhcpMode::Proxy => proxy(request, config, mac, kind),
+    }
+}
+
+fn authoritative(request: &Message, config: &DhcpConfig, binding: Option<&Binding>, mac: MacAddress, kind: MessageType) -> Option<Message> {
+    match kind {
+        MessageType::Discover => {
+            let binding = binding?;
+            Some(reply(request, config, MessageType::Offer, binding.address, Some(binding), mac))
+        }
+        MessageType::Request => {
+            if let Some(DhcpOption::ServerIdentifier(server)) = request.opts().get(OptionCode::ServerIdentifier) {
+                if *server != config.server_address {
+                    return None; // The client took another server's offer.
+                }
+            }
+            let requested = match request.opts().get(OptionCode::RequestedIpAddress) {
+                Some(DhcpOption::RequestedIpAddress(address)) => *address,
+                _ => request.ciaddr(),
+            };
+            match binding {
+                Some(binding) if binding.address == requested => {
+                    Some(reply(request, config, MessageType::Ack, binding.address, Some(binding), mac))
+                }
+                // We know this client and it asks for another address (it moved, or its
+                // reservation changed): tell it so, so it starts over at once.
+                Some(_) if config.contains(requested) || requested.is_unspecified() => Some(nak(request, config)),
+                _ => None,
+            }
+        }
+        MessageType::Inform => {
+            let mut answer = reply(request, config, MessageType::Ack, Ipv4Addr::UNSPECIFIED, binding, mac);
+            answer.opts_mut().remove(OptionCode::AddressLeaseTime);
+            answer.opts_mut().remove(OptionCode::Renewal);
+            answer.opts_mut().remove(OptionCode::Rebinding);
+            Some(answer)
+        }
+        _ => None, // DECLINE and RELEASE change lease state only; they get no answer.
+    }
+}
+
+/// ProxyDHCP (PXE specification, RFC 4578): answer PXE clients with boot information only.
+fn proxy(request: &Message, config: &DhcpConfig, mac: MacAddress, kind: MessageType) -> Option<Message> {
+    let pxe = vendor_class(request).is_some_and(|vendor| vendor.starts_with(b"PXEClient")) || is_ipxe(request);
+    if !pxe {
+        return None;
+    }
+    let answer_kind = match kind {
+        MessageType::Discover => MessageType::Offer,
+        MessageType::Request => MessageType::Ack,
+        _ => return None,
+    };
+    let mut answer = base_reply(request, config, answer_kind, Ipv4Addr::UNSPECIFIED);
+    answer.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+    // PXE discovery control = 8: boot from the file named here, skip the boot server dance.
+    answer.opts_mut().insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+    set_boot(&mut answer, request, config, mac);
+    Some(answer)
+}
+
+fn base_reply(request: &Message, config: &DhcpConfig, kind: MessageType, yiaddr: Ipv4Addr) -> Message {
+    let mut answer = Message::default();
+    answer
+        .set_opcode(Opcode::BootReply)
+        .set_htype(request.htype())
+        .set_xid(request.xid())
+        .set_flags(request.flags())
+        .set_chaddr(request.chaddr())
+        .set_giaddr(request.giaddr())
+        .set_ciaddr(request.ciaddr())
+        .set_yiaddr(yiaddr)
+        .set_siaddr(config.server_address);
+    answer.opts_mut().insert(DhcpOption::MessageType(kind));
+    answer.opts_mut().insert(DhcpOption::ServerIdentifier(config.server_address));
+    answer
+}
+
+fn set_boot(answer: &mut Message, request: &Message, config: &DhcpConfig, mac: MacAddress) {
+    let Some(choice) = boot_choice(request, config, mac) else { return };
+    let file = match choice {
+        BootChoice::Tftp(file) => file,
+        BootChoice::Http(url) => {
+            if vendor_class(request).is_some_and(|vendor| vendor.starts_with(b"HTTPClient")) {
+                // UEFI HTTP boot only takes an offer that says it is for HTTPClient.
+                answer.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+            }
+            url
+        }
+    };
+    if vendor_class(request).is_some_and(|vendor| vendor.starts_with(b"PXEClient")) {
+        answer.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+    }
+    // The `file` header field holds 128 bytes; option 67 carries longer names.
+    if file.len() < 128 {
+        answer.set_fname_str(&file);
+    }
+    answer.opts_mut().insert(DhcpOption::BootfileName(file.into_bytes()));
+}
+
+fn reply(
+    request: &Message,
+    config: &DhcpConfig,
+    kind: MessageType,
+    yiaddr: Ipv4Addr,
+    binding: Option<&Binding>,
+    mac: MacAddress,
+) -> Message {
+    let mut answer = base_reply(request, config, kind, yiaddr);
+    let options = answer.opts_mut();
+    options.insert(DhcpOption::AddressLeaseTime(config.lease_seconds));
+    options.insert(DhcpOption::Renewal(config.lease_seconds / 2));
+    options.insert(DhcpOption::Rebinding(config.lease_seconds / 8 * 7));
+    options.insert(DhcpOption::SubnetMask(config.netmask()));
+    if let Some(router) = config.router {
+        options.insert(DhcpOption::Router(vec![router]));
+    }
+    if !config.dns_servers.is_empty() {
+        options.insert(DhcpOption::DomainNameServer(config.dns_servers.clone()));
+    }
+    if let Some(domain) = &config.domain {
+        options.insert(DhcpOption::DomainName(domain.clone()));
+    }
+    if let Some(hostname) = binding.and_then(|binding| binding.hostname.clone()) {
+        options.insert(DhcpOption::Hostname(hostname));
+    }
+    set_boot(&mut answer, request, config, mac);
+    answer
+}
+
+fn nak(request: &Message, config: &DhcpConfig) -> Message {
+    let mut answer = base_reply(request, config, MessageType::Nak, Ipv4Addr::UNSPECIFIED);
+    answer.set_siaddr(Ipv4Addr::UNSPECIFIED).set_ciaddr(Ipv4Addr::UNSPECIFIED);
+    // A NAK must reach a client that has no address: always broadcast.
+    answer.set_flags(Flags::default().set_broadcast());
+    answer
+}
+
+#[cfg(test)]
+mod tests;

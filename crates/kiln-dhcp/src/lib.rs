@@ -1,0 +1,13 @@
+//! Kiln's DHCPv4 server.
+//!
+//! [`decide`] is the whole protocol logic, a pure function of a request, the configuration
+//! and what the inventory knows of the client; [`server`] only moves bytes between a socket
+//! bound to one interface and that function.
+
+pub mod config;
+pub mod decide;
+pub mod server;
+
+pub use config::{DhcpConfig, DhcpMode};
+pub use decide::{Binding, BootChoice, decide};
+pub use server::{DhcpHandle, start};

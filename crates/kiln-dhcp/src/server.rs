@@ -1,0 +1,199 @@
+//! The DHCP server: a socket bound to one interface, the inventory for reservations, and a
+//! small in-memory pool for machines without one.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use kiln_db::{Inventory, Store};
+use kiln_types::MacAddress;
+use kiln_types::node::Node;
+use tokio::net::UdpSocket;
+
+use crate::config::DhcpConfig;
+use crate::decide::{Binding, client_mac, decide};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("opening the DHCP socket on interface {interface}, port {port}")]
+    Socket {
+        interface: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running DHCP server; dropping it stops the server.
+pub struct DhcpHandle {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DhcpHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Pool leases: held in memory; a restart forgets them and clients renew into new ones.
+#[derive(Default)]
+struct Pool {
+    by_mac: HashMap<MacAddress, Ipv4Addr>,
+    taken: HashSet<Ipv4Addr>,
+}
+
+struct Server {
+    config: DhcpConfig,
+    inventory: Arc<Inventory>,
+    store: Store,
+    pool: Mutex<Pool>,
+    enrolling: Mutex<HashSet<MacAddress>>,
+}
+
+fn open_socket(config: &DhcpConfig) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    // Bound to the interface, the server neither hears nor answers other segments.
+    socket.bind_device(Some(config.interface.as_bytes()))?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port)).into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+pub async fn start(config: DhcpConfig, store: Store, inventory: Arc<Inventory>) -> Result<DhcpHandle, DhcpError> {
+    let socket =
+        open_socket(&config).map_err(|source| DhcpError::Socket { interface: config.interface.clone(), port: config.port, source })?;
+    tracing::info!(interface = %config.interface, mode = ?config.mode, server = %config.server_address, "DHCP server listening");
+    let server = Arc::new(Server { config, inventory, store, pool: Mutex::default(), enrolling: Mutex::default() });
+    let task = tokio::spawn(async move {
+        let mut buffer = vec![0u8; 1500];
+        loop {
+            let (length, peer) = match socket.recv_from(&mut buffer).await {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::warn!(%error, "receiving a DHCP packet failed");
+                    continue;
+                }
+            };
+            let Some((answer, destination)) = server.handle(&buffer[..length]) else { continue };
+            let mut bytes = Vec::with_capacity(548);
+            if let Err(error) = answer.encode(&mut Encoder::new(&mut bytes)) {
+                tracing::warn!(%error, "encoding a DHCP answer failed");
+                continue;
+            }
+            if let Err(error) = socket.send_to(&bytes, destination).await {
+                tracing::warn!(%error, %peer, %destination, "sending a DHCP answer failed");
+            }
+        }
+    });
+    Ok(DhcpHandle { task })
+}
+
+impl Server {
+    /// Decodes, looks up, decides. Anything malformed is dropped without an answer.
+    fn handle(self: &Arc<Self>, packet: &[u8]) -> Option<(Message, SocketAddr)> {
+        let request = Message::decode(&mut Decoder::new(packet)).ok()?;
+        let mac = client_mac(&request)?;
+        let kind = request.opts().msg_type()?;
+        let view = self.inventory.view();
+        let node = view.by_mac(&mac);
+        if node.is_none() && self.config.auto_enroll && kind == MessageType::Discover {
+            self.enroll(mac);
+        }
+        let binding = self.binding(mac, node.map(|node| &**node), kind, &request);
+        let answer = decide(&request, &self.config, binding.as_ref())?;
+        tracing::debug!(%mac, ?kind, answer = ?answer.opts().msg_type(), address = %answer.yiaddr(), "DHCP answer");
+        if matches!(answer.opts().msg_type(), Some(MessageType::Ack)) {
+            tracing::info!(%mac, address = %answer.yiaddr(), node = node.map(|n| n.name.as_str()), "lease acknowledged");
+        }
+        let destination = if !request.giaddr().is_unspecified() {
+            SocketAddr::from((request.giaddr(), 67))
+        } else if !request.ciaddr().is_unspecified() && kind != MessageType::Discover {
+            SocketAddr::from((request.ciaddr(), 68))
+        } else {
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
+        };
+        Some((answer, destination))
+    }
+
+    /// The reservation from the inventory (an address of the booting interface inside the
+    /// subnet, else of any interface), or a pool address.
+    fn binding(&self, mac: MacAddress, node: Option<&Node>, kind: MessageType, request: &Message) -> Option<Binding> {
+        if let Some(node) = node {
+            let booting = node.interfaces.iter().filter(|interface| interface.mac_addr == mac);
+            let others = node.interfaces.iter().filter(|interface| interface.mac_addr != mac);
+            let reserved = booting
+                .chain(others)
+                .flat_map(|interface| interface.ip_addrs.iter())
+                .filter_map(|entry| entry.ip_addr.parse::<Ipv4Addr>().ok())
+                .find(|address| self.config.contains(*address));
+            let hostname = Some(match node.nid {
+                Some(nid) => format!("{}{:0width$}", self.config.hostname_prefix, nid, width = self.config.nid_length),
+                None => node.name.clone(),
+            });
+            if let Some(address) = reserved {
+                return Some(Binding { address, hostname });
+            }
+            return self.pool_address(mac, kind, request).map(|address| Binding { address, hostname });
+        }
+        self.pool_address(mac, kind, request).map(|address| Binding { address, hostname: None })
+    }
+
+    fn pool_address(&self, mac: MacAddress, kind: MessageType, request: &Message) -> Option<Ipv4Addr> {
+        let (first, last) = self.config.pool?;
+        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(address) = pool.by_mac.get(&mac) {
+            if matches!(kind, MessageType::Release | MessageType::Decline) {
+                let address = *address;
+                pool.by_mac.remove(&mac);
+                if kind == MessageType::Release {
+                    pool.taken.remove(&address);
+                }
+                return None;
+            }
+            return Some(*address);
+        }
+        if kind != MessageType::Discover {
+            // A REQUEST for an address we never offered (e.g. after a restart): honour it
+            // if it is free and in the pool, so clients keep their address.
+            let requested = match request.opts().get(OptionCode::RequestedIpAddress) {
+                Some(DhcpOption::RequestedIpAddress(address)) => *address,
+                _ => request.ciaddr(),
+            };
+            let in_pool = u32::from(requested) >= u32::from(first) && u32::from(requested) <= u32::from(last);
+            if kind == MessageType::Request && in_pool && !pool.taken.contains(&requested) {
+                pool.taken.insert(requested);
+                pool.by_mac.insert(mac, requested);
+                return Some(requested);
+            }
+            return None;
+        }
+        let free = (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from).find(|address| !pool.taken.contains(address))?;
+        pool.taken.insert(free);
+        pool.by_mac.insert(mac, free);
+        Some(free)
+    }
+
+    /// Adds an unknown machine to the inventory off the packet path; its next DISCOVER finds
+    /// it there.
+    fn enroll(self: &Arc<Self>, mac: MacAddress) {
+        if !self.enrolling.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(mac) {
+            return;
+        }
+        let server = Arc::clone(self);
+        tokio::spawn(async move {
+            match server.store.enroll_discovered(mac).await {
+                Ok(_) => {
+                    if let Err(error) = server.inventory.refresh().await {
+                        tracing::warn!(%error, "refreshing the inventory after an enrolment failed");
+                    }
+                }
+                Err(error) => tracing::warn!(%mac, %error, "enrolling an unknown machine failed"),
+            }
+            server.enrolling.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&mac);
+        });
+    }
+}
