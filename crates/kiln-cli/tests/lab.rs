@@ -1,0 +1,106 @@
+//! Real network boots in the lab: QEMU machines with real iPXE (BIOS) and OVMF (UEFI) firmware
+//! get their address from Kiln's DHCP, iPXE from Kiln's TFTP, their boot script, kernel and
+//! initrd over Kiln's HTTP, boot Linux and call the server back.
+//!
+//! These tests need root, QEMU and Debian's iPXE, OVMF, kernel and busybox
+//! (`scripts/install-deps`); without them they are skipped, unless `KILN_REQUIRE_LAB=1`.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kiln_lab::{Firmware, Lab};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+/// One machine at a time: TCG emulation on two cores is slow enough already.
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn lab_or_skip() -> Option<Lab> {
+    if let Err(reason) = kiln_lab::available() {
+        if std::env::var("KILN_REQUIRE_LAB").as_deref() == Ok("1") {
+            panic!("KILN_REQUIRE_LAB=1 but the lab cannot run: {reason}");
+        }
+        eprintln!("skipping a lab test: {reason}");
+        return None;
+    }
+    Some(Lab::create().expect("creating the lab network"))
+}
+
+/// Starts the server in the lab with a kernel and the callback initrd under /boot/files.
+fn prepare(lab: &mut Lab) {
+    let data = lab.start_server(Path::new(KILN), "").unwrap();
+    let (kernel, _) = kiln_lab::host_kernel().unwrap();
+    std::fs::copy(kernel, data.join("boot-files/vmlinuz")).unwrap();
+    kiln_lab::build_callback_initrd(&data.join("boot-files/initrd.img")).unwrap();
+}
+
+fn boot_params(targets: &str) -> String {
+    format!(
+        "kernel: '{{{{ server.url }}}}/boot/files/vmlinuz'\ninitrd: '{{{{ server.url }}}}/boot/files/initrd.img'\n\
+         params: 'console=ttyS0,115200 panic=-1 kiln.server={{{{ server.url }}}} kiln.node={{{{ node.name }}}}'\n{targets}\n"
+    )
+}
+
+fn phone_home_events(lab: &Lab) -> Vec<serde_json::Value> {
+    let events: serde_json::Value = serde_json::from_str(&lab.kiln(Path::new(KILN), &["events", "--kind", "node_boot", "-F", "json"]).unwrap()).unwrap();
+    events.as_array().unwrap().clone()
+}
+
+fn known_node_boots(firmware: Firmware) {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = lab_or_skip() else { return };
+    prepare(&mut lab);
+    let kiln = Path::new(KILN);
+    lab.kiln(kiln, &["discover", "static", "-f", "yaml", "-d",
+        "- name: nid001\n  nid: 1\n  xname: x1000c0s0b0n0\n  group: compute\n  interfaces:\n  - mac_addr: 52:54:00:be:ef:01\n    ip_addrs:\n    - name: management\n      ip_addr: 10.77.0.11\n"]).unwrap();
+    lab.kiln(kiln, &["boot", "params", "set", "-f", "yaml", "-d", &boot_params("macs: ['52:54:00:be:ef:01']")]).unwrap();
+    let machine = lab.boot_machine("52:54:00:be:ef:01", firmware).unwrap();
+    let result = machine.wait_for_console("KILN-LAB-PHONED-HOME", BOOT_TIMEOUT);
+    let console = match result {
+        Ok(console) => console,
+        Err(error) => panic!("{error:#}\nserver log:\n{}", lab.server_log()),
+    };
+    assert!(console.contains("kiln-lab: lease 10.77.0.11"), "the reserved address was leased:\n{console}");
+    assert!(console.contains("hostname nid001"), "the OpenCHAMI-style host name was given:\n{console}");
+    let events = phone_home_events(&lab);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["target"], "nid001");
+    assert_eq!(events[0]["after"]["address"], "10.77.0.11");
+    let log = lab.server_log();
+    assert!(log.contains("boot script served"), "{log}");
+    if firmware == Firmware::Uefi {
+        assert!(log.contains("TFTP transfer complete") && log.contains("ipxe.efi"), "OVMF loaded iPXE by TFTP:\n{log}");
+    }
+}
+
+#[test]
+fn a_bios_machine_in_the_inventory_boots_linux_and_calls_back() {
+    known_node_boots(Firmware::Bios);
+}
+
+#[test]
+fn a_uefi_machine_loads_ipxe_by_tftp_boots_linux_and_calls_back() {
+    known_node_boots(Firmware::Uefi);
+}
+
+#[test]
+fn an_unknown_machine_is_enrolled_and_boots_the_default_parameters() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = lab_or_skip() else { return };
+    prepare(&mut lab);
+    let kiln = Path::new(KILN);
+    lab.kiln(kiln, &["boot", "params", "set", "-f", "yaml", "-d", &boot_params("hosts: [Default]")]).unwrap();
+    let machine = lab.boot_machine("52:54:00:be:ef:99", Firmware::Bios).unwrap();
+    if let Err(error) = machine.wait_for_console("KILN-LAB-PHONED-HOME", BOOT_TIMEOUT) {
+        panic!("{error:#}\nserver log:\n{}", lab.server_log());
+    }
+    let nodes: serde_json::Value = serde_json::from_str(&lab.kiln(kiln, &["node", "list", "-F", "json"]).unwrap()).unwrap();
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["provision_state"], "discovered");
+    assert_eq!(nodes[0]["interfaces"][0]["mac_addr"], "52:54:00:be:ef:99");
+    let events = phone_home_events(&lab);
+    assert_eq!(events.len(), 1);
+    assert!(events[0]["after"]["address"].as_str().unwrap().starts_with("10.77.0.1"), "a pool address: {events:?}");
+}

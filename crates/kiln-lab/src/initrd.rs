@@ -1,0 +1,122 @@
+//! A tiny initramfs for lab machines: busybox, the virtio network modules of the kernel being
+//! booted, and an init that takes a DHCP lease and calls the server back.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// The newest Debian kernel installed under /boot and its module directory.
+pub fn host_kernel() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .context("reading /boot")?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .collect();
+    kernels.sort();
+    let kernel = kernels.pop().context("no /boot/vmlinuz-* (apt-get install linux-image-amd64)")?;
+    let version = kernel.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")).unwrap_or_default().to_owned();
+    let modules = PathBuf::from("/lib/modules").join(&version);
+    if !modules.join("modules.dep").exists() {
+        bail!("{} has no modules.dep", modules.display());
+    }
+    Ok((kernel, modules))
+}
+
+/// Modules to load for `wanted`, dependencies first, from modules.dep.
+fn with_dependencies(modules: &Path, wanted: &[&str]) -> anyhow::Result<Vec<String>> {
+    let dep = std::fs::read_to_string(modules.join("modules.dep"))?;
+    let table: Vec<(String, Vec<String>)> = dep
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(module, deps)| (module.to_owned(), deps.split_whitespace().map(str::to_owned).collect()))
+        .collect();
+    let mut ordered = Vec::new();
+    fn visit(module: &str, table: &[(String, Vec<String>)], ordered: &mut Vec<String>) {
+        if ordered.iter().any(|m| m == module) {
+            return;
+        }
+        if let Some((_, deps)) = table.iter().find(|(m, _)| m == module) {
+            for dep in deps {
+                visit(dep, table, ordered);
+            }
+        }
+        ordered.push(module.to_owned());
+    }
+    for name in wanted {
+        let module = table
+            .iter()
+            .find(|(path, _)| Path::new(path).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.split('.').next() == Some(name)))
+            .map(|(path, _)| path.clone());
+        // Built into the kernel: nothing to load.
+        if let Some(module) = module {
+            visit(&module, &table, &mut ordered);
+        }
+    }
+    Ok(ordered)
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for module in $(cat /modules.order); do insmod "/modules/$module" 2>/dev/null; done
+server=$(sed -n 's/.*kiln.server=\([^ ]*\).*/\1/p' /proc/cmdline)
+echo "kiln-lab: init started, server $server"
+ip link set lo up
+for attempt in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 1; done
+ip link set eth0 up
+mac=$(cat /sys/class/net/eth0/address)
+udhcpc -i eth0 -s /udhcpc.script -q -n -t 20 -T 2 || echo "kiln-lab: no DHCP lease"
+echo "kiln-lab: address $(ip -4 -o addr show eth0)"
+if wget -q -O /dev/null "$server/boot/v1/phone-home?mac=$mac"; then echo "KILN-LAB-PHONED-HOME $mac"; else echo "KILN-LAB-PHONE-HOME-FAILED"; fi
+sleep 1
+poweroff -f
+"#;
+
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+    echo "kiln-lab: lease $ip from ${serverid:-?} hostname ${hostname:-none}"
+    ;;
+esac
+exit 0
+"#;
+
+/// Builds the initramfs into `output` (gzip-compressed newc cpio).
+pub fn build_callback_initrd(output: &Path) -> anyhow::Result<()> {
+    let (_, modules) = host_kernel()?;
+    let root = tempfile::tempdir()?;
+    let path = root.path();
+    for directory in ["bin", "proc", "sys", "dev", "modules", "etc"] {
+        std::fs::create_dir_all(path.join(directory))?;
+    }
+    std::fs::copy("/bin/busybox", path.join("bin/busybox")).context("copying busybox (apt-get install busybox-static)")?;
+    let order = with_dependencies(&modules, &["virtio_pci", "virtio_net"])?;
+    let mut names = Vec::new();
+    for module in &order {
+        let name = Path::new(module).file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        std::fs::copy(modules.join(module), path.join("modules").join(&name))?;
+        names.push(name);
+    }
+    std::fs::write(path.join("modules.order"), names.join("\n"))?;
+    for (name, content) in [("init", INIT), ("udhcpc.script", UDHCPC_SCRIPT)] {
+        std::fs::write(path.join(name), content)?;
+        std::fs::set_permissions(path.join(name), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'", path.display(), output.display()))
+        .stderr(Stdio::inherit())
+        .status()?;
+    if !status.success() {
+        bail!("packing the initramfs failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! The test lab: a network namespace with a bridge, Kiln's server (DHCP, TFTP, HTTP) bound
+//! inside it, and QEMU machines on taps that PXE boot through it.
+//!
+//! Everything the lab makes (the namespace and all its links, the processes, the temporary
+//! files) is removed when the [`Lab`] is dropped, also when a test fails. The lab talks only
+//! inside its own namespace.
+
+mod initrd;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+pub use initrd::{build_callback_initrd, host_kernel};
+
+/// The lab network: 10.77.0.0/24 inside the namespace, the server at .1.
+pub const SERVER_ADDRESS: &str = "10.77.0.1";
+pub const SUBNET: &str = "10.77.0.0/24";
+pub const BRIDGE: &str = "kbr0";
+pub const API_PORT: u16 = 8080;
+
+/// Whether this machine can run the lab: root, `ip`, QEMU and Debian's iPXE.
+pub fn available() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        return Err("the lab needs root (network namespaces, taps)".into());
+    }
+    for tool in ["ip", "qemu-system-x86_64", "cpio"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+            return Err(format!("{tool} is not installed (scripts/install-deps --lab)"));
+        }
+    }
+    for file in ["/usr/lib/ipxe/undionly.kpxe", "/bin/busybox"] {
+        if !Path::new(file).exists() {
+            return Err(format!("{file} is missing (scripts/install-deps --lab)"));
+        }
+    }
+    host_kernel().map(|_| ()).map_err(|error| error.to_string())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A private network segment with Kiln's server in it.
+pub struct Lab {
+    pub namespace: String,
+    pub directory: tempfile::TempDir,
+    server: Option<Child>,
+    machines: Vec<Machine>,
+    taps: usize,
+}
+
+/// A QEMU machine in the lab; killed when dropped.
+pub struct Machine {
+    pub mac: String,
+    pub console: PathBuf,
+    child: Child,
+}
+
+impl Machine {
+    /// Waits until the serial console shows `needle`, or fails with the console's tail.
+    pub fn wait_for_console(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let console = std::fs::read_to_string(&self.console).unwrap_or_default();
+            if console.contains(needle) {
+                return Ok(console);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("the machine {} stopped ({status}) before printing {needle:?}; console:\n{}", self.mac, tail(&console));
+            }
+            if Instant::now() > deadline {
+                bail!("the machine {} did not print {needle:?} within {timeout:?}; console:\n{}", self.mac, tail(&console));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which firmware a machine boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS with QEMU's iPXE option ROM.
+    Bios,
+    /// OVMF, whose own PXE client loads iPXE by TFTP.
+    Uefi,
+}
+
+impl Lab {
+    /// Creates the namespace, the bridge and the server's address.
+    pub fn create() -> anyhow::Result<Lab> {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let namespace = format!("kiln-lab-{}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        run(Command::new("ip").args(["netns", "add", &namespace]))?;
+        let lab = Lab { namespace, directory: tempfile::tempdir()?, server: None, machines: Vec::new(), taps: 0 };
+        lab.ip(&["link", "set", "lo", "up"])?;
+        lab.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        lab.ip(&["addr", "add", &format!("{SERVER_ADDRESS}/24"), "dev", BRIDGE])?;
+        lab.ip(&["link", "set", BRIDGE, "up"])?;
+        Ok(lab)
+    }
+
+    fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        run(Command::new("ip").args(["netns", "exec", &self.namespace, "ip"]).args(args))
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.namespace]).arg(program);
+        command
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("http://{SERVER_ADDRESS}:{API_PORT}")
+    }
+
+    /// Starts `kiln serve` inside the namespace with DHCP on the bridge and TFTP from
+    /// Debian's iPXE directory. `extra_config` is appended to the TOML configuration.
+    pub fn start_server(&mut self, kiln: &Path, extra_config: &str) -> anyhow::Result<PathBuf> {
+        let data_dir = self.directory.path().join("data");
+        std::fs::create_dir_all(data_dir.join("boot-files"))?;
+        let config = self.directory.path().join("kiln.toml");
+        let mut file = std::fs::File::create(&config)?;
+        write!(
+            file,
+            "listen = \"{SERVER_ADDRESS}:{API_PORT}\"\npublic_url = \"{url}\"\ndata_dir = \"{data}\"\n\n\
+             [dhcp]\ninterface = \"{BRIDGE}\"\nserver_address = \"{SERVER_ADDRESS}\"\nsubnet = \"{SUBNET}\"\n\
+             router = \"{SERVER_ADDRESS}\"\npool = \"10.77.0.100-10.77.0.150\"\nlease_seconds = 600\n{extra_config}\n\n\
+             [tftp]\nlisten = \"{SERVER_ADDRESS}:69\"\nroot = \"/usr/lib/ipxe\"\n",
+            url = self.server_url(),
+            data = data_dir.display(),
+        )?;
+        let log = std::fs::File::create(self.directory.path().join("server.log"))?;
+        let child = self
+            .command(kiln)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("KILN_LOG", "info,kiln_dhcp=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting kiln serve in the lab")?;
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.server_log().contains("kiln: listening on") {
+            if Instant::now() > deadline {
+                bail!("kiln serve did not start:\n{}", self.server_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(data_dir)
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.directory.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs the `kiln` CLI inside the namespace with the lab's admin token.
+    pub fn kiln(&self, kiln: &Path, args: &[&str]) -> anyhow::Result<String> {
+        let token = std::fs::read_to_string(self.directory.path().join("data/admin-token"))?;
+        let output = self.command(kiln).args(args).env("KILN_URL", self.server_url()).env("KILN_TOKEN", token.trim()).output()?;
+        if !output.status.success() {
+            bail!("kiln {args:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// Boots a QEMU machine with `mac` on a new tap on the bridge (TCG: KVM guests hang here).
+    pub fn boot_machine(&mut self, mac: &str, firmware: Firmware) -> anyhow::Result<&mut Machine> {
+        let tap = format!("ktap{}", self.taps);
+        self.taps += 1;
+        self.ip(&["tuntap", "add", &tap, "mode", "tap"])?;
+        self.ip(&["link", "set", &tap, "master", BRIDGE])?;
+        self.ip(&["link", "set", &tap, "up"])?;
+        let console = self.directory.path().join(format!("console-{}.log", mac.replace(':', "")));
+        let mut command = self.command("qemu-system-x86_64");
+        command.args(["-accel", "tcg", "-m", "512", "-display", "none", "-no-reboot", "-monitor", "none"]);
+        command.arg("-serial").arg(format!("file:{}", console.display()));
+        command.args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
+        match firmware {
+            Firmware::Bios => {
+                command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}"), "-boot", "n"]);
+            }
+            Firmware::Uefi => {
+                let vars = self.directory.path().join(format!("vars-{}.fd", mac.replace(':', "")));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("copying OVMF variables (apt-get install ovmf)")?;
+                // No option ROM: OVMF's own PXE client, which loads iPXE by TFTP.
+                command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
+                command.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
+                command.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            }
+        }
+        let child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting QEMU")?;
+        self.machines.push(Machine { mac: mac.to_owned(), console, child });
+        Ok(self.machines.last_mut().expect("just pushed"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.machines.clear();
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        // Deleting the namespace removes the bridge and the taps in it.
+        let _ = Command::new("ip").args(["netns", "delete", &self.namespace]).status();
+    }
+}
