@@ -43,7 +43,8 @@ fn boot_params(targets: &str) -> String {
 }
 
 fn phone_home_events(lab: &Lab) -> Vec<serde_json::Value> {
-    let events: serde_json::Value = serde_json::from_str(&lab.kiln(Path::new(KILN), &["events", "--kind", "node_boot", "-F", "json"]).unwrap()).unwrap();
+    let events: serde_json::Value =
+        serde_json::from_str(&lab.kiln(Path::new(KILN), &["events", "--kind", "node_boot", "-F", "json"]).unwrap()).unwrap();
     events.as_array().unwrap().clone()
 }
 
@@ -70,7 +71,10 @@ fn known_node_boots(firmware: Firmware) {
     let log = lab.server_log();
     assert!(log.contains("boot script served"), "{log}");
     if firmware == Firmware::Uefi {
-        assert!(log.contains("TFTP transfer complete") && log.contains("ipxe.efi"), "OVMF loaded iPXE by TFTP:\n{log}");
+        assert!(
+            log.contains("TFTP transfer complete") && log.contains("snponly.efi"),
+            "OVMF loaded iPXE by TFTP:\n{log}\nconsole:\n{console}"
+        );
     }
 }
 

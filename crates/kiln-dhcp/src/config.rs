@@ -20,9 +20,12 @@ pub struct BootFiles {
     pub uefi_arm64: String,
 }
 
+/// `snponly.efi` rather than `ipxe.efi` for UEFI: it drives the NIC through the firmware's
+/// own network stack, and Debian ships it as a regular file, whereas its `ipxe.efi` is a
+/// symlink out of /usr/lib/ipxe that a confined TFTP root rightly refuses to follow.
 impl Default for BootFiles {
     fn default() -> Self {
-        BootFiles { bios: "undionly.kpxe".into(), uefi_x64: "ipxe.efi".into(), uefi_arm64: "ipxe-arm64.efi".into() }
+        BootFiles { bios: "undionly.kpxe".into(), uefi_x64: "snponly.efi".into(), uefi_arm64: "ipxe-arm64.efi".into() }
     }
 }
 

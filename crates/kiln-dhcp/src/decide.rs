@@ -171,6 +171,9 @@ fn set_boot(answer: &mut Message, request: &Message, config: &DhcpConfig, mac: M
     };
     if vendor_class(request).is_some_and(|vendor| vendor.starts_with(b"PXEClient")) {
         answer.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+        // PXE discovery control = 8: boot the file named in this offer. Without it UEFI PXE
+        // (EDK2) takes a PXEClient offer for one that needs a boot server discovery.
+        answer.opts_mut().insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
     }
     // The `file` header field holds 128 bytes; option 67 carries longer names.
     if file.len() < 128 {

@@ -29,7 +29,13 @@ pub fn available() -> Result<(), String> {
         return Err("the lab needs root (network namespaces, taps)".into());
     }
     for tool in ["ip", "qemu-system-x86_64", "cpio"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
             return Err(format!("{tool} is not installed (scripts/install-deps --lab)"));
         }
     }

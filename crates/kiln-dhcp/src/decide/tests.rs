@@ -83,6 +83,7 @@ fn bios_pxe_discover_gets_its_reservation_and_undionly() {
         6=DomainNameServer([10.77.0.1])
         12=Hostname("nid001")
         15=DomainName("lab")
+        43=VendorExtensions([6, 1, 8, 255])
         51=AddressLeaseTime(3600)
         54=ServerIdentifier(10.77.0.1)
         58=Renewal(1800)
@@ -101,7 +102,7 @@ fn boot_files_by_client_kind() {
         ),
         (
             vec![DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007".to_vec()), DhcpOption::ClientSystemArchitecture(Architecture::BC)],
-            "ipxe.efi",
+            "snponly.efi",
         ),
         (
             vec![
@@ -115,7 +116,7 @@ fn boot_files_by_client_kind() {
                 DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016".to_vec()),
                 DhcpOption::ClientSystemArchitecture(Architecture::Unknown(16)),
             ],
-            "http://10.77.0.1:8080/boot/ipxe/ipxe.efi",
+            "http://10.77.0.1:8080/boot/ipxe/snponly.efi",
         ),
         (vec![DhcpOption::ClassIdentifier(b"udhcp 1.35.0".to_vec())], ""),
     ];
