@@ -29,7 +29,11 @@ fn lab_or_skip() -> Option<Lab> {
 
 /// Starts the server in the lab with a kernel and the callback initrd under /boot/files.
 fn prepare(lab: &mut Lab) {
-    let data = lab.start_server(Path::new(KILN), "").unwrap();
+    prepare_with(lab, "");
+}
+
+fn prepare_with(lab: &mut Lab, dhcp_config: &str) {
+    let data = lab.start_server(Path::new(KILN), dhcp_config).unwrap();
     let (kernel, _) = kiln_lab::host_kernel().unwrap();
     std::fs::copy(kernel, data.join("boot-files/vmlinuz")).unwrap();
     kiln_lab::build_callback_initrd(&data.join("boot-files/initrd.img")).unwrap();
@@ -107,4 +111,30 @@ fn an_unknown_machine_is_enrolled_and_boots_the_default_parameters() {
     let events = phone_home_events(&lab);
     assert_eq!(events.len(), 1);
     assert!(events[0]["after"]["address"].as_str().unwrap().starts_with("10.77.0.1"), "a pool address: {events:?}");
+}
+
+#[test]
+fn proxy_mode_boots_a_machine_beside_the_sites_dnsmasq() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = lab_or_skip() else { return };
+    lab.start_site_dhcp().unwrap();
+    prepare_with(&mut lab, "mode = \"proxy\"");
+    let kiln = Path::new(KILN);
+    lab.kiln(
+        kiln,
+        &["discover", "static", "-f", "yaml", "-d", "- name: nid001\n  nid: 1\n  interfaces:\n  - mac_addr: 52:54:00:be:ef:01\n"],
+    )
+    .unwrap();
+    lab.kiln(kiln, &["boot", "params", "set", "-f", "yaml", "-d", &boot_params("macs: ['52:54:00:be:ef:01']")]).unwrap();
+    let machine = lab.boot_machine("52:54:00:be:ef:01", Firmware::Bios).unwrap();
+    let result = machine.wait_for_console("KILN-LAB-PHONED-HOME", BOOT_TIMEOUT);
+    if let Err(error) = result {
+        panic!("{error:#}\nserver log:\n{}\ndnsmasq log:\n{}", lab.server_log(), lab.site_dhcp_log());
+    }
+    let events = phone_home_events(&lab);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let address = events[0]["after"]["address"].as_str().unwrap().to_owned();
+    let last: u8 = address.rsplit('.').next().unwrap().parse().unwrap();
+    assert!((50..=60).contains(&last), "the address came from the site's dnsmasq, not Kiln: {address}");
+    assert!(lab.site_dhcp_log().contains("52:54:00:be:ef:01"), "dnsmasq served the machine");
 }

@@ -12,7 +12,7 @@ use kiln_types::MacAddress;
 use kiln_types::node::Node;
 use tokio::net::UdpSocket;
 
-use crate::config::DhcpConfig;
+use crate::config::{DhcpConfig, DhcpMode};
 use crate::decide::{Binding, client_mac, decide};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +28,14 @@ pub enum DhcpError {
 
 /// A running DHCP server; dropping it stops the server.
 pub struct DhcpHandle {
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for DhcpHandle {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -52,52 +54,81 @@ struct Server {
     enrolling: Mutex<HashSet<MacAddress>>,
 }
 
-fn open_socket(config: &DhcpConfig) -> std::io::Result<UdpSocket> {
+/// The PXE boot server port: in proxy mode clients send their ProxyDHCP REQUEST here.
+const PXE_PORT: u16 = 4011;
+
+fn open_socket(config: &DhcpConfig, port: u16) -> std::io::Result<UdpSocket> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
     // Bound to the interface, the server neither hears nor answers other segments.
     socket.bind_device(Some(config.interface.as_bytes()))?;
-    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port)).into())?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket.into())
 }
 
 pub async fn start(config: DhcpConfig, store: Store, inventory: Arc<Inventory>) -> Result<DhcpHandle, DhcpError> {
-    let socket =
-        open_socket(&config).map_err(|source| DhcpError::Socket { interface: config.interface.clone(), port: config.port, source })?;
+    let open = |port| open_socket(&config, port).map_err(|source| DhcpError::Socket { interface: config.interface.clone(), port, source });
+    let socket = open(config.port)?;
+    let pxe_socket = match config.mode {
+        DhcpMode::Proxy => Some(open(PXE_PORT)?),
+        DhcpMode::Authoritative => None,
+    };
     tracing::info!(interface = %config.interface, mode = ?config.mode, server = %config.server_address, "DHCP server listening");
     let server = Arc::new(Server { config, inventory, store, pool: Mutex::default(), enrolling: Mutex::default() });
-    let task = tokio::spawn(async move {
-        let mut buffer = vec![0u8; 1500];
-        loop {
-            let (length, peer) = match socket.recv_from(&mut buffer).await {
-                Ok(received) => received,
-                Err(error) => {
-                    tracing::warn!(%error, "receiving a DHCP packet failed");
-                    continue;
-                }
-            };
-            let Some((answer, destination)) = server.handle(&buffer[..length]) else { continue };
-            let mut bytes = Vec::with_capacity(548);
-            if let Err(error) = answer.encode(&mut Encoder::new(&mut bytes)) {
-                tracing::warn!(%error, "encoding a DHCP answer failed");
+    let mut tasks = vec![tokio::spawn(serve(Arc::clone(&server), socket, Port::Dhcp))];
+    if let Some(pxe_socket) = pxe_socket {
+        tasks.push(tokio::spawn(serve(server, pxe_socket, Port::Pxe)));
+    }
+    Ok(DhcpHandle { tasks })
+}
+
+/// Which socket a packet came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// 67: DHCP, and in proxy mode the broadcast DISCOVER of PXE clients.
+    Dhcp,
+    /// 4011: in proxy mode, the unicast ProxyDHCP REQUEST.
+    Pxe,
+}
+
+async fn serve(server: Arc<Server>, socket: UdpSocket, port: Port) {
+    let mut buffer = vec![0u8; 1500];
+    loop {
+        let (length, peer) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(error) => {
+                tracing::warn!(%error, "receiving a DHCP packet failed");
                 continue;
             }
-            if let Err(error) = socket.send_to(&bytes, destination).await {
-                tracing::warn!(%error, %peer, %destination, "sending a DHCP answer failed");
-            }
+        };
+        let Some((answer, destination)) = server.handle(&buffer[..length], port, peer) else { continue };
+        let mut bytes = Vec::with_capacity(548);
+        if let Err(error) = answer.encode(&mut Encoder::new(&mut bytes)) {
+            tracing::warn!(%error, "encoding a DHCP answer failed");
+            continue;
         }
-    });
-    Ok(DhcpHandle { task })
+        if let Err(error) = socket.send_to(&bytes, destination).await {
+            tracing::warn!(%error, %peer, %destination, "sending a DHCP answer failed");
+        }
+    }
 }
 
 impl Server {
     /// Decodes, looks up, decides. Anything malformed is dropped without an answer.
-    fn handle(self: &Arc<Self>, packet: &[u8]) -> Option<(Message, SocketAddr)> {
+    fn handle(self: &Arc<Self>, packet: &[u8], port: Port, peer: SocketAddr) -> Option<(Message, SocketAddr)> {
         let request = Message::decode(&mut Decoder::new(packet)).ok()?;
         let mac = client_mac(&request)?;
         let kind = request.opts().msg_type()?;
+        if self.config.mode == DhcpMode::Proxy {
+            // A proxy answers DISCOVERs on 67 and REQUESTs on 4011; the REQUEST a client
+            // broadcasts on 67 belongs to the site's DHCP server.
+            let expected = if port == Port::Dhcp { MessageType::Discover } else { MessageType::Request };
+            if kind != expected {
+                return None;
+            }
+        }
         let view = self.inventory.view();
         let node = view.by_mac(&mac);
         if node.is_none() && self.config.auto_enroll && kind == MessageType::Discover {
@@ -109,7 +140,9 @@ impl Server {
         if matches!(answer.opts().msg_type(), Some(MessageType::Ack)) {
             tracing::info!(%mac, address = %answer.yiaddr(), node = node.map(|n| n.name.as_str()), "lease acknowledged");
         }
-        let destination = if !request.giaddr().is_unspecified() {
+        let destination = if port == Port::Pxe {
+            peer
+        } else if !request.giaddr().is_unspecified() {
             SocketAddr::from((request.giaddr(), 67))
         } else if !request.ciaddr().is_unspecified() && kind != MessageType::Discover {
             SocketAddr::from((request.ciaddr(), 68))

@@ -65,6 +65,8 @@ pub struct Lab {
     pub namespace: String,
     pub directory: tempfile::TempDir,
     server: Option<Child>,
+    /// The site's own DHCP server (dnsmasq) in a namespace of its own, for proxy mode.
+    site: Option<(String, Child)>,
     machines: Vec<Machine>,
     taps: usize,
 }
@@ -123,7 +125,7 @@ impl Lab {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let namespace = format!("kiln-lab-{}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
         run(Command::new("ip").args(["netns", "add", &namespace]))?;
-        let lab = Lab { namespace, directory: tempfile::tempdir()?, server: None, machines: Vec::new(), taps: 0 };
+        let lab = Lab { namespace, directory: tempfile::tempdir()?, server: None, site: None, machines: Vec::new(), taps: 0 };
         lab.ip(&["link", "set", "lo", "up"])?;
         lab.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         lab.ip(&["addr", "add", &format!("{SERVER_ADDRESS}/24"), "dev", BRIDGE])?;
@@ -198,6 +200,51 @@ impl Lab {
         Ok(String::from_utf8(output.stdout)?)
     }
 
+    /// Puts a second host on the segment (10.77.0.2, its own namespace, a veth to the
+    /// bridge) running dnsmasq as the site's DHCP server, handing out 10.77.0.50–60 and no
+    /// boot information: what Kiln's proxy mode runs beside.
+    pub fn start_site_dhcp(&mut self) -> anyhow::Result<()> {
+        let site = format!("{}-site", self.namespace);
+        run(Command::new("ip").args(["netns", "add", &site]))?;
+        self.site = Some((site.clone(), Command::new("true").spawn()?));
+        self.ip(&["link", "add", "ksite0", "type", "veth", "peer", "name", "ksite1"])?;
+        self.ip(&["link", "set", "ksite1", "netns", &site])?;
+        self.ip(&["link", "set", "ksite0", "master", BRIDGE])?;
+        self.ip(&["link", "set", "ksite0", "up"])?;
+        let in_site = |args: &[&str]| run(Command::new("ip").args(["netns", "exec", &site, "ip"]).args(args));
+        in_site(&["link", "set", "lo", "up"])?;
+        in_site(&["addr", "add", "10.77.0.2/24", "dev", "ksite1"])?;
+        in_site(&["link", "set", "ksite1", "up"])?;
+        let log = std::fs::File::create(self.directory.path().join("dnsmasq.log"))?;
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &site,
+                "dnsmasq",
+                "--no-daemon",
+                "--port=0",
+                "--interface=ksite1",
+                "--bind-interfaces",
+                "--no-ping",
+                "--log-dhcp",
+            ])
+            .arg("--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,10m")
+            .arg(format!("--dhcp-leasefile={}", self.directory.path().join("dnsmasq.leases").display()))
+            .arg(format!("--pid-file={}", self.directory.path().join("dnsmasq.pid").display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
+        self.site = Some((site, child));
+        Ok(())
+    }
+
+    pub fn site_dhcp_log(&self) -> String {
+        std::fs::read_to_string(self.directory.path().join("dnsmasq.log")).unwrap_or_default()
+    }
+
     /// Boots a QEMU machine with `mac` on a new tap on the bridge (TCG: KVM guests hang here).
     pub fn boot_machine(&mut self, mac: &str, firmware: Firmware) -> anyhow::Result<&mut Machine> {
         let tap = format!("ktap{}", self.taps);
@@ -236,7 +283,12 @@ impl Drop for Lab {
             let _ = server.kill();
             let _ = server.wait();
         }
-        // Deleting the namespace removes the bridge and the taps in it.
+        if let Some((site, mut dnsmasq)) = self.site.take() {
+            let _ = dnsmasq.kill();
+            let _ = dnsmasq.wait();
+            let _ = Command::new("ip").args(["netns", "delete", &site]).status();
+        }
+        // Deleting the namespace removes the bridge, the taps and the veth in it.
         let _ = Command::new("ip").args(["netns", "delete", &self.namespace]).status();
     }
 }
