@@ -327,3 +327,43 @@ fn config_check_prints_the_validated_configuration_or_the_error() {
         "error: invalid configuration: listen: 'nowhere' is not an address:port such as 127.0.0.1:8080"
     );
 }
+
+#[test]
+fn the_tutorial_boot_yaml_loads_unchanged_and_boot_scripts_follow_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let data_dir = directory.path().join("data");
+    let server = ServerProcess::start(&data_dir, &[]);
+    let token = token(&data_dir);
+    ok(kiln(&server, &token, &["discover", "static", "-f", "yaml", "-d", "@examples/nodes.yaml"], None));
+    ok(kiln(&server, &token, &["boot", "params", "set", "-f", "yaml", "-d", "@examples/boot.yaml"], None));
+    let shown: serde_json::Value = serde_yaml_value(&ok(kiln(&server, &token, &["boot", "params", "get", "-F", "yaml"], None)));
+    let file: serde_json::Value = serde_yaml_value(&std::fs::read_to_string(workspace_root().join("examples/boot.yaml")).unwrap());
+    assert_eq!(shown[0], file, "get shows the file as it was loaded");
+    // add refuses to replace; set replaces.
+    let again = kiln(&server, &token, &["boot", "params", "add", "-f", "yaml", "-d", "@examples/boot.yaml"], None);
+    assert!(String::from_utf8(again.stderr).unwrap().contains("already has boot parameters (use set to replace them)"));
+    // Script injection is refused at the API, naming the field.
+    let injected = kiln(
+        &server,
+        &token,
+        &["boot", "params", "set", "-f", "json", "-d", r#"{"kernel": "http://x/k", "params": "quiet\nshell", "hosts": ["Default"]}"#],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8(injected.stderr).unwrap().trim(),
+        "error: params: contains a line break or another control character [400 invalid_input]"
+    );
+    // The boot script of a node follows the parameters.
+    let script = Command::new("curl").args(["-sf", &format!("{}/boot/v1/bootscript?mac=52:54:00:be:ef:03", server.url)]).output().unwrap();
+    let script = String::from_utf8(script.stdout).unwrap();
+    assert!(script.starts_with("#!ipxe\necho Kiln: booting nid003 (52:54:00:be:ef:03)\nkernel --name kernel http://172.16.0.254:9000/boot-images/efi-images/compute/debug/vmlinuz-5.14.0-570.21.1.el9_6.x86_64 initrd=initrd nomodeset"), "{script}");
+    ok(kiln(&server, &token, &["boot", "params", "delete", "-f", "yaml", "-d", "macs: ['52:54:00:be:ef:03']"], None));
+    let script = Command::new("curl").args(["-sf", &format!("{}/boot/v1/bootscript?mac=52:54:00:be:ef:03", server.url)]).output().unwrap();
+    assert!(String::from_utf8(script.stdout).unwrap().contains("no boot parameters for node nid003"));
+    let bad_mac = Command::new("curl").args(["-s", &format!("{}/boot/v1/bootscript?mac=zz", server.url)]).output().unwrap();
+    assert!(String::from_utf8(bad_mac.stdout).unwrap().contains("invalid_input"));
+}
+
+fn serde_yaml_value(text: &str) -> serde_json::Value {
+    serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(text).unwrap()).unwrap()
+}

@@ -138,3 +138,39 @@ fn proxy_mode_boots_a_machine_beside_the_sites_dnsmasq() {
     assert!((50..=60).contains(&last), "the address came from the site's dnsmasq, not Kiln: {address}");
     assert!(lab.site_dhcp_log().contains("52:54:00:be:ef:01"), "dnsmasq served the machine");
 }
+
+/// Thousands of random MACs, truncated packets and option overflows from another host on the
+/// segment: the server stays up and keeps offering a known machine its reservation.
+#[test]
+fn dhcp_survives_hostile_packets_and_keeps_serving_known_nodes() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = lab_or_skip() else { return };
+    let kiln = Path::new(KILN);
+    lab.start_server(kiln, "").unwrap();
+    lab.kiln(
+        kiln,
+        &[
+            "discover",
+            "static",
+            "-f",
+            "yaml",
+            "-d",
+            "- name: nid001\n  nid: 1\n  interfaces:\n  - mac_addr: 52:54:00:be:ef:01\n    ip_addrs:\n    - ip_addr: 10.77.0.11\n",
+        ],
+    )
+    .unwrap();
+    let host = lab.add_host().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dhcp_hostile_client.py");
+    let output = std::process::Command::new("ip").args(["netns", "exec", &host, "python3", script, "3000"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.starts_with("OK"),
+        "{stdout}{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        lab.server_log()
+    );
+    // Still answering the API, and the flood did not turn into thousands of enrolments at once.
+    let nodes: serde_json::Value = serde_json::from_str(&lab.kiln(kiln, &["node", "list", "-F", "json"]).unwrap()).unwrap();
+    assert!(nodes.as_array().unwrap().iter().any(|node| node["name"] == "nid001"));
+    assert!(!lab.server_log().contains("panicked"));
+}

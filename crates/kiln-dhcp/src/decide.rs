@@ -26,8 +26,13 @@ pub enum BootChoice {
 
 /// The client's hardware address, if it is Ethernet-shaped.
 pub fn client_mac(request: &Message) -> Option<MacAddress> {
+    // hlen first: dhcproto's chaddr() slices by hlen and panics when a packet claims more
+    // than the 16 bytes the field has (found by the lab's hostile-client test).
+    if request.hlen() != 6 {
+        return None;
+    }
     let chaddr = request.chaddr();
-    (request.hlen() == 6 && chaddr.len() >= 6).then(|| MacAddress([chaddr[0], chaddr[1], chaddr[2], chaddr[3], chaddr[4], chaddr[5]]))
+    (chaddr.len() >= 6).then(|| MacAddress([chaddr[0], chaddr[1], chaddr[2], chaddr[3], chaddr[4], chaddr[5]]))
 }
 
 fn vendor_class(request: &Message) -> Option<&[u8]> {

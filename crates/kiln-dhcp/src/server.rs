@@ -54,6 +54,8 @@ struct Server {
     enrolling: Mutex<HashSet<MacAddress>>,
 }
 
+const MAX_ENROLMENTS_IN_FLIGHT: usize = 8;
+
 /// The PXE boot server port: in proxy mode clients send their ProxyDHCP REQUEST here.
 const PXE_PORT: u16 = 4011;
 
@@ -103,7 +105,14 @@ async fn serve(server: Arc<Server>, socket: UdpSocket, port: Port) {
                 continue;
             }
         };
-        let Some((answer, destination)) = server.handle(&buffer[..length], port, peer) else { continue };
+        // A packet must never take the server down, whatever a decoder does with it.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.handle(&buffer[..length], port, peer)));
+        let Some((answer, destination)) = handled.unwrap_or_else(|_| {
+            tracing::error!(%peer, length, "a DHCP packet made the decoder panic; dropped");
+            None
+        }) else {
+            continue;
+        };
         let mut bytes = Vec::with_capacity(548);
         if let Err(error) = answer.encode(&mut Encoder::new(&mut bytes)) {
             tracing::warn!(%error, "encoding a DHCP answer failed");
@@ -213,8 +222,13 @@ impl Server {
     /// Adds an unknown machine to the inventory off the packet path; its next DISCOVER finds
     /// it there.
     fn enroll(self: &Arc<Self>, mac: MacAddress) {
-        if !self.enrolling.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(mac) {
-            return;
+        {
+            let mut enrolling = self.enrolling.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // A flood of made-up MACs must not become a flood of database writes: beyond a
+            // few enrolments at a time, unknown machines wait for their next DISCOVER.
+            if enrolling.len() >= MAX_ENROLMENTS_IN_FLIGHT || !enrolling.insert(mac) {
+                return;
+            }
         }
         let server = Arc::clone(self);
         tokio::spawn(async move {

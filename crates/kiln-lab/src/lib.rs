@@ -204,17 +204,7 @@ impl Lab {
     /// bridge) running dnsmasq as the site's DHCP server, handing out 10.77.0.50–60 and no
     /// boot information: what Kiln's proxy mode runs beside.
     pub fn start_site_dhcp(&mut self) -> anyhow::Result<()> {
-        let site = format!("{}-site", self.namespace);
-        run(Command::new("ip").args(["netns", "add", &site]))?;
-        self.site = Some((site.clone(), Command::new("true").spawn()?));
-        self.ip(&["link", "add", "ksite0", "type", "veth", "peer", "name", "ksite1"])?;
-        self.ip(&["link", "set", "ksite1", "netns", &site])?;
-        self.ip(&["link", "set", "ksite0", "master", BRIDGE])?;
-        self.ip(&["link", "set", "ksite0", "up"])?;
-        let in_site = |args: &[&str]| run(Command::new("ip").args(["netns", "exec", &site, "ip"]).args(args));
-        in_site(&["link", "set", "lo", "up"])?;
-        in_site(&["addr", "add", "10.77.0.2/24", "dev", "ksite1"])?;
-        in_site(&["link", "set", "ksite1", "up"])?;
+        let site = self.add_host()?;
         let log = std::fs::File::create(self.directory.path().join("dnsmasq.log"))?;
         let child = Command::new("ip")
             .args([
@@ -239,6 +229,24 @@ impl Lab {
             .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
         self.site = Some((site, child));
         Ok(())
+    }
+
+    /// A second host on the segment: its own namespace at 10.77.0.2 on `ksite1`, a veth to
+    /// the bridge. Returns the namespace, for `ip netns exec`.
+    pub fn add_host(&mut self) -> anyhow::Result<String> {
+        let site = format!("{}-site", self.namespace);
+        run(Command::new("ip").args(["netns", "add", &site]))?;
+        // Recorded at once, so that a failure below still removes the namespace.
+        self.site = Some((site.clone(), Command::new("true").spawn()?));
+        self.ip(&["link", "add", "ksite0", "type", "veth", "peer", "name", "ksite1"])?;
+        self.ip(&["link", "set", "ksite1", "netns", &site])?;
+        self.ip(&["link", "set", "ksite0", "master", BRIDGE])?;
+        self.ip(&["link", "set", "ksite0", "up"])?;
+        let in_site = |args: &[&str]| run(Command::new("ip").args(["netns", "exec", &site, "ip"]).args(args));
+        in_site(&["link", "set", "lo", "up"])?;
+        in_site(&["addr", "add", "10.77.0.2/24", "dev", "ksite1"])?;
+        in_site(&["link", "set", "ksite1", "up"])?;
+        Ok(site)
     }
 
     pub fn site_dhcp_log(&self) -> String {

@@ -186,6 +186,12 @@ fn malformed_requests_get_no_answer() {
     let mut no_type = Message::default();
     no_type.set_chaddr(&[1, 2, 3, 4, 5, 6]);
     assert!(decide(&no_type, &config(DhcpMode::Authoritative), Some(&reserved())).is_none());
+    // A hardware address length beyond the 16-byte field is refused, not sliced.
+    let mut bytes = Vec::new();
+    dhcproto::Encodable::encode(&request(MessageType::Discover, vec![]), &mut dhcproto::Encoder::new(&mut bytes)).unwrap();
+    bytes[2] = 95;
+    let long_hlen = <Message as dhcproto::Decodable>::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();
+    assert!(decide(&long_hlen, &config(DhcpMode::Authoritative), Some(&reserved())).is_none());
     // Bytes that are not a DHCP message at all never reach `decide`: decoding fails.
     for garbage in [&b""[..], &[0u8; 10], &[1u8; 300], &[0xffu8; 600]] {
         let decoded = <Message as dhcproto::Decodable>::decode(&mut dhcproto::Decoder::new(garbage));
