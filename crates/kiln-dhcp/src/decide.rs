@@ -225,5 +225,39 @@ fn nak(request: &Message, config: &DhcpConfig) -> Message {
     answer
 }
 
+/// One fuzzing step: decode `bytes` and decide an answer under a fixed configuration, with
+/// and without a reservation, in both modes. Used by `fuzz/` and by the corpus replay test.
+pub fn fuzz_one(bytes: &[u8]) {
+    use dhcproto::Decodable as _;
+    let Ok(request) = Message::decode(&mut dhcproto::Decoder::new(bytes)) else { return };
+    let binding = Binding { address: Ipv4Addr::new(10, 77, 0, 11), hostname: Some("nid001".into()) };
+    for mode in [DhcpMode::Authoritative, DhcpMode::Proxy] {
+        let config = DhcpConfig {
+            mode,
+            interface: "fuzz0".into(),
+            server_address: Ipv4Addr::new(10, 77, 0, 1),
+            subnet: Ipv4Addr::new(10, 77, 0, 0),
+            prefix_length: 24,
+            router: None,
+            dns_servers: vec![],
+            domain: None,
+            lease_seconds: 600,
+            pool: None,
+            hostname_prefix: "nid".into(),
+            nid_length: 3,
+            boot_files: Default::default(),
+            http_base_url: "http://10.77.0.1:8080".into(),
+            auto_enroll: false,
+            port: 67,
+        };
+        for reservation in [None, Some(&binding)] {
+            if let Some(answer) = decide(&request, &config, reservation) {
+                let mut encoded = Vec::new();
+                let _ = dhcproto::Encodable::encode(&answer, &mut dhcproto::Encoder::new(&mut encoded));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

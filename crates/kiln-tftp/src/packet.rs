@@ -172,6 +172,17 @@ pub fn negotiate(requested: &BTreeMap<String, String>, file_size: u64, max_block
     negotiated
 }
 
+/// One fuzzing step: parse `bytes` and, for a read request, negotiate its options. Used by
+/// `fuzz/` and by the corpus replay test.
+pub fn fuzz_one(bytes: &[u8]) {
+    if let Ok(Packet::Read { options, .. }) = Packet::parse(bytes) {
+        let negotiated = negotiate(&options, 1 << 20, MAX_BLOCK_SIZE, 2);
+        assert!((MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&negotiated.block_size));
+        assert!((1..=MAX_WINDOW_SIZE).contains(&negotiated.window_size));
+        let _ = encode_oack(&negotiated.acknowledged);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
