@@ -54,7 +54,9 @@ pub async fn add_params(
 ) -> ApiResult<(StatusCode, Json<BootParams>)> {
     caller.require_admin()?;
     let params = BootParams::try_from(&input).map_err(invalid)?;
-    Ok((StatusCode::CREATED, Json(state.store.put_boot_params(&caller.user, &params, false).await?)))
+    let stored = state.store.put_boot_params(&caller.user, &params, false).await?;
+    state.after_node_write().await;
+    Ok((StatusCode::CREATED, Json(stored)))
 }
 
 /// `set`: the targets leave whatever parameters they had.
@@ -67,7 +69,9 @@ pub async fn set_params(
 ) -> ApiResult<Json<BootParams>> {
     caller.require_admin()?;
     let params = BootParams::try_from(&input).map_err(invalid)?;
-    Ok(Json(state.store.put_boot_params(&caller.user, &params, true).await?))
+    let stored = state.store.put_boot_params(&caller.user, &params, true).await?;
+    state.after_node_write().await;
+    Ok(Json(stored))
 }
 
 /// Takes the listed targets out of their entries.
@@ -84,6 +88,7 @@ pub async fn delete_params(
         return Err(ApiError::invalid("name the targets to delete: macs, hosts, nids or groups"));
     }
     state.store.delete_boot_params(&caller.user, &targets).await?;
+    state.after_node_write().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -117,13 +122,14 @@ pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): Query
         node = Some(std::sync::Arc::new(enrolled));
     }
     let order = lookup_order(mac, node.as_deref());
-    let params = state.store.boot_params_for(&order).await?;
+    let view = state.inventory.view();
+    let params = view.boot_params_for(&order);
     let context = ScriptContext { server_url: &state.boot.public_url, mac, node: node.as_deref() };
     let script = match params {
-        Some(params) => kiln_boot::bootscript(&params, &context),
+        Some(params) => kiln_boot::bootscript(params, &context),
         None => kiln_boot::unknown_machine_script(&context),
     };
-    tracing::info!(%mac, node = node.as_ref().map(|n| n.name.as_str()), "boot script served");
+    tracing::debug!(%mac, node = node.as_ref().map(|n| n.name.as_str()), "boot script served");
     Ok(ipxe(script))
 }
 

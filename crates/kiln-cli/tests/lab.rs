@@ -73,7 +73,7 @@ fn known_node_boots(firmware: Firmware) {
     assert_eq!(events[0]["target"], "nid001");
     assert_eq!(events[0]["after"]["address"], "10.77.0.11");
     let log = lab.server_log();
-    assert!(log.contains("boot script served"), "{log}");
+    assert!(log.contains("lease acknowledged"), "{log}");
     if firmware == Firmware::Uefi {
         assert!(
             log.contains("TFTP transfer complete") && log.contains("snponly.efi"),

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kiln_auth::ProjectScope;
+use kiln_boot::{BootParams, BootTarget};
 use kiln_types::MacAddress;
 use kiln_types::api::Page;
 use kiln_types::node::Node;
@@ -26,6 +27,8 @@ const FULL_RELOAD_THRESHOLD: usize = 500;
 /// An immutable snapshot of the inventory. Cheap to share; never changes once built.
 #[derive(Debug, Default, Clone)]
 pub struct InventoryView {
+    /// Boot parameters by target: few entries, read on every boot script request.
+    boot: HashMap<BootTarget, Arc<BootParams>>,
     by_name: BTreeMap<String, Arc<Node>>,
     name_of_id: HashMap<String, String>,
     name_of_xname: HashMap<String, String>,
@@ -82,6 +85,21 @@ impl InventoryView {
     /// The node with an interface of this MAC.
     pub fn by_mac(&self, mac: &MacAddress) -> Option<&Arc<Node>> {
         self.name_of_mac.get(mac).and_then(|name| self.by_name.get(name))
+    }
+
+    /// The boot parameters of the first target in `order` that has some.
+    pub fn boot_params_for(&self, order: &[BootTarget]) -> Option<&Arc<BootParams>> {
+        order.iter().find_map(|target| self.boot.get(target))
+    }
+
+    fn set_boot_params(&mut self, entries: Vec<BootParams>) {
+        self.boot.clear();
+        for entry in entries {
+            let entry = Arc::new(entry);
+            for target in entry.targets() {
+                self.boot.insert(target, Arc::clone(&entry));
+            }
+        }
     }
 
     /// A node the scope may see; others are absent, as in the store.
@@ -151,6 +169,9 @@ impl Inventory {
             self.store.load_view().await?
         } else {
             let mut view = InventoryView::clone(&current);
+            if changes.boot_params {
+                view.set_boot_params(self.store.list_boot_params().await?);
+            }
             for id in &changes.node_ids {
                 match self.store.get_node(id, &ProjectScope::All).await {
                     Ok(node) => view.insert(node),
@@ -190,6 +211,7 @@ pub(crate) struct NodeChanges {
     node_ids: Vec<String>,
     /// A change that may touch many nodes at once (group edits): reload all.
     everything: bool,
+    boot_params: bool,
 }
 
 impl Store {
@@ -204,7 +226,9 @@ impl Store {
             .and_then(|row| row.try_get("id"))
             .map_err(StoreError::query("reading the last event"))?;
         let nodes = crate::nodes::load_nodes(&mut connection, "1 = 1", &[], "").await?;
+        drop(connection);
         let mut view = InventoryView { last_event, ..Default::default() };
+        view.set_boot_params(self.list_boot_params().await?);
         for snapshot in nodes {
             view.insert(snapshot.node);
         }
@@ -239,6 +263,7 @@ impl Store {
                     }
                 }
                 "group" => changes.everything = true,
+                "boot_params" => changes.boot_params = true,
                 _ => {}
             }
         }
