@@ -44,6 +44,9 @@ impl Drop for DhcpHandle {
 struct Pool {
     by_mac: HashMap<MacAddress, Ipv4Addr>,
     taken: HashSet<Ipv4Addr>,
+    /// Where the search for a free address resumes, so handing out N addresses costs O(N)
+    /// in all rather than O(N) each.
+    cursor: u32,
 }
 
 struct Server {
@@ -213,7 +216,10 @@ impl Server {
             }
             return None;
         }
-        let free = (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from).find(|address| !pool.taken.contains(address))?;
+        let (first, last) = (u32::from(first), u32::from(last));
+        let start = pool.cursor.clamp(first, last);
+        let free = (start..=last).chain(first..start).map(Ipv4Addr::from).find(|address| !pool.taken.contains(address))?;
+        pool.cursor = u32::from(free).saturating_add(1);
         pool.taken.insert(free);
         pool.by_mac.insert(mac, free);
         Some(free)

@@ -74,6 +74,8 @@ pub struct TftpLayer {
     pub listen: Option<String>,
     /// [default: the boot ipxe_dir]
     pub root: Option<PathBuf>,
+    /// Transfers one client address may run at once [default: 8]
+    pub max_sessions_per_client: Option<usize>,
 }
 
 /// Why a configuration was refused.
@@ -160,6 +162,7 @@ pub struct BootConfig {
 pub struct TftpSettings {
     pub listen: SocketAddr,
     pub root: PathBuf,
+    pub max_sessions_per_client: usize,
 }
 
 fn ipv4(setting: &'static str, text: &str) -> Result<std::net::Ipv4Addr, ConfigError> {
@@ -288,7 +291,11 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
                 let listen = text
                     .parse()
                     .map_err(|_| ConfigError::Invalid { setting: "tftp.listen", message: format!("'{text}' is not an address:port") })?;
-                Ok::<_, ConfigError>(TftpSettings { listen, root: tftp.root.unwrap_or_else(|| boot.ipxe_dir.clone()) })
+                Ok::<_, ConfigError>(TftpSettings {
+                    listen,
+                    root: tftp.root.unwrap_or_else(|| boot.ipxe_dir.clone()),
+                    max_sessions_per_client: tftp.max_sessions_per_client.unwrap_or(8).max(1),
+                })
             })
             .transpose()?;
         Ok(ServerConfig { data_dir, listen, database_url, public_url, secret_key_file, max_body_bytes, boot, dhcp, tftp })

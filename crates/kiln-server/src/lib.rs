@@ -124,6 +124,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let tftp = match &config.tftp {
         Some(tftp) => {
             let mut settings = kiln_tftp::TftpConfig::new(tftp.listen, tftp.root.clone());
+            settings.max_sessions_per_client = tftp.max_sessions_per_client;
             // iPXE asking by TFTP gets a script that continues over HTTP.
             settings.generated.insert("kiln.ipxe".to_owned(), kiln_boot::chain_script(&config.public_url).into_bytes());
             Some(kiln_tftp::start(settings).await.map_err(StartError::Tftp)?)
