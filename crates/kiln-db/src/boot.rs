@@ -53,7 +53,7 @@ async fn load_entry(connection: &mut AnyConnection, id: &str) -> Result<Option<B
 }
 
 async fn owner_of(connection: &mut AnyConnection, target: &BootTarget) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query("SELECT params_id FROM boot_targets WHERE kind = $1 AND value = $2")
+    sqlx::query("SELECT params_id FROM boot_targets WHERE kind = $1 AND value = $2")
         .bind(target.kind())
         .bind(target.value())
         .fetch_optional(&mut *connection)
@@ -61,7 +61,7 @@ async fn owner_of(connection: &mut AnyConnection, target: &BootTarget) -> Result
         .map_err(StoreError::query("looking up a boot target"))?
         .map(|row| row.try_get::<String, _>("params_id"))
         .transpose()
-        .map_err(StoreError::query("looking up a boot target"))?)
+        .map_err(StoreError::query("looking up a boot target"))
 }
 
 /// Takes targets away from whatever entries hold them, deleting entries left with none.

@@ -255,10 +255,10 @@ impl Store {
                         let node_id = state
                             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
                             .and_then(|value| value.get("id").and_then(|id| id.as_str()).map(str::to_owned));
-                        if let Some(node_id) = node_id {
-                            if !changes.node_ids.contains(&node_id) {
-                                changes.node_ids.push(node_id);
-                            }
+                        if let Some(node_id) = node_id
+                            && !changes.node_ids.contains(&node_id)
+                        {
+                            changes.node_ids.push(node_id);
                         }
                     }
                 }

@@ -96,10 +96,10 @@ fn authoritative(request: &Message, config: &DhcpConfig, binding: Option<&Bindin
             Some(reply(request, config, MessageType::Offer, binding.address, Some(binding), mac))
         }
         MessageType::Request => {
-            if let Some(DhcpOption::ServerIdentifier(server)) = request.opts().get(OptionCode::ServerIdentifier) {
-                if *server != config.server_address {
-                    return None; // The client took another server's offer.
-                }
+            if let Some(DhcpOption::ServerIdentifier(server)) = request.opts().get(OptionCode::ServerIdentifier)
+                && *server != config.server_address
+            {
+                return None; // The client took another server's offer.
             }
             let requested = match request.opts().get(OptionCode::RequestedIpAddress) {
                 Some(DhcpOption::RequestedIpAddress(address)) => *address,

@@ -222,10 +222,10 @@ fn dhcp_config(layer: DhcpLayer, public_url: &str, auto_enroll: bool) -> Result<
     if !config.contains(server_address) {
         return Err(ConfigError::Invalid { setting: "dhcp.server_address", message: format!("{server_address} is outside {subnet_text}") });
     }
-    if let Some((first, last)) = pool {
-        if !config.contains(first) || !config.contains(last) {
-            return Err(ConfigError::Invalid { setting: "dhcp.pool", message: format!("the pool is outside {subnet_text}") });
-        }
+    if let Some((first, last)) = pool
+        && (!config.contains(first) || !config.contains(last))
+    {
+        return Err(ConfigError::Invalid { setting: "dhcp.pool", message: format!("the pool is outside {subnet_text}") });
     }
     Ok(config)
 }

@@ -138,32 +138,32 @@ pub fn negotiate(requested: &BTreeMap<String, String>, file_size: u64, max_block
     for (name, value) in requested {
         match name.as_str() {
             "blksize" => {
-                if let Ok(size) = value.parse::<usize>() {
-                    if size >= MIN_BLOCK_SIZE {
-                        let size = size.min(MAX_BLOCK_SIZE).min(max_block_size);
-                        negotiated.block_size = size;
-                        negotiated.acknowledged.insert(name.clone(), size.to_string());
-                    }
+                if let Ok(size) = value.parse::<usize>()
+                    && size >= MIN_BLOCK_SIZE
+                {
+                    let size = size.min(MAX_BLOCK_SIZE).min(max_block_size);
+                    negotiated.block_size = size;
+                    negotiated.acknowledged.insert(name.clone(), size.to_string());
                 }
             }
             "tsize" => {
                 negotiated.acknowledged.insert(name.clone(), file_size.to_string());
             }
             "timeout" => {
-                if let Ok(seconds) = value.parse::<u8>() {
-                    if seconds >= 1 {
-                        negotiated.timeout_seconds = seconds;
-                        negotiated.acknowledged.insert(name.clone(), seconds.to_string());
-                    }
+                if let Ok(seconds) = value.parse::<u8>()
+                    && seconds >= 1
+                {
+                    negotiated.timeout_seconds = seconds;
+                    negotiated.acknowledged.insert(name.clone(), seconds.to_string());
                 }
             }
             "windowsize" => {
-                if let Ok(size) = value.parse::<u32>() {
-                    if size >= 1 {
-                        let size = size.min(u32::from(MAX_WINDOW_SIZE)) as u16;
-                        negotiated.window_size = size;
-                        negotiated.acknowledged.insert(name.clone(), size.to_string());
-                    }
+                if let Ok(size) = value.parse::<u32>()
+                    && size >= 1
+                {
+                    let size = size.min(u32::from(MAX_WINDOW_SIZE)) as u16;
+                    negotiated.window_size = size;
+                    negotiated.acknowledged.insert(name.clone(), size.to_string());
                 }
             }
             _ => {}

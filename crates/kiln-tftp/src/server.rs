@@ -303,7 +303,7 @@ impl Shared {
         let mut receive = vec![0u8; 1024];
         if !negotiated.acknowledged.is_empty() {
             let oack = packet::encode_oack(&negotiated.acknowledged);
-            self.await_ack(socket, &[oack], 0, &mut receive, timeout).await?;
+            self.send_until_acked(socket, &[oack], &mut receive, timeout, |block| (block == 0).then_some(0)).await?;
         }
         let block_size = negotiated.block_size;
         let total_blocks = source.len() / block_size as u64 + 1; // the last block is short, maybe empty
@@ -318,21 +318,24 @@ impl Shared {
                 packet::encode_data(block as u16, &data[..length], &mut encoded);
                 window.push(encoded);
             }
-            let acknowledged = self.await_window_ack(socket, &window, base, &mut receive, timeout).await?;
+            // Map the 16-bit wire number back into this window (it wraps).
+            let accept = |block: u16| (base..=window_end).rev().find(|candidate| *candidate as u16 == block);
+            let acknowledged = self.send_until_acked(socket, &window, &mut receive, timeout, accept).await?;
             base = acknowledged + 1;
         }
         Ok(())
     }
 
-    /// Sends `packets`, then waits for the ACK of block `expected`, resending on timeout.
-    async fn await_ack(
+    /// Sends `packets` and waits for an ACK that `accept` maps to a block index, resending
+    /// all of them on each timeout, up to the configured retries.
+    async fn send_until_acked(
         &self,
         socket: &UdpSocket,
         packets: &[Vec<u8>],
-        expected: u16,
         receive: &mut [u8],
         timeout: Duration,
-    ) -> Result<(), &'static str> {
+        accept: impl Fn(u16) -> Option<u64>,
+    ) -> Result<u64, &'static str> {
         for _ in 0..=self.config.retries {
             for packet in packets {
                 socket.send(packet).await.map_err(|_| "send failed")?;
@@ -343,40 +346,9 @@ impl Shared {
                     Err(_) => break,
                     Ok(Err(_)) => return Err("peer unreachable"),
                     Ok(Ok(length)) => match Packet::parse(&receive[..length]) {
-                        Ok(Packet::Ack { block }) if block == expected => return Ok(()),
-                        Ok(Packet::Error { .. }) => return Err("the client sent an error"),
-                        _ => {}
-                    },
-                }
-            }
-        }
-        Err("no acknowledgement")
-    }
-
-    /// Sends a window whose first block is `base`; returns the highest block acknowledged.
-    async fn await_window_ack(
-        &self,
-        socket: &UdpSocket,
-        window: &[Vec<u8>],
-        base: u64,
-        receive: &mut [u8],
-        timeout: Duration,
-    ) -> Result<u64, &'static str> {
-        let last = base + window.len() as u64 - 1;
-        for _ in 0..=self.config.retries {
-            for packet in window {
-                socket.send(packet).await.map_err(|_| "send failed")?;
-            }
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                match tokio::time::timeout_at(deadline, socket.recv(receive)).await {
-                    Err(_) => break,
-                    Ok(Err(_)) => return Err("peer unreachable"),
-                    Ok(Ok(length)) => match Packet::parse(&receive[..length]) {
                         Ok(Packet::Ack { block }) => {
-                            // Map the 16-bit wire number back into this window (it wraps).
-                            if let Some(acked) = (base..=last).rev().find(|candidate| *candidate as u16 == block) {
-                                return Ok(acked);
+                            if let Some(acknowledged) = accept(block) {
+                                return Ok(acknowledged);
                             }
                         }
                         Ok(Packet::Error { .. }) => return Err("the client sent an error"),
