@@ -174,3 +174,29 @@ fn dhcp_survives_hostile_packets_and_keeps_serving_known_nodes() {
     assert!(nodes.as_array().unwrap().iter().any(|node| node["name"] == "nid001"));
     assert!(!lab.server_log().contains("panicked"));
 }
+
+/// Pool leases survive a server killed and restarted: the client is offered the same address.
+#[test]
+fn pool_leases_survive_a_restart() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = lab_or_skip() else { return };
+    let kiln = Path::new(KILN);
+    lab.start_server(kiln, "").unwrap();
+    let host = lab.add_host().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dhcp_dora.py");
+    let dora = |mac: &str| {
+        let output = std::process::Command::new("ip").args(["netns", "exec", &host, "python3", script, mac]).output().unwrap();
+        assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let first = dora("52:54:00:aa:00:01");
+    let second = dora("52:54:00:aa:00:02");
+    assert_ne!(first, second);
+    // Let the batch reach the disk, then kill the server without a chance to flush.
+    std::thread::sleep(Duration::from_millis(200));
+    lab.stop_server();
+    lab.start_server(kiln, "").unwrap();
+    assert!(lab.server_log().contains("DHCP leases restored"), "{}", lab.server_log());
+    assert_eq!(dora("52:54:00:aa:00:02"), second, "the second client keeps its address");
+    assert_eq!(dora("52:54:00:aa:00:01"), first, "the first client keeps its address");
+}

@@ -54,6 +54,8 @@ pub struct DhcpConfig {
     pub auto_enroll: bool,
     /// UDP port to listen on (67 except in tests).
     pub port: u16,
+    /// Where pool leases are persisted; `None` keeps them in memory only.
+    pub lease_file: Option<std::path::PathBuf>,
 }
 
 impl DhcpConfig {

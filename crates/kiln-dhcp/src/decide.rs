@@ -249,6 +249,7 @@ pub fn fuzz_one(bytes: &[u8]) {
             http_base_url: "http://10.77.0.1:8080".into(),
             auto_enroll: false,
             port: 67,
+            lease_file: None,
         };
         for reservation in [None, Some(&binding)] {
             if let Some(answer) = decide(&request, &config, reservation) {

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod decide;
+pub mod leases;
 pub mod server;
 
 pub use config::{DhcpConfig, DhcpMode};

@@ -14,9 +14,16 @@ use tokio::net::UdpSocket;
 
 use crate::config::{DhcpConfig, DhcpMode};
 use crate::decide::{Binding, client_mac, decide};
+use crate::leases::{LeaseLog, now_unix};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
+    #[error("reading or compacting the DHCP lease log {path}")]
+    Leases {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("opening the DHCP socket on interface {interface}, port {port}")]
     Socket {
         interface: String,
@@ -39,10 +46,11 @@ impl Drop for DhcpHandle {
     }
 }
 
-/// Pool leases: held in memory; a restart forgets them and clients renew into new ones.
+/// Pool leases: in memory for the packet path, persisted by [`LeaseLog`] in batches.
 #[derive(Default)]
 struct Pool {
-    by_mac: HashMap<MacAddress, Ipv4Addr>,
+    /// Address and expiry (unix seconds) by client.
+    by_mac: HashMap<MacAddress, (Ipv4Addr, u64)>,
     taken: HashSet<Ipv4Addr>,
     /// Where the search for a free address resumes, so handing out N addresses costs O(N)
     /// in all rather than O(N) each.
@@ -55,7 +63,11 @@ struct Server {
     store: Store,
     pool: Mutex<Pool>,
     enrolling: Mutex<HashSet<MacAddress>>,
+    leases: Option<LeaseLog>,
 }
+
+/// An offered address is held this long for the client's REQUEST.
+const OFFER_HOLD_SECONDS: u64 = 60;
 
 const MAX_ENROLMENTS_IN_FLIGHT: usize = 8;
 
@@ -81,8 +93,26 @@ pub async fn start(config: DhcpConfig, store: Store, inventory: Arc<Inventory>) 
         DhcpMode::Authoritative => None,
     };
     tracing::info!(interface = %config.interface, mode = ?config.mode, server = %config.server_address, "DHCP server listening");
-    let server = Arc::new(Server { config, inventory, store, pool: Mutex::default(), enrolling: Mutex::default() });
-    let mut tasks = vec![tokio::spawn(serve(Arc::clone(&server), socket, Port::Dhcp))];
+    let mut pool = Pool::default();
+    let mut tasks = Vec::new();
+    let leases = match &config.lease_file {
+        Some(path) => {
+            let lease_error = |source| DhcpError::Leases { path: path.clone(), source };
+            let live = crate::leases::load(path, now_unix()).map_err(lease_error)?;
+            crate::leases::compact(path, &live).map_err(lease_error)?;
+            tracing::info!(leases = live.len(), path = %path.display(), "DHCP leases restored");
+            for (mac, (address, expires)) in live {
+                pool.taken.insert(address);
+                pool.by_mac.insert(mac, (address, expires));
+            }
+            let (log, writer) = LeaseLog::start(path.clone()).map_err(lease_error)?;
+            tasks.push(writer);
+            Some(log)
+        }
+        None => None,
+    };
+    let server = Arc::new(Server { config, inventory, store, pool: Mutex::new(pool), enrolling: Mutex::default(), leases });
+    tasks.push(tokio::spawn(serve(Arc::clone(&server), socket, Port::Dhcp)));
     if let Some(pxe_socket) = pxe_socket {
         tasks.push(tokio::spawn(serve(server, pxe_socket, Port::Pxe)));
     }
@@ -189,39 +219,73 @@ impl Server {
 
     fn pool_address(&self, mac: MacAddress, kind: MessageType, request: &Message) -> Option<Ipv4Addr> {
         let (first, last) = self.config.pool?;
+        let now = now_unix();
         let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(address) = pool.by_mac.get(&mac) {
-            if matches!(kind, MessageType::Release | MessageType::Decline) {
-                let address = *address;
-                pool.by_mac.remove(&mac);
-                if kind == MessageType::Release {
-                    pool.taken.remove(&address);
+        let pool = &mut *pool;
+        if let Some(&(address, _)) = pool.by_mac.get(&mac) {
+            match kind {
+                MessageType::Release | MessageType::Decline => {
+                    pool.by_mac.remove(&mac);
+                    // A declined address is in use by someone else: keep it out of the pool.
+                    if kind == MessageType::Release {
+                        pool.taken.remove(&address);
+                    }
+                    if let Some(leases) = &self.leases {
+                        leases.record(mac, address, 0);
+                    }
+                    return None;
                 }
-                return None;
+                MessageType::Request => {
+                    let expires = now + u64::from(self.config.lease_seconds);
+                    pool.by_mac.insert(mac, (address, expires));
+                    if let Some(leases) = &self.leases {
+                        leases.record(mac, address, expires);
+                    }
+                }
+                _ => {}
             }
-            return Some(*address);
+            return Some(address);
         }
         if kind != MessageType::Discover {
-            // A REQUEST for an address we never offered (e.g. after a restart): honour it
-            // if it is free and in the pool, so clients keep their address.
+            // A REQUEST for an address we never offered (a lease from before the log, or
+            // from another server): honour it if it is free and in the pool.
             let requested = match request.opts().get(OptionCode::RequestedIpAddress) {
                 Some(DhcpOption::RequestedIpAddress(address)) => *address,
                 _ => request.ciaddr(),
             };
-            let in_pool = u32::from(requested) >= u32::from(first) && u32::from(requested) <= u32::from(last);
+            let in_pool = (u32::from(first)..=u32::from(last)).contains(&u32::from(requested));
             if kind == MessageType::Request && in_pool && !pool.taken.contains(&requested) {
+                let expires = now + u64::from(self.config.lease_seconds);
                 pool.taken.insert(requested);
-                pool.by_mac.insert(mac, requested);
+                pool.by_mac.insert(mac, (requested, expires));
+                if let Some(leases) = &self.leases {
+                    leases.record(mac, requested, expires);
+                }
                 return Some(requested);
             }
             return None;
         }
         let (first, last) = (u32::from(first), u32::from(last));
-        let start = pool.cursor.clamp(first, last);
-        let free = (start..=last).chain(first..start).map(Ipv4Addr::from).find(|address| !pool.taken.contains(address))?;
+        let find_free = |pool: &Pool| {
+            let start = pool.cursor.clamp(first, last);
+            (start..=last).chain(first..start).map(Ipv4Addr::from).find(|address| !pool.taken.contains(address))
+        };
+        let free = match find_free(pool) {
+            Some(free) => free,
+            None => {
+                // Full: take back expired leases and unanswered offers, then look again.
+                let expired: Vec<_> =
+                    pool.by_mac.iter().filter(|(_, (_, expires))| *expires <= now).map(|(mac, (a, _))| (*mac, *a)).collect();
+                for (mac, address) in expired {
+                    pool.by_mac.remove(&mac);
+                    pool.taken.remove(&address);
+                }
+                find_free(pool)?
+            }
+        };
         pool.cursor = u32::from(free).saturating_add(1);
         pool.taken.insert(free);
-        pool.by_mac.insert(mac, free);
+        pool.by_mac.insert(mac, (free, now + OFFER_HOLD_SECONDS));
         Some(free)
     }
 

@@ -186,6 +186,14 @@ impl Lab {
         Ok(data_dir)
     }
 
+    /// Stops the server (SIGKILL: no chance to tidy up), keeping its data directory.
+    pub fn stop_server(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.directory.path().join("server.log")).unwrap_or_default()
     }

@@ -169,7 +169,12 @@ fn ipv4(setting: &'static str, text: &str) -> Result<std::net::Ipv4Addr, ConfigE
     text.parse().map_err(|_| ConfigError::Invalid { setting, message: format!("'{text}' is not an IPv4 address") })
 }
 
-fn dhcp_config(layer: DhcpLayer, public_url: &str, auto_enroll: bool) -> Result<kiln_dhcp::DhcpConfig, ConfigError> {
+fn dhcp_config(
+    layer: DhcpLayer,
+    public_url: &str,
+    auto_enroll: bool,
+    data_dir: &std::path::Path,
+) -> Result<kiln_dhcp::DhcpConfig, ConfigError> {
     let missing = |setting: &'static str| ConfigError::Invalid { setting, message: "is required when [dhcp] is configured".to_owned() };
     let interface = layer.interface.ok_or_else(|| missing("dhcp.interface"))?;
     let server_address = ipv4("dhcp.server_address", &layer.server_address.ok_or_else(|| missing("dhcp.server_address"))?)?;
@@ -218,6 +223,7 @@ fn dhcp_config(layer: DhcpLayer, public_url: &str, auto_enroll: bool) -> Result<
         http_base_url: public_url.to_owned(),
         auto_enroll,
         port: layer.port.unwrap_or(67),
+        lease_file: Some(data_dir.join("dhcp-leases.log")),
     };
     if !config.contains(server_address) {
         return Err(ConfigError::Invalid { setting: "dhcp.server_address", message: format!("{server_address} is outside {subnet_text}") });
@@ -283,7 +289,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             ipxe_dir: boot_layer.ipxe_dir.unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe")),
             auto_enroll: boot_layer.auto_enroll.unwrap_or(true),
         };
-        let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, boot.auto_enroll)).transpose()?;
+        let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, boot.auto_enroll, &data_dir)).transpose()?;
         let tftp = layer
             .tftp
             .map(|tftp| {

@@ -26,6 +26,7 @@ fn config(mode: DhcpMode) -> DhcpConfig {
         http_base_url: "http://10.77.0.1:8080".into(),
         auto_enroll: false,
         port: 67,
+        lease_file: None,
     }
 }
 
