@@ -192,17 +192,6 @@ impl Store {
         Ok(released)
     }
 
-    /// The entry for the first target in `order` that has one.
-    pub async fn boot_params_for(&self, order: &[BootTarget]) -> Result<Option<BootParams>, StoreError> {
-        let mut connection = self.read().await?;
-        for target in order {
-            if let Some(owner) = owner_of(&mut connection, target).await? {
-                return load_entry(&mut connection, &owner).await;
-            }
-        }
-        Ok(None)
-    }
-
     /// Adds a machine seen booting with an unknown MAC as a `discovered` node, named after
     /// its MAC. Returns the node that has this MAC, new or not.
     pub async fn enroll_discovered(&self, mac: MacAddress) -> Result<Node, StoreError> {
