@@ -184,6 +184,9 @@ async fn listen(socket: std::net::UdpSocket, shared: Arc<Shared>, local_addr: So
     }
 }
 
+/// Transfers under way at or below which waiting for an ACK spins before parking.
+const SPIN_WHEN_AT_MOST: usize = 4;
+
 /// On a LAN the ACK of a lock-step transfer arrives within microseconds: poll for it briefly
 /// before parking the task, which saves the event loop's round trip through epoll per block.
 fn spin_receive(socket: &UdpSocket, receive: &mut [u8]) -> Option<usize> {
@@ -356,7 +359,11 @@ impl Shared {
             }
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
-                let received = match spin_receive(socket, receive) {
+                // Spinning only pays while the loop has little else to do: with many
+                // transfers under way, another one is always ready to run instead.
+                let few_transfers = self.config.max_sessions - self.total.available_permits() <= SPIN_WHEN_AT_MOST;
+                let spun = if few_transfers { spin_receive(socket, receive) } else { None };
+                let received = match spun {
                     Some(length) => Ok(Ok(length)),
                     None => tokio::time::timeout_at(deadline, socket.recv(receive)).await,
                 };
