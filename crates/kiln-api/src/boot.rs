@@ -122,7 +122,7 @@ pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): Query
         node = Some(std::sync::Arc::new(enrolled));
     }
     let order = lookup_order(mac, node.as_deref());
-    let view = state.inventory.view();
+    // Enrolment adds a node, not boot parameters: the view taken above still has them all.
     let params = view.boot_params_for(&order);
     let context = ScriptContext { server_url: &state.boot.public_url, mac, node: node.as_deref() };
     let script = match params {
