@@ -362,22 +362,8 @@ impl Store {
             self.apply_bmc(&mut after, bmc)?;
         }
         if !same_content(&before, &after) {
-            after.node.updated_at = crate::now();
-            write_node(connection, &after, Some(&before)).await?;
-            let (old, new) = (serde_json::to_value(&before.node).ok(), serde_json::to_value(&after.node).ok());
-            record(
-                connection,
-                NewEvent {
-                    actor,
-                    action: "node.update",
-                    target_kind: "node",
-                    target: &after.node.name,
-                    project: after.node.project.as_deref(),
-                    before: old,
-                    after: new,
-                },
-            )
-            .await?;
+            let project = after.node.project.clone();
+            save_changed_node(connection, actor, "node.update", project.as_deref(), &before, &mut after).await?;
         }
         transaction.commit().await?;
         Ok(after.node)
@@ -439,16 +425,10 @@ impl Store {
                 let project_groups = project_groups(connection, old_project).await?;
                 after.node.groups.retain(|group| !project_groups.contains(group));
             }
-            after.node.updated_at = crate::now();
-            write_node(connection, &after, Some(&before)).await?;
             let action = if project.is_some() { "node.allocate" } else { "node.release" };
-            let (old, new) = (serde_json::to_value(&before.node).ok(), serde_json::to_value(&after.node).ok());
+            // The event belongs to the project the node joins, or to the one it leaves.
             let event_project = project.or(before.node.project.as_deref());
-            record(
-                connection,
-                NewEvent { actor, action, target_kind: "node", target: &after.node.name, project: event_project, before: old, after: new },
-            )
-            .await?;
+            save_changed_node(connection, actor, action, event_project, &before, &mut after).await?;
             nodes.push(after.node);
         }
         transaction.commit().await?;
@@ -517,22 +497,8 @@ impl Store {
                         summary.unchanged.push(spec.name.clone());
                         continue;
                     }
-                    after.node.updated_at = crate::now();
-                    write_node(connection, &after, Some(&before)).await.map_err(entry)?;
-                    let (old, new) = (serde_json::to_value(&before.node).ok(), serde_json::to_value(&after.node).ok());
-                    record(
-                        connection,
-                        NewEvent {
-                            actor,
-                            action: "node.discover",
-                            target_kind: "node",
-                            target: &spec.name,
-                            project: after.node.project.as_deref(),
-                            before: old,
-                            after: new,
-                        },
-                    )
-                    .await?;
+                    let project = after.node.project.clone();
+                    save_changed_node(connection, actor, "node.discover", project.as_deref(), &before, &mut after).await.map_err(entry)?;
                     summary.updated.push(spec.name.clone());
                 }
             }
@@ -555,6 +521,22 @@ async fn project_groups(connection: &mut AnyConnection, project: &str) -> Result
         .iter()
         .map(|row| row.try_get("name").map_err(StoreError::query("listing a project's groups")))
         .collect()
+}
+
+/// Writes a changed node and, in the same transaction, the event that records the change.
+async fn save_changed_node(
+    connection: &mut AnyConnection,
+    actor: &str,
+    action: &str,
+    project: Option<&str>,
+    before: &NodeSnapshot,
+    after: &mut NodeSnapshot,
+) -> Result<(), StoreError> {
+    after.node.updated_at = crate::now();
+    write_node(connection, after, Some(before)).await?;
+    let (old, new) = (serde_json::to_value(&before.node).ok(), serde_json::to_value(&after.node).ok());
+    let event = NewEvent { actor, action, target_kind: "node", target: &after.node.name, project, before: old, after: new };
+    record(connection, event).await
 }
 
 /// Writes a new node that needs no uniqueness checks beyond the database's own (enrolment).
