@@ -147,7 +147,7 @@ pub async fn allocate_nodes(
     JsonBody(input): JsonBody<kiln_types::api::AllocationInput>,
 ) -> ApiResult<Json<Vec<Node>>> {
     caller.require_admin()?;
-    let nodes = state.store.set_nodes_project(&caller.user, &input.nodes, Some(&project)).await?;
+    let nodes = state.store.set_nodes_project(&caller.user, &input.nodes, Some(&project), None).await?;
     state.after_node_write().await;
     Ok(Json(nodes))
 }
@@ -162,12 +162,7 @@ pub async fn release_nodes(
     JsonBody(input): JsonBody<kiln_types::api::AllocationInput>,
 ) -> ApiResult<Json<Vec<Node>>> {
     caller.require_admin()?;
-    let scope = kiln_auth::ProjectScope::Projects(vec![project.clone()]);
-    for key in &input.nodes {
-        // Releasing from the wrong project is a mistake worth reporting, not a no-op.
-        state.store.get_node(key, &scope).await.map_err(|_| ApiError::not_found("node", &format!("{key}' in project '{project}")))?;
-    }
-    let nodes = state.store.set_nodes_project(&caller.user, &input.nodes, None).await?;
+    let nodes = state.store.set_nodes_project(&caller.user, &input.nodes, None, Some(&project)).await?;
     state.after_node_write().await;
     Ok(Json(nodes))
 }

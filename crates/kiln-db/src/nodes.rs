@@ -404,7 +404,17 @@ impl Store {
 
     /// Allocates nodes to a project (`Some`) or takes them back into the unallocated pool
     /// (`None`), all or none. Nodes leave the groups of the project they leave.
-    pub async fn set_nodes_project(&self, actor: &str, keys: &[String], project: Option<&str>) -> Result<Vec<Node>, StoreError> {
+    ///
+    /// With `from`, every node must belong to that project now, checked in the same
+    /// transaction; a node elsewhere is "not found" (releasing from the wrong project is a
+    /// mistake worth reporting, not a no-op).
+    pub async fn set_nodes_project(
+        &self,
+        actor: &str,
+        keys: &[String],
+        project: Option<&str>,
+        from: Option<&str>,
+    ) -> Result<Vec<Node>, StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
         if let Some(project) = project
@@ -414,7 +424,10 @@ impl Store {
         }
         let mut nodes = Vec::with_capacity(keys.len());
         for key in keys {
-            let before = find_node(connection, key).await?.ok_or_else(|| StoreError::not_found("node", key))?;
+            let before = find_node(connection, key)
+                .await?
+                .filter(|snapshot| from.is_none_or(|from| snapshot.node.project.as_deref() == Some(from)))
+                .ok_or_else(|| StoreError::not_found("node", key))?;
             if before.node.project.as_deref() == project {
                 nodes.push(before.node);
                 continue;

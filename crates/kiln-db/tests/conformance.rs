@@ -250,15 +250,17 @@ async fn allocation_moves_nodes_between_projects(store: Store) {
     store.create_project("admin", "a", "").await.unwrap();
     store.create_node("admin", &spec(r#"{"name": "n1"}"#)).await.unwrap();
     store.create_node("admin", &spec(r#"{"name": "n2"}"#)).await.unwrap();
-    let nodes = store.set_nodes_project("admin", &["n1".into(), "n2".into()], Some("a")).await.unwrap();
+    let nodes = store.set_nodes_project("admin", &["n1".into(), "n2".into()], Some("a"), None).await.unwrap();
     assert!(nodes.iter().all(|n| n.project.as_deref() == Some("a")));
     assert!(matches!(store.delete_project("admin", "a").await, Err(StoreError::Conflict { .. })));
     // All or none: an unknown node leaves the others where they were.
-    assert!(store.set_nodes_project("admin", &["n1".into(), "missing".into()], None).await.is_err());
+    assert!(store.set_nodes_project("admin", &["n1".into(), "missing".into()], None, Some("a")).await.is_err());
     assert_eq!(store.get_node("n1", &ProjectScope::All).await.unwrap().project.as_deref(), Some("a"));
-    store.set_nodes_project("admin", &["n1".into(), "n2".into()], None).await.unwrap();
+    // Releasing from a project the node is not in is refused, and changes nothing.
+    assert!(matches!(store.set_nodes_project("admin", &["n1".into()], None, Some("other")).await, Err(StoreError::NotFound { .. })));
+    store.set_nodes_project("admin", &["n1".into(), "n2".into()], None, Some("a")).await.unwrap();
     store.delete_project("admin", "a").await.unwrap();
-    assert!(matches!(store.set_nodes_project("admin", &["n1".into()], Some("nope")).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.set_nodes_project("admin", &["n1".into()], Some("nope"), None).await, Err(StoreError::NotFound { .. })));
 }
 
 async fn tokens_resolve_expire_and_revoke(store: Store) {
