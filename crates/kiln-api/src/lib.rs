@@ -10,10 +10,12 @@ pub mod error;
 mod events;
 mod extract;
 mod groups;
+pub mod images;
 pub mod metrics;
 mod nodes;
 mod openapi;
 mod tenancy;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -32,11 +34,12 @@ pub struct ApiState {
     pub metrics: Arc<metrics::Metrics>,
     pub tokens: Arc<auth::TokenCache>,
     pub boot: Arc<boot::BootSettings>,
+    pub images: Arc<images::ImageSettings>,
 }
 
 impl ApiState {
-    pub fn new(store: Store, inventory: Arc<Inventory>, boot: boot::BootSettings) -> Self {
-        ApiState { store, inventory, metrics: Arc::default(), tokens: Arc::default(), boot: Arc::new(boot) }
+    pub fn new(store: Store, inventory: Arc<Inventory>, boot: boot::BootSettings, images: images::ImageSettings) -> Self {
+        ApiState { store, inventory, metrics: Arc::default(), tokens: Arc::default(), boot: Arc::new(boot), images: Arc::new(images) }
     }
 
     /// Brings the inventory view up to date after a write, so the caller reads its own
@@ -69,6 +72,25 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/groups/{group}", get(groups::get_group).patch(groups::update_group).delete(groups::delete_group))
         .route("/events", get(events::list_events))
         .route("/boot/params", get(boot::list_params).post(boot::add_params).put(boot::set_params).delete(boot::delete_params))
+        .route("/images", get(images::list_images).post(images::create_image))
+        .route("/images/gc", post(images::collect_garbage))
+        .route("/images/verify", post(images::verify_blobs))
+        .route("/images/{image}", get(images::get_image).patch(images::update_image).delete(images::delete_image))
+        .route("/images/{image}/versions", get(images::list_versions).post(uploads::create_version))
+        .route("/images/{image}/versions/{version}", get(images::get_version).delete(images::delete_version))
+        .route("/images/{image}/versions/{version}/{artifact}", get(images::download_artifact))
+        .route("/images/{image}/tags/{tag}", put(images::set_tag).delete(images::delete_tag))
+        .route("/images/{image}/clone", post(images::clone_image))
+        .route("/images/{image}/import", post(uploads::import_image))
+        .route("/uploads", post(uploads::create_upload))
+        .route(
+            "/uploads/{id}",
+            get(uploads::get_upload)
+                .patch(uploads::append_upload)
+                .delete(uploads::delete_upload)
+                // Upload bodies are streamed to disk, never held: no size limit applies.
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/openapi.json", get(openapi::serve_document));
     let boot_files = tower_http::services::ServeDir::new(&state.boot.files_dir);
     let ipxe_files = tower_http::services::ServeDir::new(&state.boot.ipxe_dir);
@@ -76,6 +98,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .nest("/v1", v1)
         .route("/boot/v1/bootscript", get(boot::bootscript))
         .route("/boot/v1/phone-home", get(boot::phone_home).post(boot::phone_home))
+        .route("/boot/images/{image}/{version}/{artifact}", get(images::boot_artifact))
         .nest_service("/boot/files", boot_files)
         .nest_service("/boot/ipxe", ipxe_files)
         .route("/healthz", get(healthz))

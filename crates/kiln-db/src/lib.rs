@@ -10,6 +10,7 @@ mod boot;
 mod error;
 mod events;
 mod groups;
+mod images;
 mod inventory;
 mod migrations;
 mod nodes;
@@ -23,6 +24,7 @@ use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
 pub use error::StoreError;
 pub use events::EventFilter;
+pub use images::{ImageChange, ImportSource, NewArtifact, NewImage, NewVersion, UnusedBlob};
 pub use inventory::{Inventory, InventoryView};
 pub use nodes::{NodeFilter, NodeSnapshot};
 pub use tenancy::TokenIdentity;

@@ -25,6 +25,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_boot.sql"),
         postgres: include_str!("../migrations/postgres/0002_boot.sql"),
     },
+    Migration {
+        version: 3,
+        name: "images",
+        sqlite: include_str!("../migrations/sqlite/0003_images.sql"),
+        postgres: include_str!("../migrations/postgres/0003_images.sql"),
+    },
 ];
 
 impl Store {

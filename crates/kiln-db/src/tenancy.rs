@@ -146,7 +146,7 @@ impl Store {
         if !project_exists(connection, name).await? {
             return Err(StoreError::not_found("project", name));
         }
-        for (table, what) in [("nodes", "nodes"), ("node_groups", "groups")] {
+        for (table, what) in [("nodes", "nodes"), ("node_groups", "groups"), ("images", "images")] {
             let sql = format!("SELECT COUNT(*) AS count FROM {table} WHERE project = $1");
             let count: i64 = sqlx::query(&sql)
                 .bind(name)

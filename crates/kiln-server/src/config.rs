@@ -29,6 +29,32 @@ pub struct ServerConfigLayer {
     pub dhcp: Option<DhcpLayer>,
     /// The TFTP server; absent means no TFTP.
     pub tftp: Option<TftpLayer>,
+    /// The image store.
+    pub images: Option<ImagesLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesLayer {
+    /// Where blobs live: `local` (a directory) or `s3` (an S3-compatible bucket) [default: local]
+    pub store: Option<String>,
+    /// The local store's directory [default: <data_dir>/blobs]
+    pub blob_dir: Option<PathBuf>,
+    /// Where uploads in progress are kept when the store is S3 [default: <data_dir>/spool]
+    pub spool_dir: Option<PathBuf>,
+    /// e.g. http://127.0.0.1:3900
+    pub s3_endpoint: Option<String>,
+    pub s3_bucket: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// A key prefix inside the bucket.
+    pub s3_prefix: Option<String>,
+    /// `file://` imports are allowed from under these directories only [default: none]
+    #[serde(default)]
+    pub import_allowed_dirs: Vec<PathBuf>,
+    /// Unused blobs younger than this survive garbage collection [default: 3600]
+    pub gc_grace_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +143,7 @@ impl ServerConfigLayer {
             public_url: get("KILN_PUBLIC_URL"),
             secret_key_file: get("KILN_SECRET_KEY_FILE").map(PathBuf::from),
             max_body_bytes,
+            images: images_from_environment(&get)?,
             ..Default::default()
         })
     }
@@ -133,8 +160,113 @@ impl ServerConfigLayer {
             boot: over.boot.or(self.boot),
             dhcp: over.dhcp.or(self.dhcp),
             tftp: over.tftp.or(self.tftp),
+            images: match (self.images, over.images) {
+                (Some(base), Some(over)) => Some(base.overlaid_with(over)),
+                (base, over) => over.or(base),
+            },
         }
     }
+}
+
+/// `KILN_S3_*` variables: pointing Kiln at a bucket from the environment, where credentials
+/// usually come from.
+fn images_from_environment(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<ImagesLayer>, ConfigError> {
+    let layer = ImagesLayer {
+        store: get("KILN_IMAGE_STORE"),
+        s3_endpoint: get("KILN_S3_ENDPOINT"),
+        s3_bucket: get("KILN_S3_BUCKET"),
+        s3_region: get("KILN_S3_REGION"),
+        s3_access_key_id: get("KILN_S3_ACCESS_KEY_ID"),
+        s3_secret_access_key: get("KILN_S3_SECRET_ACCESS_KEY"),
+        s3_prefix: get("KILN_S3_PREFIX"),
+        ..Default::default()
+    };
+    Ok(if layer == ImagesLayer::default() { None } else { Some(layer) })
+}
+
+impl ImagesLayer {
+    fn overlaid_with(self, over: ImagesLayer) -> ImagesLayer {
+        ImagesLayer {
+            store: over.store.or(self.store),
+            blob_dir: over.blob_dir.or(self.blob_dir),
+            spool_dir: over.spool_dir.or(self.spool_dir),
+            s3_endpoint: over.s3_endpoint.or(self.s3_endpoint),
+            s3_bucket: over.s3_bucket.or(self.s3_bucket),
+            s3_region: over.s3_region.or(self.s3_region),
+            s3_access_key_id: over.s3_access_key_id.or(self.s3_access_key_id),
+            s3_secret_access_key: over.s3_secret_access_key.or(self.s3_secret_access_key),
+            s3_prefix: over.s3_prefix.or(self.s3_prefix),
+            import_allowed_dirs: if over.import_allowed_dirs.is_empty() { self.import_allowed_dirs } else { over.import_allowed_dirs },
+            gc_grace_seconds: over.gc_grace_seconds.or(self.gc_grace_seconds),
+        }
+    }
+}
+
+/// Where blobs are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "store", rename_all = "snake_case")]
+pub enum BlobBackendConfig {
+    Local { blob_dir: PathBuf },
+    S3 { s3: S3Config, spool_dir: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    #[serde(serialize_with = "masked")]
+    pub secret_access_key: String,
+    pub prefix: String,
+}
+
+fn masked<S: serde::Serializer>(_: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(kiln_types::SECRET_MASK)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImagesConfig {
+    pub backend: BlobBackendConfig,
+    pub import_allowed_dirs: Vec<PathBuf>,
+    pub gc_grace_seconds: u64,
+}
+
+fn images_config(layer: ImagesLayer, data_dir: &std::path::Path) -> Result<ImagesConfig, ConfigError> {
+    let store = layer.store.clone().unwrap_or_else(|| if layer.s3_endpoint.is_some() { "s3".to_owned() } else { "local".to_owned() });
+    let backend = match store.as_str() {
+        "local" => BlobBackendConfig::Local { blob_dir: layer.blob_dir.unwrap_or_else(|| data_dir.join("blobs")) },
+        "s3" => {
+            let missing = |setting: &'static str| ConfigError::Invalid { setting, message: "is required when images.store is s3".to_owned() };
+            let endpoint = layer.s3_endpoint.ok_or_else(|| missing("images.s3_endpoint"))?;
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(ConfigError::Invalid { setting: "images.s3_endpoint", message: format!("'{endpoint}' is not an http(s):// URL") });
+            }
+            BlobBackendConfig::S3 {
+                s3: S3Config {
+                    endpoint,
+                    bucket: layer.s3_bucket.ok_or_else(|| missing("images.s3_bucket"))?,
+                    region: layer.s3_region.unwrap_or_else(|| "us-east-1".to_owned()),
+                    access_key_id: layer.s3_access_key_id.ok_or_else(|| missing("images.s3_access_key_id"))?,
+                    secret_access_key: layer.s3_secret_access_key.ok_or_else(|| missing("images.s3_secret_access_key"))?,
+                    prefix: layer.s3_prefix.unwrap_or_default(),
+                },
+                spool_dir: layer.spool_dir.unwrap_or_else(|| data_dir.join("spool")),
+            }
+        }
+        other => {
+            return Err(ConfigError::Invalid { setting: "images.store", message: format!("'{other}' is neither local nor s3") });
+        }
+    };
+    for directory in &layer.import_allowed_dirs {
+        if !directory.is_absolute() {
+            return Err(ConfigError::Invalid {
+                setting: "images.import_allowed_dirs",
+                message: format!("'{}' is not an absolute path", directory.display()),
+            });
+        }
+    }
+    Ok(ImagesConfig { backend, import_allowed_dirs: layer.import_allowed_dirs, gc_grace_seconds: layer.gc_grace_seconds.unwrap_or(3600) })
 }
 
 /// A validated configuration: what [`crate::start`] runs.
@@ -149,6 +281,7 @@ pub struct ServerConfig {
     pub boot: BootConfig,
     pub dhcp: Option<kiln_dhcp::DhcpConfig>,
     pub tftp: Option<TftpSettings>,
+    pub images: ImagesConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -304,7 +437,8 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
                 })
             })
             .transpose()?;
-        Ok(ServerConfig { data_dir, listen, database_url, public_url, secret_key_file, max_body_bytes, boot, dhcp, tftp })
+        let images = images_config(layer.images.unwrap_or_default(), &data_dir)?;
+        Ok(ServerConfig { data_dir, listen, database_url, public_url, secret_key_file, max_body_bytes, boot, dhcp, tftp, images })
     }
 }
 

@@ -9,6 +9,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kiln_api::ApiState;
 use kiln_auth::{SecretBox, hash_token, mint_token};
@@ -43,6 +44,8 @@ pub enum StartError {
     },
     #[error("starting the DHCP server")]
     Dhcp(#[source] kiln_dhcp::server::DhcpError),
+    #[error("opening the image store")]
+    BlobStore(#[source] kiln_image_store::BlobError),
     #[error("starting the TFTP server")]
     Tftp(#[source] kiln_tftp::server::TftpError),
     #[error("listening on {address}")]
@@ -131,7 +134,25 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         }
         None => None,
     };
-    let state = ApiState::new(store.clone(), inventory, boot);
+    let blobs = match &config.images.backend {
+        config::BlobBackendConfig::Local { blob_dir } => kiln_image_store::BlobStore::local(blob_dir),
+        config::BlobBackendConfig::S3 { s3, spool_dir } => kiln_image_store::BlobStore::s3(
+            &kiln_image_store::S3Settings {
+                endpoint: s3.endpoint.clone(),
+                bucket: s3.bucket.clone(),
+                region: s3.region.clone(),
+                access_key_id: s3.access_key_id.clone(),
+                secret_access_key: s3.secret_access_key.clone(),
+                prefix: s3.prefix.clone(),
+            },
+            spool_dir,
+        ),
+    }
+    .map_err(StartError::BlobStore)?;
+    tracing::info!(blobs = %blobs.describe(), "image store ready");
+    let mut images = kiln_api::images::ImageSettings::new(blobs, config.images.import_allowed_dirs.clone());
+    images.gc_grace = Duration::from_secs(config.images.gc_grace_seconds);
+    let state = ApiState::new(store.clone(), inventory, boot, images);
     let app = kiln_api::router(state, config.max_body_bytes);
     let (shutdown, mut shutdown_requested) = watch::channel(false);
     let task = tokio::spawn(async move {

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod discovery;
+pub mod image;
 pub mod mac;
 pub mod node;
 pub mod validate;

@@ -1,0 +1,422 @@
+//! Getting bytes in: resumable uploads (`/v1/uploads`), new versions made from them, and
+//! imports from URLs.
+//!
+//! Bytes go to a spool file first, hashed on the way; only a finished, verified, inspected
+//! spool file moves into the blob store, and only then does a version name it. A failure at
+//! any step leaves earlier versions as they were and no version half made.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kiln_db::{NewArtifact, NewVersion};
+use kiln_image_store::fetch::{Fetch, FetchError, Source, Validators};
+use kiln_image_store::pump::{PumpError, pump_into_spool};
+use kiln_image_store::{BlobError, BlobId, Checksum, Digests, MultiHasher, SpoolFile, inspect};
+use kiln_types::image::{Artifact, ArtifactKind, ImageFormat, ImageVersion, ImportInput, ImportResult, Upload, UploadInput, VersionInput};
+use kiln_types::validate;
+
+use crate::ApiState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use crate::images::{target_project, version_ref, writable_image};
+
+type ErrorBody = kiln_types::api::ErrorBody;
+
+/// The header that carries an upload's offset, as in the tus protocol.
+pub const UPLOAD_OFFSET: &str = "upload-offset";
+
+enum UploadSlot {
+    /// A request is appending to or finishing this upload.
+    Busy,
+    /// Hash state of the bytes in the spool file, so the next request need not re-read them.
+    Idle(MultiHasher, Vec<u8>),
+}
+
+/// Uploads this replica is working on. Another replica (or a restart) finds no entry and
+/// hashes the spool file again.
+#[derive(Default)]
+pub(crate) struct UploadTable {
+    slots: Mutex<HashMap<String, UploadSlot>>,
+}
+
+/// Holds an upload's slot busy until dropped (or put back with its hash state).
+struct UploadClaim<'t> {
+    table: &'t UploadTable,
+    id: String,
+    state: Option<(MultiHasher, Vec<u8>)>,
+}
+
+impl UploadTable {
+    fn claim(&self, id: &str) -> ApiResult<UploadClaim<'_>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cached = match slots.insert(id.to_owned(), UploadSlot::Busy) {
+            Some(UploadSlot::Busy) => {
+                return Err(ApiError::new(StatusCode::CONFLICT, "upload_busy", format!("upload {id} is being written by another request")));
+            }
+            Some(UploadSlot::Idle(hasher, head)) => Some((hasher, head)),
+            None => None,
+        };
+        Ok(UploadClaim { table: self, id: id.to_owned(), state: cached })
+    }
+}
+
+impl UploadClaim<'_> {
+    /// Releases the slot, keeping hash state for the next request.
+    fn release_with(mut self, hasher: MultiHasher, head: Vec<u8>) {
+        self.state = Some((hasher, head));
+    }
+}
+
+impl Drop for UploadClaim<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.table.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match self.state.take() {
+            Some((hasher, head)) => slots.insert(self.id.clone(), UploadSlot::Idle(hasher, head)),
+            None => slots.remove(&self.id),
+        };
+    }
+}
+
+pub(crate) fn blob_error(error: BlobError) -> ApiError {
+    if error.is_storage_full() {
+        return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", format!("{}: no space left", error_chain(&error)));
+    }
+    match error {
+        BlobError::NotFound { id } => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("blob {id} is missing from the store")),
+        other => {
+            let chain = error_chain(&other);
+            tracing::error!(error = %chain, "blob store failure");
+            ApiError::new(StatusCode::BAD_GATEWAY, "blob_store", chain)
+        }
+    }
+}
+
+fn spool_error(operation: &str, error: std::io::Error) -> ApiError {
+    if matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+        return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", format!("{operation}: no space left on the server"));
+    }
+    tracing::error!(%error, operation, "spool failure");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{operation}: {error}"))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn parse_checksum(field: &str, text: &str) -> ApiResult<Checksum> {
+    text.parse::<Checksum>().map_err(|message| ApiError::invalid(format!("{field}: {message}")))
+}
+
+pub(crate) async fn remove_spool(state: &ApiState, id: &str) {
+    let path = SpoolFile::path_in(state.images.blobs.spool_dir(), id);
+    if let Err(error) = tokio::fs::remove_file(&path).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), %error, "removing a spool file failed");
+    }
+}
+
+async fn spool_length(state: &ApiState, id: &str) -> ApiResult<u64> {
+    let path = SpoolFile::path_in(state.images.blobs.spool_dir(), id);
+    match tokio::fs::metadata(&path).await {
+        Ok(metadata) => Ok(metadata.len()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(spool_error("reading the upload", error)),
+    }
+}
+
+/// The upload if the caller may write to it; 404 otherwise.
+async fn writable_upload(state: &ApiState, caller: &kiln_auth::AuthContext, id: &str) -> ApiResult<Upload> {
+    let mut upload = match state.store.get_upload(id).await {
+        Ok(upload) if caller.can_write(upload.project.as_deref()) => upload,
+        Ok(_) => return Err(ApiError::not_found("upload", id)),
+        Err(error) => return Err(error.into()),
+    };
+    upload.offset = spool_length(state, id).await?;
+    Ok(upload)
+}
+
+#[utoipa::path(post, path = "/v1/uploads", tag = "images", request_body = UploadInput,
+    responses((status = 201, body = Upload), (status = 400, body = ErrorBody)))]
+pub async fn create_upload(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(input): JsonBody<UploadInput>,
+) -> ApiResult<(StatusCode, Json<Upload>)> {
+    let project = target_project(&caller, input.project.as_deref())?;
+    let checksum = input.checksum.as_deref().map(|text| parse_checksum("checksum", text)).transpose()?;
+    let upload = state.store.create_upload(&caller.user, project.as_deref(), checksum.as_ref().map(|c| c.to_string()).as_deref()).await?;
+    let path = SpoolFile::path_in(state.images.blobs.spool_dir(), &upload.id);
+    let algorithm = checksum.map(|checksum| checksum.algorithm);
+    let created = tokio::task::spawn_blocking(move || SpoolFile::create(&path, algorithm).map(drop)).await.expect("no panic");
+    if let Err(error) = created {
+        state.store.delete_upload(&upload.id).await?;
+        return Err(spool_error("creating the upload", error));
+    }
+    Ok((StatusCode::CREATED, Json(upload)))
+}
+
+#[utoipa::path(get, path = "/v1/uploads/{id}", tag = "images", params(("id" = String, Path)),
+    responses((status = 200, body = Upload), (status = 404, body = ErrorBody)))]
+pub async fn get_upload(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    let upload = writable_upload(&state, &caller, &id).await?;
+    let offset = upload.offset;
+    let mut response = Json(upload).into_response();
+    response.headers_mut().insert(UPLOAD_OFFSET, HeaderValue::from(offset));
+    Ok(response)
+}
+
+#[utoipa::path(delete, path = "/v1/uploads/{id}", tag = "images", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_upload(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    writable_upload(&state, &caller, &id).await?;
+    let _claim = state.images.uploads.claim(&id)?;
+    if state.store.delete_upload(&id).await? {
+        remove_spool(&state, &id).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Appends the request body at `Upload-Offset`, which must be where the upload stands. If
+/// the body breaks off, what arrived is kept: ask for the offset and go on from there.
+#[utoipa::path(patch, path = "/v1/uploads/{id}", tag = "images", params(("id" = String, Path),
+        ("Upload-Offset" = u64, Header, description = "Where this body starts; must equal the upload's offset")),
+    request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
+    responses((status = 200, body = Upload), (status = 409, body = ErrorBody), (status = 507, body = ErrorBody)))]
+pub async fn append_upload(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let mut upload = writable_upload(&state, &caller, &id).await?;
+    let offset: u64 = headers
+        .get(UPLOAD_OFFSET)
+        .ok_or_else(|| ApiError::invalid("the Upload-Offset header is required (where this body starts)"))?
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .ok_or_else(|| ApiError::invalid("Upload-Offset: not a number of bytes"))?;
+    let claim = state.images.uploads.claim(&id)?;
+    let current = spool_length(&state, &id).await?;
+    if offset != current {
+        let mut response = ApiError::new(
+            StatusCode::CONFLICT,
+            "offset_mismatch",
+            format!("the upload has {current} bytes; send the body from offset {current}, not {offset}"),
+        )
+        .into_response();
+        response.headers_mut().insert(UPLOAD_OFFSET, HeaderValue::from(current));
+        return Ok(response);
+    }
+    let path = SpoolFile::path_in(state.images.blobs.spool_dir(), &id);
+    let algorithm = upload.checksum.as_deref().and_then(|text| text.parse::<Checksum>().ok()).map(|checksum| checksum.algorithm);
+    let mut claim = claim;
+    let cached = claim.state.take();
+    let spool = tokio::task::spawn_blocking(move || SpoolFile::resume(&path, algorithm, cached))
+        .await
+        .expect("no panic")
+        .map_err(|error| spool_error("opening the upload", error))?;
+    let (spool, pumped) = pump_into_spool(spool, body.into_data_stream()).await;
+    upload.offset = spool.offset();
+    match spool.suspend() {
+        Ok((hasher, head)) => claim.release_with(hasher, head),
+        Err(error) => {
+            drop(claim);
+            return Err(spool_error("writing the upload", error));
+        }
+    }
+    match pumped {
+        Ok(()) => {}
+        Err(PumpError::Spool(error)) => return Err(spool_error("writing the upload", error)),
+        Err(PumpError::Source(message)) => {
+            tracing::info!(upload = %id, offset = upload.offset, %message, "upload body broke off; it can resume");
+            return Err(ApiError::invalid(format!("the request body broke off at offset {}: {message}", upload.offset)));
+        }
+    }
+    let offset = upload.offset;
+    let mut response = Json(upload).into_response();
+    response.headers_mut().insert(UPLOAD_OFFSET, HeaderValue::from(offset));
+    Ok(response)
+}
+
+/// Checks what a spool file holds and moves it into the blob store as an artifact.
+async fn store_spooled(
+    state: &ApiState,
+    spool_path: &std::path::Path,
+    digests: Digests,
+    head: &[u8],
+    kind: ArtifactKind,
+    declared: Option<ImageFormat>,
+    expected: Option<&Checksum>,
+) -> ApiResult<Artifact> {
+    let refuse = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_image", message);
+    if let Some(expected) = expected {
+        digests.verify(expected).map_err(refuse)?;
+    }
+    let inspection = inspect(head, digests.bytes).map_err(|error| refuse(format!("{kind}: {error}")))?;
+    inspection.check(kind, declared).map_err(|error| refuse(format!("{kind}: {error}")))?;
+    let id = BlobId::parse(&digests.sha256).map_err(blob_error)?;
+    // Recorded before the bytes are stored: garbage collection spares touched blobs.
+    state.store.touch_blob(&digests.sha256, digests.bytes).await?;
+    state.images.blobs.commit(&id, spool_path).await.map_err(blob_error)?;
+    Ok(Artifact {
+        kind,
+        sha256: digests.sha256,
+        format: inspection.recorded_format(declared),
+        compression: inspection.compression,
+        size: digests.bytes,
+        virtual_size: inspection.virtual_size,
+        checksums: digests.all,
+        source_url: None,
+    })
+}
+
+/// Finishes an upload into an artifact. The upload is used up whatever the outcome: a
+/// refused upload leaves no bytes behind.
+async fn finish_upload(state: &ApiState, caller: &kiln_auth::AuthContext, id: &str, kind: ArtifactKind, declared: Option<ImageFormat>) -> ApiResult<Artifact> {
+    let upload = writable_upload(state, caller, id).await?;
+    let mut claim = state.images.uploads.claim(id)?;
+    let path = SpoolFile::path_in(state.images.blobs.spool_dir(), id);
+    let expected = upload.checksum.as_deref().map(|text| parse_checksum("checksum", text)).transpose()?;
+    let algorithm = expected.as_ref().map(|checksum| checksum.algorithm);
+    let cached = claim.state.take();
+    let resume_path = path.clone();
+    let finished = tokio::task::spawn_blocking(move || SpoolFile::resume(&resume_path, algorithm, cached).and_then(SpoolFile::finish))
+        .await
+        .expect("no panic")
+        .map_err(|error| spool_error("reading the upload", error))?;
+    if !state.store.delete_upload(id).await? {
+        return Err(ApiError::not_found("upload", id));
+    }
+    let (digests, head) = finished;
+    let result = store_spooled(state, &path, digests, &head, kind, declared, expected.as_ref()).await;
+    if result.is_err() {
+        remove_spool(state, id).await;
+    }
+    drop(claim);
+    result
+}
+
+#[utoipa::path(post, path = "/v1/images/{image}/versions", tag = "images", params(("image" = String, Path)), request_body = VersionInput,
+    responses((status = 201, body = ImageVersion), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_version(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(input): JsonBody<VersionInput>,
+) -> ApiResult<(StatusCode, Json<ImageVersion>)> {
+    writable_image(&state, &caller, &name).await?;
+    if let Some(version) = input.version
+        && version < 1
+    {
+        return Err(ApiError::invalid("version: versions start at 1"));
+    }
+    let base = input.base.as_deref().map(version_ref).transpose()?;
+    let tags = input.tags.iter().map(|tag| validate::name("tags", tag)).collect::<Result<Vec<_>, _>>()?;
+    let note = validate::single_line("note", &input.note, 1024)?;
+    let mut kinds = std::collections::BTreeSet::new();
+    for artifact in &input.artifacts {
+        if !kinds.insert(artifact.kind) {
+            return Err(ApiError::invalid(format!("artifacts: {} is given twice", artifact.kind)));
+        }
+    }
+    let mut artifacts = Vec::with_capacity(input.artifacts.len());
+    for artifact in &input.artifacts {
+        let stored = finish_upload(&state, &caller, &artifact.upload, artifact.kind, artifact.format).await?;
+        artifacts.push(NewArtifact { artifact: stored, source_etag: None, source_modified: None });
+    }
+    let spec = NewVersion { version: input.version, base, artifacts, tags, note };
+    let version = state.store.create_version(&caller.user, &name, &spec).await?;
+    tracing::info!(image = %name, version = version.version, user = %caller.user, "version created");
+    Ok((StatusCode::CREATED, Json(version)))
+}
+
+fn fetch_error(error: FetchError) -> ApiError {
+    match &error {
+        FetchError::UnsupportedUrl { .. } | FetchError::FileNotAllowed { .. } => ApiError::invalid(format!("url: {error}")),
+        FetchError::Download { source: PumpError::Spool(io), .. } => spool_error("importing", std::io::Error::new(io.kind(), io.to_string())),
+        _ => ApiError::new(StatusCode::BAD_GATEWAY, "import_failed", error_chain(&error)),
+    }
+}
+
+/// Imports one artifact from a URL into a new version, verifying the checksum while the
+/// bytes stream in. A source unchanged since its last import is not fetched again.
+#[utoipa::path(post, path = "/v1/images/{image}/import", tag = "images", params(("image" = String, Path)), request_body = ImportInput,
+    responses((status = 201, body = ImportResult), (status = 200, body = ImportResult, description = "The source had not changed"),
+        (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn import_image(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(input): JsonBody<ImportInput>,
+) -> ApiResult<(StatusCode, Json<ImportResult>)> {
+    writable_image(&state, &caller, &name).await?;
+    let settings = &state.images;
+    let source = Source::parse(&input.url, &settings.import_allowed_dirs).map_err(fetch_error)?;
+    let expected = match (&input.checksum, &input.checksum_url) {
+        (Some(text), None) => parse_checksum("checksum", text)?,
+        (None, Some(url)) => kiln_image_store::fetch::fetch_checksum(&settings.http, url, &settings.import_allowed_dirs, &source.file_name())
+            .await
+            .map_err(fetch_error)?,
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give either checksum or checksum_url, not both")),
+        (None, None) => {
+            return Err(ApiError::invalid("an import needs a checksum: checksum (ALGORITHM:HEX) or checksum_url (a checksum file)"));
+        }
+    };
+    let base = input.base.as_deref().map(version_ref).transpose()?;
+    let tags = input.tags.iter().map(|tag| validate::name("tags", tag)).collect::<Result<Vec<_>, _>>()?;
+    let note = validate::single_line("note", &input.note, 1024)?;
+    let previous = state.store.last_import(&name, input.kind).await?.filter(|previous| previous.url == input.url);
+    let validators = previous.as_ref().map(|previous| Validators { etag: previous.etag.clone(), last_modified: previous.modified.clone() });
+    let spool_id = format!("import-{}", uuid::Uuid::new_v4().simple());
+    let spool_path = SpoolFile::path_in(settings.blobs.spool_dir(), &spool_id);
+    let create_path = spool_path.clone();
+    let algorithm = expected.algorithm;
+    let spool = tokio::task::spawn_blocking(move || SpoolFile::create(&create_path, Some(algorithm)))
+        .await
+        .expect("no panic")
+        .map_err(|error| spool_error("starting the import", error))?;
+    let fetched = kiln_image_store::fetch::fetch(&settings.http, &source, spool, validators.as_ref()).await;
+    let result = match fetched {
+        Ok(Fetch::NotModified) => {
+            remove_spool(&state, &spool_id).await;
+            let previous = previous.expect("not-modified answers only conditional fetches");
+            let version = state.store.get_version(&name, &kiln_types::image::VersionRef::Number(previous.version)).await?;
+            tracing::info!(image = %name, url = %input.url, version = previous.version, "import source unchanged; nothing fetched");
+            return Ok((StatusCode::OK, Json(ImportResult { unchanged: true, version })));
+        }
+        Ok(Fetch::Fetched { digests, head, validators }) => {
+            store_spooled(&state, &spool_path, digests, &head, input.kind, input.format, Some(&expected)).await.map(|mut artifact| {
+                artifact.source_url = Some(input.url.clone());
+                NewArtifact { artifact, source_etag: validators.etag, source_modified: validators.last_modified }
+            })
+        }
+        Err(error) => Err(fetch_error(error)),
+    };
+    let artifact = match result {
+        Ok(artifact) => artifact,
+        Err(error) => {
+            remove_spool(&state, &spool_id).await;
+            return Err(error);
+        }
+    };
+    let spec = NewVersion { version: None, base, artifacts: vec![artifact], tags, note };
+    let version = state.store.create_version(&caller.user, &name, &spec).await?;
+    tracing::info!(image = %name, url = %input.url, version = version.version, "imported");
+    Ok((StatusCode::CREATED, Json(ImportResult { unchanged: false, version })))
+}

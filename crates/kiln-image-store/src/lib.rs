@@ -1,0 +1,21 @@
+//! Where image bytes live and what they are: a content-addressed blob store (a local
+//! directory, or an S3-compatible bucket), checksums in the algorithms users bring, and the
+//! inspection of image formats from their first bytes.
+//!
+//! Nothing here knows about images, versions or tenants; the database does. A blob is named
+//! by the SHA-256 of its bytes and is only ever written whole: bytes arrive in a spool file
+//! and move into the store once their digest is known.
+
+mod blob;
+mod checksum;
+mod error;
+pub mod fetch;
+pub mod format;
+pub mod pump;
+mod spool;
+
+pub use blob::{BlobId, BlobRead, BlobStore, S3Settings, StoredBlob};
+pub use checksum::{Checksum, DigestAlgorithm, Digests, MultiHasher};
+pub use error::BlobError;
+pub use format::{Inspection, InspectionError, inspect};
+pub use spool::{SPOOL_HEAD_BYTES, SpoolFile};

@@ -1,0 +1,168 @@
+//! Spool files: the bytes of an upload or import in progress, on local disk, hashed as they
+//! are written so that finishing needs no second pass.
+//!
+//! The hasher only ever sees bytes that reached the file: a failed write is cut off the file
+//! again, so the file and the hash state agree and the upload can resume at its length.
+
+use std::io::{Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use crate::checksum::{DigestAlgorithm, Digests, MultiHasher};
+use crate::format::INSPECT_BYTES;
+
+/// How many leading bytes are kept for format inspection.
+pub const SPOOL_HEAD_BYTES: usize = INSPECT_BYTES;
+/// Writes are gathered to this size before they reach the file.
+const SPOOL_WRITE_BYTES: usize = 1 << 20;
+
+/// A spool file open for appending.
+pub struct SpoolFile {
+    path: PathBuf,
+    file: std::fs::File,
+    hasher: MultiHasher,
+    head: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+impl SpoolFile {
+    pub fn path_in(spool_dir: &Path, upload_id: &str) -> PathBuf {
+        spool_dir.join(format!("{upload_id}.part"))
+    }
+
+    /// Creates an empty spool file (failing if one exists).
+    pub fn create(path: &Path, also: Option<DigestAlgorithm>) -> std::io::Result<SpoolFile> {
+        let file = std::fs::OpenOptions::new().write(true).read(true).create_new(true).open(path)?;
+        Ok(SpoolFile {
+            path: path.to_owned(),
+            file,
+            hasher: MultiHasher::new(also),
+            head: Vec::new(),
+            pending: Vec::with_capacity(SPOOL_WRITE_BYTES),
+        })
+    }
+
+    /// Reopens a spool file to append to it. The hash state of an earlier request is reused
+    /// when it covers exactly the file's bytes; otherwise (another replica, a restart) the
+    /// file is hashed again from the start.
+    pub fn resume(path: &Path, also: Option<DigestAlgorithm>, cached: Option<(MultiHasher, Vec<u8>)>) -> std::io::Result<SpoolFile> {
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let length = file.metadata()?.len();
+        let (hasher, head) = match cached {
+            Some((hasher, head)) if hasher.bytes() == length => (hasher, head),
+            _ => {
+                let mut hasher = MultiHasher::new(also);
+                let mut head = Vec::new();
+                let mut buffer = vec![0u8; SPOOL_WRITE_BYTES];
+                loop {
+                    let n = file.read(&mut buffer)?;
+                    if n == 0 {
+                        break;
+                    }
+                    if head.len() < SPOOL_HEAD_BYTES {
+                        head.extend_from_slice(&buffer[..n.min(SPOOL_HEAD_BYTES - head.len())]);
+                    }
+                    hasher.update(&buffer[..n]);
+                }
+                (hasher, head)
+            }
+        };
+        file.seek(std::io::SeekFrom::Start(length))?;
+        Ok(SpoolFile { path: path.to_owned(), file, hasher, head, pending: Vec::with_capacity(SPOOL_WRITE_BYTES) })
+    }
+
+    /// Bytes safely in the file.
+    pub fn offset(&self) -> u64 {
+        self.hasher.bytes()
+    }
+
+    /// Bytes accepted, including those not yet written.
+    pub fn accepted(&self) -> u64 {
+        self.hasher.bytes() + self.pending.len() as u64
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= SPOOL_WRITE_BYTES { self.flush() } else { Ok(()) }
+    }
+
+    /// Writes what is pending. On failure the file is cut back to its last good length and
+    /// the pending bytes are dropped.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self.file.write_all(&self.pending) {
+            self.pending.clear();
+            let good = self.hasher.bytes();
+            if let Err(truncate_error) = self.file.set_len(good).and_then(|()| self.file.seek(std::io::SeekFrom::Start(good)).map(drop)) {
+                tracing::warn!(path = %self.path.display(), error = %truncate_error, "cutting a failed spool write back failed");
+            }
+            return Err(error);
+        }
+        if self.head.len() < SPOOL_HEAD_BYTES {
+            let take = self.pending.len().min(SPOOL_HEAD_BYTES - self.head.len());
+            self.head.extend_from_slice(&self.pending[..take]);
+        }
+        self.hasher.update(&self.pending);
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Flushes and returns the hash state, to resume with later.
+    pub fn suspend(mut self) -> std::io::Result<(MultiHasher, Vec<u8>)> {
+        self.flush()?;
+        Ok((self.hasher, self.head))
+    }
+
+    /// Flushes and returns the digests and leading bytes of everything written.
+    pub fn finish(mut self) -> std::io::Result<(Digests, Vec<u8>)> {
+        self.flush()?;
+        Ok((self.hasher.finish(), self.head))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resuming_with_or_without_cached_state_hashes_the_same() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = SpoolFile::path_in(directory.path(), "u1");
+        let mut spool = SpoolFile::create(&path, Some(DigestAlgorithm::Md5)).unwrap();
+        spool.append(&vec![7u8; 3 << 20]).unwrap();
+        let cached = spool.suspend().unwrap();
+        let mut with_cache = SpoolFile::resume(&path, Some(DigestAlgorithm::Md5), Some(cached)).unwrap();
+        with_cache.append(b"tail").unwrap();
+        let (expected, head) = with_cache.finish().unwrap();
+        assert_eq!(head.len(), SPOOL_HEAD_BYTES);
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(3 << 20).unwrap();
+        let mut without_cache = SpoolFile::resume(&path, Some(DigestAlgorithm::Md5), None).unwrap();
+        assert_eq!(without_cache.offset(), 3 << 20);
+        without_cache.append(b"tail").unwrap();
+        assert_eq!(without_cache.finish().unwrap().0, expected);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), (3 << 20) + 4);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_file_and_hash_in_step() {
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        let Ok(file) = std::fs::OpenOptions::new().write(true).read(true).open("/dev/full") else { return };
+        let mut spool = SpoolFile {
+            path: "/dev/full".into(),
+            file,
+            hasher: MultiHasher::new(None),
+            head: Vec::new(),
+            pending: Vec::new(),
+        };
+        spool.append(b"abc").unwrap();
+        let error = spool.flush().unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(spool.offset(), 0);
+        assert_eq!(spool.accepted(), 0);
+    }
+}
