@@ -1,6 +1,7 @@
 //! `kiln`: the server (`kiln serve`) and the command-line client for its API.
 
 mod commands;
+mod images;
 mod input;
 mod output;
 mod serve;
@@ -56,6 +57,9 @@ enum Command {
     /// Network boot: boot parameters.
     #[command(subcommand)]
     Boot(commands::BootCommand),
+    /// Images: versions, uploads, downloads, imports, clones.
+    #[command(subcommand)]
+    Image(images::ImageCommand),
     /// The change log.
     Events(commands::EventsArgs),
     /// Show who the token belongs to.
@@ -146,10 +150,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Token(command) => commands::token(&client, format, command).await,
                 Command::Discover(command) => commands::discover(&client, format, command).await,
                 Command::Boot(command) => commands::boot(&client, format, command).await,
+                Command::Image(command) => images::image(&client, format, command).await,
                 Command::Events(args) => commands::events(&client, format, args).await,
                 Command::Whoami => commands::whoami(&client, format).await,
                 Command::Serve(_) | Command::Config(_) => unreachable!("handled above"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

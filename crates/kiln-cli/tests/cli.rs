@@ -1,106 +1,12 @@
 //! The `kiln` binary as a user runs it: a real `kiln serve` process and the CLI against it,
 //! including what happens when the server is killed or asked to stop mid-request.
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-/// A `kiln serve` process; killed when dropped, so a failing test leaves nothing running.
-struct ServerProcess {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl ServerProcess {
-    fn start(data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
-        let log = data_dir.with_extension("log");
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let mut child = Command::new(KILN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra_args)
-            .env("KILN_LOG", "debug")
-            .env_remove("KILN_DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        // Copy stderr to the log file, and hand over the address line when it appears.
-        std::thread::spawn(move || {
-            use std::io::Write as _;
-            let mut log_file = log_file;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("kiln: listening on ") {
-                    let _ = sender.send(url.to_owned());
-                }
-                let _ = writeln!(log_file, "{line}");
-            }
-        });
-        let url = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("kiln serve did not start: {}", std::fs::read_to_string(&log).unwrap_or_default())
-        });
-        ServerProcess { child, url, log }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn token(data_dir: &Path) -> String {
-    std::fs::read_to_string(data_dir.join("admin-token")).unwrap().trim().to_owned()
-}
-
-fn kiln(server: &ServerProcess, token: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(KILN)
-        .args(args)
-        .env("KILN_URL", &server.url)
-        .env("KILN_TOKEN", token)
-        .env("HOME", "/nonexistent")
-        .env("XDG_CONFIG_HOME", "/nonexistent")
-        .current_dir(workspace_root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn ok(output: Output) -> String {
-    assert!(output.status.success(), "kiln failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
+use support::{KILN, ServerProcess, kiln, ok, token, workspace_root};
 
 #[test]
 fn discovery_through_the_cli_is_idempotent() {

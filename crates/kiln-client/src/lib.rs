@@ -99,6 +99,155 @@ impl Client {
     }
 }
 
+/// Appends per request when uploading; a broken request resumes from the server's offset.
+const UPLOAD_RETRIES: u32 = 5;
+
+impl Client {
+    fn authorized(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base_url));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    fn unreachable(&self, error: &reqwest::Error) -> ClientError {
+        ClientError::Unreachable { url: self.base_url.clone(), message: root_cause(error) }
+    }
+
+    async fn error_from(response: reqwest::Response) -> ClientError {
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<kiln_types::api::ErrorBody>(&bytes) {
+            Ok(body) => ClientError::Api { status, code: body.error.code, message: body.error.message },
+            Err(_) => ClientError::Api { status, code: "http".to_owned(), message: String::from_utf8_lossy(&bytes).trim().to_owned() },
+        }
+    }
+
+    /// Sends a file as a resumable upload and returns the upload's id. `progress` is called
+    /// with the number of bytes the server has. A request that breaks off is resumed from
+    /// the offset the server reports, a few times, before giving up.
+    pub async fn upload_file(
+        &self,
+        path: &std::path::Path,
+        project: Option<&str>,
+        checksum: Option<&str>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<String, ClientError> {
+        let input = kiln_types::image::UploadInput { project: project.map(str::to_owned), checksum: checksum.map(str::to_owned) };
+        let upload: kiln_types::image::Upload = self.post("/v1/uploads", &input).await?;
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|error| ClientError::Decode { url: path.display().to_string(), message: error.to_string() })?
+            .len();
+        let mut offset = 0u64;
+        let mut failures = 0;
+        loop {
+            if offset == size && size > 0 {
+                return Ok(upload.id);
+            }
+            match self.append_from(&upload.id, path, offset, progress).await {
+                Ok(new_offset) => {
+                    offset = new_offset;
+                    if offset >= size {
+                        return Ok(upload.id);
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    if failures > UPLOAD_RETRIES || matches!(&error, ClientError::Api { status, .. } if status.is_client_error() && *status != StatusCode::CONFLICT) {
+                        return Err(error);
+                    }
+                    let current: kiln_types::image::Upload = self.get(&format!("/v1/uploads/{}", upload.id)).await?;
+                    offset = current.offset;
+                }
+            }
+        }
+    }
+
+    async fn append_from(
+        &self,
+        id: &str,
+        path: &std::path::Path,
+        offset: u64,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, ClientError> {
+        use futures::StreamExt as _;
+        use tokio::io::AsyncSeekExt as _;
+        let file_error = |error: std::io::Error| ClientError::Decode { url: path.display().to_string(), message: error.to_string() };
+        let mut file = tokio::fs::File::open(path).await.map_err(file_error)?;
+        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(file_error)?;
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(offset));
+        let counter = sent.clone();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            chunk
+        });
+        let request = self
+            .authorized(Method::PATCH, &format!("/v1/uploads/{id}"))
+            .header("upload-offset", offset)
+            .header(reqwest::header::CONTENT_TYPE, "application/offset+octet-stream")
+            .body(reqwest::Body::wrap_stream(stream));
+        let sending = request.send();
+        tokio::pin!(sending);
+        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(200));
+        let response = loop {
+            tokio::select! {
+                response = &mut sending => break response.map_err(|error| self.unreachable(&error))?,
+                _ = ticker.tick() => progress(sent.load(std::sync::atomic::Ordering::Relaxed)),
+            }
+        };
+        if !response.status().is_success() {
+            return Err(Self::error_from(response).await);
+        }
+        let upload: kiln_types::image::Upload =
+            response.json().await.map_err(|error| ClientError::Decode { url: self.base_url.clone(), message: error.to_string() })?;
+        progress(upload.offset);
+        Ok(upload.offset)
+    }
+
+    /// Streams `path` (an API path answering with bytes) into `writer`, starting at byte
+    /// `from`; returns the total size. `progress` gets the bytes written so far.
+    pub async fn download_to<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        from: u64,
+        writer: &mut W,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> Result<u64, ClientError> {
+        use futures::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let mut request = self.authorized(Method::GET, path);
+        if from > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
+        }
+        let response = request.send().await.map_err(|error| self.unreachable(&error))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Self::error_from(response).await);
+        }
+        if from > 0 && status != StatusCode::PARTIAL_CONTENT {
+            return Err(ClientError::Decode { url: path.to_owned(), message: "the server ignored the range; cannot resume".to_owned() });
+        }
+        let total = from + response.content_length().unwrap_or(0);
+        let mut written = from;
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|error| self.unreachable(&error))?;
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(|error| ClientError::Decode { url: path.to_owned(), message: format!("writing: {error}") })?;
+            written += chunk.len() as u64;
+            progress(written, total);
+        }
+        writer.flush().await.map_err(|error| ClientError::Decode { url: path.to_owned(), message: format!("writing: {error}") })?;
+        Ok(written)
+    }
+}
+
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(source) = cause.source() {

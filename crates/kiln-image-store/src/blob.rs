@@ -127,6 +127,13 @@ impl BlobStore {
             .with_secret_access_key(&settings.secret_access_key)
             .with_allow_http(settings.endpoint.starts_with("http://"))
             .with_virtual_hosted_style_request(false)
+            // A few quick retries ride out a restarting node; a server that keeps failing
+            // is reported within seconds rather than minutes.
+            .with_retry(object_store::RetryConfig {
+                max_retries: 4,
+                retry_timeout: std::time::Duration::from_secs(60),
+                backoff: Default::default(),
+            })
             .build()
             .map_err(|error| BlobError::Config { message: error.to_string() })?;
         let prefix = settings.prefix.trim_matches('/').to_owned();

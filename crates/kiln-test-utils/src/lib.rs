@@ -1,9 +1,11 @@
-//! Helpers for Kiln's tests: throwaway SQLite and PostgreSQL databases.
+//! Helpers for Kiln's tests: throwaway SQLite and PostgreSQL databases, and a real S3 server.
 //!
 //! PostgreSQL tests run when `KILN_TEST_POSTGRES_URL` names a server the tests may create
 //! databases on (`.ci/run` starts a throwaway cluster and sets it). When
 //! `KILN_REQUIRE_POSTGRES=1` is set as well, a missing server fails the tests instead of
 //! skipping them, so CI cannot pass without having run them.
+
+pub mod s3;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,418 @@
+//! `kiln image …`: images and their versions, uploads and downloads with progress bars,
+//! imports, clones, tags, and store maintenance.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use kiln_client::{Client, encode};
+use kiln_types::image::{
+    ArtifactInput, ArtifactKind, CloneInput, GcReport, Image, ImageFormat, ImageInput, ImageVersion, ImportInput, ImportResult, TagInput,
+    VerifyReport, VersionInput, Visibility,
+};
+
+use crate::output::{OutputFormat, Tabular, or_dash, print, print_one, print_rows, table};
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List the images you can see.
+    List,
+    /// Show an image.
+    Show { name: String },
+    /// Create an empty image; add versions with `upload` or `import`.
+    Create(CreateArgs),
+    /// Delete an image (NAME) or one version of it (NAME:VERSION).
+    Delete { target: String },
+    /// Upload files as a new version: KIND=FILE for each artifact (root, disk, kernel, initrd),
+    /// or one FILE with --kind.
+    Upload(UploadArgs),
+    /// Download an artifact of a version (NAME[:VERSION]).
+    Download(DownloadArgs),
+    /// Import an artifact from a URL into a new version; a checksum is required.
+    Import(ImportArgs),
+    /// Make a new image from SRC[:VERSION], sharing its blobs.
+    Clone(CloneArgs),
+    /// Point TAG at NAME:VERSION.
+    Tag { target: String, tag: String },
+    /// Remove TAG from NAME.
+    Untag { name: String, tag: String },
+    /// List an image's versions.
+    Versions { name: String },
+    /// Remove blobs no version uses and abandoned uploads (administrators).
+    Gc,
+    /// Re-hash every blob and report corruption (administrators); fails if any is bad.
+    Verify,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    name: String,
+    #[arg(long)]
+    project: Option<String>,
+    #[arg(long, value_parser = parse_visibility, default_value = "private")]
+    visibility: Visibility,
+    /// A project to share with (visibility shared); repeat for more.
+    #[arg(long = "share")]
+    shared_with: Vec<String>,
+    #[arg(long, default_value = "")]
+    description: String,
+    #[arg(long)]
+    os: Option<String>,
+    #[arg(long)]
+    arch: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
+    name: String,
+    /// KIND=FILE pairs, or one FILE (see --kind).
+    #[arg(required = true)]
+    files: Vec<String>,
+    /// The kind of a lone FILE.
+    #[arg(long, value_parser = parse_kind, default_value = "disk")]
+    kind: ArtifactKind,
+    /// The format of a lone FILE (as Glance's --disk-format); refused if the bytes differ.
+    #[arg(long = "disk-format", value_parser = parse_format)]
+    disk_format: Option<ImageFormat>,
+    /// ALGORITHM:HEX the (lone) file must match, checked by the server.
+    #[arg(long)]
+    checksum: Option<String>,
+    /// Carry the other artifacts over from this version (number or tag).
+    #[arg(long)]
+    base: Option<String>,
+    /// The version number to create (refused if it exists) [default: the next one].
+    #[arg(long = "number")]
+    number: Option<i64>,
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    #[arg(long, default_value = "")]
+    note: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DownloadArgs {
+    /// NAME or NAME:VERSION (a number or a tag).
+    target: String,
+    /// Which artifact [default: the version's only one, else disk, else root].
+    #[arg(long, value_parser = parse_kind)]
+    artifact: Option<ArtifactKind>,
+    /// Where to write [default: NAME-VERSION.KIND in the current directory]; - for stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    name: String,
+    #[arg(long)]
+    url: String,
+    /// ALGORITHM:HEX (sha256, sha512, md5, …).
+    #[arg(long, required_unless_present = "checksum_url")]
+    checksum: Option<String>,
+    /// A checksum file that lists the URL's file (as sha256sum writes).
+    #[arg(long)]
+    checksum_url: Option<String>,
+    #[arg(long, value_parser = parse_kind, default_value = "disk")]
+    kind: ArtifactKind,
+    /// The format the bytes must have (raw, qcow2, squashfs, iso, kernel, initramfs).
+    #[arg(long = "disk-format", value_parser = parse_format)]
+    disk_format: Option<ImageFormat>,
+    #[arg(long)]
+    base: Option<String>,
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    #[arg(long, default_value = "")]
+    note: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CloneArgs {
+    /// SRC or SRC:VERSION.
+    source: String,
+    new_name: String,
+    #[arg(long)]
+    project: Option<String>,
+    #[arg(long, value_parser = parse_visibility, default_value = "private")]
+    visibility: Visibility,
+}
+
+fn parse_visibility(text: &str) -> Result<Visibility, String> {
+    Visibility::parse(text).ok_or_else(|| format!("'{text}' is not private, public or shared"))
+}
+
+fn parse_kind(text: &str) -> Result<ArtifactKind, String> {
+    ArtifactKind::parse(text).ok_or_else(|| format!("'{text}' is not root, disk, kernel or initrd"))
+}
+
+fn parse_format(text: &str) -> Result<ImageFormat, String> {
+    ImageFormat::parse(text).ok_or_else(|| format!("'{text}' is not raw, qcow2, squashfs, iso, kernel or initramfs"))
+}
+
+/// NAME or NAME:VERSION.
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once(':') {
+        Some((name, version)) => (name, Some(version)),
+        None => (target, None),
+    }
+}
+
+impl Tabular for Image {
+    fn headers() -> &'static [&'static str] {
+        &["name", "project", "visibility", "latest", "tags", "os", "arch", "description"]
+    }
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            or_dash(&self.project),
+            self.visibility.as_str().to_owned(),
+            or_dash(&self.latest_version),
+            self.tags.iter().filter(|(tag, _)| *tag != "latest").map(|(tag, version)| format!("{tag}={version}")).collect::<Vec<_>>().join(","),
+            or_dash(&self.os),
+            or_dash(&self.arch),
+            self.description.clone(),
+        ]
+    }
+}
+
+fn versions_table(versions: &[ImageVersion]) -> String {
+    let mut rows = Vec::new();
+    for version in versions {
+        for artifact in &version.artifacts {
+            let format = match artifact.compression {
+                Some(compression) => format!("{}+{}", artifact.format, compression.as_str()),
+                None => artifact.format.to_string(),
+            };
+            rows.push(vec![
+                version.version.to_string(),
+                version.tags.join(","),
+                artifact.kind.to_string(),
+                format,
+                human_bytes(artifact.size),
+                artifact.virtual_size.map(human_bytes).unwrap_or_else(|| "-".to_owned()),
+                artifact.sha256[..16].to_owned(),
+            ]);
+        }
+    }
+    table(&["version", "tags", "artifact", "format", "size", "virtual", "sha256"], rows)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn progress_bar(total: u64, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_owned());
+    bar
+}
+
+async fn upload(client: &Client, format: OutputFormat, args: UploadArgs) -> anyhow::Result<()> {
+    let image: Image = client.get(&format!("/v1/images/{}", encode(&args.name))).await?;
+    let mut files: Vec<(ArtifactKind, PathBuf)> = Vec::new();
+    for item in &args.files {
+        match item.split_once('=').and_then(|(kind, file)| Some((ArtifactKind::parse(kind)?, file))) {
+            Some((kind, file)) => files.push((kind, PathBuf::from(file))),
+            None if args.files.len() == 1 => files.push((args.kind, PathBuf::from(item))),
+            None => bail!("'{item}': with several files, name each one's kind: root=FILE, disk=FILE, kernel=FILE, initrd=FILE"),
+        }
+    }
+    if files.len() > 1 && (args.disk_format.is_some() || args.checksum.is_some()) {
+        bail!("--disk-format and --checksum apply to a lone file; upload several files without them");
+    }
+    let mut artifacts = Vec::new();
+    for (kind, path) in &files {
+        let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+        let bar = progress_bar(size, &format!("{kind} {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+        let upload = client
+            .upload_file(path, image.project.as_deref(), args.checksum.as_deref(), &|offset| bar.set_position(offset))
+            .await
+            .with_context(|| format!("uploading {}", path.display()))?;
+        bar.finish();
+        artifacts.push(ArtifactInput { kind: *kind, upload, format: args.disk_format });
+    }
+    let input = VersionInput { version: args.number, base: args.base, artifacts, tags: args.tags, note: args.note };
+    let version: ImageVersion = client.post(&format!("/v1/images/{}/versions", encode(&args.name)), &input).await?;
+    print(format, &version, || versions_table(std::slice::from_ref(&version)))
+}
+
+async fn download(client: &Client, args: DownloadArgs) -> anyhow::Result<()> {
+    let (name, version) = split_target(&args.target);
+    let version: ImageVersion = client.get(&format!("/v1/images/{}/versions/{}", encode(name), encode(version.unwrap_or("latest")))).await?;
+    let artifact = match args.artifact {
+        Some(kind) => version.artifact(kind).with_context(|| format!("{name}:{} has no {kind} artifact", version.version))?,
+        None => match version.artifacts.as_slice() {
+            [only] => only,
+            _ => version
+                .artifact(ArtifactKind::Disk)
+                .or(version.artifact(ArtifactKind::Root))
+                .with_context(|| format!("{name}:{} has several artifacts; choose one with --artifact", version.version))?,
+        },
+    };
+    let path = format!("/v1/images/{}/versions/{}/{}", encode(name), version.version, artifact.kind);
+    let output = args.output.unwrap_or_else(|| PathBuf::from(format!("{name}-{}.{}", version.version, artifact.kind)));
+    if output == Path::new("-") {
+        let mut stdout = tokio::io::stdout();
+        client.download_to(&path, 0, &mut stdout, &|_, _| {}).await?;
+        return Ok(());
+    }
+    // Into NAME.part first: a broken download resumes from there, and the file only appears
+    // under its name when complete and verified.
+    let partial = PathBuf::from(format!("{}.part", output.display()));
+    let from = std::fs::metadata(&partial).map(|metadata| metadata.len()).unwrap_or(0).min(artifact.size);
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .await
+        .with_context(|| format!("opening {}", partial.display()))?;
+    let bar = progress_bar(artifact.size, &format!("{name}:{} {}", version.version, artifact.kind));
+    if from < artifact.size {
+        client.download_to(&path, from, &mut file, &|written, _| bar.set_position(written)).await?;
+    }
+    bar.finish();
+    drop(file);
+    let digest = sha256_of(&partial).await?;
+    if digest != artifact.sha256 {
+        let _ = std::fs::remove_file(&partial);
+        bail!("the download does not match its checksum (expected sha256:{}, got sha256:{digest}); removed it", artifact.sha256);
+    }
+    std::fs::rename(&partial, &output).with_context(|| format!("renaming {} to {}", partial.display(), output.display()))?;
+    eprintln!("{} ({}, sha256:{})", output.display(), human_bytes(artifact.size), artifact.sha256);
+    Ok(())
+}
+
+async fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest as _;
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buffer).with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .expect("hashing does not panic")
+}
+
+pub async fn image(client: &Client, format: OutputFormat, command: ImageCommand) -> anyhow::Result<()> {
+    match command {
+        ImageCommand::List => {
+            let images: Vec<Image> = client.get("/v1/images").await?;
+            print_rows(format, &images)
+        }
+        ImageCommand::Show { name } => {
+            let image: Image = client.get(&format!("/v1/images/{}", encode(&name))).await?;
+            print_one(format, &image)
+        }
+        ImageCommand::Create(args) => {
+            let input = ImageInput {
+                name: args.name,
+                project: args.project,
+                visibility: args.visibility,
+                shared_with: args.shared_with,
+                description: args.description,
+                os: args.os,
+                arch: args.arch,
+            };
+            let image: Image = client.post("/v1/images", &input).await?;
+            print_one(format, &image)
+        }
+        ImageCommand::Delete { target } => {
+            let path = match split_target(&target) {
+                (name, None) => format!("/v1/images/{}", encode(name)),
+                (name, Some(version)) => format!("/v1/images/{}/versions/{}", encode(name), encode(version)),
+            };
+            client.delete::<serde_json::Value>(&path).await?;
+            Ok(())
+        }
+        ImageCommand::Upload(args) => upload(client, format, args).await,
+        ImageCommand::Download(args) => download(client, args).await,
+        ImageCommand::Import(args) => {
+            let input = ImportInput {
+                url: args.url,
+                checksum: args.checksum,
+                checksum_url: args.checksum_url,
+                kind: args.kind,
+                format: args.disk_format,
+                base: args.base,
+                tags: args.tags,
+                note: args.note,
+            };
+            let result: ImportResult = client.post(&format!("/v1/images/{}/import", encode(&args.name)), &input).await?;
+            if result.unchanged {
+                eprintln!("the source has not changed since version {}; nothing was downloaded", result.version.version);
+            }
+            print(format, &result, || versions_table(std::slice::from_ref(&result.version)))
+        }
+        ImageCommand::Clone(args) => {
+            let (source, version) = split_target(&args.source);
+            let input = CloneInput {
+                name: args.new_name,
+                version: version.map(str::to_owned),
+                project: args.project,
+                visibility: args.visibility,
+                description: None,
+            };
+            let image: Image = client.post(&format!("/v1/images/{}/clone", encode(source)), &input).await?;
+            print_one(format, &image)
+        }
+        ImageCommand::Tag { target, tag } => {
+            let (name, Some(version)) = split_target(&target) else { bail!("'{target}': name the version to tag as NAME:VERSION") };
+            let image: Image =
+                client.put(&format!("/v1/images/{}/tags/{}", encode(name), encode(&tag)), &TagInput { version: version.to_owned() }).await?;
+            print_one(format, &image)
+        }
+        ImageCommand::Untag { name, tag } => {
+            let image: Image = client.delete(&format!("/v1/images/{}/tags/{}", encode(&name), encode(&tag))).await?;
+            print_one(format, &image)
+        }
+        ImageCommand::Versions { name } => {
+            let versions: Vec<ImageVersion> = client.get(&format!("/v1/images/{}/versions", encode(&name))).await?;
+            print(format, &versions, || versions_table(&versions))
+        }
+        ImageCommand::Gc => {
+            let report: GcReport = client.post("/v1/images/gc", &serde_json::json!({})).await?;
+            print(format, &report, || {
+                format!("removed {} blobs ({}), {} abandoned uploads\n", report.blobs_removed, human_bytes(report.bytes_freed), report.uploads_removed)
+            })
+        }
+        ImageCommand::Verify => {
+            let report: VerifyReport = client.post("/v1/images/verify", &serde_json::json!({})).await?;
+            print(format, &report, || {
+                let mut text = format!("checked {} blobs ({})\n", report.blobs_checked, human_bytes(report.bytes_checked));
+                for sha in &report.corrupt {
+                    text.push_str(&format!("CORRUPT {sha}\n"));
+                }
+                for sha in &report.missing {
+                    text.push_str(&format!("MISSING {sha}\n"));
+                }
+                text
+            })?;
+            if !report.corrupt.is_empty() || !report.missing.is_empty() {
+                bail!("{} corrupt and {} missing blobs", report.corrupt.len(), report.missing.len());
+            }
+            Ok(())
+        }
+    }
+}
