@@ -231,7 +231,11 @@ pub async fn set_tag(
 
 #[utoipa::path(delete, path = "/v1/images/{image}/tags/{tag}", tag = "images", params(("image" = String, Path), ("tag" = String, Path)),
     responses((status = 200, body = Image), (status = 404, body = ErrorBody)))]
-pub async fn delete_tag(State(state): State<ApiState>, caller: Caller, Path((name, tag)): Path<(String, String)>) -> ApiResult<Json<Image>> {
+pub async fn delete_tag(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((name, tag)): Path<(String, String)>,
+) -> ApiResult<Json<Image>> {
     writable_image(&state, &caller, &name).await?;
     Ok(Json(state.store.delete_tag(&caller.user, &name, &tag).await?))
 }
@@ -342,7 +346,8 @@ pub(crate) async fn serve_artifact(state: &ApiState, artifact: &Artifact, method
             return Ok(response);
         }
     };
-    let id = BlobId::parse(&artifact.sha256).map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?;
+    let id =
+        BlobId::parse(&artifact.sha256).map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?;
     let (status, length) = match &range {
         Some(range) => (StatusCode::PARTIAL_CONTENT, range.end - range.start),
         None => (StatusCode::OK, size),

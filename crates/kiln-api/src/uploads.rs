@@ -35,7 +35,7 @@ enum UploadSlot {
     /// A request is appending to or finishing this upload.
     Busy,
     /// Hash state of the bytes in the spool file, so the next request need not re-read them.
-    Idle(MultiHasher, Vec<u8>),
+    Idle(Box<(MultiHasher, Vec<u8>)>),
 }
 
 /// Uploads this replica is working on. Another replica (or a restart) finds no entry and
@@ -59,7 +59,7 @@ impl UploadTable {
             Some(UploadSlot::Busy) => {
                 return Err(ApiError::new(StatusCode::CONFLICT, "upload_busy", format!("upload {id} is being written by another request")));
             }
-            Some(UploadSlot::Idle(hasher, head)) => Some((hasher, head)),
+            Some(UploadSlot::Idle(state)) => Some(*state),
             None => None,
         };
         Ok(UploadClaim { table: self, id: id.to_owned(), state: cached })
@@ -77,7 +77,7 @@ impl Drop for UploadClaim<'_> {
     fn drop(&mut self) {
         let mut slots = self.table.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match self.state.take() {
-            Some((hasher, head)) => slots.insert(self.id.clone(), UploadSlot::Idle(hasher, head)),
+            Some(state) => slots.insert(self.id.clone(), UploadSlot::Idle(Box::new(state))),
             None => slots.remove(&self.id),
         };
     }
@@ -156,7 +156,10 @@ pub async fn create_upload(
     caller: Caller,
     JsonBody(input): JsonBody<UploadInput>,
 ) -> ApiResult<(StatusCode, Json<Upload>)> {
-    let project = target_project(&caller, input.project.as_deref())?;
+    let project = match &input.image {
+        Some(image) => writable_image(&state, &caller, image).await?.project,
+        None => target_project(&caller, input.project.as_deref())?,
+    };
     let checksum = input.checksum.as_deref().map(|text| parse_checksum("checksum", text)).transpose()?;
     let upload = state.store.create_upload(&caller.user, project.as_deref(), checksum.as_ref().map(|c| c.to_string()).as_deref()).await?;
     let path = SpoolFile::path_in(state.images.blobs.spool_dir(), &upload.id);
@@ -288,7 +291,13 @@ async fn store_spooled(
 
 /// Finishes an upload into an artifact. The upload is used up whatever the outcome: a
 /// refused upload leaves no bytes behind.
-async fn finish_upload(state: &ApiState, caller: &kiln_auth::AuthContext, id: &str, kind: ArtifactKind, declared: Option<ImageFormat>) -> ApiResult<Artifact> {
+async fn finish_upload(
+    state: &ApiState,
+    caller: &kiln_auth::AuthContext,
+    id: &str,
+    kind: ArtifactKind,
+    declared: Option<ImageFormat>,
+) -> ApiResult<Artifact> {
     let upload = writable_upload(state, caller, id).await?;
     let mut claim = state.images.uploads.claim(id)?;
     let path = SpoolFile::path_in(state.images.blobs.spool_dir(), id);
@@ -349,7 +358,9 @@ pub async fn create_version(
 fn fetch_error(error: FetchError) -> ApiError {
     match &error {
         FetchError::UnsupportedUrl { .. } | FetchError::FileNotAllowed { .. } => ApiError::invalid(format!("url: {error}")),
-        FetchError::Download { source: PumpError::Spool(io), .. } => spool_error("importing", std::io::Error::new(io.kind(), io.to_string())),
+        FetchError::Download { source: PumpError::Spool(io), .. } => {
+            spool_error("importing", std::io::Error::new(io.kind(), io.to_string()))
+        }
         _ => ApiError::new(StatusCode::BAD_GATEWAY, "import_failed", error_chain(&error)),
     }
 }
@@ -370,9 +381,11 @@ pub async fn import_image(
     let source = Source::parse(&input.url, &settings.import_allowed_dirs).map_err(fetch_error)?;
     let expected = match (&input.checksum, &input.checksum_url) {
         (Some(text), None) => parse_checksum("checksum", text)?,
-        (None, Some(url)) => kiln_image_store::fetch::fetch_checksum(&settings.http, url, &settings.import_allowed_dirs, &source.file_name())
-            .await
-            .map_err(fetch_error)?,
+        (None, Some(url)) => {
+            kiln_image_store::fetch::fetch_checksum(&settings.http, url, &settings.import_allowed_dirs, &source.file_name())
+                .await
+                .map_err(fetch_error)?
+        }
         (Some(_), Some(_)) => return Err(ApiError::invalid("give either checksum or checksum_url, not both")),
         (None, None) => {
             return Err(ApiError::invalid("an import needs a checksum: checksum (ALGORITHM:HEX) or checksum_url (a checksum file)"));

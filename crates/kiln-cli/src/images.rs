@@ -167,7 +167,12 @@ impl Tabular for Image {
             or_dash(&self.project),
             self.visibility.as_str().to_owned(),
             or_dash(&self.latest_version),
-            self.tags.iter().filter(|(tag, _)| *tag != "latest").map(|(tag, version)| format!("{tag}={version}")).collect::<Vec<_>>().join(","),
+            self.tags
+                .iter()
+                .filter(|(tag, _)| *tag != "latest")
+                .map(|(tag, version)| format!("{tag}={version}"))
+                .collect::<Vec<_>>()
+                .join(","),
             or_dash(&self.os),
             or_dash(&self.arch),
             self.description.clone(),
@@ -220,7 +225,6 @@ fn progress_bar(total: u64, label: &str) -> indicatif::ProgressBar {
 }
 
 async fn upload(client: &Client, format: OutputFormat, args: UploadArgs) -> anyhow::Result<()> {
-    let image: Image = client.get(&format!("/v1/images/{}", encode(&args.name))).await?;
     let mut files: Vec<(ArtifactKind, PathBuf)> = Vec::new();
     for item in &args.files {
         match item.split_once('=').and_then(|(kind, file)| Some((ArtifactKind::parse(kind)?, file))) {
@@ -237,7 +241,7 @@ async fn upload(client: &Client, format: OutputFormat, args: UploadArgs) -> anyh
         let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
         let bar = progress_bar(size, &format!("{kind} {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
         let upload = client
-            .upload_file(path, image.project.as_deref(), args.checksum.as_deref(), &|offset| bar.set_position(offset))
+            .upload_file(path, &args.name, args.checksum.as_deref(), &|offset| bar.set_position(offset))
             .await
             .with_context(|| format!("uploading {}", path.display()))?;
         bar.finish();
@@ -250,7 +254,8 @@ async fn upload(client: &Client, format: OutputFormat, args: UploadArgs) -> anyh
 
 async fn download(client: &Client, args: DownloadArgs) -> anyhow::Result<()> {
     let (name, version) = split_target(&args.target);
-    let version: ImageVersion = client.get(&format!("/v1/images/{}/versions/{}", encode(name), encode(version.unwrap_or("latest")))).await?;
+    let version: ImageVersion =
+        client.get(&format!("/v1/images/{}/versions/{}", encode(name), encode(version.unwrap_or("latest")))).await?;
     let artifact = match args.artifact {
         Some(kind) => version.artifact(kind).with_context(|| format!("{name}:{} has no {kind} artifact", version.version))?,
         None => match version.artifacts.as_slice() {
@@ -379,8 +384,9 @@ pub async fn image(client: &Client, format: OutputFormat, command: ImageCommand)
         }
         ImageCommand::Tag { target, tag } => {
             let (name, Some(version)) = split_target(&target) else { bail!("'{target}': name the version to tag as NAME:VERSION") };
-            let image: Image =
-                client.put(&format!("/v1/images/{}/tags/{}", encode(name), encode(&tag)), &TagInput { version: version.to_owned() }).await?;
+            let image: Image = client
+                .put(&format!("/v1/images/{}/tags/{}", encode(name), encode(&tag)), &TagInput { version: version.to_owned() })
+                .await?;
             print_one(format, &image)
         }
         ImageCommand::Untag { name, tag } => {
@@ -394,7 +400,12 @@ pub async fn image(client: &Client, format: OutputFormat, command: ImageCommand)
         ImageCommand::Gc => {
             let report: GcReport = client.post("/v1/images/gc", &serde_json::json!({})).await?;
             print(format, &report, || {
-                format!("removed {} blobs ({}), {} abandoned uploads\n", report.blobs_removed, human_bytes(report.bytes_freed), report.uploads_removed)
+                format!(
+                    "removed {} blobs ({}), {} abandoned uploads\n",
+                    report.blobs_removed,
+                    human_bytes(report.bytes_freed),
+                    report.uploads_removed
+                )
             })
         }
         ImageCommand::Verify => {

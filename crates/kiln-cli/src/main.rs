@@ -17,8 +17,8 @@ use crate::output::OutputFormat;
 #[command(name = "kiln", version, about = "Bare-metal provisioning and image management", propagate_version = true)]
 pub struct Cli {
     /// The server's URL [default: from the client config file, else http://127.0.0.1:8080]
-    #[arg(long, env = "KILN_URL", global = true)]
-    url: Option<String>,
+    #[arg(long = "server", env = "KILN_URL", global = true)]
+    server: Option<String>,
     /// The API token [default: from the client config file]
     #[arg(long, env = "KILN_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -140,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(flags) => serve::serve(&flags).await,
         Command::Config(ConfigCommand::Check(flags)) => serve::check(&flags, cli.format),
         command => {
-            let client = commands::client(cli.url, cli.token)?;
+            let client = commands::client(cli.server, cli.token)?;
             let format = cli.format;
             match command {
                 Command::Node(command) => commands::node(&client, format, command).await,

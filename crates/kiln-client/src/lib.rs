@@ -124,17 +124,17 @@ impl Client {
         }
     }
 
-    /// Sends a file as a resumable upload and returns the upload's id. `progress` is called
+    /// Sends a file as a resumable upload for `image` and returns the upload's id. `progress` is called
     /// with the number of bytes the server has. A request that breaks off is resumed from
     /// the offset the server reports, a few times, before giving up.
     pub async fn upload_file(
         &self,
         path: &std::path::Path,
-        project: Option<&str>,
+        image: &str,
         checksum: Option<&str>,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<String, ClientError> {
-        let input = kiln_types::image::UploadInput { project: project.map(str::to_owned), checksum: checksum.map(str::to_owned) };
+        let input = kiln_types::image::UploadInput { image: Some(image.to_owned()), project: None, checksum: checksum.map(str::to_owned) };
         let upload: kiln_types::image::Upload = self.post("/v1/uploads", &input).await?;
         let size = tokio::fs::metadata(path)
             .await
@@ -155,7 +155,9 @@ impl Client {
                 }
                 Err(error) => {
                     failures += 1;
-                    if failures > UPLOAD_RETRIES || matches!(&error, ClientError::Api { status, .. } if status.is_client_error() && *status != StatusCode::CONFLICT) {
+                    if failures > UPLOAD_RETRIES
+                        || matches!(&error, ClientError::Api { status, .. } if status.is_client_error() && *status != StatusCode::CONFLICT)
+                    {
                         return Err(error);
                     }
                     let current: kiln_types::image::Upload = self.get(&format!("/v1/uploads/{}", upload.id)).await?;

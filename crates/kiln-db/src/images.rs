@@ -108,11 +108,8 @@ async fn complete_image(connection: &mut AnyConnection, row: &sqlx::any::AnyRow)
         .and_then(|row| row.try_get("latest"))
         .map_err(read())?;
     let mut tags = BTreeMap::new();
-    for row in sqlx::query("SELECT tag, version FROM image_tags WHERE image_id = $1")
-        .bind(&id)
-        .fetch_all(&mut *connection)
-        .await
-        .map_err(read())?
+    for row in
+        sqlx::query("SELECT tag, version FROM image_tags WHERE image_id = $1").bind(&id).fetch_all(&mut *connection).await.map_err(read())?
     {
         tags.insert(row.try_get::<String, _>("tag").map_err(read())?, row.try_get::<i64, _>("version").map_err(read())?);
     }
@@ -198,10 +195,7 @@ fn artifact_from_row(row: &sqlx::any::AnyRow) -> Result<Artifact, StoreError> {
         kind: ArtifactKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
         sha256: row.try_get("sha256").map_err(read())?,
         format: ImageFormat::parse(&format).ok_or_else(|| corrupt("format", &format))?,
-        compression: compression
-            .as_deref()
-            .map(|text| Compression::parse(text).ok_or_else(|| corrupt("compression", text)))
-            .transpose()?,
+        compression: compression.as_deref().map(|text| Compression::parse(text).ok_or_else(|| corrupt("compression", text))).transpose()?,
         size: row.try_get::<i64, _>("size").map_err(read())? as u64,
         virtual_size: row.try_get::<Option<i64>, _>("virtual_size").map_err(read())?.map(|size| size as u64),
         checksums: serde_json::from_str(&checksums).map_err(|_| corrupt("checksums", &checksums))?,
@@ -566,9 +560,10 @@ impl Store {
         let number = resolve_version(connection, &image, reference).await?;
         let version = load_version(connection, &image, number).await?;
         release_artifacts(connection, &image.id, Some(number)).await?;
-        for statement in
-            ["DELETE FROM image_tags WHERE image_id = $1 AND version = $2", "DELETE FROM image_versions WHERE image_id = $1 AND version = $2"]
-        {
+        for statement in [
+            "DELETE FROM image_tags WHERE image_id = $1 AND version = $2",
+            "DELETE FROM image_versions WHERE image_id = $1 AND version = $2",
+        ] {
             sqlx::query(statement)
                 .bind(&image.id)
                 .bind(number)
@@ -783,14 +778,10 @@ impl Store {
     /// Every blob the database knows, with its recorded size.
     pub async fn known_blobs(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut connection = self.read().await?;
-        let rows = sqlx::query("SELECT sha256, size FROM blobs")
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(StoreError::query("listing blobs"))?;
+        let rows =
+            sqlx::query("SELECT sha256, size FROM blobs").fetch_all(&mut *connection).await.map_err(StoreError::query("listing blobs"))?;
         let read = || StoreError::query("listing blobs");
-        rows.iter()
-            .map(|row| Ok((row.try_get("sha256").map_err(read())?, row.try_get::<i64, _>("size").map_err(read())? as u64)))
-            .collect()
+        rows.iter().map(|row| Ok((row.try_get("sha256").map_err(read())?, row.try_get::<i64, _>("size").map_err(read())? as u64))).collect()
     }
 
     pub async fn create_upload(&self, actor: &str, project: Option<&str>, checksum: Option<&str>) -> Result<Upload, StoreError> {

@@ -209,9 +209,7 @@ impl BlobStore {
                         std::fs::remove_file(&spool).map_err(BlobError::io("removing spool file", &spool))?;
                         return Ok(());
                     }
-                    std::fs::File::open(&spool)
-                        .and_then(|file| file.sync_all())
-                        .map_err(BlobError::io("syncing spool file", &spool))?;
+                    std::fs::File::open(&spool).and_then(|file| file.sync_all()).map_err(BlobError::io("syncing spool file", &spool))?;
                     std::fs::rename(&spool, &target).map_err(BlobError::io("moving blob into place at", &target))?;
                     sync_directory(directory)
                 })
@@ -315,11 +313,13 @@ impl BlobStore {
                 .expect("listing does not panic")
             }
             Backend::Object { store, prefix, .. } => {
-                let list_prefix = object_store::path::Path::from(if prefix.is_empty() { "sha256".to_owned() } else { format!("{prefix}/sha256") });
+                let list_prefix =
+                    object_store::path::Path::from(if prefix.is_empty() { "sha256".to_owned() } else { format!("{prefix}/sha256") });
                 let mut listing = store.list(Some(&list_prefix));
                 let mut blobs = Vec::new();
                 while let Some(meta) = listing.next().await {
-                    let meta = meta.map_err(|source| BlobError::ObjectStore { operation: "listing", key: list_prefix.to_string(), source })?;
+                    let meta =
+                        meta.map_err(|source| BlobError::ObjectStore { operation: "listing", key: list_prefix.to_string(), source })?;
                     let Some(name) = meta.location.filename() else { continue };
                     let Ok(id) = BlobId::parse(name) else { continue };
                     blobs.push(StoredBlob { id, size: meta.size, modified: meta.last_modified.timestamp() });

@@ -63,9 +63,10 @@ impl std::str::FromStr for Checksum {
         let (algorithm, hex) = match text.split_once(':') {
             Some((name, hex)) => {
                 let name = name.to_ascii_lowercase().replace('-', "");
-                let algorithm = DigestAlgorithm::ALL.into_iter().find(|algorithm| algorithm.as_str() == name).ok_or_else(|| {
-                    format!("unknown checksum algorithm '{name}' (expected one of md5, sha1, sha256, sha384, sha512)")
-                })?;
+                let algorithm = DigestAlgorithm::ALL
+                    .into_iter()
+                    .find(|algorithm| algorithm.as_str() == name)
+                    .ok_or_else(|| format!("unknown checksum algorithm '{name}' (expected one of md5, sha1, sha256, sha384, sha512)"))?;
                 (algorithm, hex)
             }
             None => {
@@ -152,7 +153,11 @@ impl Digests {
 
 impl MultiHasher {
     pub fn new(also: Option<DigestAlgorithm>) -> Self {
-        MultiHasher { sha256: sha2::Sha256::new(), extra: also.and_then(|algorithm| Some((algorithm, AnyHasher::new(algorithm)?))), bytes: 0 }
+        MultiHasher {
+            sha256: sha2::Sha256::new(),
+            extra: also.and_then(|algorithm| Some((algorithm, AnyHasher::new(algorithm)?))),
+            bytes: 0,
+        }
     }
 
     pub fn update(&mut self, bytes: &[u8]) {

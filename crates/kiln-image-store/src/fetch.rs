@@ -27,7 +27,11 @@ pub struct Validators {
 pub enum Fetch {
     /// The source has not changed since `Validators` were recorded; nothing was read.
     NotModified,
-    Fetched { digests: Digests, head: Vec<u8>, validators: Validators },
+    Fetched {
+        digests: Digests,
+        head: Vec<u8>,
+        validators: Validators,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +72,7 @@ impl Source {
         let Some(path) = url.strip_prefix("file://") else {
             return Err(FetchError::UnsupportedUrl { url: url.to_owned() });
         };
-        let resolved =
-            std::fs::canonicalize(path).map_err(|source| FetchError::File { path: path.to_owned(), source })?;
+        let resolved = std::fs::canonicalize(path).map_err(|source| FetchError::File { path: path.to_owned(), source })?;
         let allowed = allowed_dirs
             .iter()
             .filter_map(|directory| std::fs::canonicalize(directory).ok())
@@ -99,7 +102,12 @@ fn file_validators(metadata: &std::fs::Metadata) -> Validators {
 }
 
 /// Reads `source` into `spool`, unless `previous` validators show it unchanged.
-pub async fn fetch(client: &reqwest::Client, source: &Source, spool: SpoolFile, previous: Option<&Validators>) -> Result<Fetch, FetchError> {
+pub async fn fetch(
+    client: &reqwest::Client,
+    source: &Source,
+    spool: SpoolFile,
+    previous: Option<&Validators>,
+) -> Result<Fetch, FetchError> {
     match source {
         Source::File(path) => {
             let display = path.display().to_string();
@@ -112,7 +120,8 @@ pub async fn fetch(client: &reqwest::Client, source: &Source, spool: SpoolFile, 
             let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
             let (spool, pumped) = pump_into_spool(spool, stream).await;
             pumped.map_err(|source| FetchError::Download { url: format!("file://{display}"), source })?;
-            let (digests, head) = spool.finish().map_err(|source| FetchError::Download { url: display, source: PumpError::Spool(source) })?;
+            let (digests, head) =
+                spool.finish().map_err(|source| FetchError::Download { url: display, source: PumpError::Spool(source) })?;
             Ok(Fetch::Fetched { digests, head, validators })
         }
         Source::Http(url) => {
@@ -125,8 +134,7 @@ pub async fn fetch(client: &reqwest::Client, source: &Source, spool: SpoolFile, 
                     request = request.header(reqwest::header::IF_MODIFIED_SINCE, modified);
                 }
             }
-            let response =
-                request.send().await.map_err(|error| FetchError::Request { url: url.clone(), message: error_chain(&error) })?;
+            let response = request.send().await.map_err(|error| FetchError::Request { url: url.clone(), message: error_chain(&error) })?;
             let status = response.status();
             if status == reqwest::StatusCode::NOT_MODIFIED && previous.is_some() {
                 return Ok(Fetch::NotModified);
@@ -134,7 +142,8 @@ pub async fn fetch(client: &reqwest::Client, source: &Source, spool: SpoolFile, 
             if !status.is_success() {
                 return Err(FetchError::Status { url: url.clone(), status: status.as_u16() });
             }
-            let header = |name| response.headers().get(name).and_then(|value: &reqwest::header::HeaderValue| value.to_str().ok()).map(str::to_owned);
+            let header =
+                |name| response.headers().get(name).and_then(|value: &reqwest::header::HeaderValue| value.to_str().ok()).map(str::to_owned);
             let validators = Validators { etag: header(reqwest::header::ETAG), last_modified: header(reqwest::header::LAST_MODIFIED) };
             let stream = response.bytes_stream().map(|chunk| chunk.map_err(|error| error_chain(&error)));
             let (spool, pumped) = pump_into_spool(spool, stream).await;
@@ -150,11 +159,12 @@ pub async fn fetch(client: &reqwest::Client, source: &Source, spool: SpoolFile, 
 /// as BSD tools do, or one bare digest) and returns the digest listed for `name`.
 pub async fn fetch_checksum(client: &reqwest::Client, url: &str, allowed_dirs: &[PathBuf], name: &str) -> Result<Checksum, FetchError> {
     let text = match Source::parse(url, allowed_dirs)? {
-        Source::File(path) => tokio::fs::read_to_string(&path)
-            .await
-            .map_err(|source| FetchError::File { path: path.display().to_string(), source })?,
+        Source::File(path) => {
+            tokio::fs::read_to_string(&path).await.map_err(|source| FetchError::File { path: path.display().to_string(), source })?
+        }
         Source::Http(url) => {
-            let response = client.get(&url).send().await.map_err(|error| FetchError::Request { url: url.clone(), message: error_chain(&error) })?;
+            let response =
+                client.get(&url).send().await.map_err(|error| FetchError::Request { url: url.clone(), message: error_chain(&error) })?;
             if !response.status().is_success() {
                 return Err(FetchError::Status { url, status: response.status().as_u16() });
             }

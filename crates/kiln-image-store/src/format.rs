@@ -163,11 +163,7 @@ impl Inspection {
             ArtifactKind::Root => &[ImageFormat::Squashfs, ImageFormat::Raw, ImageFormat::Qcow2, ImageFormat::Initramfs],
             ArtifactKind::Disk => &[ImageFormat::Raw, ImageFormat::Qcow2, ImageFormat::Iso],
         };
-        if allowed.contains(&self.format) {
-            Ok(())
-        } else {
-            Err(InspectionError::WrongFormatForKind { kind, detected: self.format })
-        }
+        if allowed.contains(&self.format) { Ok(()) } else { Err(InspectionError::WrongFormatForKind { kind, detected: self.format }) }
     }
 
     /// The format to record: the declaration where inspection could only say "raw".

@@ -152,13 +152,7 @@ mod tests {
     fn a_failed_write_leaves_file_and_hash_in_step() {
         // /dev/full fails every write with ENOSPC, as a full disk does.
         let Ok(file) = std::fs::OpenOptions::new().write(true).read(true).open("/dev/full") else { return };
-        let mut spool = SpoolFile {
-            path: "/dev/full".into(),
-            file,
-            hasher: MultiHasher::new(None),
-            head: Vec::new(),
-            pending: Vec::new(),
-        };
+        let mut spool = SpoolFile { path: "/dev/full".into(), file, hasher: MultiHasher::new(None), head: Vec::new(), pending: Vec::new() };
         spool.append(b"abc").unwrap();
         let error = spool.flush().unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::StorageFull);

@@ -102,7 +102,12 @@ async fn s3_on_garage() {
     suite(store).await;
 }
 
-fn count_matching(counter: Arc<AtomicU64>, fail_from: u64, fail_until: u64, matches: fn(&str, &str) -> bool) -> kiln_test_utils::s3::FaultRule {
+fn count_matching(
+    counter: Arc<AtomicU64>,
+    fail_from: u64,
+    fail_until: u64,
+    matches: fn(&str, &str) -> bool,
+) -> kiln_test_utils::s3::FaultRule {
     Arc::new(move |method: &str, path: &str| {
         if !matches(method, path) {
             return false;
@@ -146,9 +151,11 @@ async fn s3_server_errors_mid_upload() {
     assert_absent(&store, &id, &path).await;
 
     // Completing the multipart upload fails: still nothing visible.
-    let proxy =
-        FaultProxy::start(&s3.endpoint, count_matching(Arc::default(), 0, u64::MAX, |method, path| method == "POST" && path.contains("uploadId=")))
-            .await;
+    let proxy = FaultProxy::start(
+        &s3.endpoint,
+        count_matching(Arc::default(), 0, u64::MAX, |method, path| method == "POST" && path.contains("uploadId=")),
+    )
+    .await;
     let store = BlobStore::s3(&s3_settings(&proxy.endpoint, "complete"), spool_dir.path()).unwrap();
     let (id, path) = spool(&store, "complete", &large);
     assert!(store.commit(&id, &path).await.is_err());

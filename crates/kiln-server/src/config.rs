@@ -237,10 +237,14 @@ fn images_config(layer: ImagesLayer, data_dir: &std::path::Path) -> Result<Image
     let backend = match store.as_str() {
         "local" => BlobBackendConfig::Local { blob_dir: layer.blob_dir.unwrap_or_else(|| data_dir.join("blobs")) },
         "s3" => {
-            let missing = |setting: &'static str| ConfigError::Invalid { setting, message: "is required when images.store is s3".to_owned() };
+            let missing =
+                |setting: &'static str| ConfigError::Invalid { setting, message: "is required when images.store is s3".to_owned() };
             let endpoint = layer.s3_endpoint.ok_or_else(|| missing("images.s3_endpoint"))?;
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return Err(ConfigError::Invalid { setting: "images.s3_endpoint", message: format!("'{endpoint}' is not an http(s):// URL") });
+                return Err(ConfigError::Invalid {
+                    setting: "images.s3_endpoint",
+                    message: format!("'{endpoint}' is not an http(s):// URL"),
+                });
             }
             BlobBackendConfig::S3 {
                 s3: S3Config {

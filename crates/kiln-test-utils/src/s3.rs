@@ -44,7 +44,10 @@ fn garage_binary() -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|address| address.port()).expect("binding port 0")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("binding port 0")
 }
 
 impl TestS3 {
@@ -134,7 +137,12 @@ impl FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding port 0");
         let address: SocketAddr = listener.local_addr().expect("a bound address");
         let failed = Arc::new(AtomicU64::new(0));
-        let state = ProxyState { upstream: upstream.trim_end_matches('/').to_owned(), rule, failed: failed.clone(), client: reqwest::Client::new() };
+        let state = ProxyState {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            rule,
+            failed: failed.clone(),
+            client: reqwest::Client::new(),
+        };
         let app = axum::Router::new().fallback(forward).with_state(Arc::new(state));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -156,7 +164,10 @@ struct ProxyState {
     client: reqwest::Client,
 }
 
-async fn forward(axum::extract::State(state): axum::extract::State<Arc<ProxyState>>, request: axum::extract::Request) -> axum::response::Response {
+async fn forward(
+    axum::extract::State(state): axum::extract::State<Arc<ProxyState>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     let method = request.method().as_str().to_owned();
     let path = request.uri().path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());

@@ -260,6 +260,11 @@ pub struct Upload {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadInput {
+    /// The image the upload is for: it goes into that image's project, and the caller must
+    /// be allowed to change the image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The project, when no image is named.
     #[serde(default)]
     pub project: Option<String>,
     /// `ALGORITHM:HEX` (md5, sha1, sha256, sha384, sha512) the bytes must match.

@@ -107,4 +107,3 @@ pub fn ok(output: Output) -> String {
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
-
