@@ -78,6 +78,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/images/{image}", get(images::get_image).patch(images::update_image).delete(images::delete_image))
         .route("/images/{image}/versions", get(images::list_versions).post(uploads::create_version))
         .route("/images/{image}/versions/{version}", get(images::get_version).delete(images::delete_version))
+        .route("/images/{image}/versions/{version}/get-kernel", post(uploads::get_kernel))
         .route("/images/{image}/versions/{version}/{artifact}", get(images::download_artifact))
         .route("/images/{image}/tags/{tag}", put(images::set_tag).delete(images::delete_tag))
         .route("/images/{image}/clone", post(images::clone_image))

@@ -26,7 +26,7 @@ use utoipa::{Modify, OpenApi};
         crate::images::set_tag, crate::images::delete_tag, crate::images::clone_image, crate::images::download_artifact,
         crate::images::collect_garbage, crate::images::verify_blobs,
         crate::uploads::create_upload, crate::uploads::get_upload, crate::uploads::append_upload, crate::uploads::delete_upload,
-        crate::uploads::create_version, crate::uploads::import_image,
+        crate::uploads::create_version, crate::uploads::import_image, crate::uploads::get_kernel,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -17,7 +17,9 @@ use kiln_db::{NewArtifact, NewVersion};
 use kiln_image_store::fetch::{Fetch, FetchError, Source, Validators};
 use kiln_image_store::pump::{PumpError, pump_into_spool};
 use kiln_image_store::{BlobError, BlobId, Checksum, Digests, MultiHasher, SpoolFile, inspect};
-use kiln_types::image::{Artifact, ArtifactKind, ImageFormat, ImageVersion, ImportInput, ImportResult, Upload, UploadInput, VersionInput};
+use kiln_types::image::{
+    Artifact, ArtifactKind, ImageFormat, ImageVersion, ImportInput, ImportResult, Upload, UploadInput, VersionInput, VersionRef,
+};
 use kiln_types::validate;
 
 use crate::ApiState;
@@ -409,7 +411,7 @@ pub async fn import_image(
         Ok(Fetch::NotModified) => {
             remove_spool(&state, &spool_id).await;
             let previous = previous.expect("not-modified answers only conditional fetches");
-            let version = state.store.get_version(&name, &kiln_types::image::VersionRef::Number(previous.version)).await?;
+            let version = state.store.get_version(&name, &VersionRef::Number(previous.version)).await?;
             tracing::info!(image = %name, url = %input.url, version = previous.version, "import source unchanged; nothing fetched");
             return Ok((StatusCode::OK, Json(ImportResult { unchanged: true, version })));
         }
@@ -432,4 +434,98 @@ pub async fn import_image(
     let version = state.store.create_version(&caller.user, &name, &spec).await?;
     tracing::info!(image = %name, url = %input.url, version = version.version, "imported");
     Ok((StatusCode::CREATED, Json(ImportResult { unchanged: false, version })))
+}
+
+/// Makes a new version from `version` plus the kernel and initramfs found inside its SquashFS
+/// root image (diskimage-builder's `disk-image-get-kernel`), so that it can be booted.
+#[utoipa::path(post, path = "/v1/images/{image}/versions/{version}/get-kernel", tag = "images",
+    params(("image" = String, Path), ("version" = String, Path)),
+    responses((status = 201, body = ImageVersion), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn get_kernel(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<ImageVersion>)> {
+    writable_image(&state, &caller, &name).await?;
+    let reference = version_ref(&version)?;
+    let source = state.store.get_version(&name, &reference).await?;
+    let root =
+        source.artifact(ArtifactKind::Root).ok_or_else(|| ApiError::not_found("artifact", &format!("{name}:{}/root", source.version)))?;
+    let refuse = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_image", message);
+    if root.format != ImageFormat::Squashfs || root.compression.is_some() {
+        return Err(refuse(format!("the root image is {}; the kernel can be taken only from an uncompressed SquashFS", root.format)));
+    }
+    let spool_dir = state.images.blobs.spool_dir().to_owned();
+    let id = BlobId::parse(&root.sha256).map_err(blob_error)?;
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    // The image must be a local file to be read at random: the blob itself when local,
+    // otherwise a copy in the spool.
+    let (image_path, copied) = match state.images.blobs.local_path(&id) {
+        Some(path) => (path, false),
+        None => {
+            let path = SpoolFile::path_in(&spool_dir, &format!("root-{unique}"));
+            let create_path = path.clone();
+            let spool = tokio::task::spawn_blocking(move || SpoolFile::create(&create_path, None))
+                .await
+                .expect("no panic")
+                .map_err(|error| spool_error("copying the root image", error))?;
+            let read = state.images.blobs.read(&id, None).await.map_err(blob_error)?;
+            let (spool, pumped) = pump_into_spool(spool, read.stream).await;
+            drop(spool);
+            if let Err(error) = pumped {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(ApiError::new(StatusCode::BAD_GATEWAY, "blob_store", format!("copying the root image: {error}")));
+            }
+            (path, true)
+        }
+    };
+    let kernel_path = SpoolFile::path_in(&spool_dir, &format!("kernel-{unique}"));
+    let initrd_path = SpoolFile::path_in(&spool_dir, &format!("initrd-{unique}"));
+    let (paths, extract_image) = ((kernel_path.clone(), initrd_path.clone()), image_path.clone());
+    let extracted = tokio::task::spawn_blocking(move || {
+        let mut kernel = SpoolFile::create(&paths.0, None).map_err(kiln_image_store::kernel::GetKernelError::Spool)?;
+        let mut initrd = SpoolFile::create(&paths.1, None).map_err(kiln_image_store::kernel::GetKernelError::Spool)?;
+        let found = kiln_image_store::kernel::extract_boot_files(&extract_image, &mut kernel, &mut initrd)?;
+        let kernel = kernel.finish().map_err(kiln_image_store::kernel::GetKernelError::Spool)?;
+        let initrd = initrd.finish().map_err(kiln_image_store::kernel::GetKernelError::Spool)?;
+        Ok::<_, kiln_image_store::kernel::GetKernelError>((found, kernel, initrd))
+    })
+    .await
+    .expect("no panic");
+    if copied {
+        let _ = tokio::fs::remove_file(&image_path).await;
+    }
+    let cleanup = || async {
+        let _ = tokio::fs::remove_file(&kernel_path).await;
+        let _ = tokio::fs::remove_file(&initrd_path).await;
+    };
+    let (found, (kernel_digests, kernel_head), (initrd_digests, initrd_head)) = match extracted {
+        Ok(extracted) => extracted,
+        Err(kiln_image_store::kernel::GetKernelError::Spool(error)) => {
+            cleanup().await;
+            return Err(spool_error("extracting the kernel", error));
+        }
+        Err(error) => {
+            cleanup().await;
+            return Err(refuse(error.to_string()));
+        }
+    };
+    let mut artifacts = Vec::with_capacity(2);
+    for (path, digests, head, kind) in [
+        (&kernel_path, kernel_digests, kernel_head, ArtifactKind::Kernel),
+        (&initrd_path, initrd_digests, initrd_head, ArtifactKind::Initrd),
+    ] {
+        match store_spooled(&state, path, digests, &head, kind, None, None).await {
+            Ok(artifact) => artifacts.push(NewArtifact { artifact, source_etag: None, source_modified: None }),
+            Err(error) => {
+                cleanup().await;
+                return Err(error);
+            }
+        }
+    }
+    let note = format!("kernel {} and initramfs {} from the root of version {}", found.kernel, found.initramfs, source.version);
+    let spec = NewVersion { version: None, base: Some(VersionRef::Number(source.version)), artifacts, tags: Vec::new(), note };
+    let created = state.store.create_version(&caller.user, &name, &spec).await?;
+    tracing::info!(image = %name, version = created.version, kernel = %found.kernel, initramfs = %found.initramfs, "kernel taken from the root image");
+    Ok((StatusCode::CREATED, Json(created)))
 }

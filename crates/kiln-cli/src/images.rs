@@ -36,6 +36,9 @@ pub enum ImageCommand {
     Tag { target: String, tag: String },
     /// Remove TAG from NAME.
     Untag { name: String, tag: String },
+    /// Make a new version of NAME[:VERSION] with the kernel and initramfs found in its
+    /// SquashFS root image (as diskimage-builder's disk-image-get-kernel).
+    GetKernel { target: String },
     /// List an image's versions.
     Versions { name: String },
     /// Remove blobs no version uses and abandoned uploads (administrators).
@@ -392,6 +395,12 @@ pub async fn image(client: &Client, format: OutputFormat, command: ImageCommand)
         ImageCommand::Untag { name, tag } => {
             let image: Image = client.delete(&format!("/v1/images/{}/tags/{}", encode(&name), encode(&tag))).await?;
             print_one(format, &image)
+        }
+        ImageCommand::GetKernel { target } => {
+            let (name, version) = split_target(&target);
+            let path = format!("/v1/images/{}/versions/{}/get-kernel", encode(name), encode(version.unwrap_or("latest")));
+            let version: ImageVersion = client.post(&path, &serde_json::json!({})).await?;
+            print(format, &version, || versions_table(std::slice::from_ref(&version)))
         }
         ImageCommand::Versions { name } => {
             let versions: Vec<ImageVersion> = client.get(&format!("/v1/images/{}/versions", encode(&name))).await?;

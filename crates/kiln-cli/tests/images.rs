@@ -630,3 +630,42 @@ fn the_server_stores_blobs_in_s3() {
     ok(kiln(&server, &token, &["image", "verify"], None));
     assert!(!server.log().contains(kiln_test_utils::s3::SECRET_ACCESS_KEY), "the S3 secret never reaches the log");
 }
+
+#[test]
+fn get_kernel_takes_the_kernel_and_initramfs_out_of_a_squashfs_root() {
+    let directory = tempfile::tempdir().unwrap();
+    let data_dir = directory.path().join("data");
+    let server = ServerProcess::start(&data_dir, &[]);
+    let token = token(&data_dir);
+    let work = directory.path();
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("boot")).unwrap();
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    let mut kernel = vec![7u8; 3 << 20];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(tree.join("boot/vmlinuz-6.1.0-9-amd64"), &kernel).unwrap();
+    std::fs::write(tree.join("boot/vmlinuz-5.10.0-1-amd64"), b"an older kernel").unwrap();
+    std::fs::write(tree.join("boot/initrd.img-6.1.0-9-amd64"), b"070701".repeat(50_000)).unwrap();
+    std::fs::write(tree.join("boot/initrd.img-5.10.0-1-amd64"), b"070701").unwrap();
+    std::fs::write(tree.join("etc/hostname"), b"node\n").unwrap();
+    std::os::unix::fs::symlink("boot/vmlinuz-6.1.0-9-amd64", tree.join("vmlinuz")).unwrap();
+    let squashfs = work.join("root.squashfs");
+    let status = Command::new("mksquashfs").arg(&tree).arg(&squashfs).args(["-quiet", "-noappend", "-comp", "xz"]).status().unwrap();
+    assert!(status.success());
+    ok(kiln(&server, &token, &["image", "create", "diskless"], None));
+    ok(kiln_in(&server, &token, work, &["image", "upload", "diskless", "root.squashfs", "--kind", "root", "--disk-format", "squashfs"]));
+    let version = json(kiln(&server, &token, &["image", "get-kernel", "diskless", "-F", "json"], None));
+    assert_eq!(version["version"], 2);
+    assert!(version["note"].as_str().unwrap().contains("/boot/vmlinuz-6.1.0-9-amd64"), "{version}");
+    let kinds: Vec<(&str, &str)> =
+        version["artifacts"].as_array().unwrap().iter().map(|a| (a["kind"].as_str().unwrap(), a["format"].as_str().unwrap())).collect();
+    assert_eq!(kinds, [("root", "squashfs"), ("kernel", "kernel"), ("initrd", "initramfs")]);
+    ok(kiln_in(&server, &token, work, &["image", "download", "diskless:2", "--artifact", "kernel", "-o", "vmlinuz.out"]));
+    assert_eq!(std::fs::read(work.join("vmlinuz.out")).unwrap(), kernel);
+    // A version without a SquashFS root cannot give a kernel, and says why.
+    std::fs::write(work.join("plain.img"), vec![0u8; 4096]).unwrap();
+    ok(kiln(&server, &token, &["image", "create", "plain"], None));
+    ok(kiln_in(&server, &token, work, &["image", "upload", "plain", "plain.img", "--kind", "root"]));
+    let message = failed(kiln(&server, &token, &["image", "get-kernel", "plain:1"], None));
+    assert!(message.contains("only from an uncompressed SquashFS"), "{message}");
+}

@@ -77,7 +77,7 @@ fn decompressed_head(head: &[u8], compression: Compression) -> Vec<u8> {
             Ok(decoder) => Box::new(decoder),
             Err(_) => return output,
         },
-        Compression::Xz => Box::new(xz2::read::XzDecoder::new(head)),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(head)),
     };
     while output.len() < INSPECT_BYTES {
         match reader.read(&mut buffer) {

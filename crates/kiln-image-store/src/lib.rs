@@ -11,6 +11,7 @@ mod checksum;
 mod error;
 pub mod fetch;
 pub mod format;
+pub mod kernel;
 pub mod pump;
 mod spool;
 
