@@ -31,7 +31,7 @@ where
     let writer = tokio::task::spawn_blocking(move || {
         let mut spool = spool;
         while let Some(chunk) = receiver.blocking_recv() {
-            if let Err(error) = spool.append(&chunk) {
+            if let Err(error) = spool.append_bytes(chunk) {
                 return (spool, Err(error));
             }
         }
