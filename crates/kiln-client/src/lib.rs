@@ -175,22 +175,45 @@ impl Client {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, ClientError> {
         use futures::StreamExt as _;
-        use tokio::io::AsyncSeekExt as _;
+        // The file is read on a thread of its own in large blocks, so that reading and
+        // sending overlap and no read waits for a thread-pool hop.
         let file_error = |error: std::io::Error| ClientError::Decode { url: path.display().to_string(), message: error.to_string() };
-        let mut file = tokio::fs::File::open(path).await.map_err(file_error)?;
-        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(file_error)?;
+        let mut file = std::fs::File::open(path).map_err(file_error)?;
+        let length = file.metadata().map_err(file_error)?.len().saturating_sub(offset);
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).map_err(file_error)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            loop {
+                let mut buffer = vec![0u8; 1 << 20];
+                let chunk = match file.read(&mut buffer) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buffer.truncate(n);
+                        Ok(bytes::Bytes::from(buffer))
+                    }
+                    Err(error) => Err(error),
+                };
+                let failed = chunk.is_err();
+                if sender.blocking_send(chunk).is_err() || failed {
+                    return;
+                }
+            }
+        });
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(offset));
         let counter = sent.clone();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(move |chunk| {
-            if let Ok(bytes) = &chunk {
-                counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            chunk
-        });
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|chunk| (chunk, receiver)) })
+            .map(move |chunk| {
+                if let Ok(bytes) = &chunk {
+                    counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                chunk
+            });
         let request = self
             .authorized(Method::PATCH, &format!("/v1/uploads/{id}"))
             .header("upload-offset", offset)
             .header(reqwest::header::CONTENT_TYPE, "application/offset+octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, length)
             .body(reqwest::Body::wrap_stream(stream));
         let sending = request.send();
         tokio::pin!(sending);

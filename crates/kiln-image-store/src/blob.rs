@@ -23,7 +23,7 @@ const S3_PART_BYTES: usize = 16 << 20;
 /// Parts in flight at once during a multipart upload.
 const S3_PARTS_IN_FLIGHT: usize = 4;
 /// Read size when streaming a local blob out.
-const LOCAL_READ_BYTES: usize = 256 << 10;
+const LOCAL_READ_BYTES: usize = 1 << 20;
 
 /// A blob's name: the lowercase hex SHA-256 of its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
