@@ -283,7 +283,7 @@ pub async fn download_artifact(
     visible_image(&state, &caller, &name).await?;
     let version = state.store.get_version(&name, &version_ref(&version)?).await?;
     let artifact = artifact_of(&version, &kind)?;
-    serve_artifact(&state, artifact, &method, &headers).await
+    serve_artifact(&state, &version, artifact, &method, &headers).await
 }
 
 pub(crate) fn artifact_of<'v>(version: &'v ImageVersion, kind: &str) -> ApiResult<&'v Artifact> {
@@ -324,8 +324,15 @@ fn requested_range(headers: &HeaderMap, size: u64, etag: &str) -> Result<Option<
     Ok(Some(range))
 }
 
-/// Sends an artifact's blob. The ETag is the blob's SHA-256, which never changes for a name.
-pub(crate) async fn serve_artifact(state: &ApiState, artifact: &Artifact, method: &Method, headers: &HeaderMap) -> ApiResult<Response> {
+/// Sends an artifact's blob. The ETag is the blob's SHA-256, which never changes for a name;
+/// Last-Modified is when the (immutable) version was made.
+pub(crate) async fn serve_artifact(
+    state: &ApiState,
+    version: &ImageVersion,
+    artifact: &Artifact,
+    method: &Method,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     let etag = format!("\"{}\"", artifact.sha256);
     let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
     let matches_etag = headers
@@ -364,6 +371,11 @@ pub(crate) async fn serve_artifact(state: &ApiState, artifact: &Artifact, method
     response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     response_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     response_headers.insert(header::ETAG, etag_value);
+    // Versions are immutable: their artifacts last changed when the version was made.
+    let last_modified = version.created_at.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(value) = HeaderValue::from_str(&last_modified) {
+        response_headers.insert(header::LAST_MODIFIED, value);
+    }
     response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
     if let Some(range) = range {
         let content_range = format!("bytes {}-{}/{size}", range.start, range.end - 1);
@@ -387,7 +399,7 @@ pub async fn boot_artifact(
     };
     let version = state.store.get_version(&image.name, &version_ref(&version)?).await?;
     let artifact = artifact_of(&version, &kind)?;
-    serve_artifact(&state, artifact, &method, &headers).await
+    serve_artifact(&state, &version, artifact, &method, &headers).await
 }
 
 #[utoipa::path(post, path = "/v1/images/gc", tag = "images",

@@ -315,6 +315,7 @@ fn versions_share_blobs_and_clones_copy_nothing() {
     let kernel_sha = first["artifacts"][1]["sha256"].as_str().unwrap();
     let head = curl(&["-sI", &format!("{}/boot/images/compute/stable/kernel", server.url)]);
     assert!(head.contains(&format!("etag: \"{kernel_sha}\"")) && head.contains("accept-ranges: bytes"), "{head}");
+    assert!(head.contains("last-modified: ") && head.contains(" GMT"), "{head}");
     let partial = curl(&[
         "-s",
         "-o",
