@@ -92,9 +92,10 @@ pub(crate) fn blob_error(error: BlobError) -> ApiError {
     match error {
         BlobError::NotFound { id } => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("blob {id} is missing from the store")),
         other => {
-            let chain = error_chain(&other);
-            tracing::error!(error = %chain, "blob store failure");
-            ApiError::new(StatusCode::BAD_GATEWAY, "blob_store", chain)
+            // The cause chain names the object store's endpoint and its replies: the log
+            // gets it, the client the operation that failed.
+            tracing::error!(error = %error_chain(&other), "blob store failure");
+            ApiError::new(StatusCode::BAD_GATEWAY, "blob_store", format!("the blob store failed: {other} (details in the server log)"))
         }
     }
 }

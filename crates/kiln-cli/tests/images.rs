@@ -670,3 +670,41 @@ fn get_kernel_takes_the_kernel_and_initramfs_out_of_a_squashfs_root() {
     let message = failed(kiln(&server, &token, &["image", "get-kernel", "plain:1"], None));
     assert!(message.contains("only from an uncompressed SquashFS"), "{message}");
 }
+
+#[test]
+fn s3_failing_mid_upload_leaves_no_version_and_no_spool() {
+    let Some(s3) = kiln_test_utils::s3::TestS3::start() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Every multipart part upload fails: the bucket answers 500 mid-upload, every retry.
+    let rule: kiln_test_utils::s3::FaultRule =
+        std::sync::Arc::new(|method: &str, path: &str| method == "PUT" && path.contains("partNumber="));
+    let proxy = runtime.block_on(kiln_test_utils::s3::FaultProxy::start(&s3.endpoint, rule));
+    let directory = tempfile::tempdir().unwrap();
+    let data_dir = directory.path().join("data");
+    let environment = [
+        ("KILN_S3_ENDPOINT", proxy.endpoint.as_str()),
+        ("KILN_S3_BUCKET", kiln_test_utils::s3::BUCKET),
+        ("KILN_S3_REGION", kiln_test_utils::s3::REGION),
+        ("KILN_S3_ACCESS_KEY_ID", kiln_test_utils::s3::ACCESS_KEY_ID),
+        ("KILN_S3_SECRET_ACCESS_KEY", kiln_test_utils::s3::SECRET_ACCESS_KEY),
+    ];
+    let server = ServerProcess::start_with_env(&data_dir, &[], &environment);
+    let token = token(&data_dir);
+    let work = directory.path();
+    write_file(&work.join("small.img"), 1 << 20, 1);
+    write_file(&work.join("large.img"), 40 << 20, 2);
+    ok(kiln(&server, &token, &["image", "create", "flaky"], None));
+    // A small image goes up in one PUT, which the proxy lets through.
+    ok(kiln_in(&server, &token, work, &["image", "upload", "flaky", "small.img"]));
+    let message = failed(kiln_in(&server, &token, work, &["image", "upload", "flaky", "large.img"]));
+    assert!(message.contains("the blob store failed") && message.contains("multipart upload"), "{message}");
+    assert!(!message.contains(&proxy.endpoint), "the client is not told the store's address: {message}");
+    assert!(proxy.failed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    let versions = json(kiln(&server, &token, &["image", "versions", "flaky", "-F", "json"], None));
+    assert_eq!(versions.as_array().unwrap().len(), 1, "no version for the failed upload");
+    assert_eq!(file_count(&data_dir.join("spool")), 0, "the spool file is removed");
+    ok(kiln_in(&server, &token, work, &["image", "download", "flaky:1", "-o", "small-back.img"]));
+    assert!(files_equal(&work.join("small.img"), &work.join("small-back.img")), "the earlier version is intact");
+    drop(server);
+    drop(proxy);
+}
