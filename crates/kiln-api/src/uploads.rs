@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use kiln_db::{NewArtifact, NewVersion};
 use kiln_image_store::fetch::{Fetch, FetchError, Source, Validators};
 use kiln_image_store::pump::{PumpError, pump_into_spool};
-use kiln_image_store::{BlobError, BlobId, Checksum, Digests, MultiHasher, SpoolFile, inspect};
+use kiln_image_store::{BlobError, BlobId, Checksum, Digests, MultiHasher, SpoolFile, error_chain, inspect};
 use kiln_types::image::{
     Artifact, ArtifactKind, ImageFormat, ImageVersion, ImportInput, ImportResult, Upload, UploadInput, VersionInput, VersionRef,
 };
@@ -106,17 +106,6 @@ fn spool_error(operation: &str, error: std::io::Error) -> ApiError {
     }
     tracing::error!(%error, operation, "spool failure");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{operation}: {error}"))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn parse_checksum(field: &str, text: &str) -> ApiResult<Checksum> {

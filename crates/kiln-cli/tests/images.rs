@@ -596,18 +596,23 @@ fn tenants_see_their_images_and_public_ones_only() {
     assert_eq!((private.as_str(), public.as_str()), ("404", "200"));
 }
 
+/// The environment that points `kiln serve` at the test's bucket through `endpoint`.
+fn s3_environment(endpoint: &str) -> [(&str, &str); 5] {
+    [
+        ("KILN_S3_ENDPOINT", endpoint),
+        ("KILN_S3_BUCKET", kiln_test_utils::s3::BUCKET),
+        ("KILN_S3_REGION", kiln_test_utils::s3::REGION),
+        ("KILN_S3_ACCESS_KEY_ID", kiln_test_utils::s3::ACCESS_KEY_ID),
+        ("KILN_S3_SECRET_ACCESS_KEY", kiln_test_utils::s3::SECRET_ACCESS_KEY),
+    ]
+}
+
 #[test]
 fn the_server_stores_blobs_in_s3() {
     let Some(s3) = kiln_test_utils::s3::TestS3::start() else { return };
     let directory = tempfile::tempdir().unwrap();
     let data_dir = directory.path().join("data");
-    let environment = [
-        ("KILN_S3_ENDPOINT", s3.endpoint.as_str()),
-        ("KILN_S3_BUCKET", kiln_test_utils::s3::BUCKET),
-        ("KILN_S3_REGION", kiln_test_utils::s3::REGION),
-        ("KILN_S3_ACCESS_KEY_ID", kiln_test_utils::s3::ACCESS_KEY_ID),
-        ("KILN_S3_SECRET_ACCESS_KEY", kiln_test_utils::s3::SECRET_ACCESS_KEY),
-    ];
+    let environment = s3_environment(s3.endpoint.as_str());
     let server = ServerProcess::start_with_env(&data_dir, &[], &environment);
     let token = token(&data_dir);
     let work = directory.path();
@@ -681,13 +686,7 @@ fn s3_failing_mid_upload_leaves_no_version_and_no_spool() {
     let proxy = runtime.block_on(kiln_test_utils::s3::FaultProxy::start(&s3.endpoint, rule));
     let directory = tempfile::tempdir().unwrap();
     let data_dir = directory.path().join("data");
-    let environment = [
-        ("KILN_S3_ENDPOINT", proxy.endpoint.as_str()),
-        ("KILN_S3_BUCKET", kiln_test_utils::s3::BUCKET),
-        ("KILN_S3_REGION", kiln_test_utils::s3::REGION),
-        ("KILN_S3_ACCESS_KEY_ID", kiln_test_utils::s3::ACCESS_KEY_ID),
-        ("KILN_S3_SECRET_ACCESS_KEY", kiln_test_utils::s3::SECRET_ACCESS_KEY),
-    ];
+    let environment = s3_environment(proxy.endpoint.as_str());
     let server = ServerProcess::start_with_env(&data_dir, &[], &environment);
     let token = token(&data_dir);
     let work = directory.path();

@@ -332,6 +332,19 @@ async fn write_tag(connection: &mut AnyConnection, image_id: &str, tag: &str, ve
     Ok(())
 }
 
+/// Records an event about an image (or one of its versions, as `target` `NAME:VERSION`).
+async fn record_image_event(
+    connection: &mut AnyConnection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    project: Option<&str>,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> Result<(), StoreError> {
+    record(connection, NewEvent { actor, action, target_kind: "image", target, project, before, after }).await
+}
+
 fn event_value<T: serde::Serialize>(value: &T) -> Option<serde_json::Value> {
     serde_json::to_value(value).ok()
 }
@@ -347,19 +360,7 @@ impl Store {
         }
         insert_image(connection, &uuid::Uuid::new_v4().to_string(), spec, crate::now_millis()).await?;
         let image = image_row(connection, &spec.name).await?.image;
-        record(
-            connection,
-            NewEvent {
-                actor,
-                action: "image.create",
-                target_kind: "image",
-                target: &spec.name,
-                project: spec.project.as_deref(),
-                before: None,
-                after: event_value(&image),
-            },
-        )
-        .await?;
+        record_image_event(connection, actor, "image.create", &spec.name, spec.project.as_deref(), None, event_value(&image)).await?;
         transaction.commit().await?;
         Ok(image)
     }
@@ -402,19 +403,7 @@ impl Store {
             write_shares(connection, &before.id, projects).await?;
         }
         let after = image_row(connection, name).await?.image;
-        record(
-            connection,
-            NewEvent {
-                actor,
-                action: "image.update",
-                target_kind: "image",
-                target: name,
-                project: old.project.as_deref(),
-                before: event_value(old),
-                after: event_value(&after),
-            },
-        )
-        .await?;
+        record_image_event(connection, actor, "image.update", name, old.project.as_deref(), event_value(old), event_value(&after)).await?;
         transaction.commit().await?;
         Ok(after)
     }
@@ -433,19 +422,8 @@ impl Store {
         ] {
             sqlx::query(statement).bind(&image.id).execute(&mut *connection).await.map_err(StoreError::query("deleting an image"))?;
         }
-        record(
-            connection,
-            NewEvent {
-                actor,
-                action: "image.delete",
-                target_kind: "image",
-                target: name,
-                project: image.image.project.as_deref(),
-                before: event_value(&image.image),
-                after: None,
-            },
-        )
-        .await?;
+        record_image_event(connection, actor, "image.delete", name, image.image.project.as_deref(), event_value(&image.image), None)
+            .await?;
         transaction.commit().await
     }
 
@@ -536,19 +514,8 @@ impl Store {
         let image = image_row(connection, name).await?;
         let version = load_version(connection, &image, number).await?;
         let target = format!("{name}:{number}");
-        record(
-            connection,
-            NewEvent {
-                actor,
-                action: "image.version.create",
-                target_kind: "image",
-                target: &target,
-                project: image.image.project.as_deref(),
-                before: None,
-                after: event_value(&version),
-            },
-        )
-        .await?;
+        record_image_event(connection, actor, "image.version.create", &target, image.image.project.as_deref(), None, event_value(&version))
+            .await?;
         transaction.commit().await?;
         Ok(version)
     }
@@ -572,19 +539,8 @@ impl Store {
                 .map_err(StoreError::query("deleting a version"))?;
         }
         let target = format!("{name}:{number}");
-        record(
-            connection,
-            NewEvent {
-                actor,
-                action: "image.version.delete",
-                target_kind: "image",
-                target: &target,
-                project: image.image.project.as_deref(),
-                before: event_value(&version),
-                after: None,
-            },
-        )
-        .await?;
+        record_image_event(connection, actor, "image.version.delete", &target, image.image.project.as_deref(), event_value(&version), None)
+            .await?;
         transaction.commit().await
     }
 
@@ -596,17 +552,14 @@ impl Store {
         let number = resolve_version(connection, &image, reference).await?;
         write_tag(connection, &image.id, tag, number).await?;
         let after = image_row(connection, name).await?.image;
-        record(
+        record_image_event(
             connection,
-            NewEvent {
-                actor,
-                action: "image.tag",
-                target_kind: "image",
-                target: name,
-                project: image.image.project.as_deref(),
-                before: event_value(&image.image.tags),
-                after: event_value(&after.tags),
-            },
+            actor,
+            "image.tag",
+            name,
+            image.image.project.as_deref(),
+            event_value(&image.image.tags),
+            event_value(&after.tags),
         )
         .await?;
         transaction.commit().await?;
@@ -628,17 +581,14 @@ impl Store {
             return Err(StoreError::not_found("tag", format!("{name}:{tag}")));
         }
         let after = image_row(connection, name).await?.image;
-        record(
+        record_image_event(
             connection,
-            NewEvent {
-                actor,
-                action: "image.untag",
-                target_kind: "image",
-                target: name,
-                project: image.image.project.as_deref(),
-                before: event_value(&image.image.tags),
-                after: event_value(&after.tags),
-            },
+            actor,
+            "image.untag",
+            name,
+            image.image.project.as_deref(),
+            event_value(&image.image.tags),
+            event_value(&after.tags),
         )
         .await?;
         transaction.commit().await?;
@@ -674,19 +624,7 @@ impl Store {
             insert_artifact(connection, &id, 1, artifact, None, None).await?;
         }
         let image = image_row(connection, &spec.name).await?.image;
-        record(
-            connection,
-            NewEvent {
-                actor,
-                action: "image.clone",
-                target_kind: "image",
-                target: &spec.name,
-                project: spec.project.as_deref(),
-                before: None,
-                after: event_value(&image),
-            },
-        )
-        .await?;
+        record_image_event(connection, actor, "image.clone", &spec.name, spec.project.as_deref(), None, event_value(&image)).await?;
         transaction.commit().await?;
         Ok(image)
     }

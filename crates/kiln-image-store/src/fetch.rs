@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use futures::StreamExt as _;
 
 use crate::pump::{PumpError, pump_into_spool};
-use crate::{Checksum, Digests, SpoolFile};
+use crate::{Checksum, Digests, SpoolFile, error_chain};
 
 /// Where an import reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,17 +200,6 @@ pub fn checksum_for(text: &str, name: &str) -> Result<Checksum, Option<String>> 
         [single] if !single.contains(char::is_whitespace) => single.parse().map_err(Some),
         _ => Err(None),
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

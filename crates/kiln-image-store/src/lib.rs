@@ -17,6 +17,6 @@ mod spool;
 
 pub use blob::{BlobId, BlobRead, BlobStore, S3Settings, StoredBlob};
 pub use checksum::{Checksum, DigestAlgorithm, Digests, MultiHasher};
-pub use error::BlobError;
+pub use error::{BlobError, error_chain};
 pub use format::{Inspection, InspectionError, inspect};
 pub use spool::{SPOOL_HEAD_BYTES, SpoolFile};
