@@ -76,6 +76,8 @@ conformance!(
     bootstrap_creates_one_admin,
     groups_respect_project_ownership,
     events_record_changes,
+    image_versions_tags_clones_and_blob_counts,
+    image_uploads_and_gc_bookkeeping,
 );
 
 fn spec(yaml: &str) -> NodeSpec {
@@ -378,4 +380,108 @@ async fn inventory_follows_changes_made_by_another_replica(store: Store, other: 
     }
     let unchanged = inventory.refresh().await.unwrap();
     assert!(Arc::ptr_eq(&unchanged, &view), "no new events, no new view");
+}
+
+fn artifact(kind: kiln_types::image::ArtifactKind, sha_digit: char, size: u64) -> kiln_db::NewArtifact {
+    kiln_db::NewArtifact {
+        artifact: kiln_types::image::Artifact {
+            kind,
+            sha256: sha_digit.to_string().repeat(64),
+            format: kiln_types::image::ImageFormat::Raw,
+            compression: None,
+            size,
+            virtual_size: Some(size),
+            checksums: [("sha256".to_owned(), sha_digit.to_string().repeat(64))].into(),
+            source_url: Some("http://example.invalid/disk.img".to_owned()),
+        },
+        source_etag: Some("\"v1\"".to_owned()),
+        source_modified: None,
+    }
+}
+
+fn new_image(name: &str) -> kiln_db::NewImage {
+    kiln_db::NewImage {
+        name: name.to_owned(),
+        project: None,
+        visibility: kiln_types::image::Visibility::Public,
+        shared_with: vec![],
+        description: String::new(),
+        os: Some("debian".to_owned()),
+        arch: None,
+    }
+}
+
+fn version(number: Option<i64>, base: Option<i64>, artifacts: Vec<kiln_db::NewArtifact>, tags: &[&str]) -> kiln_db::NewVersion {
+    kiln_db::NewVersion {
+        version: number,
+        base: base.map(kiln_types::image::VersionRef::Number),
+        artifacts,
+        tags: tags.iter().map(|tag| tag.to_string()).collect(),
+        note: String::new(),
+    }
+}
+
+async fn image_versions_tags_clones_and_blob_counts(store: Store) {
+    use kiln_types::image::{ArtifactKind, VersionRef};
+    store.create_image("admin", &new_image("debian")).await.unwrap();
+    for (digit, size) in [('a', 100), ('b', 10), ('c', 200)] {
+        store.touch_blob(&digit.to_string().repeat(64), size).await.unwrap();
+    }
+    let first = store
+        .create_version(
+            "admin",
+            "debian",
+            &version(None, None, vec![artifact(ArtifactKind::Root, 'a', 100), artifact(ArtifactKind::Kernel, 'b', 10)], &["stable"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.version, first.tags.clone()), (1, vec!["latest".to_owned(), "stable".to_owned()]));
+    let second =
+        store.create_version("admin", "debian", &version(None, Some(1), vec![artifact(ArtifactKind::Root, 'c', 200)], &[])).await.unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(second.artifact(ArtifactKind::Kernel), first.artifact(ArtifactKind::Kernel), "carried over from the base");
+    // A taken number is refused; an unknown blob is refused; neither leaves a version.
+    let taken = store.create_version("admin", "debian", &version(Some(2), None, vec![artifact(ArtifactKind::Root, 'a', 100)], &[])).await;
+    assert!(matches!(taken, Err(StoreError::Conflict { .. })), "{taken:?}");
+    let unknown = store.create_version("admin", "debian", &version(None, None, vec![artifact(ArtifactKind::Root, 'f', 1)], &[])).await;
+    assert!(matches!(unknown, Err(StoreError::Invalid { .. })), "{unknown:?}");
+    assert_eq!(store.list_versions("debian").await.unwrap().len(), 2);
+    assert_eq!(store.get_version("debian", &VersionRef::Tag("latest".into())).await.unwrap().version, 2);
+    assert_eq!(store.get_version("debian", &VersionRef::Tag("stable".into())).await.unwrap().version, 1);
+    store.set_tag("admin", "debian", "stable", &VersionRef::Number(2)).await.unwrap();
+    store.delete_tag("admin", "debian", "stable").await.unwrap();
+    let import = store.last_import("debian", ArtifactKind::Root).await.unwrap().unwrap();
+    assert_eq!((import.version, import.etag.as_deref()), (2, Some("\"v1\"")));
+
+    let clone = store.clone_image("admin", "debian", &VersionRef::Number(1), &new_image("copy")).await.unwrap();
+    assert_eq!(clone.latest_version, Some(1));
+    // Every blob is in use: 'a' by debian:1 and copy:1, 'b' by three versions, 'c' by one.
+    assert!(store.unused_blobs(i64::MAX).await.unwrap().is_empty());
+    store.delete_image("admin", "debian").await.unwrap();
+    assert!(store.unused_blobs(i64::MAX).await.unwrap().iter().map(|blob| blob.sha256.chars().next().unwrap()).eq(['c']));
+    store.delete_version("admin", "copy", &VersionRef::Number(1)).await.unwrap();
+    let unused: Vec<char> = store.unused_blobs(i64::MAX).await.unwrap().iter().map(|blob| blob.sha256.chars().next().unwrap()).collect();
+    assert_eq!(unused, ['a', 'b', 'c']);
+    // Recently touched blobs are spared; forgetting is conditional.
+    assert!(store.unused_blobs(0).await.unwrap().is_empty());
+    assert!(!store.forget_blob(&"a".repeat(64), 0).await.unwrap());
+    assert!(store.forget_blob(&"a".repeat(64), i64::MAX).await.unwrap());
+    assert_eq!(store.known_blobs().await.unwrap().len(), 2);
+}
+
+async fn image_uploads_and_gc_bookkeeping(store: Store) {
+    store.create_project("admin", "lab", "").await.unwrap();
+    let upload = store.create_upload("admin", Some("lab"), Some("md5:00112233445566778899aabbccddeeff")).await.unwrap();
+    let read = store.get_upload(&upload.id).await.unwrap();
+    assert_eq!((read.project.as_deref(), read.checksum), (Some("lab"), upload.checksum.clone()));
+    assert!(store.stale_uploads(0).await.unwrap().is_empty());
+    assert_eq!(store.stale_uploads(i64::MAX).await.unwrap().len(), 1);
+    assert!(store.delete_upload(&upload.id).await.unwrap());
+    assert!(!store.delete_upload(&upload.id).await.unwrap(), "only one finisher wins");
+    assert!(matches!(store.create_upload("admin", Some("nope"), None).await, Err(StoreError::NotFound { .. })));
+    // A project with images cannot be deleted.
+    let mut image = new_image("lab-image");
+    image.project = Some("lab".to_owned());
+    store.create_image("admin", &image).await.unwrap();
+    assert!(matches!(store.delete_project("admin", "lab").await, Err(StoreError::Conflict { .. })));
 }
