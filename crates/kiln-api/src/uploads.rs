@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use kiln_db::{NewArtifact, NewVersion};
 use kiln_image_store::fetch::{Fetch, FetchError, Source, Validators};
 use kiln_image_store::pump::{PumpError, pump_into_spool};
@@ -29,6 +30,9 @@ use crate::extract::JsonBody;
 use crate::images::{target_project, version_ref, writable_image};
 
 type ErrorBody = kiln_types::api::ErrorBody;
+
+/// How long a failed upload's remaining body is read and thrown away.
+const DRAIN_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The header that carries an upload's offset, as in the tus protocol.
 pub const UPLOAD_OFFSET: &str = "upload-offset";
@@ -226,7 +230,13 @@ pub async fn append_upload(
         .await
         .expect("no panic")
         .map_err(|error| spool_error("opening the upload", error))?;
-    let (spool, pumped) = pump_into_spool(spool, body.into_data_stream()).await;
+    let mut body = body.into_data_stream();
+    let (spool, pumped) = pump_into_spool(spool, &mut body).await;
+    if matches!(pumped, Err(PumpError::Spool(_))) {
+        // Read the rest of the body (for a while) so that the client, still sending, gets to
+        // read this answer instead of a connection reset.
+        let _ = tokio::time::timeout(DRAIN_AFTER_FAILURE, async { while body.next().await.is_some() {} }).await;
+    }
     upload.offset = spool.offset();
     match spool.suspend() {
         Ok((hasher, head)) => claim.release_with(hasher, head),
@@ -460,7 +470,8 @@ pub async fn get_kernel(
                 .expect("no panic")
                 .map_err(|error| spool_error("copying the root image", error))?;
             let read = state.images.blobs.read(&id, None).await.map_err(blob_error)?;
-            let (spool, pumped) = pump_into_spool(spool, read.stream).await;
+            let mut stream = read.stream;
+            let (spool, pumped) = pump_into_spool(spool, &mut stream).await;
             drop(spool);
             if let Err(error) = pumped {
                 let _ = tokio::fs::remove_file(&path).await;

@@ -155,9 +155,14 @@ impl Client {
                 }
                 Err(error) => {
                     failures += 1;
-                    if failures > UPLOAD_RETRIES
-                        || matches!(&error, ClientError::Api { status, .. } if status.is_client_error() && *status != StatusCode::CONFLICT)
-                    {
+                    // A broken connection, or an offset that moved under us, is worth resuming;
+                    // an answer such as a full disk or a refusal is not.
+                    let resumable = match &error {
+                        ClientError::Unreachable { .. } => true,
+                        ClientError::Api { status, .. } => *status == StatusCode::CONFLICT,
+                        ClientError::Decode { .. } => false,
+                    };
+                    if failures > UPLOAD_RETRIES || !resumable {
                         return Err(error);
                     }
                     let current: kiln_types::image::Upload = self.get(&format!("/v1/uploads/{}", upload.id)).await?;

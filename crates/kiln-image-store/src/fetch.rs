@@ -117,8 +117,8 @@ pub async fn fetch(
             if previous.is_some_and(|previous| previous.last_modified.is_some() && previous.last_modified == validators.last_modified) {
                 return Ok(Fetch::NotModified);
             }
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
-            let (spool, pumped) = pump_into_spool(spool, stream).await;
+            let mut stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+            let (spool, pumped) = pump_into_spool(spool, &mut stream).await;
             pumped.map_err(|source| FetchError::Download { url: format!("file://{display}"), source })?;
             let (digests, head) =
                 spool.finish().map_err(|source| FetchError::Download { url: display, source: PumpError::Spool(source) })?;
@@ -145,8 +145,8 @@ pub async fn fetch(
             let header =
                 |name| response.headers().get(name).and_then(|value: &reqwest::header::HeaderValue| value.to_str().ok()).map(str::to_owned);
             let validators = Validators { etag: header(reqwest::header::ETAG), last_modified: header(reqwest::header::LAST_MODIFIED) };
-            let stream = response.bytes_stream().map(|chunk| chunk.map_err(|error| error_chain(&error)));
-            let (spool, pumped) = pump_into_spool(spool, stream).await;
+            let mut stream = response.bytes_stream().map(|chunk| chunk.map_err(|error| error_chain(&error)));
+            let (spool, pumped) = pump_into_spool(spool, &mut stream).await;
             pumped.map_err(|source| FetchError::Download { url: url.clone(), source })?;
             let (digests, head) =
                 spool.finish().map_err(|source| FetchError::Download { url: url.clone(), source: PumpError::Spool(source) })?;

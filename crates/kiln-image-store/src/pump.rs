@@ -22,7 +22,8 @@ pub enum PumpError {
 }
 
 /// Appends everything `stream` yields to `spool` and returns the spool file with the outcome.
-pub async fn pump_into_spool<S, E>(spool: SpoolFile, mut stream: S) -> (SpoolFile, Result<(), PumpError>)
+/// When writing fails, the rest of `stream` is left unread for the caller to deal with.
+pub async fn pump_into_spool<S, E>(spool: SpoolFile, stream: &mut S) -> (SpoolFile, Result<(), PumpError>)
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
