@@ -93,15 +93,20 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/openapi.json", get(openapi::serve_document));
-    let boot_files = tower_http::services::ServeDir::new(&state.boot.files_dir);
-    let ipxe_files = tower_http::services::ServeDir::new(&state.boot.ipxe_dir);
+    let served_directory = |directory: &std::path::Path| {
+        Router::new()
+            .fallback_service(tower_http::services::ServeDir::new(directory))
+            .layer(axum::middleware::from_fn_with_state(Arc::new(directory.to_owned()), boot::file_etags))
+    };
+    let boot_files = served_directory(&state.boot.files_dir);
+    let ipxe_files = served_directory(&state.boot.ipxe_dir);
     Router::new()
         .nest("/v1", v1)
         .route("/boot/v1/bootscript", get(boot::bootscript))
         .route("/boot/v1/phone-home", get(boot::phone_home).post(boot::phone_home))
         .route("/boot/images/{image}/{version}/{artifact}", get(images::boot_artifact))
-        .nest_service("/boot/files", boot_files)
-        .nest_service("/boot/ipxe", ipxe_files)
+        .nest("/boot/files", boot_files)
+        .nest("/boot/ipxe", ipxe_files)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics_endpoint))
         .fallback(not_found)

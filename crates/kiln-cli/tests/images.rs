@@ -707,3 +707,29 @@ fn s3_failing_mid_upload_leaves_no_version_and_no_spool() {
     drop(server);
     drop(proxy);
 }
+
+#[test]
+fn boot_files_carry_etags_and_stay_inside_their_directory() {
+    let directory = tempfile::tempdir().unwrap();
+    let data_dir = directory.path().join("data");
+    let files = directory.path().join("boot-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("vmlinuz"), vec![5u8; 10_000]).unwrap();
+    std::fs::write(directory.path().join("secret"), b"outside").unwrap();
+    std::os::unix::fs::symlink(directory.path().join("secret"), files.join("escape")).unwrap();
+    let config = directory.path().join("kiln.toml");
+    std::fs::write(&config, format!("[boot]\nfiles_dir = \"{}\"\n", files.display())).unwrap();
+    let server = ServerProcess::start(&data_dir, &["--config", config.to_str().unwrap()]);
+    let url = format!("{}/boot/files/vmlinuz", server.url);
+    let head = curl(&["-sI", &url]);
+    let etag = head.lines().find_map(|line| line.strip_prefix("etag: ")).expect("an ETag").trim().to_owned();
+    assert!(head.contains("last-modified: ") && head.contains("content-length: 10000"), "{head}");
+    let revalidated = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("If-None-Match: {etag}"), &url]);
+    assert_eq!(revalidated, "304");
+    let partial = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "-r", "100-199", &url]);
+    assert_eq!(partial, "206 100");
+    for escape in ["/boot/files/escape", "/boot/files/../secret", "/boot/files/%2e%2e/secret"] {
+        let answer = curl(&["-s", "--path-as-is", "-w", " %{http_code}", &format!("{}{escape}", server.url)]);
+        assert!(!answer.contains("outside"), "{escape} read a file outside the directory: {answer}");
+    }
+}
