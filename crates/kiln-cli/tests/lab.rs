@@ -200,3 +200,31 @@ fn pool_leases_survive_a_restart() {
     assert_eq!(dora("52:54:00:aa:00:02"), second, "the second client keeps its address");
     assert_eq!(dora("52:54:00:aa:00:01"), first, "the first client keeps its address");
 }
+
+#[test]
+fn an_arm64_uefi_machine_is_offered_and_loads_the_arm64_boot_file() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = lab_or_skip() else { return };
+    if !Path::new("/usr/share/AAVMF/AAVMF_CODE.fd").exists() || !Path::new("/usr/bin/qemu-system-aarch64").exists() {
+        assert!(std::env::var("KILN_REQUIRE_LAB").as_deref() != Ok("1"), "KILN_REQUIRE_LAB=1 but arm64 QEMU or AAVMF is missing");
+        eprintln!("skipping: qemu-system-arm and qemu-efi-aarch64 are not installed");
+        return;
+    }
+    // Debian ships no arm64 iPXE build; a distinct file of the TFTP root stands in for it, so
+    // that the test shows the arm64 client (architecture 11) was given and fetched its own
+    // file, not the x86-64 one. AAVMF then fails to run it, as expected.
+    prepare_with(&mut lab, "arm64_boot_file = \"ipxe.pxe\"");
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    let fetched = |log: &str| log.lines().any(|line| line.contains("TFTP transfer complete") && line.contains("ipxe.pxe"));
+    let console_path = lab.boot_machine("52:54:00:be:ef:64", Firmware::UefiArm64).unwrap().console.clone();
+    let mut console = String::new();
+    while !fetched(&lab.server_log()) {
+        if std::time::Instant::now() > deadline {
+            panic!("the arm64 machine did not fetch its boot file:\n{}\nconsole:\n{console}", lab.server_log());
+        }
+        console = std::fs::read_to_string(&console_path).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = lab.server_log();
+    assert!(!log.lines().any(|line| line.contains("TFTP transfer complete") && line.contains("snponly.efi")), "{log}");
+}

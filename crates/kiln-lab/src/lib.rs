@@ -117,6 +117,9 @@ pub enum Firmware {
     Bios,
     /// OVMF, whose own PXE client loads iPXE by TFTP.
     Uefi,
+    /// An arm64 `virt` machine with AAVMF (EDK2 for arm64), whose PXE client asks as
+    /// architecture 11 and loads the arm64 boot file by TFTP.
+    UefiArm64,
 }
 
 impl Lab {
@@ -269,7 +272,7 @@ impl Lab {
         self.ip(&["link", "set", &tap, "master", BRIDGE])?;
         self.ip(&["link", "set", &tap, "up"])?;
         let console = self.directory.path().join(format!("console-{}.log", mac.replace(':', "")));
-        let mut command = self.command("qemu-system-x86_64");
+        let mut command = self.command(if firmware == Firmware::UefiArm64 { "qemu-system-aarch64" } else { "qemu-system-x86_64" });
         command.args(["-accel", "tcg", "-m", "512", "-display", "none", "-no-reboot", "-monitor", "none"]);
         command.arg("-serial").arg(format!("file:{}", console.display()));
         command.args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
@@ -283,6 +286,15 @@ impl Lab {
                 // No option ROM: OVMF's own PXE client, which loads iPXE by TFTP.
                 command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
                 command.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
+                command.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            }
+            Firmware::UefiArm64 => {
+                let vars = self.directory.path().join(format!("vars-{}.fd", mac.replace(':', "")));
+                std::fs::copy("/usr/share/AAVMF/AAVMF_VARS.fd", &vars)
+                    .context("copying AAVMF variables (apt-get install qemu-efi-aarch64 qemu-system-arm)")?;
+                command.args(["-machine", "virt", "-cpu", "cortex-a57"]);
+                command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
+                command.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"]);
                 command.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
             }
         }
