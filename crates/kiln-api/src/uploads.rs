@@ -104,7 +104,7 @@ pub(crate) fn blob_error(error: BlobError) -> ApiError {
     }
 }
 
-fn spool_error(operation: &str, error: std::io::Error) -> ApiError {
+fn spool_error(operation: &str, error: &std::io::Error) -> ApiError {
     if matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
         return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", format!("{operation}: no space left on the server"));
     }
@@ -130,7 +130,7 @@ async fn spool_length(state: &ApiState, id: &str) -> ApiResult<u64> {
     match tokio::fs::metadata(&path).await {
         Ok(metadata) => Ok(metadata.len()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(error) => Err(spool_error("reading the upload", error)),
+        Err(error) => Err(spool_error("reading the upload", &error)),
     }
 }
 
@@ -163,7 +163,7 @@ pub async fn create_upload(
     let created = tokio::task::spawn_blocking(move || SpoolFile::create(&path, algorithm).map(drop)).await.expect("no panic");
     if let Err(error) = created {
         state.store.delete_upload(&upload.id).await?;
-        return Err(spool_error("creating the upload", error));
+        return Err(spool_error("creating the upload", &error));
     }
     Ok((StatusCode::CREATED, Json(upload)))
 }
@@ -229,7 +229,7 @@ pub async fn append_upload(
     let spool = tokio::task::spawn_blocking(move || SpoolFile::resume(&path, algorithm, cached))
         .await
         .expect("no panic")
-        .map_err(|error| spool_error("opening the upload", error))?;
+        .map_err(|error| spool_error("opening the upload", &error))?;
     let mut body = body.into_data_stream();
     let (spool, pumped) = pump_into_spool(spool, &mut body).await;
     if matches!(pumped, Err(PumpError::Spool(_))) {
@@ -242,12 +242,12 @@ pub async fn append_upload(
         Ok((hasher, head)) => claim.release_with(hasher, head),
         Err(error) => {
             drop(claim);
-            return Err(spool_error("writing the upload", error));
+            return Err(spool_error("writing the upload", &error));
         }
     }
     match pumped {
         Ok(()) => {}
-        Err(PumpError::Spool(error)) => return Err(spool_error("writing the upload", error)),
+        Err(PumpError::Spool(error)) => return Err(spool_error("writing the upload", &error)),
         Err(PumpError::Source(message)) => {
             tracing::info!(upload = %id, offset = upload.offset, %message, "upload body broke off; it can resume");
             return Err(ApiError::invalid(format!("the request body broke off at offset {}: {message}", upload.offset)));
@@ -310,7 +310,7 @@ async fn finish_upload(
     let finished = tokio::task::spawn_blocking(move || SpoolFile::resume(&resume_path, algorithm, cached).and_then(SpoolFile::finish))
         .await
         .expect("no panic")
-        .map_err(|error| spool_error("reading the upload", error))?;
+        .map_err(|error| spool_error("reading the upload", &error))?;
     if !state.store.delete_upload(id).await? {
         return Err(ApiError::not_found("upload", id));
     }
@@ -360,9 +360,7 @@ pub async fn create_version(
 fn fetch_error(error: FetchError) -> ApiError {
     match &error {
         FetchError::UnsupportedUrl { .. } | FetchError::FileNotAllowed { .. } => ApiError::invalid(format!("url: {error}")),
-        FetchError::Download { source: PumpError::Spool(io), .. } => {
-            spool_error("importing", std::io::Error::new(io.kind(), io.to_string()))
-        }
+        FetchError::Download { source: PumpError::Spool(io), .. } => spool_error("importing", io),
         _ => ApiError::new(StatusCode::BAD_GATEWAY, "import_failed", error_chain(&error)),
     }
 }
@@ -405,7 +403,7 @@ pub async fn import_image(
     let spool = tokio::task::spawn_blocking(move || SpoolFile::create(&create_path, Some(algorithm)))
         .await
         .expect("no panic")
-        .map_err(|error| spool_error("starting the import", error))?;
+        .map_err(|error| spool_error("starting the import", &error))?;
     let fetched = kiln_image_store::fetch::fetch(&settings.http, &source, spool, validators.as_ref()).await;
     let result = match fetched {
         Ok(Fetch::NotModified) => {
@@ -468,7 +466,7 @@ pub async fn get_kernel(
             let spool = tokio::task::spawn_blocking(move || SpoolFile::create(&create_path, None))
                 .await
                 .expect("no panic")
-                .map_err(|error| spool_error("copying the root image", error))?;
+                .map_err(|error| spool_error("copying the root image", &error))?;
             let read = state.images.blobs.read(&id, None).await.map_err(blob_error)?;
             let mut stream = read.stream;
             let (spool, pumped) = pump_into_spool(spool, &mut stream).await;
@@ -504,7 +502,7 @@ pub async fn get_kernel(
         Ok(extracted) => extracted,
         Err(kiln_image_store::kernel::GetKernelError::Spool(error)) => {
             cleanup().await;
-            return Err(spool_error("extracting the kernel", error));
+            return Err(spool_error("extracting the kernel", &error));
         }
         Err(error) => {
             cleanup().await;

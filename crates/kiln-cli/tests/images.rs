@@ -10,6 +10,15 @@ use std::time::{Duration, Instant};
 
 use support::{KILN, ServerProcess, kiln, ok, token};
 
+/// `kiln serve` with its data in `directory/data`; returns the data directory, the server
+/// and the administrator's token.
+fn start_in(directory: &Path, args: &[&str], environment: &[(&str, &str)]) -> (PathBuf, ServerProcess, String) {
+    let data_dir = directory.join("data");
+    let server = ServerProcess::start_with_env(&data_dir, args, environment);
+    let token = token(&data_dir);
+    (data_dir, server, token)
+}
+
 /// `kiln` with a file's contents or paths relative to `directory`.
 fn kiln_in(server: &ServerProcess, token: &str, directory: &Path, args: &[&str]) -> Output {
     Command::new(KILN)
@@ -95,9 +104,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_2_gib_image_goes_up_and_comes_back_with_flat_server_memory() {
     let directory = tempfile::tempdir().unwrap();
-    let data_dir = directory.path().join("data");
-    let server = ServerProcess::start(&data_dir, &[]);
-    let token = token(&data_dir);
+    let (data_dir, server, token) = start_in(directory.path(), &[], &[]);
     let source = directory.path().join("big.img");
     write_file(&source, 2 << 30, 7);
     ok(kiln(&server, &token, &["image", "create", "big"], None));
@@ -161,15 +168,13 @@ fn sha256_of(path: &Path) -> String {
 #[test]
 fn imports_verify_checksums_and_skip_unchanged_sources() {
     let directory = tempfile::tempdir().unwrap();
-    let data_dir = directory.path().join("data");
     let web_root = directory.path().join("www");
     std::fs::create_dir(&web_root).unwrap();
     let allowed = directory.path().join("allowed");
     std::fs::create_dir(&allowed).unwrap();
     let config = directory.path().join("kiln.toml");
     std::fs::write(&config, format!("[images]\nimport_allowed_dirs = [\"{}\"]\n", allowed.display())).unwrap();
-    let server = ServerProcess::start(&data_dir, &["--config", config.to_str().unwrap()]);
-    let token = token(&data_dir);
+    let (data_dir, server, token) = start_in(directory.path(), &["--config", config.to_str().unwrap()], &[]);
     let web = HttpServer::start(&web_root, &directory.path().join("http.log"));
     let image = web_root.join("disk.qcow2");
     assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&image).arg("64M").status().unwrap().success());
@@ -270,9 +275,7 @@ fn imports_verify_checksums_and_skip_unchanged_sources() {
 #[test]
 fn versions_share_blobs_and_clones_copy_nothing() {
     let directory = tempfile::tempdir().unwrap();
-    let data_dir = directory.path().join("data");
-    let server = ServerProcess::start(&data_dir, &[]);
-    let token = token(&data_dir);
+    let (data_dir, server, token) = start_in(directory.path(), &[], &[]);
     let work = directory.path();
     write_file(&work.join("root-1.img"), 48 << 20, 1);
     write_file(&work.join("root-2.img"), 48 << 20, 2);
@@ -367,11 +370,9 @@ fn curl(args: &[&str]) -> String {
 #[test]
 fn gc_reclaims_unused_blobs_and_verify_finds_corruption() {
     let directory = tempfile::tempdir().unwrap();
-    let data_dir = directory.path().join("data");
     let config = directory.path().join("kiln.toml");
     std::fs::write(&config, "[images]\ngc_grace_seconds = 0\n").unwrap();
-    let server = ServerProcess::start(&data_dir, &["--config", config.to_str().unwrap()]);
-    let token = token(&data_dir);
+    let (data_dir, server, token) = start_in(directory.path(), &["--config", config.to_str().unwrap()], &[]);
     let work = directory.path();
     write_file(&work.join("a.img"), 3 << 20, 1);
     write_file(&work.join("b.img"), 3 << 20, 2);
@@ -422,9 +423,7 @@ fn http_json(server: &ServerProcess, token: &str, method: &str, path: &str, body
 #[test]
 fn a_broken_upload_resumes_and_a_race_for_one_version_has_one_winner() {
     let directory = tempfile::tempdir().unwrap();
-    let data_dir = directory.path().join("data");
-    let server = ServerProcess::start(&data_dir, &[]);
-    let token = token(&data_dir);
+    let (_, server, token) = start_in(directory.path(), &[], &[]);
     let work = directory.path();
     write_file(&work.join("disk.img"), 8 << 20, 5);
     let bytes = std::fs::read(work.join("disk.img")).unwrap();
@@ -549,9 +548,7 @@ fn a_full_disk_refuses_the_upload_and_keeps_earlier_versions() {
 #[test]
 fn tenants_see_their_images_and_public_ones_only() {
     let directory = tempfile::tempdir().unwrap();
-    let data_dir = directory.path().join("data");
-    let server = ServerProcess::start(&data_dir, &[]);
-    let admin = token(&data_dir);
+    let (_, server, admin) = start_in(directory.path(), &[], &[]);
     let work = directory.path();
     let mut tokens = Vec::new();
     for (project, user) in [("alpha", "alice"), ("beta", "bob")] {
@@ -611,10 +608,8 @@ fn s3_environment(endpoint: &str) -> [(&str, &str); 5] {
 fn the_server_stores_blobs_in_s3() {
     let Some(s3) = kiln_test_utils::s3::TestS3::start() else { return };
     let directory = tempfile::tempdir().unwrap();
-    let data_dir = directory.path().join("data");
     let environment = s3_environment(s3.endpoint.as_str());
-    let server = ServerProcess::start_with_env(&data_dir, &[], &environment);
-    let token = token(&data_dir);
+    let (data_dir, server, token) = start_in(directory.path(), &[], &environment);
     let work = directory.path();
     write_file(&work.join("disk.img"), 40 << 20, 4);
     ok(kiln(&server, &token, &["image", "create", "in-s3", "--visibility", "public"], None));
@@ -640,9 +635,7 @@ fn the_server_stores_blobs_in_s3() {
 #[test]
 fn get_kernel_takes_the_kernel_and_initramfs_out_of_a_squashfs_root() {
     let directory = tempfile::tempdir().unwrap();
-    let data_dir = directory.path().join("data");
-    let server = ServerProcess::start(&data_dir, &[]);
-    let token = token(&data_dir);
+    let (_, server, token) = start_in(directory.path(), &[], &[]);
     let work = directory.path();
     let tree = work.join("tree");
     std::fs::create_dir_all(tree.join("boot")).unwrap();
@@ -685,10 +678,8 @@ fn s3_failing_mid_upload_leaves_no_version_and_no_spool() {
         std::sync::Arc::new(|method: &str, path: &str| method == "PUT" && path.contains("partNumber="));
     let proxy = runtime.block_on(kiln_test_utils::s3::FaultProxy::start(&s3.endpoint, rule));
     let directory = tempfile::tempdir().unwrap();
-    let data_dir = directory.path().join("data");
     let environment = s3_environment(proxy.endpoint.as_str());
-    let server = ServerProcess::start_with_env(&data_dir, &[], &environment);
-    let token = token(&data_dir);
+    let (data_dir, server, token) = start_in(directory.path(), &[], &environment);
     let work = directory.path();
     write_file(&work.join("small.img"), 1 << 20, 1);
     write_file(&work.join("large.img"), 40 << 20, 2);

@@ -7,127 +7,86 @@ use utoipa::ToSchema;
 
 use crate::InvalidField;
 
-/// Who may see and use an image besides its project.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// The owning project only.
-    #[default]
-    Private,
-    /// Every authenticated user, and nodes booting it.
-    Public,
-    /// The owning project and the projects named in `shared_with`.
-    Shared,
-}
-
-impl Visibility {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Private => "private",
-            Self::Public => "public",
-            Self::Shared => "shared",
+/// A fieldless enum whose values are lowercase words in JSON, SQL and on the command line:
+/// one list of variants gives `ALL`, `as_str`, `parse` and `Display`, so the spellings cannot
+/// drift apart.
+macro_rules! word_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$variant_meta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant,)*
         }
-    }
 
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Private, Self::Public, Self::Shared].into_iter().find(|visibility| visibility.as_str() == text)
-    }
-}
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
 
-/// What an artifact is for in a version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ArtifactKind {
-    /// A root filesystem a diskless node mounts (usually SquashFS).
-    Root,
-    /// A whole-disk image written to a node's disk (raw, qcow2, ISO).
-    Disk,
-    Kernel,
-    Initrd,
-}
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
 
-impl ArtifactKind {
-    pub const ALL: [ArtifactKind; 4] = [Self::Root, Self::Disk, Self::Kernel, Self::Initrd];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Root => "root",
-            Self::Disk => "disk",
-            Self::Kernel => "kernel",
-            Self::Initrd => "initrd",
+            pub fn parse(text: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|value| value.as_str() == text)
+            }
         }
-    }
 
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
-    }
-}
-
-impl std::fmt::Display for ArtifactKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An artifact's format, after any compression is taken off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    Raw,
-    Qcow2,
-    Squashfs,
-    Iso,
-    /// A Linux kernel (x86 bzImage, arm64 Image, or an EFI-stub kernel).
-    Kernel,
-    /// A cpio archive, as initramfs images are.
-    Initramfs,
-}
-
-impl ImageFormat {
-    pub const ALL: [ImageFormat; 6] = [Self::Raw, Self::Qcow2, Self::Squashfs, Self::Iso, Self::Kernel, Self::Initramfs];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Raw => "raw",
-            Self::Qcow2 => "qcow2",
-            Self::Squashfs => "squashfs",
-            Self::Iso => "iso",
-            Self::Kernel => "kernel",
-            Self::Initramfs => "initramfs",
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
         }
-    }
+    };
+}
 
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|format| format.as_str() == text)
+word_enum! {
+    /// Who may see and use an image besides its project.
+    #[derive(Default)]
+    pub enum Visibility {
+        /// The owning project only.
+        #[default]
+        Private = "private",
+        /// Every authenticated user, and nodes booting it.
+        Public = "public",
+        /// The owning project and the projects named in `shared_with`.
+        Shared = "shared",
     }
 }
 
-impl std::fmt::Display for ImageFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+word_enum! {
+    /// What an artifact is for in a version.
+    pub enum ArtifactKind {
+        /// A root filesystem a diskless node mounts (usually SquashFS).
+        Root = "root",
+        /// A whole-disk image written to a node's disk (raw, qcow2, ISO).
+        Disk = "disk",
+        Kernel = "kernel",
+        Initrd = "initrd",
     }
 }
 
-/// A compression wrapped around an artifact's format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Gzip,
-    Zstd,
-    Xz,
+word_enum! {
+    /// An artifact's format, after any compression is taken off.
+    pub enum ImageFormat {
+        Raw = "raw",
+        Qcow2 = "qcow2",
+        Squashfs = "squashfs",
+        Iso = "iso",
+        /// A Linux kernel (x86 bzImage, arm64 Image, or an EFI-stub kernel).
+        Kernel = "kernel",
+        /// A cpio archive, as initramfs images are.
+        Initramfs = "initramfs",
+    }
 }
 
-impl Compression {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Gzip => "gzip",
-            Self::Zstd => "zstd",
-            Self::Xz => "xz",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Gzip, Self::Zstd, Self::Xz].into_iter().find(|compression| compression.as_str() == text)
+word_enum! {
+    /// A compression wrapped around an artifact's format.
+    pub enum Compression {
+        Gzip = "gzip",
+        Zstd = "zstd",
+        Xz = "xz",
     }
 }
 
