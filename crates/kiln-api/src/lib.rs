@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod boot;
+pub mod cloud_init;
 pub mod error;
 mod events;
 mod extract;
@@ -35,11 +36,26 @@ pub struct ApiState {
     pub tokens: Arc<auth::TokenCache>,
     pub boot: Arc<boot::BootSettings>,
     pub images: Arc<images::ImageSettings>,
+    pub cloud_init: Arc<cloud_init::CloudInitSettings>,
 }
 
 impl ApiState {
-    pub fn new(store: Store, inventory: Arc<Inventory>, boot: boot::BootSettings, images: images::ImageSettings) -> Self {
-        ApiState { store, inventory, metrics: Arc::default(), tokens: Arc::default(), boot: Arc::new(boot), images: Arc::new(images) }
+    pub fn new(
+        store: Store,
+        inventory: Arc<Inventory>,
+        boot: boot::BootSettings,
+        images: images::ImageSettings,
+        cloud_init: cloud_init::CloudInitSettings,
+    ) -> Self {
+        ApiState {
+            store,
+            inventory,
+            metrics: Arc::default(),
+            tokens: Arc::default(),
+            boot: Arc::new(boot),
+            images: Arc::new(images),
+            cloud_init: Arc::new(cloud_init),
+        }
     }
 
     /// Brings the inventory view up to date after a write, so the caller reads its own
@@ -92,6 +108,15 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
                 // Upload bodies are streamed to disk, never held: no size limit applies.
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
+        .route("/cloud-init/defaults", get(cloud_init::get_defaults).put(cloud_init::set_defaults))
+        .route("/cloud-init/groups", get(cloud_init::list_groups).post(cloud_init::set_groups))
+        .route("/cloud-init/groups/{group}", get(cloud_init::get_group).delete(cloud_init::delete_group))
+        .route("/cloud-init/groups/{group}/render/{node}", get(cloud_init::render_group))
+        .route("/cloud-init/nodes", post(cloud_init::set_nodes))
+        .route("/cloud-init/nodes/{node}", get(cloud_init::get_node))
+        .route("/cloud-init/nodes/{node}/meta-data", get(cloud_init::node_meta_data))
+        .route("/cloud-init/nodes/{node}/vendor-data", get(cloud_init::node_vendor_data))
+        .route("/cloud-init/nodes/{node}/token", post(cloud_init::mint_token))
         .route("/openapi.json", get(openapi::serve_document));
     let served_directory = |directory: &std::path::Path| {
         Router::new()
@@ -105,6 +130,10 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/boot/v1/bootscript", get(boot::bootscript))
         .route("/boot/v1/phone-home", get(boot::phone_home).post(boot::phone_home))
         .route("/boot/images/{image}/{version}/{artifact}", get(images::boot_artifact))
+        .route("/cloud-init/{document}", get(cloud_init::node_document))
+        .route("/cloud-init/admin/impersonation/{node}/{document}", get(cloud_init::impersonate))
+        .route("/cloud-init-secure/{document}", get(cloud_init::secure_document_bearer))
+        .route("/cloud-init-secure/{token}/{document}", get(cloud_init::secure_document))
         .nest("/boot/files", boot_files)
         .nest("/boot/ipxe", ipxe_files)
         .route("/healthz", get(healthz))

@@ -1,7 +1,8 @@
 //! Kiln's boot planning: boot parameters with OpenCHAMI BSS semantics, which entry applies
-//! to a node, and the iPXE script a node gets. Pure functions of their inputs, no IO, so
-//! every decision is tested with data.
+//! to a node, the iPXE script a node gets, and the cloud-init documents it reads after boot.
+//! Pure functions of their inputs, no IO, so every decision is tested with data.
 
+pub mod cloud_init;
 pub mod params;
 pub mod script;
 

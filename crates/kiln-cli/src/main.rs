@@ -1,5 +1,6 @@
 //! `kiln`: the server (`kiln serve`) and the command-line client for its API.
 
+mod cloud_init;
 mod commands;
 mod images;
 mod input;
@@ -57,6 +58,9 @@ enum Command {
     /// Network boot: boot parameters.
     #[command(subcommand)]
     Boot(commands::BootCommand),
+    /// Cloud-init: defaults, group configs, node data, and what nodes are served.
+    #[command(subcommand, name = "cloud-init")]
+    CloudInit(cloud_init::CloudInitCommand),
     /// Images: versions, uploads, downloads, imports, clones.
     #[command(subcommand)]
     Image(images::ImageCommand),
@@ -151,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Discover(command) => commands::discover(&client, format, command).await,
                 Command::Boot(command) => commands::boot(&client, format, command).await,
                 Command::Image(command) => images::image(&client, format, command).await,
+                Command::CloudInit(command) => cloud_init::cloud_init(&client, format, command).await,
                 Command::Events(args) => commands::events(&client, format, args).await,
                 Command::Whoami => commands::whoami(&client, format).await,
                 Command::Serve(_) | Command::Config(_) => unreachable!("handled above"),

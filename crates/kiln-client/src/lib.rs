@@ -50,6 +50,15 @@ impl Client {
         self.send::<(), T>(Method::GET, path, None).await
     }
 
+    /// A GET whose answer is text (rendered templates, vendor-data).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let response = self.authorized(Method::GET, path).send().await.map_err(|error| self.unreachable(&error))?;
+        if !response.status().is_success() {
+            return Err(Self::error_from(response).await);
+        }
+        response.text().await.map_err(|error| self.unreachable(&error))
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         self.send(Method::POST, path, Some(body)).await
     }

@@ -9,14 +9,14 @@ use crate::events::{NewEvent, record};
 use crate::nodes::find_node;
 use crate::{Store, StoreError};
 
-struct GroupRow {
-    name: String,
-    description: String,
-    project: Option<String>,
-    created_at: i64,
+pub(crate) struct GroupRow {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) project: Option<String>,
+    pub(crate) created_at: i64,
 }
 
-async fn group_row(connection: &mut AnyConnection, name: &str) -> Result<Option<GroupRow>, StoreError> {
+pub(crate) async fn group_row(connection: &mut AnyConnection, name: &str) -> Result<Option<GroupRow>, StoreError> {
     let row = sqlx::query("SELECT name, description, project, created_at FROM node_groups WHERE name = $1")
         .bind(name)
         .fetch_optional(connection)
@@ -34,7 +34,7 @@ async fn group_row(connection: &mut AnyConnection, name: &str) -> Result<Option<
 }
 
 /// Global groups (no project) are visible to everyone; project groups to that project.
-fn visible(scope: &ProjectScope, project: Option<&str>) -> bool {
+pub(crate) fn visible(scope: &ProjectScope, project: Option<&str>) -> bool {
     match (scope, project) {
         (ProjectScope::All, _) | (_, None) => true,
         (ProjectScope::Projects(projects), Some(project)) => projects.iter().any(|p| p == project),
@@ -42,7 +42,7 @@ fn visible(scope: &ProjectScope, project: Option<&str>) -> bool {
 }
 
 /// Global groups are changed only by admins; project groups by the project's members.
-fn writable(scope: &ProjectScope, project: Option<&str>) -> bool {
+pub(crate) fn writable(scope: &ProjectScope, project: Option<&str>) -> bool {
     match (scope, project) {
         (ProjectScope::All, _) => true,
         (_, None) => false,

@@ -9,6 +9,7 @@
 //! API refreshes after writing) and other replicas' within the follow interval.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use kiln_types::api::Page;
 use kiln_types::node::Node;
 use sqlx::Row as _;
 
+use crate::cloud_init::CloudInitData;
 use crate::{NodeFilter, Store, StoreError};
 
 /// Above this many changed nodes in one refresh, reloading everything is cheaper.
@@ -33,7 +35,15 @@ pub struct InventoryView {
     name_of_id: HashMap<String, String>,
     name_of_xname: HashMap<String, String>,
     name_of_mac: HashMap<MacAddress, String>,
+    /// Names of the nodes holding each address. Usually one; two nodes claiming one address
+    /// is a mistake in the inventory, and then the address identifies neither.
+    names_of_ip: HashMap<IpAddr, Vec<String>>,
+    cloud_init: CloudInitData,
     last_event: i64,
+}
+
+fn node_addresses(node: &Node) -> impl Iterator<Item = IpAddr> + '_ {
+    node.interfaces.iter().flat_map(|interface| interface.ip_addrs.iter()).filter_map(|entry| entry.ip_addr.parse().ok())
 }
 
 impl InventoryView {
@@ -46,6 +56,12 @@ impl InventoryView {
         for interface in &node.interfaces {
             self.name_of_mac.insert(interface.mac_addr, node.name.clone());
         }
+        for address in node_addresses(&node) {
+            let names = self.names_of_ip.entry(address).or_default();
+            if !names.contains(&node.name) {
+                names.push(node.name.clone());
+            }
+        }
         self.by_name.insert(node.name.clone(), Arc::new(node));
     }
 
@@ -57,6 +73,14 @@ impl InventoryView {
             }
             for interface in &node.interfaces {
                 self.name_of_mac.remove(&interface.mac_addr);
+            }
+            for address in node_addresses(&node) {
+                if let Some(names) = self.names_of_ip.get_mut(&address) {
+                    names.retain(|other| *other != node.name);
+                    if names.is_empty() {
+                        self.names_of_ip.remove(&address);
+                    }
+                }
             }
         }
     }
@@ -85,6 +109,25 @@ impl InventoryView {
     /// The node with an interface of this MAC.
     pub fn by_mac(&self, mac: &MacAddress) -> Option<&Arc<Node>> {
         self.name_of_mac.get(mac).and_then(|name| self.by_name.get(name))
+    }
+
+    /// The one node that holds this address; none when no node or several do.
+    pub fn by_ip(&self, address: &IpAddr) -> Option<&Arc<Node>> {
+        match self.names_of_ip.get(address).map(Vec::as_slice) {
+            Some([name]) => self.by_name.get(name),
+            _ => None,
+        }
+    }
+
+    /// Cloud-init defaults, groups and per-node data.
+    pub fn cloud_init(&self) -> &CloudInitData {
+        &self.cloud_init
+    }
+
+    /// The node whose cloud-init token hashes to `token_hash`.
+    pub fn by_cloud_init_token(&self, token_hash: &str) -> Option<&Arc<Node>> {
+        let node_id = self.cloud_init.tokens.get(token_hash)?;
+        self.name_of_id.get(node_id).and_then(|name| self.by_name.get(name))
     }
 
     /// The boot parameters of the first target in `order` that has some.
@@ -172,12 +215,24 @@ impl Inventory {
             if changes.boot_params {
                 view.set_boot_params(self.store.list_boot_params().await?);
             }
+            if changes.cloud_init {
+                let (defaults, groups) = self.store.load_cloud_init_shared().await?;
+                view.cloud_init.defaults = Arc::new(defaults);
+                view.cloud_init.groups = Arc::new(groups);
+            }
             for id in &changes.node_ids {
                 match self.store.get_node(id, &ProjectScope::All).await {
                     Ok(node) => view.insert(node),
-                    Err(StoreError::NotFound { .. }) => view.remove(id),
+                    Err(StoreError::NotFound { .. }) => {
+                        view.remove(id);
+                        view.cloud_init.set_node(id, None);
+                    }
                     Err(error) => return Err(error),
                 }
+            }
+            for id in &changes.cloud_init_node_ids {
+                let record = self.store.load_cloud_init_node(id).await?;
+                view.cloud_init.set_node(id, record);
             }
             view.last_event = last_event;
             view
@@ -212,6 +267,9 @@ pub(crate) struct NodeChanges {
     /// A change that may touch many nodes at once (group edits): reload all.
     everything: bool,
     boot_params: bool,
+    /// Cloud-init defaults or group configs changed.
+    cloud_init: bool,
+    cloud_init_node_ids: Vec<String>,
 }
 
 impl Store {
@@ -229,6 +287,7 @@ impl Store {
         drop(connection);
         let mut view = InventoryView { last_event, ..Default::default() };
         view.set_boot_params(self.list_boot_params().await?);
+        view.cloud_init = self.load_cloud_init().await?;
         for snapshot in nodes {
             view.insert(snapshot.node);
         }
@@ -237,7 +296,7 @@ impl Store {
 
     async fn node_changes_after(&self, after: i64) -> Result<NodeChanges, StoreError> {
         let mut connection = self.read().await?;
-        let rows = sqlx::query("SELECT id, target_kind, state_before, state_after FROM events WHERE id > $1 ORDER BY id")
+        let rows = sqlx::query("SELECT id, target_kind, target, state_before, state_after FROM events WHERE id > $1 ORDER BY id")
             .bind(after)
             .fetch_all(&mut *connection)
             .await
@@ -264,6 +323,13 @@ impl Store {
                 }
                 "group" => changes.everything = true,
                 "boot_params" => changes.boot_params = true,
+                "cloud_init" => changes.cloud_init = true,
+                "cloud_init_node" => {
+                    let node_id: String = row.try_get("target").map_err(StoreError::query("reading node changes"))?;
+                    if !changes.cloud_init_node_ids.contains(&node_id) {
+                        changes.cloud_init_node_ids.push(node_id);
+                    }
+                }
                 _ => {}
             }
         }

@@ -7,6 +7,7 @@
 //! leaves either both or neither.
 
 mod boot;
+mod cloud_init;
 mod error;
 mod events;
 mod groups;
@@ -22,6 +23,7 @@ use kiln_auth::SecretBox;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
+pub use cloud_init::{CloudInitData, CloudInitGroupRecord, CloudInitNodeRecord};
 pub use error::StoreError;
 pub use events::EventFilter;
 pub use images::{ImageChange, ImportSource, NewArtifact, NewImage, NewVersion, UnusedBlob};

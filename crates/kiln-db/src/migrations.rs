@@ -31,6 +31,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_images.sql"),
         postgres: include_str!("../migrations/postgres/0003_images.sql"),
     },
+    Migration {
+        version: 4,
+        name: "cloud_init",
+        sqlite: include_str!("../migrations/sqlite/0004_cloud_init.sql"),
+        postgres: include_str!("../migrations/postgres/0004_cloud_init.sql"),
+    },
 ];
 
 impl Store {

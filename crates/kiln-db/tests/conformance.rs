@@ -62,7 +62,7 @@ macro_rules! conformance_two_replicas {
     };
 }
 
-conformance_two_replicas!(inventory_follows_changes_made_by_another_replica);
+conformance_two_replicas!(inventory_follows_changes_made_by_another_replica, cloud_init_data_follows_replicas_and_cascades);
 
 conformance!(
     migrations_are_idempotent,
@@ -380,6 +380,63 @@ async fn inventory_follows_changes_made_by_another_replica(store: Store, other: 
     }
     let unchanged = inventory.refresh().await.unwrap();
     assert!(Arc::ptr_eq(&unchanged, &view), "no new events, no new view");
+}
+
+async fn cloud_init_data_follows_replicas_and_cascades(store: Store, other: Store) {
+    use kiln_db::Inventory;
+    use kiln_types::cloud_init::{CloudInitDefaults, CloudInitGroupInput, CloudInitGroupSpec, CloudInitNodeInput};
+    store.discover("admin", &parse_document(&five_nodes()).unwrap()).await.unwrap();
+    let inventory = Inventory::load(store.clone()).await.unwrap();
+    let node01 = inventory.view().get("node01").unwrap().id.clone();
+
+    // Another replica sets everything.
+    let defaults: CloudInitDefaults = serde_json::from_value(serde_json::json!({"cluster-name": "demo", "nid-length": 3})).unwrap();
+    other.set_cloud_init_defaults("bob", &defaults).await.unwrap();
+    let group: CloudInitGroupInput = serde_json::from_value(serde_json::json!({
+        "name": "compute", "description": "compute config", "meta-data": {"role": "cn"},
+        "file": {"encoding": "plain", "content": "#cloud-config\n{}\n"},
+    }))
+    .unwrap();
+    other.put_cloud_init_groups("bob", &[CloudInitGroupSpec::try_from(&group).unwrap()], &ProjectScope::All).await.unwrap();
+    let data: CloudInitNodeInput = serde_json::from_value(serde_json::json!({
+        "id": "node01", "local-hostname": "compute1", "secret-data": {"munge": "plaintext-secret"},
+    }))
+    .unwrap();
+    other.set_cloud_init_nodes("bob", &[data], &ProjectScope::All).await.unwrap();
+    let (_, token) = other.mint_cloud_init_token("bob", "node02", &ProjectScope::All).await.unwrap();
+
+    let view = inventory.refresh().await.unwrap();
+    let cloud_init = view.cloud_init();
+    assert_eq!(cloud_init.defaults.cluster_name.as_deref(), Some("demo"));
+    let compute = &cloud_init.groups["compute"];
+    assert_eq!((compute.description.as_str(), compute.content.as_deref()), ("compute config", Some("#cloud-config\n{}\n")));
+    assert_eq!(compute.meta_data.as_ref().unwrap()["role"], "cn");
+    let record = &cloud_init.nodes[&node01];
+    assert_eq!(record.meta_data["local-hostname"], "compute1");
+    assert_eq!(record.secrets["munge"], "plaintext-secret");
+    assert_eq!(view.by_cloud_init_token(&kiln_auth::hash_token(&token)).unwrap().name, "node02");
+    assert_eq!(view.by_ip(&"172.16.0.3".parse().unwrap()).unwrap().name, "node03");
+    let shown = store.get_cloud_init_node("node01", &ProjectScope::All).await.unwrap();
+    assert_eq!((shown.secret_keys, shown.has_token), (vec!["munge".to_owned()], false), "secrets are shown by name only");
+
+    // A new token replaces the old one; two nodes claiming one address identify neither.
+    let (_, newer) = other.mint_cloud_init_token("bob", "node02", &ProjectScope::All).await.unwrap();
+    other.create_node("bob", &spec(r#"{"name": "dup", "interfaces": [{"mac_addr": "52:54:00:00:00:98", "ip_addrs": [{"name": "m", "ip_addr": "172.16.0.3"}]}]}"#)).await.unwrap();
+    let view = inventory.refresh().await.unwrap();
+    assert!(view.by_cloud_init_token(&kiln_auth::hash_token(&token)).is_none());
+    assert_eq!(view.by_cloud_init_token(&kiln_auth::hash_token(&newer)).unwrap().name, "node02");
+    assert!(view.by_ip(&"172.16.0.3".parse().unwrap()).is_none());
+
+    // A node's data goes with the node, a group's config with the group.
+    other.delete_node("bob", "node01", &ProjectScope::All).await.unwrap();
+    other.delete_group("bob", "compute", &ProjectScope::All).await.unwrap();
+    let view = inventory.refresh().await.unwrap();
+    assert!(!view.cloud_init().nodes.contains_key(&node01));
+    assert!(!view.cloud_init().groups.contains_key("compute"));
+    assert!(matches!(store.get_cloud_init_group("compute", &ProjectScope::All).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.get_cloud_init_node("node01", &ProjectScope::All).await, Err(StoreError::NotFound { .. })));
+    let reloaded = Inventory::load(store.clone()).await.unwrap().view();
+    assert_eq!(reloaded.cloud_init().nodes.len(), view.cloud_init().nodes.len(), "a fresh load agrees with the followed view");
 }
 
 fn artifact(kind: kiln_types::image::ArtifactKind, sha_digit: char, size: u64) -> kiln_db::NewArtifact {

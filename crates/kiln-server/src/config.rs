@@ -31,6 +31,18 @@ pub struct ServerConfigLayer {
     pub tftp: Option<TftpLayer>,
     /// The image store.
     pub images: Option<ImagesLayer>,
+    /// The cloud-init metadata service.
+    pub cloud_init: Option<CloudInitLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitLayer {
+    /// Proxies (addresses or CIDR networks) whose X-Forwarded-For names the node [default: none]
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Let administrators read a node's documents as the node does [default: false]
+    pub impersonation: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +172,7 @@ impl ServerConfigLayer {
             boot: over.boot.or(self.boot),
             dhcp: over.dhcp.or(self.dhcp),
             tftp: over.tftp.or(self.tftp),
+            cloud_init: over.cloud_init.or(self.cloud_init),
             images: match (self.images, over.images) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
                 (base, over) => over.or(base),
@@ -286,6 +299,29 @@ pub struct ServerConfig {
     pub dhcp: Option<kiln_dhcp::DhcpConfig>,
     pub tftp: Option<TftpSettings>,
     pub images: ImagesConfig,
+    pub cloud_init: CloudInitConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CloudInitConfig {
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub impersonation: bool,
+}
+
+fn cloud_init_config(layer: CloudInitLayer) -> Result<CloudInitConfig, ConfigError> {
+    let trusted_proxies = layer
+        .trusted_proxies
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(|_| {
+                ConfigError::Invalid {
+                    setting: "cloud_init.trusted_proxies",
+                    message: format!("'{text}' is neither an address nor a network such as 10.0.0.0/24"),
+                }
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(CloudInitConfig { trusted_proxies, impersonation: layer.impersonation.unwrap_or(false) })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -442,7 +478,20 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             })
             .transpose()?;
         let images = images_config(layer.images.unwrap_or_default(), &data_dir)?;
-        Ok(ServerConfig { data_dir, listen, database_url, public_url, secret_key_file, max_body_bytes, boot, dhcp, tftp, images })
+        let cloud_init = cloud_init_config(layer.cloud_init.unwrap_or_default())?;
+        Ok(ServerConfig {
+            data_dir,
+            listen,
+            database_url,
+            public_url,
+            secret_key_file,
+            max_body_bytes,
+            boot,
+            dhcp,
+            tftp,
+            images,
+            cloud_init,
+        })
     }
 }
 

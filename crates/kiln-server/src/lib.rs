@@ -152,7 +152,11 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     tracing::info!(blobs = %blobs.describe(), "image store ready");
     let mut images = kiln_api::images::ImageSettings::new(blobs, config.images.import_allowed_dirs.clone());
     images.gc_grace = Duration::from_secs(config.images.gc_grace_seconds);
-    let state = ApiState::new(store.clone(), inventory, boot, images);
+    let cloud_init = kiln_api::cloud_init::CloudInitSettings {
+        trusted_proxies: config.cloud_init.trusted_proxies.clone(),
+        impersonation: config.cloud_init.impersonation,
+    };
+    let state = ApiState::new(store.clone(), inventory, boot, images, cloud_init);
     let app = kiln_api::router(state, config.max_body_bytes);
     let (shutdown, mut shutdown_requested) = watch::channel(false);
     let task = tokio::spawn(async move {

@@ -5,6 +5,7 @@
 //! into validated specs that the store accepts without re-checking.
 
 pub mod api;
+pub mod cloud_init;
 pub mod discovery;
 pub mod image;
 pub mod mac;
