@@ -234,12 +234,40 @@ struct Requester<'a> {
     token: Option<&'a str>,
 }
 
+/// Rendered meta-data of the `/cloud-init/` path by node id, with the inventory view (its
+/// last event) it was rendered from. A document is a pure function of the view, so it is
+/// rendered once per node and view rather than once per request: booting thousands of
+/// nodes ask for the same documents while nothing changes.
+#[derive(Debug, Default)]
+pub struct MetaDataCache {
+    entries: std::sync::RwLock<std::collections::HashMap<String, (i64, axum::body::Bytes)>>,
+}
+
+impl MetaDataCache {
+    fn get_or_render(&self, view: &InventoryView, node_id: &str, render: impl FnOnce() -> String) -> axum::body::Bytes {
+        let generation = view.last_event();
+        if let Some((rendered_for, body)) = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(node_id)
+            && *rendered_for == generation
+        {
+            return body.clone();
+        }
+        let body = axum::body::Bytes::from(render());
+        let mut entries = self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Entries of deleted nodes are never asked for again: drop everything now and then.
+        if entries.len() > 2 * view.len() + 1024 {
+            entries.clear();
+        }
+        entries.insert(node_id.to_owned(), (generation, body.clone()));
+        body
+    }
+}
+
 fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body).into_response()
 }
 
-fn yaml(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "application/yaml"), (header::CACHE_CONTROL, "no-store")], body).into_response()
+fn yaml(body: impl Into<axum::body::Body>) -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml"), (header::CACHE_CONTROL, "no-store")], axum::body::Body::from(body.into())).into_response()
 }
 
 /// Nothing here takes a query: a query naming a node is an attempt to read another's data.
@@ -345,8 +373,12 @@ fn serve(state: &ApiState, view: &InventoryView, requester: Requester<'_>, docum
     let document = Document::parse(document).ok_or_else(|| ApiError::not_found("cloud-init document", document))?;
     let response = match document {
         Document::MetaData => {
-            let inputs = inputs(state, view, node, requester.token);
-            yaml(kiln_boot::cloud_init::to_yaml(&kiln_boot::cloud_init::meta_data(&inputs)))
+            let render = || kiln_boot::cloud_init::to_yaml(&kiln_boot::cloud_init::meta_data(&inputs(state, view, node, requester.token)));
+            match requester.token {
+                // With secrets: rendered per request, never kept.
+                Some(_) => yaml(render()),
+                None => yaml(state.cloud_init_cache.get_or_render(view, &node.id, render)),
+            }
         }
         // An empty mapping rather than nothing: cloud-init warns about an empty cloud-config.
         Document::UserData => text("#cloud-config\n{}\n".to_owned()),

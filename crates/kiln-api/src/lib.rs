@@ -37,6 +37,7 @@ pub struct ApiState {
     pub boot: Arc<boot::BootSettings>,
     pub images: Arc<images::ImageSettings>,
     pub cloud_init: Arc<cloud_init::CloudInitSettings>,
+    pub(crate) cloud_init_cache: Arc<cloud_init::MetaDataCache>,
 }
 
 impl ApiState {
@@ -55,6 +56,7 @@ impl ApiState {
             boot: Arc::new(boot),
             images: Arc::new(images),
             cloud_init: Arc::new(cloud_init),
+            cloud_init_cache: Arc::default(),
         }
     }
 

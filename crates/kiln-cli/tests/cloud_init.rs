@@ -276,6 +276,10 @@ fn trusted_proxies_and_impersonation_are_opt_in() {
     assert!(body.contains("local_ipv4: 127.0.0.60"), "{body}");
     let (status, _) = get_from(Ipv4Addr::new(127, 0, 0, 60), &server, "/cloud-init/meta-data", &[("X-Forwarded-For", "127.0.0.61")]);
     assert_eq!(status, 403, "a node is not a trusted proxy");
+    // Served documents follow changes at once (they are rendered once per change, not per request).
+    ok(kiln(&server, &admin, &["cloud-init", "node", "set", "-d", "[{id: beta-node, local-hostname: renamed-beta}]"], None));
+    let (_, body) = get_from(proxy, &server, "/cloud-init/meta-data", &[("X-Forwarded-For", "127.0.0.61")]);
+    assert!(body.contains("local-hostname: renamed-beta"), "{body}");
 
     let bearer = format!("Bearer {admin}");
     let (status, body) = get_from(proxy, &server, "/cloud-init/admin/impersonation/beta-node/meta-data", &[("Authorization", &bearer)]);
