@@ -16,6 +16,7 @@ use utoipa::IntoParams;
 
 use crate::ApiState;
 use crate::auth::Caller;
+use crate::boot_listener::{FileResolver, Resolved, StaticFile};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{JsonBody, QueryParams};
 
@@ -152,8 +153,8 @@ pub async fn phone_home(
 
 /// What a request path names under a served directory.
 enum ServedFile {
-    /// A regular file inside the directory, with its ETag.
-    Inside(String),
+    /// A regular file inside the directory: where it is, its ETag and its metadata.
+    Inside { path: PathBuf, etag: String, size: u64, modified: std::time::SystemTime },
     /// Something that resolves outside the directory (a symbolic link out of it).
     Outside,
     /// Nothing, or a path left to `ServeDir` to decode and refuse.
@@ -170,7 +171,7 @@ pub async fn file_etags(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let etag = match served_file(&root, request.uri().path()).await {
-        ServedFile::Inside(etag) => etag,
+        ServedFile::Inside { etag, .. } => etag,
         ServedFile::Outside => {
             return ApiError::not_found("file", request.uri().path()).into_response();
         }
@@ -209,8 +210,47 @@ async fn served_file(root: &std::path::Path, path: &str) -> ServedFile {
     let modified = metadata.modified().ok().and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok());
     match modified {
         Some(modified) if metadata.is_file() => {
-            ServedFile::Inside(format!("\"{:x}-{:x}-{:x}\"", modified.as_secs(), modified.subsec_nanos(), metadata.len()))
+            let etag = format!("\"{:x}-{:x}-{:x}\"", modified.as_secs(), modified.subsec_nanos(), metadata.len());
+            let modified_at = metadata.modified().unwrap_or(std::time::UNIX_EPOCH);
+            ServedFile::Inside { path: file, etag, size: metadata.len(), modified: modified_at }
         }
         _ => ServedFile::Other,
+    }
+}
+
+/// What the boot listener sends for a path: a file of `/boot/files/` or `/boot/ipxe/`, a
+/// public image's artifact from the local blob store, or nothing (the router answers).
+pub async fn resolve_boot_file(state: &ApiState, path: &str) -> Resolved {
+    let (root, relative) = if let Some(relative) = path.strip_prefix("/boot/files/") {
+        (&state.boot.files_dir, relative)
+    } else if let Some(relative) = path.strip_prefix("/boot/ipxe/") {
+        (&state.boot.ipxe_dir, relative)
+    } else if let Some(rest) = path.strip_prefix("/boot/images/") {
+        return crate::images::resolve_boot_artifact(state, rest).await;
+    } else {
+        return Resolved::Route;
+    };
+    match served_file(root, relative).await {
+        ServedFile::Inside { path, etag, size, modified } => match std::fs::File::open(&path) {
+            Ok(file) => Resolved::File(StaticFile {
+                file,
+                size,
+                etag,
+                last_modified: modified,
+                content_type: "application/octet-stream",
+                cache_control: None,
+            }),
+            Err(_) => Resolved::NotFound,
+        },
+        ServedFile::Outside | ServedFile::Other => Resolved::NotFound,
+    }
+}
+
+/// [`resolve_boot_file`] as the boot listener's resolver.
+pub struct BootFiles(pub ApiState);
+
+impl FileResolver for BootFiles {
+    fn resolve<'a>(&'a self, path: &'a str) -> futures::future::BoxFuture<'a, Resolved> {
+        Box::pin(resolve_boot_file(&self.0, path))
     }
 }

@@ -267,7 +267,8 @@ fn text(body: String) -> Response {
 }
 
 fn yaml(body: impl Into<axum::body::Body>) -> Response {
-    ([(header::CONTENT_TYPE, "application/yaml"), (header::CACHE_CONTROL, "no-store")], axum::body::Body::from(body.into())).into_response()
+    let body: axum::body::Body = body.into();
+    ([(header::CONTENT_TYPE, "application/yaml"), (header::CACHE_CONTROL, "no-store")], body).into_response()
 }
 
 /// Nothing here takes a query: a query naming a node is an attempt to read another's data.

@@ -402,6 +402,36 @@ pub async fn boot_artifact(
     serve_artifact(&state, &version, artifact, &method, &headers).await
 }
 
+/// The boot listener's view of `/boot/images/{image}/{version}/{artifact}`: the artifact's
+/// blob file, when the store is a local directory. Anything else (S3, a bad path, an error
+/// to explain) is left to the router.
+pub(crate) async fn resolve_boot_artifact(state: &ApiState, rest: &str) -> crate::boot_listener::Resolved {
+    use crate::boot_listener::{Resolved, StaticFile};
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [name, version, kind] = parts[..] else { return Resolved::Route };
+    let Ok(image) = state.store.get_image(name).await else { return Resolved::Route };
+    if image.visibility != Visibility::Public {
+        return Resolved::Route;
+    }
+    let Ok(reference) = version_ref(version) else { return Resolved::Route };
+    let Ok(version) = state.store.get_version(&image.name, &reference).await else { return Resolved::Route };
+    let Ok(artifact) = artifact_of(&version, kind) else { return Resolved::Route };
+    let Ok(id) = BlobId::parse(&artifact.sha256) else { return Resolved::Route };
+    let Some(path) = state.images.blobs.local_path(&id) else { return Resolved::Route };
+    match std::fs::File::open(&path) {
+        Ok(file) => Resolved::File(StaticFile {
+            file,
+            size: artifact.size,
+            etag: format!("\"{}\"", artifact.sha256),
+            last_modified: std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(version.created_at.as_millisecond().max(0) as u64),
+            content_type: "application/octet-stream",
+            cache_control: Some("public, max-age=31536000, immutable"),
+        }),
+        Err(_) => Resolved::Route,
+    }
+}
+
 #[utoipa::path(post, path = "/v1/images/gc", tag = "images",
     responses((status = 200, body = GcReport), (status = 403, body = ErrorBody)))]
 pub async fn collect_garbage(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<GcReport>> {

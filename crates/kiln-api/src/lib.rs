@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod boot;
+pub mod boot_listener;
 pub mod cloud_init;
 pub mod error;
 mod events;
@@ -143,6 +144,32 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// The routes of the boot listener: what booting machines and booted nodes ask for (boot
+/// scripts, phone-home, boot files and images, cloud-init), and health. Files the listener
+/// can send from the kernel never reach these routes; the rest do.
+pub fn boot_router(state: ApiState) -> Router {
+    let served_directory = |directory: &std::path::Path| {
+        Router::new()
+            .fallback_service(tower_http::services::ServeDir::new(directory))
+            .layer(axum::middleware::from_fn_with_state(Arc::new(directory.to_owned()), boot::file_etags))
+    };
+    let boot_files = served_directory(&state.boot.files_dir);
+    let ipxe_files = served_directory(&state.boot.ipxe_dir);
+    Router::new()
+        .route("/boot/v1/bootscript", get(boot::bootscript))
+        .route("/boot/v1/phone-home", get(boot::phone_home).post(boot::phone_home))
+        .route("/boot/images/{image}/{version}/{artifact}", get(images::boot_artifact))
+        .nest("/boot/files", boot_files)
+        .nest("/boot/ipxe", ipxe_files)
+        .route("/cloud-init/{document}", get(cloud_init::node_document))
+        .route("/cloud-init-secure/{document}", get(cloud_init::secure_document_bearer))
+        .route("/cloud-init-secure/{token}/{document}", get(cloud_init::secure_document))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
         .with_state(state)
 }
 

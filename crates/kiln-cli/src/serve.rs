@@ -40,6 +40,10 @@ pub async fn serve(flags: &ServerFlags) -> anyhow::Result<()> {
     let config = load_config(flags)?;
     let handle = kiln_server::start(config).await.context("starting the server")?;
     // Plain, on its own line: scripts and tests that asked for port 0 read the port here.
+    // The boot listener's line first: a reader that waits for "listening on" has both.
+    if let Some(address) = handle.boot_addr() {
+        eprintln!("kiln: boot listener on http://{address}");
+    }
     eprintln!("kiln: listening on http://{}", handle.local_addr());
     if let Some(path) = handle.admin_token_file() {
         eprintln!("The administrator's API token is in {}:\n  export KILN_TOKEN=$(cat {})", path.display(), path.display());

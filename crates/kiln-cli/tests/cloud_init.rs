@@ -380,7 +380,7 @@ fn stock_cloud_init_applies_the_group_config() {
     // The tutorial's defaults, with the base URL this lab's server has.
     let defaults = std::fs::read_to_string(support::workspace_root().join("examples/ci-defaults.yaml"))
         .unwrap()
-        .replace("http://172.16.0.254:8081", &lab.server_url());
+        .replace("http://172.16.0.254:8081", &lab.boot_url());
     lab.kiln(kiln_binary, &["cloud-init", "defaults", "set", "-f", "yaml", "-d", &defaults]).unwrap();
     let group = support::workspace_root().join("examples/ci-group-compute.yaml");
     lab.kiln(kiln_binary, &["cloud-init", "group", "set", "-f", "yaml", "-d", &format!("@{}", group.display())]).unwrap();
@@ -391,7 +391,7 @@ fn stock_cloud_init_applies_the_group_config() {
     let output = std::process::Command::new("ip")
         .args(["netns", "exec", &node_namespace, "unshare", "--mount", "--uts", "--propagation", "private"])
         .arg(&script)
-        .arg(format!("{}/cloud-init/", lab.server_url()))
+        .arg(format!("{}/cloud-init/", lab.boot_url()))
         .arg(&scratch)
         .output()
         .unwrap();

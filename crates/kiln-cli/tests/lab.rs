@@ -74,6 +74,10 @@ fn known_node_boots(firmware: Firmware) {
     assert_eq!(events[0]["after"]["address"], "10.77.0.11");
     let log = lab.server_log();
     assert!(log.contains("lease acknowledged"), "{log}");
+    for file in ["/boot/files/vmlinuz", "/boot/files/initrd.img"] {
+        let sent = log.lines().any(|line| line.contains("boot file sent") && line.contains(file) && line.contains("10.77.0.11"));
+        assert!(sent, "{file} went out through the boot listener's sendfile path:\n{log}");
+    }
     if firmware == Firmware::Uefi {
         assert!(
             log.contains("TFTP transfer complete") && log.contains("snponly.efi"),

@@ -21,6 +21,8 @@ pub const SERVER_ADDRESS: &str = "10.77.0.1";
 pub const SUBNET: &str = "10.77.0.0/24";
 pub const BRIDGE: &str = "kbr0";
 pub const API_PORT: u16 = 8080;
+/// The boot listener: boot scripts, files (sent with sendfile) and cloud-init.
+pub const BOOT_PORT: u16 = 8081;
 
 /// Whether this machine can run the lab: root, `ip`, QEMU and Debian's iPXE.
 pub fn available() -> Result<(), String> {
@@ -151,6 +153,11 @@ impl Lab {
         format!("http://{SERVER_ADDRESS}:{API_PORT}")
     }
 
+    /// Where machines boot from: the boot listener.
+    pub fn boot_url(&self) -> String {
+        format!("http://{SERVER_ADDRESS}:{BOOT_PORT}")
+    }
+
     /// Starts `kiln serve` inside the namespace with DHCP on the bridge and TFTP from
     /// Debian's iPXE directory. `extra_config` is appended to the TOML configuration.
     pub fn start_server(&mut self, kiln: &Path, extra_config: &str) -> anyhow::Result<PathBuf> {
@@ -161,6 +168,7 @@ impl Lab {
         write!(
             file,
             "listen = \"{SERVER_ADDRESS}:{API_PORT}\"\npublic_url = \"{url}\"\ndata_dir = \"{data}\"\n\n\
+             [boot]\nlisten = \"{SERVER_ADDRESS}:{BOOT_PORT}\"\n\n\
              [dhcp]\ninterface = \"{BRIDGE}\"\nserver_address = \"{SERVER_ADDRESS}\"\nsubnet = \"{SUBNET}\"\n\
              router = \"{SERVER_ADDRESS}\"\npool = \"10.77.0.100-10.77.0.150\"\nlease_seconds = 600\n{extra_config}\n\n\
              [tftp]\nlisten = \"{SERVER_ADDRESS}:69\"\nroot = \"/usr/lib/ipxe\"\n",

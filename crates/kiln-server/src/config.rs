@@ -78,6 +78,11 @@ pub struct BootLayer {
     pub ipxe_dir: Option<PathBuf>,
     /// Enrol machines with unknown MACs as `discovered` nodes [default: true]
     pub auto_enroll: Option<bool>,
+    /// A listener of its own for machines (boot scripts, cloud-init, and files sent with
+    /// sendfile), e.g. 10.77.0.1:8081 [default: none; the API listener serves them, copying files]
+    pub listen: Option<String>,
+    /// How machines reach the boot listener [default: http://<boot listen>]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +158,7 @@ impl ServerConfigLayer {
             listen: get("KILN_LISTEN"),
             database_url: get("KILN_DATABASE_URL"),
             public_url: get("KILN_PUBLIC_URL"),
+            boot: get("KILN_BOOT_LISTEN").map(|listen| BootLayer { listen: Some(listen), ..Default::default() }),
             secret_key_file: get("KILN_SECRET_KEY_FILE").map(PathBuf::from),
             max_body_bytes,
             images: images_from_environment(&get)?,
@@ -169,7 +175,10 @@ impl ServerConfigLayer {
             public_url: over.public_url.or(self.public_url),
             secret_key_file: over.secret_key_file.or(self.secret_key_file),
             max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
-            boot: over.boot.or(self.boot),
+            boot: match (self.boot, over.boot) {
+                (Some(base), Some(over)) => Some(base.overlaid_with(over)),
+                (base, over) => over.or(base),
+            },
             dhcp: over.dhcp.or(self.dhcp),
             tftp: over.tftp.or(self.tftp),
             cloud_init: over.cloud_init.or(self.cloud_init),
@@ -195,6 +204,18 @@ fn images_from_environment(get: &dyn Fn(&str) -> Option<String>) -> Result<Optio
         ..Default::default()
     };
     Ok(if layer == ImagesLayer::default() { None } else { Some(layer) })
+}
+
+impl BootLayer {
+    fn overlaid_with(self, over: BootLayer) -> BootLayer {
+        BootLayer {
+            files_dir: over.files_dir.or(self.files_dir),
+            ipxe_dir: over.ipxe_dir.or(self.ipxe_dir),
+            auto_enroll: over.auto_enroll.or(self.auto_enroll),
+            listen: over.listen.or(self.listen),
+            public_url: over.public_url.or(self.public_url),
+        }
+    }
 }
 
 impl ImagesLayer {
@@ -329,6 +350,10 @@ pub struct BootConfig {
     pub files_dir: PathBuf,
     pub ipxe_dir: PathBuf,
     pub auto_enroll: bool,
+    /// The boot listener's address, if it has one of its own.
+    pub listen: Option<SocketAddr>,
+    /// How machines reach the boot listener, when set explicitly.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -457,10 +482,30 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             return Err(ConfigError::Invalid { setting: "max_body_bytes", message: "must be at least 1024".to_owned() });
         }
         let boot_layer = layer.boot.unwrap_or_default();
+        let boot_listen = boot_layer
+            .listen
+            .map(|text| {
+                text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+                    setting: "boot.listen",
+                    message: format!("'{text}' is not an address:port such as 10.77.0.1:8081"),
+                })
+            })
+            .transpose()?;
+        let boot_public_url = boot_layer.public_url.map(|url| url.trim_end_matches('/').to_owned());
+        if let Some(url) = &boot_public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid { setting: "boot.public_url", message: format!("'{url}' is not an http:// or https:// URL") });
+        }
+        if boot_public_url.is_some() && boot_listen.is_none() {
+            return Err(ConfigError::Invalid { setting: "boot.public_url", message: "needs boot.listen".to_owned() });
+        }
         let boot = BootConfig {
             files_dir: boot_layer.files_dir.unwrap_or_else(|| data_dir.join("boot-files")),
             ipxe_dir: boot_layer.ipxe_dir.unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe")),
             auto_enroll: boot_layer.auto_enroll.unwrap_or(true),
+            listen: boot_listen,
+            public_url: boot_public_url,
         };
         let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, boot.auto_enroll, &data_dir)).transpose()?;
         let tftp = layer
@@ -542,6 +587,25 @@ mod tests {
         for (layer, message) in cases {
             assert_eq!(ServerConfig::try_from(layer).unwrap_err().to_string(), message);
         }
+        let boot = |listen: Option<&str>, public_url: Option<&str>| ServerConfigLayer {
+            boot: Some(BootLayer { listen: listen.map(str::to_owned), public_url: public_url.map(str::to_owned), ..Default::default() }),
+            ..Default::default()
+        };
+        let error = |layer: ServerConfigLayer| ServerConfig::try_from(layer).unwrap_err().to_string();
+        assert_eq!(error(boot(Some("8081"), None)), "boot.listen: '8081' is not an address:port such as 10.77.0.1:8081");
+        assert_eq!(error(boot(None, Some("http://x:8081"))), "boot.public_url: needs boot.listen");
+        assert_eq!(error(boot(Some("10.0.0.1:8081"), Some("x:8081"))), "boot.public_url: 'x:8081' is not an http:// or https:// URL");
+        let config = ServerConfig::try_from(boot(Some("10.0.0.1:8081"), None)).unwrap();
+        assert_eq!(config.boot.listen, Some("10.0.0.1:8081".parse().unwrap()));
+        let error = ServerConfig::try_from(ServerConfigLayer {
+            cloud_init: Some(CloudInitLayer { trusted_proxies: vec!["10.0.0.0/33".into()], impersonation: None }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cloud_init.trusted_proxies: '10.0.0.0/33' is neither an address nor a network such as 10.0.0.0/24"
+        );
         assert!(toml::from_str::<ServerConfigLayer>("lisen = \"x\"").is_err(), "typos in the file are refused");
     }
 }

@@ -9,6 +9,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_api::ApiState;
@@ -59,6 +60,7 @@ pub enum StartError {
 /// A running server. Dropping it stops the server without waiting.
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    boot_addr: Option<SocketAddr>,
     admin_token_file: Option<PathBuf>,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -68,6 +70,11 @@ impl ServerHandle {
     /// Where the API listens (the real port when the configuration asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the boot listener listens, when it has a listener of its own.
+    pub fn boot_addr(&self) -> Option<SocketAddr> {
+        self.boot_addr
     }
 
     /// The admin token file, when this start created the first administrator.
@@ -114,14 +121,31 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
     let inventory = kiln_db::Inventory::load(store.clone()).await.map_err(StartError::Store)?;
     let follower = inventory.follow(INVENTORY_FOLLOW_INTERVAL);
+    // Machines may have a listener of their own; every URL they are given points there.
+    let boot_listener = match config.boot.listen {
+        Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|source| StartError::Listen { address, source })?),
+        None => None,
+    };
+    let boot_url = match (&config.boot.public_url, &boot_listener) {
+        (Some(url), _) => url.clone(),
+        (None, Some(listener)) => {
+            let address = listener.local_addr().map_err(|source| StartError::Listen { address: local_addr, source })?;
+            let host = if address.ip().is_unspecified() { local_addr.ip() } else { address.ip() };
+            format!("http://{}", SocketAddr::new(host, address.port()))
+        }
+        (None, None) => config.public_url.clone(),
+    };
     let boot = kiln_api::boot::BootSettings {
-        public_url: config.public_url.clone(),
+        public_url: boot_url.clone(),
         files_dir: config.boot.files_dir.clone(),
         ipxe_dir: config.boot.ipxe_dir.clone(),
         auto_enroll: config.boot.auto_enroll,
     };
     let dhcp = match &config.dhcp {
-        Some(dhcp) => Some(kiln_dhcp::start(dhcp.clone(), store.clone(), inventory.clone()).await.map_err(StartError::Dhcp)?),
+        Some(dhcp) => {
+            let dhcp = kiln_dhcp::DhcpConfig { http_base_url: boot_url.clone(), ..dhcp.clone() };
+            Some(kiln_dhcp::start(dhcp, store.clone(), inventory.clone()).await.map_err(StartError::Dhcp)?)
+        }
         None => None,
     };
     let tftp = match &config.tftp {
@@ -129,7 +153,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
             let mut settings = kiln_tftp::TftpConfig::new(tftp.listen, tftp.root.clone());
             settings.max_sessions_per_client = tftp.max_sessions_per_client;
             // iPXE asking by TFTP gets a script that continues over HTTP.
-            settings.generated.insert("kiln.ipxe".to_owned(), kiln_boot::chain_script(&config.public_url).into_bytes());
+            settings.generated.insert("kiln.ipxe".to_owned(), kiln_boot::chain_script(&boot_url).into_bytes());
             Some(kiln_tftp::start(settings).await.map_err(StartError::Tftp)?)
         }
         None => None,
@@ -157,13 +181,25 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         impersonation: config.cloud_init.impersonation,
     };
     let state = ApiState::new(store.clone(), inventory, boot, images, cloud_init);
+    let boot_service = match boot_listener {
+        Some(listener) => {
+            let files = Arc::new(kiln_api::boot::BootFiles(state.clone()));
+            let address = listener.local_addr().ok();
+            let service = kiln_api::boot_listener::start(listener, files, kiln_api::boot_router(state.clone()))
+                .map_err(|source| StartError::Listen { address: address.unwrap_or(local_addr), source })?;
+            tracing::info!(address = %service.local_addr, url = %boot_url, "boot listener ready (files sent with sendfile)");
+            Some(service)
+        }
+        None => None,
+    };
+    let boot_addr = boot_service.as_ref().map(|service| service.local_addr);
     let app = kiln_api::router(state, config.max_body_bytes);
     let (shutdown, mut shutdown_requested) = watch::channel(false);
     let task = tokio::spawn(async move {
         let stopped = async move {
             let _ = shutdown_requested.wait_for(|requested| *requested).await;
         };
-        let _boot_services = (dhcp, tftp);
+        let _boot_services = (dhcp, tftp, boot_service);
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
             tracing::error!(%error, "the API server failed");
@@ -173,7 +209,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         tracing::info!("server stopped");
     });
     tracing::info!(address = %local_addr, public_url = %config.public_url, database = %kiln_db::redact_url(&config.database_url), "kiln is serving");
-    Ok(ServerHandle { local_addr, admin_token_file, shutdown, task: Some(task) })
+    Ok(ServerHandle { local_addr, boot_addr, admin_token_file, shutdown, task: Some(task) })
 }
 
 /// On a database without users, creates the administrator and writes its token to

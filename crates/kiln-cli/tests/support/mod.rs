@@ -13,6 +13,8 @@ pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 pub struct ServerProcess {
     pub child: Child,
     pub url: String,
+    /// The boot listener's URL, when the configuration gives it one.
+    pub boot_url: Option<String>,
     pub log: PathBuf,
 }
 
@@ -43,17 +45,27 @@ impl ServerProcess {
             use std::io::Write as _;
             let mut log_file = log_file;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("kiln: boot listener on ") {
+                    let _ = sender.send(("boot", url.to_owned()));
+                }
                 if let Some(url) = line.strip_prefix("kiln: listening on ") {
-                    let _ = sender.send(url.to_owned());
+                    let _ = sender.send(("api", url.to_owned()));
                 }
                 let _ = writeln!(log_file, "{line}");
             }
         });
-        let url = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("kiln serve did not start: {}", std::fs::read_to_string(&log).unwrap_or_default())
-        });
-        ServerProcess { child, url, log }
+        let mut boot_url = None;
+        let url = loop {
+            match receiver.recv_timeout(Duration::from_secs(60)) {
+                Ok(("api", url)) => break url,
+                Ok((_, url)) => boot_url = Some(url),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("kiln serve did not start: {}", std::fs::read_to_string(&log).unwrap_or_default())
+                }
+            }
+        };
+        ServerProcess { child, url, boot_url, log }
     }
 
     pub fn kill(&mut self) {
