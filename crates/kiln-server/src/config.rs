@@ -602,10 +602,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "cloud_init.trusted_proxies: '10.0.0.0/33' is neither an address nor a network such as 10.0.0.0/24"
-        );
+        assert_eq!(error.to_string(), "cloud_init.trusted_proxies: '10.0.0.0/33' is neither an address nor a network such as 10.0.0.0/24");
         assert!(toml::from_str::<ServerConfigLayer>("lisen = \"x\"").is_err(), "typos in the file are refused");
     }
 }
