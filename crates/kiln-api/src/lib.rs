@@ -16,6 +16,7 @@ pub mod images;
 pub mod metrics;
 mod nodes;
 mod openapi;
+mod power;
 mod tenancy;
 mod uploads;
 
@@ -76,6 +77,9 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/whoami", get(tenancy::whoami))
         .route("/nodes", get(nodes::list_nodes).post(nodes::create_node))
         .route("/nodes/{node}", get(nodes::get_node).patch(nodes::update_node).delete(nodes::delete_node))
+        .route("/nodes/{node}/power", get(power::get_power).post(power::set_power))
+        .route("/nodes/{node}/boot-device", put(power::set_boot_device))
+        .route("/nodes/{node}/bmc/facts", get(power::get_facts))
         .route("/discover/static", post(nodes::discover_static))
         .route("/projects", get(tenancy::list_projects).post(tenancy::create_project))
         .route("/projects/{project}", get(tenancy::get_project).delete(tenancy::delete_project))

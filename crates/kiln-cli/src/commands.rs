@@ -158,10 +158,19 @@ pub enum NodeCommand {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// Power on, off (soft), force-off, reset, cycle, or show status, through the BMCs.
+    Power(crate::power::PowerArgs),
+    /// Set the device the node boots from next: pxe or disk.
+    BootDevice(crate::power::BootDeviceArgs),
+    /// What the node's BMC says about the system (maker, model, serial, MACs…).
+    Facts { node: String },
 }
 
 pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -> anyhow::Result<()> {
     match command {
+        NodeCommand::Power(args) => crate::power::power(client, format, args).await,
+        NodeCommand::BootDevice(args) => crate::power::boot_device(client, args).await,
+        NodeCommand::Facts { node } => crate::power::facts(client, format, &node).await,
         NodeCommand::List { group, state, project, mac, limit } => {
             let mut query = Vec::new();
             for (key, value) in [("group", group), ("state", state), ("project", project), ("mac", mac)] {

@@ -5,6 +5,7 @@ mod commands;
 mod images;
 mod input;
 mod output;
+mod power;
 mod serve;
 
 use std::path::PathBuf;

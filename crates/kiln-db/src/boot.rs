@@ -233,6 +233,24 @@ impl Store {
 
     /// Records that a node called back from a booted system (the lab's and the agent's
     /// proof of life).
+    /// Records what was asked of a node's BMC (a power action, a boot device) and by whom.
+    /// These change no stored state; the event is the record.
+    pub async fn record_bmc_action(&self, actor: &str, node: &Node, action: &str, details: serde_json::Value) -> Result<(), StoreError> {
+        let mut transaction = self.write().await?;
+        let connection = transaction.connection();
+        let event = NewEvent {
+            actor,
+            action,
+            target_kind: "node_bmc",
+            target: &node.name,
+            project: node.project.as_deref(),
+            before: None,
+            after: Some(details),
+        };
+        record(connection, event).await?;
+        transaction.commit().await
+    }
+
     pub async fn record_phone_home(&self, node: &Node, address: &str) -> Result<(), StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();

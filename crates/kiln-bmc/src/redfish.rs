@@ -1,0 +1,344 @@
+//! The Redfish driver: the service root, the first computer system, its Reset action, its
+//! `Boot` override (with `If-Match` when the BMC gives an ETag) and its Ethernet interfaces.
+//!
+//! Requests time out; connection failures and 5xx are retried a few times with backoff.
+//! Timeouts are not (a BMC silent for the whole timeout is not about to answer, and the
+//! caller should hear so in one timeout, not three), nor are 401 and 403, so a wrong
+//! password does not lock the account.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use crate::{BmcError, BmcTarget, BootDevice, BootMode, PowerAction, PowerState, SystemFacts};
+
+/// Attempts per request when the connection fails or the BMC answers 5xx.
+const ATTEMPTS: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// A Redfish BMC. Cheap to clone; clones share the discovered system path.
+#[derive(Debug, Clone)]
+pub struct Redfish {
+    target: BmcTarget,
+    base: String,
+    http: reqwest::Client,
+    system: Arc<OnceCell<String>>,
+}
+
+/// `https://host` for a bare host or `host:port` (Redfish is HTTPS by default), the URL
+/// itself when it has a scheme; never with credentials in it.
+pub fn base_url(address: &str) -> Result<String, BmcError> {
+    let address = address.trim().trim_end_matches('/');
+    let url =
+        if address.starts_with("http://") || address.starts_with("https://") { address.to_owned() } else { format!("https://{address}") };
+    let rest = url.split("://").nth(1).unwrap_or_default();
+    if rest.is_empty() || rest.contains('@') || rest.contains(char::is_whitespace) {
+        return Err(BmcError::NotConfigured {
+            reason: format!("'{address}' is not a BMC address (host, host:port or http(s)://host:port)"),
+        });
+    }
+    Ok(url)
+}
+
+fn power_state(text: Option<&str>) -> PowerState {
+    match text {
+        Some("On") => PowerState::On,
+        Some("Off") => PowerState::Off,
+        Some("PoweringOn") => PowerState::PoweringOn,
+        Some("PoweringOff") => PowerState::PoweringOff,
+        _ => PowerState::Unknown,
+    }
+}
+
+/// The Redfish `ResetType` for an action, among those the system allows (when it says).
+pub fn reset_type(action: PowerAction, allowed: &[String]) -> Option<&'static str> {
+    let allows = |value: &str| allowed.is_empty() || allowed.iter().any(|candidate| candidate == value);
+    let preferences: &[&'static str] = match action {
+        PowerAction::On => &["On", "ForceOn"],
+        PowerAction::Off => &["GracefulShutdown"],
+        PowerAction::ForceOff => &["ForceOff"],
+        PowerAction::Reset => &["ForceRestart", "GracefulRestart"],
+        PowerAction::Cycle => &["PowerCycle", "ForceRestart"],
+    };
+    preferences.iter().copied().find(|value| allows(value))
+}
+
+impl Redfish {
+    pub fn new(target: BmcTarget) -> Result<Redfish, BmcError> {
+        let base = base_url(&target.address)?;
+        let http = reqwest::Client::builder()
+            .timeout(target.timeout)
+            .connect_timeout(target.timeout.min(Duration::from_secs(5)))
+            .danger_accept_invalid_certs(target.insecure)
+            .build()
+            .map_err(|error| BmcError::NotConfigured { reason: format!("building an HTTP client: {error}") })?;
+        Ok(Redfish { target, base, http, system: Arc::default() })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.target.address
+    }
+
+    fn unreachable(&self, error: &reqwest::Error) -> BmcError {
+        if error.is_timeout() {
+            return BmcError::Timeout { address: self.target.address.clone(), timeout: self.target.timeout };
+        }
+        // The innermost cause says what happened (refused, no route); reqwest's outer
+        // message repeats the URL, which is already in `address`.
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        BmcError::Unreachable { address: self.target.address.clone(), message: cause.to_string() }
+    }
+
+    /// One request, retried on no answer and on 5xx. Returns the status, the ETag and the
+    /// body (JSON, or `Null` when empty).
+    async fn request(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<(StatusCode, Option<String>, Value), BmcError> {
+        let url = format!("{}{path}", self.base);
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let mut request = self.http.request(method.clone(), &url).header("Accept", "application/json");
+            if let Some(username) = &self.target.username {
+                request = request.basic_auth(username, self.target.password.as_deref());
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if let Some(etag) = if_match {
+                request = request.header("If-Match", etag);
+            }
+            let outcome = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let etag = response.headers().get("etag").and_then(|value| value.to_str().ok()).map(str::to_owned);
+                    let bytes = response.bytes().await.map_err(|error| self.unreachable(&error));
+                    match bytes {
+                        Ok(bytes) => Ok((status, etag, bytes)),
+                        Err(error) => Err(error),
+                    }
+                }
+                Err(error) => Err(self.unreachable(&error)),
+            };
+            let retryable = match &outcome {
+                Err(BmcError::Timeout { .. }) => false,
+                Err(_) => true,
+                Ok((status, _, _)) => status.is_server_error(),
+            };
+            if retryable && attempt < ATTEMPTS {
+                tracing::debug!(address = %self.target.address, operation, attempt, "BMC request failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+                continue;
+            }
+            let (status, etag, bytes) = outcome?;
+            let address = self.target.address.clone();
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(BmcError::Authentication { address, status: status.as_u16() });
+            }
+            let value: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                match serde_json::from_slice(&bytes) {
+                    Ok(value) => value,
+                    Err(_) if status.is_success() => {
+                        return Err(BmcError::Malformed { address, operation, message: "the body is not JSON".to_owned() });
+                    }
+                    Err(_) => Value::Null,
+                }
+            };
+            if !status.is_success() {
+                let message = value
+                    .pointer("/error/@Message.ExtendedInfo/0/Message")
+                    .or_else(|| value.pointer("/error/message"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+                return Err(BmcError::Refused { address, operation, status: status.as_u16(), message });
+            }
+            return Ok((status, etag, value));
+        }
+    }
+
+    async fn get(&self, operation: &'static str, path: &str) -> Result<(Option<String>, Value), BmcError> {
+        let (_, etag, value) = self.request(operation, Method::GET, path, None, None).await?;
+        Ok((etag, value))
+    }
+
+    /// The service root, checked to be Redfish.
+    pub async fn service_root(&self) -> Result<Value, BmcError> {
+        let not_redfish = |message: &str| BmcError::NotRedfish { address: self.target.address.clone(), message: message.to_owned() };
+        let (_, root) = match self.get("reading the service root", "/redfish/v1/").await {
+            Ok(root) => root,
+            Err(BmcError::Refused { status: 404, .. }) => return Err(not_redfish("/redfish/v1/ does not exist")),
+            Err(BmcError::Malformed { .. }) => return Err(not_redfish("/redfish/v1/ is not JSON")),
+            Err(error) => return Err(error),
+        };
+        let is_root = root.get("RedfishVersion").is_some()
+            || root.get("@odata.type").and_then(Value::as_str).is_some_and(|kind| kind.contains("ServiceRoot"));
+        if !is_root {
+            return Err(not_redfish("/redfish/v1/ is not a Redfish service root"));
+        }
+        Ok(root)
+    }
+
+    /// The paths of every computer system the service manages.
+    pub async fn systems(&self) -> Result<Vec<String>, BmcError> {
+        let root = self.service_root().await?;
+        let collection = root.pointer("/Systems/@odata.id").and_then(Value::as_str).unwrap_or("/redfish/v1/Systems").to_owned();
+        let (_, systems) = self.get("listing systems", &collection).await?;
+        let members = systems.get("Members").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(members.iter().filter_map(|member| member.get("@odata.id").and_then(Value::as_str).map(str::to_owned)).collect())
+    }
+
+    /// The system this node is: the first one the service lists.
+    async fn system(&self) -> Result<&str, BmcError> {
+        self.system
+            .get_or_try_init(|| async {
+                self.systems().await?.into_iter().next().ok_or_else(|| BmcError::Malformed {
+                    address: self.target.address.clone(),
+                    operation: "listing systems",
+                    message: "the service has no computer system".to_owned(),
+                })
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// Works on one given system rather than the first (discovery walks them all).
+    pub fn for_system(&self, path: &str) -> Redfish {
+        let system = Arc::new(OnceCell::new_with(Some(path.to_owned())));
+        Redfish { system, ..self.clone() }
+    }
+
+    pub async fn power_state(&self) -> Result<PowerState, BmcError> {
+        let path = self.system().await?.to_owned();
+        let (_, system) = self.get("reading the power state", &path).await?;
+        Ok(power_state(system.get("PowerState").and_then(Value::as_str)))
+    }
+
+    pub async fn power(&self, action: PowerAction) -> Result<(), BmcError> {
+        let path = self.system().await?.to_owned();
+        let (_, system) = self.get("reading the system", &path).await?;
+        let reset = system.pointer("/Actions/#ComputerSystem.Reset").cloned().unwrap_or(Value::Null);
+        let target =
+            reset.get("target").and_then(Value::as_str).map_or_else(|| format!("{path}/Actions/ComputerSystem.Reset"), str::to_owned);
+        let allowed: Vec<String> = reset
+            .get("ResetType@Redfish.AllowableValues")
+            .and_then(Value::as_array)
+            .map(|values| values.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let reset_type = reset_type(action, &allowed)
+            .ok_or_else(|| BmcError::Unsupported { address: self.target.address.clone(), operation: "this power action" })?;
+        self.request("resetting the system", Method::POST, &target, Some(&json!({ "ResetType": reset_type })), None).await?;
+        tracing::info!(address = %self.target.address, reset_type, "power action sent");
+        Ok(())
+    }
+
+    pub async fn set_boot_device(&self, device: BootDevice, once: bool, mode: Option<BootMode>) -> Result<(), BmcError> {
+        let path = self.system().await?.to_owned();
+        // Some BMCs refuse a PATCH without the resource's current ETag.
+        let (etag, system) = self.get("reading the system", &path).await?;
+        let etag = etag.or_else(|| system.get("@odata.etag").and_then(Value::as_str).map(str::to_owned));
+        let mut boot = json!({
+            "BootSourceOverrideTarget": match device { BootDevice::Pxe => "Pxe", BootDevice::Disk => "Hdd" },
+            "BootSourceOverrideEnabled": if once { "Once" } else { "Continuous" },
+        });
+        if let Some(mode) = mode {
+            boot["BootSourceOverrideMode"] = json!(match mode {
+                BootMode::Bios => "Legacy",
+                BootMode::Uefi => "UEFI",
+            });
+        }
+        self.request("setting the boot device", Method::PATCH, &path, Some(&json!({ "Boot": boot })), etag.as_deref()).await?;
+        Ok(())
+    }
+
+    /// The boot override as the BMC reports it: target and whether it is once or always.
+    pub async fn boot_override(&self) -> Result<(Option<String>, Option<String>), BmcError> {
+        let path = self.system().await?.to_owned();
+        let (_, system) = self.get("reading the system", &path).await?;
+        let text = |pointer: &str| system.pointer(pointer).and_then(Value::as_str).map(str::to_owned);
+        Ok((text("/Boot/BootSourceOverrideTarget"), text("/Boot/BootSourceOverrideEnabled")))
+    }
+
+    pub async fn facts(&self) -> Result<SystemFacts, BmcError> {
+        let path = self.system().await?.to_owned();
+        let (_, system) = self.get("reading the system", &path).await?;
+        let text = |key: &str| system.get(key).and_then(Value::as_str).filter(|text| !text.is_empty()).map(str::to_owned);
+        let mut facts = SystemFacts {
+            manufacturer: text("Manufacturer"),
+            model: text("Model"),
+            serial_number: text("SerialNumber"),
+            uuid: text("UUID"),
+            processors: system.pointer("/ProcessorSummary/Count").and_then(Value::as_u64).map(|count| count as u32),
+            memory_gib: system.pointer("/MemorySummary/TotalSystemMemoryGiB").and_then(Value::as_f64),
+            power_state: Some(power_state(system.get("PowerState").and_then(Value::as_str))),
+            macs: Vec::new(),
+        };
+        if let Some(interfaces) = system.pointer("/EthernetInterfaces/@odata.id").and_then(Value::as_str) {
+            let (_, collection) = self.get("listing Ethernet interfaces", interfaces).await?;
+            for member in collection.get("Members").and_then(Value::as_array).into_iter().flatten() {
+                let Some(member) = member.get("@odata.id").and_then(Value::as_str) else { continue };
+                let (_, interface) = self.get("reading an Ethernet interface", member).await?;
+                let mac = interface.get("MACAddress").or_else(|| interface.get("PermanentMACAddress")).and_then(Value::as_str);
+                if let Some(mac) = mac.and_then(|text| text.parse().ok())
+                    && !facts.macs.contains(&mac)
+                {
+                    facts.macs.push(mac);
+                }
+            }
+        }
+        Ok(facts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_become_https_urls_without_credentials() {
+        assert_eq!(base_url("10.0.0.5").unwrap(), "https://10.0.0.5");
+        assert_eq!(base_url("10.0.0.5:8443/").unwrap(), "https://10.0.0.5:8443");
+        assert_eq!(base_url("http://127.0.0.1:8000").unwrap(), "http://127.0.0.1:8000");
+        assert!(base_url("https://root:calvin@10.0.0.5").is_err(), "credentials belong in the BMC record, not the URL");
+        assert!(base_url("").is_err());
+    }
+
+    #[test]
+    fn reset_types_respect_what_the_system_allows() {
+        let sushy: Vec<String> =
+            ["On", "ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart", "Nmi", "ForceOn"].map(String::from).to_vec();
+        assert_eq!(reset_type(PowerAction::Cycle, &sushy), Some("ForceRestart"), "no PowerCycle: restart instead");
+        assert_eq!(reset_type(PowerAction::Cycle, &[]), Some("PowerCycle"), "nothing said: the standard value");
+        assert_eq!(reset_type(PowerAction::Off, &sushy), Some("GracefulShutdown"));
+        assert_eq!(reset_type(PowerAction::Off, &["ForceOff".to_owned()]), None, "no silent hard power-off for a soft one");
+        assert_eq!(reset_type(PowerAction::On, &["ForceOn".to_owned()]), Some("ForceOn"));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_output() {
+        let target = BmcTarget {
+            address: "10.0.0.5".into(),
+            username: Some("root".into()),
+            password: Some("calvin".into()),
+            insecure: false,
+            timeout: BmcTarget::DEFAULT_TIMEOUT,
+        };
+        let text = format!("{:?}", Redfish::new(target).unwrap());
+        assert!(!text.contains("calvin") && text.contains("******"), "{text}");
+    }
+}

@@ -1,0 +1,147 @@
+//! `kiln node power|boot-device|facts`: BMC operations on nodes, several at once.
+
+use clap::ValueEnum;
+use futures::StreamExt as _;
+use kiln_bmc::{BootDevice, BootDeviceRequest, BootMode, PowerAction, PowerRequest, PowerStatus, SystemFacts};
+use kiln_client::{Client, encode};
+
+use crate::output::{OutputFormat, print, table};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PowerVerb {
+    On,
+    Off,
+    ForceOff,
+    Reset,
+    Cycle,
+    Status,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PowerArgs {
+    #[arg(value_enum)]
+    verb: PowerVerb,
+    #[arg(required = true)]
+    nodes: Vec<String>,
+    /// BMCs talked to at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Pxe,
+    Disk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BootDeviceArgs {
+    node: String,
+    #[arg(value_enum)]
+    device: DeviceArg,
+    /// For the next boot only.
+    #[arg(long)]
+    once: bool,
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Outcome {
+    node: String,
+    #[serde(flatten)]
+    status: Option<PowerStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Runs the verb on every node, `concurrency` at a time; one failing BMC does not stop the
+/// others. Fails at the end if any did.
+pub async fn power(client: &Client, format: OutputFormat, args: PowerArgs) -> anyhow::Result<()> {
+    let action = match args.verb {
+        PowerVerb::On => Some(PowerAction::On),
+        PowerVerb::Off => Some(PowerAction::Off),
+        PowerVerb::ForceOff => Some(PowerAction::ForceOff),
+        PowerVerb::Reset => Some(PowerAction::Reset),
+        PowerVerb::Cycle => Some(PowerAction::Cycle),
+        PowerVerb::Status => None,
+    };
+    let outcomes: Vec<Outcome> = futures::stream::iter(args.nodes.iter().cloned())
+        .map(|node| async move {
+            let path = format!("/v1/nodes/{}/power", encode(&node));
+            let result = match action {
+                Some(action) => client.post::<_, PowerStatus>(&path, &PowerRequest { action }).await,
+                None => client.get::<PowerStatus>(&path).await,
+            };
+            match result {
+                Ok(status) => Outcome { node, status: Some(status), error: None },
+                Err(error) => Outcome { node, status: None, error: Some(error.to_string()) },
+            }
+        })
+        .buffered(args.concurrency.max(1))
+        .collect()
+        .await;
+    let failed = outcomes.iter().filter(|outcome| outcome.error.is_some()).count();
+    print(format, &outcomes, || {
+        let rows = outcomes
+            .iter()
+            .map(|outcome| {
+                let state = outcome.status.as_ref().map(|status| serde_json::to_value(status.power_state).unwrap_or_default());
+                vec![
+                    outcome.node.clone(),
+                    state.and_then(|state| state.as_str().map(str::to_owned)).unwrap_or_else(|| "-".to_owned()),
+                    outcome.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        table(&["node", "power", "error"], rows)
+    })?;
+    if failed > 0 {
+        for outcome in &outcomes {
+            if let Some(error) = &outcome.error {
+                eprintln!("kiln: {}: {error}", outcome.node);
+            }
+        }
+        anyhow::bail!("{failed} of {} nodes failed", outcomes.len());
+    }
+    Ok(())
+}
+
+pub async fn boot_device(client: &Client, args: BootDeviceArgs) -> anyhow::Result<()> {
+    let request = BootDeviceRequest {
+        device: match args.device {
+            DeviceArg::Pxe => BootDevice::Pxe,
+            DeviceArg::Disk => BootDevice::Disk,
+        },
+        once: args.once,
+        mode: args.mode.map(|mode| match mode {
+            ModeArg::Bios => BootMode::Bios,
+            ModeArg::Uefi => BootMode::Uefi,
+        }),
+    };
+    client.put::<_, serde_json::Value>(&format!("/v1/nodes/{}/boot-device", encode(&args.node)), &request).await?;
+    Ok(())
+}
+
+pub async fn facts(client: &Client, format: OutputFormat, node: &str) -> anyhow::Result<()> {
+    let facts: SystemFacts = client.get(&format!("/v1/nodes/{}/bmc/facts", encode(node))).await?;
+    print(format, &facts, || {
+        let macs = facts.macs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let rows = vec![
+            vec!["manufacturer".to_owned(), facts.manufacturer.clone().unwrap_or_default()],
+            vec!["model".to_owned(), facts.model.clone().unwrap_or_default()],
+            vec!["serial".to_owned(), facts.serial_number.clone().unwrap_or_default()],
+            vec!["uuid".to_owned(), facts.uuid.clone().unwrap_or_default()],
+            vec!["macs".to_owned(), macs],
+            vec!["processors".to_owned(), facts.processors.map(|count| count.to_string()).unwrap_or_default()],
+            vec!["memory GiB".to_owned(), facts.memory_gib.map(|gib| gib.to_string()).unwrap_or_default()],
+        ];
+        table(&["fact", "value"], rows)
+    })
+}

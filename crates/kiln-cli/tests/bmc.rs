@@ -1,0 +1,167 @@
+//! BMC control through `kiln serve` and the `kiln` CLI against real BMC emulators
+//! (sushy-tools' Redfish emulator), and the faults a site meets: wrong credentials, a dead
+//! address, a BMC that does not answer in time, something that is not Redfish.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use kiln_test_utils::redfish::TestRedfish;
+use support::{ServerProcess, kiln, ok, token};
+
+fn json(output: Output) -> serde_json::Value {
+    serde_json::from_str(&ok(output)).unwrap()
+}
+
+fn failed(output: Output) -> String {
+    assert!(!output.status.success(), "expected a failure, got: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8(output.stderr).unwrap()
+}
+
+fn start(directory: &Path) -> (ServerProcess, String) {
+    let data_dir = directory.join("data");
+    let server = ServerProcess::start(&data_dir, &[]);
+    let token = token(&data_dir);
+    (server, token)
+}
+
+fn add_node(server: &ServerProcess, admin: &str, name: &str, address: &str, username: &str, password: &str) {
+    let node = serde_json::json!({
+        "name": name,
+        "bmc": {"driver": "redfish", "address": address, "username": username, "password": password},
+    });
+    ok(kiln(server, admin, &["node", "create", "-f", "json", "-d", &node.to_string()], None));
+}
+
+fn power_state(server: &ServerProcess, admin: &str, node: &str) -> String {
+    let status = json(kiln(server, admin, &["node", "power", "status", node, "-F", "json"], None));
+    status[0]["power_state"].as_str().unwrap().to_owned()
+}
+
+/// sushy's fake driver applies power changes after a few seconds.
+fn wait_for_power(server: &ServerProcess, admin: &str, node: &str, wanted: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = power_state(server, admin, node);
+        if state == wanted {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{node} stayed {state}, wanted {wanted}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn redfish_power_boot_device_and_facts_through_the_cli() {
+    let Some(redfish) = TestRedfish::start(Some(("admin", "s3cret-bmc"))) else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let (server, admin) = start(directory.path());
+    add_node(&server, &admin, "rf1", &redfish.url, "admin", "s3cret-bmc");
+
+    // The emulator keeps its fake system's state between runs: start from off.
+    ok(kiln(&server, &admin, &["node", "power", "force-off", "rf1"], None));
+    wait_for_power(&server, &admin, "rf1", "off");
+    let answer = json(kiln(&server, &admin, &["node", "power", "on", "rf1", "-F", "json"], None));
+    assert_eq!(answer[0]["node"], "rf1");
+    wait_for_power(&server, &admin, "rf1", "on");
+
+    ok(kiln(&server, &admin, &["node", "boot-device", "rf1", "pxe", "--once"], None));
+    let system = system_document(&redfish, "admin", "s3cret-bmc");
+    assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Pxe", "{system}");
+    ok(kiln(&server, &admin, &["node", "boot-device", "rf1", "disk", "--mode", "uefi"], None));
+    let system = system_document(&redfish, "admin", "s3cret-bmc");
+    assert_eq!(
+        (system["Boot"]["BootSourceOverrideTarget"].as_str(), system["Boot"]["BootSourceOverrideMode"].as_str()),
+        (Some("Hdd"), Some("UEFI"))
+    );
+
+    let facts = json(kiln(&server, &admin, &["node", "facts", "rf1", "-F", "json"], None));
+    assert_eq!(facts["manufacturer"], "Sushy Emulator");
+    assert_eq!(facts["uuid"], system["UUID"]);
+    let mac = system_interface_mac(&redfish, &system, "admin", "s3cret-bmc");
+    assert_eq!(facts["macs"], serde_json::json!([mac]), "the system's NIC MACs");
+
+    ok(kiln(&server, &admin, &["node", "power", "force-off", "rf1"], None));
+    wait_for_power(&server, &admin, "rf1", "off");
+
+    // What was asked is in the log; the password is nowhere.
+    let events = json(kiln(&server, &admin, &["events", "--kind", "node_bmc", "-F", "json"], None));
+    let actions: Vec<&str> = events.as_array().unwrap().iter().map(|event| event["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["node.power", "node.power", "node.boot-device", "node.boot-device", "node.power"]);
+    assert!(!events.to_string().contains("s3cret-bmc"));
+    assert!(!server.log().contains("s3cret-bmc"), "the server log never holds the password");
+}
+
+fn system_document(redfish: &TestRedfish, username: &str, password: &str) -> serde_json::Value {
+    let get = |path: &str| -> serde_json::Value {
+        let output = std::process::Command::new("curl")
+            .args(["-sf", "-u", &format!("{username}:{password}"), &format!("{}{path}", redfish.url)])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let systems = get("/redfish/v1/Systems");
+    get(systems["Members"][0]["@odata.id"].as_str().unwrap())
+}
+
+fn system_interface_mac(redfish: &TestRedfish, system: &serde_json::Value, username: &str, password: &str) -> String {
+    let output = std::process::Command::new("curl")
+        .args(["-sf", "-u", &format!("{username}:{password}")])
+        .arg(format!("{}{}", redfish.url, system["EthernetInterfaces"]["@odata.id"].as_str().unwrap()))
+        .output()
+        .unwrap();
+    let collection: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let member = collection["Members"][0]["@odata.id"].as_str().unwrap();
+    member.rsplit('/').next().unwrap().to_owned()
+}
+
+/// Starts a TCP server that accepts connections and never answers: a hung BMC.
+fn silent_server() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+#[test]
+fn bmc_faults_give_clear_errors_without_credentials_and_without_hammering() {
+    let Some(redfish) = TestRedfish::start(Some(("admin", "right-password"))) else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let (server, admin) = start(directory.path());
+    let (_silent, silent_url) = silent_server();
+    add_node(&server, &admin, "wrong-password", &redfish.url, "admin", "wrong-password-xyz");
+    add_node(&server, &admin, "dead", "http://127.0.0.1:1", "admin", "pw-dead");
+    add_node(&server, &admin, "hung", &silent_url, "admin", "pw-hung");
+    add_node(&server, &admin, "not-redfish", &server.url, "admin", "pw-not-redfish");
+    ok(kiln(&server, &admin, &["node", "create", "-d", "{name: no-bmc}"], None));
+
+    let refusals = || redfish.log_text().matches("\" 401 -").count();
+    let refused_before = refusals();
+    let error = failed(kiln(&server, &admin, &["node", "power", "status", "wrong-password"], None));
+    assert!(error.contains("the username or password was refused (HTTP 401)") && error.contains("bmc_authentication"), "{error}");
+    assert_eq!(refusals() - refused_before, 1, "a refused password is not retried:\n{}", redfish.log_text());
+
+    let error = failed(kiln(&server, &admin, &["node", "power", "on", "dead"], None));
+    assert!(error.contains("cannot connect") && error.contains("bmc_unreachable"), "{error}");
+
+    let started = Instant::now();
+    let error = failed(kiln(&server, &admin, &["node", "power", "status", "hung"], None));
+    assert!(error.contains("no answer within 10 s") && error.contains("bmc_unreachable"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(20), "one timeout, not three: {:?}", started.elapsed());
+
+    let error = failed(kiln(&server, &admin, &["node", "power", "status", "not-redfish"], None));
+    assert!(error.contains("not a Redfish service") && error.contains("bmc_protocol"), "{error}");
+
+    let error = failed(kiln(&server, &admin, &["node", "power", "status", "no-bmc"], None));
+    assert!(error.contains("has no BMC record"), "{error}");
+
+    // Several nodes at once: each gets its own answer, the command fails as a whole.
+    let output = kiln(&server, &admin, &["node", "power", "status", "dead", "no-bmc", "not-redfish"], None);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success() && text.lines().count() == 4, "{text}");
+    let everything = format!("{}{}", server.log(), ok(kiln(&server, &admin, &["events", "-F", "json"], None)));
+    for password in ["wrong-password-xyz", "pw-dead", "pw-hung", "pw-not-redfish"] {
+        assert!(!everything.contains(password), "{password} leaked");
+    }
+}

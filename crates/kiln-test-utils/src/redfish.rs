@@ -1,0 +1,83 @@
+//! A real Redfish service for tests: sushy-tools' emulator (`sushy-emulator --fake`, one
+//! fake system whose power changes take effect after a few seconds), on a loopback port,
+//! optionally behind HTTP basic authentication. Killed when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where `scripts/install-deps` puts the emulator; `KILN_SUSHY_EMULATOR` overrides.
+fn emulator() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("KILN_SUSHY_EMULATOR") {
+        return Some(PathBuf::from(path));
+    }
+    let path = PathBuf::from(std::env::var("HOME").ok()?).join(".cache/kiln-tools/sushy-venv/bin/sushy-emulator");
+    path.exists().then_some(path)
+}
+
+pub struct TestRedfish {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub log: PathBuf,
+    _directory: tempfile::TempDir,
+}
+
+impl Drop for TestRedfish {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|address| address.port()).unwrap()
+}
+
+impl TestRedfish {
+    /// Starts the emulator, with `credentials` required when given. `None` when it is not
+    /// installed, unless `KILN_REQUIRE_BMC=1`, which makes that a failure.
+    pub fn start(credentials: Option<(&str, &str)>) -> Option<TestRedfish> {
+        let Some(emulator) = emulator() else {
+            assert_ne!(
+                std::env::var("KILN_REQUIRE_BMC").as_deref(),
+                Ok("1"),
+                "KILN_REQUIRE_BMC=1 but sushy-emulator is not installed (scripts/install-deps)"
+            );
+            eprintln!("skipping: sushy-emulator is not installed (scripts/install-deps)");
+            return None;
+        };
+        let directory = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut command = Command::new(&emulator);
+        command.args(["--fake", "-i", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some((username, password)) = credentials {
+            // sushy accepts bcrypt entries only; its virtualenv has bcrypt.
+            let python = emulator.with_file_name("python3");
+            let output = Command::new(python)
+                .args(["-c", "import bcrypt, sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt(rounds=4)).decode())", password])
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let htpasswd = directory.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{username}:{}", String::from_utf8_lossy(&output.stdout).trim())).unwrap();
+            let config = directory.path().join("emulator.conf");
+            std::fs::write(&config, format!("SUSHY_EMULATOR_AUTH_FILE = '{}'\n", htpasswd.display())).unwrap();
+            command.arg("--config").arg(&config);
+        }
+        let log = directory.path().join("emulator.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = command.stdin(Stdio::null()).stdout(log_file.try_clone().unwrap()).stderr(log_file).spawn().unwrap();
+        let redfish = TestRedfish { child, url: format!("http://127.0.0.1:{port}"), log, _directory: directory };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sushy-emulator did not start: {}", redfish.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(redfish)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
