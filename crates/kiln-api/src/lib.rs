@@ -5,6 +5,7 @@
 //! asking the caller's context, validate input into specs, and call the store.
 
 pub mod auth;
+pub mod bmc_discovery;
 pub mod boot;
 pub mod boot_listener;
 pub mod cloud_init;
@@ -81,6 +82,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/nodes/{node}/boot-device", put(power::set_boot_device))
         .route("/nodes/{node}/bmc/facts", get(power::get_facts))
         .route("/discover/static", post(nodes::discover_static))
+        .route("/discover/redfish", post(bmc_discovery::discover_redfish))
         .route("/projects", get(tenancy::list_projects).post(tenancy::create_project))
         .route("/projects/{project}", get(tenancy::get_project).delete(tenancy::delete_project))
         .route("/projects/{project}/members", put(tenancy::set_member))

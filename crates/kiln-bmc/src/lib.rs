@@ -5,6 +5,7 @@
 //! into kinds ([`FaultKind`]) so the power-state sync can tell "wrong password" from "not
 //! answering". Credentials never appear in an error, a log line or a `Debug` output.
 
+pub mod discovery;
 pub mod redfish;
 
 use std::time::Duration;

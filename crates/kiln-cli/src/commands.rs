@@ -458,10 +458,13 @@ pub async fn token(client: &Client, format: OutputFormat, command: TokenCommand)
 pub enum DiscoverCommand {
     /// Load nodes from an OpenCHAMI static discovery file (nodes.yaml). Idempotent.
     Static(DataArgs),
+    /// Scan for Redfish BMCs and enrol or update a node per system found (as magellan does).
+    Redfish(crate::power::RedfishDiscoveryArgs),
 }
 
 pub async fn discover(client: &Client, format: OutputFormat, command: DiscoverCommand) -> anyhow::Result<()> {
     match command {
+        DiscoverCommand::Redfish(args) => crate::power::discover_redfish(client, format, args).await,
         DiscoverCommand::Static(data) => {
             let summary: DiscoverySummary = client.post("/v1/discover/static", &data.read()?).await?;
             print(format, &summary, || {

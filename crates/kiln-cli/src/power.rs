@@ -145,3 +145,56 @@ pub async fn facts(client: &Client, format: OutputFormat, node: &str) -> anyhow:
         table(&["fact", "value"], rows)
     })
 }
+
+#[derive(Debug, clap::Args)]
+pub struct RedfishDiscoveryArgs {
+    /// HOST, HOST:PORT or HOST:FIRST-LAST; repeat for more.
+    #[arg(long = "targets", required = true, num_args = 1..)]
+    targets: Vec<String>,
+    #[arg(long)]
+    username: Option<String>,
+    /// The BMCs' password (or KILN_BMC_PASSWORD, which keeps it out of the process list).
+    #[arg(long, env = "KILN_BMC_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Accept any TLS certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// https or http.
+    #[arg(long, default_value = "https")]
+    scheme: String,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds one target may take.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
+/// `kiln discover redfish`: the server scans, enrols and reports.
+pub async fn discover_redfish(client: &Client, format: OutputFormat, args: RedfishDiscoveryArgs) -> anyhow::Result<()> {
+    let input = kiln_bmc::discovery::RedfishDiscoveryInput {
+        targets: args.targets,
+        username: args.username,
+        password: args.password,
+        insecure: args.insecure,
+        scheme: Some(args.scheme),
+        concurrency: Some(args.concurrency),
+        timeout_seconds: Some(args.timeout),
+    };
+    let report: kiln_bmc::discovery::RedfishDiscoveryReport = client.post("/v1/discover/redfish", &input).await?;
+    print(format, &report, || {
+        let mut text = format!(
+            "{} targets: {} Redfish services, {} systems, {} with nothing listening\ncreated: {}\nupdated: {}\nunchanged: {}\n",
+            report.targets,
+            report.services,
+            report.systems,
+            report.absent,
+            report.created.join(" "),
+            report.updated.join(" "),
+            report.unchanged.join(" "),
+        );
+        for failure in &report.failures {
+            text.push_str(&format!("failed: {}: {}\n", failure.target, failure.error));
+        }
+        text
+    })
+}

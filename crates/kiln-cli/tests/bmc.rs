@@ -165,3 +165,59 @@ fn bmc_faults_give_clear_errors_without_credentials_and_without_hammering() {
         assert!(!everything.contains(password), "{password} leaked");
     }
 }
+
+/// Three ports scanned as a range: two emulators, one port with nothing on it. Each system
+/// becomes a node with its MAC and its BMC; a second scan changes nothing; a node already in
+/// the inventory with the system's MAC is updated, not duplicated.
+#[test]
+fn redfish_discovery_enrols_systems_with_their_macs() {
+    let base = (20_000..60_000u16)
+        .step_by(7)
+        .find(|port| (0..3).all(|offset| std::net::TcpListener::bind(("127.0.0.1", port + offset)).is_ok()))
+        .unwrap();
+    let Some(first) = TestRedfish::start_on(base, Some(("root", "calvin"))) else { return };
+    let second = TestRedfish::start_on(base + 2, Some(("root", "calvin"))).unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let (server, admin) = start(directory.path());
+    // The second machine is already known by its MAC, with an address worth keeping.
+    let known = serde_json::json!({
+        "name": "known-node", "interfaces": [{"mac_addr": second.mac, "ip_addrs": [{"name": "m", "ip_addr": "10.1.0.7"}]}],
+    });
+    ok(kiln(&server, &admin, &["node", "create", "-f", "json", "-d", &known.to_string()], None));
+
+    let range = format!("127.0.0.1:{base}-{}", base + 2);
+    let args = ["discover", "redfish", "--targets", &range, "--username", "root", "--scheme", "http", "-F", "json"];
+    let output = support::kiln_with_env(&server, &admin, &args, &[("KILN_BMC_PASSWORD", "calvin")]);
+    let report: serde_json::Value = serde_json::from_str(&ok(output)).unwrap();
+    assert_eq!(
+        (report["targets"].as_u64(), report["services"].as_u64(), report["absent"].as_u64()),
+        (Some(3), Some(2), Some(1)),
+        "{report}"
+    );
+    let created = format!("rf-127-0-0-1-{base}");
+    assert_eq!(report["created"], serde_json::json!([created]), "{report}");
+    assert_eq!(report["updated"], serde_json::json!(["known-node"]), "{report}");
+
+    let node = json(kiln(&server, &admin, &["node", "show", &created, "-F", "json"], None));
+    assert_eq!(node["interfaces"][0]["mac_addr"], first.mac.as_str());
+    assert_eq!((node["bmc"]["driver"].as_str(), node["bmc"]["address"].as_str()), (Some("redfish"), Some(first.url.as_str())));
+    assert_eq!(node["bmc"]["password"], "******");
+    let known = json(kiln(&server, &admin, &["node", "show", "known-node", "-F", "json"], None));
+    assert_eq!(known["interfaces"][0]["ip_addrs"][0]["ip_addr"], "10.1.0.7", "addresses survive discovery");
+    assert_eq!(known["bmc"]["address"], second.url.as_str());
+    // The enrolled credentials work: the node can be powered through its BMC.
+    assert_eq!(power_state(&server, &admin, &created), "off");
+
+    // Scanning again changes nothing.
+    let output = support::kiln_with_env(&server, &admin, &args, &[("KILN_BMC_PASSWORD", "calvin")]);
+    let again: serde_json::Value = serde_json::from_str(&ok(output)).unwrap();
+    assert_eq!((again["created"].as_array().unwrap().len(), again["updated"].as_array().unwrap().len()), (0, 0), "{again}");
+    assert_eq!(again["unchanged"].as_array().unwrap().len(), 2, "{again}");
+
+    // Wrong credentials are reported per target and enrol nothing.
+    let output = support::kiln_with_env(&server, &admin, &args, &[("KILN_BMC_PASSWORD", "wrong")]);
+    let report: serde_json::Value = serde_json::from_str(&ok(output)).unwrap();
+    assert_eq!(report["failures"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["failures"][0]["fault"], "authentication");
+    assert!(!report.to_string().contains("wrong"), "{report}");
+}

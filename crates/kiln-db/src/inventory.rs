@@ -111,6 +111,11 @@ impl InventoryView {
         self.name_of_mac.get(mac).and_then(|name| self.by_name.get(name))
     }
 
+    /// The node whose BMC is at `address`. A scan: for discovery, not for hot paths.
+    pub fn by_bmc_address(&self, address: &str) -> Option<&Arc<Node>> {
+        self.by_name.values().find(|node| node.bmc.as_ref().and_then(|bmc| bmc.address.as_deref()) == Some(address))
+    }
+
     /// The one node that holds this address; none when no node or several do.
     pub fn by_ip(&self, address: &IpAddr) -> Option<&Arc<Node>> {
         match self.names_of_ip.get(address).map(Vec::as_slice) {

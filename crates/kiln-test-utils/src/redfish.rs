@@ -19,6 +19,9 @@ pub struct TestRedfish {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// The fake system's UUID and NIC MAC, distinct per emulator.
+    pub uuid: String,
+    pub mac: String,
     pub log: PathBuf,
     _directory: tempfile::TempDir,
 }
@@ -30,7 +33,7 @@ impl Drop for TestRedfish {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|address| address.port()).unwrap()
 }
 
@@ -38,6 +41,11 @@ impl TestRedfish {
     /// Starts the emulator, with `credentials` required when given. `None` when it is not
     /// installed, unless `KILN_REQUIRE_BMC=1`, which makes that a failure.
     pub fn start(credentials: Option<(&str, &str)>) -> Option<TestRedfish> {
+        Self::start_on(free_port(), credentials)
+    }
+
+    /// The same on a given port (for scans over a port range).
+    pub fn start_on(port: u16, credentials: Option<(&str, &str)>) -> Option<TestRedfish> {
         let Some(emulator) = emulator() else {
             assert_ne!(
                 std::env::var("KILN_REQUIRE_BMC").as_deref(),
@@ -48,9 +56,17 @@ impl TestRedfish {
             return None;
         };
         let directory = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut command = Command::new(&emulator);
         command.args(["--fake", "-i", "127.0.0.1", "-p", &port.to_string()]);
+        // One fake system of its own per emulator (UUID and MAC from the port), its state
+        // kept in this emulator's directory, so emulators and runs do not share it.
+        let uuid = format!("00000000-0000-4000-8000-0000000{port:05}");
+        let mac = format!("52:54:00:f0:{:02x}:{:02x}", port >> 8, port & 0xff);
+        let mut config = format!(
+            "SUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{uuid}', 'name': 'fake-{port}', \
+             'power_state': 'Off', 'external_notifier': False, 'nics': [{{'mac': '{mac}', 'ip': '10.99.0.1'}}]}}]\n",
+            directory.path().join("state").display()
+        );
         if let Some((username, password)) = credentials {
             // sushy accepts bcrypt entries only; its virtualenv has bcrypt.
             let python = emulator.with_file_name("python3");
@@ -61,14 +77,15 @@ impl TestRedfish {
             assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
             let htpasswd = directory.path().join("htpasswd");
             std::fs::write(&htpasswd, format!("{username}:{}", String::from_utf8_lossy(&output.stdout).trim())).unwrap();
-            let config = directory.path().join("emulator.conf");
-            std::fs::write(&config, format!("SUSHY_EMULATOR_AUTH_FILE = '{}'\n", htpasswd.display())).unwrap();
-            command.arg("--config").arg(&config);
+            config.push_str(&format!("SUSHY_EMULATOR_AUTH_FILE = '{}'\n", htpasswd.display()));
         }
+        let config_file = directory.path().join("emulator.conf");
+        std::fs::write(&config_file, config).unwrap();
+        command.arg("--config").arg(&config_file);
         let log = directory.path().join("emulator.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = command.stdin(Stdio::null()).stdout(log_file.try_clone().unwrap()).stderr(log_file).spawn().unwrap();
-        let redfish = TestRedfish { child, url: format!("http://127.0.0.1:{port}"), log, _directory: directory };
+        let redfish = TestRedfish { child, url: format!("http://127.0.0.1:{port}"), uuid, mac, log, _directory: directory };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "sushy-emulator did not start: {}", redfish.log_text());

@@ -89,8 +89,24 @@ pub fn token(data_dir: &Path) -> String {
 }
 
 pub fn kiln(server: &ServerProcess, token: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    kiln_with_env_and_stdin(server, token, args, &[], stdin)
+}
+
+/// `kiln` with extra environment variables (secrets kept off the command line).
+pub fn kiln_with_env(server: &ServerProcess, token: &str, args: &[&str], environment: &[(&str, &str)]) -> Output {
+    kiln_with_env_and_stdin(server, token, args, environment, None)
+}
+
+fn kiln_with_env_and_stdin(
+    server: &ServerProcess,
+    token: &str,
+    args: &[&str],
+    environment: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> Output {
     let mut child = Command::new(KILN)
         .args(args)
+        .envs(environment.iter().copied())
         .env("KILN_URL", &server.url)
         .env("KILN_TOKEN", token)
         .env("HOME", "/nonexistent")
