@@ -79,6 +79,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/nodes", get(nodes::list_nodes).post(nodes::create_node))
         .route("/nodes/{node}", get(nodes::get_node).patch(nodes::update_node).delete(nodes::delete_node))
         .route("/nodes/{node}/power", get(power::get_power).post(power::set_power))
+        .route("/nodes/{node}/power/sync", get(power::get_power_reading))
         .route("/nodes/{node}/boot-device", put(power::set_boot_device))
         .route("/nodes/{node}/bmc/facts", get(power::get_facts))
         .route("/discover/static", post(nodes::discover_static))

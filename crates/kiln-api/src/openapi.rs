@@ -34,7 +34,7 @@ use utoipa::{Modify, OpenApi};
         crate::cloud_init::node_document, crate::cloud_init::secure_document, crate::cloud_init::secure_document_bearer,
         crate::cloud_init::impersonate,
         crate::bmc_discovery::discover_redfish,
-        crate::power::get_power, crate::power::set_power, crate::power::set_boot_device, crate::power::get_facts,
+        crate::power::get_power, crate::power::get_power_reading, crate::power::set_power, crate::power::set_boot_device, crate::power::get_facts,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -102,6 +102,17 @@ pub async fn set_boot_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// What the power-state sync last read from the node's BMC, and its faults.
+#[utoipa::path(get, path = "/v1/nodes/{node}/power/sync", tag = "bmc",
+    responses((status = 200, body = Option<kiln_types::api::PowerReading>), (status = 404, body = ErrorBody)))]
+pub async fn get_power_reading(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Option<kiln_types::api::PowerReading>>> {
+    Ok(Json(state.store.power_reading(&key, &caller.read_scope()).await?))
+}
+
 #[utoipa::path(get, path = "/v1/nodes/{node}/bmc/facts", tag = "bmc",
     responses((status = 200, body = SystemFacts), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn get_facts(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<SystemFacts>> {

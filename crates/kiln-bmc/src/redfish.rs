@@ -31,16 +31,32 @@ pub struct Redfish {
 /// `https://host` for a bare host or `host:port` (Redfish is HTTPS by default), the URL
 /// itself when it has a scheme; never with credentials in it.
 pub fn base_url(address: &str) -> Result<String, BmcError> {
+    Ok(split_address(address)?.0)
+}
+
+/// The service's base URL, and the system's path when the address names one
+/// (`https://bmc/redfish/v1/Systems/2`: one service, several systems, one node each).
+fn split_address(address: &str) -> Result<(String, Option<String>), BmcError> {
     let address = address.trim().trim_end_matches('/');
     let url =
         if address.starts_with("http://") || address.starts_with("https://") { address.to_owned() } else { format!("https://{address}") };
-    let rest = url.split("://").nth(1).unwrap_or_default();
-    if rest.is_empty() || rest.contains('@') || rest.contains(char::is_whitespace) {
-        return Err(BmcError::NotConfigured {
-            reason: format!("'{address}' is not a BMC address (host, host:port or http(s)://host:port)"),
-        });
+    let (scheme, rest) = url.split_once("://").unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], Some(&rest[slash..])),
+        None => (rest, None),
+    };
+    let bad = || BmcError::NotConfigured {
+        reason: format!("'{address}' is not a BMC address (host, host:port, http(s)://host:port or its URL of a system)"),
+    };
+    if authority.is_empty() || authority.contains('@') || rest.contains(char::is_whitespace) {
+        return Err(bad());
     }
-    Ok(url)
+    let system = match path {
+        None => None,
+        Some(path) if path.starts_with("/redfish/v1/Systems/") && path.len() > "/redfish/v1/Systems/".len() => Some(path.to_owned()),
+        Some(_) => return Err(bad()),
+    };
+    Ok((format!("{scheme}://{authority}"), system))
 }
 
 fn power_state(text: Option<&str>) -> PowerState {
@@ -68,14 +84,14 @@ pub fn reset_type(action: PowerAction, allowed: &[String]) -> Option<&'static st
 
 impl Redfish {
     pub fn new(target: BmcTarget) -> Result<Redfish, BmcError> {
-        let base = base_url(&target.address)?;
+        let (base, system) = split_address(&target.address)?;
         let http = reqwest::Client::builder()
             .timeout(target.timeout)
             .connect_timeout(target.timeout.min(Duration::from_secs(5)))
             .danger_accept_invalid_certs(target.insecure)
             .build()
             .map_err(|error| BmcError::NotConfigured { reason: format!("building an HTTP client: {error}") })?;
-        Ok(Redfish { target, base, http, system: Arc::default() })
+        Ok(Redfish { target, base, http, system: Arc::new(OnceCell::new_with(system)) })
     }
 
     pub fn address(&self) -> &str {
@@ -316,6 +332,11 @@ mod tests {
         assert_eq!(base_url("http://127.0.0.1:8000").unwrap(), "http://127.0.0.1:8000");
         assert!(base_url("https://root:calvin@10.0.0.5").is_err(), "credentials belong in the BMC record, not the URL");
         assert!(base_url("").is_err());
+        assert_eq!(
+            split_address("http://127.0.0.1:8000/redfish/v1/Systems/abc").unwrap(),
+            ("http://127.0.0.1:8000".to_owned(), Some("/redfish/v1/Systems/abc".to_owned()))
+        );
+        assert!(base_url("http://127.0.0.1:8000/somewhere").is_err());
     }
 
     #[test]

@@ -221,3 +221,141 @@ fn redfish_discovery_enrols_systems_with_their_macs() {
     assert_eq!(report["failures"][0]["fault"], "authentication");
     assert!(!report.to_string().contains("wrong"), "{report}");
 }
+
+fn start_with_config(directory: &Path, config: &str) -> (ServerProcess, String) {
+    let file = directory.join("kiln.toml");
+    std::fs::write(&file, config).unwrap();
+    let data_dir = directory.join("data");
+    let server = ServerProcess::start(&data_dir, &["--config", file.to_str().unwrap()]);
+    let token = token(&data_dir);
+    (server, token)
+}
+
+fn reading(server: &ServerProcess, admin: &str, node: &str) -> serde_json::Value {
+    let output = support::kiln_with_env(server, admin, &["node", "show", node, "-F", "json"], &[]);
+    let node_document: serde_json::Value = serde_json::from_str(&ok(output)).unwrap();
+    let sync = std::process::Command::new("curl")
+        .args(["-sf", "-H", &format!("Authorization: Bearer {admin}"), &format!("{}/v1/nodes/{node}/power/sync", server.url)])
+        .output()
+        .unwrap();
+    let mut sync: serde_json::Value = serde_json::from_slice(&sync.stdout).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut sync {
+        map.insert("maintenance".into(), node_document["maintenance"].clone());
+    }
+    sync
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The sync reads every BMC each interval: states are recorded, a BMC that refuses the
+/// password or does not answer puts its node into maintenance after two failures with the
+/// fault named, and a node comes out by itself once its BMC answers; an operator's own
+/// maintenance is left alone.
+#[test]
+fn the_power_sync_records_states_faults_and_recoveries() {
+    let Some(redfish) = TestRedfish::start(Some(("admin", "right"))) else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let (server, admin) =
+        start_with_config(directory.path(), "[bmc]\nsync_interval_seconds = 1\nfault_threshold = 2\ntimeout_seconds = 2\n");
+    let (_silent, silent_url) = silent_server();
+    add_node(&server, &admin, "good", &redfish.url, "admin", "right");
+    add_node(&server, &admin, "bad-password", &redfish.url, "admin", "wrong");
+    add_node(&server, &admin, "hung", &silent_url, "admin", "x");
+
+    wait_until("the good node's state", || reading(&server, &admin, "good")["power_state"] == "off");
+    wait_until("the bad password's maintenance", || reading(&server, &admin, "bad-password")["maintenance"] == true);
+    let bad = reading(&server, &admin, "bad-password");
+    assert_eq!((bad["fault"].as_str(), bad["maintenance_set"].as_bool()), (Some("authentication"), Some(true)), "{bad}");
+    wait_until("the hung BMC's maintenance", || reading(&server, &admin, "hung")["maintenance"] == true);
+    assert_eq!(reading(&server, &admin, "hung")["fault"], "unreachable");
+    assert_eq!(reading(&server, &admin, "good")["maintenance"], false);
+
+    // The operator fixes the password: the node leaves maintenance by itself.
+    let fix = serde_json::json!({"bmc": {"driver": "redfish", "address": redfish.url, "username": "admin", "password": "right"}});
+    ok(kiln(&server, &admin, &["node", "update", "bad-password", "-f", "json", "-d", &fix.to_string()], None));
+    wait_until("the recovery", || reading(&server, &admin, "bad-password")["maintenance"] == false);
+    let recovered = reading(&server, &admin, "bad-password");
+    assert_eq!((recovered["failures"].as_u64(), recovered["power_state"].as_str()), (Some(0), Some("off")), "{recovered}");
+
+    // Maintenance an operator sets is theirs: the sync does not lift it.
+    ok(kiln(&server, &admin, &["node", "update", "good", "-d", "{maintenance: true}"], None));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(reading(&server, &admin, "good")["maintenance"], true);
+
+    let events = json(kiln(&server, &admin, &["events", "--limit", "1000", "-F", "json"], None));
+    let actions: Vec<(&str, &str)> =
+        events.as_array().unwrap().iter().map(|event| (event["action"].as_str().unwrap(), event["target"].as_str().unwrap())).collect();
+    for expected in [
+        ("node.power-state", "good"),
+        ("node.maintenance.fault", "bad-password"),
+        ("node.maintenance.fault", "hung"),
+        ("node.maintenance.recovered", "bad-password"),
+    ] {
+        assert!(actions.contains(&expected), "{expected:?} in {actions:?}");
+    }
+    assert!(!events.to_string().contains("\"right\""), "no password in events");
+}
+
+/// 200 BMCs, 20 of which never answer: with 16 workers and a 2 s timeout the pass takes a
+/// few seconds, not the 40 s one BMC after another would, and every answering BMC is read.
+#[test]
+fn a_sync_over_200_bmcs_with_a_tenth_hung_finishes_in_bounded_time() {
+    let Some(redfish) = TestRedfish::start_with(kiln_test_utils::redfish::free_port(), None, 180) else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let (server, admin) = start_with_config(
+        directory.path(),
+        "[bmc]\nsync_interval_seconds = 5\nsync_workers = 16\ntimeout_seconds = 2\nfault_threshold = 3\n",
+    );
+    let (_silent, silent_url) = silent_server();
+    let mut nodes: Vec<serde_json::Value> = redfish
+        .systems
+        .iter()
+        .enumerate()
+        .map(|(index, (uuid, _))| {
+            serde_json::json!({"name": format!("fast{index:03}"), "bmc": {"driver": "redfish", "address": format!("{}/redfish/v1/Systems/{uuid}", redfish.url)}})
+        })
+        .collect();
+    nodes.extend(
+        (0..20).map(|index| serde_json::json!({"name": format!("slow{index:02}"), "bmc": {"driver": "redfish", "address": silent_url}})),
+    );
+    for node in &nodes {
+        ok(kiln(&server, &admin, &["node", "create", "-f", "json", "-d", &node.to_string()], None));
+    }
+    let passes = |log: &str| -> Vec<(u64, u64, u64)> {
+        log.lines()
+            .filter(|line| line.contains("power sync finished") && line.contains("checked=200"))
+            .map(|line| {
+                let field = |name: &str| {
+                    line.split(&format!("{name}="))
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|value| value.parse().ok())
+                        .unwrap()
+                };
+                (field("checked"), field("failed"), field("elapsed_ms"))
+            })
+            .collect()
+    };
+    // The first pass meets the emulator cold (180 systems behind Flask's development
+    // server), and some of its answers miss the 2 s timeout; the second is the steady state.
+    wait_until("two full passes", || passes(&server.log()).len() >= 2);
+    let all = passes(&server.log());
+    let (checked, failed, elapsed_ms) = all[1];
+    eprintln!(
+        "power sync over {checked} BMCs: first pass {} failed in {} ms; second {failed} failed in {elapsed_ms} ms",
+        all[0].1, all[0].2
+    );
+    assert_eq!((checked, failed), (200, 20), "only the hung BMCs fail");
+    assert!(elapsed_ms < 15_000, "a pass took {elapsed_ms} ms");
+    assert!(all[0].2 < 15_000, "even the cold pass is bounded: {} ms", all[0].2);
+    for index in [0, 99, 179] {
+        assert_eq!(reading(&server, &admin, &format!("fast{index:03}"))["power_state"], "off");
+    }
+    assert_eq!(reading(&server, &admin, "slow00")["fault"], "unreachable");
+}

@@ -111,6 +111,11 @@ impl InventoryView {
         self.name_of_mac.get(mac).and_then(|name| self.by_name.get(name))
     }
 
+    /// Every node, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.by_name.values()
+    }
+
     /// The node whose BMC is at `address`. A scan: for discovery, not for hot paths.
     pub fn by_bmc_address(&self, address: &str) -> Option<&Arc<Node>> {
         self.by_name.values().find(|node| node.bmc.as_ref().and_then(|bmc| bmc.address.as_deref()) == Some(address))

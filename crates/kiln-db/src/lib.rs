@@ -15,6 +15,7 @@ mod images;
 mod inventory;
 mod migrations;
 mod nodes;
+mod power;
 mod tenancy;
 
 use std::time::Duration;
@@ -29,6 +30,7 @@ pub use events::EventFilter;
 pub use images::{ImageChange, ImportSource, NewArtifact, NewImage, NewVersion, UnusedBlob};
 pub use inventory::{Inventory, InventoryView};
 pub use nodes::{NodeFilter, NodeSnapshot};
+pub use power::PowerRead;
 pub use tenancy::TokenIdentity;
 
 /// Which database a [`Store`] talks to.

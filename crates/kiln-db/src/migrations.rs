@@ -37,6 +37,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_cloud_init.sql"),
         postgres: include_str!("../migrations/postgres/0004_cloud_init.sql"),
     },
+    Migration {
+        version: 5,
+        name: "power",
+        sqlite: include_str!("../migrations/sqlite/0005_power.sql"),
+        postgres: include_str!("../migrations/postgres/0005_power.sql"),
+    },
 ];
 
 impl Store {

@@ -537,7 +537,7 @@ async fn project_groups(connection: &mut AnyConnection, project: &str) -> Result
 }
 
 /// Writes a changed node and, in the same transaction, the event that records the change.
-async fn save_changed_node(
+pub(crate) async fn save_changed_node(
     connection: &mut AnyConnection,
     actor: &str,
     action: &str,

@@ -33,6 +33,21 @@ pub struct ServerConfigLayer {
     pub images: Option<ImagesLayer>,
     /// The cloud-init metadata service.
     pub cloud_init: Option<CloudInitLayer>,
+    /// BMC access and the power-state sync.
+    pub bmc: Option<BmcLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BmcLayer {
+    /// Seconds between power-state syncs; 0 turns the sync off [default: 60]
+    pub sync_interval_seconds: Option<u64>,
+    /// BMCs read at once [default: 16]
+    pub sync_workers: Option<usize>,
+    /// Failed reads in a row before a node goes into maintenance [default: 3]
+    pub fault_threshold: Option<u32>,
+    /// Seconds one BMC request may take [default: 10]
+    pub timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +197,7 @@ impl ServerConfigLayer {
             dhcp: over.dhcp.or(self.dhcp),
             tftp: over.tftp.or(self.tftp),
             cloud_init: over.cloud_init.or(self.cloud_init),
+            bmc: over.bmc.or(self.bmc),
             images: match (self.images, over.images) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
                 (base, over) => over.or(base),
@@ -321,6 +337,8 @@ pub struct ServerConfig {
     pub tftp: Option<TftpSettings>,
     pub images: ImagesConfig,
     pub cloud_init: CloudInitConfig,
+    /// `None` when the power-state sync is off.
+    pub power_sync: Option<crate::power_sync::PowerSyncSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -524,6 +542,16 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             .transpose()?;
         let images = images_config(layer.images.unwrap_or_default(), &data_dir)?;
         let cloud_init = cloud_init_config(layer.cloud_init.unwrap_or_default())?;
+        let bmc = layer.bmc.unwrap_or_default();
+        let power_sync = match bmc.sync_interval_seconds.unwrap_or(60) {
+            0 => None,
+            seconds => Some(crate::power_sync::PowerSyncSettings {
+                interval: std::time::Duration::from_secs(seconds),
+                workers: bmc.sync_workers.unwrap_or(16).clamp(1, 1024),
+                fault_threshold: bmc.fault_threshold.unwrap_or(3).max(1),
+                timeout: std::time::Duration::from_secs(bmc.timeout_seconds.unwrap_or(10).clamp(1, 300)),
+            }),
+        };
         Ok(ServerConfig {
             data_dir,
             listen,
@@ -536,6 +564,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             tftp,
             images,
             cloud_init,
+            power_sync,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! [`ServerHandle`]; dropping the handle, or calling [`ServerHandle::shutdown`], stops it.
 
 pub mod config;
+pub mod power_sync;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -121,6 +122,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
     let inventory = kiln_db::Inventory::load(store.clone()).await.map_err(StartError::Store)?;
     let follower = inventory.follow(INVENTORY_FOLLOW_INTERVAL);
+    let power_sync = config.power_sync.clone().map(|settings| power_sync::spawn(store.clone(), inventory.clone(), settings));
     // Machines may have a listener of their own; every URL they are given points there.
     let boot_listener = match config.boot.listen {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|source| StartError::Listen { address, source })?),
@@ -205,6 +207,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
             tracing::error!(%error, "the API server failed");
         }
         follower.abort();
+        if let Some(power_sync) = power_sync {
+            power_sync.abort();
+        }
         store.close().await;
         tracing::info!("server stopped");
     });

@@ -19,9 +19,11 @@ pub struct TestRedfish {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub url: String,
-    /// The fake system's UUID and NIC MAC, distinct per emulator.
+    /// The (first) fake system's UUID and NIC MAC, distinct per emulator.
     pub uuid: String,
     pub mac: String,
+    /// Every fake system's UUID and MAC.
+    pub systems: Vec<(String, String)>,
     pub log: PathBuf,
     _directory: tempfile::TempDir,
 }
@@ -46,6 +48,11 @@ impl TestRedfish {
 
     /// The same on a given port (for scans over a port range).
     pub fn start_on(port: u16, credentials: Option<(&str, &str)>) -> Option<TestRedfish> {
+        Self::start_with(port, credentials, 1)
+    }
+
+    /// One emulator with `count` fake systems (`/redfish/v1/Systems/<uuid>` each).
+    pub fn start_with(port: u16, credentials: Option<(&str, &str)>, count: usize) -> Option<TestRedfish> {
         let Some(emulator) = emulator() else {
             assert_ne!(
                 std::env::var("KILN_REQUIRE_BMC").as_deref(),
@@ -60,13 +67,29 @@ impl TestRedfish {
         command.args(["--fake", "-i", "127.0.0.1", "-p", &port.to_string()]);
         // One fake system of its own per emulator (UUID and MAC from the port), its state
         // kept in this emulator's directory, so emulators and runs do not share it.
-        let uuid = format!("00000000-0000-4000-8000-0000000{port:05}");
-        let mac = format!("52:54:00:f0:{:02x}:{:02x}", port >> 8, port & 0xff);
+        let systems: Vec<(String, String)> = (0..count)
+            .map(|index| {
+                let uuid = format!("00000000-0000-4000-8{index:03x}-0000000{port:05}");
+                let mac = format!("52:{:02x}:{:02x}:f0:{:02x}:{:02x}", index >> 8, index & 0xff, port >> 8, port & 0xff);
+                (uuid, mac)
+            })
+            .collect();
+        let entries: Vec<String> = systems
+            .iter()
+            .enumerate()
+            .map(|(index, (uuid, mac))| {
+                format!(
+                    "{{'uuid': '{uuid}', 'name': 'fake-{port}-{index}', 'power_state': 'Off', 'external_notifier': False, \
+                     'nics': [{{'mac': '{mac}', 'ip': '10.99.0.1'}}]}}"
+                )
+            })
+            .collect();
         let mut config = format!(
-            "SUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{uuid}', 'name': 'fake-{port}', \
-             'power_state': 'Off', 'external_notifier': False, 'nics': [{{'mac': '{mac}', 'ip': '10.99.0.1'}}]}}]\n",
-            directory.path().join("state").display()
+            "SUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{}]\n",
+            directory.path().join("state").display(),
+            entries.join(", ")
         );
+        let (uuid, mac) = systems[0].clone();
         if let Some((username, password)) = credentials {
             // sushy accepts bcrypt entries only; its virtualenv has bcrypt.
             let python = emulator.with_file_name("python3");
@@ -85,7 +108,7 @@ impl TestRedfish {
         let log = directory.path().join("emulator.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = command.stdin(Stdio::null()).stdout(log_file.try_clone().unwrap()).stderr(log_file).spawn().unwrap();
-        let redfish = TestRedfish { child, url: format!("http://127.0.0.1:{port}"), uuid, mac, log, _directory: directory };
+        let redfish = TestRedfish { child, url: format!("http://127.0.0.1:{port}"), uuid, mac, systems, log, _directory: directory };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "sushy-emulator did not start: {}", redfish.log_text());

@@ -208,3 +208,20 @@ pub struct WhoAmI {
     pub admin: bool,
     pub memberships: Vec<Membership>,
 }
+
+/// The sync's record for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PowerReading {
+    pub node: String,
+    /// The last state read, as the BMC driver names it (`on`, `off`…).
+    pub power_state: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub checked_at: jiff::Timestamp,
+    /// Consecutive failed reads.
+    pub failures: u32,
+    /// The kind of the last failure (`unreachable`, `authentication`, `protocol`, `refused`).
+    pub fault: Option<String>,
+    pub fault_message: Option<String>,
+    /// Whether the sync put the node into maintenance (and will take it out).
+    pub maintenance_set: bool,
+}
