@@ -6,6 +6,7 @@
 //! answering". Credentials never appear in an error, a log line or a `Debug` output.
 
 pub mod discovery;
+pub mod ipmi;
 pub mod redfish;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use kiln_types::MacAddress;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use ipmi::Ipmi;
 pub use redfish::Redfish;
 
 /// A node's power, as its BMC reports it.
@@ -136,6 +138,9 @@ pub enum BmcError {
     NotRedfish { address: String, message: String },
     #[error("BMC {address}: {operation}: HTTP {status}: {message}")]
     Refused { address: String, operation: &'static str, status: u16, message: String },
+    /// A refusal outside HTTP (IPMI completion codes, tool errors).
+    #[error("BMC {address}: {operation}: {message}")]
+    Failed { address: String, operation: &'static str, message: String },
     #[error("BMC {address}: {operation}: the answer is malformed: {message}")]
     Malformed { address: String, operation: &'static str, message: String },
     #[error("BMC {address}: {operation} is not supported by this BMC")]
@@ -151,7 +156,9 @@ impl BmcError {
             BmcError::Authentication { .. } => FaultKind::Authentication,
             BmcError::NotRedfish { .. } | BmcError::Malformed { .. } => FaultKind::Protocol,
             BmcError::Refused { status, .. } if *status >= 500 => FaultKind::Protocol,
-            BmcError::Refused { .. } | BmcError::Unsupported { .. } | BmcError::NotConfigured { .. } => FaultKind::Refused,
+            BmcError::Refused { .. } | BmcError::Failed { .. } | BmcError::Unsupported { .. } | BmcError::NotConfigured { .. } => {
+                FaultKind::Refused
+            }
         }
     }
 }
@@ -189,6 +196,7 @@ impl BmcTarget {
 #[derive(Debug, Clone)]
 pub enum Bmc {
     Redfish(Redfish),
+    Ipmi(Ipmi),
 }
 
 impl Bmc {
@@ -196,6 +204,7 @@ impl Bmc {
     pub fn connect(driver: kiln_types::BmcDriver, target: BmcTarget) -> Result<Bmc, BmcError> {
         match driver {
             kiln_types::BmcDriver::Redfish => Ok(Bmc::Redfish(Redfish::new(target)?)),
+            kiln_types::BmcDriver::Ipmi => Ok(Bmc::Ipmi(Ipmi::new(target)?)),
             other => Err(BmcError::NotConfigured { reason: format!("the {} driver is not available yet", other.as_str()) }),
         }
     }
@@ -203,24 +212,28 @@ impl Bmc {
     pub async fn power_state(&self) -> Result<PowerState, BmcError> {
         match self {
             Bmc::Redfish(redfish) => redfish.power_state().await,
+            Bmc::Ipmi(ipmi) => ipmi.power_state().await,
         }
     }
 
     pub async fn power(&self, action: PowerAction) -> Result<(), BmcError> {
         match self {
             Bmc::Redfish(redfish) => redfish.power(action).await,
+            Bmc::Ipmi(ipmi) => ipmi.power(action).await,
         }
     }
 
     pub async fn set_boot_device(&self, device: BootDevice, once: bool, mode: Option<BootMode>) -> Result<(), BmcError> {
         match self {
             Bmc::Redfish(redfish) => redfish.set_boot_device(device, once, mode).await,
+            Bmc::Ipmi(ipmi) => ipmi.set_boot_device(device, once, mode).await,
         }
     }
 
     pub async fn facts(&self) -> Result<SystemFacts, BmcError> {
         match self {
             Bmc::Redfish(redfish) => redfish.facts().await,
+            Bmc::Ipmi(ipmi) => ipmi.facts().await,
         }
     }
 }

@@ -359,3 +359,35 @@ fn a_sync_over_200_bmcs_with_a_tenth_hung_finishes_in_bounded_time() {
     }
     assert_eq!(reading(&server, &admin, "slow00")["fault"], "unreachable");
 }
+
+/// The IPMI driver against OpenIPMI's simulator: power on, status, reset, cycle, off and
+/// the boot device, through the same CLI; a wrong password is an authentication fault.
+#[test]
+fn ipmi_power_and_boot_device_against_ipmi_sim() {
+    let Some(simulator) = kiln_test_utils::ipmi::TestIpmi::start("admin", "ipmi-s3cret") else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let (server, admin) = start(directory.path());
+    for (name, password) in [("ipmi1", "ipmi-s3cret"), ("ipmi-wrong", "not-it")] {
+        let node = serde_json::json!({"name": name, "bmc": {"driver": "ipmi", "address": simulator.address, "username": "admin", "password": password}});
+        ok(kiln(&server, &admin, &["node", "create", "-f", "json", "-d", &node.to_string()], None));
+    }
+    assert_eq!(power_state(&server, &admin, "ipmi1"), "off");
+    ok(kiln(&server, &admin, &["node", "power", "on", "ipmi1"], None));
+    assert_eq!((power_state(&server, &admin, "ipmi1"), simulator.recorded("power").as_deref()), ("on".to_owned(), Some("1")));
+    ok(kiln(&server, &admin, &["node", "power", "reset", "ipmi1"], None));
+    assert_eq!(simulator.resets(), 1);
+    ok(kiln(&server, &admin, &["node", "power", "force-off", "ipmi1"], None));
+    assert_eq!(power_state(&server, &admin, "ipmi1"), "off");
+
+    ok(kiln(&server, &admin, &["node", "boot-device", "ipmi1", "pxe", "--once"], None));
+    assert_eq!(simulator.recorded("boot").as_deref(), Some("pxe"));
+    ok(kiln(&server, &admin, &["node", "boot-device", "ipmi1", "disk"], None));
+    assert_eq!(simulator.recorded("boot").as_deref(), Some("default"), "disk is the simulator's default device");
+
+    let facts = json(kiln(&server, &admin, &["node", "facts", "ipmi1", "-F", "json"], None));
+    assert_eq!(facts["manufacturer"], "MontaVista Software, Inc.", "{facts}");
+
+    let error = failed(kiln(&server, &admin, &["node", "power", "status", "ipmi-wrong"], None));
+    assert!(error.contains("the username or password was refused") && error.contains("bmc_authentication"), "{error}");
+    assert!(!server.log().contains("ipmi-s3cret") && !error.contains("not-it"));
+}

@@ -33,7 +33,9 @@ pub struct SyncReport {
 
 /// The nodes the sync can read: a BMC with a driver and an address.
 fn syncable(node: &Node) -> bool {
-    node.bmc.as_ref().is_some_and(|bmc| bmc.driver == kiln_types::BmcDriver::Redfish && bmc.address.is_some())
+    node.bmc
+        .as_ref()
+        .is_some_and(|bmc| matches!(bmc.driver, kiln_types::BmcDriver::Redfish | kiln_types::BmcDriver::Ipmi) && bmc.address.is_some())
 }
 
 async fn read_one(store: &Store, node: &Node, timeout: Duration) -> PowerRead {

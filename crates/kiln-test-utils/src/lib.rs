@@ -5,6 +5,7 @@
 //! `KILN_REQUIRE_POSTGRES=1` is set as well, a missing server fails the tests instead of
 //! skipping them, so CI cannot pass without having run them.
 
+pub mod ipmi;
 pub mod redfish;
 pub mod s3;
 
