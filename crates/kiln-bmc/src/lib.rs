@@ -7,6 +7,7 @@
 
 pub mod discovery;
 pub mod ipmi;
+pub mod lab;
 pub mod redfish;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use ipmi::Ipmi;
+pub use lab::Lab;
 pub use redfish::Redfish;
 
 /// A node's power, as its BMC reports it.
@@ -197,6 +199,7 @@ impl BmcTarget {
 pub enum Bmc {
     Redfish(Redfish),
     Ipmi(Ipmi),
+    Lab(Lab),
 }
 
 impl Bmc {
@@ -205,6 +208,7 @@ impl Bmc {
         match driver {
             kiln_types::BmcDriver::Redfish => Ok(Bmc::Redfish(Redfish::new(target)?)),
             kiln_types::BmcDriver::Ipmi => Ok(Bmc::Ipmi(Ipmi::new(target)?)),
+            kiln_types::BmcDriver::Lab => Ok(Bmc::Lab(Lab::new(target)?)),
             other => Err(BmcError::NotConfigured { reason: format!("the {} driver is not available yet", other.as_str()) }),
         }
     }
@@ -213,6 +217,7 @@ impl Bmc {
         match self {
             Bmc::Redfish(redfish) => redfish.power_state().await,
             Bmc::Ipmi(ipmi) => ipmi.power_state().await,
+            Bmc::Lab(lab) => lab.power_state().await,
         }
     }
 
@@ -220,6 +225,7 @@ impl Bmc {
         match self {
             Bmc::Redfish(redfish) => redfish.power(action).await,
             Bmc::Ipmi(ipmi) => ipmi.power(action).await,
+            Bmc::Lab(lab) => lab.power(action).await,
         }
     }
 
@@ -227,6 +233,7 @@ impl Bmc {
         match self {
             Bmc::Redfish(redfish) => redfish.set_boot_device(device, once, mode).await,
             Bmc::Ipmi(ipmi) => ipmi.set_boot_device(device, once, mode).await,
+            Bmc::Lab(lab) => lab.set_boot_device(device, once, mode).await,
         }
     }
 
@@ -234,6 +241,7 @@ impl Bmc {
         match self {
             Bmc::Redfish(redfish) => redfish.facts().await,
             Bmc::Ipmi(ipmi) => ipmi.facts().await,
+            Bmc::Lab(lab) => lab.facts().await,
         }
     }
 }

@@ -232,3 +232,52 @@ fn an_arm64_uefi_machine_is_offered_and_loads_the_arm64_boot_file() {
     let log = lab.server_log();
     assert!(!log.lines().any(|line| line.contains("TFTP transfer complete") && line.contains("snponly.efi")), "{log}");
 }
+
+/// A lab machine behind the lab BMC driver (QMP): powered on through `kiln node power`, it
+/// boots through Kiln and calls back; a reset boots it again; off stops it.
+#[test]
+fn a_lab_machine_is_powered_on_reset_and_off_through_kiln() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = lab_or_skip() else { return };
+    prepare(&mut lab);
+    let kiln = Path::new(KILN);
+    let machine = lab.add_powered_off_machine("52:54:00:be:ef:21", Firmware::Bios).unwrap();
+    let qmp = machine.qmp.clone().unwrap();
+    let console = machine.console.clone();
+    let node = serde_json::json!([{
+        "name": "nid021", "nid": 21, "group": "compute",
+        "interfaces": [{"mac_addr": "52:54:00:be:ef:21", "ip_addrs": [{"name": "management", "ip_addr": "10.77.0.21"}]}],
+    }]);
+    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
+    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
+    lab.kiln(kiln, &["node", "update", "nid021", "-f", "json", "-d", &bmc.to_string()]).unwrap();
+    lab.kiln(kiln, &["boot", "params", "set", "-f", "yaml", "-d", &boot_params("macs: ['52:54:00:be:ef:21']")]).unwrap();
+
+    let status = |lab: &Lab| -> String {
+        let answer: serde_json::Value =
+            serde_json::from_str(&lab.kiln(kiln, &["node", "power", "status", "nid021", "-F", "json"]).unwrap()).unwrap();
+        answer[0]["power_state"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(status(&lab), "off", "the machine starts powered off");
+    assert!(std::fs::read_to_string(&console).unwrap_or_default().is_empty(), "and has printed nothing");
+
+    lab.kiln(kiln, &["node", "power", "on", "nid021"]).unwrap();
+    assert_eq!(status(&lab), "on");
+    let phoned = |count: usize| {
+        let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            if text.matches("KILN-LAB-PHONED-HOME").count() >= count {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "boot {count} did not call back; console:\n{text}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    phoned(1);
+    lab.kiln(kiln, &["node", "power", "reset", "nid021"]).unwrap();
+    phoned(2);
+    assert_eq!(phone_home_events(&lab).len(), 2, "two boots, two callbacks");
+    lab.kiln(kiln, &["node", "power", "force-off", "nid021"]).unwrap();
+    assert_eq!(status(&lab), "off");
+}

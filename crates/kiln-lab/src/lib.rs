@@ -77,6 +77,8 @@ pub struct Lab {
 pub struct Machine {
     pub mac: String,
     pub console: PathBuf,
+    /// The QMP socket of a machine started behind the lab driver ("its BMC").
+    pub qmp: Option<PathBuf>,
     child: Child,
 }
 
@@ -274,6 +276,17 @@ impl Lab {
 
     /// Boots a QEMU machine with `mac` on a new tap on the bridge (TCG: KVM guests hang here).
     pub fn boot_machine(&mut self, mac: &str, firmware: Firmware) -> anyhow::Result<&mut Machine> {
+        self.start_machine(mac, firmware, false)
+    }
+
+    /// A machine that starts powered off, behind a QMP socket (`Machine::qmp`) that Kiln's
+    /// lab BMC driver powers it through: on, resets and off, as an operator would. Resets
+    /// restart it rather than end QEMU.
+    pub fn add_powered_off_machine(&mut self, mac: &str, firmware: Firmware) -> anyhow::Result<&mut Machine> {
+        self.start_machine(mac, firmware, true)
+    }
+
+    fn start_machine(&mut self, mac: &str, firmware: Firmware, behind_bmc: bool) -> anyhow::Result<&mut Machine> {
         let tap = format!("ktap{}", self.taps);
         self.taps += 1;
         self.ip(&["tuntap", "add", &tap, "mode", "tap"])?;
@@ -281,7 +294,17 @@ impl Lab {
         self.ip(&["link", "set", &tap, "up"])?;
         let console = self.directory.path().join(format!("console-{}.log", mac.replace(':', "")));
         let mut command = self.command(if firmware == Firmware::UefiArm64 { "qemu-system-aarch64" } else { "qemu-system-x86_64" });
-        command.args(["-accel", "tcg", "-m", "512", "-display", "none", "-no-reboot", "-monitor", "none"]);
+        command.args(["-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none"]);
+        let qmp = behind_bmc.then(|| self.directory.path().join(format!("qmp-{}.sock", mac.replace(':', ""))));
+        match &qmp {
+            // Stopped until powered on; a guest power-off stops it rather than ending QEMU.
+            Some(socket) => {
+                command.args(["-S", "-no-shutdown"]).arg("-qmp").arg(format!("unix:{},server=on,wait=off", socket.display()));
+            }
+            None => {
+                command.arg("-no-reboot");
+            }
+        }
         command.arg("-serial").arg(format!("file:{}", console.display()));
         command.args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
         match firmware {
@@ -307,7 +330,16 @@ impl Lab {
             }
         }
         let child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting QEMU")?;
-        self.machines.push(Machine { mac: mac.to_owned(), console, child });
+        if let Some(socket) = &qmp {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !socket.exists() {
+                if Instant::now() > deadline {
+                    bail!("QEMU did not open its QMP socket {}", socket.display());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.machines.push(Machine { mac: mac.to_owned(), console, qmp, child });
         Ok(self.machines.last_mut().expect("just pushed"))
     }
 }
