@@ -267,6 +267,7 @@ fn the_power_sync_records_states_faults_and_recoveries() {
     add_node(&server, &admin, "good", &redfish.url, "admin", "right");
     add_node(&server, &admin, "bad-password", &redfish.url, "admin", "wrong");
     add_node(&server, &admin, "hung", &silent_url, "admin", "x");
+    add_node(&server, &admin, "not-redfish", &server.url, "admin", "x");
 
     wait_until("the good node's state", || reading(&server, &admin, "good")["power_state"] == "off");
     wait_until("the bad password's maintenance", || reading(&server, &admin, "bad-password")["maintenance"] == true);
@@ -274,6 +275,10 @@ fn the_power_sync_records_states_faults_and_recoveries() {
     assert_eq!((bad["fault"].as_str(), bad["maintenance_set"].as_bool()), (Some("authentication"), Some(true)), "{bad}");
     wait_until("the hung BMC's maintenance", || reading(&server, &admin, "hung")["maintenance"] == true);
     assert_eq!(reading(&server, &admin, "hung")["fault"], "unreachable");
+    wait_until("the non-Redfish endpoint's maintenance", || reading(&server, &admin, "not-redfish")["maintenance"] == true);
+    let not_redfish = reading(&server, &admin, "not-redfish");
+    assert_eq!(not_redfish["fault"], "protocol", "{not_redfish}");
+    assert!(not_redfish["fault_message"].as_str().unwrap().contains("not a Redfish service"), "{not_redfish}");
     assert_eq!(reading(&server, &admin, "good")["maintenance"], false);
 
     // The operator fixes the password: the node leaves maintenance by itself.
@@ -376,6 +381,9 @@ fn ipmi_power_and_boot_device_against_ipmi_sim() {
     assert_eq!((power_state(&server, &admin, "ipmi1"), simulator.recorded("power").as_deref()), ("on".to_owned(), Some("1")));
     ok(kiln(&server, &admin, &["node", "power", "reset", "ipmi1"], None));
     assert_eq!(simulator.resets(), 1);
+    ok(kiln(&server, &admin, &["node", "power", "cycle", "ipmi1"], None));
+    // The BMC powers off at once and back on after its cycle interval.
+    wait_for_power(&server, &admin, "ipmi1", "on");
     ok(kiln(&server, &admin, &["node", "power", "force-off", "ipmi1"], None));
     assert_eq!(power_state(&server, &admin, "ipmi1"), "off");
 
