@@ -128,25 +128,10 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/cloud-init/nodes/{node}/vendor-data", get(cloud_init::node_vendor_data))
         .route("/cloud-init/nodes/{node}/token", post(cloud_init::mint_token))
         .route("/openapi.json", get(openapi::serve_document));
-    let served_directory = |directory: &std::path::Path| {
-        Router::new()
-            .fallback_service(tower_http::services::ServeDir::new(directory))
-            .layer(axum::middleware::from_fn_with_state(Arc::new(directory.to_owned()), boot::file_etags))
-    };
-    let boot_files = served_directory(&state.boot.files_dir);
-    let ipxe_files = served_directory(&state.boot.ipxe_dir);
     Router::new()
         .nest("/v1", v1)
-        .route("/boot/v1/bootscript", get(boot::bootscript))
-        .route("/boot/v1/phone-home", get(boot::phone_home).post(boot::phone_home))
-        .route("/boot/images/{image}/{version}/{artifact}", get(images::boot_artifact))
-        .route("/cloud-init/{document}", get(cloud_init::node_document))
+        .merge(node_routes(&state))
         .route("/cloud-init/admin/impersonation/{node}/{document}", get(cloud_init::impersonate))
-        .route("/cloud-init-secure/{document}", get(cloud_init::secure_document_bearer))
-        .route("/cloud-init-secure/{token}/{document}", get(cloud_init::secure_document))
-        .nest("/boot/files", boot_files)
-        .nest("/boot/ipxe", ipxe_files)
-        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics_endpoint))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
@@ -154,30 +139,31 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// The routes of the boot listener: what booting machines and booted nodes ask for (boot
-/// scripts, phone-home, boot files and images, cloud-init), and health. Files the listener
-/// can send from the kernel never reach these routes; the rest do.
+/// The routes of the boot listener: what booting machines and booted nodes ask for, and
+/// health. Files the listener can send from the kernel never reach these routes; the rest
+/// do. The API listener serves the same routes, for sites with one port.
 pub fn boot_router(state: ApiState) -> Router {
+    node_routes(&state).fallback(not_found).layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe)).with_state(state)
+}
+
+/// What machines use, without a token: boot scripts, phone-home, boot files and images,
+/// cloud-init documents.
+fn node_routes(state: &ApiState) -> Router<ApiState> {
     let served_directory = |directory: &std::path::Path| {
         Router::new()
             .fallback_service(tower_http::services::ServeDir::new(directory))
             .layer(axum::middleware::from_fn_with_state(Arc::new(directory.to_owned()), boot::file_etags))
     };
-    let boot_files = served_directory(&state.boot.files_dir);
-    let ipxe_files = served_directory(&state.boot.ipxe_dir);
     Router::new()
         .route("/boot/v1/bootscript", get(boot::bootscript))
         .route("/boot/v1/phone-home", get(boot::phone_home).post(boot::phone_home))
         .route("/boot/images/{image}/{version}/{artifact}", get(images::boot_artifact))
-        .nest("/boot/files", boot_files)
-        .nest("/boot/ipxe", ipxe_files)
+        .nest("/boot/files", served_directory(&state.boot.files_dir))
+        .nest("/boot/ipxe", served_directory(&state.boot.ipxe_dir))
         .route("/cloud-init/{document}", get(cloud_init::node_document))
         .route("/cloud-init-secure/{document}", get(cloud_init::secure_document_bearer))
         .route("/cloud-init-secure/{token}/{document}", get(cloud_init::secure_document))
         .route("/healthz", get(healthz))
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
-        .with_state(state)
 }
 
 /// Liveness and readiness: answers 200 when the database answers.
