@@ -117,10 +117,22 @@ fn system_interface_mac(redfish: &TestRedfish, system: &serde_json::Value, usern
     member.rsplit('/').next().unwrap().to_owned()
 }
 
-/// Starts a TCP server that accepts connections and never answers: a hung BMC.
+/// A hung BMC: accepts connections and answers each only after 30 s, well past the
+/// driver's timeout. The listener lives as long as the returned guard.
 fn silent_server() -> (std::net::TcpListener, String) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let acceptor = listener.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for stream in acceptor.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                std::thread::sleep(Duration::from_secs(30));
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+            });
+        }
+    });
     (listener, url)
 }
 
