@@ -15,12 +15,19 @@ use kiln_types::node::Node;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PowerSyncSettings {
+    #[serde(rename = "interval_seconds", serialize_with = "seconds")]
     pub interval: Duration,
     pub workers: usize,
     /// Consecutive failures before a node goes into maintenance.
     pub fault_threshold: u32,
     /// How long one BMC request may take.
+    #[serde(rename = "timeout_seconds", serialize_with = "seconds")]
     pub timeout: Duration,
+}
+
+/// Durations as whole seconds, as the configuration file writes them.
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(duration.as_secs())
 }
 
 /// What one pass did.
