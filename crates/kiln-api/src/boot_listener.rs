@@ -263,15 +263,18 @@ fn not_modified_head(file: &StaticFile, keep_alive: bool) -> String {
     )
 }
 
-fn short_answer(status: StatusCode, extra_headers: &str, keep_alive: bool) -> String {
+/// A short plain-text answer. `with_body` is false for HEAD, whose answer has the headers
+/// of a GET and no body: a body there would be read as the next answer.
+fn short_answer(status: StatusCode, extra_headers: &str, keep_alive: bool, with_body: bool) -> String {
     let body = format!("{}\n", status.canonical_reason().unwrap_or_default());
     format!(
-        "HTTP/1.1 {} {}\r\nDate: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra_headers}{}\r\n{body}",
+        "HTTP/1.1 {} {}\r\nDate: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra_headers}{}\r\n{}",
         status.as_u16(),
         status.canonical_reason().unwrap_or_default(),
         httpdate::fmt_http_date(SystemTime::now()),
         body.len(),
         if keep_alive { "" } else { "Connection: close\r\n" },
+        if with_body { body.as_str() } else { "" },
     )
 }
 
@@ -288,12 +291,12 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, resolver: &dy
                 Ok(head) => break head,
                 Err(HeadError::Partial) => {}
                 Err(HeadError::TooLarge) => {
-                    let answer = short_answer(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", false);
+                    let answer = short_answer(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", false, true);
                     return with_timeout(stream.write_all(answer.as_bytes())).await;
                 }
                 Err(HeadError::Malformed(reason)) => {
                     tracing::debug!(%peer, %reason, "boot listener: malformed request");
-                    return with_timeout(stream.write_all(short_answer(StatusCode::BAD_REQUEST, "", false).as_bytes())).await;
+                    return with_timeout(stream.write_all(short_answer(StatusCode::BAD_REQUEST, "", false, true).as_bytes())).await;
                 }
             }
             let wait = if buffer.is_empty() { IDLE_TIMEOUT } else { IO_TIMEOUT };
@@ -311,16 +314,18 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, resolver: &dy
         let keep_alive = head.keep_alive();
         if head.headers.contains_key(header::TRANSFER_ENCODING) {
             // No boot path takes a streamed body; refusing it keeps request framing simple.
-            return with_timeout(stream.write_all(short_answer(StatusCode::NOT_IMPLEMENTED, "", false).as_bytes())).await;
+            return with_timeout(stream.write_all(short_answer(StatusCode::NOT_IMPLEMENTED, "", false, true).as_bytes())).await;
         }
         let body_length =
             match head.headers.get(header::CONTENT_LENGTH).map(|value| value.to_str().ok().and_then(|text| text.parse::<usize>().ok())) {
                 None => 0,
                 Some(Some(length)) if length <= MAX_BODY_BYTES => length,
                 Some(Some(_)) => {
-                    return with_timeout(stream.write_all(short_answer(StatusCode::PAYLOAD_TOO_LARGE, "", false).as_bytes())).await;
+                    return with_timeout(stream.write_all(short_answer(StatusCode::PAYLOAD_TOO_LARGE, "", false, true).as_bytes())).await;
                 }
-                Some(None) => return with_timeout(stream.write_all(short_answer(StatusCode::BAD_REQUEST, "", false).as_bytes())).await,
+                Some(None) => {
+                    return with_timeout(stream.write_all(short_answer(StatusCode::BAD_REQUEST, "", false, true).as_bytes())).await;
+                }
             };
         while buffer.len() < body_length {
             let mut chunk = [0u8; 4096];
@@ -340,7 +345,10 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, resolver: &dy
                 send_file(&mut stream, &head, file, keep_alive).await?;
                 tracing::info!(%peer, path = head.path(), method = %head.method, size, "boot file sent");
             }
-            Resolved::NotFound => with_timeout(stream.write_all(short_answer(StatusCode::NOT_FOUND, "", keep_alive).as_bytes())).await?,
+            Resolved::NotFound => {
+                with_timeout(stream.write_all(short_answer(StatusCode::NOT_FOUND, "", keep_alive, head.method != Method::HEAD).as_bytes()))
+                    .await?
+            }
             Resolved::Route => route(&mut stream, peer, &head, body, router.clone(), keep_alive).await?,
         }
         if !keep_alive {
@@ -358,7 +366,11 @@ async fn send_file(stream: &mut TcpStream, head: &RequestHead, file: StaticFile,
         RangeRequest::Part(start, end) => (StatusCode::PARTIAL_CONTENT, Some((start, end))),
         RangeRequest::Unsatisfiable => {
             let extra = format!("Content-Range: bytes */{}\r\n", file.size);
-            return with_timeout(stream.write_all(short_answer(StatusCode::RANGE_NOT_SATISFIABLE, &extra, keep_alive).as_bytes())).await;
+            return with_timeout(
+                stream
+                    .write_all(short_answer(StatusCode::RANGE_NOT_SATISFIABLE, &extra, keep_alive, head.method != Method::HEAD).as_bytes()),
+            )
+            .await;
         }
     };
     let response_head = file_head(&file, status, range, keep_alive);
@@ -425,7 +437,7 @@ async fn route(
         *headers = head.headers.clone();
     }
     let Ok(mut request) = request.body(Body::from(body)) else {
-        return with_timeout(stream.write_all(short_answer(StatusCode::BAD_REQUEST, "", false).as_bytes())).await;
+        return with_timeout(stream.write_all(short_answer(StatusCode::BAD_REQUEST, "", false, true).as_bytes())).await;
     };
     request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
     let response = match router.call(request).await {
