@@ -2,6 +2,7 @@
 
 mod cloud_init;
 mod commands;
+mod elements;
 mod images;
 mod input;
 mod output;
@@ -62,6 +63,9 @@ enum Command {
     /// Cloud-init: defaults, group configs, node data, and what nodes are served.
     #[command(subcommand, name = "cloud-init")]
     CloudInit(cloud_init::CloudInitCommand),
+    /// diskimage-builder elements: `kiln element info` (local, no server).
+    #[command(subcommand)]
+    Element(elements::ElementCommand),
     /// Images: versions, uploads, downloads, imports, clones.
     #[command(subcommand)]
     Image(images::ImageCommand),
@@ -146,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(flags) => serve::serve(&flags).await,
         Command::Config(ConfigCommand::Check(flags)) => serve::check(&flags, cli.format),
+        Command::Element(command) => elements::element(cli.format, command),
         command => {
             let client = commands::client(cli.server, cli.token)?;
             let format = cli.format;
@@ -161,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::CloudInit(command) => cloud_init::cloud_init(&client, format, command).await,
                 Command::Events(args) => commands::events(&client, format, args).await,
                 Command::Whoami => commands::whoami(&client, format).await,
-                Command::Serve(_) | Command::Config(_) => unreachable!("handled above"),
+                Command::Serve(_) | Command::Config(_) | Command::Element(_) => unreachable!("handled above"),
             }
         }
     }
