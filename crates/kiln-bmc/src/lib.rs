@@ -31,6 +31,19 @@ pub enum PowerState {
     Unknown,
 }
 
+impl PowerState {
+    /// The name the API and the event log use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerState::On => "on",
+            PowerState::Off => "off",
+            PowerState::PoweringOn => "powering-on",
+            PowerState::PoweringOff => "powering-off",
+            PowerState::Unknown => "unknown",
+        }
+    }
+}
+
 /// What to do to a node's power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -44,21 +57,6 @@ pub enum PowerAction {
     Reset,
     /// Off, then on.
     Cycle,
-}
-
-impl std::str::FromStr for PowerAction {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "on" => Ok(Self::On),
-            "off" => Ok(Self::Off),
-            "force-off" => Ok(Self::ForceOff),
-            "reset" => Ok(Self::Reset),
-            "cycle" => Ok(Self::Cycle),
-            _ => Err(format!("'{text}' is not a power action (on, off, force-off, reset, cycle)")),
-        }
-    }
 }
 
 /// The device a node boots from next.
@@ -104,6 +102,18 @@ pub enum FaultKind {
     Protocol,
     /// The BMC understood and refused the request.
     Refused,
+}
+
+impl FaultKind {
+    /// The name the API and the power readings use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Unreachable => "unreachable",
+            FaultKind::Authentication => "authentication",
+            FaultKind::Protocol => "protocol",
+            FaultKind::Refused => "refused",
+        }
+    }
 }
 
 /// The API's answer about a node's power.

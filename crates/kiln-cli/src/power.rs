@@ -92,10 +92,9 @@ pub async fn power(client: &Client, format: OutputFormat, args: PowerArgs) -> an
         let rows = outcomes
             .iter()
             .map(|outcome| {
-                let state = outcome.status.as_ref().map(|status| serde_json::to_value(status.power_state).unwrap_or_default());
                 vec![
                     outcome.node.clone(),
-                    state.and_then(|state| state.as_str().map(str::to_owned)).unwrap_or_else(|| "-".to_owned()),
+                    outcome.status.as_ref().map_or("-", |status| status.power_state.as_str()).to_owned(),
                     outcome.error.clone().unwrap_or_default(),
                 ]
             })
