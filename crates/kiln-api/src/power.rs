@@ -34,18 +34,8 @@ fn bmc_error(error: BmcError) -> ApiError {
 
 /// The node's BMC driver, with its password opened.
 async fn bmc_of(state: &ApiState, node: &Node) -> ApiResult<Bmc> {
-    let bmc = node
-        .bmc
-        .as_ref()
-        .ok_or_else(|| bmc_error(BmcError::NotConfigured { reason: format!("node '{}' has no BMC record", node.name) }))?;
-    let address = bmc
-        .address
-        .clone()
-        .ok_or_else(|| bmc_error(BmcError::NotConfigured { reason: format!("node '{}' has no BMC address", node.name) }))?;
     let password = state.store.bmc_password(&node.id).await?;
-    let target =
-        BmcTarget { address, username: bmc.username.clone(), password, insecure: bmc.insecure, timeout: BmcTarget::DEFAULT_TIMEOUT };
-    Bmc::connect(bmc.driver, target).map_err(bmc_error)
+    Bmc::for_node(node, password, BmcTarget::DEFAULT_TIMEOUT).map_err(bmc_error)
 }
 
 fn visible_node(state: &ApiState, caller: &Caller, key: &str) -> ApiResult<std::sync::Arc<Node>> {

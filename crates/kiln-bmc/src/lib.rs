@@ -223,6 +223,15 @@ impl Bmc {
         }
     }
 
+    /// The driver for a node's BMC record; the caller opens the password (the store holds
+    /// it sealed). Fails, naming the node, when the record or its address is missing.
+    pub fn for_node(node: &kiln_types::node::Node, password: Option<String>, timeout: Duration) -> Result<Bmc, BmcError> {
+        let bmc = node.bmc.as_ref().ok_or_else(|| BmcError::NotConfigured { reason: format!("node '{}' has no BMC record", node.name) })?;
+        let address =
+            bmc.address.clone().ok_or_else(|| BmcError::NotConfigured { reason: format!("node '{}' has no BMC address", node.name) })?;
+        Bmc::connect(bmc.driver, BmcTarget { address, username: bmc.username.clone(), password, insecure: bmc.insecure, timeout })
+    }
+
     pub async fn power_state(&self) -> Result<PowerState, BmcError> {
         match self {
             Bmc::Redfish(redfish) => redfish.power_state().await,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use kiln_bmc::{Bmc, BmcTarget};
+use kiln_bmc::Bmc;
 use kiln_db::{Inventory, PowerRead, Store};
 use kiln_types::node::Node;
 
@@ -47,31 +47,18 @@ fn syncable(node: &Node) -> bool {
 
 async fn read_one(store: &Store, node: &Node, timeout: Duration) -> PowerRead {
     let failed = |fault: &str, message: String| PowerRead::Failed { fault: fault.to_owned(), message };
-    let Some(bmc) = node.bmc.as_ref() else { return failed("refused", "no BMC".to_owned()) };
     let password = match store.bmc_password(&node.id).await {
         Ok(password) => password,
         Err(error) => return failed("refused", format!("reading the BMC password: {error}")),
     };
-    let target = BmcTarget {
-        address: bmc.address.clone().unwrap_or_default(),
-        username: bmc.username.clone(),
-        password,
-        insecure: bmc.insecure,
-        timeout,
-    };
-    let bmc = match Bmc::connect(bmc.driver, target) {
+    let bmc = match Bmc::for_node(node, password, timeout) {
         Ok(bmc) => bmc,
-        Err(error) => return failed("refused", error.to_string()),
+        Err(error) => return failed(error.fault().as_str(), error.to_string()),
     };
     // Connection retries with backoff fit well inside three timeouts.
     match tokio::time::timeout(timeout * 3, bmc.power_state()).await {
-        Ok(Ok(state)) => {
-            PowerRead::State(serde_json::to_value(state).ok().and_then(|value| value.as_str().map(str::to_owned)).unwrap_or_default())
-        }
-        Ok(Err(error)) => {
-            let fault = serde_json::to_value(error.fault()).ok().and_then(|value| value.as_str().map(str::to_owned)).unwrap_or_default();
-            failed(&fault, error.to_string())
-        }
+        Ok(Ok(state)) => PowerRead::State(state.as_str().to_owned()),
+        Ok(Err(error)) => failed(error.fault().as_str(), error.to_string()),
         Err(_) => failed("unreachable", format!("no answer within {} s", (timeout * 3).as_secs())),
     }
 }
