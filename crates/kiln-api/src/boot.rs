@@ -34,6 +34,8 @@ pub struct BootSettings {
     /// Whether a machine that asks for a boot script with an unknown MAC is added to the
     /// inventory as `discovered`.
     pub auto_enroll: bool,
+    /// The image whose highest version's kernel and initrd boot the node agent.
+    pub ramdisk_image: String,
 }
 
 fn invalid(error: kiln_boot::InvalidBootParams) -> ApiError {
@@ -123,6 +125,11 @@ pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): Query
         state.after_node_write().await;
         node = Some(std::sync::Arc::new(enrolled));
     }
+    if let Some(node) = node.as_deref()
+        && let Some(script) = provisioning_script(&state, node, mac).await?
+    {
+        return Ok(ipxe(script));
+    }
     let order = lookup_order(mac, node.as_deref());
     // Enrolment adds a node, not boot parameters: the view taken above still has them all.
     let params = view.boot_params_for(&order);
@@ -133,6 +140,41 @@ pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): Query
     };
     tracing::debug!(%mac, node = node.as_ref().map(|n| n.name.as_str()), "boot script served");
     Ok(ipxe(script))
+}
+
+/// The script of a node that provisioning decides the boot of: the deploy ramdisk while an
+/// agent is to run, the local disk once deployed to it. `None`: boot parameters decide.
+async fn provisioning_script(state: &ApiState, node: &kiln_types::node::Node, mac: MacAddress) -> ApiResult<Option<String>> {
+    use kiln_types::ProvisionState::*;
+    use kiln_types::provision::DeployMode;
+    let agent_states = matches!(node.provision_state, Deploying | WaitAgent | Inspecting | Undeploying | Cleaning);
+    if !agent_states && node.provision_state != Active {
+        return Ok(None);
+    }
+    let context = ScriptContext { server_url: &state.boot.public_url, mac, node: Some(node) };
+    let status = state.store.provision_status(&node.id, &kiln_auth::ProjectScope::All).await?;
+    let deployed_to_disk = status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Disk);
+    let waiting_for_system = status.step.as_deref() == Some(kiln_lifecycle::plan::STEP_WAIT_CALLBACK);
+    if deployed_to_disk && (node.provision_state == Active || waiting_for_system) {
+        return Ok(Some(kiln_boot::local_disk_script(&context)));
+    }
+    if !agent_states || waiting_for_system {
+        return Ok(None);
+    }
+    let Some(token) = state.store.agent_token_for_boot(&node.id).await? else {
+        // Between steps (a live deploy, or the token not minted yet): ask again shortly.
+        return Ok(Some(kiln_boot::unknown_machine_script(&context)));
+    };
+    let versions = state.store.list_versions(&state.boot.ramdisk_image).await.unwrap_or_default();
+    let Some(version) = versions.iter().map(|version| version.version).max() else {
+        tracing::warn!(node = %node.name, image = %state.boot.ramdisk_image, "no deploy ramdisk image: run `kiln build ramdisk`");
+        return Ok(Some(kiln_boot::unknown_machine_script(&context)));
+    };
+    let base = format!("{}/boot/images/{}/{version}", state.boot.public_url, state.boot.ramdisk_image);
+    let (kernel, initrd) = (format!("{base}/kernel"), format!("{base}/initrd"));
+    let ramdisk = kiln_boot::RamdiskUrls { kernel: &kernel, initrd: &initrd };
+    tracing::info!(node = %node.name, %mac, state = %node.provision_state, "deploy ramdisk boot script served");
+    Ok(Some(kiln_boot::agent_script(&context, ramdisk, &node.id, &token)))
 }
 
 /// A booted system's proof of life: records an event for the node with this MAC.

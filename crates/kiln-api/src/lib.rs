@@ -18,6 +18,7 @@ pub mod metrics;
 mod nodes;
 mod openapi;
 mod power;
+pub mod provision;
 mod tenancy;
 mod uploads;
 
@@ -41,6 +42,8 @@ pub struct ApiState {
     pub images: Arc<images::ImageSettings>,
     pub cloud_init: Arc<cloud_init::CloudInitSettings>,
     pub(crate) cloud_init_cache: Arc<cloud_init::MetaDataCache>,
+    /// Wakes this replica's reconciler when a request or an agent's result is recorded.
+    pub provisioning_wake: Arc<tokio::sync::Notify>,
 }
 
 impl ApiState {
@@ -60,6 +63,7 @@ impl ApiState {
             images: Arc::new(images),
             cloud_init: Arc::new(cloud_init),
             cloud_init_cache: Arc::default(),
+            provisioning_wake: Arc::default(),
         }
     }
 
@@ -82,6 +86,13 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/nodes/{node}/power/sync", get(power::get_power_reading))
         .route("/nodes/{node}/boot-device", put(power::set_boot_device))
         .route("/nodes/{node}/bmc/facts", get(power::get_facts))
+        .route("/nodes/{node}/provision", get(provision::status))
+        .route("/nodes/{node}/deploy", post(provision::deploy))
+        .route("/nodes/{node}/undeploy", post(provision::undeploy))
+        .route("/nodes/{node}/inspect", post(provision::inspect))
+        .route("/nodes/{node}/clean", post(provision::clean))
+        .route("/nodes/{node}/manage", post(provision::manage))
+        .route("/nodes/{node}/provide", post(provision::provide))
         .route("/discover/static", post(nodes::discover_static))
         .route("/discover/redfish", post(bmc_discovery::discover_redfish))
         .route("/projects", get(tenancy::list_projects).post(tenancy::create_project))
@@ -163,6 +174,9 @@ fn node_routes(state: &ApiState) -> Router<ApiState> {
         .route("/cloud-init/{document}", get(cloud_init::node_document))
         .route("/cloud-init-secure/{document}", get(cloud_init::secure_document_bearer))
         .route("/cloud-init-secure/{token}/{document}", get(cloud_init::secure_document))
+        .route("/agent/v1/nodes/{node}/heartbeat", post(provision::heartbeat))
+        .route("/agent/v1/nodes/{node}/result", post(provision::result))
+        .route("/agent/v1/nodes/{node}/artifact", get(provision::artifact))
         .route("/healthz", get(healthz))
 }
 

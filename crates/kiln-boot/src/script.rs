@@ -93,6 +93,42 @@ pub fn unknown_machine_script(context: &ScriptContext<'_>) -> String {
     format!("#!ipxe\necho Kiln: no boot parameters for {who} ({})\ngoto retry\n{}", context.mac, retry_tail(context))
 }
 
+/// Where the deploy ramdisk's kernel and initramfs are served.
+#[derive(Debug, Clone, Copy)]
+pub struct RamdiskUrls<'a> {
+    pub kernel: &'a str,
+    pub initrd: &'a str,
+}
+
+/// The script that boots the deploy ramdisk, telling `kiln-agent` where the server is, which
+/// node it runs on and the operation's token (valid only until the operation ends).
+pub fn agent_script(context: &ScriptContext<'_>, ramdisk: RamdiskUrls<'_>, node_id: &str, agent_token: &str) -> String {
+    let name = context.node.map_or("this machine", |node| node.name.as_str());
+    format!(
+        "#!ipxe\necho Kiln: {name} ({mac}) boots the deploy agent\n\
+         kernel --name kernel {kernel} initrd=initrd console=tty0 console=ttyS0,115200 quiet \
+         kiln.server={server} kiln.node={node_id} kiln.token={agent_token} || goto retry\n\
+         initrd --name initrd {initrd} || goto retry\nboot || goto retry\n{tail}",
+        mac = context.mac,
+        kernel = ramdisk.kernel,
+        initrd = ramdisk.initrd,
+        server = context.server_url,
+        tail = retry_tail(context),
+    )
+}
+
+/// The script of a node deployed to disk: boot the local disk. On BIOS iPXE boots the first
+/// disk itself (whatever the firmware's boot order); on UEFI it returns to the firmware,
+/// which goes on to its next boot option.
+pub fn local_disk_script(context: &ScriptContext<'_>) -> String {
+    let name = context.node.map_or("this machine", |node| node.name.as_str());
+    format!(
+        "#!ipxe\necho Kiln: {name} ({}) boots from its local disk\n\
+         iseq ${{platform}} pcbios && sanboot --no-describe --drive 0x80 ||\nexit\n",
+        context.mac
+    )
+}
+
 /// The script served by TFTP to iPXE: chain to the HTTP boot script of the booting NIC.
 pub fn chain_script(server_url: &str) -> String {
     format!("#!ipxe\nchain --replace --autofree {server_url}/boot/v1/bootscript?mac=${{netX/mac}}\n")
@@ -155,5 +191,34 @@ mod tests {
             chain --replace --autofree http://10.77.0.1:8080/boot/v1/bootscript?mac=${netX/mac}
         "#]]
         .assert_eq(&chain_script("http://10.77.0.1:8080"));
+    }
+
+    #[test]
+    fn provisioning_scripts() {
+        let node = node();
+        let context = ScriptContext { server_url: "http://10.77.0.1:8081", mac: "52:54:00:be:ef:01".parse().unwrap(), node: Some(&node) };
+        let ramdisk = RamdiskUrls {
+            kernel: "http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/kernel",
+            initrd: "http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/initrd",
+        };
+        expect_test::expect![[r#"
+            #!ipxe
+            echo Kiln: nid001 (52:54:00:be:ef:01) boots the deploy agent
+            kernel --name kernel http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/kernel initrd=initrd console=tty0 console=ttyS0,115200 quiet kiln.server=http://10.77.0.1:8081 kiln.node=3d3c kiln.token=kiln_secret || goto retry
+            initrd --name initrd http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/initrd || goto retry
+            boot || goto retry
+            :retry
+            echo Retrying in 10 seconds
+            sleep 10
+            chain --replace --autofree http://10.77.0.1:8081/boot/v1/bootscript?mac=52:54:00:be:ef:01 || goto retry
+        "#]]
+        .assert_eq(&agent_script(&context, ramdisk, "3d3c", "kiln_secret"));
+        expect_test::expect![[r#"
+            #!ipxe
+            echo Kiln: nid001 (52:54:00:be:ef:01) boots from its local disk
+            iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||
+            exit
+        "#]]
+        .assert_eq(&local_disk_script(&context));
     }
 }

@@ -164,6 +164,24 @@ pub enum NodeCommand {
     BootDevice(crate::power::BootDeviceArgs),
     /// What the node's BMC says about the system (maker, model, serial, MACs…).
     Facts { node: String },
+    /// Deploy an image: to disk (written by the agent, then booted) or live (diskless).
+    Deploy(crate::provision::DeployArgs),
+    /// Take the image off: the disks are cleaned and the nodes become available.
+    Undeploy(crate::provision::NodesWithWait),
+    /// Boot the agent to read the hardware into the nodes' properties.
+    Inspect(crate::provision::NodesWithWait),
+    /// Erase the disks (signatures and partition tables; everything with --full).
+    Clean(crate::provision::CleanArgs),
+    /// enroll → manageable.
+    Manage(crate::provision::NodesWithWait),
+    /// manageable → available.
+    Provide(crate::provision::NodesWithWait),
+    /// Wait until the nodes reach a state.
+    Wait(crate::provision::WaitArgs),
+    /// A node's provisioning: state, step, progress, last error.
+    Provision { node: String },
+    /// Pause (on) or resume (off) automation for nodes.
+    Maintenance(crate::provision::MaintenanceArgs),
 }
 
 pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -> anyhow::Result<()> {
@@ -171,6 +189,15 @@ pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -
         NodeCommand::Power(args) => crate::power::power(client, format, args).await,
         NodeCommand::BootDevice(args) => crate::power::boot_device(client, args).await,
         NodeCommand::Facts { node } => crate::power::facts(client, format, &node).await,
+        NodeCommand::Deploy(args) => crate::provision::deploy(client, format, args).await,
+        NodeCommand::Undeploy(args) => crate::provision::simple(client, format, "undeploy", args).await,
+        NodeCommand::Inspect(args) => crate::provision::simple(client, format, "inspect", args).await,
+        NodeCommand::Clean(args) => crate::provision::clean(client, format, args).await,
+        NodeCommand::Manage(args) => crate::provision::simple(client, format, "manage", args).await,
+        NodeCommand::Provide(args) => crate::provision::simple(client, format, "provide", args).await,
+        NodeCommand::Wait(args) => crate::provision::wait(client, format, args).await,
+        NodeCommand::Provision { node } => crate::provision::status(client, format, &node).await,
+        NodeCommand::Maintenance(args) => crate::provision::maintenance(client, args).await,
         NodeCommand::List { group, state, project, mac, limit } => {
             let mut query = Vec::new();
             for (key, value) in [("group", group), ("state", state), ("project", project), ("mac", mac)] {

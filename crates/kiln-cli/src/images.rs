@@ -241,18 +241,42 @@ async fn upload(client: &Client, format: OutputFormat, args: UploadArgs) -> anyh
     }
     let mut artifacts = Vec::new();
     for (kind, path) in &files {
-        let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
-        let bar = progress_bar(size, &format!("{kind} {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-        let upload = client
-            .upload_file(path, &args.name, args.checksum.as_deref(), &|offset| bar.set_position(offset))
-            .await
-            .with_context(|| format!("uploading {}", path.display()))?;
-        bar.finish();
-        artifacts.push(ArtifactInput { kind: *kind, upload, format: args.disk_format });
+        artifacts.push(ArtifactInput {
+            kind: *kind,
+            upload: upload_one(client, &args.name, path, *kind, args.checksum.as_deref()).await?,
+            format: args.disk_format,
+        });
     }
     let input = VersionInput { version: args.number, base: args.base, artifacts, tags: args.tags, note: args.note };
     let version: ImageVersion = client.post(&format!("/v1/images/{}/versions", encode(&args.name)), &input).await?;
     print(format, &version, || versions_table(std::slice::from_ref(&version)))
+}
+
+/// Uploads one file with a progress bar; returns the upload's id.
+async fn upload_one(client: &Client, image: &str, path: &Path, kind: ArtifactKind, checksum: Option<&str>) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    let bar = progress_bar(size, &format!("{kind} {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let upload = client
+        .upload_file(path, image, checksum, &|offset| bar.set_position(offset))
+        .await
+        .with_context(|| format!("uploading {}", path.display()))?;
+    bar.finish();
+    Ok(upload)
+}
+
+/// Uploads files as the artifacts of a new version of `image`.
+pub(crate) async fn upload_artifacts(
+    client: &Client,
+    image: &str,
+    files: &[(ArtifactKind, PathBuf)],
+    note: &str,
+) -> anyhow::Result<ImageVersion> {
+    let mut artifacts = Vec::new();
+    for (kind, path) in files {
+        artifacts.push(ArtifactInput { kind: *kind, upload: upload_one(client, image, path, *kind, None).await?, format: None });
+    }
+    let input = VersionInput { version: None, base: None, artifacts, tags: Vec::new(), note: note.to_owned() };
+    Ok(client.post(&format!("/v1/images/{}/versions", encode(image)), &input).await?)
 }
 
 async fn download(client: &Client, args: DownloadArgs) -> anyhow::Result<()> {

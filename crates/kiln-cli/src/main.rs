@@ -7,6 +7,7 @@ mod images;
 mod input;
 mod output;
 mod power;
+mod provision;
 mod serve;
 
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ enum Command {
     /// Images: versions, uploads, downloads, imports, clones.
     #[command(subcommand)]
     Image(images::ImageCommand),
+    /// Build artifacts: the deploy ramdisk.
+    #[command(subcommand)]
+    Build(provision::BuildCommand),
     /// The change log.
     Events(commands::EventsArgs),
     /// Show who the token belongs to.
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Discover(command) => commands::discover(&client, format, command).await,
                 Command::Boot(command) => commands::boot(&client, format, command).await,
                 Command::Image(command) => images::image(&client, format, command).await,
+                Command::Build(command) => provision::build(Some(&client), format, command).await,
                 Command::CloudInit(command) => cloud_init::cloud_init(&client, format, command).await,
                 Command::Events(args) => commands::events(&client, format, args).await,
                 Command::Whoami => commands::whoami(&client, format).await,

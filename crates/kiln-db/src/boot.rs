@@ -268,6 +268,7 @@ impl Store {
             },
         )
         .await?;
+        Store::note_callback(connection, &node.id).await?;
         transaction.commit().await
     }
 }

@@ -16,6 +16,7 @@ mod inventory;
 mod migrations;
 mod nodes;
 mod power;
+mod provision;
 mod tenancy;
 
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub use images::{ImageChange, ImportSource, NewArtifact, NewImage, NewVersion, U
 pub use inventory::{Inventory, InventoryView};
 pub use nodes::{NodeFilter, NodeSnapshot};
 pub use power::PowerRead;
+pub use provision::ProvisionWork;
 pub use tenancy::TokenIdentity;
 
 /// Which database a [`Store`] talks to.

@@ -43,6 +43,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_power.sql"),
         postgres: include_str!("../migrations/postgres/0005_power.sql"),
     },
+    Migration {
+        version: 6,
+        name: "provisioning",
+        sqlite: include_str!("../migrations/sqlite/0006_provisioning.sql"),
+        postgres: include_str!("../migrations/postgres/0006_provisioning.sql"),
+    },
 ];
 
 impl Store {

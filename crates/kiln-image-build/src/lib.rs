@@ -1,8 +1,9 @@
-//! Kiln's image builder. So far: diskimage-builder elements, found on an `ELEMENTS_PATH`,
+//! Kiln's image builder. [`ramdisk`] assembles the deploy ramdisk. So far for images: diskimage-builder elements, found on an `ELEMENTS_PATH`,
 //! their dependencies resolved and their hooks ordered by phase ([`elements`]), and the
 //! `break=` points a build stops at. Reading the element directories is the only IO; the
 //! plan is a pure function of what was read.
 
 pub mod elements;
+pub mod ramdisk;
 
 pub use elements::{BreakPoints, Element, ElementError, HookPlan, Phase, load_elements, plan_hooks, resolve};

@@ -9,53 +9,11 @@ use anyhow::{Context as _, bail};
 
 /// The newest Debian kernel installed under /boot and its module directory.
 pub fn host_kernel() -> anyhow::Result<(PathBuf, PathBuf)> {
-    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .context("reading /boot")?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
-        .collect();
-    kernels.sort();
-    let kernel = kernels.pop().context("no /boot/vmlinuz-* (apt-get install linux-image-amd64)")?;
-    let version = kernel.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")).unwrap_or_default().to_owned();
-    let modules = PathBuf::from("/lib/modules").join(&version);
-    if !modules.join("modules.dep").exists() {
-        bail!("{} has no modules.dep", modules.display());
-    }
-    Ok((kernel, modules))
+    Ok(kiln_image_build::ramdisk::host_kernel()?)
 }
 
-/// Modules to load for `wanted`, dependencies first, from modules.dep.
 fn with_dependencies(modules: &Path, wanted: &[&str]) -> anyhow::Result<Vec<String>> {
-    let dep = std::fs::read_to_string(modules.join("modules.dep"))?;
-    let table: Vec<(String, Vec<String>)> = dep
-        .lines()
-        .filter_map(|line| line.split_once(':'))
-        .map(|(module, deps)| (module.to_owned(), deps.split_whitespace().map(str::to_owned).collect()))
-        .collect();
-    let mut ordered = Vec::new();
-    fn visit(module: &str, table: &[(String, Vec<String>)], ordered: &mut Vec<String>) {
-        if ordered.iter().any(|m| m == module) {
-            return;
-        }
-        if let Some((_, deps)) = table.iter().find(|(m, _)| m == module) {
-            for dep in deps {
-                visit(dep, table, ordered);
-            }
-        }
-        ordered.push(module.to_owned());
-    }
-    for name in wanted {
-        let module = table
-            .iter()
-            .find(|(path, _)| Path::new(path).file_name().and_then(|n| n.to_str()).is_some_and(|n| n.split('.').next() == Some(name)))
-            .map(|(path, _)| path.clone());
-        // Built into the kernel: nothing to load.
-        if let Some(module) = module {
-            visit(&module, &table, &mut ordered);
-        }
-    }
-    Ok(ordered)
+    Ok(kiln_image_build::ramdisk::modules_with_dependencies(modules, wanted)?)
 }
 
 const INIT: &str = r#"#!/bin/busybox sh

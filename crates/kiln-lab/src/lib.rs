@@ -5,6 +5,7 @@
 //! files) is removed when the [`Lab`] is dropped, also when a test fails. The lab talks only
 //! inside its own namespace.
 
+mod disk;
 mod initrd;
 
 use std::io::Write as _;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub use disk::build_bootable_disk;
 pub use initrd::{build_callback_initrd, host_kernel};
 
 /// The lab network: 10.77.0.0/24 inside the namespace, the server at .1.
@@ -276,17 +278,23 @@ impl Lab {
 
     /// Boots a QEMU machine with `mac` on a new tap on the bridge (TCG: KVM guests hang here).
     pub fn boot_machine(&mut self, mac: &str, firmware: Firmware) -> anyhow::Result<&mut Machine> {
-        self.start_machine(mac, firmware, false)
+        self.start_machine(mac, firmware, false, None)
     }
 
     /// A machine that starts powered off, behind a QMP socket (`Machine::qmp`) that Kiln's
     /// lab BMC driver powers it through: on, resets and off, as an operator would. Resets
     /// restart it rather than end QEMU.
     pub fn add_powered_off_machine(&mut self, mac: &str, firmware: Firmware) -> anyhow::Result<&mut Machine> {
-        self.start_machine(mac, firmware, true)
+        self.start_machine(mac, firmware, true, None)
     }
 
-    fn start_machine(&mut self, mac: &str, firmware: Firmware, behind_bmc: bool) -> anyhow::Result<&mut Machine> {
+    /// A powered-off machine behind the lab BMC with `disk` (a raw image file) as its
+    /// virtio disk: what deploy tests provision.
+    pub fn add_machine_with_disk(&mut self, mac: &str, firmware: Firmware, disk: &Path) -> anyhow::Result<&mut Machine> {
+        self.start_machine(mac, firmware, true, Some(disk))
+    }
+
+    fn start_machine(&mut self, mac: &str, firmware: Firmware, behind_bmc: bool, disk: Option<&Path>) -> anyhow::Result<&mut Machine> {
         let tap = format!("ktap{}", self.taps);
         self.taps += 1;
         self.ip(&["tuntap", "add", &tap, "mode", "tap"])?;
@@ -307,6 +315,11 @@ impl Lab {
         }
         command.arg("-serial").arg(format!("file:{}", console.display()));
         command.args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
+        if let Some(disk) = disk {
+            // A serial number, so root device hints have something to match.
+            command.arg("-drive").arg(format!("file={},if=none,id=d0,format=raw,discard=unmap", disk.display()));
+            command.args(["-device", &format!("virtio-blk-pci,drive=d0,serial=KILN-{}", mac.replace(':', ""))]);
+        }
         match firmware {
             Firmware::Bios => {
                 command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}"), "-boot", "n"]);

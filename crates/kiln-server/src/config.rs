@@ -35,6 +35,27 @@ pub struct ServerConfigLayer {
     pub cloud_init: Option<CloudInitLayer>,
     /// BMC access and the power-state sync.
     pub bmc: Option<BmcLayer>,
+    /// The node lifecycle: timeouts, the reconciler, the deploy ramdisk.
+    pub provisioning: Option<ProvisioningLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningLayer {
+    /// The image whose highest version boots the node agent [default: kiln-deploy-ramdisk]
+    pub ramdisk_image: Option<String>,
+    /// Seconds from powering a node on to its agent's first heartbeat [default: 600]
+    pub agent_boot_timeout_seconds: Option<u64>,
+    /// Seconds an agent may stay silent once it has called in [default: 120]
+    pub heartbeat_timeout_seconds: Option<u64>,
+    /// Seconds from a finished deploy to the deployed system's callback, when awaited [default: 900]
+    pub callback_timeout_seconds: Option<u64>,
+    /// What undeploying erases: `fast` (signatures, partition tables) or `full` [default: fast]
+    pub undeploy_clean: Option<String>,
+    /// Seconds a replica's claim on a node lasts; another replica takes over after it [default: 30]
+    pub lease_seconds: Option<u64>,
+    /// Nodes the reconciler works on at once [default: 64]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +219,7 @@ impl ServerConfigLayer {
             tftp: over.tftp.or(self.tftp),
             cloud_init: over.cloud_init.or(self.cloud_init),
             bmc: over.bmc.or(self.bmc),
+            provisioning: over.provisioning.or(self.provisioning),
             images: match (self.images, over.images) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
                 (base, over) => over.or(base),
@@ -339,6 +361,37 @@ pub struct ServerConfig {
     pub cloud_init: CloudInitConfig,
     /// `None` when the power-state sync is off.
     pub power_sync: Option<crate::power_sync::PowerSyncSettings>,
+    pub provisioning: ProvisioningConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProvisioningConfig {
+    pub ramdisk_image: String,
+    pub agent_boot_timeout_seconds: u64,
+    pub heartbeat_timeout_seconds: u64,
+    pub callback_timeout_seconds: u64,
+    pub undeploy_clean: kiln_types::provision::CleanMode,
+    pub lease_seconds: u64,
+    pub workers: usize,
+    pub bmc_timeout_seconds: u64,
+}
+
+impl ProvisioningConfig {
+    pub fn reconciler_settings(&self) -> kiln_lifecycle::ReconcilerSettings {
+        use std::time::Duration;
+        kiln_lifecycle::ReconcilerSettings {
+            lifecycle: kiln_lifecycle::LifecycleSettings {
+                agent_boot_timeout: Duration::from_secs(self.agent_boot_timeout_seconds),
+                heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_seconds),
+                callback_timeout: Duration::from_secs(self.callback_timeout_seconds),
+                undeploy_clean_mode: self.undeploy_clean,
+            },
+            lease: Duration::from_secs(self.lease_seconds),
+            poll_interval: Duration::from_secs(1),
+            workers: self.workers,
+            bmc_timeout: Duration::from_secs(self.bmc_timeout_seconds),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -361,6 +414,37 @@ fn cloud_init_config(layer: CloudInitLayer) -> Result<CloudInitConfig, ConfigErr
         })
         .collect::<Result<_, _>>()?;
     Ok(CloudInitConfig { trusted_proxies, impersonation: layer.impersonation.unwrap_or(false) })
+}
+
+fn provisioning_config(layer: ProvisioningLayer, bmc_timeout_seconds: u64) -> Result<ProvisioningConfig, ConfigError> {
+    let seconds = |value: Option<u64>, default: u64, setting: &'static str| match value.unwrap_or(default) {
+        0 => Err(ConfigError::Invalid { setting, message: "must be at least 1 second".into() }),
+        seconds => Ok(seconds),
+    };
+    let undeploy_clean = match layer.undeploy_clean.as_deref().unwrap_or("fast") {
+        "fast" => kiln_types::provision::CleanMode::Fast,
+        "full" => kiln_types::provision::CleanMode::Full,
+        other => {
+            return Err(ConfigError::Invalid {
+                setting: "provisioning.undeploy_clean",
+                message: format!("'{other}' is neither 'fast' nor 'full'"),
+            });
+        }
+    };
+    let ramdisk_image = layer.ramdisk_image.unwrap_or_else(|| "kiln-deploy-ramdisk".to_owned());
+    if ramdisk_image.is_empty() {
+        return Err(ConfigError::Invalid { setting: "provisioning.ramdisk_image", message: "must name an image".into() });
+    }
+    Ok(ProvisioningConfig {
+        ramdisk_image,
+        agent_boot_timeout_seconds: seconds(layer.agent_boot_timeout_seconds, 600, "provisioning.agent_boot_timeout_seconds")?,
+        heartbeat_timeout_seconds: seconds(layer.heartbeat_timeout_seconds, 120, "provisioning.heartbeat_timeout_seconds")?,
+        callback_timeout_seconds: seconds(layer.callback_timeout_seconds, 900, "provisioning.callback_timeout_seconds")?,
+        undeploy_clean,
+        lease_seconds: seconds(layer.lease_seconds, 30, "provisioning.lease_seconds")?,
+        workers: layer.workers.unwrap_or(64).clamp(1, 4096),
+        bmc_timeout_seconds: bmc_timeout_seconds.clamp(1, 300),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -552,6 +636,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
                 timeout: std::time::Duration::from_secs(bmc.timeout_seconds.unwrap_or(10).clamp(1, 300)),
             }),
         };
+        let provisioning = provisioning_config(layer.provisioning.unwrap_or_default(), bmc.timeout_seconds.unwrap_or(10))?;
         Ok(ServerConfig {
             data_dir,
             listen,
@@ -565,6 +650,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             images,
             cloud_init,
             power_sync,
+            provisioning,
         })
     }
 }

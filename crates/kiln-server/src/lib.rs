@@ -142,6 +142,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         files_dir: config.boot.files_dir.clone(),
         ipxe_dir: config.boot.ipxe_dir.clone(),
         auto_enroll: config.boot.auto_enroll,
+        ramdisk_image: config.provisioning.ramdisk_image.clone(),
     };
     let dhcp = match &config.dhcp {
         Some(dhcp) => {
@@ -182,7 +183,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         trusted_proxies: config.cloud_init.trusted_proxies.clone(),
         impersonation: config.cloud_init.impersonation,
     };
-    let state = ApiState::new(store.clone(), inventory, boot, images, cloud_init);
+    let state = ApiState::new(store.clone(), inventory.clone(), boot, images, cloud_init);
+    let reconciler =
+        kiln_lifecycle::start(store.clone(), inventory, config.provisioning.reconciler_settings(), state.provisioning_wake.clone());
     let boot_service = match boot_listener {
         Some(listener) => {
             let files = Arc::new(kiln_api::boot::BootFiles(state.clone()));
@@ -201,7 +204,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         let stopped = async move {
             let _ = shutdown_requested.wait_for(|requested| *requested).await;
         };
-        let _boot_services = (dhcp, tftp, boot_service);
+        let _boot_services = (dhcp, tftp, boot_service, reconciler);
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
             tracing::error!(%error, "the API server failed");

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod image;
 pub mod mac;
 pub mod node;
+pub mod provision;
 pub mod validate;
 pub mod xname;
 

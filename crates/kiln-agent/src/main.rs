@@ -1,0 +1,236 @@
+//! `kiln-agent`: runs on a node in the deploy ramdisk. It finds the server, its node id and
+//! its token on the kernel command line (`kiln.server=`, `kiln.node=`, `kiln.token=`),
+//! heartbeats, carries out what the server answers (inspect, deploy, clean) while reporting
+//! progress, reports the result, then reboots or powers off as the command said.
+//!
+//! The same binary simulates nodes for scale tests: `--server`, `--node`, `--token` on the
+//! command line and `--disk-file` to write to a file instead of the machine's disks.
+
+mod client;
+mod inspect;
+mod io;
+mod work;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use kiln_types::provision::{AgentCommand, AgentResult, Heartbeat, Progress, Then};
+
+use crate::client::{HttpStatus, Server};
+use crate::io::ProgressCounter;
+use crate::work::Disks;
+
+struct Options {
+    server: Server,
+    node: String,
+    disks: Disks,
+    /// Exit instead of rebooting or powering off (simulations, tests).
+    no_power: bool,
+    heartbeat: Duration,
+}
+
+fn kernel_argument<'a>(command_line: &'a str, name: &str) -> Option<&'a str> {
+    command_line.split_whitespace().find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut args = std::env::args().skip(1);
+    let (mut server, mut node, mut token, mut disk_file, mut no_power) = (None, None, None, None, false);
+    let mut heartbeat = Duration::from_secs(5);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--server" => server = Some(value()?),
+            "--node" => node = Some(value()?),
+            "--token" => token = Some(value()?),
+            "--disk-file" => disk_file = Some(PathBuf::from(value()?)),
+            "--heartbeat-seconds" => heartbeat = Duration::from_secs_f64(value()?.parse().context("--heartbeat-seconds")?),
+            "--no-power" => no_power = true,
+            "--help" | "-h" => {
+                println!("kiln-agent [--server URL --node ID --token TOKEN] [--disk-file PATH] [--no-power] [--heartbeat-seconds N]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let command_line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let from_kernel = |name| kernel_argument(&command_line, name).map(str::to_owned);
+    let server = server.or_else(|| from_kernel("kiln.server")).context("no server: kiln.server= on the kernel command line")?;
+    let node = node.or_else(|| from_kernel("kiln.node")).context("no node id: kiln.node= on the kernel command line")?;
+    let token = token.or_else(|| from_kernel("kiln.token")).context("no token: kiln.token= on the kernel command line")?;
+    let disks = disk_file.map_or(Disks::Machine, Disks::File);
+    Ok(Options { server: Server::parse(&server, &token)?, node, disks, no_power, heartbeat })
+}
+
+fn main() {
+    let options = match options() {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("kiln-agent: {error:#}");
+            std::process::exit(2);
+        }
+    };
+    eprintln!("kiln-agent {}: node {} server {}", env!("CARGO_PKG_VERSION"), options.node, options.server.host_port);
+    let outcome = run(&options);
+    let then = match &outcome {
+        Ok(then) => *then,
+        Err(error) => {
+            eprintln!("kiln-agent: {error:#}");
+            Then::PowerOff
+        }
+    };
+    finish(&options, then);
+}
+
+/// Heartbeats and carries out commands until one ends with its result accepted (returning
+/// what to do next) or the server stops accepting the token.
+fn run(options: &Options) -> anyhow::Result<Then> {
+    let heartbeat_path = format!("/agent/v1/nodes/{}/heartbeat", options.node);
+    let mut failures = 0u32;
+    loop {
+        let answer: anyhow::Result<Option<AgentCommand>> = options.server.post_json(&heartbeat_path, &Heartbeat::default());
+        let command = match answer {
+            Ok(Some(command)) => {
+                failures = 0;
+                command
+            }
+            Ok(None) => bail!("the server answered a heartbeat with nothing"),
+            Err(error) if is_refused(&error) => bail!("the server refused the token: the operation is over ({error:#})"),
+            Err(error) => {
+                failures += 1;
+                // The server may be restarting: keep trying; it decides when to give up.
+                eprintln!("kiln-agent: heartbeat failed ({error:#}); retrying");
+                std::thread::sleep(Duration::from_secs(u64::from(failures.min(6))));
+                continue;
+            }
+        };
+        match command {
+            AgentCommand::Wait { seconds } => std::thread::sleep(Duration::from_secs(u64::from(seconds.clamp(1, 60)))),
+            AgentCommand::PowerOff => return Ok(Then::PowerOff),
+            command => {
+                let id = command.id().expect("work commands have ids");
+                let then = match &command {
+                    AgentCommand::Inspect { then, .. } | AgentCommand::Deploy { then, .. } | AgentCommand::Clean { then, .. } => *then,
+                    _ => Then::PowerOff,
+                };
+                let result = carry_out(options, command, &heartbeat_path);
+                let failed = result.error.is_some();
+                report(options, &result)?;
+                if !failed {
+                    return Ok(then);
+                }
+                eprintln!("kiln-agent: command {id} failed; waiting for the server");
+            }
+        }
+    }
+}
+
+fn is_refused(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<HttpStatus>().is_some_and(|status| status.status == 401)
+}
+
+/// Runs one command on a thread of its own while this one heartbeats with its progress.
+fn carry_out(options: &Options, command: AgentCommand, heartbeat_path: &str) -> AgentResult {
+    let id = command.id().unwrap_or(0);
+    let downloaded = Arc::new(ProgressCounter::default());
+    let written = Arc::new(ProgressCounter::default());
+    let (phase, total) = match &command {
+        AgentCommand::Deploy { artifact, .. } => ("writing", Some(artifact.size)),
+        AgentCommand::Clean { .. } => ("erasing", None),
+        _ => ("inspecting", None),
+    };
+    let started = Instant::now();
+    let worker = {
+        let (server, disks, downloaded, written) = (options.server.clone(), options.disks.clone(), downloaded.clone(), written.clone());
+        std::thread::spawn(move || -> AgentResult {
+            let mut result = AgentResult { id, error: None, inventory: None, root_device: None };
+            let outcome = match command {
+                AgentCommand::Inspect { .. } => {
+                    result.inventory = Some(inspect::inventory(Path::new("/")));
+                    Ok(())
+                }
+                AgentCommand::Deploy { artifact, root_device_hints, .. } => {
+                    work::deploy(&server, &disks, &artifact, &root_device_hints, downloaded, written).map(|deployed| {
+                        eprintln!(
+                            "kiln-agent: wrote {} bytes of image to {} ({} bytes not zero)",
+                            deployed.image_bytes,
+                            deployed.device.display(),
+                            deployed.written_bytes
+                        );
+                        result.root_device = Some(deployed.device.display().to_string());
+                    })
+                }
+                AgentCommand::Clean { mode, .. } => work::clean(&disks, mode, written).map(|_| ()),
+                _ => Ok(()),
+            };
+            result.error = outcome.err().map(|error| format!("{error:#}"));
+            result
+        })
+    };
+    let mut last = (Instant::now(), 0u64);
+    while !worker.is_finished() {
+        std::thread::sleep(options.heartbeat.min(Duration::from_millis(500)));
+        if last.0.elapsed() < options.heartbeat || worker.is_finished() {
+            continue;
+        }
+        let done = if phase == "writing" { downloaded.bytes.load(Ordering::Relaxed) } else { written.bytes.load(Ordering::Relaxed) };
+        let rate = (done.saturating_sub(last.1) as f64 / last.0.elapsed().as_secs_f64()) as u64;
+        last = (Instant::now(), done);
+        let progress = Progress { phase: phase.to_owned(), bytes_done: done, bytes_total: total, rate: Some(rate) };
+        let heartbeat = Heartbeat { running: Some(id), progress: Some(progress) };
+        if let Err(error) = options.server.post_json::<_, AgentCommand>(heartbeat_path, &heartbeat) {
+            eprintln!("kiln-agent: progress heartbeat failed ({error:#})");
+        }
+    }
+    let result = worker.join().unwrap_or_else(|_| AgentResult {
+        id,
+        error: Some("the agent's worker thread panicked".into()),
+        inventory: None,
+        root_device: None,
+    });
+    eprintln!("kiln-agent: command {id} done in {:.1} s: {}", started.elapsed().as_secs_f64(), result.error.as_deref().unwrap_or("ok"));
+    result
+}
+
+/// Reports a result, retrying while the server is unreachable.
+fn report(options: &Options, result: &AgentResult) -> anyhow::Result<()> {
+    let path = format!("/agent/v1/nodes/{}/result", options.node);
+    for attempt in 1..=60u64 {
+        match options.server.post_json::<_, serde_json::Value>(&path, result) {
+            Ok(_) => return Ok(()),
+            Err(error) if error.downcast_ref::<HttpStatus>().is_some() => return Err(error.context("reporting the result")),
+            Err(error) => {
+                eprintln!("kiln-agent: reporting the result failed ({error:#}); retrying");
+                std::thread::sleep(Duration::from_secs(attempt.min(5)));
+            }
+        }
+    }
+    bail!("could not report the result")
+}
+
+fn finish(options: &Options, then: Then) {
+    if options.no_power {
+        eprintln!("kiln-agent: done ({then:?}; --no-power)");
+        return;
+    }
+    eprintln!("kiln-agent: {}", if then == Then::Reboot { "rebooting" } else { "powering off" });
+    // SAFETY: sync and reboot take no pointers; reboot does not return on success.
+    unsafe {
+        libc::sync();
+        libc::reboot(if then == Then::Reboot { libc::RB_AUTOBOOT } else { libc::RB_POWER_OFF });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_its_settings_from_the_kernel_command_line() {
+        let line = "initrd=initrd console=ttyS0 kiln.server=http://10.77.0.1:8081 kiln.node=abc kiln.token=kiln_x quiet";
+        assert_eq!(super::kernel_argument(line, "kiln.server"), Some("http://10.77.0.1:8081"));
+        assert_eq!(super::kernel_argument(line, "kiln.node"), Some("abc"));
+        assert_eq!(super::kernel_argument(line, "kiln.nodes"), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! The agent's commands: deploy an image to a disk, clean a disk, wipe a half-written one.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kiln_types::image::ImageFormat;
+use kiln_types::provision::{AgentArtifact, CleanMode, DiskInfo, RootDeviceHints, choose_root_device};
+
+use crate::client::Server;
+use crate::io::{CountingReader, HashingReader, ProgressCounter, RangeSource, ResumingDownload, SparseWriter, ZeroBlocks, decompressor};
+
+/// Where the agent writes: the machine's disks, or (for simulations and tests) one file.
+#[derive(Debug, Clone)]
+pub enum Disks {
+    Machine,
+    File(PathBuf),
+}
+
+impl Disks {
+    /// The disk the hints choose, as a path and its description.
+    pub fn root_device(&self, hints: &RootDeviceHints) -> anyhow::Result<(PathBuf, DiskInfo)> {
+        match self {
+            Disks::File(path) => {
+                let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                Ok((path.clone(), DiskInfo { name: "file".into(), size_bytes: size, ..Default::default() }))
+            }
+            Disks::Machine => {
+                let disks = crate::inspect::disks(Path::new("/"));
+                let disk = choose_root_device(&disks, hints).with_context(|| {
+                    let names: Vec<String> = disks.iter().map(|d| format!("{} ({} bytes)", d.name, d.size_bytes)).collect();
+                    format!("no disk matches {hints}; disks: {}", names.join(", "))
+                })?;
+                Ok((PathBuf::from("/dev").join(&disk.name), disk.clone()))
+            }
+        }
+    }
+}
+
+/// Bytes the server sends from an offset on, with `If-Range` so a changed artifact is never
+/// spliced into a half-read one.
+struct HttpRange {
+    server: Server,
+    path: String,
+    etag: String,
+}
+
+impl RangeSource for HttpRange {
+    fn open(&mut self, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+        let to_io = |error: anyhow::Error| io::Error::other(format!("{error:#}"));
+        let headers = [("Range", format!("bytes={offset}-")), ("If-Range", self.etag.clone())];
+        let response = self.server.request("GET", &self.path, &headers, b"").map_err(to_io)?;
+        let resumed_at = response
+            .header("content-range")
+            .and_then(|range| range.strip_prefix("bytes "))
+            .and_then(|range| range.split('-').next())
+            .and_then(|start| start.parse::<u64>().ok());
+        match (response.status, resumed_at) {
+            (206, Some(start)) if start == offset => Ok(Box::new(response)),
+            (200, _) if offset == 0 => Ok(Box::new(response)),
+            (status, _) => Err(io::Error::other(format!("asked for bytes from {offset}, the server answered {status}"))),
+        }
+    }
+}
+
+/// How a deploy went, for the result and the log.
+#[derive(Debug)]
+pub struct Deployed {
+    pub device: PathBuf,
+    pub image_bytes: u64,
+    pub written_bytes: u64,
+}
+
+/// Streams the artifact onto the chosen disk: download (resuming), hash, decompress, write
+/// (skipping zero blocks), check the hash after draining the stream, flush. On any failure
+/// the disk's partition tables are wiped, so a half-written disk never boots.
+pub fn deploy(
+    server: &Server,
+    disks: &Disks,
+    artifact: &AgentArtifact,
+    hints: &RootDeviceHints,
+    downloaded: Arc<ProgressCounter>,
+    written: Arc<ProgressCounter>,
+) -> anyhow::Result<Deployed> {
+    if artifact.format == ImageFormat::Qcow2 {
+        bail!("the image is qcow2, which the agent does not convert; store a raw image (qemu-img convert -O raw) and deploy that");
+    }
+    let (device, disk) = disks.root_device(hints)?;
+    eprintln!("kiln-agent: writing {} bytes ({}) to {}", artifact.size, artifact.format, device.display());
+    let result = write_image(server, disks, &device, artifact, downloaded, written);
+    if let Err(error) = &result {
+        eprintln!("kiln-agent: deploy failed ({error:#}); wiping {}", device.display());
+        if let Err(wipe_error) = wipe_signatures(&device, disk.size_bytes) {
+            eprintln!("kiln-agent: wiping {} failed too: {wipe_error:#}", device.display());
+        }
+    }
+    result
+}
+
+fn write_image(
+    server: &Server,
+    disks: &Disks,
+    device: &Path,
+    artifact: &AgentArtifact,
+    downloaded: Arc<ProgressCounter>,
+    written: Arc<ProgressCounter>,
+) -> anyhow::Result<Deployed> {
+    let (file, zeros) = match disks {
+        // A file starts empty: skipped blocks read as zeros.
+        Disks::File(path) => (OpenOptions::new().write(true).create(true).truncate(true).open(path)?, ZeroBlocks::Skip),
+        Disks::Machine => {
+            (OpenOptions::new().write(true).open(device).with_context(|| format!("opening {}", device.display()))?, ZeroBlocks::ZeroOut)
+        }
+    };
+    let source = HttpRange { server: server.clone(), path: artifact.path.clone(), etag: format!("\"{}\"", artifact.sha256) };
+    let download = ResumingDownload::new(source, artifact.size, 10, Duration::from_secs(6 * 3600));
+    let mut hashing = HashingReader::new(CountingReader { inner: download, counter: downloaded });
+    let mut writer = SparseWriter::new(file, zeros, written);
+    {
+        let mut unpacked = decompressor(&mut hashing, artifact.compression).context("starting the decompressor")?;
+        io::copy(&mut unpacked, &mut writer).context("writing the image")?;
+    }
+    let written_bytes = writer.written;
+    let (digest, bytes) = hashing.finish().context("reading the rest of the image")?;
+    if bytes != artifact.size {
+        bail!("received {bytes} bytes, expected {}", artifact.size);
+    }
+    if digest != artifact.sha256 {
+        bail!("checksum mismatch: the image's SHA-256 is {digest}, expected {}", artifact.sha256);
+    }
+    let image_bytes = writer.finish().context("flushing the disk")?;
+    Ok(Deployed { device: device.to_owned(), image_bytes, written_bytes })
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Erases what makes a disk bootable or recognisable: the first and last MiB (MBR, GPT and
+/// its backup, most filesystem and RAID signatures) and the first MiB of each partition.
+pub fn wipe_signatures(device: &Path, size: u64) -> anyhow::Result<()> {
+    let file = OpenOptions::new().write(true).open(device).with_context(|| format!("opening {}", device.display()))?;
+    let size = if size == 0 { file.metadata()?.len() } else { size };
+    let zeros = vec![0u8; MIB as usize];
+    let mut offsets = vec![0, size.saturating_sub(MIB)];
+    offsets.extend(partition_starts(device));
+    for offset in offsets {
+        let length = MIB.min(size.saturating_sub(offset)) as usize;
+        file.write_all_at(&zeros[..length], offset).with_context(|| format!("zeroing {} at {offset}", device.display()))?;
+    }
+    file.sync_all()?;
+    reread_partitions(&file);
+    Ok(())
+}
+
+fn partition_starts(device: &Path) -> Vec<u64> {
+    let Some(name) = device.file_name().and_then(|n| n.to_str()) else { return vec![] };
+    let Ok(entries) = std::fs::read_dir(Path::new("/sys/block").join(name)) else { return vec![] };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(name))
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("start")).ok())
+        .filter_map(|start| start.trim().parse::<u64>().ok())
+        .map(|sectors| sectors * 512)
+        .collect()
+}
+
+const BLKRRPART: libc::c_ulong = 0x125f;
+const BLKDISCARD: libc::c_ulong = 0x1277;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+fn reread_partitions(file: &File) {
+    // SAFETY: BLKRRPART takes no argument; on a regular file it fails harmlessly.
+    unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART, 0) };
+}
+
+/// Cleans a disk: `fast` wipes signatures; `full` discards every block where the disk can,
+/// else zeroes it.
+pub fn clean(disks: &Disks, mode: CleanMode, progress: Arc<ProgressCounter>) -> anyhow::Result<Vec<String>> {
+    let targets: Vec<(PathBuf, u64)> = match disks {
+        Disks::File(path) => vec![(path.clone(), std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))],
+        Disks::Machine => crate::inspect::disks(Path::new("/"))
+            .into_iter()
+            .filter(|disk| !disk.removable && disk.size_bytes > 0)
+            .map(|disk| (PathBuf::from("/dev").join(&disk.name), disk.size_bytes))
+            .collect(),
+    };
+    let mut cleaned = Vec::new();
+    for (device, size) in targets {
+        match mode {
+            CleanMode::Fast => wipe_signatures(&device, size)?,
+            CleanMode::Full => erase_all(&device, size, &progress)?,
+        }
+        eprintln!("kiln-agent: cleaned {} ({mode:?})", device.display());
+        cleaned.push(device.display().to_string());
+    }
+    Ok(cleaned)
+}
+
+fn erase_all(device: &Path, size: u64, progress: &ProgressCounter) -> anyhow::Result<()> {
+    let file = OpenOptions::new().write(true).open(device).with_context(|| format!("opening {}", device.display()))?;
+    let range = [0u64, size];
+    for request in [BLKDISCARD, BLKZEROOUT] {
+        // SAFETY: both ioctls read two u64s from the pointer, which outlives the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), request, range.as_ptr()) } == 0 {
+            progress.bytes.store(size, std::sync::atomic::Ordering::Relaxed);
+            return wipe_signatures(device, size);
+        }
+    }
+    let zeros = vec![0u8; 4 * MIB as usize];
+    let mut offset = 0;
+    while offset < size {
+        let length = (zeros.len() as u64).min(size - offset) as usize;
+        file.write_all_at(&zeros[..length], offset)?;
+        offset += length as u64;
+        progress.bytes.store(offset, std::sync::atomic::Ordering::Relaxed);
+    }
+    file.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! Provisioning: operators' requests (deploy, undeploy, inspect, clean, manage, provide),
+//! recorded as intent for the reconciler, and the agent protocol the node agent speaks.
+//!
+//! Nothing here moves a node between states: handlers record a request or an agent's
+//! observation and wake the reconciler, which decides.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::Response;
+use kiln_types::ProvisionState;
+use kiln_types::image::ArtifactKind;
+use kiln_types::provision::{
+    AgentArtifact, AgentCommand, AgentResult, CleanMode, DeployMode, DeployRequest, DeployTarget, Heartbeat, Intent, ProvisionRecord,
+    ProvisionStatus,
+};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+
+type ErrorBody = kiln_types::api::ErrorBody;
+
+async fn request(state: &ApiState, caller: &Caller, key: &str, intent: Intent) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    let node = state.store.get_node(key, &caller.read_scope()).await?;
+    if !caller.can_write(node.project.as_deref()) {
+        return Err(ApiError::forbidden(format!("you may read node '{key}' but not provision it")));
+    }
+    let status = state.store.request_provision(&caller.user, &node.id, &caller.read_scope(), &intent).await?;
+    tracing::info!(node = %node.name, request = intent.name(), user = %caller.user, "provisioning requested");
+    state.provisioning_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(status)))
+}
+
+/// Splits `IMAGE[:VERSION]`.
+fn image_reference(text: &str) -> (&str, Option<&str>) {
+    match text.rsplit_once(':') {
+        Some((image, version)) if !image.is_empty() && !version.is_empty() => (image, Some(version)),
+        _ => (text, None),
+    }
+}
+
+/// Deploys an image: written to a local disk (`disk`) or booted diskless (`live`). The image
+/// version is fixed now, so a tag moving later does not change this deploy.
+#[utoipa::path(post, path = "/v1/nodes/{node}/deploy", tag = "provisioning", request_body = DeployRequest,
+    responses((status = 202, body = ProvisionStatus), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn deploy(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    JsonBody(body): JsonBody<DeployRequest>,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    let (name, version) = image_reference(&body.image);
+    let image = crate::images::visible_image(&state, &caller, name).await?;
+    let reference = crate::images::version_ref(version.unwrap_or("latest"))?;
+    let version = match (version, state.store.get_version(&image.name, &reference).await) {
+        (_, Ok(version)) => version,
+        // Without a version: the highest, whether or not a `latest` tag exists.
+        (None, Err(kiln_db::StoreError::NotFound { .. })) => state
+            .store
+            .list_versions(&image.name)
+            .await?
+            .into_iter()
+            .max_by_key(|version| version.version)
+            .ok_or_else(|| ApiError::invalid(format!("image '{}' has no versions", image.name)))?,
+        (_, Err(error)) => return Err(error.into()),
+    };
+    let needed: &[ArtifactKind] = match body.mode {
+        DeployMode::Disk => &[ArtifactKind::Disk],
+        DeployMode::Live => &[ArtifactKind::Kernel, ArtifactKind::Initrd],
+    };
+    for kind in needed {
+        if version.artifact(*kind).is_none() {
+            return Err(ApiError::invalid(format!(
+                "image {}:{} has no {kind} artifact, which a {} deploy needs",
+                image.name,
+                version.version,
+                body.mode.as_str()
+            )));
+        }
+    }
+    let target = DeployTarget {
+        image: image.name.clone(),
+        version: version.version,
+        mode: body.mode,
+        root_device_hints: body.root_device_hints,
+        wait_for_callback: body.wait_for_callback,
+    };
+    request(&state, &caller, &key, Intent::Deploy(target)).await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{node}/undeploy", tag = "provisioning",
+    responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn undeploy(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    request(&state, &caller, &key, Intent::Undeploy).await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{node}/inspect", tag = "provisioning",
+    responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn inspect(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    request(&state, &caller, &key, Intent::Inspect).await
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CleanRequest {
+    #[serde(default)]
+    pub mode: CleanMode,
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{node}/clean", tag = "provisioning", request_body = CleanRequest,
+    responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn clean(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    JsonBody(body): JsonBody<CleanRequest>,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    request(&state, &caller, &key, Intent::Clean { mode: body.mode }).await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{node}/manage", tag = "provisioning",
+    responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn manage(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    request(&state, &caller, &key, Intent::Manage).await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{node}/provide", tag = "provisioning",
+    responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn provide(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    request(&state, &caller, &key, Intent::Provide).await
+}
+
+#[utoipa::path(get, path = "/v1/nodes/{node}/provision", tag = "provisioning",
+    responses((status = 200, body = ProvisionStatus), (status = 404, body = ErrorBody)))]
+pub async fn status(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<ProvisionStatus>> {
+    Ok(Json(state.store.provision_status(&key, &caller.read_scope()).await?))
+}
+
+/// The node and record an agent's bearer token belongs to; 401 for anything else, with the
+/// same answer whether the node exists or not.
+async fn agent(state: &ApiState, headers: &HeaderMap, node_id: &str) -> ApiResult<(kiln_types::node::Node, ProvisionRecord)> {
+    let refused = || ApiError::unauthorized("this agent token is not valid for this node (or its operation is over)");
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(refused)?;
+    state.store.authenticate_agent(node_id, token.trim()).await?.ok_or_else(|| {
+        tracing::warn!(node = %node_id, "agent token refused");
+        refused()
+    })
+}
+
+/// The artifact a deploy writes, as the agent fetches it.
+async fn deploy_artifact(state: &ApiState, node_id: &str, record: &ProvisionRecord) -> ApiResult<Option<AgentArtifact>> {
+    let Some(target) = record.target.as_ref().filter(|target| target.mode == DeployMode::Disk) else { return Ok(None) };
+    let version = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?;
+    let Some(artifact) = version.artifact(ArtifactKind::Disk) else { return Ok(None) };
+    Ok(Some(AgentArtifact {
+        path: format!("/agent/v1/nodes/{node_id}/artifact"),
+        sha256: artifact.sha256.clone(),
+        size: artifact.size,
+        format: artifact.format,
+        compression: artifact.compression,
+    }))
+}
+
+/// The agent's heartbeat: records that it is alive and how far it got, and answers with
+/// what it is to do.
+#[utoipa::path(post, path = "/agent/v1/nodes/{node}/heartbeat", tag = "agent", request_body = Heartbeat,
+    responses((status = 200, body = AgentCommand), (status = 401, body = ErrorBody)))]
+pub async fn heartbeat(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(node_id): Path<String>,
+    JsonBody(heartbeat): JsonBody<Heartbeat>,
+) -> ApiResult<Json<AgentCommand>> {
+    let (node, record) = agent(&state, &headers, &node_id).await?;
+    state.store.record_heartbeat(&node.id, &heartbeat).await?;
+    let artifact = match node.provision_state {
+        ProvisionState::WaitAgent => deploy_artifact(&state, &node.id, &record).await?,
+        _ => None,
+    };
+    let command = kiln_lifecycle::agent::agent_command(node.provision_state, &record, artifact);
+    if heartbeat.running.is_none() && command.id().is_some() {
+        tracing::info!(node = %node.name, command = ?command.id(), state = %node.provision_state, "agent given a command");
+    }
+    Ok(Json(command))
+}
+
+/// How a command ended. Accepted once per command; the reconciler takes it from there.
+#[utoipa::path(post, path = "/agent/v1/nodes/{node}/result", tag = "agent", request_body = AgentResult,
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn result(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(node_id): Path<String>,
+    JsonBody(result): JsonBody<AgentResult>,
+) -> ApiResult<StatusCode> {
+    let (node, _) = agent(&state, &headers, &node_id).await?;
+    state.store.record_agent_result(&node.id, &result).await?;
+    match &result.error {
+        None => tracing::info!(node = %node.name, command = result.id, "agent finished its command"),
+        Some(error) => tracing::warn!(node = %node.name, command = result.id, %error, "agent command failed"),
+    }
+    state.provisioning_wake.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The disk image of the node's deploy, for its agent only (the image may be private).
+/// Ranges are honoured, so an agent resumes a cut download where it stopped.
+#[utoipa::path(get, path = "/agent/v1/nodes/{node}/artifact", tag = "agent",
+    responses((status = 200, content_type = "application/octet-stream"), (status = 206), (status = 401, body = ErrorBody)))]
+pub async fn artifact(
+    State(state): State<ApiState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(node_id): Path<String>,
+) -> ApiResult<Response> {
+    let (node, record) = agent(&state, &headers, &node_id).await?;
+    let target = record
+        .target
+        .as_ref()
+        .filter(|_| node.provision_state == ProvisionState::WaitAgent)
+        .ok_or_else(|| ApiError::not_found("deploy", &node.name))?;
+    let version = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?;
+    let artifact = crate::images::artifact_of(&version, "disk")?;
+    crate::images::serve_artifact(&state, &version, artifact, &method, &headers).await
+}

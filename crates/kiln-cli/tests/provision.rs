@@ -1,0 +1,130 @@
+//! Provisioning end to end in the lab: a QEMU machine with an empty disk, behind the lab BMC,
+//! is deployed through `kiln node deploy` (PXE to the deploy ramdisk built by `kiln build
+//! ramdisk`, kiln-agent writes and verifies the image, the machine boots its disk and the
+//! deployed system calls back), undeployed (the disk cleaned) and inspected.
+//!
+//! Needs what the lab needs plus SYSLINUX, mtools and dosfstools (`scripts/install-deps`),
+//! and a built `kiln-agent` (`cargo build --release -p kiln-agent`; `scripts/test` does it).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kiln_lab::{Firmware, Lab};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn lab_or_skip() -> Option<Lab> {
+    if let Err(reason) = kiln_lab::available() {
+        if std::env::var("KILN_REQUIRE_LAB").as_deref() == Ok("1") {
+            panic!("KILN_REQUIRE_LAB=1 but the lab cannot run: {reason}");
+        }
+        eprintln!("skipping a lab test: {reason}");
+        return None;
+    }
+    Some(Lab::create().expect("creating the lab network"))
+}
+
+/// The agent binary: the release build if there is one (TCG runs it much faster), else the
+/// debug build, from the same target directory as `kiln`.
+fn agent_binary() -> PathBuf {
+    let kiln = Path::new(KILN);
+    let target = kiln.parent().and_then(Path::parent).expect("kiln lives in <target>/<profile>/");
+    for profile in ["release", "debug"] {
+        let agent = target.join(profile).join("kiln-agent");
+        if agent.exists() {
+            return agent;
+        }
+    }
+    panic!("no kiln-agent under {}: run `cargo build --release -p kiln-agent`", target.display());
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
+#[test]
+fn a_lab_machine_is_deployed_to_disk_undeployed_and_inspected() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = lab_or_skip() else { return };
+    let kiln = Path::new(KILN);
+    let data = lab.start_server(kiln, "").unwrap();
+    let work = lab.directory.path().to_owned();
+
+    // The image: a BIOS-bootable disk whose system calls the server back.
+    let (kernel, _) = kiln_lab::host_kernel().unwrap();
+    let callback_initrd = work.join("callback-initrd.img");
+    kiln_lab::build_callback_initrd(&callback_initrd).unwrap();
+    let image = work.join("lab-os.raw");
+    let append = format!("console=ttyS0,115200 panic=-1 kiln.server={}", lab.boot_url());
+    kiln_lab::build_bootable_disk(&image, 48, &kernel, &callback_initrd, &append).unwrap();
+    let compressed = work.join("lab-os.raw.zst");
+    let status = std::process::Command::new("zstd").args(["-q", "-3", "-f"]).arg(&image).arg("-o").arg(&compressed).status().unwrap();
+    assert!(status.success());
+    lab.kiln(kiln, &["image", "create", "lab-os"]).unwrap();
+    lab.kiln(kiln, &["image", "upload", "lab-os", &format!("disk={}", compressed.display())]).unwrap();
+
+    // The deploy ramdisk, stored as the public image the server boots agents with.
+    let agent = agent_binary();
+    let built = lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string(), "-F", "json"]).unwrap();
+    assert_eq!(json(&built)["image"], "kiln-deploy-ramdisk");
+
+    // The machine: powered off behind the lab BMC, with an empty 128 MiB disk.
+    let disk = work.join("node-disk.raw");
+    std::fs::File::create(&disk).unwrap().set_len(128 << 20).unwrap();
+    let mac = "52:54:00:be:ef:31";
+    let machine = lab.add_machine_with_disk(mac, Firmware::Bios, &disk).unwrap();
+    let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
+    let node = serde_json::json!([{ "name": "node31", "interfaces": [{"mac_addr": mac}] }]);
+    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
+    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
+    lab.kiln(kiln, &["node", "update", "node31", "-f", "json", "-d", &bmc.to_string()]).unwrap();
+    lab.kiln(kiln, &["node", "manage", "node31", "--wait", "--timeout", "30"]).unwrap();
+    lab.kiln(kiln, &["node", "provide", "node31", "--wait", "--timeout", "30"]).unwrap();
+
+    // Deploy, waiting for the deployed system's callback.
+    let started = std::time::Instant::now();
+    let deployed = lab
+        .kiln(kiln, &["node", "deploy", "node31", "--image", "lab-os", "--wait-for-callback", "--wait", "--timeout", "600", "-F", "json"])
+        .unwrap_or_else(|error| {
+            panic!(
+                "deploy failed: {error}\nconsole:\n{}\nserver:\n{}",
+                std::fs::read_to_string(&console).unwrap_or_default(),
+                lab.server_log()
+            )
+        });
+    let deploy_seconds = started.elapsed().as_secs_f64();
+    assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
+    let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(console_text.contains("kiln-agent: command"), "the agent ran:\n{console_text}");
+    assert!(console_text.contains("KILN-LAB-PHONED-HOME"), "the deployed system called back:\n{console_text}");
+    let written = std::fs::read(&disk).unwrap();
+    let expected = std::fs::read(&image).unwrap();
+    assert!(written[..expected.len()] == expected[..], "the disk holds exactly the image");
+    assert!(written[expected.len()..].iter().all(|&byte| byte == 0), "and nothing after it");
+    eprintln!("deploy to active: {deploy_seconds:.0} s");
+
+    // Undeploy: the disk is cleaned (no partition table, no FAT signature) and the node is
+    // available again; its agent token no longer works.
+    lab.kiln(kiln, &["node", "undeploy", "node31", "--wait", "--timeout", "600"])
+        .unwrap_or_else(|error| panic!("undeploy failed: {error}\nconsole:\n{}", std::fs::read_to_string(&console).unwrap_or_default()));
+    let cleaned = std::fs::read(&disk).unwrap();
+    assert!(cleaned[..1 << 20].iter().all(|&byte| byte == 0), "the MBR and the partition's start are wiped");
+    assert!(cleaned[cleaned.len() - (1 << 20)..].iter().all(|&byte| byte == 0));
+    let status = json(&lab.kiln(kiln, &["node", "provision", "node31", "-F", "json"]).unwrap());
+    assert_eq!(status["provision_state"], "available");
+
+    // Inspect: the node's properties get the machine's CPUs, memory, disk and NIC.
+    lab.kiln(kiln, &["node", "inspect", "node31", "--wait", "--timeout", "600"])
+        .unwrap_or_else(|error| panic!("inspect failed: {error}\nconsole:\n{}", std::fs::read_to_string(&console).unwrap_or_default()));
+    let node = json(&lab.kiln(kiln, &["node", "show", "node31", "-F", "json"]).unwrap());
+    let properties = &node["properties"];
+    assert_eq!(properties["cpus"], 1, "{properties}");
+    assert!(properties["memory_mb"].as_u64().unwrap() > 400, "{properties}");
+    let inventory = &properties["inventory"];
+    let disks = inventory["disks"].as_array().unwrap();
+    assert!(disks.iter().any(|disk| disk["size_bytes"] == 128 << 20 && disk["serial"] == "KILN-525400beef31"), "{inventory}");
+    assert!(inventory["interfaces"].as_array().unwrap().iter().any(|nic| nic["mac"] == mac), "{inventory}");
+    assert_eq!(node["provision_state"], "available");
+    let _ = data;
+}

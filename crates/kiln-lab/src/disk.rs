@@ -1,0 +1,57 @@
+//! A small BIOS-bootable disk image for deploy tests: an MBR with SYSLINUX's boot code, one
+//! FAT partition with SYSLINUX, a kernel and an initrd. Built from files with mtools and the
+//! mtools flavour of `syslinux`, so no loop device or mount is needed.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let output = command.output().with_context(|| format!("running {command:?} (scripts/install-deps --lab)"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Writes a raw disk image of `size_mib` MiB to `output` that boots `kernel` with `initrd`
+/// and the kernel command line `append`.
+pub fn build_bootable_disk(output: &Path, size_mib: u64, kernel: &Path, initrd: &Path, append: &str) -> anyhow::Result<()> {
+    const PARTITION_START_SECTOR: u64 = 2048;
+    let file = std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?;
+    file.set_len(size_mib << 20)?;
+    drop(file);
+    let mut sfdisk = Command::new("sfdisk");
+    sfdisk.arg("--quiet").arg(output).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    let mut child = sfdisk.spawn().context("running sfdisk")?;
+    use std::io::Write as _;
+    child.stdin.take().expect("piped").write_all(format!("label: dos\nstart={PARTITION_START_SECTOR}, type=c, bootable\n").as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("sfdisk could not partition {}", output.display());
+    }
+    let partition_kib = ((size_mib << 20) - PARTITION_START_SECTOR * 512) / 1024;
+    run(Command::new("mkfs.vfat")
+        .arg(format!("--offset={PARTITION_START_SECTOR}"))
+        .args(["-n", "KILNTEST"])
+        .arg(output)
+        .arg(partition_kib.to_string()))?;
+    let image = format!("{}@@{}", output.display(), PARTITION_START_SECTOR * 512);
+    let config = format!(
+        "DEFAULT kiln\nPROMPT 0\nTIMEOUT 0\nSERIAL 0 115200\nLABEL kiln\n  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND {append}\n"
+    );
+    let directory = tempfile::tempdir()?;
+    let config_path = directory.path().join("syslinux.cfg");
+    std::fs::write(&config_path, config)?;
+    for (source, name) in [(kernel, "vmlinuz"), (initrd, "initrd.img"), (config_path.as_path(), "syslinux.cfg")] {
+        run(Command::new("mcopy").arg("-i").arg(&image).arg(source).arg(format!("::{name}")))?;
+    }
+    run(Command::new("syslinux").arg("--offset").arg((PARTITION_START_SECTOR * 512).to_string()).arg("--install").arg(output))?;
+    // SYSLINUX's MBR boot code: the first 440 bytes, before the partition table.
+    let mbr = std::fs::read("/usr/lib/syslinux/mbr/mbr.bin").context("reading SYSLINUX's mbr.bin (apt-get install syslinux-common)")?;
+    let file = std::fs::OpenOptions::new().write(true).open(output)?;
+    use std::os::unix::fs::FileExt as _;
+    file.write_all_at(&mbr[..mbr.len().min(440)], 0)?;
+    file.sync_all()?;
+    Ok(())
+}

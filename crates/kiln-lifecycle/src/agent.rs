@@ -1,0 +1,32 @@
+//! What the node agent is told on each heartbeat: a pure function of the node's state and
+//! provisioning record (and, for a deploy, the artifact to write).
+
+use kiln_types::ProvisionState;
+use kiln_types::provision::{AgentArtifact, AgentCommand, ProvisionRecord, Then};
+
+use crate::plan::STEP_AGENT;
+
+/// How often an agent with nothing to do asks again.
+pub const IDLE_HEARTBEAT_SECONDS: u32 = 5;
+
+/// The command for an agent on a node in `state`. `artifact` is the deploy's disk image,
+/// resolved by the caller. An agent whose command has a result recorded is told to wait: the
+/// reconciler decides what comes next, and the token ends with the operation.
+pub fn agent_command(state: ProvisionState, record: &ProvisionRecord, artifact: Option<AgentArtifact>) -> AgentCommand {
+    let wait = AgentCommand::Wait { seconds: IDLE_HEARTBEAT_SECONDS };
+    if record.step.as_deref() != Some(STEP_AGENT) || record.agent_result.is_some() {
+        return wait;
+    }
+    let id = record.command_id;
+    match state {
+        ProvisionState::WaitAgent => match (artifact, &record.target) {
+            (Some(artifact), Some(target)) => {
+                AgentCommand::Deploy { id, artifact, root_device_hints: target.root_device_hints.clone(), then: Then::Reboot }
+            }
+            _ => wait,
+        },
+        ProvisionState::Inspecting => AgentCommand::Inspect { id, then: Then::PowerOff },
+        ProvisionState::Cleaning => AgentCommand::Clean { id, mode: record.operation.clean_mode, then: Then::PowerOff },
+        _ => wait,
+    }
+}

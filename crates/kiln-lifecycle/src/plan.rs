@@ -1,0 +1,314 @@
+//! The lifecycle as a pure function: from a node, its provisioning record and the time, the
+//! next step (what to do to the machine, and the state to record). No IO here, so every
+//! path through the lifecycle is a table-driven test.
+
+use std::time::Duration;
+
+use kiln_types::ProvisionState;
+use kiln_types::node::Node;
+use kiln_types::provision::{CleanMode, DeployMode, Intent, Operation, ProvisionRecord, TokenChange, Transition};
+
+/// A step the reconciler carries out while holding the lease; nothing waits in it.
+pub const STEP_POWERING: &str = "powering";
+/// Waiting for the agent: its first heartbeat, then its result.
+pub const STEP_AGENT: &str = "agent";
+/// Waiting for the deployed system to call back.
+pub const STEP_WAIT_CALLBACK: &str = "wait-callback";
+
+/// How long each waiting state may last.
+#[derive(Debug, Clone)]
+pub struct LifecycleSettings {
+    /// From powering a node on to the agent's first heartbeat.
+    pub agent_boot_timeout: Duration,
+    /// The longest silence from an agent that has called in.
+    pub heartbeat_timeout: Duration,
+    /// From the end of a deploy to the deployed system's callback, when one is awaited.
+    pub callback_timeout: Duration,
+    /// What undeploying erases.
+    pub undeploy_clean_mode: CleanMode,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSettings {
+            agent_boot_timeout: Duration::from_secs(600),
+            heartbeat_timeout: Duration::from_secs(120),
+            callback_timeout: Duration::from_secs(900),
+            undeploy_clean_mode: CleanMode::Fast,
+        }
+    }
+}
+
+/// What the reconciler does to the machine before recording a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Next boot from the network, then power on (or reset, if on): the agent or the live
+    /// image boots.
+    BootFromNetwork,
+    /// Next boots from the local disk, where the BMC can say so (the boot script also hands
+    /// over to the disk, so this is best effort).
+    BootFromDisk,
+    /// Power off, best effort: a node that failed should not keep running the ramdisk.
+    PowerOff,
+}
+
+impl Action {
+    /// Whether the step fails when this action does.
+    pub fn required(self) -> bool {
+        matches!(self, Action::BootFromNetwork)
+    }
+}
+
+/// The reconciler's next move for one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Carry out `actions` in order, then record `transition`; if a required action fails,
+    /// record the operation's failure with the reason instead.
+    Step { actions: Vec<Action>, transition: Box<Transition> },
+    /// Nothing to do before this time (milliseconds since the epoch).
+    Postpone(i64),
+    /// Nothing to do until something is recorded for the node.
+    Idle,
+}
+
+fn millis(duration: Duration) -> i64 {
+    duration.as_millis().min(i64::MAX as u128) as i64
+}
+
+/// A transition that stays where the record is, changing nothing; callers set what moves.
+fn stay(node: &Node, record: &ProvisionRecord, reason: impl Into<String>) -> Transition {
+    Transition {
+        state: node.provision_state,
+        step: record.step.clone(),
+        target: record.target.clone(),
+        operation: record.operation.clone(),
+        token: TokenChange::Keep,
+        new_command: false,
+        deadline: record.deadline,
+        due_at: None,
+        last_error: None,
+        consume_intent: false,
+        consume_result: false,
+        keep_lease: false,
+        inventory: None,
+        reason: reason.into(),
+    }
+}
+
+fn to(node: &Node, record: &ProvisionRecord, state: ProvisionState, step: Option<&str>, reason: impl Into<String>) -> Transition {
+    Transition { state, step: step.map(str::to_owned), deadline: None, ..stay(node, record, reason) }
+}
+
+/// The failure state of the operation a node is in.
+pub fn failure_state(state: ProvisionState) -> ProvisionState {
+    use ProvisionState::*;
+    match state {
+        Deploying | WaitAgent | Active | DeployFailed => DeployFailed,
+        Inspecting | InspectFailed => InspectFailed,
+        _ => CleanFailed,
+    }
+}
+
+/// Ends the node's operation in its failure state with `reason`; the agent token dies.
+pub fn failed(node: &Node, record: &ProvisionRecord, reason: impl Into<String>) -> Transition {
+    let reason = reason.into();
+    Transition {
+        token: TokenChange::Clear,
+        last_error: Some(reason.clone()),
+        consume_result: true,
+        ..to(node, record, failure_state(node.provision_state), None, reason)
+    }
+}
+
+/// Starts an operation that boots the agent (or a live image): a `powering` step that the
+/// same replica carries out at once, holding the lease.
+fn start(node: &Node, record: &ProvisionRecord, state: ProvisionState, now: i64, agent: bool, reason: String) -> Transition {
+    Transition {
+        token: if agent { TokenChange::Mint } else { TokenChange::Clear },
+        new_command: agent,
+        due_at: Some(now),
+        keep_lease: true,
+        consume_intent: true,
+        consume_result: true,
+        ..to(node, record, state, Some(STEP_POWERING), reason)
+    }
+}
+
+/// The next step for `node`. `interrupted` names the replica whose lease expired while it
+/// held the node: a `powering` step it was carrying out may or may not have happened, so
+/// the operation fails with the reason rather than guessing.
+pub fn plan(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Option<&str>, settings: &LifecycleSettings) -> Decision {
+    use ProvisionState::*;
+    if node.maintenance {
+        // Paused, deadlines included; looked at again in case maintenance ends.
+        return Decision::Postpone(now + 5_000);
+    }
+    let step = record.step.as_deref();
+    if let (Some(previous), Some(STEP_POWERING)) = (interrupted, step) {
+        let reason = format!("interrupted: the server replica {previous} stopped while powering the node for {}", node.provision_state);
+        return Decision::Step { actions: vec![], transition: Box::new(failed(node, record, reason)) };
+    }
+    match node.provision_state {
+        Deploying | Inspecting | Undeploying | Cleaning if step == Some(STEP_POWERING) => {
+            let waiting = |state| Transition {
+                deadline: Some(now + millis(settings.agent_boot_timeout)),
+                due_at: Some(now + millis(settings.agent_boot_timeout)),
+                ..to(node, record, state, Some(STEP_AGENT), "node powered on to boot the agent")
+            };
+            let transition = match node.provision_state {
+                Deploying if record.target.as_ref().is_some_and(|target| target.mode == DeployMode::Live) => {
+                    live_booted(node, record, now, settings)
+                }
+                Deploying => waiting(WaitAgent),
+                Inspecting => waiting(Inspecting),
+                _ => waiting(Cleaning),
+            };
+            Decision::Step { actions: vec![Action::BootFromNetwork], transition: Box::new(transition) }
+        }
+        WaitAgent | Inspecting | Cleaning if step == Some(STEP_AGENT) => agent_waiting(node, record, now, settings),
+        WaitAgent if step == Some(STEP_WAIT_CALLBACK) => {
+            if record.callback_at.is_some() {
+                let transition = Transition { consume_result: true, ..to(node, record, Active, None, "the deployed system called back") };
+                Decision::Step { actions: vec![], transition: Box::new(transition) }
+            } else {
+                deadline_or(node, record, now, || {
+                    format!("the deployed system did not call back within {} s", settings.callback_timeout.as_secs())
+                })
+            }
+        }
+        // A waiting state with a step this version does not know: fail rather than hang.
+        Deploying | WaitAgent | Inspecting | Undeploying | Cleaning => {
+            let reason = format!("no known step '{}' in {}", step.unwrap_or("none"), node.provision_state);
+            Decision::Step { actions: vec![], transition: Box::new(failed(node, record, reason)) }
+        }
+        _ => match &record.intent {
+            Some(intent) => take_intent(node, record, intent, now, settings),
+            None => Decision::Idle,
+        },
+    }
+}
+
+fn live_booted(node: &Node, record: &ProvisionRecord, now: i64, settings: &LifecycleSettings) -> Transition {
+    let wait = record.target.as_ref().is_some_and(|target| target.wait_for_callback);
+    if wait {
+        Transition {
+            deadline: Some(now + millis(settings.callback_timeout)),
+            due_at: Some(now + millis(settings.callback_timeout)),
+            ..to(node, record, ProvisionState::WaitAgent, Some(STEP_WAIT_CALLBACK), "node powered on to boot its live image")
+        }
+    } else {
+        to(node, record, ProvisionState::Active, None, "node powered on to boot its live image")
+    }
+}
+
+fn take_intent(node: &Node, record: &ProvisionRecord, intent: &Intent, now: i64, settings: &LifecycleSettings) -> Decision {
+    use ProvisionState::*;
+    let state = node.provision_state;
+    if !intent.allowed_from().contains(&state) {
+        // The state moved between the request and now (another request, a failure).
+        let reason = format!("'{}' request dropped: the node is {state} now", intent.name());
+        let transition = Transition { consume_intent: true, last_error: Some(reason.clone()), ..stay(node, record, reason) };
+        return Decision::Step { actions: vec![], transition: Box::new(transition) };
+    }
+    let return_to = if state == Manageable { Manageable } else { Available };
+    let transition = match intent {
+        Intent::Manage => Transition { consume_intent: true, ..to(node, record, Manageable, None, "managed") },
+        Intent::Provide => Transition { consume_intent: true, ..to(node, record, Available, None, "provided") },
+        Intent::Inspect => {
+            let inspect_return = if state == Available { Available } else { Manageable };
+            Transition {
+                operation: Operation { clean_mode: CleanMode::Fast, return_to: Some(inspect_return) },
+                ..start(node, record, Inspecting, now, true, "inspection requested".into())
+            }
+        }
+        Intent::Deploy(target) => Transition {
+            target: Some(target.clone()),
+            ..start(
+                node,
+                record,
+                Deploying,
+                now,
+                target.mode == DeployMode::Disk,
+                format!("deploy of {}:{} requested", target.image, target.version),
+            )
+        },
+        Intent::Undeploy => Transition {
+            operation: Operation { clean_mode: settings.undeploy_clean_mode, return_to: Some(Available) },
+            ..start(node, record, Undeploying, now, true, "undeploy requested".into())
+        },
+        Intent::Clean { mode } => Transition {
+            operation: Operation { clean_mode: *mode, return_to: Some(return_to) },
+            ..start(
+                node,
+                record,
+                Cleaning,
+                now,
+                true,
+                format!("{} cleaning requested", if *mode == CleanMode::Full { "full" } else { "fast" }),
+            )
+        },
+    };
+    Decision::Step { actions: vec![], transition: Box::new(transition) }
+}
+
+fn agent_waiting(node: &Node, record: &ProvisionRecord, now: i64, settings: &LifecycleSettings) -> Decision {
+    use ProvisionState::*;
+    if let Some(result) = &record.agent_result {
+        if let Some(error) = &result.error {
+            let transition = failed(node, record, format!("agent: {error}"));
+            return Decision::Step { actions: vec![], transition: Box::new(transition) };
+        }
+        let done =
+            |state, reason: &str| Transition { token: TokenChange::Clear, consume_result: true, ..to(node, record, state, None, reason) };
+        return match node.provision_state {
+            WaitAgent => {
+                let wait = record.target.as_ref().is_some_and(|target| target.wait_for_callback);
+                let transition = if wait {
+                    Transition {
+                        step: Some(STEP_WAIT_CALLBACK.to_owned()),
+                        deadline: Some(now + millis(settings.callback_timeout)),
+                        due_at: Some(now + millis(settings.callback_timeout)),
+                        ..done(WaitAgent, "image written; the node reboots from its disk")
+                    }
+                } else {
+                    done(Active, "image written; the node reboots from its disk")
+                };
+                Decision::Step { actions: vec![Action::BootFromDisk], transition: Box::new(transition) }
+            }
+            Inspecting => {
+                let transition = Transition {
+                    inventory: result.inventory.clone(),
+                    ..done(record.operation.return_to.unwrap_or(Manageable), "inspected")
+                };
+                Decision::Step { actions: vec![], transition: Box::new(transition) }
+            }
+            _ => {
+                let transition = done(record.operation.return_to.unwrap_or(Available), "cleaned");
+                Decision::Step { actions: vec![], transition: Box::new(transition) }
+            }
+        };
+    }
+    // An agent that keeps heartbeating keeps its operation alive past the boot deadline.
+    if let Some(seen) = record.agent_seen_at {
+        let silent_until = seen + millis(settings.heartbeat_timeout);
+        if silent_until > now {
+            return Decision::Postpone(silent_until);
+        }
+        let reason = format!("the agent stopped heartbeating ({} s without a word)", (now - seen) / 1000);
+        return Decision::Step { actions: vec![Action::PowerOff], transition: Box::new(failed(node, record, reason)) };
+    }
+    deadline_or(node, record, now, || {
+        format!("no agent called in within {} s of powering the node on", settings.agent_boot_timeout.as_secs())
+    })
+}
+
+/// Fails the operation when its deadline has passed; otherwise waits for it.
+fn deadline_or(node: &Node, record: &ProvisionRecord, now: i64, reason: impl FnOnce() -> String) -> Decision {
+    match record.deadline {
+        Some(deadline) if deadline > now => Decision::Postpone(deadline),
+        _ => Decision::Step { actions: vec![Action::PowerOff], transition: Box::new(failed(node, record, reason())) },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,259 @@
+//! Walks nodes through the lifecycle with the planner alone, applying each transition as the
+//! store would, and prints every decision: the snapshot is the lifecycle's specification.
+
+use expect_test::{Expect, expect};
+use kiln_types::provision::{AgentResult, DeployTarget, HardwareInventory, RootDeviceHints};
+
+use super::*;
+
+const S: i64 = 1000;
+
+struct Sim {
+    node: Node,
+    record: ProvisionRecord,
+    now: i64,
+    settings: LifecycleSettings,
+    log: Vec<String>,
+}
+
+impl Sim {
+    fn new(state: ProvisionState) -> Sim {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "id": "n1", "name": "node1", "xname": null, "nid": null, "role": null, "groups": [], "interfaces": [],
+            "bmc": null, "properties": {}, "project": null, "provision_state": state.as_str(), "maintenance": false,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+        }))
+        .unwrap();
+        Sim { node, record: ProvisionRecord::default(), now: 1_000_000, settings: LifecycleSettings::default(), log: Vec::new() }
+    }
+
+    fn request(&mut self, intent: Intent) -> &mut Self {
+        self.log.push(format!("request {}", intent.name()));
+        self.record.intent = Some(intent);
+        self
+    }
+
+    fn after(&mut self, seconds: i64) -> &mut Self {
+        self.now += seconds * S;
+        self
+    }
+
+    fn agent_heartbeat(&mut self) -> &mut Self {
+        self.record.agent_seen_at = Some(self.now);
+        self
+    }
+
+    fn agent_result(&mut self, error: Option<&str>) -> &mut Self {
+        self.log.push(format!("agent result: {}", error.unwrap_or("ok")));
+        let inventory = (self.node.provision_state == ProvisionState::Inspecting).then(|| HardwareInventory {
+            cpu_count: 2,
+            cpu_arch: "x86_64".into(),
+            ..Default::default()
+        });
+        self.record.agent_result =
+            Some(AgentResult { id: self.record.command_id, error: error.map(str::to_owned), inventory, root_device: None });
+        self
+    }
+
+    fn callback(&mut self) -> &mut Self {
+        self.log.push("callback".into());
+        self.record.callback_at = Some(self.now);
+        self
+    }
+
+    /// Plans once, as the replica `interrupted` names would find the node after a takeover.
+    fn step_with(&mut self, interrupted: Option<&str>) -> &mut Self {
+        let decision = plan(&self.node, &self.record, self.now, interrupted, &self.settings);
+        let line = match decision {
+            Decision::Idle => "idle".to_owned(),
+            Decision::Postpone(until) => format!("wait {} s", (until - self.now) / S),
+            Decision::Step { actions, transition } => {
+                let line = format!(
+                    "{:?} -> {}{}{}{}{}",
+                    actions,
+                    transition.state,
+                    transition.step.as_deref().map(|step| format!("/{step}")).unwrap_or_default(),
+                    match transition.token {
+                        TokenChange::Keep => "",
+                        TokenChange::Mint => " +token",
+                        TokenChange::Clear => " -token",
+                    },
+                    transition.deadline.map(|deadline| format!(" deadline {} s", (deadline - self.now) / S)).unwrap_or_default(),
+                    transition.last_error.as_deref().map(|error| format!(" error: {error}")).unwrap_or_default(),
+                );
+                self.apply(*transition);
+                line
+            }
+        };
+        self.log.push(format!("  {line}"));
+        self
+    }
+
+    fn step(&mut self) -> &mut Self {
+        self.step_with(None)
+    }
+
+    fn apply(&mut self, t: Transition) {
+        let record = &mut self.record;
+        if t.consume_intent {
+            record.intent = None;
+        }
+        if t.consume_result {
+            record.agent_result = None;
+            record.callback_at = None;
+        }
+        if t.state != self.node.provision_state {
+            record.agent_seen_at = None;
+            record.state_entered_at = self.now;
+        }
+        record.step = t.step;
+        record.target = t.target;
+        record.operation = t.operation;
+        record.deadline = t.deadline;
+        record.last_error = t.last_error;
+        if t.new_command {
+            record.command_id += 1;
+        }
+        match t.token {
+            TokenChange::Keep => {}
+            TokenChange::Mint => record.has_agent_token = true,
+            TokenChange::Clear => record.has_agent_token = false,
+        }
+        if let Some(inventory) = t.inventory {
+            self.node.properties.insert("cpus".into(), inventory.cpu_count.into());
+        }
+        self.node.provision_state = t.state;
+    }
+
+    fn check(&self, expected: Expect) {
+        expected.assert_eq(&(self.log.join("\n") + "\n"));
+    }
+}
+
+fn deploy(mode: DeployMode, wait_for_callback: bool) -> Intent {
+    Intent::Deploy(DeployTarget {
+        image: "debian".into(),
+        version: 3,
+        mode,
+        root_device_hints: RootDeviceHints::default(),
+        wait_for_callback,
+    })
+}
+
+#[test]
+fn disk_deploy_with_callback_then_undeploy() {
+    let mut sim = Sim::new(ProvisionState::Available);
+    sim.step().request(deploy(DeployMode::Disk, true)).step().step().after(30).step().agent_heartbeat().after(119).step();
+    sim.agent_result(None).step().after(60).step().callback().step();
+    sim.request(Intent::Undeploy).step().step().agent_heartbeat().agent_result(None).step();
+    sim.check(expect![[r#"
+          idle
+        request deploy
+          [] -> deploying/powering +token
+          [BootFromNetwork] -> wait-agent/agent deadline 600 s
+          wait 570 s
+          wait 1 s
+        agent result: ok
+          [BootFromDisk] -> wait-agent/wait-callback -token deadline 900 s
+          wait 840 s
+        callback
+          [] -> active
+        request undeploy
+          [] -> undeploying/powering +token
+          [BootFromNetwork] -> cleaning/agent deadline 600 s
+        agent result: ok
+          [] -> available -token
+    "#]]);
+}
+
+#[test]
+fn live_deploy_needs_no_agent() {
+    let mut sim = Sim::new(ProvisionState::Available);
+    sim.request(deploy(DeployMode::Live, false)).step().step();
+    sim.check(expect![[r#"
+        request deploy
+          [] -> deploying/powering -token
+          [BootFromNetwork] -> active
+    "#]]);
+}
+
+#[test]
+fn failures_end_in_the_operation_s_failure_state() {
+    // The agent never calls in.
+    let mut sim = Sim::new(ProvisionState::Available);
+    sim.request(deploy(DeployMode::Disk, false)).step().step().after(601).step();
+    // It calls in, then falls silent (the machine lost power mid-write); redeployable.
+    sim.request(deploy(DeployMode::Disk, false)).step().step().after(10).agent_heartbeat().after(121).step();
+    sim.request(deploy(DeployMode::Disk, false)).step().step().agent_result(Some("sha256 mismatch")).step();
+    // The deployed system never calls back.
+    sim.request(deploy(DeployMode::Disk, true)).step().step().agent_result(None).step().after(901).step();
+    sim.check(expect![[r#"
+        request deploy
+          [] -> deploying/powering +token
+          [BootFromNetwork] -> wait-agent/agent deadline 600 s
+          [PowerOff] -> deploy-failed -token error: no agent called in within 600 s of powering the node on
+        request deploy
+          [] -> deploying/powering +token
+          [BootFromNetwork] -> wait-agent/agent deadline 600 s
+          [PowerOff] -> deploy-failed -token error: the agent stopped heartbeating (121 s without a word)
+        request deploy
+          [] -> deploying/powering +token
+          [BootFromNetwork] -> wait-agent/agent deadline 600 s
+        agent result: sha256 mismatch
+          [] -> deploy-failed -token error: agent: sha256 mismatch
+        request deploy
+          [] -> deploying/powering +token
+          [BootFromNetwork] -> wait-agent/agent deadline 600 s
+        agent result: ok
+          [BootFromDisk] -> wait-agent/wait-callback -token deadline 900 s
+          [PowerOff] -> deploy-failed -token error: the deployed system did not call back within 900 s
+    "#]]);
+}
+
+#[test]
+fn a_takeover_fails_interrupted_power_steps_and_carries_on_waiting_ones() {
+    let mut sim = Sim::new(ProvisionState::Available);
+    sim.request(deploy(DeployMode::Disk, false)).step().step_with(Some("replica-a"));
+    sim.request(deploy(DeployMode::Disk, false)).step().step().after(5).agent_heartbeat().step_with(Some("replica-a"));
+    sim.check(expect![[r#"
+        request deploy
+          [] -> deploying/powering +token
+          [] -> deploy-failed -token error: interrupted: the server replica replica-a stopped while powering the node for deploying
+        request deploy
+          [] -> deploying/powering +token
+          [BootFromNetwork] -> wait-agent/agent deadline 600 s
+          wait 120 s
+    "#]]);
+}
+
+#[test]
+fn enrol_inspect_clean_and_refused_requests() {
+    let mut sim = Sim::new(ProvisionState::Enroll);
+    sim.request(Intent::Manage).step().request(Intent::Inspect).step().step().agent_result(None).step();
+    sim.request(Intent::Provide).step().request(Intent::Clean { mode: CleanMode::Full }).step().step().agent_result(None).step();
+    // A request the state no longer allows (recorded, then the node moved on) is dropped.
+    sim.request(Intent::Provide).step();
+    sim.node.maintenance = true;
+    sim.request(deploy(DeployMode::Disk, false)).step();
+    assert_eq!(sim.node.properties.get("cpus"), Some(&serde_json::json!(2)));
+    sim.check(expect![[r#"
+        request manage
+          [] -> manageable
+        request inspect
+          [] -> inspecting/powering +token
+          [BootFromNetwork] -> inspecting/agent deadline 600 s
+        agent result: ok
+          [] -> manageable -token
+        request provide
+          [] -> available
+        request clean
+          [] -> cleaning/powering +token
+          [BootFromNetwork] -> cleaning/agent deadline 600 s
+        agent result: ok
+          [] -> available -token
+        request provide
+          [] -> available error: 'provide' request dropped: the node is available now
+        request deploy
+          wait 5 s
+    "#]]);
+}

@@ -1,0 +1,196 @@
+//! The reconciler: claims nodes that are due (a request, an agent's result, a deadline),
+//! asks [`plan`](crate::plan::plan) for the next step, carries out its actions on the BMC
+//! and records the transition, holding a lease in the database so that exactly one replica
+//! acts on a node at a time. Every step is idempotent: a replica that takes over an expired
+//! lease looks at the recorded state and carries on from there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_bmc::{Bmc, BmcError, BootDevice, PowerAction, PowerState};
+use kiln_db::{Inventory, ProvisionWork, Store};
+use kiln_types::node::Node;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::plan::{Action, Decision, LifecycleSettings, failed, plan};
+
+/// How the reconciler runs.
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    pub lifecycle: LifecycleSettings,
+    /// How long a claim lasts; a replica that dies holding one is replaced after this.
+    pub lease: Duration,
+    /// How often the database is asked for due nodes when nothing wakes the reconciler.
+    pub poll_interval: Duration,
+    /// Nodes worked on at once (BMC calls are the slow part).
+    pub workers: usize,
+    /// One BMC call's limit.
+    pub bmc_timeout: Duration,
+}
+
+impl Default for ReconcilerSettings {
+    fn default() -> Self {
+        ReconcilerSettings {
+            lifecycle: LifecycleSettings::default(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            workers: 64,
+            bmc_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running reconciler. Dropping the handle stops it.
+pub struct ReconcilerHandle {
+    task: JoinHandle<()>,
+    /// Wakes the reconciler at once (a request or an agent's result was just recorded).
+    pub wake: Arc<Notify>,
+    /// This replica's name in leases.
+    pub owner: String,
+}
+
+impl Drop for ReconcilerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the reconciler for this replica. `wake` is shared with the API handlers.
+pub fn start(store: Store, inventory: Arc<Inventory>, settings: ReconcilerSettings, wake: Arc<Notify>) -> ReconcilerHandle {
+    let owner = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let reconciler = Arc::new(Reconciler { store, inventory, settings, owner: owner.clone(), wake: wake.clone() });
+    let task = tokio::spawn(reconciler.run());
+    ReconcilerHandle { task, wake, owner }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_else(|_| "kiln".to_owned())
+}
+
+struct Reconciler {
+    store: Store,
+    inventory: Arc<Inventory>,
+    settings: ReconcilerSettings,
+    owner: String,
+    wake: Arc<Notify>,
+}
+
+impl Reconciler {
+    async fn run(self: Arc<Self>) {
+        tracing::info!(owner = %self.owner, "reconciler started");
+        let workers = Arc::new(Semaphore::new(self.settings.workers.max(1)));
+        let lease_millis = self.settings.lease.as_millis() as i64;
+        loop {
+            let free = workers.available_permits() as u32;
+            if free > 0 {
+                match self.store.claim_provisioning(&self.owner, lease_millis, free).await {
+                    Ok(claimed) => {
+                        for work in claimed {
+                            let permit = workers.clone().acquire_owned().await.expect("the semaphore is never closed");
+                            let reconciler = self.clone();
+                            tokio::spawn(async move {
+                                reconciler.reconcile(work).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(error) => tracing::warn!(error = %error, "reconciler: reading due nodes failed"),
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Works on one claimed node until it waits for something outside this replica.
+    async fn reconcile(&self, work: ProvisionWork) {
+        let ProvisionWork { node, record, taken_over_from } = work;
+        let now = kiln_now();
+        let decision = plan(&node, &record, now, taken_over_from.as_deref(), &self.settings.lifecycle);
+        let (actions, mut transition) = match decision {
+            Decision::Idle => return self.release(&node, None).await,
+            Decision::Postpone(until) => return self.release(&node, Some(until)).await,
+            Decision::Step { actions, transition } => (actions, *transition),
+        };
+        for action in actions {
+            if let Err(error) = self.carry_out(&node, action).await {
+                if action.required() {
+                    transition = failed(&node, &record, format!("{}: {error}", action_name(action)));
+                    break;
+                }
+                tracing::info!(node = %node.name, action = action_name(action), %error, "best-effort BMC action failed");
+            }
+        }
+        match self.store.apply_transition(&self.owner, &node.id, &transition).await {
+            Ok(Some(_)) => {
+                let level_error = transition.last_error.is_some();
+                if level_error {
+                    tracing::warn!(node = %node.name, from = %node.provision_state, to = %transition.state, reason = %transition.reason, "provisioning failed");
+                } else {
+                    tracing::info!(node = %node.name, from = %node.provision_state, to = %transition.state, step = ?transition.step, reason = %transition.reason, "provisioning step");
+                }
+                if let Err(error) = self.inventory.refresh().await {
+                    tracing::warn!(%error, "refreshing the inventory after a provisioning step failed");
+                }
+                if transition.keep_lease {
+                    self.wake.notify_one();
+                }
+            }
+            Ok(None) => tracing::warn!(node = %node.name, "lease lost before the step was recorded; another replica carries on"),
+            Err(error) => tracing::warn!(node = %node.name, %error, "recording a provisioning step failed; retried when the lease expires"),
+        }
+    }
+
+    async fn release(&self, node: &Node, due_at: Option<i64>) {
+        if let Err(error) = self.store.release_provisioning(&self.owner, &node.id, due_at).await {
+            tracing::warn!(node = %node.name, %error, "releasing a node's lease failed");
+        }
+    }
+
+    async fn carry_out(&self, node: &Node, action: Action) -> Result<(), String> {
+        if node.bmc.is_none() {
+            if action == Action::BootFromNetwork {
+                tracing::info!(node = %node.name, "node has no BMC: waiting for it to boot from the network by itself");
+            }
+            return Ok(());
+        }
+        let password = self.store.bmc_password(&node.id).await.map_err(|error| format!("reading the BMC password: {error}"))?;
+        let bmc = Bmc::for_node(node, password, self.settings.bmc_timeout).map_err(|error| error.to_string())?;
+        let limit = self.settings.bmc_timeout * 3;
+        let call = async {
+            match action {
+                Action::BootFromNetwork => {
+                    bmc.set_boot_device(BootDevice::Pxe, true, None).await?;
+                    match bmc.power_state().await? {
+                        PowerState::Off | PowerState::PoweringOff => bmc.power(PowerAction::On).await,
+                        _ => bmc.power(PowerAction::Reset).await,
+                    }
+                }
+                Action::BootFromDisk => match bmc.set_boot_device(BootDevice::Disk, false, None).await {
+                    Err(BmcError::Unsupported { .. }) => Ok(()),
+                    other => other,
+                },
+                Action::PowerOff => bmc.power(PowerAction::ForceOff).await,
+            }
+        };
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result.map_err(|error| error.to_string()),
+            Err(_) => Err(format!("the BMC did not answer within {} s", limit.as_secs())),
+        }
+    }
+}
+
+fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::BootFromNetwork => "booting the node from the network",
+        Action::BootFromDisk => "setting the boot device to disk",
+        Action::PowerOff => "powering the node off",
+    }
+}
+
+fn kiln_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
