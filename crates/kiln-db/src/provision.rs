@@ -374,7 +374,12 @@ impl Store {
     /// Records an agent's heartbeat: when it was seen and how far it got.
     pub async fn record_heartbeat(&self, node_id: &str, heartbeat: &Heartbeat) -> Result<(), StoreError> {
         let mut transaction = self.write().await?;
-        sqlx::query("UPDATE node_provisioning SET agent_seen_at = $2, progress = COALESCE($3, progress) WHERE node_id = $1")
+        // The first heartbeat makes the node due, so the reconciler starts watching the
+        // agent's silences rather than the boot deadline.
+        sqlx::query(
+            "UPDATE node_provisioning SET due_at = CASE WHEN agent_seen_at IS NULL THEN $2 ELSE due_at END, \
+             agent_seen_at = $2, progress = COALESCE($3, progress) WHERE node_id = $1",
+        )
             .bind(node_id)
             .bind(crate::now_millis())
             .bind(to_json(&heartbeat.progress))

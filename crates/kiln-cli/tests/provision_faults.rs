@@ -1,0 +1,434 @@
+//! Provisioning faults, each against a real `kiln serve` and the real `kiln-agent` binary
+//! (writing to a file instead of a disk): forged and replayed agent tokens, a download cut
+//! mid-stream, a corrupted image, an agent that dies mid-write, the server killed mid-deploy
+//! and restarted, and a power step interrupted by the server's death.
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{ServerProcess, kiln, ok, token};
+
+/// Short timeouts, no power sync: faults show in seconds.
+const CONFIG: &str = "[provisioning]\nagent_boot_timeout_seconds = 60\nheartbeat_timeout_seconds = 4\nlease_seconds = 2\n\n\
+                      [bmc]\nsync_interval_seconds = 0\ntimeout_seconds = 5\n";
+
+fn agent_binary() -> PathBuf {
+    let kiln = Path::new(support::KILN);
+    let target = kiln.parent().and_then(Path::parent).unwrap();
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("kiln-agent"))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("no kiln-agent under {}: run `cargo build --release -p kiln-agent`", target.display()))
+}
+
+struct Site {
+    directory: tempfile::TempDir,
+    data: PathBuf,
+    server: ServerProcess,
+    token: String,
+}
+
+impl Site {
+    fn start() -> Site {
+        let directory = tempfile::tempdir().unwrap();
+        let data = directory.path().join("data");
+        let config = directory.path().join("kiln.toml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let server = ServerProcess::start(&data, &["--config", &config.display().to_string()]);
+        let token = token(&data);
+        let site = Site { directory, data, server, token };
+        site.fake_ramdisk();
+        site
+    }
+
+    /// A stand-in deploy ramdisk image: nothing boots it here (the test starts the agent),
+    /// but boot scripts need one to name, and they carry the agent's credentials.
+    fn fake_ramdisk(&self) {
+        let mut kernel = vec![0u8; 4096];
+        kernel[0x202..0x206].copy_from_slice(b"HdrS");
+        let kernel_path = self.directory.path().join("kernel");
+        std::fs::write(&kernel_path, kernel).unwrap();
+        let initrd_path = self.directory.path().join("initrd");
+        std::fs::write(&initrd_path, b"070701 not really a cpio archive").unwrap();
+        self.kiln(&["image", "create", "kiln-deploy-ramdisk", "--visibility", "public"]);
+        self.kiln(&[
+            "image",
+            "upload",
+            "kiln-deploy-ramdisk",
+            &format!("kernel={}", kernel_path.display()),
+            &format!("initrd={}", initrd_path.display()),
+        ]);
+    }
+
+    /// Restarts the server on the same data (a new port).
+    fn restart(&mut self) {
+        self.server.kill();
+        let config = self.directory.path().join("kiln.toml");
+        self.server = ServerProcess::start(&self.data, &["--config", &config.display().to_string()]);
+    }
+
+    fn kiln(&self, args: &[&str]) -> String {
+        ok(kiln(&self.server, &self.token, args, None))
+    }
+
+    fn kiln_fails(&self, args: &[&str]) -> String {
+        let output = kiln(&self.server, &self.token, args, None);
+        assert!(!output.status.success(), "kiln {args:?} should have failed");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    fn status(&self, node: &str) -> serde_json::Value {
+        serde_json::from_str(&self.kiln(&["node", "provision", node, "-F", "json"])).unwrap()
+    }
+
+    fn wait_for(&self, node: &str, what: &str, timeout: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(node);
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{node} never got to {what}: {status}\nserver log:\n{}", tail(&self.server.log()));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// An image whose disk artifact is `bytes`, stored as given (raw).
+    fn image(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.directory.path().join(format!("{name}.raw"));
+        std::fs::write(&path, bytes).unwrap();
+        self.kiln(&["image", "create", name]);
+        self.kiln(&["image", "upload", name, &format!("disk={}", path.display())]);
+        path
+    }
+
+    /// An available node without a BMC (it "powers on by itself": the agent is started by
+    /// the test).
+    fn node(&self, name: &str, mac: &str) {
+        let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
+        self.kiln(&["discover", "static", "-f", "json", "-d", &node.to_string()]);
+        self.kiln(&["node", "manage", name, "--wait", "--timeout", "20"]);
+        self.kiln(&["node", "provide", name, "--wait", "--timeout", "20"]);
+    }
+
+    /// The node id and agent token its boot script carries, once the reconciler has minted
+    /// them (as a real machine would, by asking again).
+    fn agent_credentials(&self, node: &str, mac: &str) -> (String, String) {
+        self.wait_for(node, "waiting for its agent", Duration::from_secs(20), |s| s["step"] == "agent");
+        let (status, script) = http("GET", &self.server.url, &format!("/boot/v1/bootscript?mac={mac}"), None, b"");
+        assert_eq!(status, 200, "{script}");
+        let find = |key: &str| {
+            script.split_whitespace().find_map(|word| word.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in {script}")).to_owned()
+        };
+        (find("kiln.node="), find("kiln.token="))
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the status and body.
+fn http(method: &str, base: &str, path: &str, bearer: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    let auth = bearer.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn start_agent(server_url: &str, node_id: &str, agent_token: &str, disk: &Path) -> Child {
+    Command::new(agent_binary())
+        .args(["--server", server_url, "--node", node_id, "--token", agent_token, "--no-power", "--heartbeat-seconds", "1"])
+        .arg("--disk-file")
+        .arg(disk)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn agent_output(child: Child) -> (bool, String) {
+    let output = child.wait_with_output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Bytes that do not compress, so a cut lands mid-stream whatever the buffer sizes.
+fn noise(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// A TCP proxy in front of the server: it can cut artifact downloads after some bytes, slow
+/// them down, and follow the server to a new address after a restart.
+struct Proxy {
+    url: String,
+    upstream: Arc<Mutex<SocketAddr>>,
+    /// Artifact responses still to cut, and after how many bytes.
+    cuts: Arc<AtomicUsize>,
+    cut_after: usize,
+    /// Artifact requests seen, with their Range header.
+    artifact_requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str, cuts: usize, cut_after: usize, bytes_per_second: Option<usize>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = Arc::new(Mutex::new(upstream.trim_start_matches("http://").parse().unwrap()));
+        let proxy = Proxy { url, upstream, cuts: Arc::new(AtomicUsize::new(cuts)), cut_after, artifact_requests: Arc::default() };
+        let (upstream, counter, requests) = (proxy.upstream.clone(), proxy.cuts.clone(), proxy.artifact_requests.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let (upstream, counter, requests) = (*upstream.lock().unwrap(), counter.clone(), requests.clone());
+                std::thread::spawn(move || relay(client, upstream, counter, cut_after, bytes_per_second, requests));
+            }
+        });
+        proxy
+    }
+
+    fn follow(&self, server: &ServerProcess) {
+        *self.upstream.lock().unwrap() = server.url.trim_start_matches("http://").parse().unwrap();
+    }
+}
+
+fn relay(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    cuts: Arc<AtomicUsize>,
+    cut_after: usize,
+    bytes_per_second: Option<usize>,
+    requests: Arc<Mutex<Vec<String>>>,
+) {
+    let Ok(mut server) = TcpStream::connect(upstream) else { return };
+    // The agent sends its whole request at once (head and a small body).
+    let mut request = vec![0u8; 64 * 1024];
+    let Ok(read) = client.read(&mut request) else { return };
+    let head = String::from_utf8_lossy(&request[..read]).into_owned();
+    let is_artifact = head.starts_with("GET ") && head.contains("/artifact");
+    if is_artifact {
+        let range = head.lines().find(|line| line.to_ascii_lowercase().starts_with("range:")).unwrap_or("no range").to_owned();
+        requests.lock().unwrap().push(range);
+    }
+    if server.write_all(&request[..read]).is_err() {
+        return;
+    }
+    let cut = is_artifact && cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok();
+    let mut sent = 0usize;
+    let mut buffer = vec![0u8; 16 * 1024];
+    let started = Instant::now();
+    loop {
+        let Ok(read) = server.read(&mut buffer) else { return };
+        if read == 0 {
+            return;
+        }
+        let mut chunk = &buffer[..read];
+        if cut && sent + chunk.len() > cut_after {
+            chunk = &chunk[..cut_after - sent];
+            let _ = client.write_all(chunk);
+            return; // the connection drops mid-body
+        }
+        if client.write_all(chunk).is_err() {
+            return;
+        }
+        sent += chunk.len();
+        if let (true, Some(rate)) = (is_artifact, bytes_per_second) {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_simulated_node_deploys_and_agent_tokens_cannot_be_forged_or_replayed() {
+    let site = Site::start();
+    let image = site.image("os", &noise(3 << 20, 1));
+    site.node("sim1", "52:54:00:00:01:01");
+    site.node("sim2", "52:54:00:00:01:02");
+    site.kiln(&["node", "deploy", "sim1", "sim2", "--image", "os"]);
+    let (node1, token1) = site.agent_credentials("sim1", "52:54:00:00:01:01");
+    let (node2, token2) = site.agent_credentials("sim2", "52:54:00:00:01:02");
+    assert_ne!(token1, token2, "one token per node and operation");
+    let heartbeat = |node: &str, token: &str| http("POST", &site.server.url, &format!("/agent/v1/nodes/{node}/heartbeat"), Some(token), b"{}");
+    // Forged, another node's, and a near miss: refused alike.
+    let mut forged = token1.clone();
+    forged.pop();
+    forged.push(if token1.ends_with('A') { 'B' } else { 'A' });
+    for (node, token) in [(&node1, "kiln_forged"), (&node1, token2.as_str()), (&node1, forged.as_str()), (&node2, token1.as_str())] {
+        let (status, body) = heartbeat(node, token);
+        assert_eq!(status, 401, "{body}");
+    }
+    assert_eq!(heartbeat(&node1, "").0, 401);
+
+    let disk = site.directory.path().join("sim1.disk");
+    let (done, log) = agent_output(start_agent(&site.server.url, &node1, &token1, &disk));
+    assert!(done, "{log}");
+    site.wait_for("sim1", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
+    assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&image).unwrap(), "the disk holds exactly the image");
+    // The deploy is over: its token is dead, for heartbeats, results and the artifact alike.
+    assert_eq!(heartbeat(&node1, &token1).0, 401);
+    let result = serde_json::json!({"id": 1, "error": null, "inventory": null, "root_device": null}).to_string();
+    assert_eq!(http("POST", &site.server.url, &format!("/agent/v1/nodes/{node1}/result"), Some(&token1), result.as_bytes()).0, 401);
+    assert_eq!(http("GET", &site.server.url, &format!("/agent/v1/nodes/{node1}/artifact"), Some(&token1), b"").0, 401);
+    // A second result for a command is refused; the other node is still waiting.
+    let (agent_done, _) = agent_output(start_agent(&site.server.url, &node1, &token1, &disk));
+    assert!(agent_done, "a refused agent ends quietly");
+    assert_eq!(site.status("sim2")["provision_state"], "wait-agent");
+    // A second deploy while busy is a conflict, and so is a deploy of an active node.
+    assert!(site.kiln_fails(&["node", "deploy", "sim2", "--image", "os"]).contains("busy"));
+    assert!(site.kiln_fails(&["node", "deploy", "sim1", "--image", "os"]).contains("cannot deploy node 'sim1' in state active"));
+}
+
+#[test]
+fn a_download_cut_mid_stream_resumes_where_it_stopped() {
+    let site = Site::start();
+    let image = site.image("os", &noise(6 << 20, 2));
+    site.node("cut1", "52:54:00:00:02:01");
+    site.kiln(&["node", "deploy", "cut1", "--image", "os"]);
+    let (node, agent_token) = site.agent_credentials("cut1", "52:54:00:00:02:01");
+    let proxy = Proxy::start(&site.server.url, 2, 1 << 20, None);
+    let disk = site.directory.path().join("cut1.disk");
+    let (done, log) = agent_output(start_agent(&proxy.url, &node, &agent_token, &disk));
+    assert!(done, "{log}");
+    assert!(log.contains("resuming"), "{log}");
+    site.wait_for("cut1", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
+    assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&image).unwrap());
+    let requests = proxy.artifact_requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(requests[1].contains("bytes=") && !requests[1].contains("bytes=0-"), "the second request resumes: {requests:?}");
+}
+
+#[test]
+fn a_corrupted_image_fails_the_deploy_and_leaves_the_disk_unbootable() {
+    let site = Site::start();
+    site.image("os", &noise(2 << 20, 3));
+    // Rot in the blob store, behind the server's back.
+    let version: serde_json::Value = serde_json::from_str(&site.kiln(&["image", "versions", "os", "-F", "json"])).unwrap();
+    let sha = version[0]["artifacts"][0]["sha256"].as_str().unwrap().to_owned();
+    let blob = site.data.join("blobs/sha256").join(&sha[..2]).join(&sha);
+    let mut rotten = std::fs::read(&blob).unwrap();
+    rotten[1 << 20] ^= 0xff;
+    std::fs::write(&blob, rotten).unwrap();
+
+    site.node("rot1", "52:54:00:00:03:01");
+    site.kiln(&["node", "deploy", "rot1", "--image", "os"]);
+    let (node, agent_token) = site.agent_credentials("rot1", "52:54:00:00:03:01");
+    // The disk had a bootable system on it before.
+    let disk = site.directory.path().join("rot1.disk");
+    let mut old = vec![0x42u8; 4 << 20];
+    old[510] = 0x55;
+    old[511] = 0xaa;
+    std::fs::write(&disk, &old).unwrap();
+    let (_, log) = agent_output(start_agent(&site.server.url, &node, &agent_token, &disk));
+    let status = site.wait_for("rot1", "deploy-failed", Duration::from_secs(20), |s| s["provision_state"] == "deploy-failed");
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("checksum mismatch") && error.contains(&sha), "{error}\n{log}");
+    let after = std::fs::read(&disk).unwrap();
+    assert!(after[..1 << 20].iter().all(|&byte| byte == 0), "the boot sector and partition table are wiped");
+    // `kiln image verify` finds the rot; a good image deploys.
+    let verify = kiln(&site.server, &site.token, &["image", "verify", "-F", "json"], None);
+    let report = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    assert!(!verify.status.success() && report.contains(&sha), "{report}");
+    let good = site.image("os-fixed", &noise(2 << 20, 33));
+    site.kiln(&["node", "deploy", "rot1", "--image", "os-fixed"]);
+    let (node, agent_token) = site.agent_credentials("rot1", "52:54:00:00:03:01");
+    let (done, log) = agent_output(start_agent(&site.server.url, &node, &agent_token, &disk));
+    assert!(done, "{log}");
+    site.wait_for("rot1", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
+    assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&good).unwrap());
+}
+
+#[test]
+fn an_agent_that_dies_mid_write_times_out_and_the_node_is_redeployable() {
+    let site = Site::start();
+    let image = site.image("os", &noise(8 << 20, 4));
+    site.node("dead1", "52:54:00:00:04:01");
+    site.kiln(&["node", "deploy", "dead1", "--image", "os"]);
+    let (node, agent_token) = site.agent_credentials("dead1", "52:54:00:00:04:01");
+    // 1 MiB/s: the write takes eight seconds; the machine "loses power" after the first
+    // progress report.
+    let proxy = Proxy::start(&site.server.url, 0, 0, Some(1 << 20));
+    let disk = site.directory.path().join("dead1.disk");
+    let mut agent = start_agent(&proxy.url, &node, &agent_token, &disk);
+    site.wait_for("dead1", "progress", Duration::from_secs(20), |s| s["progress"]["bytes_done"].as_u64().unwrap_or(0) > 0);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let status = site.wait_for("dead1", "deploy-failed", Duration::from_secs(30), |s| s["provision_state"] == "deploy-failed");
+    assert!(status["last_error"].as_str().unwrap().contains("stopped heartbeating"), "{status}");
+
+    site.kiln(&["node", "deploy", "dead1", "--image", "os"]);
+    let (node, agent_token) = site.agent_credentials("dead1", "52:54:00:00:04:01");
+    let (done, log) = agent_output(start_agent(&site.server.url, &node, &agent_token, &disk));
+    assert!(done, "{log}");
+    site.wait_for("dead1", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
+    assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&image).unwrap());
+}
+
+#[test]
+fn the_server_killed_mid_deploy_carries_on_after_a_restart() {
+    let mut site = Site::start();
+    let image = site.image("os", &noise(8 << 20, 5));
+    site.node("crash1", "52:54:00:00:05:01");
+    site.kiln(&["node", "deploy", "crash1", "--image", "os"]);
+    let (node, agent_token) = site.agent_credentials("crash1", "52:54:00:00:05:01");
+    let proxy = Proxy::start(&site.server.url, 0, 0, Some(1 << 20));
+    let disk = site.directory.path().join("crash1.disk");
+    let agent = start_agent(&proxy.url, &node, &agent_token, &disk);
+    site.wait_for("crash1", "progress", Duration::from_secs(20), |s| s["progress"]["bytes_done"].as_u64().unwrap_or(0) > 0);
+    // SIGKILL mid-download, then a new server process on the same data.
+    site.restart();
+    proxy.follow(&site.server);
+    let (done, log) = agent_output(agent);
+    assert!(done, "{log}");
+    assert!(log.contains("resuming"), "the cut download resumed from the new server:\n{log}");
+    let status = site.wait_for("crash1", "active", Duration::from_secs(30), |s| s["provision_state"] == "active");
+    assert!(status["last_error"].is_null(), "{status}");
+    assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&image).unwrap());
+}
+
+#[test]
+fn a_power_step_interrupted_by_the_server_s_death_fails_with_the_reason() {
+    let mut site = Site::start();
+    site.image("os", &noise(1 << 20, 6));
+    // A BMC that accepts connections and never answers: the power step hangs.
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", hung.local_addr().unwrap());
+    site.node("hang1", "52:54:00:00:06:01");
+    let bmc = serde_json::json!({"bmc": {"driver": "redfish", "address": address, "username": "u", "password": "p"}});
+    site.kiln(&["node", "update", "hang1", "-f", "json", "-d", &bmc.to_string()]);
+    site.kiln(&["node", "deploy", "hang1", "--image", "os"]);
+    site.wait_for("hang1", "the power step", Duration::from_secs(10), |s| s["step"] == "powering");
+    site.restart();
+    let status = site.wait_for("hang1", "deploy-failed", Duration::from_secs(30), |s| s["provision_state"] == "deploy-failed");
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("interrupted") && error.contains("powering"), "{error}");
+    drop(hung);
+}
