@@ -219,15 +219,30 @@ impl Proxy {
 }
 
 fn relay(
-    mut client: TcpStream,
+    client: TcpStream,
     upstream: SocketAddr,
     cuts: Arc<AtomicUsize>,
     cut_after: usize,
     bytes_per_second: Option<usize>,
     requests: Arc<Mutex<Vec<String>>>,
 ) {
-    let Ok(mut server) = TcpStream::connect(upstream) else { return };
-    // The agent sends its whole request at once (head and a small body).
+    let Ok(server) = TcpStream::connect(upstream) else { return };
+    let (client_half, server_half) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    relay_connection(client, server, cuts, cut_after, bytes_per_second, requests);
+    // Both ends see the connection end, also the copier thread's.
+    let _ = client_half.shutdown(std::net::Shutdown::Both);
+    let _ = server_half.shutdown(std::net::Shutdown::Both);
+}
+
+fn relay_connection(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    cuts: Arc<AtomicUsize>,
+    cut_after: usize,
+    bytes_per_second: Option<usize>,
+    requests: Arc<Mutex<Vec<String>>>,
+) {
+    // The request's head, to see what it asks for.
     let mut request = vec![0u8; 64 * 1024];
     let Ok(read) = client.read(&mut request) else { return };
     let head = String::from_utf8_lossy(&request[..read]).into_owned();
@@ -238,6 +253,10 @@ fn relay(
     }
     if server.write_all(&request[..read]).is_err() {
         return;
+    }
+    // Whatever else the client sends (a body written after its head) goes on as it comes.
+    if let (Ok(mut from_client), Ok(mut to_server)) = (client.try_clone(), server.try_clone()) {
+        std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_server));
     }
     let cut = is_artifact && cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok();
     let mut sent = 0usize;
@@ -277,7 +296,8 @@ fn a_simulated_node_deploys_and_agent_tokens_cannot_be_forged_or_replayed() {
     let (node1, token1) = site.agent_credentials("sim1", "52:54:00:00:01:01");
     let (node2, token2) = site.agent_credentials("sim2", "52:54:00:00:01:02");
     assert_ne!(token1, token2, "one token per node and operation");
-    let heartbeat = |node: &str, token: &str| http("POST", &site.server.url, &format!("/agent/v1/nodes/{node}/heartbeat"), Some(token), b"{}");
+    let heartbeat =
+        |node: &str, token: &str| http("POST", &site.server.url, &format!("/agent/v1/nodes/{node}/heartbeat"), Some(token), b"{}");
     // Forged, another node's, and a near miss: refused alike.
     let mut forged = token1.clone();
     forged.pop();
@@ -431,4 +451,106 @@ fn a_power_step_interrupted_by_the_server_s_death_fails_with_the_reason() {
     let error = status["last_error"].as_str().unwrap();
     assert!(error.contains("interrupted") && error.contains("powering"), "{error}");
     drop(hung);
+}
+
+/// Two `kiln serve` replicas on one PostgreSQL (and one blob directory) share the nodes'
+/// work: every step is carried out once, by one replica. The replica the agents talk to
+/// dies mid-deploy (SIGKILL); the agents' address moves to the other (as a virtual IP
+/// would), which carries every node through to `active`.
+#[test]
+fn two_replicas_share_the_work_and_one_carries_on_when_the_other_dies() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let Some(database) = runtime.block_on(kiln_test_utils::TestDatabase::new(kiln_test_utils::BackendKind::Postgres)) else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let config = directory.path().join("kiln.toml");
+    let shared = |name: &str| directory.path().join(name).display().to_string();
+    let text = format!("secret_key_file = \"{}\"\n\n{CONFIG}\n[images]\nblob_dir = \"{}\"\n", shared("secret.key"), shared("blobs"));
+    std::fs::write(&config, text).unwrap();
+    let environment = [("KILN_DATABASE_URL", database.url.as_str())];
+    let start = |name: &str| {
+        ServerProcess::start_with_env(&directory.path().join(name), &["--config", &config.display().to_string()], &environment)
+    };
+    let mut first = start("replica-a");
+    let second = start("replica-b");
+    let admin = token(&directory.path().join("replica-a"));
+    let site = |server: &ServerProcess, args: &[&str]| ok(kiln(server, &admin, args, None));
+
+    // A stand-in ramdisk and an image, through either replica.
+    let mut kernel = vec![0u8; 4096];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(directory.path().join("kernel"), kernel).unwrap();
+    std::fs::write(directory.path().join("initrd"), b"070701 stand-in").unwrap();
+    site(&first, &["image", "create", "kiln-deploy-ramdisk", "--visibility", "public"]);
+    site(
+        &first,
+        &["image", "upload", "kiln-deploy-ramdisk", &format!("kernel={}", shared("kernel")), &format!("initrd={}", shared("initrd"))],
+    );
+    let image = noise(4 << 20, 7);
+    std::fs::write(directory.path().join("os.raw"), &image).unwrap();
+    site(&second, &["image", "create", "os"]);
+    site(&second, &["image", "upload", "os", &format!("disk={}", shared("os.raw"))]);
+
+    let count = 8;
+    let nodes: Vec<(String, String)> = (0..count).map(|i| (format!("rep{i}"), format!("52:54:00:00:07:{i:02x}"))).collect();
+    for (index, (name, mac)) in nodes.iter().enumerate() {
+        let server = if index % 2 == 0 { &first } else { &second };
+        let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
+        site(server, &["discover", "static", "-f", "json", "-d", &node.to_string()]);
+        site(server, &["node", "manage", name, "--wait", "--timeout", "20"]);
+        site(server, &["node", "provide", name, "--wait", "--timeout", "20"]);
+        site(server, &["node", "deploy", name, "--image", "os"]);
+    }
+    // The agents reach "the server" through one address, in front of replica a; slowly, so
+    // that a dies with every download under way.
+    let proxy = Proxy::start(&first.url, 0, 0, Some(1 << 20));
+    let mut agents = Vec::new();
+    for (name, mac) in &nodes {
+        let status = |server: &ServerProcess| -> serde_json::Value {
+            serde_json::from_str(&site(server, &["node", "provision", name, "-F", "json"])).unwrap()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while status(&second)["step"] != "agent" {
+            assert!(Instant::now() < deadline, "{name} never waited for its agent: {}", status(&second));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (status_code, script) = http("GET", &second.url, &format!("/boot/v1/bootscript?mac={mac}"), None, b"");
+        assert_eq!(status_code, 200);
+        let find = |key: &str| script.split_whitespace().find_map(|word| word.strip_prefix(key)).unwrap().to_owned();
+        let disk = directory.path().join(format!("{name}.disk"));
+        agents.push((name.clone(), disk.clone(), start_agent(&proxy.url, &find("kiln.node="), &find("kiln.token="), &disk)));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill();
+    proxy.follow(&second);
+    for (name, disk, agent) in agents {
+        let (done, log) = agent_output(agent);
+        assert!(done, "{name}: {log}");
+        assert_eq!(std::fs::read(&disk).unwrap(), image, "{name}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, _) in &nodes {
+        loop {
+            let status: serde_json::Value = serde_json::from_str(&site(&second, &["node", "provision", name, "-F", "json"])).unwrap();
+            if status["provision_state"] == "active" {
+                break;
+            }
+            let log: Vec<String> =
+                second.log().lines().filter(|line| line.contains(name.as_str()) && !line.contains("sqlx")).map(str::to_owned).collect();
+            assert!(Instant::now() < deadline, "{name} is not active: {status}\n{}", log.join("\n"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Each node's steps happened once each: one power step, one end of deploy.
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&site(&second, &["events", "--kind", "node_provision", "--limit", "1000", "-F", "json"])).unwrap();
+    let mut owners = std::collections::BTreeSet::new();
+    for (name, _) in &nodes {
+        let steps: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["target"] == name.as_str() && e["action"] == "node.provision.step").collect();
+        let into = |state: &str| steps.iter().filter(|e| e["after"]["state"] == state).count();
+        let summary: Vec<String> = steps.iter().map(|e| format!("{} by {}", e["after"]["state"], e["after"]["owner"])).collect();
+        assert_eq!((into("deploying"), into("wait-agent"), into("active")), (1, 1, 1), "{name}: {summary:?}");
+        owners.extend(steps.iter().map(|e| e["after"]["owner"].as_str().unwrap().to_owned()));
+    }
+    assert!(owners.len() >= 2, "both replicas carried out steps: {owners:?}");
 }

@@ -307,6 +307,7 @@ impl Store {
             before: Some(serde_json::json!({ "state": before.node.provision_state, "step": current.step })),
             after: Some(serde_json::json!({
                 "state": transition.state, "step": transition.step, "reason": transition.reason, "error": transition.last_error,
+                "owner": owner,
             })),
         };
         record(connection, event).await?;
@@ -380,12 +381,12 @@ impl Store {
             "UPDATE node_provisioning SET due_at = CASE WHEN agent_seen_at IS NULL THEN $2 ELSE due_at END, \
              agent_seen_at = $2, progress = COALESCE($3, progress) WHERE node_id = $1",
         )
-            .bind(node_id)
-            .bind(crate::now_millis())
-            .bind(to_json(&heartbeat.progress))
-            .execute(transaction.connection())
-            .await
-            .map_err(StoreError::query("recording a heartbeat"))?;
+        .bind(node_id)
+        .bind(crate::now_millis())
+        .bind(to_json(&heartbeat.progress))
+        .execute(transaction.connection())
+        .await
+        .map_err(StoreError::query("recording a heartbeat"))?;
         transaction.commit().await
     }
 

@@ -62,7 +62,11 @@ macro_rules! conformance_two_replicas {
     };
 }
 
-conformance_two_replicas!(inventory_follows_changes_made_by_another_replica, cloud_init_data_follows_replicas_and_cascades);
+conformance_two_replicas!(
+    inventory_follows_changes_made_by_another_replica,
+    cloud_init_data_follows_replicas_and_cascades,
+    provisioning_leases_give_each_node_to_one_replica,
+);
 
 conformance!(
     migrations_are_idempotent,
@@ -541,4 +545,64 @@ async fn image_uploads_and_gc_bookkeeping(store: Store) {
     image.project = Some("lab".to_owned());
     store.create_image("admin", &image).await.unwrap();
     assert!(matches!(store.delete_project("admin", "lab").await, Err(StoreError::Conflict { .. })));
+}
+
+/// Two replicas claiming the same due nodes at once split them; a live lease keeps the
+/// other replica out (and its transitions are refused); an expired one is taken over, and
+/// the claimer learns whose work it interrupted.
+async fn provisioning_leases_give_each_node_to_one_replica(store: Store, other: Store) {
+    use kiln_types::provision::{Intent, TokenChange, Transition};
+    let mut names = Vec::new();
+    for index in 0..40 {
+        let name = format!("lease{index:02}");
+        store.create_node("admin", &spec(&format!("{{\"name\": \"{name}\"}}"))).await.unwrap();
+        store.request_provision("admin", &name, &ProjectScope::All, &Intent::Manage).await.unwrap();
+        names.push(name);
+    }
+    let (first, second) = tokio::join!(store.claim_provisioning("a", 30_000, 100), other.claim_provisioning("b", 30_000, 100));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let mut claimed: Vec<String> = first.iter().chain(&second).map(|work| work.node.name.clone()).collect();
+    claimed.sort();
+    assert_eq!(claimed, names, "every due node claimed exactly once ({} by a, {} by b)", first.len(), second.len());
+    assert!(other.claim_provisioning("b", 30_000, 100).await.unwrap().len() == second.len(), "b sees only its own again");
+
+    // b may not record a step for a node a holds.
+    let held_by_a = first.first().or(second.first()).unwrap();
+    let owner = if first.is_empty() { "b" } else { "a" };
+    let intruder = if owner == "a" { "b" } else { "a" };
+    let transition = Transition {
+        state: kiln_types::ProvisionState::Manageable,
+        step: None,
+        target: None,
+        operation: Default::default(),
+        token: TokenChange::Keep,
+        new_command: false,
+        deadline: None,
+        due_at: None,
+        last_error: None,
+        consume_intent: true,
+        consume_result: false,
+        keep_lease: false,
+        inventory: None,
+        reason: "test".into(),
+    };
+    assert!(store.apply_transition(intruder, &held_by_a.node.id, &transition).await.unwrap().is_none());
+    assert!(store.apply_transition(owner, &held_by_a.node.id, &transition).await.unwrap().is_some());
+    assert_eq!(store.get_node(&held_by_a.node.name, &ProjectScope::All).await.unwrap().provision_state.as_str(), "manageable");
+
+    // Leases that lapse (their replica died) go to whoever claims next, who is told.
+    let mut names = Vec::new();
+    for index in 0..5 {
+        let name = format!("lapse{index}");
+        store.create_node("admin", &spec(&format!("{{\"name\": \"{name}\"}}"))).await.unwrap();
+        store.request_provision("admin", &name, &ProjectScope::All, &Intent::Manage).await.unwrap();
+        names.push(name);
+    }
+    let dying = store.claim_provisioning("dead-replica", 1, 100).await.unwrap();
+    assert!(dying.iter().filter(|work| work.node.name.starts_with("lapse")).count() == 5);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let taken = other.claim_provisioning("survivor", 30_000, 100).await.unwrap();
+    let lapsed: Vec<_> = taken.iter().filter(|work| work.node.name.starts_with("lapse")).collect();
+    assert_eq!(lapsed.len(), 5);
+    assert!(lapsed.iter().all(|work| work.taken_over_from.as_deref() == Some("dead-replica")));
 }
