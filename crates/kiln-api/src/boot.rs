@@ -155,26 +155,73 @@ async fn provisioning_script(state: &ApiState, node: &kiln_types::node::Node, ma
     let status = state.store.provision_status(&node.id, &kiln_auth::ProjectScope::All).await?;
     let deployed_to_disk = status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Disk);
     let waiting_for_system = status.step.as_deref() == Some(kiln_lifecycle::plan::STEP_WAIT_CALLBACK);
-    if deployed_to_disk && (node.provision_state == Active || waiting_for_system) {
+    let running_image = node.provision_state == Active || waiting_for_system;
+    if deployed_to_disk && running_image {
         return Ok(Some(kiln_boot::local_disk_script(&context)));
+    }
+    if let Some(target) = status.target.as_ref().filter(|target| target.mode == DeployMode::Live)
+        && (running_image || node.provision_state == Deploying)
+    {
+        return live_script(state, &context, target).await;
     }
     if !agent_states || waiting_for_system {
         return Ok(None);
     }
     let Some(token) = state.store.agent_token_for_boot(&node.id).await? else {
-        // Between steps (a live deploy, or the token not minted yet): ask again shortly.
+        // Between steps (the token not minted yet): ask again shortly.
         return Ok(Some(kiln_boot::unknown_machine_script(&context)));
     };
-    let versions = state.store.list_versions(&state.boot.ramdisk_image).await.unwrap_or_default();
-    let Some(version) = versions.iter().map(|version| version.version).max() else {
-        tracing::warn!(node = %node.name, image = %state.boot.ramdisk_image, "no deploy ramdisk image: run `kiln build ramdisk`");
-        return Ok(Some(kiln_boot::unknown_machine_script(&context)));
-    };
-    let base = format!("{}/boot/images/{}/{version}", state.boot.public_url, state.boot.ramdisk_image);
-    let (kernel, initrd) = (format!("{base}/kernel"), format!("{base}/initrd"));
+    let Some((kernel, initrd)) = ramdisk_urls(state, node).await else { return Ok(Some(kiln_boot::unknown_machine_script(&context))) };
     let ramdisk = kiln_boot::RamdiskUrls { kernel: &kernel, initrd: &initrd };
     tracing::info!(node = %node.name, %mac, state = %node.provision_state, "deploy ramdisk boot script served");
     Ok(Some(kiln_boot::agent_script(&context, ramdisk, &node.id, &token)))
+}
+
+/// The kernel and initramfs URLs of the deploy ramdisk's highest version.
+async fn ramdisk_urls(state: &ApiState, node: &kiln_types::node::Node) -> Option<(String, String)> {
+    let versions = state.store.list_versions(&state.boot.ramdisk_image).await.unwrap_or_default();
+    let Some(version) = versions.iter().map(|version| version.version).max() else {
+        tracing::warn!(node = %node.name, image = %state.boot.ramdisk_image, "no deploy ramdisk image: run `kiln build ramdisk`");
+        return None;
+    };
+    let base = format!("{}/boot/images/{}/{version}", state.boot.public_url, state.boot.ramdisk_image);
+    Some((format!("{base}/kernel"), format!("{base}/initrd")))
+}
+
+/// A live node's script: the image's own kernel and initramfs with `root=live:URL` (dracut's
+/// convention, as OpenCHAMI images expect), or, for an image without an initramfs, the
+/// deploy ramdisk's, whose init fetches the root (`kiln.live=URL`), checks its SHA-256 and
+/// boots it under a RAM overlay.
+async fn live_script(
+    state: &ApiState,
+    context: &ScriptContext<'_>,
+    target: &kiln_types::provision::DeployTarget,
+) -> ApiResult<Option<String>> {
+    use kiln_types::image::{ArtifactKind, VersionRef};
+    let node = context.node.expect("live nodes are known");
+    let version = state.store.get_version(&target.image, &VersionRef::Number(target.version)).await?;
+    let base = format!("{}/boot/images/{}/{}", state.boot.public_url, target.image, target.version);
+    let Some(root) = version.artifact(ArtifactKind::Root) else { return Ok(Some(kiln_boot::unknown_machine_script(context))) };
+    let root_url = format!("{base}/root");
+    let console = "console=tty0 console=ttyS0,115200";
+    let server = &state.boot.public_url;
+    let script = match (version.artifact(ArtifactKind::Kernel), version.artifact(ArtifactKind::Initrd)) {
+        (Some(_), Some(_)) => kiln_boot::live_script(
+            context,
+            &format!("{base}/kernel"),
+            &format!("{base}/initrd"),
+            &format!("{console} root=live:{root_url} rd.live.ram=1 rd.live.overlay.overlayfs=1 kiln.server={server}"),
+        ),
+        _ => {
+            let Some((kernel, initrd)) = ramdisk_urls(state, node).await else {
+                return Ok(Some(kiln_boot::unknown_machine_script(context)));
+            };
+            let command_line = format!("{console} kiln.live={root_url} kiln.live.sha256={} kiln.server={server}", root.sha256);
+            kiln_boot::live_script(context, &kernel, &initrd, &command_line)
+        }
+    };
+    tracing::info!(node = %node.name, image = %target.image, version = target.version, "live boot script served");
+    Ok(Some(script))
 }
 
 /// A booted system's proof of life: records an event for the node with this MAC.

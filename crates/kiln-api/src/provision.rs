@@ -70,8 +70,12 @@ pub async fn deploy(
     };
     let needed: &[ArtifactKind] = match body.mode {
         DeployMode::Disk => &[ArtifactKind::Disk],
-        DeployMode::Live => &[ArtifactKind::Kernel, ArtifactKind::Initrd],
+        DeployMode::Live => &[ArtifactKind::Root],
     };
+    if body.mode == DeployMode::Live && image.visibility != kiln_types::image::Visibility::Public {
+        // A live node fetches its root at every boot, with no credential to show.
+        return Err(ApiError::invalid(format!("live deploys need a public image; '{}' is {}", image.name, image.visibility)));
+    }
     for kind in needed {
         if version.artifact(*kind).is_none() {
             return Err(ApiError::invalid(format!(

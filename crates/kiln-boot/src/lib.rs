@@ -7,4 +7,6 @@ pub mod params;
 pub mod script;
 
 pub use params::{BootParams, BootParamsInput, BootTarget, InvalidBootParams};
-pub use script::{RamdiskUrls, ScriptContext, agent_script, bootscript, chain_script, local_disk_script, unknown_machine_script};
+pub use script::{
+    RamdiskUrls, ScriptContext, agent_script, bootscript, chain_script, live_script, local_disk_script, unknown_machine_script,
+};

@@ -129,6 +129,19 @@ pub fn local_disk_script(context: &ScriptContext<'_>) -> String {
     )
 }
 
+/// The script of a node running an image live (diskless): its kernel and initramfs, with the
+/// root image's URL on the command line, where the initramfs fetches it into RAM.
+pub fn live_script(context: &ScriptContext<'_>, kernel: &str, initrd: &str, command_line: &str) -> String {
+    let name = context.node.map_or("this machine", |node| node.name.as_str());
+    format!(
+        "#!ipxe\necho Kiln: {name} ({mac}) boots its image live\n\
+         kernel --name kernel {kernel} initrd=initrd {command_line} || goto retry\n\
+         initrd --name initrd {initrd} || goto retry\nboot || goto retry\n{tail}",
+        mac = context.mac,
+        tail = retry_tail(context),
+    )
+}
+
 /// The script served by TFTP to iPXE: chain to the HTTP boot script of the booting NIC.
 pub fn chain_script(server_url: &str) -> String {
     format!("#!ipxe\nchain --replace --autofree {server_url}/boot/v1/bootscript?mac=${{netX/mac}}\n")
@@ -220,5 +233,22 @@ mod tests {
             exit
         "#]]
         .assert_eq(&local_disk_script(&context));
+        expect_test::expect![[r#"
+            #!ipxe
+            echo Kiln: nid001 (52:54:00:be:ef:01) boots its image live
+            kernel --name kernel http://10.77.0.1:8081/k initrd=initrd console=ttyS0 root=live:http://10.77.0.1:8081/r || goto retry
+            initrd --name initrd http://10.77.0.1:8081/i || goto retry
+            boot || goto retry
+            :retry
+            echo Retrying in 10 seconds
+            sleep 10
+            chain --replace --autofree http://10.77.0.1:8081/boot/v1/bootscript?mac=52:54:00:be:ef:01 || goto retry
+        "#]]
+        .assert_eq(&live_script(
+            &context,
+            "http://10.77.0.1:8081/k",
+            "http://10.77.0.1:8081/i",
+            "console=ttyS0 root=live:http://10.77.0.1:8081/r",
+        ));
     }
 }

@@ -128,3 +128,95 @@ fn a_lab_machine_is_deployed_to_disk_undeployed_and_inspected() {
     assert_eq!(node["provision_state"], "available");
     let _ = data;
 }
+
+/// A root filesystem tree with busybox whose init reports where it runs from, calls the
+/// server back and powers off.
+fn live_root(directory: &Path) -> PathBuf {
+    let tree = directory.join("live-tree");
+    for sub in ["bin", "sbin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(tree.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+    let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\n\
+        server=$(sed -n 's/.*kiln.server=\\([^ ]*\\).*/\\1/p' /proc/cmdline)\n\
+        mac=$(cat /sys/class/net/eth0/address)\n\
+        echo \"KILN-LIVE-ROOT $(grep ' / ' /proc/mounts)\"\n\
+        touch /written-in-ram && echo KILN-LIVE-WRITABLE\n\
+        if wget -q -O /dev/null \"$server/boot/v1/phone-home?mac=$mac\"; then echo \"KILN-LIVE-PHONED-HOME $mac\"; fi\n\
+        sleep 2\npoweroff -f\n";
+    std::fs::write(tree.join("sbin/init"), init).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(tree.join("sbin/init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = directory.join("live-root.squashfs");
+    let status = std::process::Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&image)
+        .args(["-comp", "zstd", "-noappend", "-quiet", "-all-root"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running mksquashfs (apt-get install squashfs-tools)");
+    assert!(status.success());
+    image
+}
+
+#[test]
+fn a_lab_machine_boots_a_squashfs_root_live_and_calls_back() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = lab_or_skip() else { return };
+    let kiln = Path::new(KILN);
+    lab.start_server(kiln, "").unwrap();
+    let work = lab.directory.path().to_owned();
+    let agent = agent_binary();
+    lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string()]).unwrap();
+    // The image has a root and nothing else: Kiln's own init boots it.
+    let root = live_root(&work);
+    lab.kiln(kiln, &["image", "create", "lab-live", "--visibility", "public"]).unwrap();
+    lab.kiln(kiln, &["image", "upload", "lab-live", &format!("root={}", root.display())]).unwrap();
+
+    let mac = "52:54:00:be:ef:32";
+    let machine = lab.add_powered_off_machine(mac, Firmware::Bios).unwrap();
+    let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
+    let node = serde_json::json!([{ "name": "node32", "interfaces": [{"mac_addr": mac}] }]);
+    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
+    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
+    lab.kiln(kiln, &["node", "update", "node32", "-f", "json", "-d", &bmc.to_string()]).unwrap();
+    lab.kiln(kiln, &["node", "manage", "node32", "--wait", "--timeout", "30"]).unwrap();
+    lab.kiln(kiln, &["node", "provide", "node32", "--wait", "--timeout", "30"]).unwrap();
+    let started = std::time::Instant::now();
+    let deployed = lab
+        .kiln(
+            kiln,
+            &[
+                "node",
+                "deploy",
+                "node32",
+                "--image",
+                "lab-live",
+                "--mode",
+                "live",
+                "--wait-for-callback",
+                "--wait",
+                "--timeout",
+                "400",
+                "-F",
+                "json",
+            ],
+        )
+        .unwrap_or_else(|error| {
+            panic!(
+                "live deploy failed: {error}\nconsole:\n{}\nserver:\n{}",
+                std::fs::read_to_string(&console).unwrap_or_default(),
+                lab.server_log()
+            )
+        });
+    assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(text.contains("KILN-LIVE-ROOT overlay / overlay"), "the root is the RAM overlay:\n{text}");
+    assert!(text.contains("KILN-LIVE-WRITABLE") && text.contains("KILN-LIVE-PHONED-HOME"), "{text}");
+    eprintln!("live deploy to active: {:.0} s", started.elapsed().as_secs_f64());
+    // A live node fetches its root with no credential: private images are refused up front.
+    lab.kiln(kiln, &["image", "create", "lab-private"]).unwrap();
+    lab.kiln(kiln, &["image", "upload", "lab-private", &format!("root={}", root.display())]).unwrap();
+    let refused = lab.kiln(kiln, &["node", "deploy", "node32", "--image", "lab-private", "--mode", "live"]).unwrap_err().to_string();
+    assert!(refused.contains("live deploys need a public image"), "{refused}");
+}

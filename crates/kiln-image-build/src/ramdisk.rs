@@ -43,6 +43,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mpt3sas",
     "hpsa",
     "smartpqi",
+    // Live boots: the root image is a SquashFS file on a loop device under a RAM overlay.
+    "loop",
+    "squashfs",
+    "overlay",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +163,27 @@ for path in /sys/class/net/*; do
         break
     fi
 done
+live=$(sed -n 's/.*kiln\.live=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$live" ]; then
+    # Kiln's small live init: the root image into RAM, a RAM overlay on top, and its init.
+    sha=$(sed -n 's/.*kiln\.live\.sha256=\([^ ]*\).*/\1/p' /proc/cmdline)
+    mkdir -p /live /newroot
+    mount -t tmpfs -o mode=0755 live /live
+    mkdir -p /live/image /live/lower /live/upper /live/work
+    echo "kiln-ramdisk: fetching the live root $live"
+    fail() { echo "kiln-ramdisk: $1; powering off in 10 seconds"; sleep 10; poweroff -f; }
+    wget -q -O /live/image/root.squashfs "$live" || fail "could not fetch $live"
+    if [ -n "$sha" ] && ! echo "$sha  /live/image/root.squashfs" | sha256sum -c - >/dev/null; then
+        fail "the live root's SHA-256 is not $sha"
+    fi
+    mount -t squashfs -o loop,ro /live/image/root.squashfs /live/lower || fail "could not mount the live root"
+    mount -t overlay overlay -o lowerdir=/live/lower,upperdir=/live/upper,workdir=/live/work /newroot ||
+        fail "could not mount the RAM overlay"
+    [ -x /newroot/sbin/init ] || fail "the live root has no /sbin/init"
+    for fs in proc sys dev; do mkdir -p "/newroot/$fs"; mount --move "/$fs" "/newroot/$fs"; done
+    echo "kiln-ramdisk: switching to the live root"
+    exec switch_root /newroot /sbin/init
+fi
 echo "kiln-ramdisk: starting kiln-agent"
 /bin/kiln-agent
 echo "kiln-ramdisk: kiln-agent exited ($?); powering off in 10 seconds"
@@ -228,6 +253,8 @@ pub fn build_ramdisk(spec: &RamdiskSpec, kernel_out: &Path, initrd_out: &Path) -
         std::fs::write(&path, content).map_err(write_error(&path))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(write_error(&path))?;
     }
+    // The archive is written from inside the tree: the output path must not be relative.
+    let initrd_out = &std::path::absolute(initrd_out).map_err(write_error(initrd_out))?;
     let temporary = initrd_out.with_extension("partial");
     let command = format!("cd '{}' && find . | cpio -o -H newc --quiet | gzip -6 > '{}'", root.display(), temporary.display());
     let output = Command::new("sh")
