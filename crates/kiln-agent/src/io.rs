@@ -162,6 +162,101 @@ pub struct ProgressCounter {
     pub bytes: AtomicU64,
 }
 
+/// Reads ahead on a thread of its own, so that the stages before it (download, hashing)
+/// run while the stages after it (decompression, writing) do: two cores, two halves of
+/// the pipeline. `finish` hands the inner reader back once everything it read was taken.
+pub struct ReadAhead<R> {
+    receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    position: usize,
+    thread: Option<std::thread::JoinHandle<R>>,
+}
+
+impl<R: Read + Send + 'static> ReadAhead<R> {
+    pub fn spawn(mut inner: R, chunk: usize, depth: usize) -> Self {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(depth);
+        let thread = std::thread::spawn(move || {
+            loop {
+                let mut buffer = vec![0u8; chunk];
+                let mut filled = 0;
+                // Fill whole chunks: fewer, larger hand-overs.
+                let outcome = loop {
+                    match inner.read(&mut buffer[filled..]) {
+                        Ok(0) => break Ok(true),
+                        Ok(read) => {
+                            filled += read;
+                            if filled == buffer.len() {
+                                break Ok(false);
+                            }
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => break Err(error),
+                    }
+                };
+                buffer.truncate(filled);
+                match outcome {
+                    Ok(ended) => {
+                        if !buffer.is_empty() && sender.send(Ok(buffer)).is_err() {
+                            return inner;
+                        }
+                        if ended {
+                            return inner;
+                        }
+                    }
+                    Err(error) => {
+                        let _ = sender.send(Err(error));
+                        return inner;
+                    }
+                }
+            }
+        });
+        ReadAhead { receiver, current: Vec::new(), position: 0, thread: Some(thread) }
+    }
+
+    /// Discards what was read ahead and not taken (it was hashed all the same), and gives
+    /// back the inner reader; an error the thread met is returned.
+    pub fn finish(mut self) -> io::Result<R> {
+        for chunk in self.receiver.iter() {
+            chunk?;
+        }
+        self.thread.take().expect("finished once").join().map_err(|_| io::Error::other("the read-ahead thread panicked"))
+    }
+}
+
+impl<R> Read for ReadAhead<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        if self.position == self.current.len() {
+            match self.receiver.recv() {
+                Ok(chunk) => {
+                    self.current = chunk?;
+                    self.position = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let taken = buffer.len().min(self.current.len() - self.position);
+        buffer[..taken].copy_from_slice(&self.current[self.position..self.position + taken]);
+        self.position += taken;
+        Ok(taken)
+    }
+}
+
+/// `io::copy` with a buffer large enough that a stage is called once per MiB, not per 8 KiB.
+pub fn copy_large(reader: &mut dyn Read, writer: &mut dyn Write) -> io::Result<u64> {
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(total),
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        writer.write_all(&buffer[..read])?;
+        total += read as u64;
+    }
+}
+
 /// Passes bytes through, adding their count to a shared counter.
 pub struct CountingReader<R> {
     pub inner: R,
@@ -181,8 +276,11 @@ impl<R: Read> Read for CountingReader<R> {
 /// zeroed as `zeros` says.
 pub struct SparseWriter {
     file: File,
+    /// The same file opened with O_DIRECT, for the aligned bulk of the writes: copying
+    /// gigabytes through the page cache costs more than the disk (measured: BENCHMARKS.md).
+    direct: Option<File>,
     zeros: ZeroBlocks,
-    buffer: Vec<u8>,
+    buffer: AlignedBuffer,
     filled: usize,
     offset: u64,
     block: usize,
@@ -196,19 +294,50 @@ impl SparseWriter {
     pub const BLOCK: usize = 64 << 10;
 
     pub fn new(file: File, zeros: ZeroBlocks, progress: Arc<ProgressCounter>) -> Self {
-        SparseWriter { file, zeros, buffer: vec![0; Self::BUFFER], filled: 0, offset: 0, block: Self::BLOCK, progress, written: 0 }
+        SparseWriter {
+            file,
+            direct: None,
+            zeros,
+            buffer: AlignedBuffer::new(Self::BUFFER),
+            filled: 0,
+            offset: 0,
+            block: Self::BLOCK,
+            progress,
+            written: 0,
+        }
+    }
+
+    /// Writes aligned runs through `direct` (the same file, opened with O_DIRECT).
+    pub fn with_direct(mut self, direct: Option<File>) -> Self {
+        self.direct = direct;
+        self
+    }
+
+    fn write_run(&mut self, data_start: usize, data_end: usize, at: u64) -> io::Result<()> {
+        let data = &self.buffer.as_slice()[data_start..data_end];
+        let aligned = at % DIRECT_ALIGN as u64 == 0 && data.len() % DIRECT_ALIGN == 0 && data_start % DIRECT_ALIGN == 0;
+        if let (true, Some(direct)) = (aligned, &self.direct) {
+            match direct.write_all_at(data, at) {
+                Ok(()) => return Ok(()),
+                // A filesystem without O_DIRECT (tmpfs): buffered writes from now on.
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                Err(error) => return Err(error),
+            }
+        }
+        self.file.write_all_at(data, at)
     }
 
     fn flush_buffer(&mut self) -> io::Result<()> {
-        let data = &self.buffer[..self.filled];
+        let length = self.filled;
         let mut start = 0;
-        while start < data.len() {
-            let end = (start + self.block).min(data.len());
+        while start < length {
+            let data = &self.buffer.as_slice()[..length];
+            let end = (start + self.block).min(length);
             let zero = is_zero(&data[start..end]);
             // Extend the run of blocks of the same kind.
             let mut run_end = end;
-            while run_end < data.len() {
-                let next = (run_end + self.block).min(data.len());
+            while run_end < length {
+                let next = (run_end + self.block).min(length);
                 if is_zero(&data[run_end..next]) != zero {
                     break;
                 }
@@ -216,10 +345,10 @@ impl SparseWriter {
             }
             let at = self.offset + start as u64;
             if !zero {
-                self.file.write_all_at(&data[start..run_end], at)?;
+                self.write_run(start, run_end, at)?;
                 self.written += (run_end - start) as u64;
             } else if self.zeros == ZeroBlocks::ZeroOut {
-                zero_out(&self.file, at, (run_end - start) as u64, &data[start..run_end])?;
+                zero_out(&self.file, at, (run_end - start) as u64, &self.buffer.as_slice()[start..run_end])?;
             }
             start = run_end;
         }
@@ -243,11 +372,11 @@ impl SparseWriter {
 
 impl Write for SparseWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = self.buffer.len() - self.filled;
+        let room = Self::BUFFER - self.filled;
         let taken = room.min(data.len());
-        self.buffer[self.filled..self.filled + taken].copy_from_slice(&data[..taken]);
+        self.buffer.as_mut_slice()[self.filled..self.filled + taken].copy_from_slice(&data[..taken]);
         self.filled += taken;
-        if self.filled == self.buffer.len() {
+        if self.filled == Self::BUFFER {
             self.flush_buffer()?;
         }
         Ok(taken)
@@ -255,6 +384,32 @@ impl Write for SparseWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// What O_DIRECT asks of buffers, offsets and lengths (the largest logical block in use).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A byte buffer whose start is aligned for O_DIRECT.
+struct AlignedBuffer {
+    storage: Vec<u8>,
+    start: usize,
+    length: usize,
+}
+
+impl AlignedBuffer {
+    fn new(length: usize) -> Self {
+        let storage = vec![0u8; length + DIRECT_ALIGN];
+        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuffer { storage, start, length }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.length]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.length]
     }
 }
 
@@ -326,7 +481,11 @@ mod tests {
         image[(6 << 20) + 3] = 7;
         image.truncate((10 << 20) - 512);
         let progress = Arc::new(ProgressCounter::default());
-        let mut writer = SparseWriter::new(File::create(&path).unwrap(), ZeroBlocks::Skip, progress.clone());
+        let file = File::create(&path).unwrap();
+        // With O_DIRECT where the filesystem has it: aligned runs go that way, the tail not.
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let direct = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&path).ok();
+        let mut writer = SparseWriter::new(file, ZeroBlocks::Skip, progress.clone()).with_direct(direct);
         // Odd-sized writes, as a decompressor produces them.
         for chunk in image.chunks(100_003) {
             writer.write_all(chunk).unwrap();
@@ -336,6 +495,20 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), image);
         assert_eq!(written, 2 * SparseWriter::BLOCK as u64, "only the two blocks holding data");
         assert_eq!(progress.bytes.load(Ordering::Relaxed), image.len() as u64);
+    }
+
+    #[test]
+    fn read_ahead_passes_everything_and_returns_its_reader() {
+        let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
+        let mut ahead = ReadAhead::spawn(HashingReader::new(io::Cursor::new(data.clone())), 1 << 20, 2);
+        let mut first = vec![0u8; 1000];
+        ahead.read_exact(&mut first).unwrap();
+        let (digest, bytes) = ahead.finish().unwrap().finish().unwrap();
+        assert_eq!(bytes, data.len() as u64, "bytes not taken were still hashed");
+        assert_eq!(first, data[..1000]);
+        let mut expected = HashingReader::new(io::Cursor::new(data));
+        io::copy(&mut expected, &mut io::sink()).unwrap();
+        assert_eq!(digest, expected.finish().unwrap().0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,10 @@ use kiln_types::image::ImageFormat;
 use kiln_types::provision::{AgentArtifact, CleanMode, DiskInfo, RootDeviceHints, choose_root_device};
 
 use crate::client::Server;
-use crate::io::{CountingReader, HashingReader, ProgressCounter, RangeSource, ResumingDownload, SparseWriter, ZeroBlocks, decompressor};
+use crate::io::{
+    CountingReader, HashingReader, ProgressCounter, RangeSource, ReadAhead, ResumingDownload, SparseWriter, ZeroBlocks, copy_large,
+    decompressor,
+};
 
 /// Where the agent writes: the machine's disks, or (for simulations and tests) one file.
 #[derive(Debug, Clone)]
@@ -119,12 +122,19 @@ fn write_image(
     };
     let source = HttpRange { server: server.clone(), path: artifact.path.clone(), etag: format!("\"{}\"", artifact.sha256) };
     let download = ResumingDownload::new(source, artifact.size, 10, Duration::from_secs(6 * 3600));
-    let mut hashing = HashingReader::new(CountingReader { inner: download, counter: downloaded });
-    let mut writer = SparseWriter::new(file, zeros, written);
-    {
-        let mut unpacked = decompressor(&mut hashing, artifact.compression).context("starting the decompressor")?;
-        io::copy(&mut unpacked, &mut writer).context("writing the image")?;
-    }
+    let hashing = HashingReader::new(CountingReader { inner: download, counter: downloaded });
+    // Download and hash on one core, decompress and write on the other.
+    let mut ahead = ReadAhead::spawn(hashing, 1 << 20, 16);
+    let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(device).ok();
+    let mut writer = SparseWriter::new(file, zeros, written).with_direct(direct);
+    let copied = {
+        let mut unpacked = decompressor(&mut ahead, artifact.compression).context("starting the decompressor")?;
+        copy_large(&mut unpacked, &mut writer)
+    };
+    // A download error reaches the decompressor as a read error: either way, stop here
+    // (dropping the read-ahead ends its thread) rather than drain the rest.
+    copied.context("streaming the image onto the disk")?;
+    let hashing = ahead.finish().context("downloading the image")?;
     let written_bytes = writer.written;
     let (digest, bytes) = hashing.finish().context("reading the rest of the image")?;
     if bytes != artifact.size {

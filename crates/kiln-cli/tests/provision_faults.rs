@@ -192,7 +192,6 @@ struct Proxy {
     upstream: Arc<Mutex<SocketAddr>>,
     /// Artifact responses still to cut, and after how many bytes.
     cuts: Arc<AtomicUsize>,
-    cut_after: usize,
     /// Artifact requests seen, with their Range header.
     artifact_requests: Arc<Mutex<Vec<String>>>,
 }
@@ -202,7 +201,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let upstream = Arc::new(Mutex::new(upstream.trim_start_matches("http://").parse().unwrap()));
-        let proxy = Proxy { url, upstream, cuts: Arc::new(AtomicUsize::new(cuts)), cut_after, artifact_requests: Arc::default() };
+        let proxy = Proxy { url, upstream, cuts: Arc::new(AtomicUsize::new(cuts)), artifact_requests: Arc::default() };
         let (upstream, counter, requests) = (proxy.upstream.clone(), proxy.cuts.clone(), proxy.artifact_requests.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {

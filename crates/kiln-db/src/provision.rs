@@ -226,14 +226,17 @@ impl Store {
     }
 
     /// Applies one reconciler step, if `owner` still holds the node's lease (a replica that
-    /// lost it, say after a long pause, must not overwrite its successor's work). Returns
-    /// whether it was applied, with the agent token minted by the step, if any.
+    /// lost it, say after a long pause, must not overwrite its successor's work) and the node
+    /// is still where `seen` says the step was planned from (state, step and command), so
+    /// that a step planned twice is applied once. Returns whether it was applied, with the
+    /// agent token minted by the step, if any.
     pub async fn apply_transition(
         &self,
         owner: &str,
-        node_id: &str,
+        seen: &ProvisionWork,
         transition: &Transition,
     ) -> Result<Option<Option<String>>, StoreError> {
+        let node_id = seen.node.id.as_str();
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
         let Some(current) = record_of(connection, node_id).await? else { return Ok(None) };
@@ -244,6 +247,12 @@ impl Store {
             .await?
             .pop()
             .ok_or_else(|| StoreError::not_found("node", node_id))?;
+        if before.node.provision_state != seen.node.provision_state
+            || current.step != seen.record.step
+            || current.command_id != seen.record.command_id
+        {
+            return Ok(None);
+        }
         let now = crate::now_millis();
         let (token, token_hash, token_sealed) = match transition.token {
             TokenChange::Keep => (None, None, None),

@@ -586,8 +586,9 @@ async fn provisioning_leases_give_each_node_to_one_replica(store: Store, other: 
         inventory: None,
         reason: "test".into(),
     };
-    assert!(store.apply_transition(intruder, &held_by_a.node.id, &transition).await.unwrap().is_none());
-    assert!(store.apply_transition(owner, &held_by_a.node.id, &transition).await.unwrap().is_some());
+    assert!(store.apply_transition(intruder, held_by_a, &transition).await.unwrap().is_none());
+    assert!(store.apply_transition(owner, held_by_a, &transition).await.unwrap().is_some());
+    assert!(store.apply_transition(owner, held_by_a, &transition).await.unwrap().is_none(), "a step planned twice is applied once");
     assert_eq!(store.get_node(&held_by_a.node.name, &ProjectScope::All).await.unwrap().provision_state.as_str(), "manageable");
 
     // Leases that lapse (their replica died) go to whoever claims next, who is told.

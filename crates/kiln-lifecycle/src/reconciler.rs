@@ -59,7 +59,8 @@ impl Drop for ReconcilerHandle {
 /// Starts the reconciler for this replica. `wake` is shared with the API handlers.
 pub fn start(store: Store, inventory: Arc<Inventory>, settings: ReconcilerSettings, wake: Arc<Notify>) -> ReconcilerHandle {
     let owner = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let reconciler = Arc::new(Reconciler { store, inventory, settings, owner: owner.clone(), wake: wake.clone() });
+    let reconciler =
+        Arc::new(Reconciler { store, inventory, settings, owner: owner.clone(), wake: wake.clone(), in_flight: Default::default() });
     let task = tokio::spawn(reconciler.run());
     ReconcilerHandle { task, wake, owner }
 }
@@ -74,6 +75,9 @@ struct Reconciler {
     settings: ReconcilerSettings,
     owner: String,
     wake: Arc<Notify>,
+    /// Nodes a task of this replica is working on: a claim renews their lease but must not
+    /// start a second task on them.
+    in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Reconciler {
@@ -87,10 +91,15 @@ impl Reconciler {
                 match self.store.claim_provisioning(&self.owner, lease_millis, free).await {
                     Ok(claimed) => {
                         for work in claimed {
+                            if !self.in_flight.lock().expect("not poisoned").insert(work.node.id.clone()) {
+                                continue;
+                            }
                             let permit = workers.clone().acquire_owned().await.expect("the semaphore is never closed");
                             let reconciler = self.clone();
                             tokio::spawn(async move {
+                                let node_id = work.node.id.clone();
                                 reconciler.reconcile(work).await;
+                                reconciler.in_flight.lock().expect("not poisoned").remove(&node_id);
                                 drop(permit);
                             });
                         }
@@ -107,7 +116,7 @@ impl Reconciler {
 
     /// Works on one claimed node until it waits for something outside this replica.
     async fn reconcile(&self, work: ProvisionWork) {
-        let ProvisionWork { node, record, taken_over_from } = work;
+        let ProvisionWork { node, record, taken_over_from } = &work;
         let now = kiln_now();
         let decision = plan(&node, &record, now, taken_over_from.as_deref(), &self.settings.lifecycle);
         let (actions, mut transition) = match decision {
@@ -124,7 +133,7 @@ impl Reconciler {
                 tracing::info!(node = %node.name, action = action_name(action), %error, "best-effort BMC action failed");
             }
         }
-        match self.store.apply_transition(&self.owner, &node.id, &transition).await {
+        match self.store.apply_transition(&self.owner, &work, &transition).await {
             Ok(Some(_)) => {
                 let level_error = transition.last_error.is_some();
                 if level_error {
@@ -139,7 +148,7 @@ impl Reconciler {
                     self.wake.notify_one();
                 }
             }
-            Ok(None) => tracing::warn!(node = %node.name, "lease lost before the step was recorded; another replica carries on"),
+            Ok(None) => tracing::info!(node = %node.name, "step not recorded: the lease was lost or the node moved on meanwhile"),
             Err(error) => tracing::warn!(node = %node.name, %error, "recording a provisioning step failed; retried when the lease expires"),
         }
     }
