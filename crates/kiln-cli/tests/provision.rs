@@ -39,6 +39,29 @@ fn agent_binary() -> PathBuf {
     panic!("no kiln-agent under {}: run `cargo build --release -p kiln-agent`", target.display());
 }
 
+/// How long each step of the node's last operation took, from its provisioning events.
+fn phases(lab: &Lab, node: &str) -> String {
+    let events = json(&lab.kiln(Path::new(KILN), &["events", "--kind", "node_provision", "--target", node, "-F", "json"]).unwrap());
+    let mut marks: Vec<(jiff::Timestamp, String)> = Vec::new();
+    for event in events.as_array().unwrap() {
+        let at: jiff::Timestamp = event["at"].as_str().unwrap().parse().unwrap();
+        let label = match (event["action"].as_str(), event["after"]["state"].as_str(), event["after"]["step"].as_str()) {
+            (Some("node.provision.requested"), ..) => "requested".to_owned(),
+            (_, Some(state), Some(step)) => format!("{state}/{step}"),
+            (_, Some(state), None) => state.to_owned(),
+            _ => continue,
+        };
+        marks.push((at, label));
+    }
+    let start = marks.iter().rposition(|(_, label)| label == "requested").unwrap_or(0);
+    let marks = &marks[start..];
+    marks
+        .windows(2)
+        .map(|pair| format!("{} {:.1} s", pair[1].1, (pair[1].0 - pair[0].0).total(jiff::Unit::Second).unwrap()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
 }
@@ -102,7 +125,7 @@ fn a_lab_machine_is_deployed_to_disk_undeployed_and_inspected() {
     let expected = std::fs::read(&image).unwrap();
     assert!(written[..expected.len()] == expected[..], "the disk holds exactly the image");
     assert!(written[expected.len()..].iter().all(|&byte| byte == 0), "and nothing after it");
-    eprintln!("deploy to active: {deploy_seconds:.0} s");
+    eprintln!("deploy to active: {deploy_seconds:.0} s; phases: {}", phases(&lab, "node31"));
 
     // Undeploy: the disk is cleaned (no partition table, no FAT signature) and the node is
     // available again; its agent token no longer works.
