@@ -315,7 +315,8 @@ impl SparseWriter {
 
     fn write_run(&mut self, data_start: usize, data_end: usize, at: u64) -> io::Result<()> {
         let data = &self.buffer.as_slice()[data_start..data_end];
-        let aligned = at % DIRECT_ALIGN as u64 == 0 && data.len() % DIRECT_ALIGN == 0 && data_start % DIRECT_ALIGN == 0;
+        // Offset, length and memory all on a DIRECT_ALIGN boundary (a power of two).
+        let aligned = (at | data.len() as u64 | data_start as u64) & (DIRECT_ALIGN as u64 - 1) == 0;
         if let (true, Some(direct)) = (aligned, &self.direct) {
             match direct.write_all_at(data, at) {
                 Ok(()) => return Ok(()),

@@ -86,12 +86,22 @@ pub async fn deploy(
             )));
         }
     }
+    if let (Some(start), Some(end)) = (body.start_at, body.end_at)
+        && end <= start
+    {
+        return Err(ApiError::invalid(format!("end_at ({end}) must be after start_at ({start})")));
+    }
+    if body.end_at.is_some_and(|end| end <= jiff::Timestamp::now()) {
+        return Err(ApiError::invalid("end_at is in the past"));
+    }
     let target = DeployTarget {
         image: image.name.clone(),
         version: version.version,
         mode: body.mode,
         root_device_hints: body.root_device_hints,
         wait_for_callback: body.wait_for_callback,
+        start_at: body.start_at,
+        end_at: body.end_at,
     };
     request(&state, &caller, &key, Intent::Deploy(target)).await
 }

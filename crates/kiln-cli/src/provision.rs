@@ -28,8 +28,32 @@ pub struct DeployArgs {
     /// Become active only when the deployed system calls back (/boot/v1/phone-home).
     #[arg(long)]
     wait_for_callback: bool,
+    /// Start at this time: RFC 3339 (2026-12-01T08:00:00Z) or from now (+90s, +30m, +2h, +1d).
+    #[arg(long = "at", value_parser = parse_time)]
+    start_at: Option<jiff::Timestamp>,
+    /// End the reservation at this time (same forms): the node is undeployed and cleaned.
+    #[arg(long = "until", value_parser = parse_time)]
+    end_at: Option<jiff::Timestamp>,
     #[command(flatten)]
     wait: WaitFlags,
+}
+
+/// An RFC 3339 time, or `+N` seconds, minutes, hours or days from now.
+fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
+    if let Some(relative) = text.strip_prefix('+') {
+        let split = relative.find(|c: char| !c.is_ascii_digit()).unwrap_or(relative.len());
+        let (number, unit) = relative.split_at(split);
+        let number: i64 = number.parse().map_err(|_| format!("'{text}': expected +N followed by s, m, h or d"))?;
+        let seconds = match unit {
+            "s" | "" => number,
+            "m" => number * 60,
+            "h" => number * 3600,
+            "d" => number * 86400,
+            _ => return Err(format!("'{text}': the unit must be s, m, h or d")),
+        };
+        return jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(seconds)).map_err(|error| error.to_string());
+    }
+    text.parse().map_err(|error| format!("'{text}': not an RFC 3339 time such as 2026-12-01T08:00:00Z ({error})"))
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -156,6 +180,8 @@ pub async fn deploy(client: &Client, format: OutputFormat, args: DeployArgs) -> 
         },
         root_device_hints: hints,
         wait_for_callback: args.wait_for_callback,
+        start_at: args.start_at,
+        end_at: args.end_at,
     };
     request(client, format, "deploy", &args.nodes, serde_json::to_value(body)?, Some(&args.wait)).await
 }

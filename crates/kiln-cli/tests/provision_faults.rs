@@ -553,3 +553,35 @@ fn two_replicas_share_the_work_and_one_carries_on_when_the_other_dies() {
     }
     assert!(owners.len() >= 2, "both replicas carried out steps: {owners:?}");
 }
+
+/// BAAS-style reservations: a deploy that starts at a given time, and a reservation that
+/// ends at a given time, after which the node is undeployed and its disk cleaned.
+#[test]
+fn a_reservation_starts_at_its_time_and_ends_with_the_disk_cleaned() {
+    let site = Site::start();
+    site.image("os", &noise(1 << 20, 8));
+    site.node("res1", "52:54:00:00:08:01");
+    let requested = Instant::now();
+    site.kiln(&["node", "deploy", "res1", "--image", "os", "--at", "+3s", "--until", "+12s"]);
+    let status = site.status("res1");
+    assert_eq!((status["provision_state"].as_str(), status["pending"]["action"].as_str()), (Some("available"), Some("deploy")), "{status}");
+    assert!(site.kiln_fails(&["node", "inspect", "res1"]).contains("already has a 'deploy' request pending"));
+    let (node, agent_token) = site.agent_credentials("res1", "52:54:00:00:08:01");
+    assert!(requested.elapsed() >= Duration::from_secs(3), "the deploy started early: {:?}", requested.elapsed());
+    let disk = site.directory.path().join("res1.disk");
+    let (done, log) = agent_output(start_agent(&site.server.url, &node, &agent_token, &disk));
+    assert!(done, "{log}");
+    site.wait_for("res1", "active", Duration::from_secs(10), |s| s["provision_state"] == "active");
+    assert!(std::fs::read(&disk).unwrap()[..4096].iter().any(|&byte| byte != 0));
+    // At the end of the reservation the node is undeployed: an agent boots to clean it.
+    site.wait_for("res1", "cleaning", Duration::from_secs(30), |s| s["provision_state"] == "cleaning" && s["step"] == "agent");
+    assert!(requested.elapsed() >= Duration::from_secs(12), "the reservation ended early: {:?}", requested.elapsed());
+    let (node, agent_token) = site.agent_credentials("res1", "52:54:00:00:08:01");
+    let (done, log) = agent_output(start_agent(&site.server.url, &node, &agent_token, &disk));
+    assert!(done, "{log}");
+    site.wait_for("res1", "available", Duration::from_secs(10), |s| s["provision_state"] == "available");
+    assert!(std::fs::read(&disk).unwrap()[..1 << 20].iter().all(|&byte| byte == 0), "the disk was cleaned");
+    // A reservation must end after it starts.
+    let refused = site.kiln_fails(&["node", "deploy", "res1", "--image", "os", "--at", "+1h", "--until", "+30m"]);
+    assert!(refused.contains("must be after start_at"), "{refused}");
+}

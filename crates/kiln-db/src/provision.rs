@@ -325,19 +325,20 @@ impl Store {
     }
 
     /// Gives up `owner`'s lease on a node, to be looked at again at `due_at` (never, when
-    /// `None`, until something is recorded for it). Something recorded since the claim (a
-    /// request, a result, a callback) makes the node due at once instead.
-    pub async fn release_provisioning(&self, owner: &str, node_id: &str, due_at: Option<i64>) -> Result<(), StoreError> {
+    /// `None`, until something is recorded for it). If something was recorded since the
+    /// claim (a request, a result, a callback: each moves `due_at`, which was `seen_due_at`
+    /// at the claim), the recorded time stands.
+    pub async fn release_provisioning(&self, owner: &str, seen: &ProvisionWork, due_at: Option<i64>) -> Result<(), StoreError> {
         let mut transaction = self.write().await?;
         sqlx::query(
             "UPDATE node_provisioning SET lease_owner = NULL, lease_expires = NULL, \
-             due_at = CASE WHEN intent IS NOT NULL OR agent_result IS NOT NULL OR callback_at IS NOT NULL THEN $4 ELSE $3 END \
+             due_at = CASE WHEN COALESCE(due_at, -1) <> $4 THEN due_at ELSE $3 END \
              WHERE node_id = $1 AND lease_owner = $2",
         )
-        .bind(node_id)
+        .bind(&seen.node.id)
         .bind(owner)
         .bind(due_at)
-        .bind(crate::now_millis())
+        .bind(seen.record.due_at.unwrap_or(-1))
         .execute(transaction.connection())
         .await
         .map_err(StoreError::query("releasing a node's lease"))?;

@@ -138,6 +138,17 @@ fn start(node: &Node, record: &ProvisionRecord, state: ProvisionState, now: i64,
 /// held the node: a `powering` step it was carrying out may or may not have happened, so
 /// the operation fails with the reason rather than guessing.
 pub fn plan(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Option<&str>, settings: &LifecycleSettings) -> Decision {
+    match plan_step(node, record, now, interrupted, settings) {
+        // A node that becomes active with a reservation end is due again at that end.
+        Decision::Step { actions, mut transition } if transition.state == ProvisionState::Active && transition.due_at.is_none() => {
+            transition.due_at = transition.target.as_ref().and_then(|target| target.end_millis());
+            Decision::Step { actions, transition }
+        }
+        decision => decision,
+    }
+}
+
+fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Option<&str>, settings: &LifecycleSettings) -> Decision {
     use ProvisionState::*;
     if node.maintenance {
         // Paused, deadlines included; looked at again in case maintenance ends.
@@ -182,8 +193,14 @@ pub fn plan(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Option
             Decision::Step { actions: vec![], transition: Box::new(failed(node, record, reason)) }
         }
         _ => match &record.intent {
+            Some(Intent::Deploy(target)) if target.start_millis() > now => Decision::Postpone(target.start_millis()),
             Some(intent) => take_intent(node, record, intent, now, settings),
-            None => Decision::Idle,
+            None => match record.target.as_ref().and_then(|target| target.end_millis()) {
+                // The reservation is over: undeploy, as if asked.
+                Some(end) if node.provision_state == Active && end <= now => take_intent(node, record, &Intent::Undeploy, now, settings),
+                Some(end) if node.provision_state == Active => Decision::Postpone(end),
+                _ => Decision::Idle,
+            },
         },
     }
 }

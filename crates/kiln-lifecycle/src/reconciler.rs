@@ -118,16 +118,16 @@ impl Reconciler {
     async fn reconcile(&self, work: ProvisionWork) {
         let ProvisionWork { node, record, taken_over_from } = &work;
         let now = kiln_now();
-        let decision = plan(&node, &record, now, taken_over_from.as_deref(), &self.settings.lifecycle);
+        let decision = plan(node, record, now, taken_over_from.as_deref(), &self.settings.lifecycle);
         let (actions, mut transition) = match decision {
-            Decision::Idle => return self.release(&node, None).await,
-            Decision::Postpone(until) => return self.release(&node, Some(until)).await,
+            Decision::Idle => return self.release(&work, None).await,
+            Decision::Postpone(until) => return self.release(&work, Some(until)).await,
             Decision::Step { actions, transition } => (actions, *transition),
         };
         for action in actions {
-            if let Err(error) = self.carry_out(&node, action).await {
+            if let Err(error) = self.carry_out(node, action).await {
                 if action.required() {
-                    transition = failed(&node, &record, format!("{}: {error}", action_name(action)));
+                    transition = failed(node, record, format!("{}: {error}", action_name(action)));
                     break;
                 }
                 tracing::info!(node = %node.name, action = action_name(action), %error, "best-effort BMC action failed");
@@ -135,8 +135,7 @@ impl Reconciler {
         }
         match self.store.apply_transition(&self.owner, &work, &transition).await {
             Ok(Some(_)) => {
-                let level_error = transition.last_error.is_some();
-                if level_error {
+                if transition.last_error.is_some() {
                     tracing::warn!(node = %node.name, from = %node.provision_state, to = %transition.state, reason = %transition.reason, "provisioning failed");
                 } else {
                     tracing::info!(node = %node.name, from = %node.provision_state, to = %transition.state, step = ?transition.step, reason = %transition.reason, "provisioning step");
@@ -153,9 +152,9 @@ impl Reconciler {
         }
     }
 
-    async fn release(&self, node: &Node, due_at: Option<i64>) {
-        if let Err(error) = self.store.release_provisioning(&self.owner, &node.id, due_at).await {
-            tracing::warn!(node = %node.name, %error, "releasing a node's lease failed");
+    async fn release(&self, work: &ProvisionWork, due_at: Option<i64>) {
+        if let Err(error) = self.store.release_provisioning(&self.owner, work, due_at).await {
+            tracing::warn!(node = %work.node.name, %error, "releasing a node's lease failed");
         }
     }
 

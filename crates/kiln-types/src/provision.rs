@@ -116,6 +116,14 @@ pub struct DeployRequest {
     /// rather than once the image is written and the node told to reboot.
     #[serde(default)]
     pub wait_for_callback: bool,
+    /// Start the deploy at this time rather than now (the request stays pending until then).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub start_at: Option<jiff::Timestamp>,
+    /// End of the reservation: the node is undeployed and cleaned at this time.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_at: Option<jiff::Timestamp>,
 }
 
 /// What an operator asks for. Handlers record it; the reconciler carries it out.
@@ -173,6 +181,24 @@ pub struct DeployTarget {
     pub root_device_hints: RootDeviceHints,
     #[serde(default)]
     pub wait_for_callback: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub start_at: Option<jiff::Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_at: Option<jiff::Timestamp>,
+}
+
+impl DeployTarget {
+    /// When the deploy may start, in milliseconds since the epoch (0: at once).
+    pub fn start_millis(&self) -> i64 {
+        self.start_at.map_or(0, |at| at.as_millisecond())
+    }
+
+    /// When the reservation ends, in milliseconds since the epoch.
+    pub fn end_millis(&self) -> Option<i64> {
+        self.end_at.map(|at| at.as_millisecond())
+    }
 }
 
 /// What the agent reports while it works.

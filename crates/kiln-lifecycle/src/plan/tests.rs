@@ -69,7 +69,7 @@ impl Sim {
             Decision::Postpone(until) => format!("wait {} s", (until - self.now) / S),
             Decision::Step { actions, transition } => {
                 let line = format!(
-                    "{:?} -> {}{}{}{}{}",
+                    "{:?} -> {}{}{}{}{}{}",
                     actions,
                     transition.state,
                     transition.step.as_deref().map(|step| format!("/{step}")).unwrap_or_default(),
@@ -80,6 +80,10 @@ impl Sim {
                     },
                     transition.deadline.map(|deadline| format!(" deadline {} s", (deadline - self.now) / S)).unwrap_or_default(),
                     transition.last_error.as_deref().map(|error| format!(" error: {error}")).unwrap_or_default(),
+                    match (transition.state, transition.due_at) {
+                        (ProvisionState::Active, Some(due)) => format!(" due in {} s", (due - self.now) / S),
+                        _ => String::new(),
+                    },
                 );
                 self.apply(*transition);
                 line
@@ -119,6 +123,7 @@ impl Sim {
             TokenChange::Mint => record.has_agent_token = true,
             TokenChange::Clear => record.has_agent_token = false,
         }
+        record.due_at = t.due_at;
         if let Some(inventory) = t.inventory {
             self.node.properties.insert("cpus".into(), inventory.cpu_count.into());
         }
@@ -137,6 +142,8 @@ fn deploy(mode: DeployMode, wait_for_callback: bool) -> Intent {
         mode,
         root_device_hints: RootDeviceHints::default(),
         wait_for_callback,
+        start_at: None,
+        end_at: None,
     })
 }
 
@@ -256,4 +263,34 @@ fn enrol_inspect_clean_and_refused_requests() {
         request deploy
           wait 5 s
     "#]]);
+}
+
+#[test]
+fn a_reservation_starts_and_ends_on_schedule() {
+    let mut sim = Sim::new(ProvisionState::Available);
+    let at = |seconds: i64| Some(jiff::Timestamp::from_millisecond(sim_now() + seconds * S).unwrap());
+    let Intent::Deploy(mut target) = deploy(DeployMode::Disk, false) else { unreachable!() };
+    target.start_at = at(60);
+    target.end_at = at(3600);
+    sim.request(Intent::Deploy(target)).step().after(59).step().after(1).step().step().agent_result(None).step();
+    sim.after(1000).step().after(3000).step().step().agent_result(None).step();
+    sim.check(expect![[r#"
+        request deploy
+          wait 60 s
+          wait 1 s
+          [] -> deploying/powering +token
+          [BootFromNetwork] -> wait-agent/agent deadline 600 s
+        agent result: ok
+          [BootFromDisk] -> active -token due in 3540 s
+          wait 2540 s
+          [] -> undeploying/powering +token
+          [BootFromNetwork] -> cleaning/agent deadline 600 s
+        agent result: ok
+          [] -> available -token
+    "#]]);
+}
+
+/// The simulation's clock at its start (see `Sim::new`).
+fn sim_now() -> i64 {
+    1_000_000
 }
