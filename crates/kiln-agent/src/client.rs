@@ -49,6 +49,39 @@ impl Server {
         Response::read(stream)
     }
 
+    /// Sends `body` as the request body in chunked transfer encoding (its length is not
+    /// known ahead: a compressed disk) and decodes the JSON answer.
+    pub fn put_stream(&self, path: &str, body: &mut dyn Read) -> anyhow::Result<serde_json::Value> {
+        let mut stream = TcpStream::connect(&self.host_port).with_context(|| format!("connecting to {}", self.host_port))?;
+        stream.set_read_timeout(Some(self.timeout * 10))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nUser-Agent: kiln-agent/{}\r\n\
+             Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+            self.host_port,
+            self.token,
+            env!("CARGO_PKG_VERSION"),
+        );
+        stream.write_all(head.as_bytes()).context("sending a request")?;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let read = body.read(&mut buffer).context("reading what to send")?;
+            if read == 0 {
+                break;
+            }
+            stream.write_all(format!("{read:x}\r\n").as_bytes())?;
+            stream.write_all(&buffer[..read])?;
+            stream.write_all(b"\r\n").context("sending the body")?;
+        }
+        stream.write_all(b"0\r\n\r\n").context("ending the body")?;
+        let mut response = Response::read(stream)?;
+        let text = response.text()?;
+        if !(200..300).contains(&response.status) {
+            bail!(HttpStatus { status: response.status, body: text });
+        }
+        Ok(serde_json::from_str(&text).with_context(|| format!("decoding the answer to {path}"))?)
+    }
+
     /// POSTs JSON and decodes a JSON answer (or nothing, for 204).
     pub fn post_json<T: serde::Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, value: &T) -> anyhow::Result<Option<R>> {
         let body = serde_json::to_vec(value)?;

@@ -4,7 +4,8 @@
 //! progress, reports the result, then reboots or powers off as the command said.
 //!
 //! The same binary simulates nodes for scale tests: `--server`, `--node`, `--token` on the
-//! command line and `--disk-file` to write to a file instead of the machine's disks.
+//! command line (`--api` for the API listener, if it is not the server's address) and
+//! `--disk-file` to write to a file instead of the machine's disks.
 
 mod client;
 mod inspect;
@@ -25,6 +26,8 @@ use crate::work::Disks;
 
 struct Options {
     server: Server,
+    /// The API listener, for uploads too large for the boot listener (captures).
+    api: Server,
     node: String,
     disks: Disks,
     /// Exit instead of rebooting or powering off (simulations, tests).
@@ -39,18 +42,22 @@ fn kernel_argument<'a>(command_line: &'a str, name: &str) -> Option<&'a str> {
 fn options() -> anyhow::Result<Options> {
     let mut args = std::env::args().skip(1);
     let (mut server, mut node, mut token, mut disk_file, mut no_power) = (None, None, None, None, false);
+    let mut api = None;
     let mut heartbeat = Duration::from_secs(5);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--server" => server = Some(value()?),
+            "--api" => api = Some(value()?),
             "--node" => node = Some(value()?),
             "--token" => token = Some(value()?),
             "--disk-file" => disk_file = Some(PathBuf::from(value()?)),
             "--heartbeat-seconds" => heartbeat = Duration::from_secs_f64(value()?.parse().context("--heartbeat-seconds")?),
             "--no-power" => no_power = true,
             "--help" | "-h" => {
-                println!("kiln-agent [--server URL --node ID --token TOKEN] [--disk-file PATH] [--no-power] [--heartbeat-seconds N]");
+                println!(
+                    "kiln-agent [--server URL [--api URL] --node ID --token TOKEN] [--disk-file PATH] [--no-power] [--heartbeat-seconds N]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -61,8 +68,9 @@ fn options() -> anyhow::Result<Options> {
     let server = server.or_else(|| from_kernel("kiln.server")).context("no server: kiln.server= on the kernel command line")?;
     let node = node.or_else(|| from_kernel("kiln.node")).context("no node id: kiln.node= on the kernel command line")?;
     let token = token.or_else(|| from_kernel("kiln.token")).context("no token: kiln.token= on the kernel command line")?;
+    let api = api.or_else(|| from_kernel("kiln.api")).unwrap_or_else(|| server.clone());
     let disks = disk_file.map_or(Disks::Machine, Disks::File);
-    Ok(Options { server: Server::parse(&server, &token)?, node, disks, no_power, heartbeat })
+    Ok(Options { server: Server::parse(&server, &token)?, api: Server::parse(&api, &token)?, node, disks, no_power, heartbeat })
 }
 
 fn main() {
@@ -113,7 +121,10 @@ fn run(options: &Options) -> anyhow::Result<Then> {
             command => {
                 let id = command.id().expect("work commands have ids");
                 let then = match &command {
-                    AgentCommand::Inspect { then, .. } | AgentCommand::Deploy { then, .. } | AgentCommand::Clean { then, .. } => *then,
+                    AgentCommand::Inspect { then, .. }
+                    | AgentCommand::Deploy { then, .. }
+                    | AgentCommand::Clean { then, .. }
+                    | AgentCommand::Capture { then, .. } => *then,
                     _ => Then::PowerOff,
                 };
                 let result = carry_out(options, command, &heartbeat_path);
@@ -140,11 +151,13 @@ fn carry_out(options: &Options, command: AgentCommand, heartbeat_path: &str) -> 
     let (phase, total) = match &command {
         AgentCommand::Deploy { artifact, .. } => ("writing", Some(artifact.size)),
         AgentCommand::Clean { .. } => ("erasing", None),
+        AgentCommand::Capture { .. } => ("capturing", None),
         _ => ("inspecting", None),
     };
     let started = Instant::now();
     let worker = {
-        let (server, disks, downloaded, written) = (options.server.clone(), options.disks.clone(), downloaded.clone(), written.clone());
+        let (server, api, disks) = (options.server.clone(), options.api.clone(), options.disks.clone());
+        let (downloaded, written) = (downloaded.clone(), written.clone());
         std::thread::spawn(move || -> AgentResult {
             let mut result = AgentResult { id, error: None, inventory: None, root_device: None };
             let outcome = match command {
@@ -164,6 +177,11 @@ fn carry_out(options: &Options, command: AgentCommand, heartbeat_path: &str) -> 
                     })
                 }
                 AgentCommand::Clean { mode, .. } => work::clean(&disks, mode, written).map(|_| ()),
+                AgentCommand::Capture { upload_path, root_device_hints, .. } => {
+                    work::capture(&api, &disks, &root_device_hints, &upload_path, written).map(|version| {
+                        eprintln!("kiln-agent: the disk is now version {version}");
+                    })
+                }
                 _ => Ok(()),
             };
             result.error = outcome.err().map(|error| format!("{error:#}"));

@@ -231,3 +231,15 @@ fn erase_all(device: &Path, size: u64, progress: &ProgressCounter) -> anyhow::Re
     file.sync_all()?;
     Ok(())
 }
+
+/// Reads the root device the hints choose and sends it, zstd-compressed (runs of zeros
+/// shrink to almost nothing), to the server, which stores it as a new image version.
+pub fn capture(api: &Server, disks: &Disks, hints: &RootDeviceHints, upload_path: &str, read: Arc<ProgressCounter>) -> anyhow::Result<i64> {
+    let (device, _) = disks.root_device(hints)?;
+    let file = File::open(&device).with_context(|| format!("opening {}", device.display()))?;
+    eprintln!("kiln-agent: capturing {}", device.display());
+    let counted = CountingReader { inner: io::BufReader::with_capacity(4 << 20, file), counter: read };
+    let mut compressed = zstd::stream::read::Encoder::new(counted, 3).context("starting the compressor")?;
+    let version = api.put_stream(upload_path, &mut compressed).context("sending the disk")?;
+    version["version"].as_i64().context("the server's answer names no version")
+}

@@ -36,6 +36,9 @@ pub struct BootSettings {
     pub auto_enroll: bool,
     /// The image whose highest version's kernel and initrd boot the node agent.
     pub ramdisk_image: String,
+    /// The API listener's URL, where agents send what is too large for the boot listener
+    /// (a captured disk).
+    pub api_url: String,
 }
 
 fn invalid(error: kiln_boot::InvalidBootParams) -> ApiError {
@@ -147,7 +150,7 @@ pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): Query
 async fn provisioning_script(state: &ApiState, node: &kiln_types::node::Node, mac: MacAddress) -> ApiResult<Option<String>> {
     use kiln_types::ProvisionState::*;
     use kiln_types::provision::DeployMode;
-    let agent_states = matches!(node.provision_state, Deploying | WaitAgent | Inspecting | Undeploying | Cleaning);
+    let agent_states = matches!(node.provision_state, Deploying | WaitAgent | Inspecting | Undeploying | Cleaning | Capturing);
     if !agent_states && node.provision_state != Active {
         return Ok(None);
     }
@@ -174,7 +177,7 @@ async fn provisioning_script(state: &ApiState, node: &kiln_types::node::Node, ma
     let Some((kernel, initrd)) = ramdisk_urls(state, node).await else { return Ok(Some(kiln_boot::unknown_machine_script(&context))) };
     let ramdisk = kiln_boot::RamdiskUrls { kernel: &kernel, initrd: &initrd };
     tracing::info!(node = %node.name, %mac, state = %node.provision_state, "deploy ramdisk boot script served");
-    Ok(Some(kiln_boot::agent_script(&context, ramdisk, &node.id, &token)))
+    Ok(Some(kiln_boot::agent_script(&context, ramdisk, &node.id, &token, &state.boot.api_url)))
 }
 
 /// The kernel and initramfs URLs of the deploy ramdisk's highest version.

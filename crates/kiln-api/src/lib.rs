@@ -93,6 +93,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/nodes/{node}/clean", post(provision::clean))
         .route("/nodes/{node}/manage", post(provision::manage))
         .route("/nodes/{node}/provide", post(provision::provide))
+        .route("/nodes/{node}/capture", post(provision::capture))
         .route("/discover/static", post(nodes::discover_static))
         .route("/discover/redfish", post(bmc_discovery::discover_redfish))
         .route("/projects", get(tenancy::list_projects).post(tenancy::create_project))
@@ -177,6 +178,8 @@ fn node_routes(state: &ApiState) -> Router<ApiState> {
         .route("/agent/v1/nodes/{node}/heartbeat", post(provision::heartbeat))
         .route("/agent/v1/nodes/{node}/result", post(provision::result))
         .route("/agent/v1/nodes/{node}/artifact", get(provision::artifact))
+        // A disk image streamed in: no body limit applies.
+        .route("/agent/v1/nodes/{node}/capture", put(provision::capture_upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/healthz", get(healthz))
 }
 

@@ -144,6 +144,31 @@ pub async fn clean(
     request(&state, &caller, &key, Intent::Clean { mode: body.mode }).await
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    /// The image the node's disk becomes a new version of; you must be able to change it.
+    pub image: String,
+}
+
+/// Reads a deployed node's disk into a new version of an image (the node boots into the
+/// agent for it, then boots its disk again).
+#[utoipa::path(post, path = "/v1/nodes/{node}/capture", tag = "provisioning", request_body = CaptureRequest,
+    responses((status = 202, body = ProvisionStatus), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn capture(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    JsonBody(body): JsonBody<CaptureRequest>,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    let image = crate::images::writable_image(&state, &caller, &body.image).await?;
+    let status = state.store.provision_status(&key, &caller.read_scope()).await?;
+    if status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Live) {
+        return Err(ApiError::invalid(format!("node '{key}' runs its image live: there is no disk to capture")));
+    }
+    request(&state, &caller, &key, Intent::Capture { image: image.name }).await
+}
+
 #[utoipa::path(post, path = "/v1/nodes/{node}/manage", tag = "provisioning",
     responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn manage(
@@ -215,7 +240,8 @@ pub async fn heartbeat(
         ProvisionState::WaitAgent => deploy_artifact(&state, &node.id, &record).await?,
         _ => None,
     };
-    let command = kiln_lifecycle::agent::agent_command(node.provision_state, &record, artifact);
+    let capture_path = format!("/agent/v1/nodes/{}/capture", node.id);
+    let command = kiln_lifecycle::agent::agent_command(node.provision_state, &record, artifact, &capture_path);
     if heartbeat.running.is_none() && command.id().is_some() {
         tracing::info!(node = %node.name, command = ?command.id(), state = %node.provision_state, "agent given a command");
     }
@@ -260,4 +286,28 @@ pub async fn artifact(
     let version = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?;
     let artifact = crate::images::artifact_of(&version, "disk")?;
     crate::images::serve_artifact(&state, &version, artifact, &method, &headers).await
+}
+
+/// A capture's upload: the node's disk as its agent reads it (zstd-compressed, streamed),
+/// stored as a new version of the image the capture names. The agent reports the result
+/// afterwards, as for any command.
+#[utoipa::path(put, path = "/agent/v1/nodes/{node}/capture", tag = "agent",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = kiln_types::image::ImageVersion), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn capture_upload(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(node_id): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<kiln_types::image::ImageVersion>)> {
+    let (node, record) = agent(&state, &headers, &node_id).await?;
+    let image = match (node.provision_state, &record.operation.capture_image) {
+        (ProvisionState::Capturing, Some(image)) if record.agent_result.is_none() => image.clone(),
+        _ => return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node '{}' is not capturing", node.name))),
+    };
+    let note = format!("captured from node {}", node.name);
+    let version =
+        crate::uploads::ingest_body_as_version(&state, &format!("node:{}", node.name), &image, ArtifactKind::Disk, body, note).await?;
+    tracing::info!(node = %node.name, image = %image, version = version.version, "disk captured");
+    Ok((StatusCode::CREATED, Json(version)))
 }

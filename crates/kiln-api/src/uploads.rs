@@ -323,6 +323,61 @@ async fn finish_upload(
     result
 }
 
+/// Streams a request body straight into a new version of `image` with one artifact of
+/// `kind` (a node's captured disk): spooled and hashed as it arrives, inspected, stored whole.
+pub(crate) async fn ingest_body_as_version(
+    state: &ApiState,
+    actor: &str,
+    image: &str,
+    kind: ArtifactKind,
+    body: Body,
+    note: String,
+) -> ApiResult<kiln_types::image::ImageVersion> {
+    let id = format!("capture-{}", uuid::Uuid::new_v4().simple());
+    let path = SpoolFile::path_in(state.images.blobs.spool_dir(), &id);
+    let create_path = path.clone();
+    let spool = tokio::task::spawn_blocking(move || SpoolFile::create(&create_path, None))
+        .await
+        .expect("no panic")
+        .map_err(|error| spool_error("creating the capture's spool file", &error))?;
+    let mut stream = body.into_data_stream();
+    let (spool, pumped) = pump_into_spool(spool, &mut stream).await;
+    let finished = match pumped {
+        Ok(()) => tokio::task::spawn_blocking(move || spool.finish()).await.expect("no panic"),
+        Err(error) => {
+            drop(spool);
+            remove_spool(state, &id).await;
+            let message = match error {
+                PumpError::Spool(error) => error.to_string(),
+                PumpError::Source(message) => message,
+            };
+            return Err(ApiError::invalid(format!("the capture broke off: {message}")));
+        }
+    };
+    let (digests, head) = match finished {
+        Ok(finished) => finished,
+        Err(error) => {
+            remove_spool(state, &id).await;
+            return Err(spool_error("writing the capture", &error));
+        }
+    };
+    let artifact = match store_spooled(state, &path, digests, &head, kind, None, None).await {
+        Ok(artifact) => artifact,
+        Err(error) => {
+            remove_spool(state, &id).await;
+            return Err(error);
+        }
+    };
+    let spec = NewVersion {
+        version: None,
+        base: None,
+        artifacts: vec![NewArtifact { artifact, source_etag: None, source_modified: None }],
+        tags: Vec::new(),
+        note,
+    };
+    Ok(state.store.create_version(actor, image, &spec).await?)
+}
+
 #[utoipa::path(post, path = "/v1/images/{image}/versions", tag = "images", params(("image" = String, Path)), request_body = VersionInput,
     responses((status = 201, body = ImageVersion), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_version(

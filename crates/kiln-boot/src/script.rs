@@ -102,12 +102,12 @@ pub struct RamdiskUrls<'a> {
 
 /// The script that boots the deploy ramdisk, telling `kiln-agent` where the server is, which
 /// node it runs on and the operation's token (valid only until the operation ends).
-pub fn agent_script(context: &ScriptContext<'_>, ramdisk: RamdiskUrls<'_>, node_id: &str, agent_token: &str) -> String {
+pub fn agent_script(context: &ScriptContext<'_>, ramdisk: RamdiskUrls<'_>, node_id: &str, agent_token: &str, api_url: &str) -> String {
     let name = context.node.map_or("this machine", |node| node.name.as_str());
     format!(
         "#!ipxe\necho Kiln: {name} ({mac}) boots the deploy agent\n\
          kernel --name kernel {kernel} initrd=initrd console=tty0 console=ttyS0,115200 quiet \
-         kiln.server={server} kiln.node={node_id} kiln.token={agent_token} || goto retry\n\
+         kiln.server={server} kiln.api={api_url} kiln.node={node_id} kiln.token={agent_token} || goto retry\n\
          initrd --name initrd {initrd} || goto retry\nboot || goto retry\n{tail}",
         mac = context.mac,
         kernel = ramdisk.kernel,
@@ -217,7 +217,7 @@ mod tests {
         expect_test::expect![[r#"
             #!ipxe
             echo Kiln: nid001 (52:54:00:be:ef:01) boots the deploy agent
-            kernel --name kernel http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/kernel initrd=initrd console=tty0 console=ttyS0,115200 quiet kiln.server=http://10.77.0.1:8081 kiln.node=3d3c kiln.token=kiln_secret || goto retry
+            kernel --name kernel http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/kernel initrd=initrd console=tty0 console=ttyS0,115200 quiet kiln.server=http://10.77.0.1:8081 kiln.api=http://10.77.0.1:8080 kiln.node=3d3c kiln.token=kiln_secret || goto retry
             initrd --name initrd http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/initrd || goto retry
             boot || goto retry
             :retry
@@ -225,7 +225,7 @@ mod tests {
             sleep 10
             chain --replace --autofree http://10.77.0.1:8081/boot/v1/bootscript?mac=52:54:00:be:ef:01 || goto retry
         "#]]
-        .assert_eq(&agent_script(&context, ramdisk, "3d3c", "kiln_secret"));
+        .assert_eq(&agent_script(&context, ramdisk, "3d3c", "kiln_secret", "http://10.77.0.1:8080"));
         expect_test::expect![[r#"
             #!ipxe
             echo Kiln: nid001 (52:54:00:be:ef:01) boots from its local disk

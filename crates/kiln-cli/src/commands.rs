@@ -178,6 +178,8 @@ pub enum NodeCommand {
     Provide(crate::provision::NodesWithWait),
     /// Wait until the nodes reach a state.
     Wait(crate::provision::WaitArgs),
+    /// Read a deployed node's disk into a new version of an image.
+    Capture(crate::provision::CaptureArgs),
     /// A node's provisioning: state, step, progress, last error.
     Provision { node: String },
     /// Pause (on) or resume (off) automation for nodes.
@@ -197,6 +199,7 @@ pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -
         NodeCommand::Provide(args) => crate::provision::simple(client, format, "provide", args).await,
         NodeCommand::Wait(args) => crate::provision::wait(client, format, args).await,
         NodeCommand::Provision { node } => crate::provision::status(client, format, &node).await,
+        NodeCommand::Capture(args) => crate::provision::capture(client, format, args).await,
         NodeCommand::Maintenance(args) => crate::provision::maintenance(client, args).await,
         NodeCommand::List { group, state, project, mac, limit } => {
             let mut query = Vec::new();

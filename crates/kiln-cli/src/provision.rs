@@ -92,6 +92,16 @@ pub struct CleanArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct CaptureArgs {
+    node: String,
+    /// The image to add a version to (yours to change).
+    #[arg(long)]
+    image: String,
+    #[command(flatten)]
+    wait: WaitFlags,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct WaitArgs {
     #[arg(required = true)]
     nodes: Vec<String>,
@@ -124,6 +134,7 @@ fn outcome_states(request: &str) -> (&'static [ProvisionState], &'static [Provis
         "undeploy" | "clean" => (&[Available, Manageable], &[CleanFailed]),
         "inspect" => (&[Manageable, Available], &[InspectFailed]),
         "manage" => (&[Manageable], &[]),
+        "capture" => (&[Active], &[]),
         _ => (&[Available], &[]),
     }
 }
@@ -184,6 +195,18 @@ pub async fn deploy(client: &Client, format: OutputFormat, args: DeployArgs) -> 
         end_at: args.end_at,
     };
     request(client, format, "deploy", &args.nodes, serde_json::to_value(body)?, Some(&args.wait)).await
+}
+
+pub async fn capture(client: &Client, format: OutputFormat, args: CaptureArgs) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "image": args.image });
+    request(client, format, "capture", std::slice::from_ref(&args.node), body, Some(&args.wait)).await?;
+    if args.wait.wait {
+        let status: ProvisionStatus = client.get(&format!("/v1/nodes/{}/provision", encode(&args.node))).await?;
+        if let Some(error) = status.last_error {
+            bail!("the capture failed: {error}");
+        }
+    }
+    Ok(())
 }
 
 pub async fn clean(client: &Client, format: OutputFormat, args: CleanArgs) -> anyhow::Result<()> {

@@ -585,3 +585,50 @@ fn a_reservation_starts_at_its_time_and_ends_with_the_disk_cleaned() {
     let refused = site.kiln_fails(&["node", "deploy", "res1", "--image", "os", "--at", "+1h", "--until", "+30m"]);
     assert!(refused.contains("must be after start_at"), "{refused}");
 }
+
+/// Capture: a deployed node's disk, read by its agent, becomes a new version of an image
+/// whose bytes are the disk's; the node is active again, and a capture cannot be aimed at
+/// an image the requester may not change.
+#[test]
+fn a_deployed_node_s_disk_is_captured_as_a_new_image_version() {
+    let site = Site::start();
+    let mut bytes = noise(2 << 20, 9);
+    bytes.extend(std::iter::repeat_n(0u8, 6 << 20)); // a disk is mostly empty
+    site.image("os", &bytes);
+    site.node("cap1", "52:54:00:00:09:01");
+    site.kiln(&["node", "deploy", "cap1", "--image", "os"]);
+    let (node, agent_token) = site.agent_credentials("cap1", "52:54:00:00:09:01");
+    let disk = site.directory.path().join("cap1.disk");
+    let (done, log) = agent_output(start_agent(&site.server.url, &node, &agent_token, &disk));
+    assert!(done, "{log}");
+    site.wait_for("cap1", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
+    // The node's system changed its disk since the deploy.
+    let mut changed = std::fs::read(&disk).unwrap();
+    changed[3 << 20..(3 << 20) + 11].copy_from_slice(b"hello, kiln");
+    std::fs::write(&disk, &changed).unwrap();
+
+    site.kiln(&["image", "create", "golden"]);
+    site.kiln(&["node", "capture", "cap1", "--image", "golden"]);
+    let (node, agent_token) = site.agent_credentials("cap1", "52:54:00:00:09:01");
+    let (done, log) = agent_output(start_agent(&site.server.url, &node, &agent_token, &disk));
+    assert!(done, "{log}");
+    assert!(log.contains("the disk is now version 1"), "{log}");
+    let status = site.wait_for("cap1", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
+    assert!(status["last_error"].is_null(), "{status}");
+    let versions: serde_json::Value = serde_json::from_str(&site.kiln(&["image", "versions", "golden", "-F", "json"])).unwrap();
+    let artifact = &versions[0]["artifacts"][0];
+    assert_eq!((artifact["kind"].as_str(), artifact["compression"].as_str()), (Some("disk"), Some("zstd")), "{versions}");
+    assert!(artifact["size"].as_u64().unwrap() < 3 << 20, "zero blocks cost nothing: {artifact}");
+    assert!(versions[0]["note"].as_str().unwrap().contains("cap1"));
+    let downloaded = site.directory.path().join("golden.zst");
+    site.kiln(&["image", "download", "golden:1", "-o", &downloaded.display().to_string()]);
+    let unpacked = Command::new("zstd").args(["-d", "-c", "-q"]).arg(&downloaded).output().unwrap();
+    assert!(unpacked.status.success());
+    assert!(unpacked.stdout == changed, "the new version's bytes are the disk's");
+
+    // Someone else's image: refused up front, and a node must be deployed to be captured.
+    let refused = site.kiln_fails(&["node", "capture", "cap1", "--image", "no-such-image"]);
+    assert!(refused.contains("not found"), "{refused}");
+    site.node("cap2", "52:54:00:00:09:02");
+    assert!(site.kiln_fails(&["node", "capture", "cap2", "--image", "golden"]).contains("cannot capture node 'cap2' in state available"));
+}

@@ -94,7 +94,7 @@ fn status(node: &Node, record: Option<&ProvisionRecord>) -> ProvisionStatus {
 /// States in which a node is being worked on: a new request must wait for them to end.
 fn busy(state: ProvisionState) -> bool {
     use ProvisionState::*;
-    matches!(state, Inspecting | Deploying | WaitAgent | Undeploying | Cleaning)
+    matches!(state, Inspecting | Deploying | WaitAgent | Undeploying | Cleaning | Capturing)
 }
 
 impl Store {

@@ -12,7 +12,8 @@ pub const IDLE_HEARTBEAT_SECONDS: u32 = 5;
 /// The command for an agent on a node in `state`. `artifact` is the deploy's disk image,
 /// resolved by the caller. An agent whose command has a result recorded is told to wait: the
 /// reconciler decides what comes next, and the token ends with the operation.
-pub fn agent_command(state: ProvisionState, record: &ProvisionRecord, artifact: Option<AgentArtifact>) -> AgentCommand {
+/// `capture_path` is where a capture uploads to.
+pub fn agent_command(state: ProvisionState, record: &ProvisionRecord, artifact: Option<AgentArtifact>, capture_path: &str) -> AgentCommand {
     let wait = AgentCommand::Wait { seconds: IDLE_HEARTBEAT_SECONDS };
     if record.step.as_deref() != Some(STEP_AGENT) || record.agent_result.is_some() {
         return wait;
@@ -27,6 +28,12 @@ pub fn agent_command(state: ProvisionState, record: &ProvisionRecord, artifact: 
         },
         ProvisionState::Inspecting => AgentCommand::Inspect { id, then: Then::PowerOff },
         ProvisionState::Cleaning => AgentCommand::Clean { id, mode: record.operation.clean_mode, then: Then::PowerOff },
+        ProvisionState::Capturing => AgentCommand::Capture {
+            id,
+            upload_path: capture_path.to_owned(),
+            root_device_hints: record.target.as_ref().map(|target| target.root_device_hints.clone()).unwrap_or_default(),
+            then: Then::Reboot,
+        },
         _ => wait,
     }
 }

@@ -103,7 +103,9 @@ fn to(node: &Node, record: &ProvisionRecord, state: ProvisionState, step: Option
 pub fn failure_state(state: ProvisionState) -> ProvisionState {
     use ProvisionState::*;
     match state {
-        Deploying | WaitAgent | Active | DeployFailed => DeployFailed,
+        Deploying | WaitAgent | DeployFailed => DeployFailed,
+        // A failed capture leaves the disk as it was: the node goes back to running it.
+        Capturing | Active => Active,
         Inspecting | InspectFailed => InspectFailed,
         _ => CleanFailed,
     }
@@ -160,7 +162,7 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
         return Decision::Step { actions: vec![], transition: Box::new(failed(node, record, reason)) };
     }
     match node.provision_state {
-        Deploying | Inspecting | Undeploying | Cleaning if step == Some(STEP_POWERING) => {
+        Deploying | Inspecting | Undeploying | Cleaning | Capturing if step == Some(STEP_POWERING) => {
             let waiting = |state| Transition {
                 deadline: Some(now + millis(settings.agent_boot_timeout)),
                 due_at: Some(now + millis(settings.agent_boot_timeout)),
@@ -172,11 +174,12 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
                 }
                 Deploying => waiting(WaitAgent),
                 Inspecting => waiting(Inspecting),
+                Capturing => waiting(Capturing),
                 _ => waiting(Cleaning),
             };
             Decision::Step { actions: vec![Action::BootFromNetwork], transition: Box::new(transition) }
         }
-        WaitAgent | Inspecting | Cleaning if step == Some(STEP_AGENT) => agent_waiting(node, record, now, settings),
+        WaitAgent | Inspecting | Cleaning | Capturing if step == Some(STEP_AGENT) => agent_waiting(node, record, now, settings),
         WaitAgent if step == Some(STEP_WAIT_CALLBACK) => {
             if record.callback_at.is_some() {
                 let transition = Transition { consume_result: true, ..to(node, record, Active, None, "the deployed system called back") };
@@ -188,7 +191,7 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
             }
         }
         // A waiting state with a step this version does not know: fail rather than hang.
-        Deploying | WaitAgent | Inspecting | Undeploying | Cleaning => {
+        Deploying | WaitAgent | Inspecting | Undeploying | Cleaning | Capturing => {
             let reason = format!("no known step '{}' in {}", step.unwrap_or("none"), node.provision_state);
             Decision::Step { actions: vec![], transition: Box::new(failed(node, record, reason)) }
         }
@@ -234,7 +237,7 @@ fn take_intent(node: &Node, record: &ProvisionRecord, intent: &Intent, now: i64,
         Intent::Inspect => {
             let inspect_return = if state == Available { Available } else { Manageable };
             Transition {
-                operation: Operation { clean_mode: CleanMode::Fast, return_to: Some(inspect_return) },
+                operation: Operation { clean_mode: CleanMode::Fast, return_to: Some(inspect_return), capture_image: None },
                 ..start(node, record, Inspecting, now, true, "inspection requested".into())
             }
         }
@@ -250,11 +253,15 @@ fn take_intent(node: &Node, record: &ProvisionRecord, intent: &Intent, now: i64,
             )
         },
         Intent::Undeploy => Transition {
-            operation: Operation { clean_mode: settings.undeploy_clean_mode, return_to: Some(Available) },
+            operation: Operation { clean_mode: settings.undeploy_clean_mode, return_to: Some(Available), capture_image: None },
             ..start(node, record, Undeploying, now, true, "undeploy requested".into())
         },
+        Intent::Capture { image } => Transition {
+            operation: Operation { clean_mode: CleanMode::Fast, return_to: Some(Active), capture_image: Some(image.clone()) },
+            ..start(node, record, Capturing, now, true, format!("capture into {image} requested"))
+        },
         Intent::Clean { mode } => Transition {
-            operation: Operation { clean_mode: *mode, return_to: Some(return_to) },
+            operation: Operation { clean_mode: *mode, return_to: Some(return_to), capture_image: None },
             ..start(
                 node,
                 record,
@@ -273,7 +280,9 @@ fn agent_waiting(node: &Node, record: &ProvisionRecord, now: i64, settings: &Lif
     if let Some(result) = &record.agent_result {
         if let Some(error) = &result.error {
             let transition = failed(node, record, format!("agent: {error}"));
-            return Decision::Step { actions: vec![], transition: Box::new(transition) };
+            // A node whose capture failed boots its own disk again.
+            let actions = if node.provision_state == Capturing { vec![Action::BootFromNetwork] } else { vec![] };
+            return Decision::Step { actions, transition: Box::new(transition) };
         }
         let done =
             |state, reason: &str| Transition { token: TokenChange::Clear, consume_result: true, ..to(node, record, state, None, reason) };
@@ -291,6 +300,10 @@ fn agent_waiting(node: &Node, record: &ProvisionRecord, now: i64, settings: &Lif
                     done(Active, "image written; the node reboots from its disk")
                 };
                 Decision::Step { actions: vec![Action::BootFromDisk], transition: Box::new(transition) }
+            }
+            Capturing => {
+                let transition = done(Active, "disk captured; the node boots it again");
+                Decision::Step { actions: vec![], transition: Box::new(transition) }
             }
             Inspecting => {
                 let transition = Transition {

@@ -128,6 +128,11 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|source| StartError::Listen { address, source })?),
         None => None,
     };
+    // Port 0 (tests): the URL is known only once bound.
+    let api_url = match config.listen.port() == 0 && config.public_url.ends_with(":0") {
+        true => format!("http://{local_addr}"),
+        false => config.public_url.clone(),
+    };
     let boot_url = match (&config.boot.public_url, &boot_listener) {
         (Some(url), _) => url.clone(),
         (None, Some(listener)) => {
@@ -135,7 +140,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
             let host = if address.ip().is_unspecified() { local_addr.ip() } else { address.ip() };
             format!("http://{}", SocketAddr::new(host, address.port()))
         }
-        (None, None) => config.public_url.clone(),
+        (None, None) => api_url.clone(),
     };
     let boot = kiln_api::boot::BootSettings {
         public_url: boot_url.clone(),
@@ -143,6 +148,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         ipxe_dir: config.boot.ipxe_dir.clone(),
         auto_enroll: config.boot.auto_enroll,
         ramdisk_image: config.provisioning.ramdisk_image.clone(),
+        api_url: api_url.clone(),
     };
     let dhcp = match &config.dhcp {
         Some(dhcp) => {

@@ -29,10 +29,12 @@ pub enum ProvisionState {
     Undeploying,
     Cleaning,
     CleanFailed,
+    /// Booted into the agent, which uploads the disk as a new image version.
+    Capturing,
 }
 
 impl ProvisionState {
-    pub const ALL: [ProvisionState; 13] = [
+    pub const ALL: [ProvisionState; 14] = [
         Self::Discovered,
         Self::Enroll,
         Self::Manageable,
@@ -46,6 +48,7 @@ impl ProvisionState {
         Self::Undeploying,
         Self::Cleaning,
         Self::CleanFailed,
+        Self::Capturing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +66,7 @@ impl ProvisionState {
             Self::Undeploying => "undeploying",
             Self::Cleaning => "cleaning",
             Self::CleanFailed => "clean-failed",
+            Self::Capturing => "capturing",
         }
     }
 }

@@ -141,6 +141,11 @@ pub enum Intent {
     Clean {
         mode: CleanMode,
     },
+    /// Read the node's disk into a new version of `image` (BAAS's image update, BMI's
+    /// snapshot); the node then boots its disk again.
+    Capture {
+        image: String,
+    },
 }
 
 impl Intent {
@@ -152,6 +157,7 @@ impl Intent {
             Intent::Deploy(_) => "deploy",
             Intent::Undeploy => "undeploy",
             Intent::Clean { .. } => "clean",
+            Intent::Capture { .. } => "capture",
         }
     }
 
@@ -166,6 +172,7 @@ impl Intent {
             Intent::Deploy(_) => &[Available, DeployFailed],
             Intent::Undeploy => &[Active, DeployFailed],
             Intent::Clean { .. } => &[Manageable, Available, CleanFailed],
+            Intent::Capture { .. } => &[Active],
         }
     }
 }
@@ -280,6 +287,14 @@ pub enum AgentCommand {
         mode: CleanMode,
         then: Then,
     },
+    /// Read the root device and send it, zstd-compressed, with PUT to `upload_path` on the
+    /// server's API address.
+    Capture {
+        id: u64,
+        upload_path: String,
+        root_device_hints: RootDeviceHints,
+        then: Then,
+    },
     /// The operation is over (or was never the agent's): power off.
     PowerOff,
 }
@@ -297,7 +312,10 @@ pub enum Then {
 impl AgentCommand {
     pub fn id(&self) -> Option<u64> {
         match self {
-            AgentCommand::Inspect { id, .. } | AgentCommand::Deploy { id, .. } | AgentCommand::Clean { id, .. } => Some(*id),
+            AgentCommand::Inspect { id, .. }
+            | AgentCommand::Deploy { id, .. }
+            | AgentCommand::Clean { id, .. }
+            | AgentCommand::Capture { id, .. } => Some(*id),
             _ => None,
         }
     }
@@ -353,6 +371,9 @@ pub struct Operation {
     pub clean_mode: CleanMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub return_to: Option<ProvisionState>,
+    /// The image a capture adds a version to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_image: Option<String>,
 }
 
 /// What the store keeps of a node's provisioning: the reconciler's input. Times are
