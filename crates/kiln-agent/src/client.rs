@@ -79,7 +79,7 @@ impl Server {
         if !(200..300).contains(&response.status) {
             bail!(HttpStatus { status: response.status, body: text });
         }
-        Ok(serde_json::from_str(&text).with_context(|| format!("decoding the answer to {path}"))?)
+        serde_json::from_str(&text).with_context(|| format!("decoding the answer to {path}"))
     }
 
     /// POSTs JSON and decodes a JSON answer (or nothing, for 204).

@@ -1,7 +1,8 @@
 //! Provisioning end to end in the lab: a QEMU machine with an empty disk, behind the lab BMC,
 //! is deployed through `kiln node deploy` (PXE to the deploy ramdisk built by `kiln build
 //! ramdisk`, kiln-agent writes and verifies the image, the machine boots its disk and the
-//! deployed system calls back), undeployed (the disk cleaned) and inspected.
+//! deployed system calls back), captured into a new image version, undeployed (the disk
+//! cleaned) and inspected.
 //!
 //! Needs what the lab needs plus SYSLINUX, mtools and dosfstools (`scripts/install-deps`),
 //! and a built `kiln-agent` (`cargo build --release -p kiln-agent`; `scripts/test` does it).
@@ -67,7 +68,7 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 #[test]
-fn a_lab_machine_is_deployed_to_disk_undeployed_and_inspected() {
+fn a_lab_machine_is_deployed_to_disk_captured_undeployed_and_inspected() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some(mut lab) = lab_or_skip() else { return };
     let kiln = Path::new(KILN);
@@ -126,6 +127,16 @@ fn a_lab_machine_is_deployed_to_disk_undeployed_and_inspected() {
     assert!(written[..expected.len()] == expected[..], "the disk holds exactly the image");
     assert!(written[expected.len()..].iter().all(|&byte| byte == 0), "and nothing after it");
     eprintln!("deploy to active: {deploy_seconds:.0} s; phases: {}", phases(&lab, "node31"));
+
+    // Capture: the deployed disk becomes a new version of an image, byte for byte; the node
+    // boots its disk again.
+    lab.kiln(kiln, &["image", "create", "lab-captured"]).unwrap();
+    lab.kiln(kiln, &["node", "capture", "node31", "--image", "lab-captured", "--wait", "--timeout", "600"])
+        .unwrap_or_else(|error| panic!("capture failed: {error}\nconsole:\n{}", std::fs::read_to_string(&console).unwrap_or_default()));
+    let captured = work.join("captured.zst");
+    lab.kiln(kiln, &["image", "download", "lab-captured:1", "-o", &captured.display().to_string()]).unwrap();
+    let unpacked = std::process::Command::new("zstd").args(["-d", "-c", "-q"]).arg(&captured).output().unwrap();
+    assert!(unpacked.status.success() && unpacked.stdout == std::fs::read(&disk).unwrap(), "the captured version is the disk");
 
     // Undeploy: the disk is cleaned (no partition table, no FAT signature) and the node is
     // available again; its agent token no longer works.
