@@ -205,7 +205,7 @@ fn versions_table(versions: &[ImageVersion]) -> String {
     table(&["version", "tags", "artifact", "format", "size", "virtual", "sha256"], rows)
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

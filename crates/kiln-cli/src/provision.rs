@@ -11,6 +11,7 @@ use kiln_client::{Client, encode};
 use kiln_types::ProvisionState;
 use kiln_types::provision::{CleanMode, DeployMode, DeployRequest, ProvisionStatus, RootDeviceHints};
 
+use crate::images::human_bytes;
 use crate::output::{OutputFormat, print, table};
 
 #[derive(Debug, clap::Args)]
@@ -236,23 +237,15 @@ pub async fn maintenance(client: &Client, args: MaintenanceArgs) -> anyhow::Resu
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b => format!("{:.1} KiB", b as f64 / 1024.0),
-    }
-}
-
 fn describe(status: &ProvisionStatus) -> String {
     let mut text = status.provision_state.to_string();
     if let Some(step) = &status.step {
         text.push_str(&format!(" ({step})"));
     }
     if let Some(progress) = &status.progress {
-        let total = progress.bytes_total.map(|total| format!(" of {}", human(total))).unwrap_or_default();
-        let rate = progress.rate.map(|rate| format!(", {}/s", human(rate))).unwrap_or_default();
-        text.push_str(&format!(" {} {}{total}{rate}", progress.phase, human(progress.bytes_done)));
+        let total = progress.bytes_total.map(|total| format!(" of {}", human_bytes(total))).unwrap_or_default();
+        let rate = progress.rate.map(|rate| format!(", {}/s", human_bytes(rate))).unwrap_or_default();
+        text.push_str(&format!(" {} {}{total}{rate}", progress.phase, human_bytes(progress.bytes_done)));
     }
     if let Some(error) = &status.last_error {
         text.push_str(&format!(": {error}"));
@@ -405,9 +398,9 @@ pub async fn build(client: Option<&Client>, format: OutputFormat, command: Build
     eprintln!(
         "built {} ({}) and {} ({}) in {:.1} s",
         kernel_out.display(),
-        human(std::fs::metadata(&kernel_out)?.len()),
+        human_bytes(std::fs::metadata(&kernel_out)?.len()),
         initrd_out.display(),
-        human(std::fs::metadata(&initrd_out)?.len()),
+        human_bytes(std::fs::metadata(&initrd_out)?.len()),
         started.elapsed().as_secs_f64()
     );
     if args.no_upload {

@@ -16,17 +16,6 @@ const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
-fn lab_or_skip() -> Option<Lab> {
-    if let Err(reason) = kiln_lab::available() {
-        if std::env::var("KILN_REQUIRE_LAB").as_deref() == Ok("1") {
-            panic!("KILN_REQUIRE_LAB=1 but the lab cannot run: {reason}");
-        }
-        eprintln!("skipping a lab test: {reason}");
-        return None;
-    }
-    Some(Lab::create().expect("creating the lab network"))
-}
-
 /// Starts the server in the lab with a kernel and the callback initrd under /boot/files.
 fn prepare(lab: &mut Lab) {
     prepare_with(lab, "");
@@ -54,7 +43,7 @@ fn phone_home_events(lab: &Lab) -> Vec<serde_json::Value> {
 
 fn known_node_boots(firmware: Firmware) {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
     prepare(&mut lab);
     let kiln = Path::new(KILN);
     lab.kiln(kiln, &["discover", "static", "-f", "yaml", "-d",
@@ -99,7 +88,7 @@ fn a_uefi_machine_loads_ipxe_by_tftp_boots_linux_and_calls_back() {
 #[test]
 fn an_unknown_machine_is_enrolled_and_boots_the_default_parameters() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
     prepare(&mut lab);
     let kiln = Path::new(KILN);
     lab.kiln(kiln, &["boot", "params", "set", "-f", "yaml", "-d", &boot_params("hosts: [Default]")]).unwrap();
@@ -120,7 +109,7 @@ fn an_unknown_machine_is_enrolled_and_boots_the_default_parameters() {
 #[test]
 fn proxy_mode_boots_a_machine_beside_the_sites_dnsmasq() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
     lab.start_site_dhcp().unwrap();
     prepare_with(&mut lab, "mode = \"proxy\"");
     let kiln = Path::new(KILN);
@@ -148,7 +137,7 @@ fn proxy_mode_boots_a_machine_beside_the_sites_dnsmasq() {
 #[test]
 fn dhcp_survives_hostile_packets_and_keeps_serving_known_nodes() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
     let kiln = Path::new(KILN);
     lab.start_server(kiln, "").unwrap();
     lab.kiln(
@@ -183,7 +172,7 @@ fn dhcp_survives_hostile_packets_and_keeps_serving_known_nodes() {
 #[test]
 fn pool_leases_survive_a_restart() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
     let kiln = Path::new(KILN);
     lab.start_server(kiln, "").unwrap();
     let host = lab.add_host().unwrap();
@@ -208,7 +197,7 @@ fn pool_leases_survive_a_restart() {
 #[test]
 fn an_arm64_uefi_machine_is_offered_and_loads_the_arm64_boot_file() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
     if !Path::new("/usr/share/AAVMF/AAVMF_CODE.fd").exists() || !Path::new("/usr/bin/qemu-system-aarch64").exists() {
         assert!(std::env::var("KILN_REQUIRE_LAB").as_deref() != Ok("1"), "KILN_REQUIRE_LAB=1 but arm64 QEMU or AAVMF is missing");
         eprintln!("skipping: qemu-system-arm and qemu-efi-aarch64 are not installed");
@@ -238,7 +227,7 @@ fn an_arm64_uefi_machine_is_offered_and_loads_the_arm64_boot_file() {
 #[test]
 fn a_lab_machine_is_powered_on_reset_and_off_through_kiln() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
     prepare(&mut lab);
     let kiln = Path::new(KILN);
     let machine = lab.add_powered_off_machine("52:54:00:be:ef:21", Firmware::Bios).unwrap();

@@ -7,38 +7,16 @@
 //! Needs what the lab needs plus SYSLINUX, mtools and dosfstools (`scripts/install-deps`),
 //! and a built `kiln-agent` (`cargo build --release -p kiln-agent`; `scripts/test` does it).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use kiln_lab::{Firmware, Lab};
+use support::agent_binary;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn lab_or_skip() -> Option<Lab> {
-    if let Err(reason) = kiln_lab::available() {
-        if std::env::var("KILN_REQUIRE_LAB").as_deref() == Ok("1") {
-            panic!("KILN_REQUIRE_LAB=1 but the lab cannot run: {reason}");
-        }
-        eprintln!("skipping a lab test: {reason}");
-        return None;
-    }
-    Some(Lab::create().expect("creating the lab network"))
-}
-
-/// The agent binary: the release build if there is one (TCG runs it much faster), else the
-/// debug build, from the same target directory as `kiln`.
-fn agent_binary() -> PathBuf {
-    let kiln = Path::new(KILN);
-    let target = kiln.parent().and_then(Path::parent).expect("kiln lives in <target>/<profile>/");
-    for profile in ["release", "debug"] {
-        let agent = target.join(profile).join("kiln-agent");
-        if agent.exists() {
-            return agent;
-        }
-    }
-    panic!("no kiln-agent under {}: run `cargo build --release -p kiln-agent`", target.display());
-}
 
 /// How long each step of the node's last operation took, from its provisioning events.
 fn phases(lab: &Lab, node: &str) -> String {
@@ -70,7 +48,7 @@ fn json(text: &str) -> serde_json::Value {
 #[test]
 fn a_lab_machine_is_deployed_to_disk_captured_undeployed_and_inspected() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
     let kiln = Path::new(KILN);
     let data = lab.start_server(kiln, "").unwrap();
     let work = lab.directory.path().to_owned();
@@ -196,7 +174,7 @@ fn live_root(directory: &Path) -> PathBuf {
 #[test]
 fn a_lab_machine_boots_a_squashfs_root_live_and_calls_back() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
     let kiln = Path::new(KILN);
     lab.start_server(kiln, "").unwrap();
     let work = lab.directory.path().to_owned();

@@ -13,21 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{ServerProcess, kiln, ok, token};
+use support::{ServerProcess, agent_binary, kiln, ok, token};
 
 /// Short timeouts, no power sync: faults show in seconds.
 const CONFIG: &str = "[provisioning]\nagent_boot_timeout_seconds = 60\nheartbeat_timeout_seconds = 4\nlease_seconds = 2\n\n\
                       [bmc]\nsync_interval_seconds = 0\ntimeout_seconds = 5\n";
-
-fn agent_binary() -> PathBuf {
-    let kiln = Path::new(support::KILN);
-    let target = kiln.parent().and_then(Path::parent).unwrap();
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.join(profile).join("kiln-agent"))
-        .find(|path| path.exists())
-        .unwrap_or_else(|| panic!("no kiln-agent under {}: run `cargo build --release -p kiln-agent`", target.display()))
-}
 
 struct Site {
     directory: tempfile::TempDir,

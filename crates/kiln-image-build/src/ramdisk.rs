@@ -191,17 +191,23 @@ sleep 10
 poweroff -f
 "#;
 
-const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+/// The script busybox's `udhcpc` runs on a lease: configure the address and route, and say
+/// so on the console under `tag` (tests read the line).
+pub fn udhcpc_script(tag: &str) -> String {
+    format!(
+        r#"#!/bin/sh
 case "$1" in
   bound|renew)
     ip addr flush dev "$interface"
-    ip addr add "$ip/${mask:-24}" dev "$interface"
-    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
-    echo "kiln-ramdisk: lease $ip on $interface"
+    ip addr add "$ip/${{mask:-24}}" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${{router%% *}}" dev "$interface"
+    echo "{tag}: lease $ip on $interface from ${{serverid:-?}} hostname ${{hostname:-none}}"
     ;;
 esac
 exit 0
-"#;
+"#
+    )
+}
 
 /// Assembles the initramfs (gzip-compressed newc cpio) into `initrd_out` and copies the
 /// kernel to `kernel_out`.
@@ -248,7 +254,7 @@ pub fn build_ramdisk(spec: &RamdiskSpec, kernel_out: &Path, initrd_out: &Path) -
         names.push(name);
     }
     std::fs::write(root.join("etc/modules.order"), names.join("\n")).map_err(write_error(&root.join("etc/modules.order")))?;
-    for (name, content) in [("init", INIT), ("etc/udhcpc.script", UDHCPC_SCRIPT)] {
+    for (name, content) in [("init", INIT.to_owned()), ("etc/udhcpc.script", udhcpc_script("kiln-ramdisk"))] {
         let path = root.join(name);
         std::fs::write(&path, content).map_err(write_error(&path))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(write_error(&path))?;

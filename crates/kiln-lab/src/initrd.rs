@@ -35,18 +35,6 @@ sleep 1
 poweroff -f
 "#;
 
-const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
-case "$1" in
-  bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/${mask:-24}" dev "$interface"
-    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
-    echo "kiln-lab: lease $ip from ${serverid:-?} hostname ${hostname:-none}"
-    ;;
-esac
-exit 0
-"#;
-
 /// Builds the initramfs into `output` (gzip-compressed newc cpio).
 pub fn build_callback_initrd(output: &Path) -> anyhow::Result<()> {
     let (_, modules) = host_kernel()?;
@@ -64,7 +52,7 @@ pub fn build_callback_initrd(output: &Path) -> anyhow::Result<()> {
         names.push(name);
     }
     std::fs::write(path.join("modules.order"), names.join("\n"))?;
-    for (name, content) in [("init", INIT), ("udhcpc.script", UDHCPC_SCRIPT)] {
+    for (name, content) in [("init", INIT.to_owned()), ("udhcpc.script", kiln_image_build::ramdisk::udhcpc_script("kiln-lab"))] {
         std::fs::write(path.join(name), content)?;
         std::fs::set_permissions(path.join(name), std::fs::Permissions::from_mode(0o755))?;
     }

@@ -129,6 +129,19 @@ pub enum Firmware {
 }
 
 impl Lab {
+    /// A lab for a test, or `None` (with the reason printed) when this machine cannot run
+    /// one; with `KILN_REQUIRE_LAB=1` that is a failure instead, so CI cannot skip the lab.
+    pub fn create_or_skip() -> Option<Lab> {
+        if let Err(reason) = available() {
+            if std::env::var("KILN_REQUIRE_LAB").as_deref() == Ok("1") {
+                panic!("KILN_REQUIRE_LAB=1 but the lab cannot run: {reason}");
+            }
+            eprintln!("skipping a lab test: {reason}");
+            return None;
+        }
+        Some(Lab::create().expect("creating the lab network"))
+    }
+
     /// Creates the namespace, the bridge and the server's address.
     pub fn create() -> anyhow::Result<Lab> {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -135,3 +135,14 @@ pub fn ok(output: Output) -> String {
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
+
+/// The `kiln-agent` binary: the release build if there is one (much faster under TCG and
+/// at hashing), else the debug build, from the target directory `kiln` was built in.
+pub fn agent_binary() -> PathBuf {
+    let target = Path::new(KILN).parent().and_then(Path::parent).expect("kiln lives in <target>/<profile>/");
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("kiln-agent"))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("no kiln-agent under {}: run `cargo build --release -p kiln-agent`", target.display()))
+}
