@@ -210,7 +210,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         let stopped = async move {
             let _ = shutdown_requested.wait_for(|requested| *requested).await;
         };
-        let _boot_services = (dhcp, tftp, boot_service, reconciler);
+        let services = (dhcp, tftp, boot_service, reconciler);
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
             tracing::error!(%error, "the API server failed");
@@ -219,6 +219,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         if let Some(power_sync) = power_sync {
             power_sync.abort();
         }
+        // Everything that uses the store stops before it closes.
+        drop(services);
         store.close().await;
         tracing::info!("server stopped");
     });
