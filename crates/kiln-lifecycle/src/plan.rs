@@ -325,7 +325,7 @@ fn agent_waiting(node: &Node, record: &ProvisionRecord, now: i64, settings: &Lif
             return Decision::Postpone(silent_until);
         }
         let reason = format!("the agent stopped heartbeating ({} s without a word)", (now - seen) / 1000);
-        return Decision::Step { actions: vec![Action::PowerOff], transition: Box::new(failed(node, record, reason)) };
+        return Decision::Step { actions: vec![after_failure(node)], transition: Box::new(failed(node, record, reason)) };
     }
     deadline_or(node, record, now, || {
         format!("no agent called in within {} s of powering the node on", settings.agent_boot_timeout.as_secs())
@@ -336,7 +336,16 @@ fn agent_waiting(node: &Node, record: &ProvisionRecord, now: i64, settings: &Lif
 fn deadline_or(node: &Node, record: &ProvisionRecord, now: i64, reason: impl FnOnce() -> String) -> Decision {
     match record.deadline {
         Some(deadline) if deadline > now => Decision::Postpone(deadline),
-        _ => Decision::Step { actions: vec![Action::PowerOff], transition: Box::new(failed(node, record, reason())) },
+        _ => Decision::Step { actions: vec![after_failure(node)], transition: Box::new(failed(node, record, reason())) },
+    }
+}
+
+/// What to do to a machine whose operation timed out: power it off, unless it was being
+/// captured, in which case its disk is intact and it boots it again.
+fn after_failure(node: &Node) -> Action {
+    match node.provision_state {
+        ProvisionState::Capturing => Action::BootFromNetwork,
+        _ => Action::PowerOff,
     }
 }
 

@@ -294,3 +294,27 @@ fn a_reservation_starts_and_ends_on_schedule() {
 fn sim_now() -> i64 {
     1_000_000
 }
+
+#[test]
+fn a_failed_capture_leaves_the_node_running_its_disk() {
+    let mut sim = Sim::new(ProvisionState::Active);
+    sim.request(Intent::Capture { image: "golden".into() }).step().step().agent_result(Some("disk read error")).step();
+    sim.request(Intent::Capture { image: "golden".into() }).step().step().after(601).step();
+    sim.request(Intent::Capture { image: "golden".into() }).step().step().agent_result(None).step();
+    sim.check(expect![[r#"
+        request capture
+          [] -> capturing/powering +token
+          [BootFromNetwork] -> capturing/agent deadline 600 s
+        agent result: disk read error
+          [BootFromNetwork] -> active -token error: agent: disk read error
+        request capture
+          [] -> capturing/powering +token
+          [BootFromNetwork] -> capturing/agent deadline 600 s
+          [BootFromNetwork] -> active -token error: no agent called in within 600 s of powering the node on
+        request capture
+          [] -> capturing/powering +token
+          [BootFromNetwork] -> capturing/agent deadline 600 s
+        agent result: ok
+          [] -> active -token
+    "#]]);
+}
