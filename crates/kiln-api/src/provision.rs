@@ -236,13 +236,18 @@ pub async fn heartbeat(
 ) -> ApiResult<Json<AgentCommand>> {
     let (node, record) = agent(&state, &headers, &node_id).await?;
     state.store.record_heartbeat(&node.id, &heartbeat).await?;
+    // An agent at work on the current command only reports progress: it is told to go on,
+    // without resolving the command's artifact again on every heartbeat.
+    if heartbeat.running == Some(record.command_id) {
+        return Ok(Json(AgentCommand::Wait { seconds: kiln_lifecycle::agent::IDLE_HEARTBEAT_SECONDS }));
+    }
     let artifact = match node.provision_state {
         ProvisionState::WaitAgent => deploy_artifact(&state, &node.id, &record).await?,
         _ => None,
     };
     let capture_path = format!("/agent/v1/nodes/{}/capture", node.id);
     let command = kiln_lifecycle::agent::agent_command(node.provision_state, &record, artifact, &capture_path);
-    if heartbeat.running.is_none() && command.id().is_some() {
+    if command.id().is_some() {
         tracing::info!(node = %node.name, command = ?command.id(), state = %node.provision_state, "agent given a command");
     }
     Ok(Json(command))

@@ -172,6 +172,12 @@ impl Store {
         Ok(status(&node, record.as_ref()))
     }
 
+    /// A node's provisioning record, for the boot script (which has the node already).
+    pub async fn provision_record(&self, node_id: &str) -> Result<Option<ProvisionRecord>, StoreError> {
+        let mut connection = self.read().await?;
+        record_of(&mut connection, node_id).await
+    }
+
     /// Claims up to `limit` nodes that are due for the reconciler and whose lease is free,
     /// expired or already `owner`'s, holding each for `lease_millis`. Each claim is a
     /// compare-and-set on the lease columns, so two replicas never both win a node.
