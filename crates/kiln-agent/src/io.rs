@@ -5,24 +5,27 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kiln_types::image::Compression;
+use kiln_types::provision::BlockMap;
 use sha2::{Digest as _, Sha256};
 
-/// Where a resumable download gets its bytes: a stream starting at `offset`.
+/// Where a resumable download gets its bytes: a stream of the bytes in `range`.
 pub trait RangeSource {
-    fn open(&mut self, offset: u64) -> io::Result<Box<dyn Read + Send>>;
+    fn open(&mut self, range: Range<u64>) -> io::Result<Box<dyn Read + Send>>;
 }
 
-/// A download of `size` bytes that, when its stream fails or ends early, opens a new one at
-/// the byte where it stopped: at most `max_retries` times in a row without progress, and
-/// never past `deadline`.
+/// A download of a range of bytes that, when its stream fails or ends early, opens a new
+/// one at the byte where it stopped: at most `max_retries` times in a row without progress,
+/// and never past `deadline`.
 pub struct ResumingDownload<S: RangeSource> {
     source: S,
+    /// Where the download ends (exclusive).
     size: u64,
     position: u64,
     current: Option<Box<dyn Read + Send>>,
@@ -34,15 +37,21 @@ pub struct ResumingDownload<S: RangeSource> {
 }
 
 impl<S: RangeSource> ResumingDownload<S> {
+    /// The whole of an artifact of `size` bytes.
     pub fn new(source: S, size: u64, max_retries: u32, total_time: Duration) -> Self {
+        Self::of_range(source, 0..size, max_retries, Instant::now() + total_time)
+    }
+
+    /// The bytes in `range`.
+    pub fn of_range(source: S, range: Range<u64>, max_retries: u32, deadline: Instant) -> Self {
         ResumingDownload {
             source,
-            size,
-            position: 0,
+            size: range.end,
+            position: range.start,
             current: None,
             failures_in_a_row: 0,
             max_retries,
-            deadline: Instant::now() + total_time,
+            deadline,
             resumed: 0,
         }
     }
@@ -75,9 +84,9 @@ impl<S: RangeSource> Read for ResumingDownload<S> {
                 return Ok(0);
             }
             if self.current.is_none() {
-                match self.source.open(self.position) {
+                match self.source.open(self.position..self.size) {
                     Ok(stream) => {
-                        if self.position > 0 {
+                        if self.failures_in_a_row > 0 {
                             self.resumed += 1;
                         }
                         self.current = Some(stream);
@@ -433,6 +442,119 @@ fn zero_out(file: &File, offset: u64, length: u64, zeros: &[u8]) -> io::Result<(
     file.write_all_at(zeros, offset)
 }
 
+/// Zeroes `length` bytes of a disk at `offset`: BLKZEROOUT where the device has it, else
+/// writes of zeros.
+pub fn zero_range(file: &File, offset: u64, length: u64) -> io::Result<()> {
+    const PIECE: u64 = 4 << 20;
+    let zeros = vec![0u8; PIECE.min(length) as usize];
+    let mut done = 0;
+    while done < length {
+        let piece = PIECE.min(length - done);
+        zero_out(file, offset + done, piece, &zeros[..piece as usize])?;
+        done += piece;
+    }
+    Ok(())
+}
+
+/// The most chunks fetched with one range request: long enough for streaming, short enough
+/// that the workers share a dense image evenly.
+const RUN_CHUNKS: usize = 16;
+
+/// Fetches the data chunks of `map` and writes each at its offset, `workers` runs at a time
+/// (so that hashing uses every core), checking each chunk's SHA-256 before writing it.
+/// Each run resumes where it stopped after a cut connection, as [`ResumingDownload`]
+/// does. Returns the bytes written; `progress` counts the chunks' bytes as they land.
+#[allow(clippy::too_many_arguments)]
+pub fn write_mapped<S: RangeSource>(
+    open_source: &(dyn Fn() -> S + Sync),
+    map: &BlockMap,
+    file: &File,
+    direct: Option<&File>,
+    workers: usize,
+    max_retries: u32,
+    deadline: Instant,
+    progress: &ProgressCounter,
+) -> io::Result<u64> {
+    let runs = map.runs(RUN_CHUNKS);
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    let chunk_size = map.chunk_size as usize;
+    let worker = || -> io::Result<()> {
+        let mut buffer = AlignedBuffer::new(chunk_size);
+        let mut direct = direct;
+        loop {
+            let run = next.fetch_add(1, Ordering::SeqCst);
+            if run >= runs.len() || stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let (first, count) = runs[run];
+            let chunks = &map.chunks[first..first + count];
+            let start = map.chunk_range(chunks[0].index).start;
+            let end = map.chunk_range(chunks[count - 1].index).end;
+            let mut download = ResumingDownload::of_range(open_source(), start..end, max_retries, deadline);
+            for chunk in chunks {
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let range = map.chunk_range(chunk.index);
+                let length = (range.end - range.start) as usize;
+                let data = &mut buffer.as_mut_slice()[..length];
+                download.read_exact(data)?;
+                let digest = hex(&Sha256::digest(&*data));
+                if digest != chunk.sha256 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "checksum mismatch in chunk {} (bytes {}-{}): its SHA-256 is {digest}, the block map says {}",
+                            chunk.index,
+                            range.start,
+                            range.end - 1,
+                            chunk.sha256
+                        ),
+                    ));
+                }
+                let aligned = length.is_multiple_of(DIRECT_ALIGN);
+                let wrote_directly = match direct {
+                    Some(handle) if aligned => match handle.write_all_at(data, range.start) {
+                        Ok(()) => true,
+                        // A filesystem without O_DIRECT (tmpfs): buffered writes from now on.
+                        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                            direct = None;
+                            false
+                        }
+                        Err(error) => return Err(error),
+                    },
+                    _ => false,
+                };
+                if !wrote_directly {
+                    file.write_all_at(data, range.start)?;
+                }
+                written.fetch_add(length as u64, Ordering::Relaxed);
+                progress.bytes.fetch_add(length as u64, Ordering::Relaxed);
+            }
+        }
+    };
+    let outcome: Vec<io::Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let result = worker();
+                    if result.is_err() {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().unwrap_or_else(|_| Err(io::Error::other("a download worker panicked")))).collect()
+    });
+    for result in outcome {
+        result?;
+    }
+    Ok(written.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,10 +567,10 @@ mod tests {
     }
 
     impl RangeSource for Flaky {
-        fn open(&mut self, offset: u64) -> io::Result<Box<dyn Read + Send>> {
-            self.opens.push(offset);
-            let start = offset as usize;
-            let end = (start + self.cut).min(self.data.len());
+        fn open(&mut self, range: Range<u64>) -> io::Result<Box<dyn Read + Send>> {
+            self.opens.push(range.start);
+            let start = range.start as usize;
+            let end = (start + self.cut).min(range.end as usize);
             Ok(Box::new(io::Cursor::new(self.data[start..end].to_vec())))
         }
     }
@@ -463,6 +585,60 @@ mod tests {
         assert_eq!(out, data);
         assert_eq!(download.source.opens, vec![0, 30_000, 60_000, 90_000]);
         assert_eq!(download.resumed, 3);
+    }
+
+    /// Serves a shared image, cutting every stream after `cut` bytes.
+    struct SharedFlaky {
+        data: Arc<Vec<u8>>,
+        cut: usize,
+    }
+
+    impl RangeSource for SharedFlaky {
+        fn open(&mut self, range: Range<u64>) -> io::Result<Box<dyn Read + Send>> {
+            let start = range.start as usize;
+            let end = (start + self.cut).min(range.end as usize);
+            Ok(Box::new(io::Cursor::new(self.data[start..end].to_vec())))
+        }
+    }
+
+    fn map_of(image: &[u8], chunk_size: usize) -> BlockMap {
+        let chunks = image
+            .chunks(chunk_size)
+            .enumerate()
+            .filter(|(_, chunk)| chunk.iter().any(|&byte| byte != 0))
+            .map(|(index, chunk)| kiln_types::provision::MappedChunk { index: index as u64, sha256: hex(&Sha256::digest(chunk)) })
+            .collect();
+        BlockMap { sha256: String::new(), size: image.len() as u64, chunk_size: chunk_size as u64, chunks }
+    }
+
+    #[test]
+    fn mapped_writes_fetch_only_data_resume_after_cuts_and_check_every_chunk() {
+        let chunk = 64 << 10;
+        let mut image = vec![0u8; 40 * chunk - 1000];
+        for index in [0usize, 1, 2, 10, 39] {
+            let end = ((index + 1) * chunk).min(image.len());
+            image[index * chunk..end].iter_mut().enumerate().for_each(|(i, byte)| *byte = (i % 249) as u8 + 1);
+        }
+        let map = map_of(&image, chunk);
+        assert_eq!(map.chunks.len(), 5);
+        let data = Arc::new(image.clone());
+        let open = || SharedFlaky { data: data.clone(), cut: 50_000 };
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("disk");
+        let file = File::create(&path).unwrap();
+        let progress = ProgressCounter::default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let written = write_mapped(&open, &map, &file, None, 2, 3, deadline, &progress).unwrap();
+        file.set_len(image.len() as u64).unwrap();
+        assert_eq!(written, map.data_bytes());
+        assert_eq!(progress.bytes.load(Ordering::Relaxed), map.data_bytes());
+        assert_eq!(std::fs::read(&path).unwrap(), image);
+
+        // A chunk whose bytes differ from the map's digest is refused, whichever worker has it.
+        let mut wrong = map.clone();
+        wrong.chunks[3].sha256 = "0".repeat(64);
+        let error = write_mapped(&open, &wrong, &file, None, 2, 3, deadline, &progress).unwrap_err();
+        assert!(error.to_string().contains("checksum mismatch in chunk 10"), "{error}");
     }
 
     #[test]

@@ -155,10 +155,13 @@ fn carry_out(options: &Options, command: AgentCommand, heartbeat_path: &str) -> 
         _ => ("inspecting", None),
     };
     let started = Instant::now();
+    // The worker hands its result over a channel, so that it is taken the moment it is
+    // ready rather than at the next tick of the heartbeat loop.
+    let (finished, results) = std::sync::mpsc::channel::<AgentResult>();
     let worker = {
         let (server, api, disks) = (options.server.clone(), options.api.clone(), options.disks.clone());
         let (downloaded, written) = (downloaded.clone(), written.clone());
-        std::thread::spawn(move || -> AgentResult {
+        std::thread::spawn(move || {
             let mut result = AgentResult { id, error: None, inventory: None, root_device: None };
             let outcome = match command {
                 AgentCommand::Inspect { .. } => {
@@ -185,14 +188,17 @@ fn carry_out(options: &Options, command: AgentCommand, heartbeat_path: &str) -> 
                 _ => Ok(()),
             };
             result.error = outcome.err().map(|error| format!("{error:#}"));
-            result
+            let _ = finished.send(result);
         })
     };
     let mut last = (Instant::now(), 0u64);
-    while !worker.is_finished() {
-        std::thread::sleep(options.heartbeat.min(Duration::from_millis(500)));
-        if last.0.elapsed() < options.heartbeat || worker.is_finished() {
-            continue;
+    let result = loop {
+        match results.recv_timeout(options.heartbeat.saturating_sub(last.0.elapsed())) {
+            Ok(result) => break result,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break AgentResult { id, error: Some("the agent's worker thread panicked".into()), inventory: None, root_device: None };
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
         let done = if phase == "writing" { downloaded.bytes.load(Ordering::Relaxed) } else { written.bytes.load(Ordering::Relaxed) };
         let rate = (done.saturating_sub(last.1) as f64 / last.0.elapsed().as_secs_f64()) as u64;
@@ -202,13 +208,8 @@ fn carry_out(options: &Options, command: AgentCommand, heartbeat_path: &str) -> 
         if let Err(error) = options.server.post_json::<_, AgentCommand>(heartbeat_path, &heartbeat) {
             eprintln!("kiln-agent: progress heartbeat failed ({error:#})");
         }
-    }
-    let result = worker.join().unwrap_or_else(|_| AgentResult {
-        id,
-        error: Some("the agent's worker thread panicked".into()),
-        inventory: None,
-        root_device: None,
-    });
+    };
+    let _ = worker.join();
     eprintln!("kiln-agent: command {id} done in {:.1} s: {}", started.elapsed().as_secs_f64(), result.error.as_deref().unwrap_or("ok"));
     result
 }

@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
+use std::ops::Range;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -10,12 +11,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use kiln_types::image::ImageFormat;
-use kiln_types::provision::{AgentArtifact, CleanMode, DiskInfo, RootDeviceHints, choose_root_device};
+use kiln_types::provision::{AgentArtifact, BlockMap, CleanMode, DiskInfo, RootDeviceHints, choose_root_device};
 
 use crate::client::Server;
 use crate::io::{
     CountingReader, HashingReader, ProgressCounter, RangeSource, ReadAhead, ResumingDownload, SparseWriter, ZeroBlocks, copy_large,
-    decompressor,
+    decompressor, write_mapped, zero_range,
 };
 
 /// Where the agent writes: the machine's disks, or (for simulations and tests) one file.
@@ -54,9 +55,11 @@ struct HttpRange {
 }
 
 impl RangeSource for HttpRange {
-    fn open(&mut self, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+    fn open(&mut self, range: Range<u64>) -> io::Result<Box<dyn Read + Send>> {
         let to_io = |error: anyhow::Error| io::Error::other(format!("{error:#}"));
-        let headers = [("Range", format!("bytes={offset}-")), ("If-Range", self.etag.clone())];
+        let offset = range.start;
+        let last = range.end.saturating_sub(1);
+        let headers = [("Range", format!("bytes={offset}-{last}")), ("If-Range", self.etag.clone())];
         let response = self.server.request("GET", &self.path, &headers, b"").map_err(to_io)?;
         let resumed_at = response
             .header("content-range")
@@ -120,6 +123,12 @@ fn write_image(
             (OpenOptions::new().write(true).open(device).with_context(|| format!("opening {}", device.display()))?, ZeroBlocks::ZeroOut)
         }
     };
+    if let Some(map_path) = &artifact.map_path {
+        match fetch_block_map(server, map_path, artifact) {
+            Ok(map) => return write_by_map(server, file, zeros, device, artifact, &map, downloaded, written),
+            Err(error) => eprintln!("kiln-agent: no block map ({error:#}); streaming the whole image"),
+        }
+    }
     let source = HttpRange { server: server.clone(), path: artifact.path.clone(), etag: format!("\"{}\"", artifact.sha256) };
     let download = ResumingDownload::new(source, artifact.size, 10, Duration::from_secs(6 * 3600));
     let hashing = HashingReader::new(CountingReader { inner: download, counter: downloaded });
@@ -145,6 +154,60 @@ fn write_image(
     }
     let image_bytes = writer.finish().context("flushing the disk")?;
     Ok(Deployed { device: device.to_owned(), image_bytes, written_bytes })
+}
+
+fn fetch_block_map(server: &Server, path: &str, artifact: &AgentArtifact) -> anyhow::Result<BlockMap> {
+    let mut response = server.request("GET", path, &[], b"")?;
+    let body = response.text()?;
+    if response.status != 200 {
+        bail!("the server answered {}: {body}", response.status);
+    }
+    let map: BlockMap = serde_json::from_str(&body).context("reading the block map")?;
+    map.check(&artifact.sha256, artifact.size).map_err(anyhow::Error::msg)?;
+    Ok(map)
+}
+
+/// Writes a raw image from its block map: only the chunks holding data are fetched (two
+/// streams at a time, each chunk checked against its SHA-256); on a machine's disk the gaps
+/// are zeroed, on a fresh file they are left as holes.
+#[allow(clippy::too_many_arguments)]
+fn write_by_map(
+    server: &Server,
+    file: File,
+    zeros: ZeroBlocks,
+    device: &Path,
+    artifact: &AgentArtifact,
+    map: &BlockMap,
+    downloaded: Arc<ProgressCounter>,
+    written: Arc<ProgressCounter>,
+) -> anyhow::Result<Deployed> {
+    eprintln!("kiln-agent: block map: {} of {} bytes hold data", map.data_bytes(), map.size);
+    if zeros == ZeroBlocks::ZeroOut {
+        let mut covered = 0;
+        for chunk in map.chunks.iter().map(|chunk| map.chunk_range(chunk.index)).chain(std::iter::once(map.size..map.size)) {
+            if chunk.start > covered {
+                zero_range(&file, covered, chunk.start - covered).with_context(|| format!("zeroing {}", device.display()))?;
+            }
+            covered = chunk.end;
+        }
+    }
+    // The zero chunks are done: progress counts from there.
+    let gaps = map.size - map.data_bytes();
+    downloaded.bytes.store(gaps, std::sync::atomic::Ordering::Relaxed);
+    written.bytes.store(gaps, std::sync::atomic::Ordering::Relaxed);
+    let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(device).ok();
+    let etag = format!("\"{}\"", artifact.sha256);
+    let open_source = || HttpRange { server: server.clone(), path: artifact.path.clone(), etag: etag.clone() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(6 * 3600);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+    let written_bytes = write_mapped(&open_source, map, &file, direct.as_ref(), workers, 10, deadline, &downloaded)
+        .context("writing the image's data chunks")?;
+    written.bytes.store(map.size, std::sync::atomic::Ordering::Relaxed);
+    if file.metadata()?.file_type().is_file() && file.metadata()?.len() < map.size {
+        file.set_len(map.size)?;
+    }
+    file.sync_all().context("flushing the disk")?;
+    Ok(Deployed { device: device.to_owned(), image_bytes: map.size, written_bytes })
 }
 
 const MIB: u64 = 1 << 20;

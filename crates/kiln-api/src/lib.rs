@@ -44,6 +44,8 @@ pub struct ApiState {
     pub(crate) cloud_init_cache: Arc<cloud_init::MetaDataCache>,
     /// Wakes this replica's reconciler when a request or an agent's result is recorded.
     pub provisioning_wake: Arc<tokio::sync::Notify>,
+    /// Block maps of raw disk images, made once per image on this replica.
+    pub(crate) block_maps: Arc<provision::BlockMaps>,
 }
 
 impl ApiState {
@@ -64,6 +66,7 @@ impl ApiState {
             cloud_init: Arc::new(cloud_init),
             cloud_init_cache: Arc::default(),
             provisioning_wake: Arc::default(),
+            block_maps: Arc::default(),
         }
     }
 
@@ -178,6 +181,7 @@ fn node_routes(state: &ApiState) -> Router<ApiState> {
         .route("/agent/v1/nodes/{node}/heartbeat", post(provision::heartbeat))
         .route("/agent/v1/nodes/{node}/result", post(provision::result))
         .route("/agent/v1/nodes/{node}/artifact", get(provision::artifact))
+        .route("/agent/v1/nodes/{node}/artifact/map", get(provision::artifact_map))
         // A disk image streamed in: no body limit applies.
         .route("/agent/v1/nodes/{node}/capture", put(provision::capture_upload).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/healthz", get(healthz))

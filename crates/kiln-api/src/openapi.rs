@@ -38,6 +38,7 @@ use utoipa::{Modify, OpenApi};
         crate::provision::status, crate::provision::deploy, crate::provision::undeploy, crate::provision::inspect,
         crate::provision::clean, crate::provision::manage, crate::provision::provide,
         crate::provision::capture, crate::provision::heartbeat, crate::provision::result, crate::provision::artifact,
+        crate::provision::artifact_map,
         crate::provision::capture_upload,
     ),
     modifiers(&BearerAuth),

@@ -8,13 +8,15 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::Response;
+use kiln_image_store::BlobId;
 use kiln_types::ProvisionState;
 use kiln_types::image::ArtifactKind;
 use kiln_types::provision::{
-    AgentArtifact, AgentCommand, AgentResult, CleanMode, DeployMode, DeployRequest, DeployTarget, Heartbeat, Intent, ProvisionRecord,
-    ProvisionStatus,
+    AgentArtifact, AgentCommand, AgentResult, BlockMap, CleanMode, DeployMode, DeployRequest, DeployTarget, Heartbeat, Intent,
+    ProvisionRecord, ProvisionStatus,
 };
 use serde::Deserialize;
+use std::sync::Arc;
 use utoipa::ToSchema;
 
 use crate::ApiState;
@@ -221,7 +223,49 @@ async fn deploy_artifact(state: &ApiState, node_id: &str, record: &ProvisionReco
         size: artifact.size,
         format: artifact.format,
         compression: artifact.compression,
+        map_path: is_mappable(artifact).then(|| format!("/agent/v1/nodes/{node_id}/artifact/map")),
     }))
+}
+
+/// Raw, uncompressed disk images get block maps: the agent then fetches only their data.
+fn is_mappable(artifact: &kiln_types::image::Artifact) -> bool {
+    artifact.compression.is_none() && artifact.format == kiln_types::image::ImageFormat::Raw
+}
+
+/// Block maps made on this replica, by image digest; at most [`BlockMaps::KEPT`] of them.
+/// A map is made once even when a thousand agents ask for it at once.
+#[derive(Default)]
+pub struct BlockMaps {
+    maps: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<Arc<BlockMap>>>>>,
+}
+
+impl BlockMaps {
+    const KEPT: usize = 64;
+
+    async fn get(&self, blobs: &kiln_image_store::BlobStore, sha256: &str) -> ApiResult<Arc<BlockMap>> {
+        let cell = {
+            let mut maps = self.maps.lock().expect("block map cache lock");
+            if maps.len() >= Self::KEPT && !maps.contains_key(sha256) {
+                // Maps are cheap to make again; whichever goes first does not matter.
+                let evicted = maps.keys().next().cloned();
+                if let Some(key) = evicted {
+                    maps.remove(&key);
+                }
+            }
+            maps.entry(sha256.to_owned()).or_default().clone()
+        };
+        let map = cell
+            .get_or_try_init(|| async {
+                let id = BlobId::parse(sha256)
+                    .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?;
+                let started = std::time::Instant::now();
+                let map = blobs.block_map(&id, BlockMap::CHUNK_SIZE).await.map_err(crate::uploads::blob_error)?;
+                tracing::info!(image = %sha256, chunks = map.chunks.len(), seconds = started.elapsed().as_secs_f64(), "block map made");
+                Ok::<_, ApiError>(Arc::new(map))
+            })
+            .await?;
+        Ok(map.clone())
+    }
 }
 
 /// The agent's heartbeat: records that it is alive and how far it got, and answers with
@@ -291,6 +335,27 @@ pub async fn artifact(
     let version = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?;
     let artifact = crate::images::artifact_of(&version, "disk")?;
     crate::images::serve_artifact(&state, &version, artifact, &method, &headers).await
+}
+
+/// The block map of the node's deploy image: its data chunks and their SHA-256, for agents
+/// to fetch and write only those. Made from the stored image (checked whole first) on the
+/// first request and kept.
+#[utoipa::path(get, path = "/agent/v1/nodes/{node}/artifact/map", tag = "agent",
+    responses((status = 200, body = BlockMap), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn artifact_map(State(state): State<ApiState>, headers: HeaderMap, Path(node_id): Path<String>) -> ApiResult<Json<BlockMap>> {
+    let (node, record) = agent(&state, &headers, &node_id).await?;
+    let target = record
+        .target
+        .as_ref()
+        .filter(|_| node.provision_state == ProvisionState::WaitAgent)
+        .ok_or_else(|| ApiError::not_found("deploy", &node.name))?;
+    let version = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?;
+    let artifact = crate::images::artifact_of(&version, "disk")?;
+    if !is_mappable(artifact) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_mapped", "only raw, uncompressed disk images have block maps"));
+    }
+    let map = state.block_maps.get(&state.images.blobs, &artifact.sha256).await?;
+    Ok(Json(BlockMap::clone(&map)))
 }
 
 /// A capture's upload: the node's disk as its agent reads it (zstd-compressed, streamed),

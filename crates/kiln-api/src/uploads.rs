@@ -95,6 +95,10 @@ pub(crate) fn blob_error(error: BlobError) -> ApiError {
     }
     match error {
         BlobError::NotFound { id } => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("blob {id} is missing from the store")),
+        BlobError::Damaged { .. } => {
+            tracing::error!(error = %error, "a stored blob is damaged");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "blob_damaged", format!("{error}: upload the image again"))
+        }
         other => {
             // The cause chain names the object store's endpoint and its replies: the log
             // gets it, the client the operation that failed.

@@ -5,6 +5,7 @@ mod commands;
 mod elements;
 mod images;
 mod input;
+mod lab;
 mod output;
 mod power;
 mod provision;
@@ -75,6 +76,9 @@ enum Command {
     Build(provision::BuildCommand),
     /// The change log.
     Events(commands::EventsArgs),
+    /// Kiln at work on this machine: a lab network, a server and two QEMU machines (root).
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
     /// Show who the token belongs to.
     Whoami,
 }
@@ -155,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(flags) => serve::serve(&flags).await,
         Command::Config(ConfigCommand::Check(flags)) => serve::check(&flags, cli.format),
         Command::Element(command) => elements::element(cli.format, command),
+        Command::Lab(command) => lab::lab(command).await,
         command => {
             let client = commands::client(cli.server, cli.token)?;
             let format = cli.format;
@@ -171,7 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::CloudInit(command) => cloud_init::cloud_init(&client, format, command).await,
                 Command::Events(args) => commands::events(&client, format, args).await,
                 Command::Whoami => commands::whoami(&client, format).await,
-                Command::Serve(_) | Command::Config(_) | Command::Element(_) => unreachable!("handled above"),
+                Command::Serve(_) | Command::Config(_) | Command::Element(_) | Command::Lab(_) => unreachable!("handled above"),
             }
         }
     }

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use kiln_lab::{Firmware, Lab};
@@ -141,36 +141,6 @@ fn a_lab_machine_is_deployed_to_disk_captured_undeployed_and_inspected() {
     let _ = data;
 }
 
-/// A root filesystem tree with busybox whose init reports where it runs from, calls the
-/// server back and powers off.
-fn live_root(directory: &Path) -> PathBuf {
-    let tree = directory.join("live-tree");
-    for sub in ["bin", "sbin", "proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(tree.join(sub)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
-    let init = "#!/bin/busybox sh\n/bin/busybox --install -s /bin\n\
-        server=$(sed -n 's/.*kiln.server=\\([^ ]*\\).*/\\1/p' /proc/cmdline)\n\
-        mac=$(cat /sys/class/net/eth0/address)\n\
-        echo \"KILN-LIVE-ROOT $(grep ' / ' /proc/mounts)\"\n\
-        touch /written-in-ram && echo KILN-LIVE-WRITABLE\n\
-        if wget -q -O /dev/null \"$server/boot/v1/phone-home?mac=$mac\"; then echo \"KILN-LIVE-PHONED-HOME $mac\"; fi\n\
-        sleep 2\npoweroff -f\n";
-    std::fs::write(tree.join("sbin/init"), init).unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(tree.join("sbin/init"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let image = directory.join("live-root.squashfs");
-    let status = std::process::Command::new("mksquashfs")
-        .arg(&tree)
-        .arg(&image)
-        .args(["-comp", "zstd", "-noappend", "-quiet", "-all-root"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("running mksquashfs (apt-get install squashfs-tools)");
-    assert!(status.success());
-    image
-}
-
 #[test]
 fn a_lab_machine_boots_a_squashfs_root_live_and_calls_back() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -181,7 +151,7 @@ fn a_lab_machine_boots_a_squashfs_root_live_and_calls_back() {
     let agent = agent_binary();
     lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string()]).unwrap();
     // The image has a root and nothing else: Kiln's own init boots it.
-    let root = live_root(&work);
+    let root = kiln_lab::build_live_root(&work, false).unwrap();
     lab.kiln(kiln, &["image", "create", "lab-live", "--visibility", "public"]).unwrap();
     lab.kiln(kiln, &["image", "upload", "lab-live", &format!("root={}", root.display())]).unwrap();
 

@@ -235,7 +235,8 @@ fn relay_connection(
     let mut request = vec![0u8; 64 * 1024];
     let Ok(read) = client.read(&mut request) else { return };
     let head = String::from_utf8_lossy(&request[..read]).into_owned();
-    let is_artifact = head.starts_with("GET ") && head.contains("/artifact");
+    // The image itself, not its block map.
+    let is_artifact = head.starts_with("GET ") && head.contains("/artifact ");
     if is_artifact {
         let range = head.lines().find(|line| line.to_ascii_lowercase().starts_with("range:")).unwrap_or("no range").to_owned();
         requests.lock().unwrap().push(range);
@@ -316,23 +317,40 @@ fn a_simulated_node_deploys_and_agent_tokens_cannot_be_forged_or_replayed() {
     assert!(site.kiln_fails(&["node", "deploy", "sim1", "--image", "os"]).contains("cannot deploy node 'sim1' in state active"));
 }
 
+/// Both ways an agent downloads: a raw image by its block map (range requests of data
+/// chunks), and a compressed one as one stream.
 #[test]
 fn a_download_cut_mid_stream_resumes_where_it_stopped() {
-    let site = Site::start();
-    let image = site.image("os", &noise(6 << 20, 2));
-    site.node("cut1", "52:54:00:00:02:01");
-    site.kiln(&["node", "deploy", "cut1", "--image", "os"]);
-    let (node, agent_token) = site.agent_credentials("cut1", "52:54:00:00:02:01");
-    let proxy = Proxy::start(&site.server.url, 2, 1 << 20, None);
-    let disk = site.directory.path().join("cut1.disk");
-    let (done, log) = agent_output(start_agent(&proxy.url, &node, &agent_token, &disk));
-    assert!(done, "{log}");
-    assert!(log.contains("resuming"), "{log}");
-    site.wait_for("cut1", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
-    assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&image).unwrap());
-    let requests = proxy.artifact_requests.lock().unwrap().clone();
-    assert_eq!(requests.len(), 3, "{requests:?}");
-    assert!(requests[1].contains("bytes=") && !requests[1].contains("bytes=0-"), "the second request resumes: {requests:?}");
+    for compressed in [false, true] {
+        let site = Site::start();
+        let image = site.directory.path().join("os.raw");
+        std::fs::write(&image, noise(6 << 20, 2)).unwrap();
+        let stored = if compressed {
+            let zst = site.directory.path().join("os.raw.zst");
+            let status =
+                Command::new("zstd").args(["-q", "-1"]).arg(&image).arg("-o").arg(&zst).status().expect("zstd (apt-get install zstd)");
+            assert!(status.success());
+            zst
+        } else {
+            image.clone()
+        };
+        site.kiln(&["image", "create", "os"]);
+        site.kiln(&["image", "upload", "os", &format!("disk={}", stored.display())]);
+        site.node("cut1", "52:54:00:00:02:01");
+        site.kiln(&["node", "deploy", "cut1", "--image", "os"]);
+        let (node, agent_token) = site.agent_credentials("cut1", "52:54:00:00:02:01");
+        let proxy = Proxy::start(&site.server.url, 2, 1 << 20, None);
+        let disk = site.directory.path().join("cut1.disk");
+        let (done, log) = agent_output(start_agent(&proxy.url, &node, &agent_token, &disk));
+        assert!(done, "{log}");
+        assert!(log.contains("resuming"), "{log}");
+        assert_eq!(log.contains("block map:"), !compressed, "{log}");
+        site.wait_for("cut1", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
+        assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&image).unwrap());
+        let requests = proxy.artifact_requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 3, "{requests:?}");
+        assert!(requests[1].contains("bytes=") && !requests[1].contains("bytes=0-"), "the second request resumes: {requests:?}");
+    }
 }
 
 #[test]

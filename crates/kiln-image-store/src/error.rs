@@ -22,6 +22,8 @@ pub enum BlobError {
         #[source]
         source: object_store::Error,
     },
+    #[error("blob {id} is damaged: its bytes now have the SHA-256 {actual}")]
+    Damaged { id: String, actual: String },
     #[error("configuring the object store: {message}")]
     Config { message: String },
 }

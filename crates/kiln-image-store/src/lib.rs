@@ -7,6 +7,7 @@
 //! and move into the store once their digest is known.
 
 mod blob;
+pub mod blockmap;
 mod checksum;
 mod error;
 pub mod fetch;

@@ -1,5 +1,6 @@
 //! A tiny initramfs for lab machines: busybox, the virtio network modules of the kernel being
-//! booted, and an init that takes a DHCP lease and calls the server back.
+//! booted, and an init that takes a DHCP lease and calls the server back, then powers off
+//! (tests) or, with `kiln.lab.stay` on the kernel command line, keeps running (`kiln lab up`).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ mac=$(cat /sys/class/net/eth0/address)
 udhcpc -i eth0 -s /udhcpc.script -q -n -t 20 -T 2 || echo "kiln-lab: no DHCP lease"
 echo "kiln-lab: address $(ip -4 -o addr show eth0)"
 if wget -q -O /dev/null "$server/boot/v1/phone-home?mac=$mac"; then echo "KILN-LAB-PHONED-HOME $mac"; else echo "KILN-LAB-PHONE-HOME-FAILED"; fi
+if grep -q kiln.lab.stay /proc/cmdline; then
+  echo "kiln-lab: up and running"
+  while :; do sleep 3600; done
+fi
 sleep 1
 poweroff -f
 "#;

@@ -7,6 +7,8 @@
 
 mod disk;
 mod initrd;
+mod live;
+pub mod standing;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use anyhow::{Context as _, bail};
 
 pub use disk::build_bootable_disk;
 pub use initrd::{build_callback_initrd, host_kernel};
+pub use live::build_live_root;
 
 /// The lab network: 10.77.0.0/24 inside the namespace, the server at .1.
 pub const SERVER_ADDRESS: &str = "10.77.0.1";
@@ -64,10 +67,32 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a lab keeps its files: a temporary directory removed with the lab (tests), or a
+/// directory of the user's that outlives it (`kiln lab up`).
+pub enum LabDirectory {
+    Temporary(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl LabDirectory {
+    pub fn path(&self) -> &Path {
+        match self {
+            LabDirectory::Temporary(directory) => directory.path(),
+            LabDirectory::Kept(path) => path,
+        }
+    }
+}
+
 /// A private network segment with Kiln's server in it.
 pub struct Lab {
     pub namespace: String,
-    pub directory: tempfile::TempDir,
+    pub directory: LabDirectory,
+    /// Whether processes are started in process groups of their own, out of reach of the
+    /// terminal's Ctrl-C, so that they outlive the command that started them.
+    detached: bool,
+    /// Set once the lab is handed over to a [`standing::LabRecord`]: dropping it then
+    /// leaves everything running.
+    kept: bool,
     server: Option<Child>,
     /// The site's own DHCP server (dnsmasq) in a namespace of its own, for proxy mode.
     site: Option<(String, Child)>,
@@ -81,7 +106,10 @@ pub struct Machine {
     pub console: PathBuf,
     /// The QMP socket of a machine started behind the lab driver ("its BMC").
     pub qmp: Option<PathBuf>,
+    /// Its virtual disk, if it has one.
+    pub disk: Option<PathBuf>,
     child: Child,
+    kept: bool,
 }
 
 impl Machine {
@@ -111,6 +139,9 @@ fn tail(text: &str) -> String {
 
 impl Drop for Machine {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -146,8 +177,12 @@ impl Lab {
     pub fn create() -> anyhow::Result<Lab> {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let namespace = format!("kiln-lab-{}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        Lab::create_with(namespace, LabDirectory::Temporary(tempfile::tempdir()?), false)
+    }
+
+    fn create_with(namespace: String, directory: LabDirectory, detached: bool) -> anyhow::Result<Lab> {
         run(Command::new("ip").args(["netns", "add", &namespace]))?;
-        let lab = Lab { namespace, directory: tempfile::tempdir()?, server: None, site: None, machines: Vec::new(), taps: 0 };
+        let lab = Lab { namespace, directory, detached, kept: false, server: None, site: None, machines: Vec::new(), taps: 0 };
         lab.ip(&["link", "set", "lo", "up"])?;
         lab.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         lab.ip(&["addr", "add", &format!("{SERVER_ADDRESS}/24"), "dev", BRIDGE])?;
@@ -163,6 +198,17 @@ impl Lab {
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.namespace]).arg(program);
+        command
+    }
+
+    /// A long-lived process of the lab (server, QEMU, dnsmasq): in a detached lab, a process
+    /// group of its own, so that Ctrl-C in the terminal reaches only the command.
+    fn daemon(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = self.command(program);
+        if self.detached {
+            use std::os::unix::process::CommandExt as _;
+            command.process_group(0);
+        }
         command
     }
 
@@ -194,7 +240,7 @@ impl Lab {
         )?;
         let log = std::fs::File::create(self.directory.path().join("server.log"))?;
         let child = self
-            .command(kiln)
+            .daemon(kiln)
             .args(["serve", "--config"])
             .arg(&config)
             .env("KILN_LOG", "info,kiln_dhcp=debug")
@@ -314,7 +360,7 @@ impl Lab {
         self.ip(&["link", "set", &tap, "master", BRIDGE])?;
         self.ip(&["link", "set", &tap, "up"])?;
         let console = self.directory.path().join(format!("console-{}.log", mac.replace(':', "")));
-        let mut command = self.command(if firmware == Firmware::UefiArm64 { "qemu-system-aarch64" } else { "qemu-system-x86_64" });
+        let mut command = self.daemon(if firmware == Firmware::UefiArm64 { "qemu-system-aarch64" } else { "qemu-system-x86_64" });
         command.args(["-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none"]);
         let qmp = behind_bmc.then(|| self.directory.path().join(format!("qmp-{}.sock", mac.replace(':', ""))));
         match &qmp {
@@ -365,13 +411,16 @@ impl Lab {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        self.machines.push(Machine { mac: mac.to_owned(), console, qmp, child });
+        self.machines.push(Machine { mac: mac.to_owned(), console, qmp, disk: disk.map(Path::to_owned), child, kept: false });
         Ok(self.machines.last_mut().expect("just pushed"))
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         self.machines.clear();
         if let Some(mut server) = self.server.take() {
             let _ = server.kill();

@@ -262,6 +262,81 @@ pub struct AgentArtifact {
     pub size: u64,
     pub format: ImageFormat,
     pub compression: Option<Compression>,
+    /// Where the artifact's [`BlockMap`] is, for a raw uncompressed artifact: the agent then
+    /// fetches and writes only the chunks that hold data, several at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_path: Option<String>,
+}
+
+/// Which chunks of a raw artifact hold data, with the SHA-256 of each (what bmaptool's bmap
+/// is to an image). The server makes it from the stored blob after checking the blob's own
+/// SHA-256, so an agent that checks every chunk it writes against the map has checked the
+/// image. Chunks not listed are all zeros.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BlockMap {
+    /// The artifact's SHA-256, which the map was made from.
+    pub sha256: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    /// The chunks with a non-zero byte, in order.
+    pub chunks: Vec<MappedChunk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MappedChunk {
+    /// The chunk's number: it starts at `index * chunk_size`.
+    pub index: u64,
+    pub sha256: String,
+}
+
+impl BlockMap {
+    /// The chunk size maps are made with: small enough to skip the gaps between a
+    /// filesystem's metadata groups, large enough to keep the map small (4 KiB of JSON per
+    /// 64 MiB of data).
+    pub const CHUNK_SIZE: u64 = 1 << 20;
+
+    /// The byte range of chunk `index` (the last one may be short).
+    pub fn chunk_range(&self, index: u64) -> std::ops::Range<u64> {
+        let start = index * self.chunk_size;
+        start..(start + self.chunk_size).min(self.size)
+    }
+
+    /// The bytes of data the map lists.
+    pub fn data_bytes(&self) -> u64 {
+        self.chunks.iter().map(|chunk| self.chunk_range(chunk.index).end - self.chunk_range(chunk.index).start).sum()
+    }
+
+    /// Runs of consecutive data chunks, as (first chunk's position in `chunks`, count), none
+    /// longer than `longest` chunks: the pieces fetched with one range request each.
+    pub fn runs(&self, longest: usize) -> Vec<(usize, usize)> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (position, chunk) in self.chunks.iter().enumerate() {
+            match runs.last_mut() {
+                Some((first, count)) if *count < longest && self.chunks[*first + *count - 1].index + 1 == chunk.index => *count += 1,
+                _ => runs.push((position, 1)),
+            }
+        }
+        runs
+    }
+
+    /// Checks the map is whole and about the artifact it claims to be.
+    pub fn check(&self, sha256: &str, size: u64) -> Result<(), String> {
+        if self.sha256 != sha256 || self.size != size {
+            return Err(format!("the map is of {} ({} bytes), not of {sha256} ({size} bytes)", self.sha256, self.size));
+        }
+        if self.chunk_size == 0 || !self.chunk_size.is_multiple_of(4096) {
+            return Err(format!("chunk size {} is not a positive multiple of 4096", self.chunk_size));
+        }
+        let count = size.div_ceil(self.chunk_size);
+        let mut previous: Option<u64> = None;
+        for chunk in &self.chunks {
+            if chunk.index >= count || previous.is_some_and(|p| p >= chunk.index) {
+                return Err(format!("chunk {} is out of order or past the end ({count} chunks)", chunk.index));
+            }
+            previous = Some(chunk.index);
+        }
+        Ok(())
+    }
 }
 
 /// What the server tells an agent to do; the answer to every heartbeat.
