@@ -167,7 +167,7 @@ fn fetch_block_map(server: &Server, path: &str, artifact: &AgentArtifact) -> any
     Ok(map)
 }
 
-/// Writes a raw image from its block map: only the chunks holding data are fetched (two
+/// Writes a raw image from its block map: only the chunks holding data are fetched (several
 /// streams at a time, each chunk checked against its SHA-256); on a machine's disk the gaps
 /// are zeroed, on a fresh file they are left as holes.
 #[allow(clippy::too_many_arguments)]
@@ -199,6 +199,7 @@ fn write_by_map(
     let etag = format!("\"{}\"", artifact.sha256);
     let open_source = || HttpRange { server: server.clone(), path: artifact.path.clone(), etag: etag.clone() };
     let deadline = std::time::Instant::now() + Duration::from_secs(6 * 3600);
+    // Two per core: while some wait on the disk, the others hash (measured: BENCHMARKS.md).
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
     let written_bytes = write_mapped(&open_source, map, &file, direct.as_ref(), workers, 10, deadline, &downloaded)
         .context("writing the image's data chunks")?;

@@ -183,7 +183,9 @@ fn up(args: &UpArgs, interrupted: &AtomicBool) -> anyhow::Result<()> {
         Ok(())
     })();
     if let Err(error) = result {
-        eprintln!("{}", lab_failure_details(&lab));
+        if !interrupted.load(Ordering::SeqCst) {
+            eprintln!("{}", lab_failure_details(&lab));
+        }
         // Dropping the lab stops its processes and removes its network; its directory stays
         // for reading (`kiln lab down` removes it).
         drop(lab);
