@@ -316,6 +316,18 @@ pub async fn result(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The image version the calling agent's node is being deployed with; 404 when the node is
+/// not waiting for its agent to deploy.
+async fn agent_deploy_version(state: &ApiState, headers: &HeaderMap, node_id: &str) -> ApiResult<kiln_types::image::ImageVersion> {
+    let (node, record) = agent(state, headers, node_id).await?;
+    let target = record
+        .target
+        .as_ref()
+        .filter(|_| node.provision_state == ProvisionState::WaitAgent)
+        .ok_or_else(|| ApiError::not_found("deploy", &node.name))?;
+    Ok(state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?)
+}
+
 /// The disk image of the node's deploy, for its agent only (the image may be private).
 /// Ranges are honoured, so an agent resumes a cut download where it stopped.
 #[utoipa::path(get, path = "/agent/v1/nodes/{node}/artifact", tag = "agent",
@@ -326,13 +338,7 @@ pub async fn artifact(
     headers: HeaderMap,
     Path(node_id): Path<String>,
 ) -> ApiResult<Response> {
-    let (node, record) = agent(&state, &headers, &node_id).await?;
-    let target = record
-        .target
-        .as_ref()
-        .filter(|_| node.provision_state == ProvisionState::WaitAgent)
-        .ok_or_else(|| ApiError::not_found("deploy", &node.name))?;
-    let version = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?;
+    let version = agent_deploy_version(&state, &headers, &node_id).await?;
     let artifact = crate::images::artifact_of(&version, "disk")?;
     crate::images::serve_artifact(&state, &version, artifact, &method, &headers).await
 }
@@ -343,13 +349,7 @@ pub async fn artifact(
 #[utoipa::path(get, path = "/agent/v1/nodes/{node}/artifact/map", tag = "agent",
     responses((status = 200, body = BlockMap), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn artifact_map(State(state): State<ApiState>, headers: HeaderMap, Path(node_id): Path<String>) -> ApiResult<Json<BlockMap>> {
-    let (node, record) = agent(&state, &headers, &node_id).await?;
-    let target = record
-        .target
-        .as_ref()
-        .filter(|_| node.provision_state == ProvisionState::WaitAgent)
-        .ok_or_else(|| ApiError::not_found("deploy", &node.name))?;
-    let version = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?;
+    let version = agent_deploy_version(&state, &headers, &node_id).await?;
     let artifact = crate::images::artifact_of(&version, "disk")?;
     if !is_mappable(artifact) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_mapped", "only raw, uncompressed disk images have block maps"));
