@@ -1,9 +1,13 @@
-//! Kiln's image builder. [`ramdisk`] assembles the deploy ramdisk. So far for images: diskimage-builder elements, found on an `ELEMENTS_PATH`,
+//! Kiln's image builder. [`ramdisk`] assembles the deploy ramdisk. For images:
+//! definitions in OpenCHAMI's image-builder format ([`definition`]) and the build plan they
+//! make, with the layer's cache key ([`plan`]); and diskimage-builder elements, found on an `ELEMENTS_PATH`,
 //! their dependencies resolved and their hooks ordered by phase ([`elements`]), and the
 //! `break=` points a build stops at. Reading the element directories is the only IO; the
 //! plan is a pure function of what was read.
 
+pub mod definition;
 pub mod elements;
+pub mod plan;
 pub mod ramdisk;
 
 pub use elements::{BreakPoints, Element, ElementError, HookPlan, Phase, load_elements, plan_hooks, resolve};

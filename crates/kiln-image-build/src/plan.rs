@@ -1,0 +1,254 @@
+//! A build as a plan: the ordered steps that turn a checked [`ImageDefinition`] and its
+//! parent into a layer and its outputs, and the layer's cache key. A pure function of its
+//! inputs; running the steps is the executor's job.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use sha2::Digest as _;
+
+use crate::definition::{ImageDefinition, Output, PackageManager, Parent};
+
+/// Where the layer's root is while it is built; the executor substitutes its directory.
+pub const ROOT: &str = "$ROOT";
+
+/// One step of a build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// Runs a program on the host (outside the chroot).
+    Host {
+        what: String,
+        argv: Vec<String>,
+    },
+    /// Unpacks the parent layer (its digest is part of the cache key) into the root.
+    UnpackParent {
+        parent: Parent,
+    },
+    /// Binds `/proc`, `/sys` and `/dev` into the root; the executor always undoes it.
+    BindMounts,
+    /// Writes a file into the root.
+    WriteFile {
+        path: String,
+        content: String,
+    },
+    /// Copies a file from the definition's directory into the root.
+    CopyIn {
+        source: String,
+        destination: String,
+    },
+    /// Runs a shell command inside the root.
+    Chroot {
+        what: String,
+        command: String,
+    },
+    UnbindMounts,
+    /// Makes an output from the finished root.
+    Make {
+        output: Output,
+    },
+    /// Publishes the outputs.
+    Publish {
+        to: String,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Host { what, argv } => write!(f, "{what}: {}", argv.join(" ")),
+            Step::UnpackParent { parent } => match parent {
+                Parent::Scratch => write!(f, "start from an empty root"),
+                Parent::Registry { reference, pull_options } if pull_options.is_empty() => write!(f, "unpack {reference}"),
+                Parent::Registry { reference, pull_options } => write!(f, "unpack {reference} ({})", pull_options.join(" ")),
+                Parent::Kiln { image, version } => write!(f, "unpack kiln:{image}:{}", version.as_deref().unwrap_or("latest")),
+            },
+            Step::BindMounts => write!(f, "bind /proc, /sys and /dev into {ROOT}"),
+            Step::WriteFile { path, content } => write!(f, "write {ROOT}{path}: {}", content.trim_end().replace('\n', "\\n")),
+            Step::CopyIn { source, destination } => write!(f, "copy {source} to {ROOT}{destination}"),
+            Step::Chroot { what, command } => write!(f, "{what}, in {ROOT}: {command}"),
+            Step::UnbindMounts => write!(f, "unbind /proc, /sys and /dev"),
+            Step::Make { output } => write!(f, "make {}", output.as_str()),
+            Step::Publish { to } => write!(f, "publish to {to}"),
+        }
+    }
+}
+
+/// A build: the layer's cache key and its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildPlan {
+    /// SHA-256 of the parent's digest and everything in the definition that changes what
+    /// the layer holds (not where it is published): an unchanged key means an unchanged
+    /// layer, which is never rebuilt.
+    pub layer_key: String,
+    /// Steps that make the layer (skipped when the key is cached).
+    pub layer: Vec<Step>,
+    /// Steps that make and publish the outputs from the layer.
+    pub outputs: Vec<Step>,
+}
+
+impl fmt::Display for BuildPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "layer {}", self.layer_key)?;
+        for (number, step) in self.layer.iter().chain(&self.outputs).enumerate() {
+            writeln!(f, "{:>3}. {step}", number + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// What makes up a layer, for its key.
+#[derive(Serialize)]
+struct LayerContent<'a> {
+    parent_digest: &'a str,
+    package_manager: PackageManager,
+    repos: &'a [crate::definition::Repo],
+    package_groups: &'a [String],
+    packages: &'a [String],
+    remove_packages: &'a [String],
+    commands: &'a [String],
+    /// Destination, and the SHA-256 of the source's bytes.
+    copy_files: Vec<(&'a str, &'a str)>,
+}
+
+/// Plans the build of `definition` on a parent whose content digest is `parent_digest`
+/// (`scratch` for none), with the SHA-256 of each file it copies in, by source path.
+pub fn plan_build(definition: &ImageDefinition, parent_digest: &str, copied: &BTreeMap<String, String>) -> BuildPlan {
+    let content = LayerContent {
+        parent_digest,
+        package_manager: definition.package_manager,
+        repos: &definition.repos,
+        package_groups: &definition.package_groups,
+        packages: &definition.packages,
+        remove_packages: &definition.remove_packages,
+        commands: &definition.commands,
+        copy_files: definition
+            .copy_files
+            .iter()
+            .map(|(source, destination)| (destination.as_str(), copied.get(source).map_or("missing", String::as_str)))
+            .collect(),
+    };
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"kiln-layer/1\n");
+    hasher.update(serde_json::to_vec(&content).expect("plain data serialises"));
+    let layer_key = hex::encode(hasher.finalize());
+
+    let mut layer = Vec::new();
+    let apt = definition.package_manager == PackageManager::Apt;
+    let first_repo = definition.repos.first();
+    match (&definition.parent, definition.package_manager, first_repo) {
+        (Parent::Scratch, PackageManager::Apt, Some(repo)) => layer.push(Step::Host {
+            what: "bootstrap".into(),
+            argv: vec![
+                "debootstrap".into(),
+                "--variant=minbase".into(),
+                format!("--components={}", repo.components.join(",")),
+                repo.suite.clone().unwrap_or_default(),
+                ROOT.into(),
+                repo.url.clone(),
+            ],
+        }),
+        (parent, ..) => layer.push(Step::UnpackParent { parent: parent.clone() }),
+    }
+    layer.push(Step::BindMounts);
+    // debootstrap has written the first repository into sources.list already.
+    let bootstrapped = usize::from(apt && definition.parent == Parent::Scratch);
+    for repo in &definition.repos[bootstrapped.min(definition.repos.len())..] {
+        let (path, content) = match definition.package_manager {
+            PackageManager::Apt => (
+                format!("/etc/apt/sources.list.d/{}.list", repo.alias),
+                format!("deb {} {} {}\n", repo.url, repo.suite.as_deref().unwrap_or_default(), repo.components.join(" ")),
+            ),
+            PackageManager::Dnf => (
+                format!("/etc/yum.repos.d/{}.repo", repo.alias),
+                format!(
+                    "[{alias}]\nname={alias}\nbaseurl={url}\nenabled=1\n{gpg}",
+                    alias = repo.alias,
+                    url = repo.url,
+                    gpg = repo.gpg.as_ref().map_or("gpgcheck=0\n".to_owned(), |key| format!("gpgcheck=1\ngpgkey={key}\n"))
+                ),
+            ),
+            PackageManager::Zypper => (
+                format!("/etc/zypp/repos.d/{}.repo", repo.alias),
+                format!(
+                    "[{alias}]\nname={alias}\nbaseurl={url}\nenabled=1\nautorefresh=1\n{gpg}",
+                    alias = repo.alias,
+                    url = repo.url,
+                    gpg = repo.gpg.as_ref().map_or("gpgcheck=0\n".to_owned(), |key| format!("gpgcheck=1\ngpgkey={key}\n"))
+                ),
+            ),
+        };
+        layer.push(Step::WriteFile { path, content });
+    }
+    let quoted = |names: &[String]| names.iter().map(|name| shell_quote(name)).collect::<Vec<_>>().join(" ");
+    if apt && (!definition.packages.is_empty() || !definition.repos.is_empty()) {
+        layer.push(Step::Chroot { what: "refresh the package lists".into(), command: "apt-get update".into() });
+    }
+    if !definition.package_groups.is_empty() {
+        let command = match definition.package_manager {
+            PackageManager::Dnf => format!("dnf -y groupinstall {}", quoted(&definition.package_groups)),
+            PackageManager::Zypper => format!("zypper --non-interactive install -t pattern {}", quoted(&definition.package_groups)),
+            PackageManager::Apt => unreachable!("checked: apt has no groups"),
+        };
+        layer.push(Step::Chroot { what: "install package groups".into(), command });
+    }
+    if !definition.packages.is_empty() {
+        let command = match definition.package_manager {
+            PackageManager::Apt => {
+                format!("DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}", quoted(&definition.packages))
+            }
+            PackageManager::Dnf => format!("dnf -y install {}", quoted(&definition.packages)),
+            PackageManager::Zypper => format!("zypper --non-interactive install {}", quoted(&definition.packages)),
+        };
+        layer.push(Step::Chroot { what: "install packages".into(), command });
+    }
+    if !definition.remove_packages.is_empty() {
+        let command = match definition.package_manager {
+            PackageManager::Apt => format!("DEBIAN_FRONTEND=noninteractive apt-get purge -y {}", quoted(&definition.remove_packages)),
+            PackageManager::Dnf => format!("dnf -y remove {}", quoted(&definition.remove_packages)),
+            PackageManager::Zypper => format!("zypper --non-interactive remove {}", quoted(&definition.remove_packages)),
+        };
+        layer.push(Step::Chroot { what: "remove packages".into(), command });
+    }
+    for (source, destination) in &definition.copy_files {
+        layer.push(Step::CopyIn { source: source.clone(), destination: destination.clone() });
+    }
+    for (number, command) in definition.commands.iter().enumerate() {
+        layer.push(Step::Chroot { what: format!("cmds[{number}]"), command: command.clone() });
+    }
+    let clean = match definition.package_manager {
+        PackageManager::Apt => "apt-get clean && rm -rf /var/lib/apt/lists/*",
+        PackageManager::Dnf => "dnf clean all",
+        PackageManager::Zypper => "zypper clean --all",
+    };
+    layer.push(Step::Chroot { what: "drop the package caches".into(), command: clean.into() });
+    layer.push(Step::UnbindMounts);
+
+    let mut outputs: Vec<Step> = definition.outputs.iter().map(|&output| Step::Make { output }).collect();
+    let publish = &definition.publish;
+    if let Some(registry) = &publish.registry {
+        for tag in &definition.tags {
+            outputs.push(Step::Publish { to: format!("{registry}/{}:{tag}", definition.name) });
+        }
+    }
+    if let Some(s3) = &publish.s3 {
+        outputs.push(Step::Publish { to: format!("{}/{}/{}{}", s3.endpoint.trim_end_matches('/'), s3.bucket, s3.prefix, definition.name) });
+    }
+    if let Some(image) = &publish.kiln_image {
+        outputs.push(Step::Publish { to: format!("kiln:{image} (a new version)") });
+    }
+    BuildPlan { layer_key, layer, outputs }
+}
+
+/// Quotes a word for `sh` when it needs it.
+fn shell_quote(word: &str) -> String {
+    if word.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | ':' | '=' | '/')) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests;
