@@ -5,8 +5,10 @@
 //! `break=` points a build stops at. Reading the element directories is the only IO; the
 //! plan is a pure function of what was read.
 
+pub mod chroot;
 pub mod definition;
 pub mod elements;
+pub mod hooks;
 pub mod plan;
 pub mod ramdisk;
 
