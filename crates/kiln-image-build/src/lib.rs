@@ -8,6 +8,7 @@
 pub mod chroot;
 pub mod definition;
 pub mod elements;
+pub mod execute;
 pub mod hooks;
 pub mod plan;
 pub mod ramdisk;

@@ -1,0 +1,235 @@
+//! Carrying out a [`BuildPlan`]: the layer is built in a scratch directory next to the cache
+//! and moved into the cache whole under its key, so a layer in the cache is always complete
+//! and an unchanged layer is never built twice. Chroot mounts are held by [`ChrootMounts`]
+//! and gone when a step fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::chroot::{ChrootMounts, MountError};
+use crate::definition::Output;
+use crate::plan::{BuildPlan, ROOT, Step};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("step {number} ({step}) failed: {message}")]
+    StepFailed { number: usize, step: String, message: String },
+    #[error("step {number} ({step}) could not start")]
+    StepStart {
+        number: usize,
+        step: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("{operation} {}", path.display())]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("the parent {parent} is needed but was not provided")]
+    NoParent { parent: String },
+    #[error("the image has no kernel under /boot: a SquashFS root needs one to boot")]
+    NoKernel,
+}
+
+fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
+    let path = path.to_owned();
+    move |error| BuildError::Io { operation, path, error }
+}
+
+/// Where layers are cached and where the build may write.
+#[derive(Debug, Clone)]
+pub struct BuildSettings {
+    /// Layers by key: `<cache>/layers/<key>/` holds `root/`.
+    pub cache_dir: PathBuf,
+    /// The directory `copyfiles` sources are relative to (the definition's).
+    pub definition_dir: PathBuf,
+}
+
+/// The unpacked root of the layer a build starts from when its parent is not scratch (its
+/// digest is in the plan's key).
+#[derive(Debug, Clone)]
+pub struct ParentRoot {
+    pub root: PathBuf,
+}
+
+/// A layer in the cache.
+#[derive(Debug, Clone)]
+pub struct BuiltLayer {
+    pub key: String,
+    pub root: PathBuf,
+    /// Whether it came from the cache rather than being built now.
+    pub reused: bool,
+    pub seconds: f64,
+}
+
+/// Builds the plan's layer, or finds it in the cache. Progress lines go to `log`, with the
+/// output of every command.
+pub fn build_layer(
+    plan: &BuildPlan,
+    parent: Option<&ParentRoot>,
+    settings: &BuildSettings,
+    log: &mut dyn Write,
+) -> Result<BuiltLayer, BuildError> {
+    let started = Instant::now();
+    let layers = settings.cache_dir.join("layers");
+    let done = layers.join(&plan.layer_key);
+    if done.join("root").is_dir() {
+        let _ = writeln!(log, "kiln: layer {} is cached: nothing to build", &plan.layer_key[..12]);
+        return Ok(BuiltLayer {
+            key: plan.layer_key.clone(),
+            root: done.join("root"),
+            reused: true,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let partial = layers.join(format!("{}.partial", plan.layer_key));
+    if partial.exists() {
+        // What an interrupted build left: never half-used.
+        std::fs::remove_dir_all(&partial).map_err(io("removing", &partial))?;
+    }
+    let root = partial.join("root");
+    std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+    let result = run_layer_steps(plan, parent, settings, &root, log);
+    if let Err(error) = result {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(error);
+    }
+    std::fs::rename(&partial, &done).map_err(io("moving the layer into the cache at", &done))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = writeln!(log, "kiln: layer {} built in {seconds:.1} s", &plan.layer_key[..12]);
+    Ok(BuiltLayer { key: plan.layer_key.clone(), root: done.join("root"), reused: false, seconds })
+}
+
+fn substitute(text: &str, root: &Path) -> String {
+    text.replace(ROOT, &root.display().to_string())
+}
+
+/// Runs `command`, its output into `log`; a failure carries the output's tail.
+fn run_logged(number: usize, step: &Step, command: &mut Command, log: &mut dyn Write) -> Result<(), BuildError> {
+    let output = command.stdin(Stdio::null()).output().map_err(|error| BuildError::StepStart { number, step: step.to_string(), error })?;
+    let _ = log.write_all(&output.stdout);
+    let _ = log.write_all(&output.stderr);
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+        return Err(BuildError::StepFailed { number, step: step.to_string(), message: format!("{}: {tail}", output.status) });
+    }
+    Ok(())
+}
+
+fn run_layer_steps(
+    plan: &BuildPlan,
+    parent: Option<&ParentRoot>,
+    settings: &BuildSettings,
+    root: &Path,
+    log: &mut dyn Write,
+) -> Result<(), BuildError> {
+    let mut mounts: Option<ChrootMounts> = None;
+    for (index, step) in plan.layer.iter().enumerate() {
+        let number = index + 1;
+        let _ = writeln!(log, "kiln: [{number}/{}] {step}", plan.layer.len());
+        match step {
+            Step::Host { argv, .. } => {
+                let argv: Vec<String> = argv.iter().map(|arg| substitute(arg, root)).collect();
+                run_logged(number, step, Command::new(&argv[0]).args(&argv[1..]), log)?;
+            }
+            Step::UnpackParent { parent: crate::definition::Parent::Scratch } => {}
+            Step::UnpackParent { .. } => {
+                let parent = parent.ok_or_else(|| BuildError::NoParent { parent: step.to_string() })?;
+                // Copies share blocks where the filesystem can (reflinks); hard links would let
+                // the child's package manager change the parent layer.
+                let mut command = Command::new("cp");
+                command.args(["-a", "--reflink=auto"]).arg(format!("{}/.", parent.root.display())).arg(root);
+                run_logged(number, step, &mut command, log)?;
+            }
+            Step::BindMounts => {
+                // The chroot resolves names as the host does.
+                let resolv = root.join("etc/resolv.conf");
+                if std::fs::symlink_metadata(&resolv).is_ok() {
+                    std::fs::remove_file(&resolv).map_err(io("replacing", &resolv))?;
+                }
+                std::fs::create_dir_all(root.join("etc")).map_err(io("creating", &root.join("etc")))?;
+                std::fs::copy("/etc/resolv.conf", &resolv).map_err(io("writing", &resolv))?;
+                mounts = Some(ChrootMounts::bind(root)?);
+            }
+            Step::WriteFile { path, content } => {
+                let target = root.join(path.trim_start_matches('/'));
+                if let Some(directory) = target.parent() {
+                    std::fs::create_dir_all(directory).map_err(io("creating", directory))?;
+                }
+                std::fs::write(&target, content).map_err(io("writing", &target))?;
+            }
+            Step::CopyIn { source, destination } => {
+                let from = settings.definition_dir.join(source);
+                let target = root.join(destination.trim_start_matches('/'));
+                if let Some(directory) = target.parent() {
+                    std::fs::create_dir_all(directory).map_err(io("creating", directory))?;
+                }
+                std::fs::copy(&from, &target).map_err(io("copying", &from))?;
+            }
+            Step::Chroot { command, .. } => {
+                let mut chroot = Command::new("chroot");
+                chroot
+                    .env_clear()
+                    .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                    .env("HOME", "/root")
+                    .env("LANG", "C.UTF-8")
+                    .arg(root)
+                    .args(["/bin/sh", "-c", command]);
+                run_logged(number, step, &mut chroot, log)?;
+            }
+            Step::UnbindMounts => mounts = None,
+            Step::Make { .. } | Step::Publish { .. } => {}
+        }
+    }
+    drop(mounts);
+    Ok(())
+}
+
+/// The OpenCHAMI triple: `<name>.squashfs` (zstd), and the newest kernel and its initramfs
+/// from the root's `/boot`, written to `output_dir`.
+#[derive(Debug, Clone)]
+pub struct SquashfsTriple {
+    pub root: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+}
+
+/// Makes the SquashFS triple of a built layer (mksquashfs, zstd, 1 MiB blocks, all cores).
+pub fn make_squashfs(layer_root: &Path, name: &str, output_dir: &Path, log: &mut dyn Write) -> Result<SquashfsTriple, BuildError> {
+    std::fs::create_dir_all(output_dir).map_err(io("creating", output_dir))?;
+    let image = output_dir.join(format!("{name}.squashfs"));
+    let _ = std::fs::remove_file(&image);
+    let step = Step::Make { output: Output::Squashfs };
+    let mut command = Command::new("mksquashfs");
+    command.arg(layer_root).arg(&image).args(["-comp", "zstd", "-b", "1M", "-noappend", "-quiet", "-no-progress"]);
+    // The kernel and initramfs go beside the root, not in it twice.
+    command.args(["-e", "boot"]);
+    run_logged(1, &step, &mut command, log)?;
+    let boot = layer_root.join("boot");
+    let mut kernels: Vec<String> = std::fs::read_dir(&boot)
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("vmlinuz-")).collect())
+        .unwrap_or_default();
+    kernels.sort();
+    let kernel_name = kernels.pop().ok_or(BuildError::NoKernel)?;
+    let version = kernel_name.trim_start_matches("vmlinuz-");
+    let kernel = output_dir.join(&kernel_name);
+    std::fs::copy(boot.join(&kernel_name), &kernel).map_err(io("copying", &boot.join(&kernel_name)))?;
+    let initrd_name = format!("initrd.img-{version}");
+    let initrd = if boot.join(&initrd_name).exists() {
+        let target = output_dir.join(&initrd_name);
+        std::fs::copy(boot.join(&initrd_name), &target).map_err(io("copying", &boot.join(&initrd_name)))?;
+        Some(target)
+    } else {
+        None
+    };
+    Ok(SquashfsTriple { root: image, kernel, initrd })
+}
