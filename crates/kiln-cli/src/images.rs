@@ -45,6 +45,9 @@ pub enum ImageCommand {
     Gc,
     /// Re-hash every blob and report corruption (administrators); fails if any is bad.
     Verify,
+    /// Build an image from a definition (OpenCHAMI image-builder YAML) on this machine
+    /// (root), reusing cached layers, and publish it to Kiln and/or an OCI registry.
+    Build(crate::image_build::BuildArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -379,6 +382,7 @@ pub async fn image(client: &Client, format: OutputFormat, command: ImageCommand)
             Ok(())
         }
         ImageCommand::Upload(args) => upload(client, format, args).await,
+        ImageCommand::Build(args) => crate::image_build::build(client, format, args).await,
         ImageCommand::Download(args) => download(client, args).await,
         ImageCommand::Import(args) => {
             let input = ImportInput {

@@ -3,12 +3,14 @@
 mod cloud_init;
 mod commands;
 mod elements;
+mod image_build;
 mod images;
 mod input;
 mod lab;
 mod output;
 mod power;
 mod provision;
+mod registry;
 mod serve;
 
 use std::path::PathBuf;

@@ -34,8 +34,8 @@ pub enum BuildError {
     Mount(#[from] MountError),
     #[error("the parent {parent} is needed but was not provided")]
     NoParent { parent: String },
-    #[error("the image has no kernel under /boot: a SquashFS root needs one to boot")]
-    NoKernel,
+    #[error("{tool} failed: {message}")]
+    ToolFailed { tool: &'static str, message: String },
 }
 
 fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
@@ -195,11 +195,12 @@ fn run_layer_steps(
 }
 
 /// The OpenCHAMI triple: `<name>.squashfs` (zstd), and the newest kernel and its initramfs
-/// from the root's `/boot`, written to `output_dir`.
+/// from the root's `/boot`, written to `output_dir`. A root without a kernel (a container-like
+/// base) gives the SquashFS alone: nodes boot it live with the deploy ramdisk's kernel.
 #[derive(Debug, Clone)]
 pub struct SquashfsTriple {
     pub root: PathBuf,
-    pub kernel: PathBuf,
+    pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
 }
 
@@ -211,15 +212,19 @@ pub fn make_squashfs(layer_root: &Path, name: &str, output_dir: &Path, log: &mut
     let step = Step::Make { output: Output::Squashfs };
     let mut command = Command::new("mksquashfs");
     command.arg(layer_root).arg(&image).args(["-comp", "zstd", "-b", "1M", "-noappend", "-quiet", "-no-progress"]);
-    // The kernel and initramfs go beside the root, not in it twice.
-    command.args(["-e", "boot"]);
+    // The same tree always packs to the same bytes, so a rebuilt parent keeps its digest and
+    // its children their cache keys. /boot stays in: a child built on this root needs it.
+    command.args(["-mkfs-time", "0"]);
     run_logged(1, &step, &mut command, log)?;
     let boot = layer_root.join("boot");
     let mut kernels: Vec<String> = std::fs::read_dir(&boot)
         .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("vmlinuz-")).collect())
         .unwrap_or_default();
     kernels.sort();
-    let kernel_name = kernels.pop().ok_or(BuildError::NoKernel)?;
+    let Some(kernel_name) = kernels.pop() else {
+        let _ = writeln!(log, "kiln: no kernel under /boot: the SquashFS root alone");
+        return Ok(SquashfsTriple { root: image, kernel: None, initrd: None });
+    };
     let version = kernel_name.trim_start_matches("vmlinuz-");
     let kernel = output_dir.join(&kernel_name);
     std::fs::copy(boot.join(&kernel_name), &kernel).map_err(io("copying", &boot.join(&kernel_name)))?;
@@ -231,5 +236,5 @@ pub fn make_squashfs(layer_root: &Path, name: &str, output_dir: &Path, log: &mut
     } else {
         None
     };
-    Ok(SquashfsTriple { root: image, kernel, initrd })
+    Ok(SquashfsTriple { root: image, kernel: Some(kernel), initrd })
 }

@@ -10,6 +10,8 @@ pub mod definition;
 pub mod elements;
 pub mod execute;
 pub mod hooks;
+pub mod layers;
+pub mod oci;
 pub mod plan;
 pub mod ramdisk;
 

@@ -7,6 +7,7 @@
 
 pub mod ipmi;
 pub mod redfish;
+pub mod registry;
 pub mod s3;
 
 use std::path::PathBuf;

@@ -1,0 +1,348 @@
+//! `kiln image build -c image.yaml`: an image definition (OpenCHAMI's image-builder format)
+//! built on this machine into a cached layer and its outputs, then published to Kiln's image
+//! store and/or an OCI registry. The parent is resolved to a digest first, so the plan, and
+//! with it the layer's cache key, is known before anything is built.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use kiln_client::{Client, encode};
+use kiln_image_build::definition::{ImageDefinition, Output, Parent, parse_definition};
+use kiln_image_build::execute::{BuildSettings, ParentRoot, build_layer, make_squashfs};
+use kiln_image_build::oci::ImageReference;
+use kiln_image_build::plan::plan_build;
+use kiln_types::image::{ArtifactKind, Image, ImageInput, ImageVersion, Visibility};
+use serde::{Deserialize, Serialize};
+
+use crate::output::{OutputFormat, print};
+use crate::registry;
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The image definition (OpenCHAMI image-builder YAML).
+    #[arg(short = 'c', long = "config")]
+    config: PathBuf,
+    /// Print the plan (with the layer's cache key) and stop.
+    #[arg(long)]
+    plan: bool,
+    /// Layers, parents, outputs and logs [default: /var/cache/kiln/build].
+    #[arg(long, default_value = "/var/cache/kiln/build")]
+    cache: PathBuf,
+    /// Resolve the parent from the cache, without asking the server or registry.
+    #[arg(long)]
+    offline: bool,
+    /// Show every command's output, not only a line per step.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// What a build made, as printed and as kept beside the outputs for the next build of the
+/// same layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BuildResult {
+    name: String,
+    layer: String,
+    reused: bool,
+    seconds: f64,
+    squashfs: Option<SquashfsFiles>,
+    /// `sha256:…` and size of the layer's tar, for a registry.
+    layer_tar: Option<(String, u64)>,
+    pushed: Vec<(String, String)>,
+    published: Option<String>,
+    log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SquashfsFiles {
+    root: PathBuf,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+}
+
+/// The build's log: everything into the file, and to the terminal either everything
+/// (`--verbose`) or the `kiln:` progress lines.
+struct BuildLog {
+    file: std::fs::File,
+    verbose: bool,
+    line: Vec<u8>,
+}
+
+impl Write for BuildLog {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buffer)?;
+        let mut stderr = std::io::stderr().lock();
+        if self.verbose {
+            stderr.write_all(buffer)?;
+            return Ok(buffer.len());
+        }
+        for &byte in buffer {
+            self.line.push(byte);
+            if byte == b'\n' {
+                if self.line.starts_with(b"kiln:") {
+                    stderr.write_all(&self.line)?;
+                }
+                self.line.clear();
+            }
+        }
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Refuses, before anything runs, what this builder cannot make yet.
+fn check_supported(definition: &ImageDefinition) -> anyhow::Result<()> {
+    for output in &definition.outputs {
+        if matches!(output, Output::DiskRaw | Output::DiskQcow2) {
+            bail!("outputs: {} is not built by Kiln yet (squashfs and oci are)", output.as_str());
+        }
+    }
+    if definition.publish.s3.is_some() {
+        bail!("publish_s3: not supported yet; publish with publish_kiln, whose store keeps its blobs in S3 when configured to");
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let (digest, _) = kiln_image_build::layers::file_digest(path)?;
+    Ok(digest.trim_start_matches("sha256:").to_owned())
+}
+
+/// Where the last online build found a parent, for `--offline`.
+fn reference_file(cache: &Path, parent: &str) -> PathBuf {
+    use sha2::Digest as _;
+    cache.join("refs").join(hex::encode(&sha2::Sha256::digest(parent.as_bytes())[..16]))
+}
+
+/// Resolves the parent to a content digest and, unless scratch, its unpacked root in the cache.
+async fn resolve_parent(client: &Client, parent: &Parent, cache: &Path, offline: bool) -> anyhow::Result<(String, Option<ParentRoot>)> {
+    let named = match parent {
+        Parent::Scratch => return Ok(("scratch".to_owned(), None)),
+        Parent::Kiln { image, version } => format!("kiln:{image}:{}", version.as_deref().unwrap_or("latest")),
+        Parent::Registry { reference, .. } => reference.clone(),
+    };
+    let record = reference_file(cache, &named);
+    if offline {
+        let digest = std::fs::read_to_string(&record)
+            .with_context(|| format!("--offline: {named} was never resolved by an online build on this cache"))?;
+        let root = cache.join("parents").join(digest.trim_start_matches("sha256:")).join("root");
+        if !root.is_dir() {
+            bail!("--offline: {named} ({digest}) is not unpacked in the cache");
+        }
+        return Ok((digest, Some(ParentRoot { root })));
+    }
+    let digest = match parent {
+        Parent::Scratch => unreachable!("returned above"),
+        Parent::Kiln { image, version } => {
+            let wanted = version.as_deref().unwrap_or("latest");
+            let found: ImageVersion = client
+                .get(&format!("/v1/images/{}/versions/{}", encode(image), encode(wanted)))
+                .await
+                .with_context(|| format!("finding the parent {named}"))?;
+            let root = found.artifact(ArtifactKind::Root).with_context(|| format!("the parent {named} has no root artifact"))?;
+            let directory = cache.join("parents").join(&root.sha256);
+            if !directory.join("root").is_dir() {
+                eprintln!("kiln: fetching the parent {image}:{} ({})", found.version, crate::images::human_bytes(root.size));
+                std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
+                let squashfs = directory.join("root.squashfs.partial");
+                let mut file = tokio::fs::File::create(&squashfs).await.with_context(|| format!("creating {}", squashfs.display()))?;
+                let path = format!("/v1/images/{}/versions/{}/root", encode(image), found.version);
+                client.download_to(&path, 0, &mut file, &|_, _| {}).await.with_context(|| format!("downloading {named}"))?;
+                drop(file);
+                let got = sha256_file(&squashfs)?;
+                if got != root.sha256 {
+                    let _ = std::fs::remove_file(&squashfs);
+                    bail!("the parent {named} arrived with sha256:{got}, not sha256:{}", root.sha256);
+                }
+                let target = directory.join("root");
+                let unpacked = squashfs.clone();
+                tokio::task::spawn_blocking(move || kiln_image_build::layers::unpack_squashfs(&unpacked, &target))
+                    .await
+                    .expect("unpacking does not panic")
+                    .with_context(|| format!("unpacking {named}"))?;
+                let _ = std::fs::remove_file(&squashfs);
+            }
+            format!("sha256:{}", root.sha256)
+        }
+        Parent::Registry { reference, pull_options } => {
+            let parsed = ImageReference::parse(reference)?;
+            let (digest, manifest) = registry::resolve(&parsed, pull_options).await?;
+            let directory = cache.join("parents").join(digest.trim_start_matches("sha256:"));
+            if !directory.join("root").is_dir() {
+                eprintln!("kiln: pulling the parent {reference} ({digest})");
+                let layers = registry::pull_layers(&parsed, pull_options, &manifest, &cache.join("blobs")).await?;
+                std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
+                let target = directory.join("root");
+                tokio::task::spawn_blocking(move || kiln_image_build::layers::unpack_layers(&layers, &target))
+                    .await
+                    .expect("unpacking does not panic")
+                    .with_context(|| format!("unpacking {reference}"))?;
+            }
+            digest
+        }
+    };
+    std::fs::create_dir_all(record.parent().expect("refs/ has a parent")).context("creating the reference cache")?;
+    std::fs::write(&record, &digest).with_context(|| format!("writing {}", record.display()))?;
+    let root = cache.join("parents").join(digest.trim_start_matches("sha256:")).join("root");
+    Ok((digest, Some(ParentRoot { root })))
+}
+
+pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let definition = parse_definition(&text).with_context(|| format!("{}", args.config.display()))?;
+    check_supported(&definition)?;
+    let definition_dir = args.config.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+    let mut copied = BTreeMap::new();
+    for (source, _) in &definition.copy_files {
+        let path = definition_dir.join(source);
+        let digest =
+            sha256_file(&path).with_context(|| format!("copyfiles: reading {source} (relative to {})", definition_dir.display()))?;
+        copied.insert(source.clone(), digest);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if !args.plan && unsafe { libc::geteuid() } != 0 {
+        bail!("building needs root (chroot and bind mounts); `--plan` shows the plan without it");
+    }
+    let (parent_digest, parent_root) = resolve_parent(client, &definition.parent, &args.cache, args.offline).await?;
+    let plan = plan_build(&definition, &parent_digest, &copied);
+    if args.plan {
+        return print(format, &plan, || plan.to_string());
+    }
+
+    let outputs = args.cache.join("outputs").join(&plan.layer_key);
+    std::fs::create_dir_all(&outputs).with_context(|| format!("creating {}", outputs.display()))?;
+    let log_path = outputs.join("build.log");
+    let log_file = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut log = BuildLog { file: log_file, verbose: args.verbose, line: Vec::new() };
+    let _ = writeln!(log, "kiln: building {} (layer {}) from {}", definition.name, &plan.layer_key[..12], args.config.display());
+    let settings = BuildSettings { cache_dir: args.cache.clone(), definition_dir };
+    let name = definition.name.clone();
+    let wanted = definition.outputs.clone();
+    let previous: Option<BuildResult> =
+        std::fs::read(outputs.join("result.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let (mut result, log) = tokio::task::spawn_blocking(move || -> anyhow::Result<(BuildResult, BuildLog)> {
+        let built = build_layer(&plan, parent_root.as_ref(), &settings, &mut log)?;
+        // Outputs of a layer taken from the cache were made with it; made again they would
+        // only be the same bytes.
+        let previous = previous.filter(|_| built.reused);
+        let squashfs = match (wanted.contains(&Output::Squashfs), previous.as_ref().and_then(|p| p.squashfs.clone())) {
+            (false, _) => None,
+            (true, Some(files)) if files.root.exists() => Some(files),
+            (true, _) => {
+                let _ = writeln!(log, "kiln: making the SquashFS root");
+                let triple = make_squashfs(&built.root, &name, &outputs, &mut log)?;
+                Some(SquashfsFiles { root: triple.root, kernel: triple.kernel, initrd: triple.initrd })
+            }
+        };
+        let layer_tar = match (wanted.contains(&Output::Oci), previous.as_ref().and_then(|p| p.layer_tar.clone())) {
+            (false, _) => None,
+            (true, Some(tar)) if outputs.join("layer.tar").exists() => Some(tar),
+            (true, _) => {
+                let _ = writeln!(log, "kiln: packing the layer for the registry");
+                Some(kiln_image_build::layers::pack_layer(&built.root, &outputs.join("layer.tar"))?)
+            }
+        };
+        let result = BuildResult {
+            name,
+            layer: built.key,
+            reused: built.reused,
+            seconds: built.seconds,
+            squashfs,
+            layer_tar,
+            pushed: Vec::new(),
+            published: None,
+            log: outputs.join("build.log"),
+        };
+        Ok((result, log))
+    })
+    .await
+    .expect("the build does not panic")
+    .with_context(|| format!("building {} (log: {})", definition.name, log_path.display()))?;
+    let outputs_dir = args.cache.join("outputs").join(&result.layer);
+    std::fs::write(outputs_dir.join("result.json"), serde_json::to_vec_pretty(&result)?).context("writing result.json")?;
+    drop(log);
+
+    if let (Some(registry), Some((digest, size))) = (&definition.publish.registry, &result.layer_tar) {
+        let tags = if definition.tags.is_empty() { vec!["latest".to_owned()] } else { definition.tags.clone() };
+        for tag in tags {
+            let reference = ImageReference::parse(&format!("{registry}/{}:{tag}", definition.name))?;
+            let manifest = registry::push(&reference, &definition.publish.push_options, &outputs_dir.join("layer.tar"), digest, *size)
+                .await
+                .with_context(|| format!("pushing {reference}"))?;
+            eprintln!("kiln: pushed {reference} ({manifest})");
+            result.pushed.push((reference.to_string(), manifest));
+        }
+    }
+    if let (Some(image), Some(files)) = (&definition.publish.kiln_image, &result.squashfs) {
+        result.published = Some(publish_to_kiln(client, image, files, &result.layer).await?);
+    }
+    print(format, &result, || {
+        let mut text = format!(
+            "{} layer {} {} in {:.1} s\n",
+            result.name,
+            &result.layer[..12],
+            if result.reused { "reused from the cache" } else { "built" },
+            result.seconds
+        );
+        if let Some(files) = &result.squashfs {
+            text.push_str(&format!("squashfs  {}\n", files.root.display()));
+            if let Some(kernel) = &files.kernel {
+                text.push_str(&format!("kernel    {}\n", kernel.display()));
+            }
+            if let Some(initrd) = &files.initrd {
+                text.push_str(&format!("initrd    {}\n", initrd.display()));
+            }
+        }
+        for (reference, digest) in &result.pushed {
+            text.push_str(&format!("pushed    {reference} ({digest})\n"));
+        }
+        if let Some(published) = &result.published {
+            text.push_str(&format!("published {published}\n"));
+        }
+        text.push_str(&format!("log       {}\n", result.log.display()));
+        text
+    })
+}
+
+/// Adds the SquashFS triple as a new version of `image` (created if absent), unless its
+/// latest version already holds the same root.
+async fn publish_to_kiln(client: &Client, image: &str, files: &SquashfsFiles, layer: &str) -> anyhow::Result<String> {
+    match client.get::<Image>(&format!("/v1/images/{}", encode(image))).await {
+        Ok(_) => {}
+        Err(error) if error.status() == Some(reqwest::StatusCode::NOT_FOUND) => {
+            let input = ImageInput {
+                name: image.to_owned(),
+                project: None,
+                visibility: Visibility::Private,
+                shared_with: Vec::new(),
+                description: "built by kiln image build".to_owned(),
+                os: None,
+                arch: Some(std::env::consts::ARCH.to_owned()),
+            };
+            client.post::<_, Image>("/v1/images", &input).await.with_context(|| format!("creating the image {image}"))?;
+        }
+        Err(error) => return Err(error).with_context(|| format!("finding the image {image}")),
+    }
+    let root_sha = sha256_file(&files.root)?;
+    if let Ok(latest) = client.get::<ImageVersion>(&format!("/v1/images/{}/versions/latest", encode(image))).await
+        && latest.artifact(ArtifactKind::Root).is_some_and(|root| root.sha256 == root_sha)
+    {
+        eprintln!("kiln: {image}:{} already holds this root; nothing published", latest.version);
+        return Ok(format!("{image}:{} (unchanged)", latest.version));
+    }
+    let mut artifacts = vec![(ArtifactKind::Root, files.root.clone())];
+    if let Some(kernel) = &files.kernel {
+        artifacts.push((ArtifactKind::Kernel, kernel.clone()));
+    }
+    if let Some(initrd) = &files.initrd {
+        artifacts.push((ArtifactKind::Initrd, initrd.clone()));
+    }
+    let note = format!("kiln image build: layer {layer}");
+    let version =
+        crate::images::upload_artifacts(client, image, &artifacts, &note).await.with_context(|| format!("publishing to {image}"))?;
+    Ok(format!("{image}:{}", version.version))
+}
