@@ -47,6 +47,8 @@ struct BuildResult {
     reused: bool,
     seconds: f64,
     squashfs: Option<SquashfsFiles>,
+    /// The whole-disk image (raw, or qcow2 when only that was asked for).
+    disk: Option<PathBuf>,
     /// `sha256:…` and size of the layer's tar, for a registry.
     layer_tar: Option<(String, u64)>,
     pushed: Vec<(String, String)>,
@@ -96,11 +98,6 @@ impl Write for BuildLog {
 
 /// Refuses, before anything runs, what this builder cannot make yet.
 fn check_supported(definition: &ImageDefinition) -> anyhow::Result<()> {
-    for output in &definition.outputs {
-        if matches!(output, Output::DiskRaw | Output::DiskQcow2) {
-            bail!("outputs: {} is not built by Kiln yet (squashfs and oci are)", output.as_str());
-        }
-    }
     if definition.publish.s3.is_some() {
         bail!("publish_s3: not supported yet; publish with publish_kiln, whose store keeps its blobs in S3 when configured to");
     }
@@ -222,6 +219,7 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
     let settings = BuildSettings { cache_dir: args.cache.clone(), definition_dir };
     let name = definition.name.clone();
     let wanted = definition.outputs.clone();
+    let kernel_args = definition.kernel_args.clone();
     let previous: Option<BuildResult> =
         std::fs::read(outputs.join("result.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let (mut result, log) = tokio::task::spawn_blocking(move || -> anyhow::Result<(BuildResult, BuildLog)> {
@@ -238,6 +236,26 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
                 Some(SquashfsFiles { root: triple.root, kernel: triple.kernel, initrd: triple.initrd })
             }
         };
+        let wants_disk = wanted.contains(&Output::DiskRaw) || wanted.contains(&Output::DiskQcow2);
+        let disk = match (wants_disk, previous.as_ref().and_then(|p| p.disk.clone())) {
+            (false, _) => None,
+            (true, Some(disk)) if disk.exists() => Some(disk),
+            (true, _) => {
+                let _ = writeln!(log, "kiln: making the disk image");
+                let raw = kiln_image_build::disk::make_disk(&built.root, &name, &outputs, &kernel_args, &mut log)?;
+                if wanted.contains(&Output::DiskQcow2) {
+                    let qcow2 = kiln_image_build::disk::convert_to_qcow2(&raw, &mut log)?;
+                    if !wanted.contains(&Output::DiskRaw) {
+                        std::fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
+                        Some(qcow2)
+                    } else {
+                        Some(raw)
+                    }
+                } else {
+                    Some(raw)
+                }
+            }
+        };
         let layer_tar = match (wanted.contains(&Output::Oci), previous.as_ref().and_then(|p| p.layer_tar.clone())) {
             (false, _) => None,
             (true, Some(tar)) if outputs.join("layer.tar").exists() => Some(tar),
@@ -252,6 +270,7 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
             reused: built.reused,
             seconds: built.seconds,
             squashfs,
+            disk,
             layer_tar,
             pushed: Vec::new(),
             published: None,
@@ -277,8 +296,17 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
             result.pushed.push((reference.to_string(), manifest));
         }
     }
-    if let (Some(image), Some(files)) = (&definition.publish.kiln_image, &result.squashfs) {
-        result.published = Some(publish_to_kiln(client, image, files, &result.layer).await?);
+    if let Some(image) = &definition.publish.kiln_image {
+        let mut artifacts = Vec::new();
+        if let Some(files) = &result.squashfs {
+            artifacts.push((ArtifactKind::Root, files.root.clone()));
+            artifacts.extend(files.kernel.clone().map(|kernel| (ArtifactKind::Kernel, kernel)));
+            artifacts.extend(files.initrd.clone().map(|initrd| (ArtifactKind::Initrd, initrd)));
+        }
+        if let Some(disk) = &result.disk {
+            artifacts.push((ArtifactKind::Disk, disk.clone()));
+        }
+        result.published = Some(publish_to_kiln(client, image, &artifacts, &result.layer).await?);
     }
     print(format, &result, || {
         let mut text = format!(
@@ -297,6 +325,9 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
                 text.push_str(&format!("initrd    {}\n", initrd.display()));
             }
         }
+        if let Some(disk) = &result.disk {
+            text.push_str(&format!("disk      {}\n", disk.display()));
+        }
         for (reference, digest) in &result.pushed {
             text.push_str(&format!("pushed    {reference} ({digest})\n"));
         }
@@ -308,9 +339,10 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
     })
 }
 
-/// Adds the SquashFS triple as a new version of `image` (created if absent), unless its
-/// latest version already holds the same root.
-async fn publish_to_kiln(client: &Client, image: &str, files: &SquashfsFiles, layer: &str) -> anyhow::Result<String> {
+/// Adds the artifacts (the first one names the content) as a new version of `image`
+/// (created if absent), unless its latest version already holds the same first artifact.
+async fn publish_to_kiln(client: &Client, image: &str, artifacts: &[(ArtifactKind, PathBuf)], layer: &str) -> anyhow::Result<String> {
+    let Some((first_kind, first_path)) = artifacts.first() else { bail!("publish_kiln: the build made nothing to publish") };
     match client.get::<Image>(&format!("/v1/images/{}", encode(image))).await {
         Ok(_) => {}
         Err(error) if error.status() == Some(reqwest::StatusCode::NOT_FOUND) => {
@@ -327,22 +359,15 @@ async fn publish_to_kiln(client: &Client, image: &str, files: &SquashfsFiles, la
         }
         Err(error) => return Err(error).with_context(|| format!("finding the image {image}")),
     }
-    let root_sha = sha256_file(&files.root)?;
+    let first_sha = sha256_file(first_path)?;
     if let Ok(latest) = client.get::<ImageVersion>(&format!("/v1/images/{}/versions/latest", encode(image))).await
-        && latest.artifact(ArtifactKind::Root).is_some_and(|root| root.sha256 == root_sha)
+        && latest.artifact(*first_kind).is_some_and(|artifact| artifact.sha256 == first_sha)
     {
-        eprintln!("kiln: {image}:{} already holds this root; nothing published", latest.version);
+        eprintln!("kiln: {image}:{} already holds this {first_kind}; nothing published", latest.version);
         return Ok(format!("{image}:{} (unchanged)", latest.version));
-    }
-    let mut artifacts = vec![(ArtifactKind::Root, files.root.clone())];
-    if let Some(kernel) = &files.kernel {
-        artifacts.push((ArtifactKind::Kernel, kernel.clone()));
-    }
-    if let Some(initrd) = &files.initrd {
-        artifacts.push((ArtifactKind::Initrd, initrd.clone()));
     }
     let note = format!("kiln image build: layer {layer}");
     let version =
-        crate::images::upload_artifacts(client, image, &artifacts, &note).await.with_context(|| format!("publishing to {image}"))?;
+        crate::images::upload_artifacts(client, image, artifacts, &note).await.with_context(|| format!("publishing to {image}"))?;
     Ok(format!("{image}:{}", version.version))
 }

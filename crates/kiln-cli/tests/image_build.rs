@@ -220,3 +220,131 @@ fn a_built_debian_image_boots_live_in_the_lab_and_calls_back() {
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
 }
+
+/// What the disk image's system runs instead of an init system: it brings the network up
+/// with busybox's DHCP client, reports its root, and calls the server back.
+const DEBIAN_DISK_INIT: &str = r#"#!/bin/bash
+. /etc/os-release
+echo "KILN-DEBIAN-DISK $PRETTY_NAME on $(grep ' / ' /proc/mounts)" > /dev/console
+server=$(sed -n 's/.*kiln\.server=http:\/\/\([^ /]*\).*/\1/p' /proc/cmdline)
+interface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+busybox ip link set "$interface" up
+busybox udhcpc -i "$interface" -q -n -t 20 -T 2 -s /usr/local/sbin/kiln-udhcpc > /dev/console 2>&1
+mac=$(cat "/sys/class/net/$interface/address")
+exec 3<>"/dev/tcp/${server%:*}/${server#*:}"
+printf 'GET /boot/v1/phone-home?mac=%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$mac" "$server" >&3
+read -r status <&3
+echo "KILN-DEBIAN-PHONED-HOME $status" > /dev/console
+while :; do sleep 3600; done
+"#;
+
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+  bound|renew)
+    busybox ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && busybox ip route add default via "${router%% *}" dev "$interface"
+    ;;
+esac
+exit 0
+"#;
+
+#[test]
+fn a_built_debian_disk_image_deploys_and_boots_from_its_disk_in_the_lab() {
+    let _one = ONE_BUILD_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/debootstrap").exists() {
+        assert_ne!(std::env::var("KILN_REQUIRE_LAB").as_deref(), Ok("1"), "the build test needs root and debootstrap");
+        eprintln!("skipping: needs root and debootstrap (scripts/install-deps)");
+        return;
+    }
+    let Some(registry) = TestRegistry::start() else { return };
+    let Some(mut lab) = kiln_lab::Lab::create_or_skip() else { return };
+    let kiln = Path::new(support::KILN);
+    lab.start_server(kiln, "").unwrap();
+    let work = lab.directory.path().to_owned();
+    let cache = work.join("build-cache");
+    let cache_arg = cache.to_str().unwrap().to_owned();
+    let registry_address = &registry.address;
+
+    // On the host, which reaches the Debian archive: the base, pushed to the registry, and
+    // the child on it with a kernel, kept in the cache.
+    std::fs::write(
+        work.join("base.yaml"),
+        format!(
+            "options:\n  name: debian-base\n  publish_tags: bookworm\n  pkg_manager: apt\n  parent: scratch\n  \
+             publish_registry: '{registry_address}/kiln'\n  registry_opts_push: ['--tls-verify=false']\n\
+             repos:\n  - alias: debian\n    url: 'http://deb.debian.org/debian'\n    suite: bookworm\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(work.join("init"), DEBIAN_DISK_INIT).unwrap();
+    std::fs::write(work.join("udhcpc"), UDHCPC_SCRIPT).unwrap();
+    let child = format!(
+        "options:\n  name: debian-disk\n  pkg_manager: apt\n  parent: '{registry_address}/kiln/debian-base:bookworm'\n  \
+         registry_opts_pull: ['--tls-verify=false']\n  outputs: [disk-raw]\n  publish_local: true\n  \
+         kernel_args: 'init=/sbin/kiln-init panic=-1 kiln.server={}'\n\
+         packages: [linux-image-cloud-amd64, busybox]\n\
+         copyfiles:\n  - src: init\n    dest: /sbin/kiln-init\n  - src: udhcpc\n    dest: /usr/local/sbin/kiln-udhcpc\n\
+         cmds:\n  - cmd: 'chmod 0755 /sbin/kiln-init /usr/local/sbin/kiln-udhcpc'\n",
+        lab.boot_url()
+    );
+    std::fs::write(work.join("child-local.yaml"), &child).unwrap();
+    for definition in ["base.yaml", "child-local.yaml"] {
+        let output = std::process::Command::new(kiln)
+            .args(["image", "build", "-c", work.join(definition).to_str().unwrap(), "--cache", &cache_arg])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{definition}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    // In the lab, which reaches neither: the same child, offline, from the cache, to Kiln.
+    std::fs::write(work.join("child.yaml"), child.replace("publish_local: true", "publish_kiln: debian-disk")).unwrap();
+    let built = json(
+        &lab.kiln(
+            kiln,
+            &["image", "build", "-c", work.join("child.yaml").to_str().unwrap(), "--cache", &cache_arg, "--offline", "-F", "json"],
+        )
+        .unwrap(),
+    );
+    assert_eq!(built["reused"], true);
+    assert_eq!(built["published"], "debian-disk:1");
+    let image = std::path::PathBuf::from(built["disk"].as_str().unwrap());
+    let image_size = std::fs::metadata(&image).unwrap().len();
+    let agent = support::agent_binary();
+    lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string()]).unwrap();
+
+    let disk = work.join("node-disk.raw");
+    std::fs::File::create(&disk).unwrap().set_len(image_size + (64 << 20)).unwrap();
+    let mac = "52:54:00:be:ef:43";
+    let machine = lab.add_machine_with_disk(mac, kiln_lab::Firmware::Bios, &disk).unwrap();
+    let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
+    let node = serde_json::json!([{ "name": "node43", "interfaces": [{"mac_addr": mac}] }]);
+    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
+    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
+    lab.kiln(kiln, &["node", "update", "node43", "-f", "json", "-d", &bmc.to_string()]).unwrap();
+    lab.kiln(kiln, &["node", "manage", "node43", "--wait", "--timeout", "30"]).unwrap();
+    lab.kiln(kiln, &["node", "provide", "node43", "--wait", "--timeout", "30"]).unwrap();
+    let started = Instant::now();
+    let deploy = ["node", "deploy", "node43", "--image", "debian-disk", "--wait-for-callback", "--wait", "--timeout", "900", "-F", "json"];
+    let deployed = lab.kiln(kiln, &deploy).unwrap_or_else(|error| {
+        panic!(
+            "disk deploy failed: {error}\nconsole:\n{}\nserver:\n{}",
+            std::fs::read_to_string(&console).unwrap_or_default(),
+            lab.server_log()
+        )
+    });
+    assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(text.contains("KILN-DEBIAN-DISK Debian GNU/Linux 12 (bookworm) on /dev/"), "booted from its disk:\n{text}");
+    assert!(text.contains("ext4 rw"), "{text}");
+    assert!(text.contains("KILN-DEBIAN-PHONED-HOME HTTP/1.1 204"), "{text}");
+    // The root filesystem has been mounted read-write since; the partition table and the
+    // EFI system partition before it are as written.
+    let written = std::fs::read(&disk).unwrap();
+    let expected = std::fs::read(&image).unwrap();
+    let root_start = (257 << 20) as usize;
+    assert!(written[..root_start] == expected[..root_start], "the disk holds the image's partition table and ESP");
+    let tail = expected.len() - (1 << 20);
+    assert!(written[tail..expected.len()] == expected[tail..], "and its backup GPT");
+    eprintln!("built Debian disk image ({image_size} bytes), deploy to active: {:.0} s", started.elapsed().as_secs_f64());
+}

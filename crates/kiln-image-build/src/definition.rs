@@ -3,8 +3,8 @@
 //! checked into an [`ImageDefinition`] whose every field is known good.
 //!
 //! Kiln adds a few optional keys, all ignored by nothing in the original format: `suite` and
-//! `components` on a repository (what `debootstrap` and apt need), and `outputs` and
-//! `publish_kiln` in `options`.
+//! `components` on a repository (what `debootstrap` and apt need), and `outputs`,
+//! `publish_kiln` and `kernel_args` (for disk images) in `options`.
 
 use std::collections::BTreeSet;
 
@@ -69,6 +69,8 @@ pub struct OptionsWire {
     /// Kiln: which artifacts to make [default: from the publish settings].
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// Kiln: extra kernel arguments for the boot configuration of disk images.
+    pub kernel_args: Option<String>,
 }
 
 /// `publish_tags: '9'` and `publish_tags: ['rocky9']` both appear in the tutorial.
@@ -121,6 +123,8 @@ pub struct ImageDefinition {
     pub copy_files: Vec<(String, String)>,
     pub outputs: BTreeSet<Output>,
     pub publish: Publish,
+    /// Extra kernel arguments in a disk image's boot configuration.
+    pub kernel_args: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -387,6 +391,7 @@ impl TryFrom<DefinitionWire> for ImageDefinition {
             copy_files,
             outputs,
             publish,
+            kernel_args: options.kernel_args.unwrap_or_default(),
         })
     }
 }

@@ -34,6 +34,8 @@ pub enum BuildError {
     Mount(#[from] MountError),
     #[error("the parent {parent} is needed but was not provided")]
     NoParent { parent: String },
+    #[error("a disk image needs a kernel and its initramfs under /boot: add linux-image-amd64 (or the distribution's kernel) to packages")]
+    DiskNeedsKernel,
     #[error("{tool} failed: {message}")]
     ToolFailed { tool: &'static str, message: String },
 }

@@ -7,6 +7,7 @@
 
 pub mod chroot;
 pub mod definition;
+pub mod disk;
 pub mod elements;
 pub mod execute;
 pub mod hooks;

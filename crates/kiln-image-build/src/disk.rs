@@ -1,0 +1,257 @@
+//! Whole-disk images of a built layer: GPT, an EFI system partition carrying the kernel,
+//! initramfs and SYSLINUX for BIOS (through `gptmbr.bin` and the partition's legacy-boot
+//! attribute) and UEFI (`\EFI\BOOT\BOOTX64.EFI`), and an ext4 root labelled
+//! `cloudimg-rootfs`, as cloud images are. Every filesystem is written straight into the
+//! image file at its offset (mkfs.fat, mke2fs -d, mtools, syslinux): no loop device, no mount.
+//! The layout and the boot configuration are pure functions of their inputs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::execute::BuildError;
+
+const SECTOR: u64 = 512;
+const MIB: u64 = 1 << 20;
+/// Room for a kernel and a generous initramfs, and FAT32's minimum cluster count.
+const ESP_BYTES: u64 = 256 * MIB;
+pub const ROOT_LABEL: &str = "cloudimg-rootfs";
+const GPT_MBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
+const SYSLINUX_EFI: &str = "/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi";
+const LDLINUX_E64: &str = "/usr/lib/syslinux/modules/efi64/ldlinux.e64";
+
+/// Where the partitions are, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLayout {
+    pub disk_bytes: u64,
+    pub esp_start: u64,
+    pub esp_bytes: u64,
+    pub root_start: u64,
+    pub root_bytes: u64,
+}
+
+impl DiskLayout {
+    /// A layout for a root tree taking `tree_bytes` (allocated): the root filesystem gets a
+    /// quarter more plus 256 MiB for metadata and first-boot writes, rounded to MiB.
+    pub fn for_tree(tree_bytes: u64) -> DiskLayout {
+        let root_bytes = (tree_bytes + tree_bytes / 4 + 256 * MIB).div_ceil(MIB) * MIB;
+        let esp_start = MIB;
+        let root_start = esp_start + ESP_BYTES;
+        // The backup GPT takes the last 33 sectors; a MiB keeps the end aligned.
+        let disk_bytes = root_start + root_bytes + MIB;
+        DiskLayout { disk_bytes, esp_start, esp_bytes: ESP_BYTES, root_start, root_bytes }
+    }
+
+    /// The partition table, as `sfdisk` reads it.
+    pub fn sfdisk_script(&self) -> String {
+        format!(
+            "label: gpt\nunit: sectors\nfirst-lba: 2048\n\
+             start={}, size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"EFI System\", attrs=\"LegacyBIOSBootable\"\n\
+             start={}, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"{ROOT_LABEL}\"\n",
+            self.esp_start / SECTOR,
+            self.esp_bytes / SECTOR,
+            self.root_start / SECTOR,
+            self.root_bytes / SECTOR,
+        )
+    }
+}
+
+/// SYSLINUX's configuration: boot the kernel at once with the root found by its label.
+/// The root is mounted read-write from the start, as the image carries no fstab of its own.
+pub fn syslinux_config(kernel_args: &str) -> String {
+    let extra = if kernel_args.trim().is_empty() { String::new() } else { format!(" {}", kernel_args.trim()) };
+    format!(
+        "DEFAULT kiln\nPROMPT 0\nTIMEOUT 0\nLABEL kiln\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  \
+         APPEND root=LABEL={ROOT_LABEL} rw console=tty0 console=ttyS0,115200{extra}\n"
+    )
+}
+
+fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
+    let path = path.to_owned();
+    move |error| BuildError::Io { operation, path, error }
+}
+
+fn run(tool: &'static str, command: &mut Command, log: &mut dyn Write) -> Result<(), BuildError> {
+    let output =
+        command.stdin(Stdio::null()).output().map_err(|error| BuildError::Io { operation: "running", path: PathBuf::from(tool), error })?;
+    let _ = log.write_all(&output.stdout);
+    let _ = log.write_all(&output.stderr);
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        return Err(BuildError::ToolFailed { tool, message: format!("{}: {}", output.status, tail.join(" | ")) });
+    }
+    Ok(())
+}
+
+/// Bytes a tree takes, counted as a filesystem allocates them (4 KiB blocks, an inode's
+/// worth per entry); symbolic links are not followed.
+pub fn tree_bytes(root: &Path) -> Result<u64, BuildError> {
+    let mut total = 0u64;
+    let mut pending = vec![root.to_owned()];
+    while let Some(directory) = pending.pop() {
+        for entry in std::fs::read_dir(&directory).map_err(io("reading", &directory))? {
+            let entry = entry.map_err(io("reading", &directory))?;
+            let metadata = entry.metadata().map_err(io("reading", &entry.path()))?;
+            total += metadata.len().div_ceil(4096) * 4096 + 256;
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The newest kernel under the root's `/boot` and its initramfs.
+fn kernel_and_initrd(root: &Path) -> Result<(PathBuf, PathBuf), BuildError> {
+    let boot = root.join("boot");
+    let mut kernels: Vec<String> = std::fs::read_dir(&boot)
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("vmlinuz-")).collect())
+        .unwrap_or_default();
+    kernels.sort();
+    let kernel = kernels.pop().ok_or(BuildError::DiskNeedsKernel)?;
+    let initrd = boot.join(format!("initrd.img-{}", kernel.trim_start_matches("vmlinuz-")));
+    if !initrd.exists() {
+        return Err(BuildError::DiskNeedsKernel);
+    }
+    Ok((boot.join(kernel), initrd))
+}
+
+/// Makes `<name>.raw` (sparse) in `output_dir` from a built layer.
+pub fn make_disk(layer_root: &Path, name: &str, output_dir: &Path, kernel_args: &str, log: &mut dyn Write) -> Result<PathBuf, BuildError> {
+    for tool_file in [GPT_MBR, SYSLINUX_EFI, LDLINUX_E64] {
+        if !Path::new(tool_file).exists() {
+            return Err(BuildError::ToolFailed {
+                tool: "syslinux",
+                message: format!("{tool_file} is missing (apt-get install syslinux syslinux-efi syslinux-common)"),
+            });
+        }
+    }
+    let (kernel, initrd) = kernel_and_initrd(layer_root)?;
+    let layout = DiskLayout::for_tree(tree_bytes(layer_root)?);
+    std::fs::create_dir_all(output_dir).map_err(io("creating", output_dir))?;
+    let raw = output_dir.join(format!("{name}.raw"));
+    let partial = output_dir.join(format!("{name}.raw.partial"));
+    let _ = std::fs::remove_file(&partial);
+    let result = (|| {
+        let file = std::fs::File::create(&partial).map_err(io("creating", &partial))?;
+        file.set_len(layout.disk_bytes).map_err(io("sizing", &partial))?;
+        drop(file);
+        let _ = writeln!(
+            log,
+            "kiln: partitioning {} (GPT: EFI system {} MiB, root {} MiB)",
+            raw.display(),
+            layout.esp_bytes / MIB,
+            layout.root_bytes / MIB
+        );
+        let mut sfdisk = Command::new("sfdisk");
+        sfdisk.args(["--quiet", "--no-reread", "--no-tell-kernel"]).arg(&partial);
+        run_with_input("sfdisk", &mut sfdisk, layout.sfdisk_script().as_bytes(), log)?;
+        // BIOS: the GPT-aware MBR boots the partition marked legacy-bootable, the ESP.
+        let mbr = std::fs::read(GPT_MBR).map_err(io("reading", Path::new(GPT_MBR)))?;
+        write_at(&partial, 0, &mbr[..mbr.len().min(440)])?;
+        let mut fat = Command::new("mkfs.fat");
+        fat.args(["-F", "32", "-s", "1", "-n", "ESP"])
+            .arg(format!("--offset={}", layout.esp_start / SECTOR))
+            .arg(&partial)
+            .arg((layout.esp_bytes / 1024).to_string());
+        run("mkfs.fat", &mut fat, log)?;
+        let _ = writeln!(log, "kiln: writing the root filesystem ({ROOT_LABEL})");
+        let mut ext4 = Command::new("mke2fs");
+        ext4.args(["-t", "ext4", "-b", "4096", "-q", "-F", "-L", ROOT_LABEL, "-d"])
+            .arg(layer_root)
+            .arg("-E")
+            .arg(format!("offset={},nodiscard", layout.root_start))
+            .arg(&partial)
+            .arg(format!("{}k", layout.root_bytes / 1024));
+        run("mke2fs", &mut ext4, log)?;
+        let _ = writeln!(log, "kiln: installing SYSLINUX for BIOS and UEFI");
+        let mut syslinux = Command::new("syslinux");
+        syslinux.arg("--offset").arg(layout.esp_start.to_string()).arg("--install").arg(&partial);
+        run("syslinux", &mut syslinux, log)?;
+        let esp = format!("{}@@{}", partial.display(), layout.esp_start);
+        let config = output_dir.join("syslinux.cfg");
+        std::fs::write(&config, syslinux_config(kernel_args)).map_err(io("writing", &config))?;
+        run("mmd", Command::new("mmd").args(["-i", &esp, "::/EFI", "::/EFI/BOOT"]), log)?;
+        let copies: [(&Path, &str); 6] = [
+            (&kernel, "::/vmlinuz"),
+            (&initrd, "::/initrd.img"),
+            (&config, "::/syslinux.cfg"),
+            (&config, "::/EFI/BOOT/syslinux.cfg"),
+            (Path::new(SYSLINUX_EFI), "::/EFI/BOOT/BOOTX64.EFI"),
+            (Path::new(LDLINUX_E64), "::/EFI/BOOT/ldlinux.e64"),
+        ];
+        for (source, target) in copies {
+            run("mcopy", Command::new("mcopy").args(["-o", "-i", &esp]).arg(source).arg(target), log)?;
+        }
+        let _ = std::fs::remove_file(&config);
+        Ok(())
+    })();
+    if let Err(error) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error);
+    }
+    std::fs::rename(&partial, &raw).map_err(io("renaming", &partial))?;
+    Ok(raw)
+}
+
+/// Converts a raw disk image to `<same name>.qcow2` beside it.
+pub fn convert_to_qcow2(raw: &Path, log: &mut dyn Write) -> Result<PathBuf, BuildError> {
+    let qcow2 = raw.with_extension("qcow2");
+    let partial = raw.with_extension("qcow2.partial");
+    let converted = run("qemu-img", Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(raw).arg(&partial), log);
+    if let Err(error) = converted {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error);
+    }
+    std::fs::rename(&partial, &qcow2).map_err(io("renaming", &partial))?;
+    Ok(qcow2)
+}
+
+fn run_with_input(tool: &'static str, command: &mut Command, input: &[u8], log: &mut dyn Write) -> Result<(), BuildError> {
+    let spawn_error = |error| BuildError::Io { operation: "running", path: PathBuf::from(tool), error };
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn_error)?;
+    child.stdin.take().expect("piped").write_all(input).map_err(spawn_error)?;
+    let output = child.wait_with_output().map_err(spawn_error)?;
+    let _ = log.write_all(&output.stderr);
+    if !output.status.success() {
+        return Err(BuildError::ToolFailed { tool, message: String::from_utf8_lossy(&output.stderr).trim().to_owned() });
+    }
+    Ok(())
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), BuildError> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::OpenOptions::new().write(true).open(path).map_err(io("opening", path))?;
+    file.write_all_at(bytes, offset).map_err(io("writing", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_and_boot_configuration() {
+        let layout = DiskLayout::for_tree(300 * MIB);
+        assert_eq!(layout.root_bytes % MIB, 0);
+        assert!(layout.root_bytes >= 300 * MIB + 75 * MIB + 256 * MIB);
+        expect_test::expect![[r#"
+            label: gpt
+            unit: sectors
+            first-lba: 2048
+            start=2048, size=524288, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="EFI System", attrs="LegacyBIOSBootable"
+            start=526336, size=1292288, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="cloudimg-rootfs"
+        "#]]
+        .assert_eq(&layout.sfdisk_script());
+        expect_test::expect![[r#"
+            DEFAULT kiln
+            PROMPT 0
+            TIMEOUT 0
+            LABEL kiln
+              LINUX /vmlinuz
+              INITRD /initrd.img
+              APPEND root=LABEL=cloudimg-rootfs rw console=tty0 console=ttyS0,115200 init=/sbin/kiln-init
+        "#]]
+        .assert_eq(&syslinux_config(" init=/sbin/kiln-init "));
+    }
+}
