@@ -213,7 +213,9 @@ async fn live_script(
             context,
             &format!("{base}/kernel"),
             &format!("{base}/initrd"),
-            &format!("{console} root=live:{root_url} rd.live.ram=1 rd.live.overlay.overlayfs=1 kiln.server={server}"),
+            // dracut's livenet fetches the root into RAM itself: `rd.live.ram` would copy it
+            // a second time. `ip=dhcp` as OpenCHAMI's boot parameters have it.
+            &format!("{console} root=live:{root_url} ip=dhcp rd.live.overlay.overlayfs=1 kiln.server={server}"),
         ),
         _ => {
             let Some((kernel, initrd)) = ramdisk_urls(state, node).await else {

@@ -249,7 +249,7 @@ exit 0
 "#;
 
 #[test]
-fn a_built_debian_disk_image_deploys_and_boots_from_its_disk_in_the_lab() {
+fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     let _one = ONE_BUILD_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/debootstrap").exists() {
@@ -267,7 +267,8 @@ fn a_built_debian_disk_image_deploys_and_boots_from_its_disk_in_the_lab() {
     let registry_address = &registry.address;
 
     // On the host, which reaches the Debian archive: the base, pushed to the registry, and
-    // the child on it with a kernel, kept in the cache.
+    // the child on it with a kernel and a dracut initramfs that can fetch a live root over
+    // HTTP (as OpenCHAMI's images do), kept in the cache.
     std::fs::write(
         work.join("base.yaml"),
         format!(
@@ -281,11 +282,13 @@ fn a_built_debian_disk_image_deploys_and_boots_from_its_disk_in_the_lab() {
     std::fs::write(work.join("udhcpc"), UDHCPC_SCRIPT).unwrap();
     let child = format!(
         "options:\n  name: debian-disk\n  pkg_manager: apt\n  parent: '{registry_address}/kiln/debian-base:bookworm'\n  \
-         registry_opts_pull: ['--tls-verify=false']\n  outputs: [disk-raw]\n  publish_local: true\n  \
+         registry_opts_pull: ['--tls-verify=false']\n  outputs: [squashfs, disk-raw]\n  publish_local: true\n  \
          kernel_args: 'init=/sbin/kiln-init panic=-1 kiln.server={}'\n\
-         packages: [linux-image-cloud-amd64, busybox]\n\
-         copyfiles:\n  - src: init\n    dest: /sbin/kiln-init\n  - src: udhcpc\n    dest: /usr/local/sbin/kiln-udhcpc\n\
-         cmds:\n  - cmd: 'chmod 0755 /sbin/kiln-init /usr/local/sbin/kiln-udhcpc'\n",
+         packages: [linux-image-cloud-amd64, dracut, dracut-network, dracut-live, curl, procps, busybox]\n\
+         copyfiles:\n  - src: init\n    dest: /sbin/kiln-init\n  - src: init\n    dest: /sbin/init\n  \
+         - src: udhcpc\n    dest: /usr/local/sbin/kiln-udhcpc\n\
+         cmds:\n  - cmd: 'chmod 0755 /sbin/kiln-init /sbin/init /usr/local/sbin/kiln-udhcpc'\n  \
+         - cmd: 'kver=$(ls /lib/modules); dracut --force --no-hostonly --add \"livenet dmsquash-live\" /boot/initrd.img-$kver $kver'\n",
         lab.boot_url()
     );
     std::fs::write(work.join("child-local.yaml"), &child).unwrap();
@@ -297,7 +300,9 @@ fn a_built_debian_disk_image_deploys_and_boots_from_its_disk_in_the_lab() {
         assert!(output.status.success(), "{definition}: {}", String::from_utf8_lossy(&output.stderr));
     }
 
-    // In the lab, which reaches neither: the same child, offline, from the cache, to Kiln.
+    // In the lab, which reaches neither: the same child, offline, from the cache, to Kiln,
+    // into a public image (live nodes fetch their root without a credential).
+    lab.kiln(kiln, &["image", "create", "debian-disk", "--visibility", "public"]).unwrap();
     std::fs::write(work.join("child.yaml"), child.replace("publish_local: true", "publish_kiln: debian-disk")).unwrap();
     let built = json(
         &lab.kiln(
@@ -312,18 +317,50 @@ fn a_built_debian_disk_image_deploys_and_boots_from_its_disk_in_the_lab() {
     let image_size = std::fs::metadata(&image).unwrap().len();
     let agent = support::agent_binary();
     lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string()]).unwrap();
+    // Live nodes fetch their root without a credential.
 
+    // Live: the SquashFS triple, with the image's own kernel and dracut initramfs.
+    let live_mac = "52:54:00:be:ef:44";
+    let live_machine = lab.add_powered_off_machine(live_mac, kiln_lab::Firmware::Bios).unwrap();
+    let (live_qmp, live_console) = (live_machine.qmp.clone().unwrap(), live_machine.console.clone());
+    enrol(&lab, kiln, "node44", live_mac, &live_qmp);
+    let started = Instant::now();
+    let deploy = [
+        "node",
+        "deploy",
+        "node44",
+        "--image",
+        "debian-disk",
+        "--mode",
+        "live",
+        "--wait-for-callback",
+        "--wait",
+        "--timeout",
+        "600",
+        "-F",
+        "json",
+    ];
+    let deployed = lab.kiln(kiln, &deploy).unwrap_or_else(|error| {
+        panic!(
+            "live deploy failed: {error}\nconsole:\n{}\nserver:\n{}",
+            std::fs::read_to_string(&live_console).unwrap_or_default(),
+            lab.server_log()
+        )
+    });
+    assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
+    let text = std::fs::read_to_string(&live_console).unwrap_or_default();
+    assert!(text.contains("KILN-DEBIAN-DISK Debian GNU/Linux 12 (bookworm) on LiveOS_rootfs / overlay"), "booted live:\n{text}");
+    assert!(text.contains("KILN-DEBIAN-PHONED-HOME HTTP/1.1 204"), "{text}");
+    eprintln!("built Debian SquashFS triple, live deploy to active: {:.0} s", started.elapsed().as_secs_f64());
+    lab.kiln(kiln, &["node", "power", "force-off", "node44"]).unwrap();
+
+    // Disk: the whole-disk image, written by the agent and booted from the disk.
     let disk = work.join("node-disk.raw");
     std::fs::File::create(&disk).unwrap().set_len(image_size + (64 << 20)).unwrap();
     let mac = "52:54:00:be:ef:43";
     let machine = lab.add_machine_with_disk(mac, kiln_lab::Firmware::Bios, &disk).unwrap();
     let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
-    let node = serde_json::json!([{ "name": "node43", "interfaces": [{"mac_addr": mac}] }]);
-    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
-    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
-    lab.kiln(kiln, &["node", "update", "node43", "-f", "json", "-d", &bmc.to_string()]).unwrap();
-    lab.kiln(kiln, &["node", "manage", "node43", "--wait", "--timeout", "30"]).unwrap();
-    lab.kiln(kiln, &["node", "provide", "node43", "--wait", "--timeout", "30"]).unwrap();
+    enrol(&lab, kiln, "node43", mac, &qmp);
     let started = Instant::now();
     let deploy = ["node", "deploy", "node43", "--image", "debian-disk", "--wait-for-callback", "--wait", "--timeout", "900", "-F", "json"];
     let deployed = lab.kiln(kiln, &deploy).unwrap_or_else(|error| {
@@ -347,4 +384,13 @@ fn a_built_debian_disk_image_deploys_and_boots_from_its_disk_in_the_lab() {
     let tail = expected.len() - (1 << 20);
     assert!(written[tail..expected.len()] == expected[tail..], "and its backup GPT");
     eprintln!("built Debian disk image ({image_size} bytes), deploy to active: {:.0} s", started.elapsed().as_secs_f64());
+}
+
+fn enrol(lab: &kiln_lab::Lab, kiln: &Path, name: &str, mac: &str, qmp: &Path) {
+    let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
+    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
+    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
+    lab.kiln(kiln, &["node", "update", name, "-f", "json", "-d", &bmc.to_string()]).unwrap();
+    lab.kiln(kiln, &["node", "manage", name, "--wait", "--timeout", "30"]).unwrap();
+    lab.kiln(kiln, &["node", "provide", name, "--wait", "--timeout", "30"]).unwrap();
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 /// What failed while mounting or unmounting.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("binding {source_path} onto {}", target.display())]
+    #[error("binding {} onto {}", source_path.display(), target.display())]
     Bind {
-        source_path: &'static str,
+        source_path: PathBuf,
         target: PathBuf,
         #[source]
         error: std::io::Error,
@@ -50,7 +50,7 @@ impl ChrootMounts {
             // SAFETY: both strings are NUL-terminated and outlive the call; no data argument.
             let result = unsafe { libc::mount(source_c.as_ptr(), target_c.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
             if result != 0 {
-                return Err(MountError::Bind { source_path: source, target, error: std::io::Error::last_os_error() });
+                return Err(MountError::Bind { source_path: source.into(), target, error: std::io::Error::last_os_error() });
             }
             // Mounts made under a bind (by hooks, say) do not travel back to the host.
             // SAFETY: as above.
@@ -60,6 +60,24 @@ impl ChrootMounts {
             mounts.mounted.push(target);
         }
         Ok(mounts)
+    }
+
+    /// Binds a host directory (a download cache) onto `target` under the root, until the
+    /// guard is dropped.
+    pub fn bind_directory(&mut self, source: &Path, target: &Path) -> Result<(), MountError> {
+        std::fs::create_dir_all(target).map_err(|error| MountError::MountPoint { path: target.to_owned(), error })?;
+        let (source_c, target_c) = (c_path(source), c_path(target));
+        // SAFETY: both strings are NUL-terminated and outlive the call; no data argument.
+        let result = unsafe { libc::mount(source_c.as_ptr(), target_c.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
+        if result != 0 {
+            return Err(MountError::Bind {
+                source_path: source.to_owned(),
+                target: target.to_owned(),
+                error: std::io::Error::last_os_error(),
+            });
+        }
+        self.mounted.push(target.to_owned());
+        Ok(())
     }
 
     /// The mount points, for tests and logs.

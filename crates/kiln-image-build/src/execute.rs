@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::chroot::{ChrootMounts, MountError};
 use crate::definition::Output;
-use crate::plan::{BuildPlan, ROOT, Step};
+use crate::plan::{BuildPlan, DOWNLOADS, ROOT, Step};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -109,8 +109,8 @@ pub fn build_layer(
     Ok(BuiltLayer { key: plan.layer_key.clone(), root: done.join("root"), reused: false, seconds })
 }
 
-fn substitute(text: &str, root: &Path) -> String {
-    text.replace(ROOT, &root.display().to_string())
+fn substitute(text: &str, root: &Path, downloads: &Path) -> String {
+    text.replace(ROOT, &root.display().to_string()).replace(DOWNLOADS, &downloads.display().to_string())
 }
 
 /// Runs `command`, its output into `log`; a failure carries the output's tail.
@@ -135,12 +135,15 @@ fn run_layer_steps(
     log: &mut dyn Write,
 ) -> Result<(), BuildError> {
     let mut mounts: Option<ChrootMounts> = None;
+    // One directory of .deb files serves debootstrap and apt alike.
+    let downloads = settings.cache_dir.join("downloads").join("packages");
+    std::fs::create_dir_all(downloads.join("partial")).map_err(io("creating", &downloads))?;
     for (index, step) in plan.layer.iter().enumerate() {
         let number = index + 1;
         let _ = writeln!(log, "kiln: [{number}/{}] {step}", plan.layer.len());
         match step {
             Step::Host { argv, .. } => {
-                let argv: Vec<String> = argv.iter().map(|arg| substitute(arg, root)).collect();
+                let argv: Vec<String> = argv.iter().map(|arg| substitute(arg, root, &downloads)).collect();
                 run_logged(number, step, Command::new(&argv[0]).args(&argv[1..]), log)?;
             }
             Step::UnpackParent { parent: crate::definition::Parent::Scratch } => {}
@@ -152,7 +155,7 @@ fn run_layer_steps(
                 command.args(["-a", "--reflink=auto"]).arg(format!("{}/.", parent.root.display())).arg(root);
                 run_logged(number, step, &mut command, log)?;
             }
-            Step::BindMounts => {
+            Step::BindMounts { package_cache } => {
                 // The chroot resolves names as the host does.
                 let resolv = root.join("etc/resolv.conf");
                 if std::fs::symlink_metadata(&resolv).is_ok() {
@@ -160,7 +163,11 @@ fn run_layer_steps(
                 }
                 std::fs::create_dir_all(root.join("etc")).map_err(io("creating", &root.join("etc")))?;
                 std::fs::copy("/etc/resolv.conf", &resolv).map_err(io("writing", &resolv))?;
-                mounts = Some(ChrootMounts::bind(root)?);
+                let mut bound = ChrootMounts::bind(root)?;
+                if let Some(directory) = package_cache {
+                    bound.bind_directory(&downloads, &root.join(directory.trim_start_matches('/')))?;
+                }
+                mounts = Some(bound);
             }
             Step::WriteFile { path, content } => {
                 let target = root.join(path.trim_start_matches('/'));

@@ -12,6 +12,9 @@ use crate::definition::{ImageDefinition, Output, PackageManager, Parent};
 
 /// Where the layer's root is while it is built; the executor substitutes its directory.
 pub const ROOT: &str = "$ROOT";
+/// The build cache's directory of package downloads for this package manager; the executor
+/// substitutes it. Downloads are kept there across builds, never in a layer.
+pub const DOWNLOADS: &str = "$DOWNLOADS";
 
 /// One step of a build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -26,8 +29,11 @@ pub enum Step {
     UnpackParent {
         parent: Parent,
     },
-    /// Binds `/proc`, `/sys` and `/dev` into the root; the executor always undoes it.
-    BindMounts,
+    /// Binds `/proc`, `/sys` and `/dev` into the root, and the build cache's package
+    /// downloads onto the package manager's cache directory; the executor always undoes it.
+    BindMounts {
+        package_cache: Option<String>,
+    },
     /// Writes a file into the root.
     WriteFile {
         path: String,
@@ -64,7 +70,10 @@ impl fmt::Display for Step {
                 Parent::Registry { reference, pull_options } => write!(f, "unpack {reference} ({})", pull_options.join(" ")),
                 Parent::Kiln { image, version } => write!(f, "unpack kiln:{image}:{}", version.as_deref().unwrap_or("latest")),
             },
-            Step::BindMounts => write!(f, "bind /proc, /sys and /dev into {ROOT}"),
+            Step::BindMounts { package_cache: None } => write!(f, "bind /proc, /sys and /dev into {ROOT}"),
+            Step::BindMounts { package_cache: Some(directory) } => {
+                write!(f, "bind /proc, /sys and /dev into {ROOT}, and {DOWNLOADS} onto {ROOT}{directory}")
+            }
             Step::WriteFile { path, content } => write!(f, "write {ROOT}{path}: {}", content.trim_end().replace('\n', "\\n")),
             Step::CopyIn { source, destination } => write!(f, "copy {source} to {ROOT}{destination}"),
             Step::Chroot { what, command } => write!(f, "{what}, in {ROOT}: {command}"),
@@ -143,6 +152,7 @@ pub fn plan_build(definition: &ImageDefinition, parent_digest: &str, copied: &BT
             argv: vec![
                 "debootstrap".into(),
                 "--variant=minbase".into(),
+                format!("--cache-dir={DOWNLOADS}"),
                 format!("--components={}", repo.components.join(",")),
                 repo.suite.clone().unwrap_or_default(),
                 ROOT.into(),
@@ -151,7 +161,10 @@ pub fn plan_build(definition: &ImageDefinition, parent_digest: &str, copied: &BT
         }),
         (parent, ..) => layer.push(Step::UnpackParent { parent: parent.clone() }),
     }
-    layer.push(Step::BindMounts);
+    // apt keeps what it downloads; with the cache bound there, a rebuild fetches nothing
+    // twice. dnf and zypper clean their caches themselves, so they get none.
+    let package_cache = apt.then(|| "/var/cache/apt/archives".to_owned());
+    layer.push(Step::BindMounts { package_cache });
     // debootstrap has written the first repository into sources.list already.
     let bootstrapped = usize::from(apt && definition.parent == Parent::Scratch);
     for repo in &definition.repos[bootstrapped.min(definition.repos.len())..] {
@@ -218,7 +231,8 @@ pub fn plan_build(definition: &ImageDefinition, parent_digest: &str, copied: &BT
         layer.push(Step::Chroot { what: format!("cmds[{number}]"), command: command.clone() });
     }
     let clean = match definition.package_manager {
-        PackageManager::Apt => "apt-get clean && rm -rf /var/lib/apt/lists/*",
+        // Not `apt-get clean`: the archives are the cache's, bound over the layer's.
+        PackageManager::Apt => "rm -rf /var/lib/apt/lists/*",
         PackageManager::Dnf => "dnf clean all",
         PackageManager::Zypper => "zypper clean --all",
     };

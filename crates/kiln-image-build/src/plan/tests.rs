@@ -172,12 +172,12 @@ fn a_debian_base_is_bootstrapped_from_its_first_repository() {
         "scratch",
         expect![[r#"
             layer 326585c005f455c879338e62b484899d481b5b140687bf5a81c713163b213e2f
-              1. bootstrap: debootstrap --variant=minbase --components=main bookworm $ROOT http://deb.debian.org/debian
-              2. bind /proc, /sys and /dev into $ROOT
+              1. bootstrap: debootstrap --variant=minbase --cache-dir=$DOWNLOADS --components=main bookworm $ROOT http://deb.debian.org/debian
+              2. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS onto $ROOT/var/cache/apt/archives
               3. write $ROOT/etc/apt/sources.list.d/debian-security.list: deb http://deb.debian.org/debian-security bookworm-security main contrib
               4. refresh the package lists, in $ROOT: apt-get update
               5. install packages, in $ROOT: DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends linux-image-amd64 systemd-sysv
-              6. drop the package caches, in $ROOT: apt-get clean && rm -rf /var/lib/apt/lists/*
+              6. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/*
               7. unbind /proc, /sys and /dev
               8. make oci
               9. publish to 127.0.0.1:5000/kiln/debian-base:12
@@ -193,12 +193,12 @@ fn a_debian_child_copies_files_runs_commands_and_makes_two_outputs() {
         expect![[r#"
             layer 28b34bf623b6267b52392f6efd5f7485ca98fa27062a5a7ef440cc13b90c674a
               1. unpack 127.0.0.1:5000/kiln/debian-base:12
-              2. bind /proc, /sys and /dev into $ROOT
+              2. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS onto $ROOT/var/cache/apt/archives
               3. refresh the package lists, in $ROOT: apt-get update
               4. install packages, in $ROOT: DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server nfs-common
               5. copy files/motd to $ROOT/etc/motd
               6. cmds[0], in $ROOT: useradd -m -s /bin/bash kiln
-              7. drop the package caches, in $ROOT: apt-get clean && rm -rf /var/lib/apt/lists/*
+              7. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/*
               8. unbind /proc, /sys and /dev
               9. make squashfs
              10. make disk-raw
