@@ -213,7 +213,10 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
     let outputs = args.cache.join("outputs").join(&plan.layer_key);
     std::fs::create_dir_all(&outputs).with_context(|| format!("creating {}", outputs.display()))?;
     let log_path = outputs.join("build.log");
-    let log_file = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    // Appended to: a later build that finds the layer cached adds its lines after the ones
+    // of the build that made it.
+    let log_file =
+        std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
     let mut log = BuildLog { file: log_file, verbose: args.verbose, line: Vec::new() };
     let _ = writeln!(log, "kiln: building {} (layer {}) from {}", definition.name, &plan.layer_key[..12], args.config.display());
     let settings = BuildSettings { cache_dir: args.cache.clone(), definition_dir };
@@ -306,6 +309,8 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
         if let Some(disk) = &result.disk {
             artifacts.push((ArtifactKind::Disk, disk.clone()));
         }
+        // The log goes with the version, so what made it can be read where it is used.
+        artifacts.push((ArtifactKind::Log, result.log.clone()));
         result.published = Some(publish_to_kiln(client, image, &artifacts, &result.layer).await?);
     }
     print(format, &result, || {
@@ -342,7 +347,9 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
 /// Adds the artifacts (the first one names the content) as a new version of `image`
 /// (created if absent), unless its latest version already holds the same first artifact.
 async fn publish_to_kiln(client: &Client, image: &str, artifacts: &[(ArtifactKind, PathBuf)], layer: &str) -> anyhow::Result<String> {
-    let Some((first_kind, first_path)) = artifacts.first() else { bail!("publish_kiln: the build made nothing to publish") };
+    let Some((first_kind, first_path)) = artifacts.first().filter(|(kind, _)| *kind != ArtifactKind::Log) else {
+        bail!("publish_kiln: the build made nothing to publish (outputs: squashfs, disk-raw or disk-qcow2)")
+    };
     match client.get::<Image>(&format!("/v1/images/{}", encode(image))).await {
         Ok(_) => {}
         Err(error) if error.status() == Some(reqwest::StatusCode::NOT_FOUND) => {

@@ -90,6 +90,9 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     let root_sha = versions[0]["artifacts"].as_array().unwrap().iter().find(|a| a["kind"] == "root").unwrap()["sha256"].clone();
     let made = kiln_image_build::layers::file_digest(Path::new(first_child["squashfs"]["root"].as_str().unwrap())).unwrap().0;
     assert_eq!(format!("sha256:{}", root_sha.as_str().unwrap()), made);
+    // And the build's log.
+    let log = ok(kiln(&server, &admin, &["image", "download", "debian-child:1", "--artifact", "log", "-o", "-"], None));
+    assert!(log.contains("kiln: [4/8] install packages") && log.contains("Setting up less"), "{log}");
 
     // Again, the base unchanged: the base's push gives the same manifest digest, and the
     // child is not rebuilt (same key, from the cache, nothing new published).

@@ -162,6 +162,7 @@ impl Inspection {
             ArtifactKind::Initrd => &[ImageFormat::Initramfs, ImageFormat::Raw],
             ArtifactKind::Root => &[ImageFormat::Squashfs, ImageFormat::Raw, ImageFormat::Qcow2, ImageFormat::Initramfs],
             ArtifactKind::Disk => &[ImageFormat::Raw, ImageFormat::Qcow2, ImageFormat::Iso],
+            ArtifactKind::Log => &[ImageFormat::Raw],
         };
         if allowed.contains(&self.format) { Ok(()) } else { Err(InspectionError::WrongFormatForKind { kind, detected: self.format }) }
     }

@@ -64,6 +64,8 @@ word_enum! {
         Disk = "disk",
         Kernel = "kernel",
         Initrd = "initrd",
+        /// The build log of a version made by `kiln image build`.
+        Log = "log",
     }
 }
 
