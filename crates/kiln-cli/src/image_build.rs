@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use kiln_client::{Client, encode};
 use kiln_image_build::definition::{ImageDefinition, Output, Parent, parse_definition};
-use kiln_image_build::execute::{BuildSettings, ParentRoot, build_layer, make_squashfs};
+use kiln_image_build::execute::{BuildSettings, ElementRun, ParentRoot, build_layer, make_squashfs};
 use kiln_image_build::oci::ImageReference;
 use kiln_image_build::plan::plan_build;
 use kiln_types::image::{ArtifactKind, Image, ImageInput, ImageVersion, Visibility};
@@ -36,6 +36,13 @@ pub struct BuildArgs {
     /// Show every command's output, not only a line per step.
     #[arg(short, long)]
     verbose: bool,
+    /// Where the definition's `elements` are found, `:`-separated.
+    #[arg(long, env = "ELEMENTS_PATH")]
+    elements_path: Option<String>,
+    /// Stop at element hook phases: before-PHASE, after-PHASE, after-error (comma-separated;
+    /// diskimage-builder's `break=`). With a terminal, a shell in the root; exit it to go on.
+    #[arg(long = "break", env = "break")]
+    break_points: Option<String>,
 }
 
 /// What a build made, as printed and as kept beside the outputs for the next build of the
@@ -188,6 +195,30 @@ async fn resolve_parent(client: &Client, parent: &Parent, cache: &Path, offline:
     Ok((digest, Some(ParentRoot { root })))
 }
 
+/// The definition's elements, loaded along the elements path, their hooks ordered, with the
+/// digest of each (dependencies included) for the layer's key.
+fn load_elements(definition: &ImageDefinition, args: &BuildArgs) -> anyhow::Result<(Option<ElementRun>, BTreeMap<String, String>)> {
+    if definition.elements.is_empty() {
+        return Ok((None, BTreeMap::new()));
+    }
+    let Some(elements_path) = args.elements_path.as_deref().filter(|path| !path.is_empty()) else {
+        bail!("elements: {} named, but no ELEMENTS_PATH: pass --elements-path DIR[:DIR…]", definition.elements.join(", "));
+    };
+    let path: Vec<PathBuf> = elements_path.split(':').filter(|part| !part.is_empty()).map(PathBuf::from).collect();
+    let loaded = kiln_image_build::load_elements(&path, &definition.elements).context("finding the elements")?;
+    let resolved = kiln_image_build::resolve(&loaded, &definition.elements).context("resolving element dependencies")?;
+    let hooks = kiln_image_build::plan_hooks(&loaded, &resolved).context("ordering element hooks")?;
+    let mut digests = BTreeMap::new();
+    for name in &resolved {
+        digests.insert(name.clone(), kiln_image_build::elements::element_digest(&loaded[name])?);
+    }
+    let breaks = kiln_image_build::BreakPoints::parse(args.break_points.as_deref().unwrap_or_default()).context("--break")?;
+    let environment =
+        kiln_image_build::elements::hook_environment(std::env::vars().collect::<Vec<_>>().iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let loaded = loaded.into_iter().filter(|(name, _)| resolved.contains(name)).collect();
+    Ok((Some(ElementRun { loaded, hooks, environment, breaks }), digests))
+}
+
 pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let definition = parse_definition(&text).with_context(|| format!("{}", args.config.display()))?;
@@ -204,8 +235,9 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
     if !args.plan && unsafe { libc::geteuid() } != 0 {
         bail!("building needs root (chroot and bind mounts); `--plan` shows the plan without it");
     }
+    let (elements, element_digests) = load_elements(&definition, &args)?;
     let (parent_digest, parent_root) = resolve_parent(client, &definition.parent, &args.cache, args.offline).await?;
-    let plan = plan_build(&definition, &parent_digest, &copied);
+    let plan = plan_build(&definition, &parent_digest, &copied, &element_digests);
     if args.plan {
         return print(format, &plan, || plan.to_string());
     }
@@ -219,7 +251,7 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
         std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
     let mut log = BuildLog { file: log_file, verbose: args.verbose, line: Vec::new() };
     let _ = writeln!(log, "kiln: building {} (layer {}) from {}", definition.name, &plan.layer_key[..12], args.config.display());
-    let settings = BuildSettings { cache_dir: args.cache.clone(), definition_dir };
+    let settings = BuildSettings { cache_dir: args.cache.clone(), definition_dir, elements };
     let name = definition.name.clone();
     let wanted = definition.outputs.clone();
     let kernel_args = definition.kernel_args.clone();

@@ -18,11 +18,12 @@ static ONE_BUILD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn build(server: &ServerProcess, admin: &str, definition: &Path, cache: &Path) -> (serde_json::Value, f64) {
     let started = Instant::now();
-    let output = kiln(
+    let elements = definition.with_file_name("elements");
+    let output = support::kiln_with_env(
         server,
         admin,
         &["image", "build", "-c", definition.to_str().unwrap(), "--cache", cache.to_str().unwrap(), "-F", "json"],
-        None,
+        &[("ELEMENTS_PATH", elements.to_str().unwrap()), ("DIB_GREETING", "hello from the host")],
     );
     let seconds = started.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -65,6 +66,20 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     assert_eq!(first_base["published"], "debian-base:1");
 
     std::fs::write(directory.path().join("motd"), "built by kiln\n").unwrap();
+    // Two diskimage-builder elements, one depending on the other, with hooks inside and
+    // outside the chroot and an environment.d snippet reading a DIB_ variable.
+    let elements = directory.path().join("elements");
+    let hook = |path: &str, text: &str| {
+        let path = elements.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    hook("kiln-greeting/element-deps", "kiln-marker\n");
+    hook("kiln-greeting/environment.d/10-greeting", "export GREETING_TEXT=\"${DIB_GREETING:-none}\"\n");
+    hook("kiln-greeting/install.d/20-greet", "#!/bin/sh\nset -e\necho \"$GREETING_TEXT\" > /etc/kiln-greeting\n");
+    hook("kiln-marker/pre-install.d/10-mark", "#!/bin/sh\nset -e\necho pre-install >> /etc/kiln-hooks\n");
+    hook("kiln-marker/cleanup.d/90-outside", "#!/bin/sh\nset -e\necho cleanup >> \"$TARGET_ROOT/etc/kiln-hooks\"\n");
     let child = directory.path().join("child.yaml");
     std::fs::write(
         &child,
@@ -72,7 +87,7 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
             "options:\n  layer_type: base\n  name: debian-child\n  pkg_manager: apt\n  \
              parent: '{registry_address}/kiln/debian-base:bookworm'\n  registry_opts_pull:\n    - '--tls-verify=false'\n  \
              publish_kiln: debian-child\n\
-             packages:\n  - less\ncopyfiles:\n  - src: motd\n    dest: /etc/motd\ncmds:\n  - cmd: 'useradd -m -s /bin/sh kiln'\n"
+             packages:\n  - less\ncopyfiles:\n  - src: motd\n    dest: /etc/motd\ncmds:\n  - cmd: 'useradd -m -s /bin/sh kiln'\nelements: [kiln-greeting]\n"
         ),
     )
     .unwrap();
@@ -83,6 +98,16 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     assert!(layer.join("usr/bin/less").exists(), "the package is installed");
     assert!(std::fs::read_to_string(layer.join("etc/passwd")).unwrap().contains("kiln:"), "the user exists");
     assert_eq!(std::fs::read_to_string(layer.join("etc/motd")).unwrap(), "built by kiln\n");
+    assert_eq!(
+        std::fs::read_to_string(layer.join("etc/kiln-greeting")).unwrap(),
+        "hello from the host\n",
+        "DIB_ variables reach the hooks"
+    );
+    assert_eq!(
+        std::fs::read_to_string(layer.join("etc/kiln-hooks")).unwrap(),
+        "pre-install\ncleanup\n",
+        "phases in order, in and out of the chroot"
+    );
 
     // The version in Kiln holds exactly the SquashFS the build made.
     let versions: serde_json::Value =
@@ -92,7 +117,7 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     assert_eq!(format!("sha256:{}", root_sha.as_str().unwrap()), made);
     // And the build's log.
     let log = ok(kiln(&server, &admin, &["image", "download", "debian-child:1", "--artifact", "log", "-o", "-"], None));
-    assert!(log.contains("kiln: [4/8] install packages") && log.contains("Setting up less"), "{log}");
+    assert!(log.contains("kiln: [4/11] install packages") && log.contains("Setting up less"), "{log}");
 
     // Again, the base unchanged: the base's push gives the same manifest digest, and the
     // child is not rebuilt (same key, from the cache, nothing new published).
@@ -125,10 +150,17 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     // A parent that is not in the registry is named in the error; nothing is built.
     let missing = directory.path().join("missing.yaml");
     std::fs::write(&missing, std::fs::read_to_string(&child).unwrap().replace("debian-base:bookworm", "debian-base:trixie")).unwrap();
-    let output = kiln(&server, &admin, &["image", "build", "-c", missing.to_str().unwrap(), "--cache", cache.to_str().unwrap()], None);
-    assert!(!output.status.success());
-    let error = String::from_utf8_lossy(&output.stderr);
+    let build_missing = |environment: &[(&str, &str)]| {
+        let args = ["image", "build", "-c", missing.to_str().unwrap(), "--cache", cache.to_str().unwrap()];
+        let output = support::kiln_with_env(&server, &admin, &args, environment);
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let error = build_missing(&[("ELEMENTS_PATH", elements.to_str().unwrap())]);
     assert!(error.contains("debian-base:trixie is not in the registry"), "{error}");
+    // Elements named without a path to find them: said before anything runs.
+    let error = build_missing(&[]);
+    assert!(error.contains("elements: kiln-greeting named, but no ELEMENTS_PATH"), "{error}");
     assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
 }
 

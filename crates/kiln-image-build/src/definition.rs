@@ -3,8 +3,8 @@
 //! checked into an [`ImageDefinition`] whose every field is known good.
 //!
 //! Kiln adds a few optional keys, all ignored by nothing in the original format: `suite` and
-//! `components` on a repository (what `debootstrap` and apt need), and `outputs`,
-//! `publish_kiln` and `kernel_args` (for disk images) in `options`.
+//! `components` on a repository (what `debootstrap` and apt need), `outputs`, `publish_kiln`
+//! and `kernel_args` (for disk images) in `options`, and `elements` (diskimage-builder's).
 
 use std::collections::BTreeSet;
 
@@ -44,6 +44,9 @@ pub struct DefinitionWire {
     pub cmds: Vec<CommandWire>,
     #[serde(default)]
     pub copyfiles: Vec<CopyFileWire>,
+    /// Kiln: diskimage-builder elements whose hooks run after the commands.
+    #[serde(default)]
+    pub elements: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +124,8 @@ pub struct ImageDefinition {
     pub remove_packages: Vec<String>,
     pub commands: Vec<String>,
     pub copy_files: Vec<(String, String)>,
+    /// diskimage-builder elements (found along `ELEMENTS_PATH`) run after the commands.
+    pub elements: Vec<String>,
     pub outputs: BTreeSet<Output>,
     pub publish: Publish,
     /// Extra kernel arguments in a disk image's boot configuration.
@@ -389,6 +394,7 @@ impl TryFrom<DefinitionWire> for ImageDefinition {
             remove_packages: wire.remove_packages,
             commands,
             copy_files,
+            elements: wire.elements,
             outputs,
             publish,
             kernel_args: options.kernel_args.unwrap_or_default(),

@@ -290,6 +290,36 @@ impl BreakPoints {
     }
 }
 
+/// The SHA-256 of everything in an element's directory (names, modes and bytes, in name
+/// order): a changed hook is a changed layer.
+pub fn element_digest(element: &Element) -> Result<String, ElementError> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let read_error = |path: &Path, error: std::io::Error| ElementError::Read {
+        name: element.name.clone(),
+        path: path.to_owned(),
+        message: error.to_string(),
+    };
+    let mut hasher = sha2::Sha256::new();
+    let mut pending = vec![element.path.clone()];
+    let mut files = Vec::new();
+    while let Some(directory) = pending.pop() {
+        for entry in std::fs::read_dir(&directory).map_err(|error| read_error(&directory, error))? {
+            let path = entry.map_err(|error| read_error(&directory, error))?.path();
+            if path.is_dir() { pending.push(path) } else { files.push(path) }
+        }
+    }
+    files.sort();
+    for path in files {
+        let bytes = std::fs::read(&path).map_err(|error| read_error(&path, error))?;
+        let mode = std::fs::metadata(&path).map_err(|error| read_error(&path, error))?.permissions().mode();
+        let relative = path.strip_prefix(&element.path).unwrap_or(&path);
+        hasher.update(format!("{}\0{mode:o}\0{}\0", relative.display(), bytes.len()).as_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// The environment hooks get: only `DIB_*` variables (and `ELEMENTS_PATH`) from the host,
 /// as diskimage-builder sanitises it, plus what the build sets.
 pub fn hook_environment<'a>(host: impl IntoIterator<Item = (&'a str, &'a str)>) -> BTreeMap<String, String> {

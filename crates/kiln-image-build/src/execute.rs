@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
 use crate::chroot::{ChrootMounts, MountError};
 use crate::definition::Output;
+use crate::elements::{BreakPoints, Element, HookPlan};
+use crate::hooks::{HookError, run_hooks};
 use crate::plan::{BuildPlan, DOWNLOADS, ROOT, Step};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +36,12 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
     #[error("the parent {parent} is needed but was not provided")]
     NoParent { parent: String },
+    #[error("the plan runs elements but none were loaded")]
+    ElementsNotLoaded,
     #[error("a disk image needs a kernel and its initramfs under /boot: add linux-image-amd64 (or the distribution's kernel) to packages")]
     DiskNeedsKernel,
     #[error("{tool} failed: {message}")]
@@ -52,6 +60,30 @@ pub struct BuildSettings {
     pub cache_dir: PathBuf,
     /// The directory `copyfiles` sources are relative to (the definition's).
     pub definition_dir: PathBuf,
+    /// The elements a `RunElements` step runs.
+    pub elements: Option<ElementRun>,
+}
+
+/// diskimage-builder elements, loaded and ordered, with what their hooks get.
+#[derive(Debug, Clone)]
+pub struct ElementRun {
+    pub loaded: BTreeMap<String, Element>,
+    pub hooks: Vec<HookPlan>,
+    /// `DIB_*` variables from the host (see [`crate::elements::hook_environment`]).
+    pub environment: BTreeMap<String, String>,
+    pub breaks: BreakPoints,
+}
+
+/// At a `break=` point: a shell in the root when there is a terminal to type in (the
+/// build goes on when it exits), else a stop with the root's path to look at.
+fn break_into_shell(point: &str, root: &Path, log: &mut dyn Write) -> bool {
+    let _ = writeln!(log, "kiln: break {point}: the root is {}", root.display());
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return false;
+    }
+    eprintln!("kiln: break {point}: a shell in {}; exit it to go on", root.display());
+    let shell = if root.join("bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+    Command::new("chroot").arg(root).arg(shell).status().is_ok_and(|status| status.success())
 }
 
 /// The unpacked root of the layer a build starts from when its parent is not scratch (its
@@ -196,6 +228,21 @@ fn run_layer_steps(
                 run_logged(number, step, &mut chroot, log)?;
             }
             Step::UnbindMounts => mounts = None,
+            Step::RunElements { .. } => {
+                let run = settings.elements.as_ref().ok_or(BuildError::ElementsNotLoaded)?;
+                let mut note = Vec::new();
+                let result = run_hooks(
+                    &run.hooks,
+                    &run.loaded,
+                    root,
+                    &run.environment,
+                    &run.breaks,
+                    &mut |point, root| break_into_shell(point, root, &mut note),
+                    log,
+                );
+                let _ = log.write_all(&note);
+                result?;
+            }
             Step::Make { .. } | Step::Publish { .. } => {}
         }
     }

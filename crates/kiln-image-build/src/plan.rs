@@ -50,6 +50,11 @@ pub enum Step {
         command: String,
     },
     UnbindMounts,
+    /// Runs the hooks of diskimage-builder elements, phase by phase (their digests are in
+    /// the cache key); the hook runner binds and unbinds what in-chroot phases need.
+    RunElements {
+        elements: Vec<String>,
+    },
     /// Makes an output from the finished root.
     Make {
         output: Output,
@@ -78,6 +83,7 @@ impl fmt::Display for Step {
             Step::CopyIn { source, destination } => write!(f, "copy {source} to {ROOT}{destination}"),
             Step::Chroot { what, command } => write!(f, "{what}, in {ROOT}: {command}"),
             Step::UnbindMounts => write!(f, "unbind /proc, /sys and /dev"),
+            Step::RunElements { elements } => write!(f, "run the hooks of elements {}", elements.join(", ")),
             Step::Make { output } => write!(f, "make {}", output.as_str()),
             Step::Publish { to } => write!(f, "publish to {to}"),
         }
@@ -119,11 +125,20 @@ struct LayerContent<'a> {
     commands: &'a [String],
     /// Destination, and the SHA-256 of the source's bytes.
     copy_files: Vec<(&'a str, &'a str)>,
+    /// Each element the build uses (dependencies included), with the digest of its files.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    elements: &'a BTreeMap<String, String>,
 }
 
 /// Plans the build of `definition` on a parent whose content digest is `parent_digest`
-/// (`scratch` for none), with the SHA-256 of each file it copies in, by source path.
-pub fn plan_build(definition: &ImageDefinition, parent_digest: &str, copied: &BTreeMap<String, String>) -> BuildPlan {
+/// (`scratch` for none), with the SHA-256 of each file it copies in, by source path, and the
+/// digest of each element it uses (see [`crate::elements::element_digest`]), by name.
+pub fn plan_build(
+    definition: &ImageDefinition,
+    parent_digest: &str,
+    copied: &BTreeMap<String, String>,
+    elements: &BTreeMap<String, String>,
+) -> BuildPlan {
     let content = LayerContent {
         parent_digest,
         package_manager: definition.package_manager,
@@ -137,6 +152,7 @@ pub fn plan_build(definition: &ImageDefinition, parent_digest: &str, copied: &BT
             .iter()
             .map(|(source, destination)| (destination.as_str(), copied.get(source).map_or("missing", String::as_str)))
             .collect(),
+        elements,
     };
     let mut hasher = sha2::Sha256::new();
     hasher.update(b"kiln-layer/1\n");
@@ -229,6 +245,13 @@ pub fn plan_build(definition: &ImageDefinition, parent_digest: &str, copied: &BT
     }
     for (number, command) in definition.commands.iter().enumerate() {
         layer.push(Step::Chroot { what: format!("cmds[{number}]"), command: command.clone() });
+    }
+    if !definition.elements.is_empty() {
+        // The hook runner holds its own mounts; the package caches are dropped after the
+        // hooks, which may install packages too.
+        layer.push(Step::UnbindMounts);
+        layer.push(Step::RunElements { elements: definition.elements.clone() });
+        layer.push(Step::BindMounts { package_cache: None });
     }
     let clean = match definition.package_manager {
         // Not `apt-get clean`: the archives are the cache's, bound over the layer's.

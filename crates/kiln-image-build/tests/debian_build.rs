@@ -48,10 +48,10 @@ fn a_debian_base_and_a_child_build_and_the_child_rebuilds_from_the_cache() {
     }
     let directory = tempfile::tempdir().unwrap();
     std::fs::write(directory.path().join("motd"), "built by kiln\n").unwrap();
-    let settings = BuildSettings { cache_dir: directory.path().join("cache"), definition_dir: directory.path().to_owned() };
+    let settings = BuildSettings { cache_dir: directory.path().join("cache"), definition_dir: directory.path().to_owned(), elements: None };
     let mut log = Vec::new();
 
-    let base = plan_build(&parse_definition(BASE).unwrap(), "scratch", &BTreeMap::new());
+    let base = plan_build(&parse_definition(BASE).unwrap(), "scratch", &BTreeMap::new(), &BTreeMap::new());
     let built_base =
         build_layer(&base, None, &settings, &mut log).unwrap_or_else(|error| panic!("{error}\n{}", String::from_utf8_lossy(&log)));
     assert!(!built_base.reused);
@@ -60,7 +60,7 @@ fn a_debian_base_and_a_child_build_and_the_child_rebuilds_from_the_cache() {
 
     // The child names the base by the digest of what it is made from (here its key).
     let copied = BTreeMap::from([("motd".to_owned(), "motd-digest".to_owned())]);
-    let child = plan_build(&parse_definition(CHILD).unwrap(), &built_base.key, &copied);
+    let child = plan_build(&parse_definition(CHILD).unwrap(), &built_base.key, &copied, &BTreeMap::new());
     let parent = ParentRoot { root: built_base.root.clone() };
     let built_child = build_layer(&child, Some(&parent), &settings, &mut log)
         .unwrap_or_else(|error| panic!("{error}\n{}", String::from_utf8_lossy(&log)));
@@ -82,7 +82,12 @@ fn a_debian_base_and_a_child_build_and_the_child_rebuilds_from_the_cache() {
     );
 
     // A failing command fails the build with its step, leaves no mount and caches nothing.
-    let broken = plan_build(&parse_definition(&CHILD.replace("useradd -m -s /bin/sh kiln", "exit 7")).unwrap(), &built_base.key, &copied);
+    let broken = plan_build(
+        &parse_definition(&CHILD.replace("useradd -m -s /bin/sh kiln", "exit 7")).unwrap(),
+        &built_base.key,
+        &copied,
+        &BTreeMap::new(),
+    );
     let error = build_layer(&broken, Some(&parent), &settings, &mut log).unwrap_err();
     assert!(matches!(&error, BuildError::StepFailed { message, .. } if message.contains("exit status: 7")), "{error}");
     assert!(mounts_under(directory.path()).is_empty(), "{:?}", mounts_under(directory.path()));

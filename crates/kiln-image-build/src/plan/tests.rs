@@ -11,7 +11,7 @@ use crate::definition::parse_definition;
 fn check_plan(yaml: &str, parent_digest: &str, expected: Expect) {
     let definition = parse_definition(yaml).unwrap_or_else(|error| panic!("{error}"));
     let copied = BTreeMap::from([("files/motd".to_owned(), "ab".repeat(32))]);
-    expected.assert_eq(&plan_build(&definition, parent_digest, &copied).to_string());
+    expected.assert_eq(&plan_build(&definition, parent_digest, &copied, &BTreeMap::new()).to_string());
 }
 
 fn check_error(yaml: &str, expected: Expect) {
@@ -210,16 +210,55 @@ fn a_debian_child_copies_files_runs_commands_and_makes_two_outputs() {
 #[test]
 fn the_layer_key_follows_content_not_publishing() {
     let key = |yaml: &str, parent: &str| {
-        plan_build(&parse_definition(yaml).unwrap(), parent, &BTreeMap::from([("files/motd".to_owned(), "ab".repeat(32))])).layer_key
+        plan_build(
+            &parse_definition(yaml).unwrap(),
+            parent,
+            &BTreeMap::from([("files/motd".to_owned(), "ab".repeat(32))]),
+            &BTreeMap::new(),
+        )
+        .layer_key
     };
     let base = key(DEBIAN_CHILD, "sha256:2222");
     assert_eq!(base, key(DEBIAN_CHILD, "sha256:2222"), "the same inputs, the same key");
     assert_ne!(base, key(DEBIAN_CHILD, "sha256:3333"), "a new parent is a new layer");
     assert_ne!(base, key(&DEBIAN_CHILD.replace("openssh-server", "openssh-client"), "sha256:2222"));
     assert_eq!(base, key(&DEBIAN_CHILD.replace("publish_kiln: debian-compute", "publish_kiln: elsewhere"), "sha256:2222"));
-    let other_file =
-        plan_build(&parse_definition(DEBIAN_CHILD).unwrap(), "sha256:2222", &BTreeMap::from([("files/motd".to_owned(), "cd".repeat(32))]));
+    let other_file = plan_build(
+        &parse_definition(DEBIAN_CHILD).unwrap(),
+        "sha256:2222",
+        &BTreeMap::from([("files/motd".to_owned(), "cd".repeat(32))]),
+        &BTreeMap::new(),
+    );
     assert_ne!(base, other_file.layer_key, "a copied file's bytes are content");
+    let with_elements = format!("{DEBIAN_CHILD}elements: [kiln-hello]\n");
+    let element_key = |digest: &str| {
+        let copied = BTreeMap::from([("files/motd".to_owned(), "ab".repeat(32))]);
+        let elements = BTreeMap::from([("kiln-hello".to_owned(), digest.to_owned())]);
+        plan_build(&parse_definition(&with_elements).unwrap(), "sha256:2222", &copied, &elements).layer_key
+    };
+    assert_ne!(base, element_key("aa"), "elements are content");
+    assert_ne!(element_key("aa"), element_key("bb"), "and so are their files");
+}
+
+#[test]
+fn elements_run_after_the_commands_and_before_the_caches_go() {
+    check_plan(
+        "options: {name: x, pkg_manager: apt, parent: 'kiln:base', publish_kiln: x}\ncmds: [{cmd: 'true'}]\nelements: [kiln-hello]\n",
+        "sha256:1111",
+        expect![[r#"
+            layer 97fb6a4974e390e40b1d6bb550874f44422189015f03c0722fa19e64c038424b
+              1. unpack kiln:base:latest
+              2. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS onto $ROOT/var/cache/apt/archives
+              3. cmds[0], in $ROOT: true
+              4. unbind /proc, /sys and /dev
+              5. run the hooks of elements kiln-hello
+              6. bind /proc, /sys and /dev into $ROOT
+              7. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/*
+              8. unbind /proc, /sys and /dev
+              9. make squashfs
+             10. publish to kiln:x (a new version)
+        "#]],
+    );
 }
 
 #[test]
