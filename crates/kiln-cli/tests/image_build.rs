@@ -16,6 +16,18 @@ use support::{ServerProcess, kiln, ok, token};
 /// One build at a time: each bootstraps Debian, which is heavy for a two-core machine.
 static ONE_BUILD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Builds need root (chroot, mounts) and debootstrap; without them the tests skip, unless
+/// `KILN_REQUIRE_LAB=1` (CI) says they must run.
+fn can_build() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/debootstrap").exists() {
+        assert_ne!(std::env::var("KILN_REQUIRE_LAB").as_deref(), Ok("1"), "the build tests need root and debootstrap");
+        eprintln!("skipping: needs root and debootstrap (scripts/install-deps)");
+        return false;
+    }
+    true
+}
+
 fn build(server: &ServerProcess, admin: &str, definition: &Path, cache: &Path) -> (serde_json::Value, f64) {
     let started = Instant::now();
     let elements = definition.with_file_name("elements");
@@ -34,11 +46,7 @@ fn build(server: &ServerProcess, admin: &str, definition: &Path, cache: &Path) -
 #[test]
 fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     let _one = ONE_BUILD_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    let root_user = unsafe { libc::geteuid() } == 0;
-    if !root_user || !Path::new("/usr/sbin/debootstrap").exists() {
-        assert_ne!(std::env::var("KILN_REQUIRE_LAB").as_deref(), Ok("1"), "the build test needs root and debootstrap");
-        eprintln!("skipping: needs root and debootstrap (scripts/install-deps)");
+    if !can_build() {
         return;
     }
     let Some(registry) = TestRegistry::start() else { return };
@@ -164,28 +172,10 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
 }
 
-/// The lab's proof of life for a built Debian root: its own `/sbin/init` (bash, as Debian's
-/// minimal base has no init system) reports the root it runs on and calls the server back
-/// over the network the deploy ramdisk brought up.
-const DEBIAN_LIVE_INIT: &str = r#"#!/bin/bash
-. /etc/os-release
-echo "KILN-DEBIAN-LIVE $PRETTY_NAME on $(grep ' / ' /proc/mounts)" > /dev/console
-server=$(sed -n 's/.*kiln\.server=http:\/\/\([^ /]*\).*/\1/p' /proc/cmdline)
-mac=$(cat /sys/class/net/eth0/address)
-exec 3<>"/dev/tcp/${server%:*}/${server#*:}"
-printf 'GET /boot/v1/phone-home?mac=%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$mac" "$server" >&3
-read -r status <&3
-echo "KILN-DEBIAN-PHONED-HOME $status" > /dev/console
-while :; do sleep 3600; done
-"#;
-
 #[test]
 fn a_built_debian_image_boots_live_in_the_lab_and_calls_back() {
     let _one = ONE_BUILD_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/debootstrap").exists() {
-        assert_ne!(std::env::var("KILN_REQUIRE_LAB").as_deref(), Ok("1"), "the build test needs root and debootstrap");
-        eprintln!("skipping: needs root and debootstrap (scripts/install-deps)");
+    if !can_build() {
         return;
     }
     let Some(mut lab) = kiln_lab::Lab::create_or_skip() else { return };
@@ -202,7 +192,7 @@ fn a_built_debian_image_boots_live_in_the_lab_and_calls_back() {
                 repos:\n  - alias: debian\n    url: 'http://deb.debian.org/debian'\n    suite: bookworm\n";
     std::fs::write(work.join("base-local.yaml"), base).unwrap();
     std::fs::write(work.join("base.yaml"), base.replace("publish_local: true", "publish_kiln: debian-live-base")).unwrap();
-    std::fs::write(work.join("init"), DEBIAN_LIVE_INIT).unwrap();
+    std::fs::write(work.join("init"), DEBIAN_INIT).unwrap();
     std::fs::write(
         work.join("child.yaml"),
         "options:\n  name: debian-live\n  pkg_manager: apt\n  parent: 'kiln:debian-live-base'\n  publish_kiln: debian-live\n\
@@ -227,27 +217,10 @@ fn a_built_debian_image_boots_live_in_the_lab_and_calls_back() {
     );
     assert_eq!(child_built["published"], "debian-live:1");
 
-    let mac = "52:54:00:be:ef:42";
-    let machine = lab.add_powered_off_machine(mac, kiln_lab::Firmware::Bios).unwrap();
-    let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
-    let node = serde_json::json!([{ "name": "node42", "interfaces": [{"mac_addr": mac}] }]);
-    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
-    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
-    lab.kiln(kiln, &["node", "update", "node42", "-f", "json", "-d", &bmc.to_string()]).unwrap();
-    lab.kiln(kiln, &["node", "manage", "node42", "--wait", "--timeout", "30"]).unwrap();
-    lab.kiln(kiln, &["node", "provide", "node42", "--wait", "--timeout", "30"]).unwrap();
+    let console = add_node(&mut lab, kiln, "node42", "52:54:00:be:ef:42", None);
     let started = Instant::now();
-    let deploy = ["node", "deploy", "node42", "--image", "debian-live", "--mode", "live", "--wait-for-callback", "--wait"];
-    let deployed = lab.kiln(kiln, &[&deploy[..], &["--timeout", "400", "-F", "json"]].concat()).unwrap_or_else(|error| {
-        panic!(
-            "live deploy failed: {error}\nconsole:\n{}\nserver:\n{}",
-            std::fs::read_to_string(&console).unwrap_or_default(),
-            lab.server_log()
-        )
-    });
-    assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(text.contains("KILN-DEBIAN-LIVE Debian GNU/Linux 12 (bookworm) on overlay / overlay"), "{text}");
+    let text = deploy_until_active(&lab, kiln, "node42", "debian-live", "live", &console);
+    assert!(text.contains("KILN-DEBIAN-BOOTED Debian GNU/Linux 12 (bookworm) on overlay / overlay"), "{text}");
     assert!(text.contains("KILN-DEBIAN-PHONED-HOME HTTP/1.1 204"), "{text}");
     eprintln!("built Debian image, live deploy to active: {:.0} s", started.elapsed().as_secs_f64());
 }
@@ -256,15 +229,18 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
 }
 
-/// What the disk image's system runs instead of an init system: it brings the network up
-/// with busybox's DHCP client, reports its root, and calls the server back.
-const DEBIAN_DISK_INIT: &str = r#"#!/bin/bash
+/// The lab's proof of life for a built Debian root: its init (bash; the images have no init
+/// system) brings the network up with busybox's DHCP client where the initramfs has not
+/// already, reports the root it runs on, and calls the server back.
+const DEBIAN_INIT: &str = r#"#!/bin/bash
 . /etc/os-release
-echo "KILN-DEBIAN-DISK $PRETTY_NAME on $(grep ' / ' /proc/mounts)" > /dev/console
+echo "KILN-DEBIAN-BOOTED $PRETTY_NAME on $(grep ' / ' /proc/mounts)" > /dev/console
 server=$(sed -n 's/.*kiln\.server=http:\/\/\([^ /]*\).*/\1/p' /proc/cmdline)
 interface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
-busybox ip link set "$interface" up
-busybox udhcpc -i "$interface" -q -n -t 20 -T 2 -s /usr/local/sbin/kiln-udhcpc > /dev/console 2>&1
+if command -v busybox > /dev/null && ! ip -4 addr show "$interface" 2> /dev/null | grep -q inet; then
+    busybox ip link set "$interface" up
+    busybox udhcpc -i "$interface" -q -n -t 20 -T 2 -s /usr/local/sbin/kiln-udhcpc > /dev/console 2>&1
+fi
 mac=$(cat "/sys/class/net/$interface/address")
 exec 3<>"/dev/tcp/${server%:*}/${server#*:}"
 printf 'GET /boot/v1/phone-home?mac=%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$mac" "$server" >&3
@@ -286,10 +262,7 @@ exit 0
 #[test]
 fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     let _one = ONE_BUILD_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/debootstrap").exists() {
-        assert_ne!(std::env::var("KILN_REQUIRE_LAB").as_deref(), Ok("1"), "the build test needs root and debootstrap");
-        eprintln!("skipping: needs root and debootstrap (scripts/install-deps)");
+    if !can_build() {
         return;
     }
     let Some(registry) = TestRegistry::start() else { return };
@@ -313,7 +286,7 @@ fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
         ),
     )
     .unwrap();
-    std::fs::write(work.join("init"), DEBIAN_DISK_INIT).unwrap();
+    std::fs::write(work.join("init"), DEBIAN_INIT).unwrap();
     std::fs::write(work.join("udhcpc"), UDHCPC_SCRIPT).unwrap();
     let child = format!(
         "options:\n  name: debian-disk\n  pkg_manager: apt\n  parent: '{registry_address}/kiln/debian-base:bookworm'\n  \
@@ -352,39 +325,12 @@ fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     let image_size = std::fs::metadata(&image).unwrap().len();
     let agent = support::agent_binary();
     lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string()]).unwrap();
-    // Live nodes fetch their root without a credential.
 
     // Live: the SquashFS triple, with the image's own kernel and dracut initramfs.
-    let live_mac = "52:54:00:be:ef:44";
-    let live_machine = lab.add_powered_off_machine(live_mac, kiln_lab::Firmware::Bios).unwrap();
-    let (live_qmp, live_console) = (live_machine.qmp.clone().unwrap(), live_machine.console.clone());
-    enrol(&lab, kiln, "node44", live_mac, &live_qmp);
+    let live_console = add_node(&mut lab, kiln, "node44", "52:54:00:be:ef:44", None);
     let started = Instant::now();
-    let deploy = [
-        "node",
-        "deploy",
-        "node44",
-        "--image",
-        "debian-disk",
-        "--mode",
-        "live",
-        "--wait-for-callback",
-        "--wait",
-        "--timeout",
-        "600",
-        "-F",
-        "json",
-    ];
-    let deployed = lab.kiln(kiln, &deploy).unwrap_or_else(|error| {
-        panic!(
-            "live deploy failed: {error}\nconsole:\n{}\nserver:\n{}",
-            std::fs::read_to_string(&live_console).unwrap_or_default(),
-            lab.server_log()
-        )
-    });
-    assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
-    let text = std::fs::read_to_string(&live_console).unwrap_or_default();
-    assert!(text.contains("KILN-DEBIAN-DISK Debian GNU/Linux 12 (bookworm) on LiveOS_rootfs / overlay"), "booted live:\n{text}");
+    let text = deploy_until_active(&lab, kiln, "node44", "debian-disk", "live", &live_console);
+    assert!(text.contains("KILN-DEBIAN-BOOTED Debian GNU/Linux 12 (bookworm) on LiveOS_rootfs / overlay"), "booted live:\n{text}");
     assert!(text.contains("KILN-DEBIAN-PHONED-HOME HTTP/1.1 204"), "{text}");
     eprintln!("built Debian SquashFS triple, live deploy to active: {:.0} s", started.elapsed().as_secs_f64());
     lab.kiln(kiln, &["node", "power", "force-off", "node44"]).unwrap();
@@ -392,22 +338,10 @@ fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     // Disk: the whole-disk image, written by the agent and booted from the disk.
     let disk = work.join("node-disk.raw");
     std::fs::File::create(&disk).unwrap().set_len(image_size + (64 << 20)).unwrap();
-    let mac = "52:54:00:be:ef:43";
-    let machine = lab.add_machine_with_disk(mac, kiln_lab::Firmware::Bios, &disk).unwrap();
-    let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
-    enrol(&lab, kiln, "node43", mac, &qmp);
+    let console = add_node(&mut lab, kiln, "node43", "52:54:00:be:ef:43", Some(&disk));
     let started = Instant::now();
-    let deploy = ["node", "deploy", "node43", "--image", "debian-disk", "--wait-for-callback", "--wait", "--timeout", "900", "-F", "json"];
-    let deployed = lab.kiln(kiln, &deploy).unwrap_or_else(|error| {
-        panic!(
-            "disk deploy failed: {error}\nconsole:\n{}\nserver:\n{}",
-            std::fs::read_to_string(&console).unwrap_or_default(),
-            lab.server_log()
-        )
-    });
-    assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(text.contains("KILN-DEBIAN-DISK Debian GNU/Linux 12 (bookworm) on /dev/"), "booted from its disk:\n{text}");
+    let text = deploy_until_active(&lab, kiln, "node43", "debian-disk", "disk", &console);
+    assert!(text.contains("KILN-DEBIAN-BOOTED Debian GNU/Linux 12 (bookworm) on /dev/"), "booted from its disk:\n{text}");
     assert!(text.contains("ext4 rw"), "{text}");
     assert!(text.contains("KILN-DEBIAN-PHONED-HOME HTTP/1.1 204"), "{text}");
     // The root filesystem has been mounted read-write since; the partition table and the
@@ -421,11 +355,35 @@ fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     eprintln!("built Debian disk image ({image_size} bytes), deploy to active: {:.0} s", started.elapsed().as_secs_f64());
 }
 
-fn enrol(lab: &kiln_lab::Lab, kiln: &Path, name: &str, mac: &str, qmp: &Path) {
+/// Deploys `image` to `node` in `mode`, waiting for the deployed system's callback, and
+/// returns the machine's console.
+fn deploy_until_active(lab: &kiln_lab::Lab, kiln: &Path, node: &str, image: &str, mode: &str, console: &Path) -> String {
+    let args =
+        ["node", "deploy", node, "--image", image, "--mode", mode, "--wait-for-callback", "--wait", "--timeout", "900", "-F", "json"];
+    let deployed = lab.kiln(kiln, &args).unwrap_or_else(|error| {
+        panic!(
+            "{mode} deploy of {node} failed: {error}\nconsole:\n{}\nserver:\n{}",
+            std::fs::read_to_string(console).unwrap_or_default(),
+            lab.server_log()
+        )
+    });
+    assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
+    std::fs::read_to_string(console).unwrap_or_default()
+}
+
+/// A powered-off BIOS machine (with `disk`, if given) behind the lab BMC, enrolled as `name`
+/// and made available; returns its console log.
+fn add_node(lab: &mut kiln_lab::Lab, kiln: &Path, name: &str, mac: &str, disk: Option<&Path>) -> std::path::PathBuf {
+    let machine = match disk {
+        Some(disk) => lab.add_machine_with_disk(mac, kiln_lab::Firmware::Bios, disk).unwrap(),
+        None => lab.add_powered_off_machine(mac, kiln_lab::Firmware::Bios).unwrap(),
+    };
+    let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
     let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
     lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
     let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
     lab.kiln(kiln, &["node", "update", name, "-f", "json", "-d", &bmc.to_string()]).unwrap();
     lab.kiln(kiln, &["node", "manage", name, "--wait", "--timeout", "30"]).unwrap();
     lab.kiln(kiln, &["node", "provide", name, "--wait", "--timeout", "30"]).unwrap();
+    console
 }
