@@ -61,6 +61,9 @@ struct BuildResult {
     pushed: Vec<(String, String)>,
     published: Option<String>,
     log: PathBuf,
+    /// What the disk image's boot configuration was made with (not part of the layer).
+    #[serde(default)]
+    kernel_args: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,8 +263,8 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
     let (mut result, log) = tokio::task::spawn_blocking(move || -> anyhow::Result<(BuildResult, BuildLog)> {
         let built = build_layer(&plan, parent_root.as_ref(), &settings, &mut log)?;
         // Outputs of a layer taken from the cache were made with it; made again they would
-        // only be the same bytes.
-        let previous = previous.filter(|_| built.reused);
+        // only be the same bytes, unless what names them or boots them has changed.
+        let previous = previous.filter(|previous| built.reused && previous.name == name && previous.kernel_args == kernel_args);
         let squashfs = match (wanted.contains(&Output::Squashfs), previous.as_ref().and_then(|p| p.squashfs.clone())) {
             (false, _) => None,
             (true, Some(files)) if files.root.exists() => Some(files),
@@ -310,6 +313,7 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
             pushed: Vec::new(),
             published: None,
             log: outputs.join("build.log"),
+            kernel_args,
         };
         Ok((result, log))
     })
