@@ -60,6 +60,9 @@ struct BuildResult {
     layer_tar: Option<(String, u64)>,
     pushed: Vec<(String, String)>,
     published: Option<String>,
+    /// The objects put in S3 (`publish_s3`), as URLs.
+    #[serde(default)]
+    s3: Vec<String>,
     log: PathBuf,
     /// What the disk image's boot configuration was made with (not part of the layer).
     #[serde(default)]
@@ -106,12 +109,49 @@ impl Write for BuildLog {
     }
 }
 
-/// Refuses, before anything runs, what this builder cannot make yet.
-fn check_supported(definition: &ImageDefinition) -> anyhow::Result<()> {
-    if definition.publish.s3.is_some() {
-        bail!("publish_s3: not supported yet; publish with publish_kiln, whose store keeps its blobs in S3 when configured to");
+/// The S3 credentials, as OpenCHAMI's builder takes them (`S3_ACCESS`, `S3_SECRET`; and
+/// `S3_REGION`, default us-east-1), checked before anything runs.
+fn s3_settings(definition: &ImageDefinition) -> anyhow::Result<Option<kiln_image_store::S3Settings>> {
+    let Some(target) = &definition.publish.s3 else { return Ok(None) };
+    let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let (Some(access_key_id), Some(secret_access_key)) = (variable("S3_ACCESS"), variable("S3_SECRET")) else {
+        bail!("publish_s3: set S3_ACCESS and S3_SECRET to the bucket's access key and secret");
+    };
+    Ok(Some(kiln_image_store::S3Settings {
+        endpoint: target.endpoint.trim_end_matches('/').to_owned(),
+        bucket: target.bucket.clone(),
+        region: variable("S3_REGION").unwrap_or_else(|| "us-east-1".to_owned()),
+        access_key_id,
+        secret_access_key,
+        prefix: String::new(),
+    }))
+}
+
+/// Puts the SquashFS triple in the bucket where OpenCHAMI's builder puts it: the root at
+/// `<prefix><name>-<tag>`, the kernel and initramfs under `efi-images/<prefix>`. Returns
+/// the objects' URLs.
+async fn publish_to_s3(
+    settings: &kiln_image_store::S3Settings,
+    definition: &ImageDefinition,
+    files: &SquashfsFiles,
+) -> anyhow::Result<Vec<String>> {
+    let prefix = definition.publish.s3.as_ref().map(|target| target.prefix.as_str()).unwrap_or_default();
+    let tag = definition.tags.first().map_or("latest", String::as_str);
+    let mut objects = vec![(format!("{prefix}{}-{tag}", definition.name), files.root.clone())];
+    for file in files.kernel.iter().chain(&files.initrd) {
+        let name = file.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        objects.push((format!("efi-images/{prefix}{name}"), file.clone()));
     }
-    Ok(())
+    let mut urls = Vec::new();
+    for (key, path) in objects {
+        kiln_image_store::put_file_in_bucket(settings, &key, &path)
+            .await
+            .with_context(|| format!("publishing {} to s3://{}/{key}", path.display(), settings.bucket))?;
+        let url = format!("{}/{}/{key}", settings.endpoint, settings.bucket);
+        eprintln!("kiln: published {url}");
+        urls.push(url);
+    }
+    Ok(urls)
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
@@ -225,7 +265,7 @@ fn load_elements(definition: &ImageDefinition, args: &BuildArgs) -> anyhow::Resu
 pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let definition = parse_definition(&text).with_context(|| format!("{}", args.config.display()))?;
-    check_supported(&definition)?;
+    let s3 = s3_settings(&definition)?;
     let definition_dir = args.config.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
     let mut copied = BTreeMap::new();
     for (source, _) in &definition.copy_files {
@@ -312,6 +352,7 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
             layer_tar,
             pushed: Vec::new(),
             published: None,
+            s3: Vec::new(),
             log: outputs.join("build.log"),
             kernel_args,
         };
@@ -334,6 +375,9 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
             eprintln!("kiln: pushed {reference} ({manifest})");
             result.pushed.push((reference.to_string(), manifest));
         }
+    }
+    if let (Some(settings), Some(files)) = (&s3, &result.squashfs) {
+        result.s3 = publish_to_s3(settings, &definition, files).await?;
     }
     if let Some(image) = &definition.publish.kiln_image {
         let mut artifacts = Vec::new();
@@ -371,6 +415,9 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
         }
         for (reference, digest) in &result.pushed {
             text.push_str(&format!("pushed    {reference} ({digest})\n"));
+        }
+        for url in &result.s3 {
+            text.push_str(&format!("s3        {url}\n"));
         }
         if let Some(published) = &result.published {
             text.push_str(&format!("published {published}\n"));

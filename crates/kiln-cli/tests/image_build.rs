@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use kiln_test_utils::registry::TestRegistry;
+use kiln_test_utils::s3::{self, TestS3};
 use support::{ServerProcess, kiln, ok, token};
 
 /// One build at a time: each bootstraps Debian, which is heavy for a two-core machine.
@@ -35,7 +36,13 @@ fn build(server: &ServerProcess, admin: &str, definition: &Path, cache: &Path) -
         server,
         admin,
         &["image", "build", "-c", definition.to_str().unwrap(), "--cache", cache.to_str().unwrap(), "-F", "json"],
-        &[("ELEMENTS_PATH", elements.to_str().unwrap()), ("DIB_GREETING", "hello from the host")],
+        &[
+            ("ELEMENTS_PATH", elements.to_str().unwrap()),
+            ("DIB_GREETING", "hello from the host"),
+            ("S3_ACCESS", s3::ACCESS_KEY_ID),
+            ("S3_SECRET", s3::SECRET_ACCESS_KEY),
+            ("S3_REGION", s3::REGION),
+        ],
     );
     let seconds = started.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -50,6 +57,7 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
         return;
     }
     let Some(registry) = TestRegistry::start() else { return };
+    let Some(bucket) = TestS3::start() else { return };
     let directory = tempfile::tempdir().unwrap();
     let data_dir = directory.path().join("data");
     let server = ServerProcess::start(&data_dir, &[]);
@@ -62,16 +70,36 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
         &base,
         format!(
             "options:\n  layer_type: base\n  name: debian-base\n  publish_tags: bookworm\n  pkg_manager: apt\n  parent: scratch\n  \
-             publish_registry: '{registry_address}/kiln'\n  registry_opts_push:\n    - '--tls-verify=false'\n  publish_kiln: debian-base\n\
-             repos:\n  - alias: debian\n    url: 'http://deb.debian.org/debian'\n    suite: bookworm\n"
+             publish_registry: '{registry_address}/kiln'\n  registry_opts_push:\n    - '--tls-verify=false'\n  publish_kiln: debian-base\n  \
+             publish_s3: '{}'\n  s3_prefix: 'compute/base/'\n  s3_bucket: '{}'\n\
+             repos:\n  - alias: debian\n    url: 'http://deb.debian.org/debian'\n    suite: bookworm\n",
+            bucket.endpoint,
+            s3::BUCKET
         ),
     )
     .unwrap();
+    // Without the bucket's credentials: said before anything runs.
+    let output = support::kiln_with_env(&server, &admin, &["image", "build", "-c", base.to_str().unwrap(), "--cache", "/nonexistent"], &[]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("publish_s3: set S3_ACCESS and S3_SECRET"));
     let (first_base, _) = build(&server, &admin, &base, &cache);
     assert_eq!(first_base["reused"], false);
     let pushed = first_base["pushed"][0].clone();
     assert_eq!(pushed[0], format!("{registry_address}/kiln/debian-base:bookworm"));
     assert_eq!(first_base["published"], "debian-base:1");
+    // In the bucket where OpenCHAMI's builder puts it, whole.
+    let key = "compute/base/debian-base-bookworm";
+    assert_eq!(first_base["s3"][0], format!("{}/{}/{key}", bucket.endpoint, s3::BUCKET));
+    let settings = kiln_image_store::S3Settings {
+        endpoint: bucket.endpoint.clone(),
+        bucket: s3::BUCKET.to_owned(),
+        region: s3::REGION.to_owned(),
+        access_key_id: s3::ACCESS_KEY_ID.to_owned(),
+        secret_access_key: s3::SECRET_ACCESS_KEY.to_owned(),
+        prefix: String::new(),
+    };
+    let stored = tokio::runtime::Runtime::new().unwrap().block_on(kiln_image_store::object_size_in_bucket(&settings, key)).unwrap();
+    let made = std::fs::metadata(first_base["squashfs"]["root"].as_str().unwrap()).unwrap().len();
+    assert_eq!(stored, Some(made));
 
     std::fs::write(directory.path().join("motd"), "built by kiln\n").unwrap();
     // Two diskimage-builder elements, one depending on the other, with hooks inside and

@@ -119,23 +119,7 @@ impl BlobStore {
     /// A store in an S3 bucket; uploads are spooled in `spool_dir` on local disk first.
     pub fn s3(settings: &S3Settings, spool_dir: &Path) -> Result<BlobStore, BlobError> {
         std::fs::create_dir_all(spool_dir).map_err(BlobError::io("creating directory", spool_dir))?;
-        let store = object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&settings.endpoint)
-            .with_bucket_name(&settings.bucket)
-            .with_region(&settings.region)
-            .with_access_key_id(&settings.access_key_id)
-            .with_secret_access_key(&settings.secret_access_key)
-            .with_allow_http(settings.endpoint.starts_with("http://"))
-            .with_virtual_hosted_style_request(false)
-            // A few quick retries ride out a restarting node; a server that keeps failing
-            // is reported within seconds rather than minutes.
-            .with_retry(object_store::RetryConfig {
-                max_retries: 4,
-                retry_timeout: std::time::Duration::from_secs(60),
-                backoff: Default::default(),
-            })
-            .build()
-            .map_err(|error| BlobError::Config { message: error.to_string() })?;
+        let store = s3_object_store(settings)?;
         let prefix = settings.prefix.trim_matches('/').to_owned();
         let description = format!("s3 {}/{}/{}", settings.endpoint.trim_end_matches('/'), settings.bucket, prefix);
         Ok(BlobStore {
@@ -341,6 +325,44 @@ impl BlobStore {
             hasher.update(&chunk);
         }
         Ok((hex::encode(hasher.finalize()), bytes))
+    }
+}
+
+/// The S3 bucket of `settings` as an object store (keys are not prefixed here).
+fn s3_object_store(settings: &S3Settings) -> Result<object_store::aws::AmazonS3, BlobError> {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&settings.endpoint)
+        .with_bucket_name(&settings.bucket)
+        .with_region(&settings.region)
+        .with_access_key_id(&settings.access_key_id)
+        .with_secret_access_key(&settings.secret_access_key)
+        .with_allow_http(settings.endpoint.starts_with("http://"))
+        .with_virtual_hosted_style_request(false)
+        // A few quick retries ride out a restarting node; a server that keeps failing
+        // is reported within seconds rather than minutes.
+        .with_retry(object_store::RetryConfig {
+            max_retries: 4,
+            retry_timeout: std::time::Duration::from_secs(60),
+            backoff: Default::default(),
+        })
+        .build()
+        .map_err(|error| BlobError::Config { message: error.to_string() })
+}
+
+/// Writes a local file to `key` in the bucket of `settings` (the image builder's
+/// `publish_s3`): one PUT when small, a multipart upload otherwise.
+pub async fn put_file_in_bucket(settings: &S3Settings, key: &str, path: &Path) -> Result<(), BlobError> {
+    let store = s3_object_store(settings)?;
+    upload_file(&store, &object_store::path::Path::from(key), path).await
+}
+
+/// The size of `key` in the bucket of `settings`, if it is there.
+pub async fn object_size_in_bucket(settings: &S3Settings, key: &str) -> Result<Option<u64>, BlobError> {
+    let store = s3_object_store(settings)?;
+    match object_store::ObjectStore::head(&store, &object_store::path::Path::from(key)).await {
+        Ok(meta) => Ok(Some(meta.size)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(source) => Err(BlobError::ObjectStore { operation: "reading the size of", key: key.to_owned(), source }),
     }
 }
 

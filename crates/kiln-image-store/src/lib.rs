@@ -16,7 +16,7 @@ pub mod kernel;
 pub mod pump;
 mod spool;
 
-pub use blob::{BlobId, BlobRead, BlobStore, S3Settings, StoredBlob};
+pub use blob::{BlobId, BlobRead, BlobStore, S3Settings, StoredBlob, object_size_in_bucket, put_file_in_bucket};
 pub use checksum::{Checksum, DigestAlgorithm, Digests, MultiHasher};
 pub use error::{BlobError, error_chain};
 pub use format::{Inspection, InspectionError, inspect};
