@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::execute::BuildError;
+use crate::execute::{BuildError, io, run_tool as run};
 
 const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
@@ -66,24 +66,6 @@ pub fn syslinux_config(kernel_args: &str) -> String {
     )
 }
 
-fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
-    let path = path.to_owned();
-    move |error| BuildError::Io { operation, path, error }
-}
-
-fn run(tool: &'static str, command: &mut Command, log: &mut dyn Write) -> Result<(), BuildError> {
-    let output =
-        command.stdin(Stdio::null()).output().map_err(|error| BuildError::Io { operation: "running", path: PathBuf::from(tool), error })?;
-    let _ = log.write_all(&output.stdout);
-    let _ = log.write_all(&output.stderr);
-    if !output.status.success() {
-        let text = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = text.lines().rev().take(3).collect();
-        return Err(BuildError::ToolFailed { tool, message: format!("{}: {}", output.status, tail.join(" | ")) });
-    }
-    Ok(())
-}
-
 /// Bytes a tree takes, counted as a filesystem allocates them (4 KiB blocks, an inode's
 /// worth per entry); symbolic links are not followed.
 pub fn tree_bytes(root: &Path) -> Result<u64, BuildError> {
@@ -102,21 +84,6 @@ pub fn tree_bytes(root: &Path) -> Result<u64, BuildError> {
     Ok(total)
 }
 
-/// The newest kernel under the root's `/boot` and its initramfs.
-fn kernel_and_initrd(root: &Path) -> Result<(PathBuf, PathBuf), BuildError> {
-    let boot = root.join("boot");
-    let mut kernels: Vec<String> = std::fs::read_dir(&boot)
-        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("vmlinuz-")).collect())
-        .unwrap_or_default();
-    kernels.sort();
-    let kernel = kernels.pop().ok_or(BuildError::DiskNeedsKernel)?;
-    let initrd = boot.join(format!("initrd.img-{}", kernel.trim_start_matches("vmlinuz-")));
-    if !initrd.exists() {
-        return Err(BuildError::DiskNeedsKernel);
-    }
-    Ok((boot.join(kernel), initrd))
-}
-
 /// Makes `<name>.raw` (sparse) in `output_dir` from a built layer.
 pub fn make_disk(layer_root: &Path, name: &str, output_dir: &Path, kernel_args: &str, log: &mut dyn Write) -> Result<PathBuf, BuildError> {
     for tool_file in [GPT_MBR, SYSLINUX_EFI, LDLINUX_E64] {
@@ -127,7 +94,7 @@ pub fn make_disk(layer_root: &Path, name: &str, output_dir: &Path, kernel_args: 
             });
         }
     }
-    let (kernel, initrd) = kernel_and_initrd(layer_root)?;
+    let Some((kernel, Some(initrd))) = crate::execute::newest_kernel(layer_root) else { return Err(BuildError::DiskNeedsKernel) };
     let layout = DiskLayout::for_tree(tree_bytes(layer_root)?);
     std::fs::create_dir_all(output_dir).map_err(io("creating", output_dir))?;
     let raw = output_dir.join(format!("{name}.raw"));

@@ -48,7 +48,7 @@ pub enum BuildError {
     ToolFailed { tool: &'static str, message: String },
 }
 
-fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
+pub(crate) fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
     let path = path.to_owned();
     move |error| BuildError::Io { operation, path, error }
 }
@@ -272,25 +272,45 @@ pub fn make_squashfs(layer_root: &Path, name: &str, output_dir: &Path, log: &mut
     // its children their cache keys. /boot stays in: a child built on this root needs it.
     command.args(["-mkfs-time", "0"]);
     run_logged(1, &step, &mut command, log)?;
-    let boot = layer_root.join("boot");
-    let mut kernels: Vec<String> = std::fs::read_dir(&boot)
-        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| n.starts_with("vmlinuz-")).collect())
-        .unwrap_or_default();
-    kernels.sort();
-    let Some(kernel_name) = kernels.pop() else {
+    let Some((boot_kernel, boot_initrd)) = newest_kernel(layer_root) else {
         let _ = writeln!(log, "kiln: no kernel under /boot: the SquashFS root alone");
         return Ok(SquashfsTriple { root: image, kernel: None, initrd: None });
     };
-    let version = kernel_name.trim_start_matches("vmlinuz-");
-    let kernel = output_dir.join(&kernel_name);
-    std::fs::copy(boot.join(&kernel_name), &kernel).map_err(io("copying", &boot.join(&kernel_name)))?;
-    let initrd_name = format!("initrd.img-{version}");
-    let initrd = if boot.join(&initrd_name).exists() {
-        let target = output_dir.join(&initrd_name);
-        std::fs::copy(boot.join(&initrd_name), &target).map_err(io("copying", &boot.join(&initrd_name)))?;
-        Some(target)
-    } else {
-        None
+    let copy_out = |source: &Path| -> Result<PathBuf, BuildError> {
+        let target = output_dir.join(source.file_name().unwrap_or_default());
+        std::fs::copy(source, &target).map_err(io("copying", source))?;
+        Ok(target)
     };
+    let kernel = copy_out(&boot_kernel)?;
+    let initrd = boot_initrd.as_deref().map(copy_out).transpose()?;
     Ok(SquashfsTriple { root: image, kernel: Some(kernel), initrd })
+}
+
+/// The newest `vmlinuz-*` under the root's `/boot`, and its `initrd.img-*` if there is one.
+pub(crate) fn newest_kernel(root: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+    let boot = root.join("boot");
+    let mut kernels: Vec<String> = std::fs::read_dir(&boot)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.starts_with("vmlinuz-"))
+        .collect();
+    kernels.sort();
+    let kernel = kernels.pop()?;
+    let initrd = boot.join(format!("initrd.img-{}", kernel.trim_start_matches("vmlinuz-")));
+    Some((boot.join(kernel), initrd.exists().then_some(initrd)))
+}
+
+/// Runs a tool, its output into `log`; a failure carries the last lines of its errors.
+pub(crate) fn run_tool(tool: &'static str, command: &mut Command, log: &mut dyn Write) -> Result<(), BuildError> {
+    let output =
+        command.stdin(Stdio::null()).output().map_err(|error| BuildError::Io { operation: "running", path: PathBuf::from(tool), error })?;
+    let _ = log.write_all(&output.stdout);
+    let _ = log.write_all(&output.stderr);
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        return Err(BuildError::ToolFailed { tool, message: format!("{}: {}", output.status, tail.join(" | ")) });
+    }
+    Ok(())
 }

@@ -4,26 +4,15 @@
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use sha2::Digest as _;
 
-use crate::execute::BuildError;
+use crate::execute::{BuildError, io};
 
-fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
-    let path = path.to_owned();
-    move |error| BuildError::Io { operation, path, error }
-}
-
+/// Layers are packed and unpacked without a build log: failures carry the tool's errors.
 fn run_tool(tool: &'static str, command: &mut Command) -> Result<(), BuildError> {
-    let output =
-        command.stdin(Stdio::null()).output().map_err(|error| BuildError::Io { operation: "running", path: PathBuf::from(tool), error })?;
-    if !output.status.success() {
-        let text = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = text.lines().rev().take(3).collect();
-        return Err(BuildError::ToolFailed { tool, message: format!("{}: {}", output.status, tail.join(" | ")) });
-    }
-    Ok(())
+    crate::execute::run_tool(tool, command, &mut std::io::sink())
 }
 
 /// `sha256:<hex>` and size of a file.
