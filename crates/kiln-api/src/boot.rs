@@ -314,8 +314,10 @@ async fn served_file(root: &std::path::Path, path: &str) -> ServedFile {
 
 /// What the boot listener sends for a path: a file of `/boot/files/` or `/boot/ipxe/`, a
 /// public image's artifact from the local blob store, or nothing (the router answers).
-pub async fn resolve_boot_file(state: &ApiState, path: &str) -> Resolved {
-    let (root, relative) = if let Some(relative) = path.strip_prefix("/boot/files/") {
+pub async fn resolve_boot_file(state: &ApiState, path: &str, headers: &axum::http::HeaderMap) -> Resolved {
+    let (root, relative) = if let Some(node_id) = path.strip_prefix("/agent/v1/nodes/").and_then(|rest| rest.strip_suffix("/artifact")) {
+        return crate::provision::resolve_agent_artifact(state, headers, node_id).await;
+    } else if let Some(relative) = path.strip_prefix("/boot/files/") {
         (&state.boot.files_dir, relative)
     } else if let Some(relative) = path.strip_prefix("/boot/ipxe/") {
         (&state.boot.ipxe_dir, relative)
@@ -344,7 +346,7 @@ pub async fn resolve_boot_file(state: &ApiState, path: &str) -> Resolved {
 pub struct BootFiles(pub ApiState);
 
 impl FileResolver for BootFiles {
-    fn resolve<'a>(&'a self, path: &'a str) -> futures::future::BoxFuture<'a, Resolved> {
-        Box::pin(resolve_boot_file(&self.0, path))
+    fn resolve<'a>(&'a self, path: &'a str, headers: &'a axum::http::HeaderMap) -> futures::future::BoxFuture<'a, Resolved> {
+        Box::pin(resolve_boot_file(&self.0, path, headers))
     }
 }

@@ -58,10 +58,12 @@ pub enum Resolved {
     Route,
 }
 
-/// Maps request paths to files. Implemented over [`crate::ApiState`] by
-/// [`crate::boot::resolve_boot_file`].
+/// Maps requests to files. Implemented over [`crate::ApiState`] by
+/// [`crate::boot::resolve_boot_file`]. The headers are there for files only some may read (a
+/// deploy's disk image, for its agent's token); a request the resolver does not let through
+/// goes to the router, which explains the refusal.
 pub trait FileResolver: Send + Sync + 'static {
-    fn resolve<'a>(&'a self, path: &'a str) -> futures::future::BoxFuture<'a, Resolved>;
+    fn resolve<'a>(&'a self, path: &'a str, headers: &'a HeaderMap) -> futures::future::BoxFuture<'a, Resolved>;
 }
 
 /// A running boot listener; stops when dropped.
@@ -338,7 +340,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, resolver: &dy
         let body: Vec<u8> = buffer.drain(..body_length).collect();
 
         let is_read = head.method == Method::GET || head.method == Method::HEAD;
-        let resolved = if is_read { resolver.resolve(head.path()).await } else { Resolved::Route };
+        let resolved = if is_read { resolver.resolve(head.path(), &head.headers).await } else { Resolved::Route };
         match resolved {
             Resolved::File(file) => {
                 let size = file.size;

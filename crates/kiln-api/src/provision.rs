@@ -328,6 +328,39 @@ async fn agent_deploy_version(state: &ApiState, headers: &HeaderMap, node_id: &s
     Ok(state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?)
 }
 
+/// The boot listener's view of `/agent/v1/nodes/{node}/artifact`: the deploy's disk image as
+/// a blob file to send with sendfile(2), when the store is a local directory and the agent's
+/// token is good. Anything else goes to the router, which says why (once: no warning here).
+pub(crate) async fn resolve_agent_artifact(state: &ApiState, headers: &HeaderMap, node_id: &str) -> crate::boot_listener::Resolved {
+    use crate::boot_listener::{Resolved, StaticFile};
+    let Some(token) =
+        headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "))
+    else {
+        return Resolved::Route;
+    };
+    let Ok(Some((node, record))) = state.store.authenticate_agent(node_id, token.trim()).await else { return Resolved::Route };
+    let Some(target) = record.target.as_ref().filter(|_| node.provision_state == ProvisionState::WaitAgent) else { return Resolved::Route };
+    let Ok(version) = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await else {
+        return Resolved::Route;
+    };
+    let Some(artifact) = version.artifact(ArtifactKind::Disk) else { return Resolved::Route };
+    let Ok(id) = BlobId::parse(&artifact.sha256) else { return Resolved::Route };
+    let Some(path) = state.images.blobs.local_path(&id) else { return Resolved::Route };
+    match std::fs::File::open(&path) {
+        Ok(file) => Resolved::File(StaticFile {
+            file,
+            size: artifact.size,
+            // The same validator the router gives, so `If-Range` resumes work across both.
+            etag: format!("\"{}\"", artifact.sha256),
+            last_modified: std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(version.created_at.as_millisecond().max(0) as u64),
+            content_type: "application/octet-stream",
+            cache_control: Some("private, no-store"),
+        }),
+        Err(_) => Resolved::Route,
+    }
+}
+
 /// The disk image of the node's deploy, for its agent only (the image may be private).
 /// Ranges are honoured, so an agent resumes a cut download where it stopped.
 #[utoipa::path(get, path = "/agent/v1/nodes/{node}/artifact", tag = "agent",

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use kiln_client::{Client, encode};
+use kiln_image_build::definition::PackageManager;
 use kiln_image_build::definition::{ImageDefinition, Output, Parent, parse_definition};
 use kiln_image_build::execute::{BuildSettings, ElementRun, ParentRoot, build_layer, make_squashfs};
 use kiln_image_build::oci::ImageReference;
-use kiln_image_build::plan::plan_build;
+use kiln_image_build::plan::{Downloads, bootstrap_tarball, plan_build};
 use kiln_types::image::{ArtifactKind, Image, ImageInput, ImageVersion, Visibility};
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +31,8 @@ pub struct BuildArgs {
     /// Layers, parents, outputs and logs [default: /var/cache/kiln/build].
     #[arg(long, default_value = "/var/cache/kiln/build")]
     cache: PathBuf,
-    /// Resolve the parent from the cache, without asking the server or registry.
+    /// Use the network for nothing: the parent, debootstrap's packages, apt's lists and every
+    /// package come from the cache that earlier builds filled (apt only).
     #[arg(long)]
     offline: bool,
     /// Show every command's output, not only a line per step.
@@ -238,6 +240,34 @@ async fn resolve_parent(client: &Client, parent: &Parent, cache: &Path, offline:
     Ok((digest, Some(ParentRoot { root })))
 }
 
+/// Whether an uncached layer can be built without the network, said before anything runs.
+fn check_offline(definition: &ImageDefinition, cache: &Path) -> anyhow::Result<()> {
+    let installs = !definition.packages.is_empty() || !definition.package_groups.is_empty();
+    match definition.package_manager {
+        PackageManager::Apt => {}
+        // They empty their caches after every transaction, so there is nothing to build from.
+        PackageManager::Dnf | PackageManager::Zypper if installs => {
+            bail!(
+                "--offline: only apt builds keep their downloads; this layer installs packages with {}",
+                definition.package_manager.as_str()
+            )
+        }
+        PackageManager::Dnf | PackageManager::Zypper => {}
+    }
+    if let (Parent::Scratch, PackageManager::Apt, Some(repo)) = (&definition.parent, definition.package_manager, definition.repos.first()) {
+        let tarball = cache.join("downloads").join(bootstrap_tarball(repo));
+        if !tarball.is_file() {
+            bail!(
+                "--offline: what debootstrap installs for {} from {} was never fetched into this cache ({}); build once with the network first",
+                repo.suite.as_deref().unwrap_or_default(),
+                repo.url,
+                tarball.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The definition's elements, loaded along the elements path, their hooks ordered, with the
 /// digest of each (dependencies included) for the layer's key.
 fn load_elements(definition: &ImageDefinition, args: &BuildArgs) -> anyhow::Result<(Option<ElementRun>, BTreeMap<String, String>)> {
@@ -280,9 +310,13 @@ pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> an
     }
     let (elements, element_digests) = load_elements(&definition, &args)?;
     let (parent_digest, parent_root) = resolve_parent(client, &definition.parent, &args.cache, args.offline).await?;
-    let plan = plan_build(&definition, &parent_digest, &copied, &element_digests);
+    let downloads = if args.offline { Downloads::CacheOnly } else { Downloads::Fetch };
+    let plan = plan_build(&definition, &parent_digest, &copied, &element_digests, downloads);
     if args.plan {
         return print(format, &plan, || plan.to_string());
+    }
+    if args.offline && !args.cache.join("layers").join(&plan.layer_key).join("root").is_dir() {
+        check_offline(&definition, &args.cache)?;
     }
 
     let outputs = args.cache.join("outputs").join(&plan.layer_key);

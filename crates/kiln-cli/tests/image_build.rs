@@ -153,7 +153,7 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     assert_eq!(format!("sha256:{}", root_sha.as_str().unwrap()), made);
     // And the build's log.
     let log = ok(kiln(&server, &admin, &["image", "download", "debian-child:1", "--artifact", "log", "-o", "-"], None));
-    assert!(log.contains("kiln: [4/11] install packages") && log.contains("Setting up less"), "{log}");
+    assert!(log.contains("kiln: [4/9] install packages") && log.contains("Setting up less"), "{log}");
 
     // Again, the base unchanged: the base's push gives the same manifest digest, and the
     // child is not rebuilt (same key, from the cache, nothing new published).
@@ -197,6 +197,68 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     // Elements named without a path to find them: said before anything runs.
     let error = build_missing(&[]);
     assert!(error.contains("elements: kiln-greeting named, but no ELEMENTS_PATH"), "{error}");
+    assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
+
+    // Offline, in a network namespace of its own (no network at all): a new base and a new
+    // child, neither cached, build from what the builds above left in the cache.
+    let offline_base = directory.path().join("offline-base.yaml");
+    std::fs::write(
+        &offline_base,
+        "options:\n  name: debian-offline\n  pkg_manager: apt\n  parent: scratch\n  publish_local: true\n\
+         repos:\n  - alias: debian\n    url: 'http://deb.debian.org/debian'\n    suite: bookworm\n\
+         packages: [less]\ncmds:\n  - cmd: 'echo built offline > /etc/kiln-offline'\n",
+    )
+    .unwrap();
+    let offline_child = directory.path().join("offline-child.yaml");
+    std::fs::write(
+        &offline_child,
+        std::fs::read_to_string(&child)
+            .unwrap()
+            .replace("publish_kiln: debian-child", "publish_local: true")
+            .replace("useradd -m -s /bin/sh kiln", "useradd -m -s /bin/sh offline"),
+    )
+    .unwrap();
+    let build_offline = |definition: &Path| {
+        let output = std::process::Command::new("unshare")
+            .args(["--net", "--"])
+            .arg(support::KILN)
+            .args(["image", "build", "-c", definition.to_str().unwrap(), "--cache", cache.to_str().unwrap(), "--offline", "-F", "json"])
+            .env("ELEMENTS_PATH", &elements)
+            .env("DIB_GREETING", "offline")
+            .env("KILN_URL", &server.url)
+            .env("KILN_TOKEN", &admin)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    for definition in [&offline_base, &offline_child] {
+        let (succeeded, stdout, stderr) = build_offline(definition);
+        assert!(succeeded, "{stderr}");
+        let built: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(built["reused"], false, "{stderr}");
+        let root = cache.join("layers").join(built["layer"].as_str().unwrap()).join("root");
+        assert!(root.join("usr/bin/less").exists(), "installed from the cache");
+        assert!(!root.join("var/lib/apt/lists").read_dir().unwrap().any(|entry| entry.unwrap().file_name() != "partial"));
+        assert!(
+            !root
+                .join("var/cache/apt/archives")
+                .read_dir()
+                .unwrap()
+                .any(|entry| { entry.unwrap().file_name().to_string_lossy().ends_with(".deb") }),
+            "no package file is left in the layer"
+        );
+    }
+    // What the cache does not hold is named, and nothing is built.
+    std::fs::write(&offline_base, std::fs::read_to_string(&offline_base).unwrap().replace("[less]", "[less, ed]")).unwrap();
+    let (succeeded, _, stderr) = build_offline(&offline_base);
+    assert!(!succeeded && stderr.contains("not in the build cache: ed_"), "{stderr}");
+    std::fs::write(&offline_base, std::fs::read_to_string(&offline_base).unwrap().replace("suite: bookworm", "suite: trixie")).unwrap();
+    let (succeeded, _, stderr) = build_offline(&offline_base);
+    assert!(!succeeded && stderr.contains("--offline: what debootstrap installs for trixie"), "{stderr}");
     assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
 }
 

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use support::{ServerProcess, agent_binary, kiln, ok, token};
 
-/// Short timeouts, no power sync: faults show in seconds.
-const CONFIG: &str = "[provisioning]\nagent_boot_timeout_seconds = 60\nheartbeat_timeout_seconds = 4\nlease_seconds = 2\n\n\
+/// Short timeouts, no power sync: faults show in seconds. A boot listener, as machines have:
+/// agents that are pointed at it get their image with sendfile(2).
+const CONFIG: &str = "[boot]\nlisten = \"127.0.0.1:0\"\n\n[provisioning]\nagent_boot_timeout_seconds = 60\nheartbeat_timeout_seconds = 4\nlease_seconds = 2\n\n\
                       [bmc]\nsync_interval_seconds = 0\ntimeout_seconds = 5\n";
 
 struct Site {
@@ -63,6 +64,11 @@ impl Site {
         self.server.kill();
         let config = self.directory.path().join("kiln.toml");
         self.server = ServerProcess::start(&self.data, &["--config", &config.display().to_string()]);
+    }
+
+    /// Where machines (and so agents) talk to: the boot listener.
+    fn boot_url(&self) -> String {
+        self.server.boot_url.clone().expect("the server announced its boot listener")
     }
 
     fn kiln(&self, args: &[&str]) -> String {
@@ -299,15 +305,22 @@ fn a_simulated_node_deploys_and_agent_tokens_cannot_be_forged_or_replayed() {
     assert_eq!(heartbeat(&node1, "").0, 401);
 
     let disk = site.directory.path().join("sim1.disk");
-    let (done, log) = agent_output(start_agent(&site.server.url, &node1, &token1, &disk));
+    let (done, log) = agent_output(start_agent(&site.boot_url(), &node1, &token1, &disk));
     assert!(done, "{log}");
+    let artifact_path = format!("/agent/v1/nodes/{node1}/artifact");
+    let sent = site.server.log().lines().any(|line| line.contains("boot file sent") && line.contains(&artifact_path));
+    assert!(sent, "the image went out through the boot listener's sendfile path:\n{}", tail(&site.server.log()));
     site.wait_for("sim1", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
     assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&image).unwrap(), "the disk holds exactly the image");
     // The deploy is over: its token is dead, for heartbeats, results and the artifact alike.
     assert_eq!(heartbeat(&node1, &token1).0, 401);
     let result = serde_json::json!({"id": 1, "error": null, "inventory": null, "root_device": null}).to_string();
     assert_eq!(http("POST", &site.server.url, &format!("/agent/v1/nodes/{node1}/result"), Some(&token1), result.as_bytes()).0, 401);
-    assert_eq!(http("GET", &site.server.url, &format!("/agent/v1/nodes/{node1}/artifact"), Some(&token1), b"").0, 401);
+    for base in [&site.server.url, &site.boot_url()] {
+        assert_eq!(http("GET", base, &format!("/agent/v1/nodes/{node1}/artifact"), Some(&token1), b"").0, 401, "{base}");
+    }
+    // Nor does the boot listener send it for a token that was never good.
+    assert_eq!(http("GET", &site.boot_url(), &format!("/agent/v1/nodes/{node2}/artifact"), Some("kiln_forged"), b"").0, 401);
     // A second result for a command is refused; the other node is still waiting.
     let (agent_done, _) = agent_output(start_agent(&site.server.url, &node1, &token1, &disk));
     assert!(agent_done, "a refused agent ends quietly");
@@ -339,7 +352,7 @@ fn a_download_cut_mid_stream_resumes_where_it_stopped() {
         site.node("cut1", "52:54:00:00:02:01");
         site.kiln(&["node", "deploy", "cut1", "--image", "os"]);
         let (node, agent_token) = site.agent_credentials("cut1", "52:54:00:00:02:01");
-        let proxy = Proxy::start(&site.server.url, 2, 1 << 20, None);
+        let proxy = Proxy::start(&site.boot_url(), 2, 1 << 20, None);
         let disk = site.directory.path().join("cut1.disk");
         let (done, log) = agent_output(start_agent(&proxy.url, &node, &agent_token, &disk));
         assert!(done, "{log}");
@@ -374,7 +387,8 @@ fn a_corrupted_image_fails_the_deploy_and_leaves_the_disk_unbootable() {
     old[510] = 0x55;
     old[511] = 0xaa;
     std::fs::write(&disk, &old).unwrap();
-    let (_, log) = agent_output(start_agent(&site.server.url, &node, &agent_token, &disk));
+    // Through the boot listener: the file leaves by sendfile, unchecked; the agent checks.
+    let (_, log) = agent_output(start_agent(&site.boot_url(), &node, &agent_token, &disk));
     let status = site.wait_for("rot1", "deploy-failed", Duration::from_secs(20), |s| s["provision_state"] == "deploy-failed");
     let error = status["last_error"].as_str().unwrap();
     assert!(error.contains("checksum mismatch") && error.contains(&sha), "{error}\n{log}");

@@ -159,6 +159,17 @@ pub enum PackageManager {
     Zypper,
 }
 
+impl PackageManager {
+    /// As `pkg_manager` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageManager::Apt => "apt",
+            PackageManager::Dnf => "dnf",
+            PackageManager::Zypper => "zypper",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Repo {
     pub alias: String,

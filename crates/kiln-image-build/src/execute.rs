@@ -44,6 +44,8 @@ pub enum BuildError {
     ElementsNotLoaded,
     #[error("a disk image needs a kernel and its initramfs under /boot: add linux-image-amd64 (or the distribution's kernel) to packages")]
     DiskNeedsKernel,
+    #[error("--offline: {what} is not in the build cache; build once with the network first")]
+    NotInCache { what: String },
     #[error("{tool} failed: {message}")]
     ToolFailed { tool: &'static str, message: String },
 }
@@ -167,9 +169,12 @@ fn run_layer_steps(
     log: &mut dyn Write,
 ) -> Result<(), BuildError> {
     let mut mounts: Option<ChrootMounts> = None;
+    let downloads = settings.cache_dir.join("downloads");
     // One directory of .deb files serves debootstrap and apt alike.
-    let downloads = settings.cache_dir.join("downloads").join("packages");
-    std::fs::create_dir_all(downloads.join("partial")).map_err(io("creating", &downloads))?;
+    let packages = downloads.join("packages");
+    for directory in [packages.join("partial"), downloads.join("bootstrap"), downloads.join("apt-lists")] {
+        std::fs::create_dir_all(&directory).map_err(io("creating", &directory))?;
+    }
     for (index, step) in plan.layer.iter().enumerate() {
         let number = index + 1;
         let _ = writeln!(log, "kiln: [{number}/{}] {step}", plan.layer.len());
@@ -197,7 +202,7 @@ fn run_layer_steps(
                 std::fs::copy("/etc/resolv.conf", &resolv).map_err(io("writing", &resolv))?;
                 let mut bound = ChrootMounts::bind(root)?;
                 if let Some(directory) = package_cache {
-                    bound.bind_directory(&downloads, &root.join(directory.trim_start_matches('/')))?;
+                    bound.bind_directory(&packages, &root.join(directory.trim_start_matches('/')))?;
                 }
                 mounts = Some(bound);
             }
@@ -216,16 +221,24 @@ fn run_layer_steps(
                 }
                 std::fs::copy(&from, &target).map_err(io("copying", &from))?;
             }
-            Step::Chroot { command, .. } => {
-                let mut chroot = Command::new("chroot");
-                chroot
-                    .env_clear()
-                    .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-                    .env("HOME", "/root")
-                    .env("LANG", "C.UTF-8")
-                    .arg(root)
-                    .args(["/bin/sh", "-c", command]);
-                run_logged(number, step, &mut chroot, log)?;
+            Step::Chroot { command, .. } => run_logged(number, step, &mut in_chroot(root, command), log)?,
+            Step::AptLists { from_cache } => {
+                let sources = sources_digest(root)?;
+                let kept = downloads.join("apt-lists").join(&sources);
+                if *from_cache {
+                    if !kept.is_dir() {
+                        return Err(BuildError::NotInCache { what: format!("apt's package lists for these sources ({})", &sources[..12]) });
+                    }
+                    copy_lists(&kept, &root.join("var/lib/apt/lists"))?;
+                } else {
+                    run_logged(number, step, &mut in_chroot(root, "apt-get update"), log)?;
+                    // Copied whole, then swapped in: an offline build never finds half a set.
+                    let fresh = downloads.join("apt-lists").join(format!("{sources}.partial"));
+                    let _ = std::fs::remove_dir_all(&fresh);
+                    copy_lists(&root.join("var/lib/apt/lists"), &fresh)?;
+                    let _ = std::fs::remove_dir_all(&kept);
+                    std::fs::rename(&fresh, &kept).map_err(io("keeping the package lists at", &kept))?;
+                }
             }
             Step::UnbindMounts => mounts = None,
             Step::RunElements { .. } => {
@@ -247,6 +260,54 @@ fn run_layer_steps(
         }
     }
     drop(mounts);
+    Ok(())
+}
+
+/// A shell command run inside the root, with a plain environment rather than the host's.
+fn in_chroot(root: &Path, command: &str) -> Command {
+    let mut chroot = Command::new("chroot");
+    chroot
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .arg(root)
+        .args(["/bin/sh", "-c", command]);
+    chroot
+}
+
+/// SHA-256 of the root's apt sources (`/etc/apt/sources.list` and `sources.list.d/`, by name
+/// and content): the lists `apt-get update` fetches are a function of them.
+fn sources_digest(root: &Path) -> Result<String, BuildError> {
+    use sha2::Digest as _;
+    let etc_apt = root.join("etc/apt");
+    let mut files = vec![etc_apt.join("sources.list")];
+    let listed = etc_apt.join("sources.list.d");
+    if let Ok(entries) = std::fs::read_dir(&listed) {
+        files.extend(entries.flatten().map(|entry| entry.path()));
+    }
+    files.sort();
+    let mut hasher = sha2::Sha256::new();
+    for file in files.iter().filter(|file| file.is_file()) {
+        let content = std::fs::read(file).map_err(io("reading", file))?;
+        hasher.update(file.strip_prefix(root).unwrap_or(file).to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(&content);
+        hasher.update([0]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Copies apt's list files (not its lock, not `partial/`) from one directory to another.
+fn copy_lists(from: &Path, to: &Path) -> Result<(), BuildError> {
+    std::fs::create_dir_all(to).map_err(io("creating", to))?;
+    for entry in std::fs::read_dir(from).map_err(io("reading", from))?.flatten() {
+        let path = entry.path();
+        if entry.file_name() == "lock" || !path.is_file() {
+            continue;
+        }
+        std::fs::copy(&path, to.join(entry.file_name())).map_err(io("copying", &path))?;
+    }
     Ok(())
 }
 
@@ -313,4 +374,38 @@ pub(crate) fn run_tool(tool: &'static str, command: &mut Command, log: &mut dyn 
         return Err(BuildError::ToolFailed { tool, message: format!("{}: {}", output.status, tail.join(" | ")) });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{copy_lists, sources_digest};
+
+    #[test]
+    fn apt_lists_are_kept_by_the_digest_of_the_sources_they_came_from() {
+        let root = tempfile::tempdir().unwrap();
+        let etc_apt = root.path().join("etc/apt");
+        std::fs::create_dir_all(etc_apt.join("sources.list.d")).unwrap();
+        std::fs::write(etc_apt.join("sources.list"), "deb http://deb.debian.org/debian bookworm main\n").unwrap();
+        let debian = sources_digest(root.path()).unwrap();
+        assert_eq!(debian, sources_digest(root.path()).unwrap());
+        std::fs::write(etc_apt.join("sources.list.d/extra.list"), "deb http://deb.debian.org/debian-security bookworm-security main\n")
+            .unwrap();
+        let with_security = sources_digest(root.path()).unwrap();
+        assert_ne!(debian, with_security, "another repository, other lists");
+        std::fs::rename(etc_apt.join("sources.list.d/extra.list"), etc_apt.join("sources.list.d/other.list")).unwrap();
+        assert_ne!(with_security, sources_digest(root.path()).unwrap(), "file names count: apt reads them in order");
+
+        // The lists, not apt's lock or its half-fetched files.
+        let lists = root.path().join("var/lib/apt/lists");
+        std::fs::create_dir_all(lists.join("partial")).unwrap();
+        std::fs::write(lists.join("deb.debian.org_debian_dists_bookworm_InRelease"), "release").unwrap();
+        std::fs::write(lists.join("lock"), "").unwrap();
+        std::fs::write(lists.join("partial/half"), "half").unwrap();
+        let kept = root.path().join("kept");
+        copy_lists(&lists, &kept).unwrap();
+        let mut names: Vec<String> =
+            std::fs::read_dir(&kept).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["deb.debian.org_debian_dists_bookworm_InRelease"]);
+    }
 }

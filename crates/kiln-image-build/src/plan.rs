@@ -12,9 +12,20 @@ use crate::definition::{ImageDefinition, Output, PackageManager, Parent};
 
 /// Where the layer's root is while it is built; the executor substitutes its directory.
 pub const ROOT: &str = "$ROOT";
-/// The build cache's directory of package downloads for this package manager; the executor
-/// substitutes it. Downloads are kept there across builds, never in a layer.
+/// The build cache's directory of downloads; the executor substitutes it. Downloads are kept
+/// there across builds, never in a layer: `packages/` (the .deb files debootstrap and apt
+/// fetch), `bootstrap/` (debootstrap's package lists and .debs per suite, as tarballs) and
+/// `apt-lists/` (apt's package lists, by the digest of the sources they came from).
 pub const DOWNLOADS: &str = "$DOWNLOADS";
+
+/// Where a build's downloads come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downloads {
+    /// The network; what is fetched is kept in the build cache for later offline builds.
+    Fetch,
+    /// The build cache only (`--offline`): what is not there fails the build, by name.
+    CacheOnly,
+}
 
 /// One step of a build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,6 +61,12 @@ pub enum Step {
         command: String,
     },
     UnbindMounts,
+    /// apt's package lists: fetched (`apt-get update` in the root) and a copy kept in
+    /// `$DOWNLOADS/apt-lists` under the digest of the root's sources, or, offline, that copy
+    /// put back.
+    AptLists {
+        from_cache: bool,
+    },
     /// Runs the hooks of diskimage-builder elements, phase by phase (their digests are in
     /// the cache key); the hook runner binds and unbinds what in-chroot phases need.
     RunElements {
@@ -77,12 +94,16 @@ impl fmt::Display for Step {
             },
             Step::BindMounts { package_cache: None } => write!(f, "bind /proc, /sys and /dev into {ROOT}"),
             Step::BindMounts { package_cache: Some(directory) } => {
-                write!(f, "bind /proc, /sys and /dev into {ROOT}, and {DOWNLOADS} onto {ROOT}{directory}")
+                write!(f, "bind /proc, /sys and /dev into {ROOT}, and {DOWNLOADS}/packages onto {ROOT}{directory}")
             }
             Step::WriteFile { path, content } => write!(f, "write {ROOT}{path}: {}", content.trim_end().replace('\n', "\\n")),
             Step::CopyIn { source, destination } => write!(f, "copy {source} to {ROOT}{destination}"),
             Step::Chroot { what, command } => write!(f, "{what}, in {ROOT}: {command}"),
             Step::UnbindMounts => write!(f, "unbind /proc, /sys and /dev"),
+            Step::AptLists { from_cache: false } => {
+                write!(f, "refresh the package lists, in {ROOT}: apt-get update; keep them in {DOWNLOADS}/apt-lists")
+            }
+            Step::AptLists { from_cache: true } => write!(f, "the package lists of these sources, from {DOWNLOADS}/apt-lists"),
             Step::RunElements { elements } => write!(f, "run the hooks of elements {}", elements.join(", ")),
             Step::Make { output } => write!(f, "make {}", output.as_str()),
             Step::Publish { to } => write!(f, "publish to {to}"),
@@ -132,12 +153,15 @@ struct LayerContent<'a> {
 
 /// Plans the build of `definition` on a parent whose content digest is `parent_digest`
 /// (`scratch` for none), with the SHA-256 of each file it copies in, by source path, and the
-/// digest of each element it uses (see [`crate::elements::element_digest`]), by name.
+/// digest of each element it uses (see [`crate::elements::element_digest`]), by name. Where
+/// the downloads come from changes the steps, never the key: a layer built offline is the
+/// layer an online build would make from the same packages.
 pub fn plan_build(
     definition: &ImageDefinition,
     parent_digest: &str,
     copied: &BTreeMap<String, String>,
     elements: &BTreeMap<String, String>,
+    downloads: Downloads,
 ) -> BuildPlan {
     let content = LayerContent {
         parent_digest,
@@ -155,32 +179,61 @@ pub fn plan_build(
         elements,
     };
     let mut hasher = sha2::Sha256::new();
-    hasher.update(b"kiln-layer/1\n");
+    // Version 2: layers no longer keep debootstrap's .debs.
+    hasher.update(b"kiln-layer/2\n");
     hasher.update(serde_json::to_vec(&content).expect("plain data serialises"));
     let layer_key = hex::encode(hasher.finalize());
 
     let mut layer = Vec::new();
     let apt = definition.package_manager == PackageManager::Apt;
     let first_repo = definition.repos.first();
+    let offline = downloads == Downloads::CacheOnly;
     match (&definition.parent, definition.package_manager, first_repo) {
-        (Parent::Scratch, PackageManager::Apt, Some(repo)) => layer.push(Step::Host {
-            what: "bootstrap".into(),
-            argv: vec![
-                "debootstrap".into(),
-                "--variant=minbase".into(),
-                format!("--cache-dir={DOWNLOADS}"),
-                format!("--components={}", repo.components.join(",")),
-                repo.suite.clone().unwrap_or_default(),
-                ROOT.into(),
-                repo.url.clone(),
-            ],
-        }),
+        (Parent::Scratch, PackageManager::Apt, Some(repo)) => {
+            // debootstrap's own way to bootstrap without the network: the lists and .debs it
+            // needs, fetched into a tarball (`--make-tarball`), installed from it
+            // (`--unpack-tarball`). Online builds refresh the tarball; offline ones use it.
+            let suite = repo.suite.clone().unwrap_or_default();
+            let components = format!("--components={}", repo.components.join(","));
+            let tarball = format!("{DOWNLOADS}/{}", bootstrap_tarball(repo));
+            if !offline {
+                layer.push(Step::Host {
+                    what: "fetch what debootstrap installs".into(),
+                    argv: vec![
+                        "debootstrap".into(),
+                        "--variant=minbase".into(),
+                        format!("--cache-dir={DOWNLOADS}/packages"),
+                        components.clone(),
+                        format!("--make-tarball={tarball}.partial"),
+                        suite.clone(),
+                        ROOT.into(),
+                        repo.url.clone(),
+                    ],
+                });
+                layer.push(Step::Host {
+                    what: "keep it for offline builds".into(),
+                    argv: vec!["mv".into(), format!("{tarball}.partial"), tarball.clone()],
+                });
+            }
+            layer.push(Step::Host {
+                what: "bootstrap".into(),
+                argv: vec![
+                    "debootstrap".into(),
+                    "--variant=minbase".into(),
+                    components,
+                    format!("--unpack-tarball={tarball}"),
+                    suite,
+                    ROOT.into(),
+                    repo.url.clone(),
+                ],
+            });
+        }
         (parent, ..) => layer.push(Step::UnpackParent { parent: parent.clone() }),
     }
     // apt keeps what it downloads; with the cache bound there, a rebuild fetches nothing
     // twice. dnf and zypper clean their caches themselves, so they get none.
     let package_cache = apt.then(|| "/var/cache/apt/archives".to_owned());
-    layer.push(Step::BindMounts { package_cache });
+    let mut repo_files = Vec::new();
     // debootstrap has written the first repository into sources.list already.
     let bootstrapped = usize::from(apt && definition.parent == Parent::Scratch);
     for repo in &definition.repos[bootstrapped.min(definition.repos.len())..] {
@@ -208,11 +261,14 @@ pub fn plan_build(
                 ),
             ),
         };
-        layer.push(Step::WriteFile { path, content });
+        repo_files.push(Step::WriteFile { path, content });
     }
+    // The sources first: apt's lists are kept under their digest.
+    layer.extend(repo_files);
+    layer.push(Step::BindMounts { package_cache });
     let quoted = |names: &[String]| names.iter().map(|name| shell_quote(name)).collect::<Vec<_>>().join(" ");
     if apt && (!definition.packages.is_empty() || !definition.repos.is_empty()) {
-        layer.push(Step::Chroot { what: "refresh the package lists".into(), command: "apt-get update".into() });
+        layer.push(Step::AptLists { from_cache: offline });
     }
     if !definition.package_groups.is_empty() {
         let command = match definition.package_manager {
@@ -224,6 +280,17 @@ pub fn plan_build(
     }
     if !definition.packages.is_empty() {
         let command = match definition.package_manager {
+            PackageManager::Apt if offline => {
+                // A package missing from the cache is an error naming its file, not a download
+                // that waits for a network there is none of. `--print-uris` lists only what
+                // is not in the archives already.
+                let packages = quoted(&definition.packages);
+                format!(
+                    "missing=$(apt-get install -qq --print-uris --no-install-recommends {packages} | cut -d' ' -f2 | tr '\\n' ' '); \
+                     [ -z \"$missing\" ] || {{ echo \"not in the build cache: $missing\" >&2; exit 100; }}; \
+                     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --no-download {packages}"
+                )
+            }
             PackageManager::Apt => {
                 format!("DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}", quoted(&definition.packages))
             }
@@ -246,21 +313,34 @@ pub fn plan_build(
     for (number, command) in definition.commands.iter().enumerate() {
         layer.push(Step::Chroot { what: format!("cmds[{number}]"), command: command.clone() });
     }
+    let mut mounted = true;
     if !definition.elements.is_empty() {
-        // The hook runner holds its own mounts; the package caches are dropped after the
-        // hooks, which may install packages too.
+        // The hook runner holds its own mounts.
         layer.push(Step::UnbindMounts);
         layer.push(Step::RunElements { elements: definition.elements.clone() });
-        layer.push(Step::BindMounts { package_cache: None });
+        mounted = false;
     }
-    let clean = match definition.package_manager {
-        // Not `apt-get clean`: the archives are the cache's, bound over the layer's.
-        PackageManager::Apt => "rm -rf /var/lib/apt/lists/*",
-        PackageManager::Dnf => "dnf clean all",
-        PackageManager::Zypper => "zypper clean --all",
-    };
-    layer.push(Step::Chroot { what: "drop the package caches".into(), command: clean.into() });
-    layer.push(Step::UnbindMounts);
+    match definition.package_manager {
+        // Unbound first: the archives and lists under the mounts are the cache's. What is
+        // left in the layer's own (debootstrap's .debs, what hooks downloaded) goes.
+        PackageManager::Apt => {
+            if mounted {
+                layer.push(Step::UnbindMounts);
+            }
+            layer.push(Step::Chroot {
+                what: "drop the package caches".into(),
+                command: "rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb".into(),
+            });
+        }
+        PackageManager::Dnf | PackageManager::Zypper => {
+            if !mounted {
+                layer.push(Step::BindMounts { package_cache: None });
+            }
+            let clean = if definition.package_manager == PackageManager::Dnf { "dnf clean all" } else { "zypper clean --all" };
+            layer.push(Step::Chroot { what: "drop the package caches".into(), command: clean.into() });
+            layer.push(Step::UnbindMounts);
+        }
+    }
 
     let mut outputs: Vec<Step> = definition.outputs.iter().map(|&output| Step::Make { output }).collect();
     let publish = &definition.publish;
@@ -276,6 +356,15 @@ pub fn plan_build(
         outputs.push(Step::Publish { to: format!("kiln:{image} (a new version)") });
     }
     BuildPlan { layer_key, layer, outputs }
+}
+
+/// Where, under the build cache's downloads, debootstrap's lists and .debs for `repo` are
+/// kept as a tarball (one per mirror, suite and components).
+pub fn bootstrap_tarball(repo: &crate::definition::Repo) -> String {
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(format!("minbase\n{}\n{}\n{}\n", repo.url, repo.suite.as_deref().unwrap_or_default(), repo.components.join(",")));
+    let digest = hex::encode(hasher.finalize());
+    format!("bootstrap/{}-{}.tgz", repo.suite.as_deref().unwrap_or_default(), &digest[..16])
 }
 
 /// Quotes a word for `sh` when it needs it.

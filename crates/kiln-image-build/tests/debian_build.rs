@@ -9,7 +9,7 @@ use std::path::Path;
 use kiln_image_build::chroot::mounts_under;
 use kiln_image_build::definition::parse_definition;
 use kiln_image_build::execute::{BuildError, BuildSettings, ParentRoot, build_layer, make_squashfs};
-use kiln_image_build::plan::plan_build;
+use kiln_image_build::plan::{Downloads, plan_build};
 
 const BASE: &str = r#"
 options:
@@ -51,7 +51,7 @@ fn a_debian_base_and_a_child_build_and_the_child_rebuilds_from_the_cache() {
     let settings = BuildSettings { cache_dir: directory.path().join("cache"), definition_dir: directory.path().to_owned(), elements: None };
     let mut log = Vec::new();
 
-    let base = plan_build(&parse_definition(BASE).unwrap(), "scratch", &BTreeMap::new(), &BTreeMap::new());
+    let base = plan_build(&parse_definition(BASE).unwrap(), "scratch", &BTreeMap::new(), &BTreeMap::new(), Downloads::Fetch);
     let built_base =
         build_layer(&base, None, &settings, &mut log).unwrap_or_else(|error| panic!("{error}\n{}", String::from_utf8_lossy(&log)));
     assert!(!built_base.reused);
@@ -60,7 +60,7 @@ fn a_debian_base_and_a_child_build_and_the_child_rebuilds_from_the_cache() {
 
     // The child names the base by the digest of what it is made from (here its key).
     let copied = BTreeMap::from([("motd".to_owned(), "motd-digest".to_owned())]);
-    let child = plan_build(&parse_definition(CHILD).unwrap(), &built_base.key, &copied, &BTreeMap::new());
+    let child = plan_build(&parse_definition(CHILD).unwrap(), &built_base.key, &copied, &BTreeMap::new(), Downloads::Fetch);
     let parent = ParentRoot { root: built_base.root.clone() };
     let built_child = build_layer(&child, Some(&parent), &settings, &mut log)
         .unwrap_or_else(|error| panic!("{error}\n{}", String::from_utf8_lossy(&log)));
@@ -87,6 +87,7 @@ fn a_debian_base_and_a_child_build_and_the_child_rebuilds_from_the_cache() {
         &built_base.key,
         &copied,
         &BTreeMap::new(),
+        Downloads::Fetch,
     );
     let error = build_layer(&broken, Some(&parent), &settings, &mut log).unwrap_err();
     assert!(matches!(&error, BuildError::StepFailed { message, .. } if message.contains("exit status: 7")), "{error}");

@@ -5,13 +5,17 @@ use std::collections::BTreeMap;
 
 use expect_test::{Expect, expect};
 
-use super::plan_build;
+use super::{Downloads, plan_build};
 use crate::definition::parse_definition;
 
 fn check_plan(yaml: &str, parent_digest: &str, expected: Expect) {
+    check_plan_with(yaml, parent_digest, Downloads::Fetch, expected);
+}
+
+fn check_plan_with(yaml: &str, parent_digest: &str, downloads: Downloads, expected: Expect) {
     let definition = parse_definition(yaml).unwrap_or_else(|error| panic!("{error}"));
     let copied = BTreeMap::from([("files/motd".to_owned(), "ab".repeat(32))]);
-    expected.assert_eq(&plan_build(&definition, parent_digest, &copied, &BTreeMap::new()).to_string());
+    expected.assert_eq(&plan_build(&definition, parent_digest, &copied, &BTreeMap::new(), downloads).to_string());
 }
 
 fn check_error(yaml: &str, expected: Expect) {
@@ -127,11 +131,11 @@ fn the_tutorial_s_rocky_base_bootstraps_with_dnf_and_pushes_to_the_registry() {
         ROCKY_BASE,
         "scratch",
         expect![[r#"
-            layer 2d2acca83f6549db41121726421c4f928c8c9ab83bd18ea4efbd042c61c88052
+            layer b83d20763c4990b4a46dc5ec571ec7793f0f03d2569f0641fc82b2a7b2ae94dc
               1. start from an empty root
-              2. bind /proc, /sys and /dev into $ROOT
-              3. write $ROOT/etc/yum.repos.d/Rocky_9_BaseOS.repo: [Rocky_9_BaseOS]\nname=Rocky_9_BaseOS\nbaseurl=https://dl.rockylinux.org/pub/rocky/9/BaseOS/x86_64/os/\nenabled=1\ngpgcheck=1\ngpgkey=https://dl.rockylinux.org/pub/rocky/RPM-GPG-KEY-Rocky-9
-              4. write $ROOT/etc/yum.repos.d/Rocky_9_AppStream.repo: [Rocky_9_AppStream]\nname=Rocky_9_AppStream\nbaseurl=https://dl.rockylinux.org/pub/rocky/9/AppStream/x86_64/os/\nenabled=1\ngpgcheck=1\ngpgkey=https://dl.rockylinux.org/pub/rocky/RPM-GPG-KEY-Rocky-9
+              2. write $ROOT/etc/yum.repos.d/Rocky_9_BaseOS.repo: [Rocky_9_BaseOS]\nname=Rocky_9_BaseOS\nbaseurl=https://dl.rockylinux.org/pub/rocky/9/BaseOS/x86_64/os/\nenabled=1\ngpgcheck=1\ngpgkey=https://dl.rockylinux.org/pub/rocky/RPM-GPG-KEY-Rocky-9
+              3. write $ROOT/etc/yum.repos.d/Rocky_9_AppStream.repo: [Rocky_9_AppStream]\nname=Rocky_9_AppStream\nbaseurl=https://dl.rockylinux.org/pub/rocky/9/AppStream/x86_64/os/\nenabled=1\ngpgcheck=1\ngpgkey=https://dl.rockylinux.org/pub/rocky/RPM-GPG-KEY-Rocky-9
+              4. bind /proc, /sys and /dev into $ROOT
               5. install package groups, in $ROOT: dnf -y groupinstall 'Minimal Install' 'Development Tools'
               6. install packages, in $ROOT: dnf -y install kernel wget dracut-live cloud-init chrony rsyslog sudo
               7. cmds[0], in $ROOT: dracut --add "dmsquash-live livenet network-manager" --kver $(basename /lib/modules/*) -N -f --logfile /tmp/dracut.log 2>/dev/null
@@ -150,10 +154,10 @@ fn the_tutorial_s_compute_base_unpacks_its_parent_and_publishes_twice() {
         COMPUTE_BASE,
         "sha256:1111",
         expect![[r#"
-            layer 3596b13e2a6621784a64f7eefcce73d77a19a887ca3f2308459d0a2ae533f063
+            layer 388da62108ea5e55b639f15037afa80b3818d2100dc72931ac662a62a400c61a
               1. unpack demo.openchami.cluster:5000/demo/rocky-base:9 (--tls-verify=false)
-              2. bind /proc, /sys and /dev into $ROOT
-              3. write $ROOT/etc/yum.repos.d/Epel9.repo: [Epel9]\nname=Epel9\nbaseurl=https://dl.fedoraproject.org/pub/epel/9/Everything/x86_64/\nenabled=1\ngpgcheck=1\ngpgkey=https://dl.fedoraproject.org/pub/epel/RPM-GPG-KEY-EPEL-9
+              2. write $ROOT/etc/yum.repos.d/Epel9.repo: [Epel9]\nname=Epel9\nbaseurl=https://dl.fedoraproject.org/pub/epel/9/Everything/x86_64/\nenabled=1\ngpgcheck=1\ngpgkey=https://dl.fedoraproject.org/pub/epel/RPM-GPG-KEY-EPEL-9
+              3. bind /proc, /sys and /dev into $ROOT
               4. install packages, in $ROOT: dnf -y install vim nfs-utils
               5. drop the package caches, in $ROOT: dnf clean all
               6. unbind /proc, /sys and /dev
@@ -171,18 +175,44 @@ fn a_debian_base_is_bootstrapped_from_its_first_repository() {
         DEBIAN_BASE,
         "scratch",
         expect![[r#"
-            layer 326585c005f455c879338e62b484899d481b5b140687bf5a81c713163b213e2f
-              1. bootstrap: debootstrap --variant=minbase --cache-dir=$DOWNLOADS --components=main bookworm $ROOT http://deb.debian.org/debian
-              2. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS onto $ROOT/var/cache/apt/archives
-              3. write $ROOT/etc/apt/sources.list.d/debian-security.list: deb http://deb.debian.org/debian-security bookworm-security main contrib
-              4. refresh the package lists, in $ROOT: apt-get update
-              5. install packages, in $ROOT: DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends linux-image-amd64 systemd-sysv
-              6. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/*
-              7. unbind /proc, /sys and /dev
+            layer 9291664fe36ef8a53dbe960a456a98f567508296baa36f73e95c966e350eaaa6
+              1. fetch what debootstrap installs: debootstrap --variant=minbase --cache-dir=$DOWNLOADS/packages --components=main --make-tarball=$DOWNLOADS/bootstrap/bookworm-3044c0617adb67e5.tgz.partial bookworm $ROOT http://deb.debian.org/debian
+              2. keep it for offline builds: mv $DOWNLOADS/bootstrap/bookworm-3044c0617adb67e5.tgz.partial $DOWNLOADS/bootstrap/bookworm-3044c0617adb67e5.tgz
+              3. bootstrap: debootstrap --variant=minbase --components=main --unpack-tarball=$DOWNLOADS/bootstrap/bookworm-3044c0617adb67e5.tgz bookworm $ROOT http://deb.debian.org/debian
+              4. write $ROOT/etc/apt/sources.list.d/debian-security.list: deb http://deb.debian.org/debian-security bookworm-security main contrib
+              5. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS/packages onto $ROOT/var/cache/apt/archives
+              6. refresh the package lists, in $ROOT: apt-get update; keep them in $DOWNLOADS/apt-lists
+              7. install packages, in $ROOT: DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends linux-image-amd64 systemd-sysv
+              8. unbind /proc, /sys and /dev
+              9. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+             10. make oci
+             11. publish to 127.0.0.1:5000/kiln/debian-base:12
+        "#]],
+    );
+}
+
+#[test]
+fn offline_the_same_layer_is_built_from_the_cache_only() {
+    check_plan_with(
+        DEBIAN_BASE,
+        "scratch",
+        Downloads::CacheOnly,
+        expect![[r#"
+            layer 9291664fe36ef8a53dbe960a456a98f567508296baa36f73e95c966e350eaaa6
+              1. bootstrap: debootstrap --variant=minbase --components=main --unpack-tarball=$DOWNLOADS/bootstrap/bookworm-3044c0617adb67e5.tgz bookworm $ROOT http://deb.debian.org/debian
+              2. write $ROOT/etc/apt/sources.list.d/debian-security.list: deb http://deb.debian.org/debian-security bookworm-security main contrib
+              3. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS/packages onto $ROOT/var/cache/apt/archives
+              4. the package lists of these sources, from $DOWNLOADS/apt-lists
+              5. install packages, in $ROOT: missing=$(apt-get install -qq --print-uris --no-install-recommends linux-image-amd64 systemd-sysv | cut -d' ' -f2 | tr '\n' ' '); [ -z "$missing" ] || { echo "not in the build cache: $missing" >&2; exit 100; }; DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --no-download linux-image-amd64 systemd-sysv
+              6. unbind /proc, /sys and /dev
+              7. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
               8. make oci
               9. publish to 127.0.0.1:5000/kiln/debian-base:12
         "#]],
     );
+    let key =
+        |downloads| plan_build(&parse_definition(DEBIAN_BASE).unwrap(), "scratch", &BTreeMap::new(), &BTreeMap::new(), downloads).layer_key;
+    assert_eq!(key(Downloads::Fetch), key(Downloads::CacheOnly), "where the packages come from is not content");
 }
 
 #[test]
@@ -191,15 +221,15 @@ fn a_debian_child_copies_files_runs_commands_and_makes_two_outputs() {
         DEBIAN_CHILD,
         "sha256:2222",
         expect![[r#"
-            layer 28b34bf623b6267b52392f6efd5f7485ca98fa27062a5a7ef440cc13b90c674a
+            layer 2208a2b77598df2f8e69528d3d078b44f9f34e5b260311450e60e47f150028f0
               1. unpack 127.0.0.1:5000/kiln/debian-base:12
-              2. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS onto $ROOT/var/cache/apt/archives
-              3. refresh the package lists, in $ROOT: apt-get update
+              2. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS/packages onto $ROOT/var/cache/apt/archives
+              3. refresh the package lists, in $ROOT: apt-get update; keep them in $DOWNLOADS/apt-lists
               4. install packages, in $ROOT: DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server nfs-common
               5. copy files/motd to $ROOT/etc/motd
               6. cmds[0], in $ROOT: useradd -m -s /bin/bash kiln
-              7. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/*
-              8. unbind /proc, /sys and /dev
+              7. unbind /proc, /sys and /dev
+              8. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
               9. make squashfs
              10. make disk-raw
              11. publish to kiln:debian-compute (a new version)
@@ -215,6 +245,7 @@ fn the_layer_key_follows_content_not_publishing() {
             parent,
             &BTreeMap::from([("files/motd".to_owned(), "ab".repeat(32))]),
             &BTreeMap::new(),
+            Downloads::Fetch,
         )
         .layer_key
     };
@@ -228,13 +259,14 @@ fn the_layer_key_follows_content_not_publishing() {
         "sha256:2222",
         &BTreeMap::from([("files/motd".to_owned(), "cd".repeat(32))]),
         &BTreeMap::new(),
+        Downloads::Fetch,
     );
     assert_ne!(base, other_file.layer_key, "a copied file's bytes are content");
     let with_elements = format!("{DEBIAN_CHILD}elements: [kiln-hello]\n");
     let element_key = |digest: &str| {
         let copied = BTreeMap::from([("files/motd".to_owned(), "ab".repeat(32))]);
         let elements = BTreeMap::from([("kiln-hello".to_owned(), digest.to_owned())]);
-        plan_build(&parse_definition(&with_elements).unwrap(), "sha256:2222", &copied, &elements).layer_key
+        plan_build(&parse_definition(&with_elements).unwrap(), "sha256:2222", &copied, &elements, Downloads::Fetch).layer_key
     };
     assert_ne!(base, element_key("aa"), "elements are content");
     assert_ne!(element_key("aa"), element_key("bb"), "and so are their files");
@@ -246,17 +278,15 @@ fn elements_run_after_the_commands_and_before_the_caches_go() {
         "options: {name: x, pkg_manager: apt, parent: 'kiln:base', publish_kiln: x}\ncmds: [{cmd: 'true'}]\nelements: [kiln-hello]\n",
         "sha256:1111",
         expect![[r#"
-            layer 97fb6a4974e390e40b1d6bb550874f44422189015f03c0722fa19e64c038424b
+            layer d46fda5be98d7bcac5bc5a1eab2c7e0df013b99c5909de00a3ed82efecd1aeb4
               1. unpack kiln:base:latest
-              2. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS onto $ROOT/var/cache/apt/archives
+              2. bind /proc, /sys and /dev into $ROOT, and $DOWNLOADS/packages onto $ROOT/var/cache/apt/archives
               3. cmds[0], in $ROOT: true
               4. unbind /proc, /sys and /dev
               5. run the hooks of elements kiln-hello
-              6. bind /proc, /sys and /dev into $ROOT
-              7. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/*
-              8. unbind /proc, /sys and /dev
-              9. make squashfs
-             10. publish to kiln:x (a new version)
+              6. drop the package caches, in $ROOT: rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+              7. make squashfs
+              8. publish to kiln:x (a new version)
         "#]],
     );
 }
