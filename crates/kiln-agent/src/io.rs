@@ -460,10 +460,23 @@ pub fn zero_range(file: &File, offset: u64, length: u64) -> io::Result<()> {
 /// that the workers share a dense image evenly.
 const RUN_CHUNKS: usize = 16;
 
+/// Chunks a fetch worker may have verified and queued while its writer is busy: the worker
+/// hashes the next ones while the disk takes these.
+const QUEUED_WRITES: usize = 2;
+
+/// A chunk that passed its check, on its way to the disk.
+struct VerifiedChunk {
+    buffer: AlignedBuffer,
+    length: usize,
+    offset: u64,
+}
+
 /// Fetches the data chunks of `map` and writes each at its offset, `workers` runs at a time
 /// (so that hashing uses every core), checking each chunk's SHA-256 before writing it.
-/// Each run resumes where it stopped after a cut connection, as [`ResumingDownload`]
-/// does. Returns the bytes written; `progress` counts the chunks' bytes as they land.
+/// Each fetch worker hands its verified chunks to a writer thread of its own, so no core
+/// that could hash waits for the disk. Each run resumes where it stopped after a cut
+/// connection, as [`ResumingDownload`] does. Returns the bytes written; `progress` counts
+/// the chunks' bytes as they land.
 #[allow(clippy::too_many_arguments)]
 pub fn write_mapped<S: RangeSource>(
     open_source: &(dyn Fn() -> S + Sync),
@@ -480,9 +493,7 @@ pub fn write_mapped<S: RangeSource>(
     let stop = AtomicBool::new(false);
     let written = AtomicU64::new(0);
     let chunk_size = map.chunk_size as usize;
-    let worker = || -> io::Result<()> {
-        let mut buffer = AlignedBuffer::new(chunk_size);
-        let mut direct = direct;
+    let fetch = |to_writer: std::sync::mpsc::SyncSender<VerifiedChunk>, free: std::sync::mpsc::Receiver<AlignedBuffer>| -> io::Result<()> {
         loop {
             let run = next.fetch_add(1, Ordering::SeqCst);
             if run >= runs.len() || stop.load(Ordering::SeqCst) {
@@ -494,6 +505,8 @@ pub fn write_mapped<S: RangeSource>(
             let end = map.chunk_range(chunks[count - 1].index).end;
             let mut download = ResumingDownload::of_range(open_source(), start..end, max_retries, deadline);
             for chunk in chunks {
+                // The writer is gone (it failed): its error is the one to report.
+                let Ok(mut buffer) = free.recv() else { return Ok(()) };
                 if stop.load(Ordering::SeqCst) {
                     return Ok(());
                 }
@@ -514,26 +527,53 @@ pub fn write_mapped<S: RangeSource>(
                         ),
                     ));
                 }
-                let aligned = length.is_multiple_of(DIRECT_ALIGN);
-                let wrote_directly = match direct {
-                    Some(handle) if aligned => match handle.write_all_at(data, range.start) {
-                        Ok(()) => true,
-                        // A filesystem without O_DIRECT (tmpfs): buffered writes from now on.
-                        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                            direct = None;
-                            false
-                        }
-                        Err(error) => return Err(error),
-                    },
-                    _ => false,
-                };
-                if !wrote_directly {
-                    file.write_all_at(data, range.start)?;
+                if to_writer.send(VerifiedChunk { buffer, length, offset: range.start }).is_err() {
+                    return Ok(());
                 }
-                written.fetch_add(length as u64, Ordering::Relaxed);
-                progress.bytes.fetch_add(length as u64, Ordering::Relaxed);
             }
         }
+    };
+    let write = |queue: std::sync::mpsc::Receiver<VerifiedChunk>, free: std::sync::mpsc::Sender<AlignedBuffer>| -> io::Result<()> {
+        let mut direct = direct;
+        for chunk in queue {
+            let data = &chunk.buffer.as_slice()[..chunk.length];
+            let aligned = chunk.length.is_multiple_of(DIRECT_ALIGN);
+            let wrote_directly = match direct {
+                Some(handle) if aligned => match handle.write_all_at(data, chunk.offset) {
+                    Ok(()) => true,
+                    // A filesystem without O_DIRECT (tmpfs): buffered writes from now on.
+                    Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                        direct = None;
+                        false
+                    }
+                    Err(error) => return Err(error),
+                },
+                _ => false,
+            };
+            if !wrote_directly {
+                file.write_all_at(data, chunk.offset)?;
+            }
+            written.fetch_add(chunk.length as u64, Ordering::Relaxed);
+            progress.bytes.fetch_add(chunk.length as u64, Ordering::Relaxed);
+            // The fetch worker may have stopped already; the buffer is then simply dropped.
+            let _ = free.send(chunk.buffer);
+        }
+        Ok(())
+    };
+    let worker = || -> io::Result<()> {
+        let (to_writer, queue) = std::sync::mpsc::sync_channel(QUEUED_WRITES);
+        let (give_back, free) = std::sync::mpsc::channel();
+        // One buffer being filled, the queued ones, and one being written.
+        for _ in 0..QUEUED_WRITES + 2 {
+            give_back.send(AlignedBuffer::new(chunk_size)).expect("the receiver is here");
+        }
+        let (fetched, wrote) = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| write(queue, give_back));
+            let fetched = fetch(to_writer, free);
+            (fetched, writer.join().unwrap_or_else(|_| Err(io::Error::other("a disk writer panicked"))))
+        });
+        // A failed write is the cause when both failed: fetching stops because of it.
+        wrote.and(fetched)
     };
     let outcome: Vec<io::Result<()>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers.max(1))
@@ -639,6 +679,12 @@ mod tests {
         wrong.chunks[3].sha256 = "0".repeat(64);
         let error = write_mapped(&open, &wrong, &file, None, 2, 3, deadline, &progress).unwrap_err();
         assert!(error.to_string().contains("checksum mismatch in chunk 10"), "{error}");
+
+        // A disk that refuses writes: the writer's error is the one reported, and the fetch
+        // workers stop rather than wait for it.
+        let read_only = File::open(&path).unwrap();
+        let error = write_mapped(&open, &map, &read_only, None, 2, 3, deadline, &progress).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EBADF), "{error}");
     }
 
     #[test]

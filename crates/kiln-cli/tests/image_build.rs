@@ -260,6 +260,56 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     let (succeeded, _, stderr) = build_offline(&offline_base);
     assert!(!succeeded && stderr.contains("--offline: what debootstrap installs for trixie"), "{stderr}");
     assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
+
+    // Killed mid-step (SIGKILL: no cleanup code of Kiln's runs): the chroot mounts were never
+    // the host's, and the next build of the layer starts afresh. The step sleeps while a
+    // marker is in /dev/shm (the host's /dev is bound in), so the second build goes through.
+    let marker = format!("/dev/shm/kiln-test-{}", std::process::id());
+    std::fs::write(&marker, "").unwrap();
+    let killed = directory.path().join("killed.yaml");
+    std::fs::write(
+        &killed,
+        std::fs::read_to_string(&offline_base)
+            .unwrap()
+            .replace("suite: trixie", "suite: bookworm")
+            .replace("[less, ed]", "[less]")
+            .replace(
+                "echo built offline > /etc/kiln-offline",
+                &format!("echo $$ > /kiln-step.pid; if [ -e {marker} ]; then exec sleep 600; fi"),
+            ),
+    )
+    .unwrap();
+    let args = ["image", "build", "-c", killed.to_str().unwrap(), "--cache", cache.to_str().unwrap(), "--offline"];
+    let mut build = std::process::Command::new(support::KILN)
+        .args(args)
+        .env("KILN_URL", &server.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let step_pid = loop {
+        let found = std::fs::read_dir(cache.join("layers")).unwrap().flatten().find_map(|entry| {
+            std::fs::read_to_string(entry.path().join("root/kiln-step.pid")).ok().and_then(|text| text.trim().parse::<i32>().ok())
+        });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(started.elapsed().as_secs() < 300, "the build never reached its step");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty(), "the host never sees the build's mounts");
+    build.kill().unwrap();
+    build.wait().unwrap();
+    // SAFETY: ending the step this test's build started (its pid, written by the step itself).
+    unsafe { libc::kill(step_pid, libc::SIGKILL) };
+    std::fs::remove_file(&marker).unwrap();
+    assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
+    let output = std::process::Command::new(support::KILN).args(args).args(["-F", "json"]).env("KILN_URL", &server.url).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rebuilt: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rebuilt["reused"], false);
+    assert!(cache.join("layers").join(rebuilt["layer"].as_str().unwrap()).join("root/usr/bin/less").exists());
 }
 
 #[test]

@@ -104,6 +104,9 @@ fn a_lab_machine_is_deployed_to_disk_captured_undeployed_and_inspected() {
     let expected = std::fs::read(&image).unwrap();
     assert!(written[..expected.len()] == expected[..], "the disk holds exactly the image");
     assert!(written[expected.len()..].iter().all(|&byte| byte == 0), "and nothing after it");
+    let log = lab.server_log();
+    let sent = log.lines().any(|line| line.contains("boot file sent") && line.contains("/agent/v1/nodes/") && line.contains("/artifact"));
+    assert!(sent, "the image went to the agent through the boot listener's sendfile path:\n{log}");
     eprintln!("deploy to active: {deploy_seconds:.0} s; phases: {}", phases(&lab, "node31"));
 
     // Capture: the deployed disk becomes a new version of an image, byte for byte; the node

@@ -102,6 +102,25 @@ impl Drop for ChrootMounts {
     }
 }
 
+/// Moves the calling thread (and the processes it starts from now on) into a mount namespace
+/// of its own, whose mounts do not propagate to the host's. The chroot mounts made after this
+/// are then gone when the build's processes are, however they end: a failure drops
+/// [`ChrootMounts`], and an interrupt or a kill takes the namespace with it. Host mounts
+/// made later still propagate in.
+pub fn private_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: unshare takes flags only; for a mount namespace it also unshares the calling
+    // thread's filesystem attributes, which is what is wanted: the other threads keep the host's.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let root = c_path(Path::new("/"));
+    // SAFETY: a NUL-terminated path that outlives the call; no data argument.
+    if unsafe { libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_SLAVE | libc::MS_REC, std::ptr::null()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The mount points at or under `root` in this mount namespace (from /proc/self/mountinfo).
 pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };

@@ -111,7 +111,7 @@ pub fn build_layer(
     plan: &BuildPlan,
     parent: Option<&ParentRoot>,
     settings: &BuildSettings,
-    log: &mut dyn Write,
+    log: &mut (dyn Write + Send),
 ) -> Result<BuiltLayer, BuildError> {
     let started = Instant::now();
     let layers = settings.cache_dir.join("layers");
@@ -132,7 +132,18 @@ pub fn build_layer(
     }
     let root = partial.join("root");
     std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
-    let result = run_layer_steps(plan, parent, settings, &root, log);
+    // On a thread of its own in a mount namespace of its own: see `private_mount_namespace`.
+    let result = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Err(error) = crate::chroot::private_mount_namespace() {
+                    let _ = writeln!(log, "kiln: no private mount namespace ({error}): mounts are made in the host's");
+                }
+                run_layer_steps(plan, parent, settings, &root, &mut *log)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
     if let Err(error) = result {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(error);
