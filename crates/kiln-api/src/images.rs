@@ -406,7 +406,7 @@ pub async fn boot_artifact(
 /// blob file, when the store is a local directory. Anything else (S3, a bad path, an error
 /// to explain) is left to the router.
 pub(crate) async fn resolve_boot_artifact(state: &ApiState, rest: &str) -> crate::boot_listener::Resolved {
-    use crate::boot_listener::{Resolved, StaticFile};
+    use crate::boot_listener::Resolved;
     let parts: Vec<&str> = rest.split('/').collect();
     let [name, version, kind] = parts[..] else { return Resolved::Route };
     let Ok(image) = state.store.get_image(name).await else { return Resolved::Route };
@@ -416,6 +416,19 @@ pub(crate) async fn resolve_boot_artifact(state: &ApiState, rest: &str) -> crate
     let Ok(reference) = version_ref(version) else { return Resolved::Route };
     let Ok(version) = state.store.get_version(&image.name, &reference).await else { return Resolved::Route };
     let Ok(artifact) = artifact_of(&version, kind) else { return Resolved::Route };
+    artifact_file(state, &version, artifact, "public, max-age=31536000, immutable")
+}
+
+/// An artifact's blob file for the boot listener to send, with the validators the router
+/// gives too (so `If-Range` resumes work across both), when the store is a local directory;
+/// otherwise the router answers.
+pub(crate) fn artifact_file(
+    state: &ApiState,
+    version: &kiln_types::image::ImageVersion,
+    artifact: &kiln_types::image::Artifact,
+    cache_control: &'static str,
+) -> crate::boot_listener::Resolved {
+    use crate::boot_listener::{Resolved, StaticFile};
     let Ok(id) = BlobId::parse(&artifact.sha256) else { return Resolved::Route };
     let Some(path) = state.images.blobs.local_path(&id) else { return Resolved::Route };
     match std::fs::File::open(&path) {
@@ -426,7 +439,7 @@ pub(crate) async fn resolve_boot_artifact(state: &ApiState, rest: &str) -> crate
             last_modified: std::time::SystemTime::UNIX_EPOCH
                 + std::time::Duration::from_millis(version.created_at.as_millisecond().max(0) as u64),
             content_type: "application/octet-stream",
-            cache_control: Some("public, max-age=31536000, immutable"),
+            cache_control: Some(cache_control),
         }),
         Err(_) => Resolved::Route,
     }

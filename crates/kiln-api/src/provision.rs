@@ -197,19 +197,30 @@ pub async fn status(State(state): State<ApiState>, caller: Caller, Path(key): Pa
     Ok(Json(state.store.provision_status(&key, &caller.read_scope()).await?))
 }
 
+/// The node and record an agent's bearer token belongs to, or `None` when there is no
+/// token or it is not valid for this node (its operation may be over).
+async fn agent_of_token(
+    state: &ApiState,
+    headers: &HeaderMap,
+    node_id: &str,
+) -> ApiResult<Option<(kiln_types::node::Node, ProvisionRecord)>> {
+    let token = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "));
+    let Some(token) = token else { return Ok(None) };
+    Ok(state.store.authenticate_agent(node_id, token.trim()).await?)
+}
+
 /// The node and record an agent's bearer token belongs to; 401 for anything else, with the
 /// same answer whether the node exists or not.
 async fn agent(state: &ApiState, headers: &HeaderMap, node_id: &str) -> ApiResult<(kiln_types::node::Node, ProvisionRecord)> {
-    let refused = || ApiError::unauthorized("this agent token is not valid for this node (or its operation is over)");
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or_else(refused)?;
-    state.store.authenticate_agent(node_id, token.trim()).await?.ok_or_else(|| {
+    agent_of_token(state, headers, node_id).await?.ok_or_else(|| {
         tracing::warn!(node = %node_id, "agent token refused");
-        refused()
+        ApiError::unauthorized("this agent token is not valid for this node (or its operation is over)")
     })
+}
+
+/// What the node is being deployed with, while it waits for its agent to do it.
+fn waiting_deploy<'a>(node: &kiln_types::node::Node, record: &'a ProvisionRecord) -> Option<&'a kiln_types::provision::DeployTarget> {
+    record.target.as_ref().filter(|_| node.provision_state == ProvisionState::WaitAgent)
 }
 
 /// The artifact a deploy writes, as the agent fetches it.
@@ -320,11 +331,7 @@ pub async fn result(
 /// not waiting for its agent to deploy.
 async fn agent_deploy_version(state: &ApiState, headers: &HeaderMap, node_id: &str) -> ApiResult<kiln_types::image::ImageVersion> {
     let (node, record) = agent(state, headers, node_id).await?;
-    let target = record
-        .target
-        .as_ref()
-        .filter(|_| node.provision_state == ProvisionState::WaitAgent)
-        .ok_or_else(|| ApiError::not_found("deploy", &node.name))?;
+    let target = waiting_deploy(&node, &record).ok_or_else(|| ApiError::not_found("deploy", &node.name))?;
     Ok(state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?)
 }
 
@@ -332,33 +339,14 @@ async fn agent_deploy_version(state: &ApiState, headers: &HeaderMap, node_id: &s
 /// a blob file to send with sendfile(2), when the store is a local directory and the agent's
 /// token is good. Anything else goes to the router, which says why (once: no warning here).
 pub(crate) async fn resolve_agent_artifact(state: &ApiState, headers: &HeaderMap, node_id: &str) -> crate::boot_listener::Resolved {
-    use crate::boot_listener::{Resolved, StaticFile};
-    let Some(token) =
-        headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "))
-    else {
-        return Resolved::Route;
-    };
-    let Ok(Some((node, record))) = state.store.authenticate_agent(node_id, token.trim()).await else { return Resolved::Route };
-    let Some(target) = record.target.as_ref().filter(|_| node.provision_state == ProvisionState::WaitAgent) else { return Resolved::Route };
+    use crate::boot_listener::Resolved;
+    let Ok(Some((node, record))) = agent_of_token(state, headers, node_id).await else { return Resolved::Route };
+    let Some(target) = waiting_deploy(&node, &record) else { return Resolved::Route };
     let Ok(version) = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await else {
         return Resolved::Route;
     };
     let Some(artifact) = version.artifact(ArtifactKind::Disk) else { return Resolved::Route };
-    let Ok(id) = BlobId::parse(&artifact.sha256) else { return Resolved::Route };
-    let Some(path) = state.images.blobs.local_path(&id) else { return Resolved::Route };
-    match std::fs::File::open(&path) {
-        Ok(file) => Resolved::File(StaticFile {
-            file,
-            size: artifact.size,
-            // The same validator the router gives, so `If-Range` resumes work across both.
-            etag: format!("\"{}\"", artifact.sha256),
-            last_modified: std::time::SystemTime::UNIX_EPOCH
-                + std::time::Duration::from_millis(version.created_at.as_millisecond().max(0) as u64),
-            content_type: "application/octet-stream",
-            cache_control: Some("private, no-store"),
-        }),
-        Err(_) => Resolved::Route,
-    }
+    crate::images::artifact_file(state, &version, artifact, "private, no-store")
 }
 
 /// The disk image of the node's deploy, for its agent only (the image may be private).

@@ -218,17 +218,22 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
             .replace("useradd -m -s /bin/sh kiln", "useradd -m -s /bin/sh offline"),
     )
     .unwrap();
-    let build_offline = |definition: &Path| {
-        let output = std::process::Command::new("unshare")
+    // `kiln image build --offline` with no network at all (a network namespace of its own;
+    // `unshare` execs kiln, so the child's pid is kiln's).
+    let offline_command = |definition: &Path| {
+        let mut command = std::process::Command::new("unshare");
+        command
             .args(["--net", "--"])
             .arg(support::KILN)
             .args(["image", "build", "-c", definition.to_str().unwrap(), "--cache", cache.to_str().unwrap(), "--offline", "-F", "json"])
             .env("ELEMENTS_PATH", &elements)
             .env("DIB_GREETING", "offline")
             .env("KILN_URL", &server.url)
-            .env("KILN_TOKEN", &admin)
-            .output()
-            .unwrap();
+            .env("KILN_TOKEN", &admin);
+        command
+    };
+    let build_offline = |definition: &Path| {
+        let output = offline_command(definition).output().unwrap();
         (
             output.status.success(),
             String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -279,14 +284,7 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
             ),
     )
     .unwrap();
-    let args = ["image", "build", "-c", killed.to_str().unwrap(), "--cache", cache.to_str().unwrap(), "--offline"];
-    let mut build = std::process::Command::new(support::KILN)
-        .args(args)
-        .env("KILN_URL", &server.url)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut build = offline_command(&killed).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let started = Instant::now();
     let step_pid = loop {
         let found = std::fs::read_dir(cache.join("layers")).unwrap().flatten().find_map(|entry| {
@@ -305,9 +303,9 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     unsafe { libc::kill(step_pid, libc::SIGKILL) };
     std::fs::remove_file(&marker).unwrap();
     assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
-    let output = std::process::Command::new(support::KILN).args(args).args(["-F", "json"]).env("KILN_URL", &server.url).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let rebuilt: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (succeeded, stdout, stderr) = build_offline(&killed);
+    assert!(succeeded, "{stderr}");
+    let rebuilt: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(rebuilt["reused"], false);
     assert!(cache.join("layers").join(rebuilt["layer"].as_str().unwrap()).join("root/usr/bin/less").exists());
 }

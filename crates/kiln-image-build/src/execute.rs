@@ -158,18 +158,26 @@ fn substitute(text: &str, root: &Path, downloads: &Path) -> String {
     text.replace(ROOT, &root.display().to_string()).replace(DOWNLOADS, &downloads.display().to_string())
 }
 
-/// Runs `command`, its output into `log`; a failure carries the output's tail.
-fn run_logged(number: usize, step: &Step, command: &mut Command, log: &mut dyn Write) -> Result<(), BuildError> {
-    let output = command.stdin(Stdio::null()).output().map_err(|error| BuildError::StepStart { number, step: step.to_string(), error })?;
+/// Runs `command` with its output into `log`. Its exit status and the last lines of its errors
+/// when it fails; an I/O error when it could not start.
+fn run_into_log(command: &mut Command, log: &mut dyn Write) -> std::io::Result<Result<(), String>> {
+    const TAIL_LINES: usize = 5;
+    let output = command.stdin(Stdio::null()).output()?;
     let _ = log.write_all(&output.stdout);
     let _ = log.write_all(&output.stderr);
-    if !output.status.success() {
-        let text = String::from_utf8_lossy(&output.stderr);
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-        return Err(BuildError::StepFailed { number, step: step.to_string(), message: format!("{}: {tail}", output.status) });
+    if output.status.success() {
+        return Ok(Ok(()));
     }
-    Ok(())
+    let text = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    Ok(Err(format!("{}: {}", output.status, lines[lines.len().saturating_sub(TAIL_LINES)..].join(" | "))))
+}
+
+/// Runs a plan step's command (see [`run_into_log`]).
+fn run_logged(number: usize, step: &Step, command: &mut Command, log: &mut dyn Write) -> Result<(), BuildError> {
+    run_into_log(command, log)
+        .map_err(|error| BuildError::StepStart { number, step: step.to_string(), error })?
+        .map_err(|message| BuildError::StepFailed { number, step: step.to_string(), message })
 }
 
 fn run_layer_steps(
@@ -375,16 +383,9 @@ pub(crate) fn newest_kernel(root: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
 
 /// Runs a tool, its output into `log`; a failure carries the last lines of its errors.
 pub(crate) fn run_tool(tool: &'static str, command: &mut Command, log: &mut dyn Write) -> Result<(), BuildError> {
-    let output =
-        command.stdin(Stdio::null()).output().map_err(|error| BuildError::Io { operation: "running", path: PathBuf::from(tool), error })?;
-    let _ = log.write_all(&output.stdout);
-    let _ = log.write_all(&output.stderr);
-    if !output.status.success() {
-        let text = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = text.lines().rev().take(3).collect();
-        return Err(BuildError::ToolFailed { tool, message: format!("{}: {}", output.status, tail.join(" | ")) });
-    }
-    Ok(())
+    run_into_log(command, log)
+        .map_err(|error| BuildError::Io { operation: "running", path: PathBuf::from(tool), error })?
+        .map_err(|message| BuildError::ToolFailed { tool, message })
 }
 
 #[cfg(test)]
