@@ -456,6 +456,37 @@ pub fn zero_range(file: &File, offset: u64, length: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes an image file ready for [`write_mapped`]: sets its length to the image's and
+/// allocates the blocks of the map's data chunks, leaving the gaps as holes.
+///
+/// Why: ext4 and XFS take a file's inode lock exclusively for an O_DIRECT write that
+/// allocates blocks or extends the file, and hold it until the write completes, so the
+/// parallel writers of a fresh file would take turns. Writes into allocated blocks are
+/// overwrites, which run side by side under a shared lock (measured: BENCHMARKS.md). A
+/// filesystem without `fallocate` is written as before; a full one fails here, before any
+/// download.
+pub fn preallocate_data_chunks(file: &File, map: &BlockMap) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    file.set_len(map.size)?;
+    for (first, count) in map.runs(usize::MAX) {
+        let start = map.chunk_range(map.chunks[first].index).start;
+        let end = map.chunk_range(map.chunks[first + count - 1].index).end;
+        let (Ok(offset), Ok(length)) = (libc::off_t::try_from(start), libc::off_t::try_from(end - start)) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bytes {start}-{end} are beyond what a file can hold")));
+        };
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is open for
+        // writing for the whole call.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, length) } != 0 {
+            let error = io::Error::last_os_error();
+            return match error.raw_os_error() {
+                Some(libc::EOPNOTSUPP | libc::ENOSYS) => Ok(()),
+                _ => Err(io::Error::new(error.kind(), format!("allocating bytes {start}-{}: {error}", end - 1))),
+            };
+        }
+    }
+    Ok(())
+}
+
 /// The most chunks fetched with one range request: long enough for streaming, short enough
 /// that the workers share a dense image evenly.
 const RUN_CHUNKS: usize = 16;
@@ -718,6 +749,28 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), image);
         assert_eq!(written, 2 * SparseWriter::BLOCK as u64, "only the two blocks holding data");
         assert_eq!(progress.bytes.load(Ordering::Relaxed), image.len() as u64);
+    }
+
+    #[test]
+    fn preallocation_sets_the_length_and_allocates_only_the_data_chunks() {
+        use std::os::unix::fs::MetadataExt as _;
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("disk");
+        let chunk = 1 << 20;
+        let mut image = vec![0u8; 8 * chunk + 4096];
+        image[..2 * chunk].fill(1);
+        image[5 * chunk] = 2;
+        image[8 * chunk + 1] = 3;
+        let map = map_of(&image, chunk);
+        let file = File::create(&path).unwrap();
+        preallocate_data_chunks(&file, &map).unwrap();
+        let metadata = file.metadata().unwrap();
+        assert_eq!(metadata.len(), image.len() as u64);
+        // Chunks 0, 1, 5 and the short last one; a filesystem may round up by a block.
+        let allocated = metadata.blocks() * 512;
+        assert!((map.data_bytes()..map.data_bytes() + 64 * 1024).contains(&allocated), "{allocated} bytes allocated");
+        // Still zeros until written.
+        assert!(std::fs::read(&path).unwrap().iter().all(|&byte| byte == 0));
     }
 
     #[test]

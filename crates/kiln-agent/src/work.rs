@@ -16,7 +16,7 @@ use kiln_types::provision::{AgentArtifact, BlockMap, CleanMode, DiskInfo, RootDe
 use crate::client::Server;
 use crate::io::{
     CountingReader, HashingReader, ProgressCounter, RangeSource, ReadAhead, ResumingDownload, SparseWriter, ZeroBlocks, copy_large,
-    decompressor, write_mapped, zero_range,
+    decompressor, preallocate_data_chunks, write_mapped, zero_range,
 };
 
 /// Where the agent writes: the machine's disks, or (for simulations and tests) one file.
@@ -195,6 +195,9 @@ fn write_by_map(
     let gaps = map.size - map.data_bytes();
     downloaded.bytes.store(gaps, std::sync::atomic::Ordering::Relaxed);
     written.bytes.store(gaps, std::sync::atomic::Ordering::Relaxed);
+    if zeros == ZeroBlocks::Skip && file.metadata()?.file_type().is_file() {
+        preallocate_data_chunks(&file, map).with_context(|| format!("preparing {}", device.display()))?;
+    }
     let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(device).ok();
     let etag = format!("\"{}\"", artifact.sha256);
     let open_source = || HttpRange { server: server.clone(), path: artifact.path.clone(), etag: etag.clone() };
@@ -204,9 +207,6 @@ fn write_by_map(
     let written_bytes = write_mapped(&open_source, map, &file, direct.as_ref(), workers, 10, deadline, &downloaded)
         .context("writing the image's data chunks")?;
     written.bytes.store(map.size, std::sync::atomic::Ordering::Relaxed);
-    if file.metadata()?.file_type().is_file() && file.metadata()?.len() < map.size {
-        file.set_len(map.size)?;
-    }
     file.sync_all().context("flushing the disk")?;
     Ok(Deployed { device: device.to_owned(), image_bytes: map.size, written_bytes })
 }
