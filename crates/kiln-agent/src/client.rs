@@ -122,7 +122,9 @@ pub struct Response {
 
 impl Response {
     fn read(stream: TcpStream) -> anyhow::Result<Response> {
-        let mut reader = BufReader::with_capacity(256 * 1024, stream);
+        // Small: it holds the headers; the body's reads are larger than it and bypass it,
+        // so the image's bytes go from the socket straight into the caller's buffer.
+        let mut reader = BufReader::with_capacity(16 * 1024, stream);
         let mut line = String::new();
         reader.read_line(&mut line).context("reading the status line")?;
         let status = line
