@@ -243,20 +243,13 @@ fn run_layer_steps(
             Step::Chroot { command, .. } => run_logged(number, step, &mut in_chroot(root, command), log)?,
             Step::AptLists { from_cache } => {
                 let sources = sources_digest(root)?;
-                let kept = downloads.join("apt-lists").join(&sources);
+                let kept_lists = downloads.join("apt-lists");
+                let root_lists = root.join("var/lib/apt/lists");
                 if *from_cache {
-                    if !kept.is_dir() {
-                        return Err(BuildError::NotInCache { what: format!("apt's package lists for these sources ({})", &sources[..12]) });
-                    }
-                    copy_lists(&kept, &root.join("var/lib/apt/lists"))?;
+                    restore_lists(&kept_lists, &sources, &root_lists)?;
                 } else {
                     run_logged(number, step, &mut in_chroot(root, "apt-get update"), log)?;
-                    // Copied whole, then swapped in: an offline build never finds half a set.
-                    let fresh = downloads.join("apt-lists").join(format!("{sources}.partial"));
-                    let _ = std::fs::remove_dir_all(&fresh);
-                    copy_lists(&root.join("var/lib/apt/lists"), &fresh)?;
-                    let _ = std::fs::remove_dir_all(&kept);
-                    std::fs::rename(&fresh, &kept).map_err(io("keeping the package lists at", &kept))?;
+                    keep_lists(&root_lists, &kept_lists, &sources)?;
                 }
             }
             Step::UnbindMounts => mounts = None,
@@ -318,6 +311,48 @@ fn sources_digest(root: &Path) -> Result<String, BuildError> {
 }
 
 /// Copies apt's list files (not its lock, not `partial/`) from one directory to another.
+/// Keeps a copy of apt's lists in `kept_lists/<sources>`, replacing the one there.
+///
+/// The copy is made aside, then swapped in under the set's lock held exclusively, while
+/// [`restore_lists`] holds it shared: builds sharing a cache never read half a set, nor a
+/// mix of two.
+fn keep_lists(root_lists: &Path, kept_lists: &Path, sources: &str) -> Result<(), BuildError> {
+    let kept = kept_lists.join(sources);
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos());
+    let fresh = kept_lists.join(format!("{sources}.partial-{}-{stamp}", std::process::id()));
+    copy_lists(root_lists, &fresh)?;
+    let _lock = lock_lists(kept_lists, sources, libc::LOCK_EX)?;
+    let _ = std::fs::remove_dir_all(&kept);
+    std::fs::rename(&fresh, &kept).map_err(io("keeping the package lists at", &kept))
+}
+
+/// Puts the lists [`keep_lists`] kept for these sources into a root (an offline build).
+fn restore_lists(kept_lists: &Path, sources: &str, root_lists: &Path) -> Result<(), BuildError> {
+    let kept = kept_lists.join(sources);
+    let _lock = lock_lists(kept_lists, sources, libc::LOCK_SH)?;
+    if !kept.is_dir() {
+        return Err(BuildError::NotInCache {
+            what: format!("apt's package lists for these sources ({})", &sources[..12.min(sources.len())]),
+        });
+    }
+    copy_lists(&kept, root_lists)
+}
+
+/// The lock of one set of kept lists, held until the returned file is dropped.
+fn lock_lists(kept_lists: &Path, sources: &str, operation: libc::c_int) -> Result<std::fs::File, BuildError> {
+    use std::os::fd::AsRawFd as _;
+    let path = kept_lists.join(format!("{sources}.lock"));
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io("opening", &path))?;
+    // SAFETY: flock takes a descriptor, open for the call, and a flag.
+    while unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(io("locking", &path)(error));
+        }
+    }
+    Ok(file)
+}
+
 fn copy_lists(from: &Path, to: &Path) -> Result<(), BuildError> {
     std::fs::create_dir_all(to).map_err(io("creating", to))?;
     for entry in std::fs::read_dir(from).map_err(io("reading", from))?.flatten() {
@@ -390,7 +425,7 @@ pub(crate) fn run_tool(tool: &'static str, command: &mut Command, log: &mut dyn 
 
 #[cfg(test)]
 mod tests {
-    use super::{copy_lists, sources_digest};
+    use super::{copy_lists, keep_lists, restore_lists, sources_digest};
 
     #[test]
     fn apt_lists_are_kept_by_the_digest_of_the_sources_they_came_from() {
@@ -419,5 +454,39 @@ mod tests {
             std::fs::read_dir(&kept).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["deb.debian.org_debian_dists_bookworm_InRelease"]);
+    }
+
+    #[test]
+    fn builds_sharing_a_cache_never_restore_half_a_set_of_lists_or_a_mix() {
+        let cache = tempfile::tempdir().unwrap();
+        let kept_lists = cache.path().join("apt-lists");
+        std::fs::create_dir_all(&kept_lists).unwrap();
+        let names = ["a_InRelease", "a_main_binary-amd64_Packages", "b_InRelease", "b_main_binary-amd64_Packages"];
+        let generation = |number: usize| {
+            let lists = cache.path().join(format!("root-{number}"));
+            std::fs::create_dir_all(&lists).unwrap();
+            for name in names {
+                std::fs::write(lists.join(name), number.to_string().repeat(4096)).unwrap();
+            }
+            lists
+        };
+        keep_lists(&generation(0), &kept_lists, "sources").unwrap();
+        std::thread::scope(|scope| {
+            // One build refreshes the lists again and again...
+            scope.spawn(|| {
+                for number in 1..=40 {
+                    keep_lists(&generation(number), &kept_lists, "sources").unwrap();
+                }
+            });
+            // ...while another, offline, restores them: always a whole set, of one generation.
+            for attempt in 0..40 {
+                let restored = cache.path().join(format!("restored-{attempt}"));
+                restore_lists(&kept_lists, "sources", &restored).unwrap();
+                let contents: Vec<String> = names.iter().map(|name| std::fs::read_to_string(restored.join(name)).unwrap()).collect();
+                assert!(contents.iter().all(|content| *content == contents[0]), "attempt {attempt} mixed two sets");
+            }
+        });
+        let error = restore_lists(&kept_lists, "other-sources", &cache.path().join("none")).unwrap_err();
+        assert!(error.to_string().contains("apt's package lists for these sources"), "{error}");
     }
 }
