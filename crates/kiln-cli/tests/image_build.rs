@@ -373,6 +373,15 @@ fn json(text: &str) -> serde_json::Value {
 const DEBIAN_INIT: &str = r#"#!/bin/bash
 . /etc/os-release
 echo "KILN-DEBIAN-BOOTED $PRETTY_NAME on $(grep ' / ' /proc/mounts)" > /dev/console
+# Booted from its disk: a kernel update, as a kernel package's hooks would run it. The image's
+# hook must bring the new kernel and initramfs onto the EFI system partition.
+if grep -q ' / ext4 ' /proc/mounts && [ -x /etc/kernel/postinst.d/zz-kiln-esp ]; then
+    running=$(uname -r)
+    { cat "/boot/vmlinuz-$running"; echo KILN-NEWER-KERNEL; } > /boot/vmlinuz-99.0-kiln
+    { cat "/boot/initrd.img-$running"; echo KILN-NEWER-INITRD; } > /boot/initrd.img-99.0-kiln
+    /etc/kernel/postinst.d/zz-kiln-esp 99.0-kiln /boot/vmlinuz-99.0-kiln > /dev/console 2>&1
+    echo "KILN-ESP-HOOK $?" > /dev/console
+fi
 server=$(sed -n 's/.*kiln\.server=http:\/\/\([^ /]*\).*/\1/p' /proc/cmdline)
 interface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
 if command -v busybox > /dev/null && ! ip -4 addr show "$interface" 2> /dev/null | grep -q inet; then
@@ -482,14 +491,21 @@ fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     assert!(text.contains("KILN-DEBIAN-BOOTED Debian GNU/Linux 12 (bookworm) on /dev/"), "booted from its disk:\n{text}");
     assert!(text.contains("ext4 rw"), "{text}");
     assert!(text.contains("KILN-DEBIAN-PHONED-HOME HTTP/1.1 204"), "{text}");
-    // The root filesystem has been mounted read-write since; the partition table and the
-    // EFI system partition before it are as written.
+    // The root filesystem has been mounted read-write since, and the ESP changed by the
+    // kernel update; the partition tables are as written.
     let written = std::fs::read(&disk).unwrap();
     let expected = std::fs::read(&image).unwrap();
-    let root_start = (257 << 20) as usize;
-    assert!(written[..root_start] == expected[..root_start], "the disk holds the image's partition table and ESP");
+    assert!(written[..1 << 20] == expected[..1 << 20], "the disk holds the image's partition table");
     let tail = expected.len() - (1 << 20);
     assert!(written[tail..expected.len()] == expected[tail..], "and its backup GPT");
+    // The kernel update inside the deployed system reached the ESP, which SYSLINUX boots.
+    assert!(text.contains("now boots 99.0-kiln") && text.contains("KILN-ESP-HOOK 0"), "the ESP hook ran:\n{text}");
+    for (file, marker) in [("::/vmlinuz", "KILN-NEWER-KERNEL\n"), ("::/initrd.img", "KILN-NEWER-INITRD\n")] {
+        let on_esp =
+            std::process::Command::new("mcopy").args(["-n", "-i", &format!("{}@@1M", disk.display()), file, "-"]).output().unwrap();
+        assert!(on_esp.status.success(), "{}", String::from_utf8_lossy(&on_esp.stderr));
+        assert!(on_esp.stdout.ends_with(marker.as_bytes()), "{file} on the ESP is the new one");
+    }
     eprintln!("built Debian disk image ({image_size} bytes), deploy to active: {:.0} s", started.elapsed().as_secs_f64());
 
     // UEFI: the same image, booted by OVMF straight from the disk (no network, writes

@@ -132,6 +132,7 @@ pub fn make_disk(layer_root: &Path, name: &str, output_dir: &Path, kernel_args: 
             .arg(&partial)
             .arg(format!("{}k", layout.root_bytes / 1024));
         run("mke2fs", &mut ext4, log)?;
+        install_esp_hook(&partial, layout.root_start, output_dir, log)?;
         let _ = writeln!(log, "kiln: installing SYSLINUX for BIOS and UEFI");
         let mut syslinux = Command::new("syslinux");
         syslinux.arg("--offset").arg(layout.esp_start.to_string()).arg("--install").arg(&partial);
@@ -160,6 +161,57 @@ pub fn make_disk(layer_root: &Path, name: &str, output_dir: &Path, kernel_args: 
     }
     std::fs::rename(&partial, &raw).map_err(io("renaming", &partial))?;
     Ok(raw)
+}
+
+/// The script that keeps the ESP's kernel and initramfs the newest in `/boot`.
+pub const ESP_HOOK: &str = include_str!("esp-hook.sh");
+
+/// Where the root filesystem holds [`ESP_HOOK`]: the kernel packages' hook directory and
+/// initramfs-tools'.
+pub const ESP_HOOK_PATHS: [&str; 2] = ["/etc/kernel/postinst.d/zz-kiln-esp", "/etc/initramfs/post-update.d/zz-kiln-esp"];
+
+/// Writes [`ESP_HOOK`] into the ext4 root at `root_start` of `image`, executable, with
+/// `debugfs` (the layer itself stays as built: the hook belongs to disk images only).
+///
+/// Why: the kernel and initramfs SYSLINUX boots are copies on the ESP; without the hook a
+/// kernel upgrade inside the deployed system would leave the ESP booting the old kernel,
+/// whose modules may be gone.
+fn install_esp_hook(image: &Path, root_start: u64, scratch: &Path, log: &mut dyn Write) -> Result<(), BuildError> {
+    let _ = writeln!(log, "kiln: installing the ESP kernel hook ({})", ESP_HOOK_PATHS.join(", "));
+    let script = scratch.join("zz-kiln-esp");
+    std::fs::write(&script, ESP_HOOK).map_err(io("writing", &script))?;
+    let filesystem = format!("{}?offset={root_start}", image.display());
+    // debugfs goes on after a failed request (a directory that exists already), and exits 0
+    // whatever happened: the result is checked below.
+    let mut requests = String::new();
+    for path in ESP_HOOK_PATHS {
+        let directory = Path::new(path).parent().expect("the paths have directories");
+        for ancestor in directory.ancestors().collect::<Vec<_>>().into_iter().rev().skip(1) {
+            requests.push_str(&format!("mkdir {}\n", ancestor.display()));
+        }
+        requests.push_str(&format!("write {} {path}\nsif {path} mode 0100755\nsif {path} uid 0\nsif {path} gid 0\n", script.display()));
+    }
+    let written = run_with_input("debugfs", Command::new("debugfs").args(["-w", "-f", "-"]).arg(&filesystem), requests.as_bytes(), log);
+    let _ = std::fs::remove_file(&script);
+    written?;
+    for path in ESP_HOOK_PATHS {
+        let output = Command::new("debugfs")
+            .args(["-R", &format!("stat {path}")])
+            .arg(&filesystem)
+            .output()
+            .map_err(|error| BuildError::Io { operation: "running", path: PathBuf::from("debugfs"), error })?;
+        let described = String::from_utf8_lossy(&output.stdout);
+        if !described.contains("Type: regular") || !described.contains("Mode:  0755") {
+            return Err(BuildError::ToolFailed {
+                tool: "debugfs",
+                message: format!(
+                    "{path} is not an executable file in the root filesystem: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Converts a raw disk image to `<same name>.qcow2` beside it.
@@ -196,6 +248,40 @@ fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> Result<(), BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_esp_hook_lands_executable_in_the_root_filesystem_at_its_offset() {
+        let directory = tempfile::tempdir().unwrap();
+        let tree = directory.path().join("tree");
+        // One hook directory there already (a kernel's package made it), one not.
+        std::fs::create_dir_all(tree.join("etc/kernel/postinst.d")).unwrap();
+        std::fs::write(tree.join("etc/kernel/postinst.d/dracut"), "#!/bin/sh\n").unwrap();
+        let image = directory.path().join("disk.raw");
+        std::fs::File::create(&image).unwrap().set_len(40 * MIB).unwrap();
+        let offset = 8 * MIB;
+        let mut ext4 = Command::new("mke2fs");
+        ext4.args(["-t", "ext4", "-q", "-F", "-d"]).arg(&tree).arg("-E").arg(format!("offset={offset}")).arg(&image).arg("16384k");
+        run("mke2fs", &mut ext4, &mut std::io::sink()).unwrap();
+        install_esp_hook(&image, offset, directory.path(), &mut std::io::sink()).unwrap();
+        for path in ESP_HOOK_PATHS {
+            let output = Command::new("debugfs")
+                .args(["-R", &format!("cat {path}")])
+                .arg(format!("{}?offset={offset}", image.display()))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&output.stdout), ESP_HOOK, "{path}");
+        }
+        let listing = Command::new("debugfs")
+            .args(["-R", "ls -l /etc/kernel/postinst.d"])
+            .arg(format!("{}?offset={offset}", image.display()))
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&listing.stdout).contains("dracut"), "what was there stays");
+        assert!(!directory.path().join("zz-kiln-esp").exists(), "no scratch file left");
+        // No filesystem at that offset: an error, not a disk image without its hook.
+        let error = install_esp_hook(&image, 0, directory.path(), &mut std::io::sink()).unwrap_err();
+        assert!(error.to_string().contains("debugfs"), "{error}");
+    }
 
     #[test]
     fn the_layout_and_boot_configuration() {

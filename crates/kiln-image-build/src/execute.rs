@@ -401,19 +401,18 @@ pub fn make_squashfs(layer_root: &Path, name: &str, output_dir: &Path, log: &mut
     Ok(SquashfsTriple { root: image, kernel: Some(kernel), initrd })
 }
 
-/// The newest `vmlinuz-*` under the root's `/boot`, and its `initrd.img-*` if there is one.
+/// The newest `vmlinuz-*` under the root's `/boot` (by version: `6.10` after `6.9`), and
+/// its initramfs if there is one.
 pub(crate) fn newest_kernel(root: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
     let boot = root.join("boot");
-    let mut kernels: Vec<String> = std::fs::read_dir(&boot)
+    let version = std::fs::read_dir(&boot)
         .ok()?
         .flatten()
         .filter_map(|entry| entry.file_name().into_string().ok())
-        .filter(|name| name.starts_with("vmlinuz-"))
-        .collect();
-    kernels.sort();
-    let kernel = kernels.pop()?;
-    let initrd = boot.join(format!("initrd.img-{}", kernel.trim_start_matches("vmlinuz-")));
-    Some((boot.join(kernel), initrd.exists().then_some(initrd)))
+        .filter_map(|name| name.strip_prefix("vmlinuz-").map(str::to_owned))
+        .max_by_key(|version| kiln_types::image::kernel_version_key(version))?;
+    let initrd = kiln_types::image::initramfs_names(&version).into_iter().map(|name| boot.join(name)).find(|path| path.exists());
+    Some((boot.join(format!("vmlinuz-{version}")), initrd))
 }
 
 /// Runs a tool, its output into `log`; a failure carries the last lines of its errors.
@@ -425,7 +424,22 @@ pub(crate) fn run_tool(tool: &'static str, command: &mut Command, log: &mut dyn 
 
 #[cfg(test)]
 mod tests {
-    use super::{copy_lists, keep_lists, restore_lists, sources_digest};
+    use super::{copy_lists, keep_lists, newest_kernel, restore_lists, sources_digest};
+
+    #[test]
+    fn the_newest_kernel_is_the_highest_version_with_its_own_initramfs() {
+        let root = tempfile::tempdir().unwrap();
+        let boot = root.path().join("boot");
+        std::fs::create_dir_all(&boot).unwrap();
+        for name in ["vmlinuz-6.9.0-1-amd64", "initrd.img-6.9.0-1-amd64", "vmlinuz-6.10.0-1-amd64", "initramfs-6.10.0-1-amd64.img"] {
+            std::fs::write(boot.join(name), name).unwrap();
+        }
+        let (kernel, initrd) = newest_kernel(root.path()).unwrap();
+        assert_eq!(kernel, boot.join("vmlinuz-6.10.0-1-amd64"), "6.10 after 6.9");
+        assert_eq!(initrd, Some(boot.join("initramfs-6.10.0-1-amd64.img")));
+        std::fs::write(boot.join("vmlinuz-6.11.0-1-amd64"), "").unwrap();
+        assert_eq!(newest_kernel(root.path()).unwrap().1, None, "no initramfs of its own: none, not another's");
+    }
 
     #[test]
     fn apt_lists_are_kept_by_the_digest_of_the_sources_they_came_from() {

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use kiln_types::image::{initramfs_names, kernel_version_key};
+
 use crate::SpoolFile;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,17 +31,6 @@ pub struct BootFiles {
     pub initramfs: String,
 }
 
-/// Orders kernel versions so that `6.10` comes after `6.9`.
-fn version_key(version: &str) -> Vec<(u64, String)> {
-    version
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .map(|part| match part.parse::<u64>() {
-            Ok(number) => (number, String::new()),
-            Err(_) => (0, part.to_owned()),
-        })
-        .collect()
-}
-
 /// Picks the kernel and initramfs among the image's paths. `links` maps symbolic links to
 /// their targets (absolute or relative to the link's directory). A pure function.
 pub fn choose_boot_files(files: &[String], links: &BTreeMap<String, String>) -> Result<BootFiles, GetKernelError> {
@@ -53,18 +44,14 @@ pub fn choose_boot_files(files: &[String], links: &BTreeMap<String, String>) -> 
         files
             .iter()
             .filter(|path| path.starts_with("/boot/vmlinuz-") && !path.ends_with(".old"))
-            .max_by_key(|path| version_key(path.trim_start_matches("/boot/vmlinuz-")))
+            .max_by_key(|path| kernel_version_key(path.trim_start_matches("/boot/vmlinuz-")))
             .cloned()
     });
     let kernel = kernel.ok_or(GetKernelError::NoKernel)?;
     let version = kernel.rsplit('/').next().unwrap_or_default().trim_start_matches("vmlinuz-").trim_start_matches("vmlinuz").to_owned();
-    let candidates = [
-        resolve("/initrd.img").filter(|_| kernel == resolve("/vmlinuz").unwrap_or_default()),
-        Some(format!("/boot/initrd.img-{version}")),
-        Some(format!("/boot/initramfs-{version}.img")),
-        Some(format!("/boot/initrd-{version}")),
-    ];
-    let initramfs = candidates.into_iter().flatten().find(|path| files.contains(path)).ok_or(GetKernelError::NoInitramfs { version })?;
+    let linked = resolve("/initrd.img").filter(|_| kernel == resolve("/vmlinuz").unwrap_or_default());
+    let named = initramfs_names(&version).map(|name| format!("/boot/{name}"));
+    let initramfs = linked.into_iter().chain(named).find(|path| files.contains(path)).ok_or(GetKernelError::NoInitramfs { version })?;
     Ok(BootFiles { kernel, initramfs })
 }
 

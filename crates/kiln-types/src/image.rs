@@ -338,3 +338,21 @@ impl std::fmt::Display for VersionRef {
         }
     }
 }
+
+/// Orders kernel versions as their numbers do, so that `6.10` comes after `6.9` (a plain
+/// string sort puts it first).
+pub fn kernel_version_key(version: &str) -> Vec<(u64, String)> {
+    version
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .map(|part| match part.parse::<u64>() {
+            Ok(number) => (number, String::new()),
+            Err(_) => (0, part.to_owned()),
+        })
+        .collect()
+}
+
+/// The names, under `/boot`, of kernel `version`'s initramfs: Debian's, then Fedora's and
+/// RHEL's, then SUSE's.
+pub fn initramfs_names(version: &str) -> [String; 3] {
+    [format!("initrd.img-{version}"), format!("initramfs-{version}.img"), format!("initrd-{version}")]
+}
