@@ -157,7 +157,7 @@ async fn provisioning_script(state: &ApiState, node: &kiln_types::node::Node, ma
     let context = ScriptContext { server_url: &state.boot.public_url, mac, node: Some(node) };
     let status = state.store.provision_record(&node.id).await?.unwrap_or_default();
     let deployed_to_disk = status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Disk);
-    let waiting_for_system = status.step.as_deref() == Some(kiln_lifecycle::plan::STEP_WAIT_CALLBACK);
+    let waiting_for_system = status.step == Some(kiln_types::provision::ProvisionStep::WaitCallback);
     let running_image = node.provision_state == Active || waiting_for_system;
     if deployed_to_disk && running_image {
         return Ok(Some(kiln_boot::local_disk_script(&context)));

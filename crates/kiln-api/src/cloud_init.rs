@@ -26,7 +26,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::extract::JsonBody;
 
 type ErrorBody = kiln_types::api::ErrorBody;
@@ -136,7 +136,7 @@ pub async fn render_group(
     let content = record.content.as_deref().ok_or_else(|| ApiError::not_found("cloud-init group", &group))?;
     let meta_data = kiln_boot::cloud_init::meta_data(&inputs(&state, &view, node, None));
     let rendered = kiln_boot::cloud_init::render_group(content, &meta_data)
-        .map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "render_failed", error.to_string()))?;
+        .map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::RenderFailed, error.to_string()))?;
     Ok(text(rendered))
 }
 

@@ -4,34 +4,35 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kiln_db::StoreError;
+pub use kiln_types::api::ErrorCode;
 use kiln_types::api::{ErrorBody, ErrorDetail};
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into() }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 
     pub fn not_found(kind: &str, key: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{kind} '{key}' not found"))
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("{kind} '{key}' not found"))
     }
 }
 
@@ -39,7 +40,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound { kind, key } => ApiError::not_found(kind, &key),
-            StoreError::Conflict { message } => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            StoreError::Conflict { message } => ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message),
             StoreError::Invalid { message } => ApiError::invalid(message),
             other => {
                 // The cause chain may hold SQL and connection details: log it, answer briefly.
@@ -51,7 +52,7 @@ impl From<StoreError> for ApiError {
                     source = cause.source();
                 }
                 tracing::error!(error = %chain, "store failure");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, other.to_string())
             }
         }
     }
@@ -71,7 +72,7 @@ impl From<kiln_types::InvalidField> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let body = ErrorBody { error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message } };
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -24,7 +24,7 @@ use kiln_types::validate;
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::extract::JsonBody;
 
 type ErrorBody = kiln_types::api::ErrorBody;
@@ -347,14 +347,14 @@ pub(crate) async fn serve_artifact(
         Ok(range) => range,
         Err(()) => {
             let mut response =
-                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("the artifact has {size} bytes"))
+                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, ErrorCode::RangeNotSatisfiable, format!("the artifact has {size} bytes"))
                     .into_response();
             response.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"));
             return Ok(response);
         }
     };
-    let id =
-        BlobId::parse(&artifact.sha256).map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?;
+    let id = BlobId::parse(&artifact.sha256)
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, error.to_string()))?;
     let (status, length) = match &range {
         Some(range) => (StatusCode::PARTIAL_CONTENT, range.end - range.start),
         None => (StatusCode::OK, size),

@@ -194,5 +194,5 @@ async fn healthz(axum::extract::State(state): axum::extract::State<ApiState>) ->
 }
 
 async fn not_found(uri: axum::http::Uri) -> error::ApiError {
-    error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {}", uri.path()))
+    error::ApiError::new(axum::http::StatusCode::NOT_FOUND, error::ErrorCode::NotFound, format!("no such endpoint: {}", uri.path()))
 }

@@ -10,7 +10,7 @@ use kiln_types::node::Node;
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::extract::JsonBody;
 
 type ErrorBody = kiln_types::api::ErrorBody;
@@ -19,10 +19,10 @@ type ErrorBody = kiln_types::api::ErrorBody;
 /// the code so clients can tell a wrong password from a dead BMC.
 fn bmc_error(error: BmcError) -> ApiError {
     let code = match error.fault() {
-        kiln_bmc::FaultKind::Unreachable => "bmc_unreachable",
-        kiln_bmc::FaultKind::Authentication => "bmc_authentication",
-        kiln_bmc::FaultKind::Protocol => "bmc_protocol",
-        kiln_bmc::FaultKind::Refused => "bmc_refused",
+        kiln_bmc::FaultKind::Unreachable => ErrorCode::BmcUnreachable,
+        kiln_bmc::FaultKind::Authentication => ErrorCode::BmcAuthentication,
+        kiln_bmc::FaultKind::Protocol => ErrorCode::BmcProtocol,
+        kiln_bmc::FaultKind::Refused => ErrorCode::BmcRefused,
     };
     let status = match error {
         BmcError::NotConfigured { .. } => StatusCode::CONFLICT,

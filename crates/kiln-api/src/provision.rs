@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::extract::JsonBody;
 
 type ErrorBody = kiln_types::api::ErrorBody;
@@ -268,7 +268,7 @@ impl BlockMaps {
         let map = cell
             .get_or_try_init(|| async {
                 let id = BlobId::parse(sha256)
-                    .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()))?;
+                    .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, error.to_string()))?;
                 let started = std::time::Instant::now();
                 let map = blobs.block_map(&id, BlockMap::CHUNK_SIZE).await.map_err(crate::uploads::blob_error)?;
                 tracing::info!(image = %sha256, chunks = map.chunks.len(), seconds = started.elapsed().as_secs_f64(), "block map made");
@@ -373,7 +373,7 @@ pub async fn artifact_map(State(state): State<ApiState>, headers: HeaderMap, Pat
     let version = agent_deploy_version(&state, &headers, &node_id).await?;
     let artifact = crate::images::artifact_of(&version, "disk")?;
     if !is_mappable(artifact) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_mapped", "only raw, uncompressed disk images have block maps"));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotMapped, "only raw, uncompressed disk images have block maps"));
     }
     let map = state.block_maps.get(&state.images.blobs, &artifact.sha256).await?;
     Ok(Json(BlockMap::clone(&map)))
@@ -394,7 +394,7 @@ pub async fn capture_upload(
     let (node, record) = agent(&state, &headers, &node_id).await?;
     let image = match (node.provision_state, &record.operation.capture_image) {
         (ProvisionState::Capturing, Some(image)) if record.agent_result.is_none() => image.clone(),
-        _ => return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("node '{}' is not capturing", node.name))),
+        _ => return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, format!("node '{}' is not capturing", node.name))),
     };
     let note = format!("captured from node {}", node.name);
     let version =

@@ -25,7 +25,7 @@ use kiln_types::validate;
 
 use crate::ApiState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::extract::JsonBody;
 use crate::images::{target_project, version_ref, writable_image};
 
@@ -63,7 +63,11 @@ impl UploadTable {
         let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let cached = match slots.insert(id.to_owned(), UploadSlot::Busy) {
             Some(UploadSlot::Busy) => {
-                return Err(ApiError::new(StatusCode::CONFLICT, "upload_busy", format!("upload {id} is being written by another request")));
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::UploadBusy,
+                    format!("upload {id} is being written by another request"),
+                ));
             }
             Some(UploadSlot::Idle(state)) => Some(*state),
             None => None,
@@ -91,29 +95,39 @@ impl Drop for UploadClaim<'_> {
 
 pub(crate) fn blob_error(error: BlobError) -> ApiError {
     if error.is_storage_full() {
-        return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", format!("{}: no space left", error_chain(&error)));
+        return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, ErrorCode::StorageFull, format!("{}: no space left", error_chain(&error)));
     }
     match error {
-        BlobError::NotFound { id } => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("blob {id} is missing from the store")),
+        BlobError::NotFound { id } => {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, format!("blob {id} is missing from the store"))
+        }
         BlobError::Damaged { .. } => {
             tracing::error!(error = %error, "a stored blob is damaged");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "blob_damaged", format!("{error}: upload the image again"))
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::BlobDamaged, format!("{error}: upload the image again"))
         }
         other => {
             // The cause chain names the object store's endpoint and its replies: the log
             // gets it, the client the operation that failed.
             tracing::error!(error = %error_chain(&other), "blob store failure");
-            ApiError::new(StatusCode::BAD_GATEWAY, "blob_store", format!("the blob store failed: {other} (details in the server log)"))
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::BlobStore,
+                format!("the blob store failed: {other} (details in the server log)"),
+            )
         }
     }
 }
 
 fn spool_error(operation: &str, error: &std::io::Error) -> ApiError {
     if matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
-        return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", format!("{operation}: no space left on the server"));
+        return ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::StorageFull,
+            format!("{operation}: no space left on the server"),
+        );
     }
     tracing::error!(%error, operation, "spool failure");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{operation}: {error}"))
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, format!("{operation}: {error}"))
 }
 
 fn parse_checksum(field: &str, text: &str) -> ApiResult<Checksum> {
@@ -219,7 +233,7 @@ pub async fn append_upload(
     if offset != current {
         let mut response = ApiError::new(
             StatusCode::CONFLICT,
-            "offset_mismatch",
+            ErrorCode::OffsetMismatch,
             format!("the upload has {current} bytes; send the body from offset {current}, not {offset}"),
         )
         .into_response();
@@ -273,7 +287,7 @@ async fn store_spooled(
     declared: Option<ImageFormat>,
     expected: Option<&Checksum>,
 ) -> ApiResult<Artifact> {
-    let refuse = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_image", message);
+    let refuse = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidImage, message);
     if let Some(expected) = expected {
         digests.verify(expected).map_err(refuse)?;
     }
@@ -420,7 +434,7 @@ fn fetch_error(error: FetchError) -> ApiError {
     match &error {
         FetchError::UnsupportedUrl { .. } | FetchError::FileNotAllowed { .. } => ApiError::invalid(format!("url: {error}")),
         FetchError::Download { source: PumpError::Spool(io), .. } => spool_error("importing", io),
-        _ => ApiError::new(StatusCode::BAD_GATEWAY, "import_failed", error_chain(&error)),
+        _ => ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::ImportFailed, error_chain(&error)),
     }
 }
 
@@ -508,7 +522,7 @@ pub async fn get_kernel(
     let source = state.store.get_version(&name, &reference).await?;
     let root =
         source.artifact(ArtifactKind::Root).ok_or_else(|| ApiError::not_found("artifact", &format!("{name}:{}/root", source.version)))?;
-    let refuse = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_image", message);
+    let refuse = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidImage, message);
     if root.format != ImageFormat::Squashfs || root.compression.is_some() {
         return Err(refuse(format!("the root image is {}; the kernel can be taken only from an uncompressed SquashFS", root.format)));
     }
@@ -532,7 +546,7 @@ pub async fn get_kernel(
             drop(spool);
             if let Err(error) = pumped {
                 let _ = tokio::fs::remove_file(&path).await;
-                return Err(ApiError::new(StatusCode::BAD_GATEWAY, "blob_store", format!("copying the root image: {error}")));
+                return Err(ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::BlobStore, format!("copying the root image: {error}")));
             }
             (path, true)
         }

@@ -8,45 +8,7 @@ use futures::StreamExt as _;
 
 use crate::{BmcError, BmcTarget, Redfish, SystemFacts};
 
-/// What `POST /v1/discover/redfish` takes.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct RedfishDiscoveryInput {
-    /// `HOST`, `HOST:PORT` or `HOST:FIRST-LAST`.
-    pub targets: Vec<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// Accept any TLS certificate (recorded on the nodes found).
-    #[serde(default)]
-    pub insecure: bool,
-    /// `https` or `http` [default: https]
-    pub scheme: Option<String>,
-    /// Targets scanned at once [default: 32]
-    pub concurrency: Option<usize>,
-    /// Seconds one target may take to answer [default: 5]
-    pub timeout_seconds: Option<u64>,
-}
-
-/// A target that answered, but not usefully.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct DiscoveryFailure {
-    pub target: String,
-    pub fault: crate::FaultKind,
-    pub error: String,
-}
-
-/// What a Redfish discovery found and did.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct RedfishDiscoveryReport {
-    pub targets: usize,
-    /// Targets where nothing listened.
-    pub absent: usize,
-    pub services: usize,
-    pub systems: usize,
-    pub created: Vec<String>,
-    pub updated: Vec<String>,
-    pub unchanged: Vec<String>,
-    pub failures: Vec<DiscoveryFailure>,
-}
+pub use kiln_types::bmc::{DiscoveryFailure, RedfishDiscoveryInput, RedfishDiscoveryReport};
 
 /// Targets one scan may cover: a mistyped range must not become a scan of a whole network.
 pub const MAX_TARGETS: usize = 4096;

@@ -529,7 +529,7 @@ pub enum BootParamsCommand {
 
 pub async fn boot(client: &Client, format: OutputFormat, command: BootCommand) -> anyhow::Result<()> {
     let BootCommand::Params(command) = command;
-    let show = |entries: &Vec<kiln_boot::BootParams>| {
+    let show = |entries: &Vec<kiln_types::boot::BootParams>| {
         let rows = entries
             .iter()
             .map(|entry| {
@@ -541,16 +541,16 @@ pub async fn boot(client: &Client, format: OutputFormat, command: BootCommand) -
     };
     match command {
         BootParamsCommand::Get => {
-            let entries: Vec<kiln_boot::BootParams> = client.get("/v1/boot/params").await?;
+            let entries: Vec<kiln_types::boot::BootParams> = client.get("/v1/boot/params").await?;
             print(format, &entries, || show(&entries))
         }
         BootParamsCommand::Set(data) => {
-            let entry: kiln_boot::BootParams = client.put("/v1/boot/params", &data.read()?).await?;
+            let entry: kiln_types::boot::BootParams = client.put("/v1/boot/params", &data.read()?).await?;
             let entries = vec![entry];
             print(format, &entries, || show(&entries))
         }
         BootParamsCommand::Add(data) => {
-            let entry: kiln_boot::BootParams = client.post("/v1/boot/params", &data.read()?).await?;
+            let entry: kiln_types::boot::BootParams = client.post("/v1/boot/params", &data.read()?).await?;
             let entries = vec![entry];
             print(format, &entries, || show(&entries))
         }

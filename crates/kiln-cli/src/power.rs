@@ -2,8 +2,8 @@
 
 use clap::ValueEnum;
 use futures::StreamExt as _;
-use kiln_bmc::{BootDevice, BootDeviceRequest, BootMode, PowerAction, PowerRequest, PowerStatus, SystemFacts};
 use kiln_client::{Client, encode};
+use kiln_types::bmc::{BootDevice, BootDeviceRequest, BootMode, PowerAction, PowerRequest, PowerStatus, SystemFacts};
 
 use crate::output::{OutputFormat, print, table};
 
@@ -170,7 +170,7 @@ pub struct RedfishDiscoveryArgs {
 
 /// `kiln discover redfish`: the server scans, enrols and reports.
 pub async fn discover_redfish(client: &Client, format: OutputFormat, args: RedfishDiscoveryArgs) -> anyhow::Result<()> {
-    let input = kiln_bmc::discovery::RedfishDiscoveryInput {
+    let input = kiln_types::bmc::RedfishDiscoveryInput {
         targets: args.targets,
         username: args.username,
         password: args.password,
@@ -179,7 +179,7 @@ pub async fn discover_redfish(client: &Client, format: OutputFormat, args: Redfi
         concurrency: Some(args.concurrency),
         timeout_seconds: Some(args.timeout),
     };
-    let report: kiln_bmc::discovery::RedfishDiscoveryReport = client.post("/v1/discover/redfish", &input).await?;
+    let report: kiln_types::bmc::RedfishDiscoveryReport = client.post("/v1/discover/redfish", &input).await?;
     print(format, &report, || {
         let mut text = format!(
             "{} targets: {} Redfish services, {} systems, {} with nothing listening\ncreated: {}\nupdated: {}\nunchanged: {}\n",

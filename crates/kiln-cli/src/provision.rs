@@ -260,7 +260,7 @@ fn status_table(statuses: &[ProvisionStatus]) -> String {
             vec![
                 status.node.clone(),
                 status.provision_state.to_string(),
-                status.step.clone().unwrap_or_default(),
+                status.step.map(|step| step.to_string()).unwrap_or_default(),
                 status.pending.as_ref().map(|intent| intent.name().to_owned()).unwrap_or_default(),
                 status.target.as_ref().map(|t| format!("{}:{} ({})", t.image, t.version, t.mode.as_str())).unwrap_or_default(),
                 status.last_error.clone().unwrap_or_default(),

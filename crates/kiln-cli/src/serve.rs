@@ -27,8 +27,7 @@ fn load_config(flags: &ServerFlags) -> anyhow::Result<ServerConfig> {
 }
 
 pub fn check(flags: &ServerFlags, format: OutputFormat) -> anyhow::Result<()> {
-    let mut config = load_config(flags)?;
-    config.database_url = kiln_db::redact_url(&config.database_url);
+    let config = load_config(flags)?.redacted();
     crate::output::print(format, &config, || {
         let mut text = toml::to_string(&config).unwrap_or_default();
         text.insert_str(0, "# the configuration is valid\n");

@@ -129,6 +129,11 @@ impl InventoryView {
         }
     }
 
+    /// Whether any node's interface holds this address (a reservation).
+    pub fn is_assigned(&self, address: &IpAddr) -> bool {
+        self.names_of_ip.contains_key(address)
+    }
+
     /// Cloud-init defaults, groups and per-node data.
     pub fn cloud_init(&self) -> &CloudInitData {
         &self.cloud_init

@@ -5,7 +5,7 @@
 use kiln_auth::ProjectScope;
 use kiln_types::ProvisionState;
 use kiln_types::node::Node;
-use kiln_types::provision::{AgentResult, Heartbeat, Intent, ProvisionRecord, ProvisionStatus, TokenChange, Transition};
+use kiln_types::provision::{AgentResult, Heartbeat, Intent, ProvisionRecord, ProvisionStatus, ProvisionStep, TokenChange, Transition};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 use subtle::ConstantTimeEq as _;
@@ -44,7 +44,7 @@ fn record_from_row(row: &AnyRow) -> Result<ProvisionRecord, StoreError> {
         intent: json_column(row, "intent")?,
         target: json_column(row, "target")?,
         operation: json_column(row, "operation")?.unwrap_or_default(),
-        step: row.try_get("step").map_err(read())?,
+        step: step_column(row)?,
         command_id: command_id.max(0) as u64,
         has_agent_token: hash.is_some(),
         agent_seen_at: row.try_get("agent_seen_at").map_err(read())?,
@@ -58,6 +58,14 @@ fn record_from_row(row: &AnyRow) -> Result<ProvisionRecord, StoreError> {
         lease_owner: row.try_get("lease_owner").map_err(read())?,
         lease_expires: row.try_get("lease_expires").map_err(read())?,
     })
+}
+
+fn step_column(row: &AnyRow) -> Result<Option<ProvisionStep>, StoreError> {
+    let text: Option<String> = row.try_get("step").map_err(StoreError::query("reading a provisioning record"))?;
+    text.map(|text| {
+        ProvisionStep::parse(&text).ok_or_else(|| StoreError::Corrupt { message: format!("unknown provisioning step '{text}'") })
+    })
+    .transpose()
 }
 
 async fn record_of(connection: &mut AnyConnection, node_id: &str) -> Result<Option<ProvisionRecord>, StoreError> {
@@ -289,7 +297,7 @@ impl Store {
             .bind(i64::from(transition.consume_intent))
             .bind(to_json(&transition.target))
             .bind(serde_json::to_string(&transition.operation).expect("operations serialize"))
-            .bind(transition.step.as_deref())
+            .bind(transition.step.map(ProvisionStep::as_str))
             .bind(i64::from(transition.new_command))
             .bind(transition.deadline)
             .bind(transition.due_at)

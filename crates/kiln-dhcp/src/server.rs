@@ -1,7 +1,7 @@
 //! The DHCP server: a socket bound to one interface, the inventory for reservations, and a
 //! small in-memory pool for machines without one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use crate::config::{DhcpConfig, DhcpMode};
 use crate::decide::{Binding, client_mac, decide};
 use crate::leases::{LeaseLog, now_unix};
+use crate::pool::{Lease, Pool, PoolContext, PoolRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
@@ -46,28 +47,15 @@ impl Drop for DhcpHandle {
     }
 }
 
-/// Pool leases: in memory for the packet path, persisted by [`LeaseLog`] in batches.
-#[derive(Default)]
-struct Pool {
-    /// Address and expiry (unix seconds) by client.
-    by_mac: HashMap<MacAddress, (Ipv4Addr, u64)>,
-    taken: HashSet<Ipv4Addr>,
-    /// Where the search for a free address resumes, so handing out N addresses costs O(N)
-    /// in all rather than O(N) each.
-    cursor: u32,
-}
-
 struct Server {
     config: DhcpConfig,
     inventory: Arc<Inventory>,
     store: Store,
-    pool: Mutex<Pool>,
+    /// `None` without a configured pool; leases persisted by [`LeaseLog`] in batches.
+    pool: Option<Mutex<Pool>>,
     enrolling: Mutex<HashSet<MacAddress>>,
     leases: Option<LeaseLog>,
 }
-
-/// An offered address is held this long for the client's REQUEST.
-const OFFER_HOLD_SECONDS: u64 = 60;
 
 const MAX_ENROLMENTS_IN_FLIGHT: usize = 8;
 
@@ -93,7 +81,7 @@ pub async fn start(config: DhcpConfig, store: Store, inventory: Arc<Inventory>) 
         DhcpMode::Authoritative => None,
     };
     tracing::info!(interface = %config.interface, mode = ?config.mode, server = %config.server_address, "DHCP server listening");
-    let mut pool = Pool::default();
+    let mut pool = config.pool.map(|(first, last)| Pool::new(first, last));
     let mut tasks = Vec::new();
     let leases = match &config.lease_file {
         Some(path) => {
@@ -101,9 +89,8 @@ pub async fn start(config: DhcpConfig, store: Store, inventory: Arc<Inventory>) 
             let live = crate::leases::load(path, now_unix()).map_err(lease_error)?;
             crate::leases::compact(path, &live).map_err(lease_error)?;
             tracing::info!(leases = live.len(), path = %path.display(), "DHCP leases restored");
-            for (mac, (address, expires)) in live {
-                pool.taken.insert(address);
-                pool.by_mac.insert(mac, (address, expires));
+            if let Some(pool) = &mut pool {
+                pool.restore(live.into_iter().map(|(mac, (address, expires))| (mac, Lease { address, expires })));
             }
             let (log, writer) = LeaseLog::start(path.clone()).map_err(lease_error)?;
             tasks.push(writer);
@@ -111,7 +98,7 @@ pub async fn start(config: DhcpConfig, store: Store, inventory: Arc<Inventory>) 
         }
         None => None,
     };
-    let server = Arc::new(Server { config, inventory, store, pool: Mutex::new(pool), enrolling: Mutex::default(), leases });
+    let server = Arc::new(Server { config, inventory, store, pool: pool.map(Mutex::new), enrolling: Mutex::default(), leases });
     tasks.push(tokio::spawn(serve(Arc::clone(&server), socket, Port::Dhcp)));
     if let Some(pxe_socket) = pxe_socket {
         tasks.push(tokio::spawn(serve(server, pxe_socket, Port::Pxe)));
@@ -217,76 +204,30 @@ impl Server {
         self.pool_address(mac, kind, request).map(|address| Binding { address, hostname: None })
     }
 
+    /// The pool's decision for a machine without a reservation, persisted when it changes
+    /// a lease. Addresses the inventory reserves for nodes are never handed out.
     fn pool_address(&self, mac: MacAddress, kind: MessageType, request: &Message) -> Option<Ipv4Addr> {
-        let (first, last) = self.config.pool?;
-        let now = now_unix();
-        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let pool = &mut *pool;
-        if let Some(&(address, _)) = pool.by_mac.get(&mac) {
-            match kind {
-                MessageType::Release | MessageType::Decline => {
-                    pool.by_mac.remove(&mac);
-                    // A declined address is in use by someone else: keep it out of the pool.
-                    if kind == MessageType::Release {
-                        pool.taken.remove(&address);
-                    }
-                    if let Some(leases) = &self.leases {
-                        leases.record(mac, address, 0);
-                    }
-                    return None;
-                }
-                MessageType::Request => {
-                    let expires = now + u64::from(self.config.lease_seconds);
-                    pool.by_mac.insert(mac, (address, expires));
-                    if let Some(leases) = &self.leases {
-                        leases.record(mac, address, expires);
-                    }
-                }
-                _ => {}
-            }
-            return Some(address);
-        }
-        if kind != MessageType::Discover {
-            // A REQUEST for an address we never offered (a lease from before the log, or
-            // from another server): honour it if it is free and in the pool.
-            let requested = match request.opts().get(OptionCode::RequestedIpAddress) {
-                Some(DhcpOption::RequestedIpAddress(address)) => *address,
-                _ => request.ciaddr(),
-            };
-            let in_pool = (u32::from(first)..=u32::from(last)).contains(&u32::from(requested));
-            if kind == MessageType::Request && in_pool && !pool.taken.contains(&requested) {
-                let expires = now + u64::from(self.config.lease_seconds);
-                pool.taken.insert(requested);
-                pool.by_mac.insert(mac, (requested, expires));
-                if let Some(leases) = &self.leases {
-                    leases.record(mac, requested, expires);
-                }
-                return Some(requested);
-            }
-            return None;
-        }
-        let (first, last) = (u32::from(first), u32::from(last));
-        let find_free = |pool: &Pool| {
-            let start = pool.cursor.clamp(first, last);
-            (start..=last).chain(first..start).map(Ipv4Addr::from).find(|address| !pool.taken.contains(address))
+        let pool = self.pool.as_ref()?;
+        let pool_request = match kind {
+            MessageType::Discover => PoolRequest::Discover,
+            MessageType::Request => PoolRequest::Request {
+                requested: match request.opts().get(OptionCode::RequestedIpAddress) {
+                    Some(DhcpOption::RequestedIpAddress(address)) => *address,
+                    _ => request.ciaddr(),
+                },
+            },
+            MessageType::Release => PoolRequest::Release,
+            MessageType::Decline => PoolRequest::Decline,
+            _ => PoolRequest::Other,
         };
-        let free = match find_free(pool) {
-            Some(free) => free,
-            None => {
-                // Full: take back expired leases and unanswered offers, then look again.
-                let expired: Vec<_> =
-                    pool.by_mac.iter().filter(|(_, (_, expires))| *expires <= now).map(|(mac, (a, _))| (*mac, *a)).collect();
-                for (mac, address) in expired {
-                    pool.by_mac.remove(&mac);
-                    pool.taken.remove(&address);
-                }
-                find_free(pool)?
-            }
-        };
-        pool.cursor = u32::from(free).saturating_add(1);
-        pool.taken.insert(free);
-        pool.by_mac.insert(mac, (free, now + OFFER_HOLD_SECONDS));
-        Some(free)
+        let view = self.inventory.view();
+        let reserved = |address: Ipv4Addr| view.is_assigned(&std::net::IpAddr::V4(address));
+        let context = PoolContext { now: now_unix(), lease_seconds: self.config.lease_seconds, reserved: &reserved };
+        let answer = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).decide(mac, pool_request, &context);
+        if let (Some(change), Some(leases)) = (answer.change, &self.leases) {
+            leases.record(change.mac, change.lease.address, change.lease.expires);
+        }
+        answer.address
     }
 
     /// Adds an unknown machine to the inventory off the packet path; its next DISCOVER finds

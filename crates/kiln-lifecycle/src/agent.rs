@@ -4,8 +4,6 @@
 use kiln_types::ProvisionState;
 use kiln_types::provision::{AgentArtifact, AgentCommand, ProvisionRecord, Then};
 
-use crate::plan::STEP_AGENT;
-
 /// How often an agent with nothing to do asks again.
 pub const IDLE_HEARTBEAT_SECONDS: u32 = 5;
 
@@ -15,7 +13,7 @@ pub const IDLE_HEARTBEAT_SECONDS: u32 = 5;
 /// `capture_path` is where a capture uploads to.
 pub fn agent_command(state: ProvisionState, record: &ProvisionRecord, artifact: Option<AgentArtifact>, capture_path: &str) -> AgentCommand {
     let wait = AgentCommand::Wait { seconds: IDLE_HEARTBEAT_SECONDS };
-    if record.step.as_deref() != Some(STEP_AGENT) || record.agent_result.is_some() {
+    if record.step != Some(kiln_types::provision::ProvisionStep::Agent) || record.agent_result.is_some() {
         return wait;
     }
     let id = record.command_id;

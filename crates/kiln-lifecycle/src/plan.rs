@@ -6,14 +6,7 @@ use std::time::Duration;
 
 use kiln_types::ProvisionState;
 use kiln_types::node::Node;
-use kiln_types::provision::{CleanMode, DeployMode, Intent, Operation, ProvisionRecord, TokenChange, Transition};
-
-/// A step the reconciler carries out while holding the lease; nothing waits in it.
-pub const STEP_POWERING: &str = "powering";
-/// Waiting for the agent: its first heartbeat, then its result.
-pub const STEP_AGENT: &str = "agent";
-/// Waiting for the deployed system to call back.
-pub const STEP_WAIT_CALLBACK: &str = "wait-callback";
+use kiln_types::provision::{CleanMode, DeployMode, Intent, Operation, ProvisionRecord, ProvisionStep, TokenChange, Transition};
 
 /// How long each waiting state may last.
 #[derive(Debug, Clone)]
@@ -95,8 +88,8 @@ fn stay(node: &Node, record: &ProvisionRecord, reason: impl Into<String>) -> Tra
     }
 }
 
-fn to(node: &Node, record: &ProvisionRecord, state: ProvisionState, step: Option<&str>, reason: impl Into<String>) -> Transition {
-    Transition { state, step: step.map(str::to_owned), deadline: None, ..stay(node, record, reason) }
+fn to(node: &Node, record: &ProvisionRecord, state: ProvisionState, step: Option<ProvisionStep>, reason: impl Into<String>) -> Transition {
+    Transition { state, step, deadline: None, ..stay(node, record, reason) }
 }
 
 /// The failure state of the operation a node is in.
@@ -132,7 +125,7 @@ fn start(node: &Node, record: &ProvisionRecord, state: ProvisionState, now: i64,
         keep_lease: true,
         consume_intent: true,
         consume_result: true,
-        ..to(node, record, state, Some(STEP_POWERING), reason)
+        ..to(node, record, state, Some(ProvisionStep::Powering), reason)
     }
 }
 
@@ -156,17 +149,17 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
         // Paused, deadlines included; looked at again in case maintenance ends.
         return Decision::Postpone(now + 5_000);
     }
-    let step = record.step.as_deref();
-    if let (Some(previous), Some(STEP_POWERING)) = (interrupted, step) {
+    let step = record.step;
+    if let (Some(previous), Some(ProvisionStep::Powering)) = (interrupted, step) {
         let reason = format!("interrupted: the server replica {previous} stopped while powering the node for {}", node.provision_state);
         return Decision::Step { actions: vec![], transition: Box::new(failed(node, record, reason)) };
     }
     match node.provision_state {
-        Deploying | Inspecting | Undeploying | Cleaning | Capturing if step == Some(STEP_POWERING) => {
+        Deploying | Inspecting | Undeploying | Cleaning | Capturing if step == Some(ProvisionStep::Powering) => {
             let waiting = |state| Transition {
                 deadline: Some(now + millis(settings.agent_boot_timeout)),
                 due_at: Some(now + millis(settings.agent_boot_timeout)),
-                ..to(node, record, state, Some(STEP_AGENT), "node powered on to boot the agent")
+                ..to(node, record, state, Some(ProvisionStep::Agent), "node powered on to boot the agent")
             };
             let transition = match node.provision_state {
                 Deploying if record.target.as_ref().is_some_and(|target| target.mode == DeployMode::Live) => {
@@ -179,8 +172,8 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
             };
             Decision::Step { actions: vec![Action::BootFromNetwork], transition: Box::new(transition) }
         }
-        WaitAgent | Inspecting | Cleaning | Capturing if step == Some(STEP_AGENT) => agent_waiting(node, record, now, settings),
-        WaitAgent if step == Some(STEP_WAIT_CALLBACK) => {
+        WaitAgent | Inspecting | Cleaning | Capturing if step == Some(ProvisionStep::Agent) => agent_waiting(node, record, now, settings),
+        WaitAgent if step == Some(ProvisionStep::WaitCallback) => {
             if record.callback_at.is_some() {
                 let transition = Transition { consume_result: true, ..to(node, record, Active, None, "the deployed system called back") };
                 Decision::Step { actions: vec![], transition: Box::new(transition) }
@@ -192,7 +185,7 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
         }
         // A waiting state with a step this version does not know: fail rather than hang.
         Deploying | WaitAgent | Inspecting | Undeploying | Cleaning | Capturing => {
-            let reason = format!("no known step '{}' in {}", step.unwrap_or("none"), node.provision_state);
+            let reason = format!("no known step '{}' in {}", step.map_or("none", ProvisionStep::as_str), node.provision_state);
             Decision::Step { actions: vec![], transition: Box::new(failed(node, record, reason)) }
         }
         _ => match &record.intent {
@@ -214,7 +207,7 @@ fn live_booted(node: &Node, record: &ProvisionRecord, now: i64, settings: &Lifec
         Transition {
             deadline: Some(now + millis(settings.callback_timeout)),
             due_at: Some(now + millis(settings.callback_timeout)),
-            ..to(node, record, ProvisionState::WaitAgent, Some(STEP_WAIT_CALLBACK), "node powered on to boot its live image")
+            ..to(node, record, ProvisionState::WaitAgent, Some(ProvisionStep::WaitCallback), "node powered on to boot its live image")
         }
     } else {
         to(node, record, ProvisionState::Active, None, "node powered on to boot its live image")
@@ -291,7 +284,7 @@ fn agent_waiting(node: &Node, record: &ProvisionRecord, now: i64, settings: &Lif
                 let wait = record.target.as_ref().is_some_and(|target| target.wait_for_callback);
                 let transition = if wait {
                     Transition {
-                        step: Some(STEP_WAIT_CALLBACK.to_owned()),
+                        step: Some(ProvisionStep::WaitCallback),
                         deadline: Some(now + millis(settings.callback_timeout)),
                         due_at: Some(now + millis(settings.callback_timeout)),
                         ..done(WaitAgent, "image written; the node reboots from its disk")

@@ -541,6 +541,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Large enough for a discovery file of tens of thousands of nodes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
+impl ServerConfig {
+    /// The same settings with the database URL's password masked, for showing.
+    pub fn redacted(mut self) -> ServerConfig {
+        self.database_url = kiln_db::redact_url(&self.database_url);
+        self
+    }
+}
+
 impl TryFrom<ServerConfigLayer> for ServerConfig {
     type Error = ConfigError;
 

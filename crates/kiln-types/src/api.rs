@@ -9,9 +9,58 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+word_enum! {
+    /// The machine-readable kind of an API error: stable across releases, so clients can
+    /// act on it without reading the message.
+    pub enum ErrorCode {
+        /// A request field or parameter is wrong; the message names it.
+        InvalidInput = "invalid_input",
+        /// No token, or one that is not valid.
+        Unauthorized = "unauthorized",
+        /// The caller may not do this.
+        Forbidden = "forbidden",
+        /// No such resource (or one the caller may not see), or no such endpoint.
+        NotFound = "not_found",
+        /// The request clashes with the resource's current state.
+        Conflict = "conflict",
+        /// The server failed; details are in its log.
+        Internal = "internal",
+        /// A stored blob no longer matches its digest.
+        BlobDamaged = "blob_damaged",
+        /// The blob store (local disk or S3) failed.
+        BlobStore = "blob_store",
+        /// The server has no space left for the bytes.
+        StorageFull = "storage_full",
+        /// Another request is writing this upload.
+        UploadBusy = "upload_busy",
+        /// An upload's body was sent from another offset than the upload holds.
+        OffsetMismatch = "offset_mismatch",
+        /// The uploaded or imported bytes are not the image they claim to be.
+        InvalidImage = "invalid_image",
+        /// An import's source could not be fetched.
+        ImportFailed = "import_failed",
+        /// A block map was asked of an image that has none.
+        NotMapped = "not_mapped",
+        /// A `Range` outside the artifact.
+        RangeNotSatisfiable = "range_not_satisfiable",
+        /// A template did not render.
+        RenderFailed = "render_failed",
+        /// The node's BMC did not answer.
+        BmcUnreachable = "bmc_unreachable",
+        /// The node's BMC refused the credentials.
+        BmcAuthentication = "bmc_authentication",
+        /// The node's BMC answered something Kiln does not understand.
+        BmcProtocol = "bmc_protocol",
+        /// The node's BMC refused the operation.
+        BmcRefused = "bmc_refused",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `not_found`, `invalid_input`, `conflict`, `unauthorized`, ...
+    /// Stable and machine-readable. Kept as text on the wire, so a client meeting a code
+    /// from a newer server still reads the message.
+    #[schema(value_type = ErrorCode)]
     pub code: String,
     pub message: String,
 }

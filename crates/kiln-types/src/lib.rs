@@ -4,7 +4,12 @@
 //! bad value can be reported with the path of the field that holds it; `TryFrom` turns them
 //! into validated specs that the store accepts without re-checking.
 
+#[macro_use]
+mod words;
+
 pub mod api;
+pub mod bmc;
+pub mod boot;
 pub mod cloud_init;
 pub mod discovery;
 pub mod image;

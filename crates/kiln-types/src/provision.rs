@@ -219,14 +219,26 @@ pub struct Progress {
     pub rate: Option<u64>,
 }
 
+word_enum! {
+    /// Where a node is inside its provisioning state: what the lifecycle waits for next.
+    pub enum ProvisionStep {
+        /// A step the reconciler carries out while holding the lease; nothing waits in it.
+        Powering = "powering",
+        /// Waiting for the agent: its first heartbeat, then its result.
+        Agent = "agent",
+        /// Waiting for the deployed system to call back.
+        WaitCallback = "wait-callback",
+    }
+}
+
 /// A node's provisioning as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProvisionStatus {
     pub node: String,
     pub provision_state: ProvisionState,
     pub maintenance: bool,
-    /// What is being done inside the state (`powering-on`, `agent-working`, `rebooting`…).
-    pub step: Option<String>,
+    /// What the state waits for next (`powering`, `agent`, `wait-callback`).
+    pub step: Option<ProvisionStep>,
     /// A request recorded and not yet taken up by the reconciler.
     pub pending: Option<Intent>,
     /// The deploy under way, or the last one.
@@ -458,7 +470,7 @@ pub struct ProvisionRecord {
     pub intent: Option<Intent>,
     pub target: Option<DeployTarget>,
     pub operation: Operation,
-    pub step: Option<String>,
+    pub step: Option<ProvisionStep>,
     /// Bumped for every command handed to an agent, so a result names what it answers.
     pub command_id: u64,
     pub has_agent_token: bool,
@@ -489,7 +501,7 @@ pub enum TokenChange {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     pub state: ProvisionState,
-    pub step: Option<String>,
+    pub step: Option<ProvisionStep>,
     pub target: Option<DeployTarget>,
     pub operation: Operation,
     pub token: TokenChange,

@@ -72,7 +72,7 @@ impl Sim {
                     "{:?} -> {}{}{}{}{}{}",
                     actions,
                     transition.state,
-                    transition.step.as_deref().map(|step| format!("/{step}")).unwrap_or_default(),
+                    transition.step.map(|step| format!("/{step}")).unwrap_or_default(),
                     match transition.token {
                         TokenChange::Keep => "",
                         TokenChange::Mint => " +token",

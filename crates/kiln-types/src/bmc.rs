@@ -1,0 +1,164 @@
+//! What the API says about BMCs: power states and actions, boot devices, system facts,
+//! fault kinds and Redfish discovery's input and report. The drivers are `kiln-bmc`'s.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::MacAddress;
+
+/// A node's power, as its BMC reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerState {
+    On,
+    Off,
+    PoweringOn,
+    PoweringOff,
+    Unknown,
+}
+
+impl PowerState {
+    /// The name the API and the event log use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerState::On => "on",
+            PowerState::Off => "off",
+            PowerState::PoweringOn => "powering-on",
+            PowerState::PoweringOff => "powering-off",
+            PowerState::Unknown => "unknown",
+        }
+    }
+}
+
+/// What to do to a node's power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerAction {
+    On,
+    /// Ask the operating system to shut down (ACPI).
+    Off,
+    /// Cut the power.
+    ForceOff,
+    /// Restart at once, without shutting down.
+    Reset,
+    /// Off, then on.
+    Cycle,
+}
+
+/// The device a node boots from next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BootDevice {
+    Pxe,
+    Disk,
+}
+
+/// Firmware mode for the next boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    Bios,
+    Uefi,
+}
+
+/// What the BMC knows about its system.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SystemFacts {
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial_number: Option<String>,
+    pub uuid: Option<String>,
+    #[schema(value_type = Vec<String>)]
+    pub macs: Vec<MacAddress>,
+    pub processors: Option<u32>,
+    pub memory_gib: Option<f64>,
+    pub power_state: Option<PowerState>,
+}
+
+/// How a BMC failed, for the power-state sync: a node whose BMC keeps failing goes into
+/// maintenance with this recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Nothing answered, or not in time.
+    Unreachable,
+    /// The BMC refused the credentials.
+    Authentication,
+    /// Something answered, but not as a BMC should (not Redfish, malformed, 5xx).
+    Protocol,
+    /// The BMC understood and refused the request.
+    Refused,
+}
+
+impl FaultKind {
+    /// The name the API and the power readings use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Unreachable => "unreachable",
+            FaultKind::Authentication => "authentication",
+            FaultKind::Protocol => "protocol",
+            FaultKind::Refused => "refused",
+        }
+    }
+}
+
+/// The API's answer about a node's power.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PowerStatus {
+    pub node: String,
+    pub power_state: PowerState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PowerRequest {
+    pub action: PowerAction,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BootDeviceRequest {
+    pub device: BootDevice,
+    /// Only for the next boot [default: false: every boot].
+    #[serde(default)]
+    pub once: bool,
+    pub mode: Option<BootMode>,
+}
+
+/// What `POST /v1/discover/redfish` takes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RedfishDiscoveryInput {
+    /// `HOST`, `HOST:PORT` or `HOST:FIRST-LAST`.
+    pub targets: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Accept any TLS certificate (recorded on the nodes found).
+    #[serde(default)]
+    pub insecure: bool,
+    /// `https` or `http` [default: https]
+    pub scheme: Option<String>,
+    /// Targets scanned at once [default: 32]
+    pub concurrency: Option<usize>,
+    /// Seconds one target may take to answer [default: 5]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// A target that answered, but not usefully.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DiscoveryFailure {
+    pub target: String,
+    pub fault: FaultKind,
+    pub error: String,
+}
+
+/// What a Redfish discovery found and did.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RedfishDiscoveryReport {
+    pub targets: usize,
+    /// Targets where nothing listened.
+    pub absent: usize,
+    pub services: usize,
+    pub systems: usize,
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub failures: Vec<DiscoveryFailure>,
+}
