@@ -10,14 +10,14 @@ use anyhow::{Context as _, bail};
 
 /// The server as the kernel command line names it: `http://HOST:PORT`.
 #[derive(Debug, Clone)]
-pub struct Server {
+pub(crate) struct Server {
     pub host_port: String,
     pub token: String,
     pub timeout: Duration,
 }
 
 impl Server {
-    pub fn parse(url: &str, token: &str) -> anyhow::Result<Server> {
+    pub(crate) fn parse(url: &str, token: &str) -> anyhow::Result<Server> {
         let rest = url.strip_prefix("http://").with_context(|| format!("server URL '{url}' must start with http://"))?;
         let host_port = rest.trim_end_matches('/').to_owned();
         if host_port.is_empty() || host_port.contains('/') {
@@ -28,7 +28,7 @@ impl Server {
     }
 
     /// Sends a request; the response's body is left to read from the returned value.
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> anyhow::Result<Response> {
+    pub(crate) fn request(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> anyhow::Result<Response> {
         let mut stream = TcpStream::connect(&self.host_port).with_context(|| format!("connecting to {}", self.host_port))?;
         stream.set_read_timeout(Some(self.timeout))?;
         stream.set_write_timeout(Some(self.timeout))?;
@@ -51,7 +51,7 @@ impl Server {
 
     /// Sends `body` as the request body in chunked transfer encoding (its length is not
     /// known ahead: a compressed disk) and decodes the JSON answer.
-    pub fn put_stream(&self, path: &str, body: &mut dyn Read) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn put_stream(&self, path: &str, body: &mut dyn Read) -> anyhow::Result<serde_json::Value> {
         let mut stream = TcpStream::connect(&self.host_port).with_context(|| format!("connecting to {}", self.host_port))?;
         stream.set_read_timeout(Some(self.timeout * 10))?;
         stream.set_write_timeout(Some(self.timeout))?;
@@ -83,7 +83,11 @@ impl Server {
     }
 
     /// POSTs JSON and decodes a JSON answer (or nothing, for 204).
-    pub fn post_json<T: serde::Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, value: &T) -> anyhow::Result<Option<R>> {
+    pub(crate) fn post_json<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        value: &T,
+    ) -> anyhow::Result<Option<R>> {
         let body = serde_json::to_vec(value)?;
         let mut response = self.request("POST", path, &[("Content-Type", "application/json".into())], &body)?;
         let text = response.text()?;
@@ -99,7 +103,7 @@ impl Server {
 
 /// A status the server answered with, kept so callers can tell 401 from the rest.
 #[derive(Debug)]
-pub struct HttpStatus {
+pub(crate) struct HttpStatus {
     pub status: u16,
     pub body: String,
 }
@@ -113,7 +117,7 @@ impl std::fmt::Display for HttpStatus {
 impl std::error::Error for HttpStatus {}
 
 /// A response whose body is read as a stream, bounded by Content-Length.
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     body: std::io::Take<BufReader<TcpStream>>,
@@ -155,11 +159,11 @@ impl Response {
         Ok(Response { status, headers, body, content_length })
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    pub fn text(&mut self) -> anyhow::Result<String> {
+    pub(crate) fn text(&mut self) -> anyhow::Result<String> {
         let mut text = String::new();
         self.body.by_ref().take(1 << 20).read_to_string(&mut text).context("reading a response")?;
         Ok(text)

@@ -10,7 +10,7 @@ fn read(path: impl AsRef<Path>) -> Option<String> {
 }
 
 /// The whole inventory of this machine, under `root` (`/` on a node; a fixture in tests).
-pub fn inventory(root: &Path) -> HardwareInventory {
+pub(crate) fn inventory(root: &Path) -> HardwareInventory {
     let cpuinfo = read(root.join("proc/cpuinfo")).unwrap_or_default();
     let cpu_count = cpuinfo.lines().filter(|line| line.starts_with("processor")).count() as u32;
     let cpu_model = cpuinfo
@@ -44,7 +44,7 @@ pub fn inventory(root: &Path) -> HardwareInventory {
 }
 
 /// Whole disks: not partitions, loop, RAM or optical devices.
-pub fn disks(root: &Path) -> Vec<DiskInfo> {
+pub(crate) fn disks(root: &Path) -> Vec<DiskInfo> {
     let mut disks = Vec::new();
     let Ok(entries) = std::fs::read_dir(root.join("sys/block")) else { return disks };
     for entry in entries.flatten() {

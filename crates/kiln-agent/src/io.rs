@@ -16,14 +16,14 @@ use kiln_types::provision::BlockMap;
 use sha2::{Digest as _, Sha256};
 
 /// Where a resumable download gets its bytes: a stream of the bytes in `range`.
-pub trait RangeSource {
+pub(crate) trait RangeSource {
     fn open(&mut self, range: Range<u64>) -> io::Result<Box<dyn Read + Send>>;
 }
 
 /// A download of a range of bytes that, when its stream fails or ends early, opens a new
 /// one at the byte where it stopped: at most `max_retries` times in a row without progress,
 /// and never past `deadline`.
-pub struct ResumingDownload<S: RangeSource> {
+pub(crate) struct ResumingDownload<S: RangeSource> {
     source: S,
     /// Where the download ends (exclusive).
     size: u64,
@@ -38,12 +38,12 @@ pub struct ResumingDownload<S: RangeSource> {
 
 impl<S: RangeSource> ResumingDownload<S> {
     /// The whole of an artifact of `size` bytes.
-    pub fn new(source: S, size: u64, max_retries: u32, total_time: Duration) -> Self {
+    pub(crate) fn new(source: S, size: u64, max_retries: u32, total_time: Duration) -> Self {
         Self::of_range(source, 0..size, max_retries, Instant::now() + total_time)
     }
 
     /// The bytes in `range`.
-    pub fn of_range(source: S, range: Range<u64>, max_retries: u32, deadline: Instant) -> Self {
+    pub(crate) fn of_range(source: S, range: Range<u64>, max_retries: u32, deadline: Instant) -> Self {
         ResumingDownload {
             source,
             size: range.end,
@@ -113,20 +113,20 @@ impl<S: RangeSource> Read for ResumingDownload<S> {
 }
 
 /// Passes bytes through, hashing them with SHA-256 and counting them.
-pub struct HashingReader<R> {
+pub(crate) struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
     pub bytes: u64,
 }
 
 impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         HashingReader { inner, hasher: Sha256::new(), bytes: 0 }
     }
 
     /// Reads what is left to the end (so the hash covers everything the server sent, even
     /// bytes after a compressed stream's end), then gives the hex digest.
-    pub fn finish(mut self) -> io::Result<(String, u64)> {
+    pub(crate) fn finish(mut self) -> io::Result<(String, u64)> {
         io::copy(&mut self, &mut io::sink())?;
         Ok((hex(&self.hasher.finalize()), self.bytes))
     }
@@ -141,12 +141,12 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The decompressor for `compression`, reading from `inner`.
-pub fn decompressor<'a, R: Read + 'a>(inner: R, compression: Option<Compression>) -> io::Result<Box<dyn Read + 'a>> {
+pub(crate) fn decompressor<'a, R: Read + 'a>(inner: R, compression: Option<Compression>) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match compression {
         None => Box::new(inner),
         Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(inner)),
@@ -157,7 +157,7 @@ pub fn decompressor<'a, R: Read + 'a>(inner: R, compression: Option<Compression>
 
 /// What a [`SparseWriter`] does with a run of all-zero blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ZeroBlocks {
+pub(crate) enum ZeroBlocks {
     /// Leave them: the target reads as zeros already (a new file, a discarded disk).
     Skip,
     /// Ask the disk to zero them (BLKZEROOUT; cheap where the disk supports write-zeroes),
@@ -167,14 +167,14 @@ pub enum ZeroBlocks {
 
 /// Counts bytes written, for progress reports read from another thread.
 #[derive(Debug, Default)]
-pub struct ProgressCounter {
+pub(crate) struct ProgressCounter {
     pub bytes: AtomicU64,
 }
 
 /// Reads ahead on a thread of its own, so that the stages before it (download, hashing)
 /// run while the stages after it (decompression, writing) do: two cores, two halves of
 /// the pipeline. `finish` hands the inner reader back once everything it read was taken.
-pub struct ReadAhead<R> {
+pub(crate) struct ReadAhead<R> {
     receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     position: usize,
@@ -182,7 +182,7 @@ pub struct ReadAhead<R> {
 }
 
 impl<R: Read + Send + 'static> ReadAhead<R> {
-    pub fn spawn(mut inner: R, chunk: usize, depth: usize) -> Self {
+    pub(crate) fn spawn(mut inner: R, chunk: usize, depth: usize) -> Self {
         let (sender, receiver) = std::sync::mpsc::sync_channel(depth);
         let thread = std::thread::spawn(move || {
             loop {
@@ -224,7 +224,7 @@ impl<R: Read + Send + 'static> ReadAhead<R> {
 
     /// Discards what was read ahead and not taken (it was hashed all the same), and gives
     /// back the inner reader; an error the thread met is returned.
-    pub fn finish(mut self) -> io::Result<R> {
+    pub(crate) fn finish(mut self) -> io::Result<R> {
         for chunk in self.receiver.iter() {
             chunk?;
         }
@@ -251,7 +251,7 @@ impl<R> Read for ReadAhead<R> {
 }
 
 /// `io::copy` with a buffer large enough that a stage is called once per MiB, not per 8 KiB.
-pub fn copy_large(reader: &mut dyn Read, writer: &mut dyn Write) -> io::Result<u64> {
+pub(crate) fn copy_large(reader: &mut dyn Read, writer: &mut dyn Write) -> io::Result<u64> {
     let mut buffer = vec![0u8; 1 << 20];
     let mut total = 0;
     loop {
@@ -267,7 +267,7 @@ pub fn copy_large(reader: &mut dyn Read, writer: &mut dyn Write) -> io::Result<u
 }
 
 /// Passes bytes through, adding their count to a shared counter.
-pub struct CountingReader<R> {
+pub(crate) struct CountingReader<R> {
     pub inner: R,
     pub counter: Arc<ProgressCounter>,
 }
@@ -283,7 +283,7 @@ impl<R: Read> Read for CountingReader<R> {
 /// Writes a stream to a file or disk at increasing offsets in pieces of `buffer` size,
 /// writing only the blocks that hold a non-zero byte; runs of zero blocks are skipped or
 /// zeroed as `zeros` says.
-pub struct SparseWriter {
+pub(crate) struct SparseWriter {
     file: File,
     /// The same file opened with O_DIRECT, for the aligned bulk of the writes: copying
     /// gigabytes through the page cache costs more than the disk (measured: BENCHMARKS.md).
@@ -299,10 +299,10 @@ pub struct SparseWriter {
 }
 
 impl SparseWriter {
-    pub const BUFFER: usize = 4 << 20;
-    pub const BLOCK: usize = 64 << 10;
+    pub(crate) const BUFFER: usize = 4 << 20;
+    pub(crate) const BLOCK: usize = 64 << 10;
 
-    pub fn new(file: File, zeros: ZeroBlocks, progress: Arc<ProgressCounter>) -> Self {
+    pub(crate) fn new(file: File, zeros: ZeroBlocks, progress: Arc<ProgressCounter>) -> Self {
         SparseWriter {
             file,
             direct: None,
@@ -317,7 +317,7 @@ impl SparseWriter {
     }
 
     /// Writes aligned runs through `direct` (the same file, opened with O_DIRECT).
-    pub fn with_direct(mut self, direct: Option<File>) -> Self {
+    pub(crate) fn with_direct(mut self, direct: Option<File>) -> Self {
         self.direct = direct;
         self
     }
@@ -369,7 +369,7 @@ impl SparseWriter {
     }
 
     /// Writes what is buffered and flushes it to stable storage; returns the bytes taken in.
-    pub fn finish(mut self) -> io::Result<u64> {
+    pub(crate) fn finish(mut self) -> io::Result<u64> {
         self.flush_buffer()?;
         // A regular file gets its full length even if it ends in skipped zeros.
         if self.file.metadata()?.file_type().is_file() && self.file.metadata()?.len() < self.offset {
@@ -462,7 +462,7 @@ fn zero_out(file: &File, offset: u64, length: u64, zeros: &[u8]) -> io::Result<(
 
 /// Zeroes `length` bytes of a disk at `offset`: BLKZEROOUT where the device has it, else
 /// writes of zeros.
-pub fn zero_range(file: &File, offset: u64, length: u64) -> io::Result<()> {
+pub(crate) fn zero_range(file: &File, offset: u64, length: u64) -> io::Result<()> {
     const PIECE: u64 = 4 << 20;
     let zeros = vec![0u8; PIECE.min(length) as usize];
     let mut done = 0;
@@ -483,7 +483,7 @@ pub fn zero_range(file: &File, offset: u64, length: u64) -> io::Result<()> {
 /// overwrites, which run side by side under a shared lock (measured: BENCHMARKS.md). A
 /// filesystem without `fallocate` is written as before; a full one fails here, before any
 /// download.
-pub fn preallocate_data_chunks(file: &File, map: &BlockMap) -> io::Result<()> {
+pub(crate) fn preallocate_data_chunks(file: &File, map: &BlockMap) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
     file.set_len(map.size)?;
     for (first, count) in map.runs(usize::MAX) {
@@ -527,7 +527,7 @@ struct VerifiedChunk {
 /// connection, as [`ResumingDownload`] does. Returns the bytes written; `progress` counts
 /// the chunks' bytes as they land.
 #[allow(clippy::too_many_arguments)]
-pub fn write_mapped<S: RangeSource>(
+pub(crate) fn write_mapped<S: RangeSource>(
     open_source: &(dyn Fn() -> S + Sync),
     map: &BlockMap,
     file: &File,

@@ -21,14 +21,14 @@ use crate::io::{
 
 /// Where the agent writes: the machine's disks, or (for simulations and tests) one file.
 #[derive(Debug, Clone)]
-pub enum Disks {
+pub(crate) enum Disks {
     Machine,
     File(PathBuf),
 }
 
 impl Disks {
     /// The disk the hints choose, as a path and its description.
-    pub fn root_device(&self, hints: &RootDeviceHints) -> anyhow::Result<(PathBuf, DiskInfo)> {
+    pub(crate) fn root_device(&self, hints: &RootDeviceHints) -> anyhow::Result<(PathBuf, DiskInfo)> {
         match self {
             Disks::File(path) => {
                 let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -76,7 +76,7 @@ impl RangeSource for HttpRange {
 
 /// How a deploy went, for the result and the log.
 #[derive(Debug)]
-pub struct Deployed {
+pub(crate) struct Deployed {
     pub device: PathBuf,
     pub image_bytes: u64,
     pub written_bytes: u64,
@@ -85,7 +85,7 @@ pub struct Deployed {
 /// Streams the artifact onto the chosen disk: download (resuming), hash, decompress, write
 /// (skipping zero blocks), check the hash after draining the stream, flush. On any failure
 /// the disk's partition tables are wiped, so a half-written disk never boots.
-pub fn deploy(
+pub(crate) fn deploy(
     server: &Server,
     disks: &Disks,
     artifact: &AgentArtifact,
@@ -215,7 +215,7 @@ const MIB: u64 = 1 << 20;
 
 /// Erases what makes a disk bootable or recognisable: the first and last MiB (MBR, GPT and
 /// its backup, most filesystem and RAID signatures) and the first MiB of each partition.
-pub fn wipe_signatures(device: &Path, size: u64) -> anyhow::Result<()> {
+pub(crate) fn wipe_signatures(device: &Path, size: u64) -> anyhow::Result<()> {
     let file = OpenOptions::new().write(true).open(device).with_context(|| format!("opening {}", device.display()))?;
     let size = if size == 0 { file.metadata()?.len() } else { size };
     let zeros = vec![0u8; MIB as usize];
@@ -253,7 +253,7 @@ fn reread_partitions(file: &File) {
 
 /// Cleans a disk: `fast` wipes signatures; `full` discards every block where the disk can,
 /// else zeroes it.
-pub fn clean(disks: &Disks, mode: CleanMode, progress: Arc<ProgressCounter>) -> anyhow::Result<Vec<String>> {
+pub(crate) fn clean(disks: &Disks, mode: CleanMode, progress: Arc<ProgressCounter>) -> anyhow::Result<Vec<String>> {
     let targets: Vec<(PathBuf, u64)> = match disks {
         Disks::File(path) => vec![(path.clone(), std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))],
         Disks::Machine => crate::inspect::disks(Path::new("/"))
@@ -298,7 +298,13 @@ fn erase_all(device: &Path, size: u64, progress: &ProgressCounter) -> anyhow::Re
 
 /// Reads the root device the hints choose and sends it, zstd-compressed (runs of zeros
 /// shrink to almost nothing), to the server, which stores it as a new image version.
-pub fn capture(api: &Server, disks: &Disks, hints: &RootDeviceHints, upload_path: &str, read: Arc<ProgressCounter>) -> anyhow::Result<i64> {
+pub(crate) fn capture(
+    api: &Server,
+    disks: &Disks,
+    hints: &RootDeviceHints,
+    upload_path: &str,
+    read: Arc<ProgressCounter>,
+) -> anyhow::Result<i64> {
     let (device, _) = disks.root_device(hints)?;
     let file = File::open(&device).with_context(|| format!("opening {}", device.display()))?;
     eprintln!("kiln-agent: capturing {}", device.display());

@@ -232,7 +232,27 @@ async fn live_script(
 /// A booted system's proof of life: records an event for the node with this MAC.
 #[utoipa::path(get, path = "/boot/v1/phone-home", tag = "boot", params(MacQuery), security(()),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn phone_home(
+pub(crate) async fn phone_home(
+    state: State<ApiState>,
+    peer: ConnectInfo<std::net::SocketAddr>,
+    query: QueryParams<MacQuery>,
+) -> ApiResult<StatusCode> {
+    record_phone_home(state, peer, query).await
+}
+
+/// The same proof of life as a POST, as cloud-init's `phone_home` module sends it (its form
+/// body is not read: the MAC in the query names the node).
+#[utoipa::path(post, path = "/boot/v1/phone-home", tag = "boot", operation_id = "phone_home_post", params(MacQuery), security(()),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn phone_home_post(
+    state: State<ApiState>,
+    peer: ConnectInfo<std::net::SocketAddr>,
+    query: QueryParams<MacQuery>,
+) -> ApiResult<StatusCode> {
+    record_phone_home(state, peer, query).await
+}
+
+async fn record_phone_home(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     QueryParams(query): QueryParams<MacQuery>,
@@ -315,13 +335,15 @@ async fn served_file(root: &std::path::Path, path: &str) -> ServedFile {
 /// What the boot listener sends for a path: a file of `/boot/files/` or `/boot/ipxe/`, a
 /// public image's artifact from the local blob store, or nothing (the router answers).
 pub async fn resolve_boot_file(state: &ApiState, path: &str, headers: &axum::http::HeaderMap) -> Resolved {
-    let (root, relative) = if let Some(node_id) = path.strip_prefix("/agent/v1/nodes/").and_then(|rest| rest.strip_suffix("/artifact")) {
+    use crate::routes::{AGENT_ARTIFACT_SUFFIX, AGENT_NODES_PREFIX, BOOT_FILES_PREFIX, BOOT_IMAGES_PREFIX, BOOT_IPXE_PREFIX};
+    let below = |prefix: &str| path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/'));
+    let (root, relative) = if let Some(node_id) = below(AGENT_NODES_PREFIX).and_then(|rest| rest.strip_suffix(AGENT_ARTIFACT_SUFFIX)) {
         return crate::provision::resolve_agent_artifact(state, headers, node_id).await;
-    } else if let Some(relative) = path.strip_prefix("/boot/files/") {
+    } else if let Some(relative) = below(BOOT_FILES_PREFIX) {
         (&state.boot.files_dir, relative)
-    } else if let Some(relative) = path.strip_prefix("/boot/ipxe/") {
+    } else if let Some(relative) = below(BOOT_IPXE_PREFIX) {
         (&state.boot.ipxe_dir, relative)
-    } else if let Some(rest) = path.strip_prefix("/boot/images/") {
+    } else if let Some(rest) = below(BOOT_IMAGES_PREFIX) {
         return crate::images::resolve_boot_artifact(state, rest).await;
     } else {
         return Resolved::Route;

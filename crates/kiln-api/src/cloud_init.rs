@@ -73,7 +73,7 @@ pub async fn set_defaults(
     Ok(Json(stored))
 }
 
-#[utoipa::path(get, path = "/v1/cloud-init/groups", tag = "cloud-init", responses((status = 200, body = Vec<CloudInitGroup>)))]
+#[utoipa::path(get, path = "/v1/cloud-init/groups", tag = "cloud-init", operation_id = "cloud_init_list_groups", responses((status = 200, body = Vec<CloudInitGroup>)))]
 pub async fn list_groups(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<CloudInitGroup>>> {
     Ok(Json(state.store.list_cloud_init_groups(&caller.read_scope()).await?))
 }
@@ -100,14 +100,16 @@ pub async fn set_groups(
     Ok(Json(groups))
 }
 
-#[utoipa::path(get, path = "/v1/cloud-init/groups/{group}", tag = "cloud-init",
+#[utoipa::path(get, path = "/v1/cloud-init/groups/{group}", tag = "cloud-init", operation_id = "cloud_init_get_group",
+    params(("group" = String, Path, description = "Group name")),
     responses((status = 200, body = CloudInitGroup), (status = 404, body = ErrorBody)))]
 pub async fn get_group(State(state): State<ApiState>, caller: Caller, Path(group): Path<String>) -> ApiResult<Json<CloudInitGroup>> {
     Ok(Json(state.store.get_cloud_init_group(&group, &caller.read_scope()).await?))
 }
 
 /// Removes a group's cloud-init config (the group stays).
-#[utoipa::path(delete, path = "/v1/cloud-init/groups/{group}", tag = "cloud-init",
+#[utoipa::path(delete, path = "/v1/cloud-init/groups/{group}", tag = "cloud-init", operation_id = "cloud_init_delete_group",
+    params(("group" = String, Path, description = "Group name")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_group(State(state): State<ApiState>, caller: Caller, Path(group): Path<String>) -> ApiResult<StatusCode> {
     state.store.delete_cloud_init_group(&caller.user, &group, &caller.write_scope()).await?;
@@ -118,6 +120,7 @@ pub async fn delete_group(State(state): State<ApiState>, caller: Caller, Path(gr
 /// What the group's cloud-config becomes on `node`: the template rendered with the
 /// meta-data the node is served.
 #[utoipa::path(get, path = "/v1/cloud-init/groups/{group}/render/{node}", tag = "cloud-init",
+    params(("group" = String, Path, description = "Group name"), ("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn render_group(
     State(state): State<ApiState>,
@@ -161,7 +164,8 @@ pub async fn set_nodes(
     Ok(Json(nodes))
 }
 
-#[utoipa::path(get, path = "/v1/cloud-init/nodes/{node}", tag = "cloud-init",
+#[utoipa::path(get, path = "/v1/cloud-init/nodes/{node}", tag = "cloud-init", operation_id = "cloud_init_get_node",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, body = CloudInitNode), (status = 404, body = ErrorBody)))]
 pub async fn get_node(State(state): State<ApiState>, caller: Caller, Path(node): Path<String>) -> ApiResult<Json<CloudInitNode>> {
     Ok(Json(state.store.get_cloud_init_node(&node, &caller.read_scope()).await?))
@@ -169,6 +173,7 @@ pub async fn get_node(State(state): State<ApiState>, caller: Caller, Path(node):
 
 /// The node's merged meta-data, as the node reads it on `/cloud-init/` (no secrets).
 #[utoipa::path(get, path = "/v1/cloud-init/nodes/{node}/meta-data", tag = "cloud-init",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
 pub async fn node_meta_data(
     State(state): State<ApiState>,
@@ -181,6 +186,7 @@ pub async fn node_meta_data(
 }
 
 #[utoipa::path(get, path = "/v1/cloud-init/nodes/{node}/vendor-data", tag = "cloud-init",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)))]
 pub async fn node_vendor_data(State(state): State<ApiState>, caller: Caller, Path(node): Path<String>) -> ApiResult<Response> {
     let view = state.inventory.view();
@@ -192,6 +198,7 @@ pub async fn node_vendor_data(State(state): State<ApiState>, caller: Caller, Pat
 /// Mints the node's token for `/cloud-init-secure/`, replacing the previous one. The token
 /// is shown in this answer only.
 #[utoipa::path(post, path = "/v1/cloud-init/nodes/{node}/token", tag = "cloud-init",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 201, body = CloudInitToken), (status = 404, body = ErrorBody)))]
 pub async fn mint_token(
     State(state): State<ApiState>,
@@ -431,7 +438,8 @@ fn node_of_token<'a>(view: &'a InventoryView, token: &str) -> ApiResult<&'a Arc<
 
 /// `/cloud-init-secure/<token>/<document>`: the token's node, with its secrets. The token
 /// sits in the path so stock cloud-init can use it (`ds=nocloud-net;s=<seed_url>`).
-#[utoipa::path(get, path = "/cloud-init-secure/{token}/{document}", tag = "cloud-init", security(()),
+#[utoipa::path(get, path = "/cloud-init-secure/{token}/{document}", tag = "cloud-init",
+    params(("token" = String, Path, description = "The node's cloud-init token"), ("document" = String, Path, description = "meta-data, user-data, vendor-data or GROUP.yaml")), security(()),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)))]
 pub async fn secure_document(
     State(state): State<ApiState>,
@@ -446,7 +454,8 @@ pub async fn secure_document(
 
 /// `/cloud-init-secure/<document>` with `Authorization: Bearer <node token>` (OpenCHAMI's
 /// secure path).
-#[utoipa::path(get, path = "/cloud-init-secure/{document}", tag = "cloud-init", security(()),
+#[utoipa::path(get, path = "/cloud-init-secure/{document}", tag = "cloud-init",
+    params(("document" = String, Path, description = "meta-data, user-data, vendor-data or GROUP.yaml")), security(()),
     responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn secure_document_bearer(
     State(state): State<ApiState>,
@@ -470,6 +479,7 @@ pub async fn secure_document_bearer(
 /// `/cloud-init/admin/impersonation/<node>/<document>`: what `node` is served, for an
 /// administrator, when impersonation is enabled.
 #[utoipa::path(get, path = "/cloud-init/admin/impersonation/{node}/{document}", tag = "cloud-init",
+    params(("node" = String, Path, description = "Name, xname or id of the node"), ("document" = String, Path, description = "meta-data, user-data, vendor-data or GROUP.yaml")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn impersonate(
     State(state): State<ApiState>,

@@ -15,7 +15,7 @@ use crate::extract::QueryParams;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct EventQuery {
+pub(crate) struct EventQuery {
     /// Only events with a greater id (for following the log).
     after: Option<i64>,
     /// At most this many events (default 100, at most 1000).
@@ -27,7 +27,7 @@ pub struct EventQuery {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery), responses((status = 200, body = Vec<Event>)))]
-pub async fn list_events(
+pub(crate) async fn list_events(
     State(state): State<ApiState>,
     caller: Caller,
     QueryParams(query): QueryParams<EventQuery>,

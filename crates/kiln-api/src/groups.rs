@@ -14,13 +14,13 @@ use crate::extract::JsonBody;
 type ErrorBody = kiln_types::api::ErrorBody;
 
 #[utoipa::path(get, path = "/v1/groups", tag = "groups", responses((status = 200, body = Vec<Group>)))]
-pub async fn list_groups(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<Group>>> {
+pub(crate) async fn list_groups(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<Group>>> {
     Ok(Json(state.store.list_groups(&caller.read_scope()).await?))
 }
 
 #[utoipa::path(post, path = "/v1/groups", tag = "groups", request_body = GroupInput,
     responses((status = 201, body = Group), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_group(
+pub(crate) async fn create_group(
     State(state): State<ApiState>,
     caller: Caller,
     JsonBody(input): JsonBody<GroupInput>,
@@ -37,13 +37,13 @@ pub async fn create_group(
 
 #[utoipa::path(get, path = "/v1/groups/{group}", tag = "groups", params(("group" = String, Path)),
     responses((status = 200, body = Group), (status = 404, body = ErrorBody)))]
-pub async fn get_group(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Group>> {
+pub(crate) async fn get_group(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Group>> {
     Ok(Json(state.store.get_group(&name, &caller.read_scope()).await?))
 }
 
 #[utoipa::path(patch, path = "/v1/groups/{group}", tag = "groups", params(("group" = String, Path)), request_body = GroupPatch,
     responses((status = 200, body = Group), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn update_group(
+pub(crate) async fn update_group(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -61,7 +61,7 @@ pub async fn update_group(
 
 #[utoipa::path(delete, path = "/v1/groups/{group}", tag = "groups", params(("group" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_group(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub(crate) async fn delete_group(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     let group = state.store.get_group(&name, &caller.read_scope()).await?;
     if !caller.can_write(group.project.as_deref()) {
         return Err(ApiError::forbidden(format!("you may read group '{name}' but not delete it")));

@@ -386,6 +386,11 @@ pub(crate) async fn serve_artifact(
 
 /// `/boot/images/{image}/{version}/{artifact}`: what booting machines fetch. Without a token,
 /// so only public images are served here.
+#[utoipa::path(get, path = "/boot/images/{image}/{version}/{artifact}", tag = "boot", security(()),
+    params(("image" = String, Path, description = "A public image's name or id"),
+        ("version" = String, Path, description = "Version number, or a tag"),
+        ("artifact" = String, Path, description = "Artifact kind (root, disk, kernel, initrd)")),
+    responses((status = 200, description = "The artifact's bytes (Range requests are honoured)"), (status = 206), (status = 404, body = ErrorBody)))]
 pub async fn boot_artifact(
     State(state): State<ApiState>,
     method: Method,

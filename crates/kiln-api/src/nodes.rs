@@ -18,7 +18,7 @@ use crate::extract::{JsonBody, QueryParams};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct NodeListQuery {
+pub(crate) struct NodeListQuery {
     /// Only nodes in this group.
     group: Option<String>,
     /// Only nodes in this provision state.
@@ -35,7 +35,7 @@ pub struct NodeListQuery {
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodeListQuery),
     responses((status = 200, body = Page<Node>), (status = 400, body = kiln_types::api::ErrorBody)))]
-pub async fn list_nodes(
+pub(crate) async fn list_nodes(
     State(state): State<ApiState>,
     caller: Caller,
     QueryParams(query): QueryParams<NodeListQuery>,
@@ -53,7 +53,7 @@ pub async fn list_nodes(
 
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = NodeInput,
     responses((status = 201, body = Node), (status = 400, body = kiln_types::api::ErrorBody), (status = 409, body = kiln_types::api::ErrorBody)))]
-pub async fn create_node(
+pub(crate) async fn create_node(
     State(state): State<ApiState>,
     caller: Caller,
     JsonBody(input): JsonBody<NodeInput>,
@@ -69,7 +69,7 @@ pub async fn create_node(
 #[utoipa::path(get, path = "/v1/nodes/{node}", tag = "nodes",
     params(("node" = String, Path, description = "Name, xname or id")),
     responses((status = 200, body = Node), (status = 404, body = kiln_types::api::ErrorBody)))]
-pub async fn get_node(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<Node>> {
+pub(crate) async fn get_node(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<Node>> {
     match state.inventory.view().get_visible(&key, &caller.read_scope()) {
         Some(node) => Ok(Json(Node::clone(node))),
         None => Err(ApiError::not_found("node", &key)),
@@ -80,7 +80,7 @@ pub async fn get_node(State(state): State<ApiState>, caller: Caller, Path(key): 
     params(("node" = String, Path, description = "Name, xname or id")),
     responses((status = 200, body = Node), (status = 400, body = kiln_types::api::ErrorBody), (status = 403, body = kiln_types::api::ErrorBody),
         (status = 404, body = kiln_types::api::ErrorBody), (status = 409, body = kiln_types::api::ErrorBody)))]
-pub async fn update_node(
+pub(crate) async fn update_node(
     State(state): State<ApiState>,
     caller: Caller,
     Path(key): Path<String>,
@@ -107,7 +107,7 @@ pub async fn update_node(
 #[utoipa::path(delete, path = "/v1/nodes/{node}", tag = "nodes",
     params(("node" = String, Path, description = "Name, xname or id")),
     responses((status = 204), (status = 403, body = kiln_types::api::ErrorBody), (status = 404, body = kiln_types::api::ErrorBody)))]
-pub async fn delete_node(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<StatusCode> {
+pub(crate) async fn delete_node(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<StatusCode> {
     // Look first, so that a tenant asking about another tenant's node hears "not found",
     // not "forbidden".
     state.store.get_node(&key, &caller.read_scope()).await?;
@@ -122,7 +122,7 @@ pub async fn delete_node(State(state): State<ApiState>, caller: Caller, Path(key
 #[utoipa::path(post, path = "/v1/discover/static", tag = "nodes",
     request_body(content = Vec<kiln_types::discovery::DiscoveryEntry>, description = "OpenCHAMI nodes.yaml, as JSON"),
     responses((status = 200, body = DiscoverySummary), (status = 400, body = kiln_types::api::ErrorBody), (status = 409, body = kiln_types::api::ErrorBody)))]
-pub async fn discover_static(
+pub(crate) async fn discover_static(
     State(state): State<ApiState>,
     caller: Caller,
     JsonBody(document): JsonBody<serde_json::Value>,
@@ -140,7 +140,7 @@ pub async fn discover_static(
 #[utoipa::path(post, path = "/v1/projects/{project}/allocate", tag = "projects", request_body = kiln_types::api::AllocationInput,
     params(("project" = String, Path)),
     responses((status = 200, body = Vec<Node>), (status = 403, body = kiln_types::api::ErrorBody), (status = 404, body = kiln_types::api::ErrorBody)))]
-pub async fn allocate_nodes(
+pub(crate) async fn allocate_nodes(
     State(state): State<ApiState>,
     caller: Caller,
     Path(project): Path<String>,
@@ -155,7 +155,7 @@ pub async fn allocate_nodes(
 #[utoipa::path(post, path = "/v1/projects/{project}/release", tag = "projects", request_body = kiln_types::api::AllocationInput,
     params(("project" = String, Path)),
     responses((status = 200, body = Vec<Node>), (status = 403, body = kiln_types::api::ErrorBody), (status = 404, body = kiln_types::api::ErrorBody)))]
-pub async fn release_nodes(
+pub(crate) async fn release_nodes(
     State(state): State<ApiState>,
     caller: Caller,
     Path(project): Path<String>,

@@ -51,8 +51,9 @@ fn writable_node(state: &ApiState, caller: &Caller, key: &str) -> ApiResult<std:
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{node}/power", tag = "bmc",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, body = PowerStatus), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
-pub async fn get_power(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<PowerStatus>> {
+pub(crate) async fn get_power(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<PowerStatus>> {
     let node = visible_node(&state, &caller, &key)?;
     let power_state = bmc_of(&state, &node).await?.power_state().await.map_err(bmc_error)?;
     Ok(Json(PowerStatus { node: node.name.clone(), power_state }))
@@ -60,9 +61,10 @@ pub async fn get_power(State(state): State<ApiState>, caller: Caller, Path(key):
 
 /// Sends a power action to the node's BMC. The BMC may take a while to carry it out; the
 /// answer has the state it reports right after.
-#[utoipa::path(post, path = "/v1/nodes/{node}/power", tag = "bmc", request_body = PowerRequest,
+#[utoipa::path(post, path = "/v1/nodes/{node}/power", tag = "bmc",
+    params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = PowerRequest,
     responses((status = 200, body = PowerStatus), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
-pub async fn set_power(
+pub(crate) async fn set_power(
     State(state): State<ApiState>,
     caller: Caller,
     Path(key): Path<String>,
@@ -76,9 +78,10 @@ pub async fn set_power(
     Ok(Json(PowerStatus { node: node.name.clone(), power_state }))
 }
 
-#[utoipa::path(put, path = "/v1/nodes/{node}/boot-device", tag = "bmc", request_body = BootDeviceRequest,
+#[utoipa::path(put, path = "/v1/nodes/{node}/boot-device", tag = "bmc",
+    params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = BootDeviceRequest,
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
-pub async fn set_boot_device(
+pub(crate) async fn set_boot_device(
     State(state): State<ApiState>,
     caller: Caller,
     Path(key): Path<String>,
@@ -94,8 +97,9 @@ pub async fn set_boot_device(
 
 /// What the power-state sync last read from the node's BMC, and its faults.
 #[utoipa::path(get, path = "/v1/nodes/{node}/power/sync", tag = "bmc",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, body = Option<kiln_types::api::PowerReading>), (status = 404, body = ErrorBody)))]
-pub async fn get_power_reading(
+pub(crate) async fn get_power_reading(
     State(state): State<ApiState>,
     caller: Caller,
     Path(key): Path<String>,
@@ -104,8 +108,9 @@ pub async fn get_power_reading(
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{node}/bmc/facts", tag = "bmc",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, body = SystemFacts), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
-pub async fn get_facts(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<SystemFacts>> {
+pub(crate) async fn get_facts(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<SystemFacts>> {
     let node = visible_node(&state, &caller, &key)?;
     Ok(Json(bmc_of(&state, &node).await?.facts().await.map_err(bmc_error)?))
 }

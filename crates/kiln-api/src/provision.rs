@@ -47,7 +47,8 @@ fn image_reference(text: &str) -> (&str, Option<&str>) {
 
 /// Deploys an image: written to a local disk (`disk`) or booted diskless (`live`). The image
 /// version is fixed now, so a tag moving later does not change this deploy.
-#[utoipa::path(post, path = "/v1/nodes/{node}/deploy", tag = "provisioning", request_body = DeployRequest,
+#[utoipa::path(post, path = "/v1/nodes/{node}/deploy", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = DeployRequest,
     responses((status = 202, body = ProvisionStatus), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn deploy(
     State(state): State<ApiState>,
@@ -109,6 +110,7 @@ pub async fn deploy(
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{node}/undeploy", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn undeploy(
     State(state): State<ApiState>,
@@ -119,6 +121,7 @@ pub async fn undeploy(
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{node}/inspect", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn inspect(
     State(state): State<ApiState>,
@@ -135,7 +138,8 @@ pub struct CleanRequest {
     pub mode: CleanMode,
 }
 
-#[utoipa::path(post, path = "/v1/nodes/{node}/clean", tag = "provisioning", request_body = CleanRequest,
+#[utoipa::path(post, path = "/v1/nodes/{node}/clean", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = CleanRequest,
     responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn clean(
     State(state): State<ApiState>,
@@ -155,7 +159,8 @@ pub struct CaptureRequest {
 
 /// Reads a deployed node's disk into a new version of an image (the node boots into the
 /// agent for it, then boots its disk again).
-#[utoipa::path(post, path = "/v1/nodes/{node}/capture", tag = "provisioning", request_body = CaptureRequest,
+#[utoipa::path(post, path = "/v1/nodes/{node}/capture", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = CaptureRequest,
     responses((status = 202, body = ProvisionStatus), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn capture(
     State(state): State<ApiState>,
@@ -172,6 +177,7 @@ pub async fn capture(
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{node}/manage", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn manage(
     State(state): State<ApiState>,
@@ -182,6 +188,7 @@ pub async fn manage(
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{node}/provide", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn provide(
     State(state): State<ApiState>,
@@ -192,6 +199,7 @@ pub async fn provide(
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{node}/provision", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, body = ProvisionStatus), (status = 404, body = ErrorBody)))]
 pub async fn status(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<ProvisionStatus>> {
     Ok(Json(state.store.provision_status(&key, &caller.read_scope()).await?))
@@ -281,7 +289,8 @@ impl BlockMaps {
 
 /// The agent's heartbeat: records that it is alive and how far it got, and answers with
 /// what it is to do.
-#[utoipa::path(post, path = "/agent/v1/nodes/{node}/heartbeat", tag = "agent", request_body = Heartbeat,
+#[utoipa::path(post, path = "/agent/v1/nodes/{node}/heartbeat", tag = "agent",
+    params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = Heartbeat,
     responses((status = 200, body = AgentCommand), (status = 401, body = ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<ApiState>,
@@ -309,7 +318,8 @@ pub async fn heartbeat(
 }
 
 /// How a command ended. Accepted once per command; the reconciler takes it from there.
-#[utoipa::path(post, path = "/agent/v1/nodes/{node}/result", tag = "agent", request_body = AgentResult,
+#[utoipa::path(post, path = "/agent/v1/nodes/{node}/result", tag = "agent",
+    params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = AgentResult,
     responses((status = 204), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn result(
     State(state): State<ApiState>,
@@ -352,6 +362,7 @@ pub(crate) async fn resolve_agent_artifact(state: &ApiState, headers: &HeaderMap
 /// The disk image of the node's deploy, for its agent only (the image may be private).
 /// Ranges are honoured, so an agent resumes a cut download where it stopped.
 #[utoipa::path(get, path = "/agent/v1/nodes/{node}/artifact", tag = "agent",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, content_type = "application/octet-stream"), (status = 206), (status = 401, body = ErrorBody)))]
 pub async fn artifact(
     State(state): State<ApiState>,
@@ -368,6 +379,7 @@ pub async fn artifact(
 /// to fetch and write only those. Made from the stored image (checked whole first) on the
 /// first request and kept.
 #[utoipa::path(get, path = "/agent/v1/nodes/{node}/artifact/map", tag = "agent",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 200, body = BlockMap), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn artifact_map(State(state): State<ApiState>, headers: HeaderMap, Path(node_id): Path<String>) -> ApiResult<Json<BlockMap>> {
     let version = agent_deploy_version(&state, &headers, &node_id).await?;
@@ -383,6 +395,7 @@ pub async fn artifact_map(State(state): State<ApiState>, headers: HeaderMap, Pat
 /// stored as a new version of the image the capture names. The agent reports the result
 /// afterwards, as for any command.
 #[utoipa::path(put, path = "/agent/v1/nodes/{node}/capture", tag = "agent",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = kiln_types::image::ImageVersion), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn capture_upload(

@@ -17,7 +17,7 @@ use crate::extract::{JsonBody, QueryParams};
 type ErrorBody = kiln_types::api::ErrorBody;
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "tenancy", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
-pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
+pub(crate) async fn whoami(caller: Caller) -> Json<WhoAmI> {
     Json(WhoAmI {
         user: caller.user.clone(),
         admin: caller.admin,
@@ -30,7 +30,7 @@ pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
 }
 
 #[utoipa::path(get, path = "/v1/projects", tag = "tenancy", responses((status = 200, body = Vec<Project>)))]
-pub async fn list_projects(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<Project>>> {
+pub(crate) async fn list_projects(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<Project>>> {
     let projects = match caller.read_scope() {
         ProjectScope::All => state.store.list_projects(None).await?,
         ProjectScope::Projects(names) => state.store.list_projects(Some(&names)).await?,
@@ -40,7 +40,7 @@ pub async fn list_projects(State(state): State<ApiState>, caller: Caller) -> Api
 
 #[utoipa::path(post, path = "/v1/projects", tag = "tenancy", request_body = ProjectInput,
     responses((status = 201, body = Project), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_project(
+pub(crate) async fn create_project(
     State(state): State<ApiState>,
     caller: Caller,
     JsonBody(input): JsonBody<ProjectInput>,
@@ -53,7 +53,7 @@ pub async fn create_project(
 
 #[utoipa::path(get, path = "/v1/projects/{project}", tag = "tenancy", params(("project" = String, Path)),
     responses((status = 200, body = Project), (status = 404, body = ErrorBody)))]
-pub async fn get_project(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Project>> {
+pub(crate) async fn get_project(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Project>> {
     if !caller.can_read(Some(&name)) {
         return Err(ApiError::not_found("project", &name));
     }
@@ -62,7 +62,7 @@ pub async fn get_project(State(state): State<ApiState>, caller: Caller, Path(nam
 
 #[utoipa::path(delete, path = "/v1/projects/{project}", tag = "tenancy", params(("project" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete_project(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub(crate) async fn delete_project(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     if !caller.can_read(Some(&name)) {
         return Err(ApiError::not_found("project", &name));
     }
@@ -74,7 +74,7 @@ pub async fn delete_project(State(state): State<ApiState>, caller: Caller, Path(
 
 #[utoipa::path(put, path = "/v1/projects/{project}/members", tag = "tenancy", params(("project" = String, Path)),
     request_body = MembershipInput, responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn set_member(
+pub(crate) async fn set_member(
     State(state): State<ApiState>,
     caller: Caller,
     Path(project): Path<String>,
@@ -88,7 +88,7 @@ pub async fn set_member(
 
 #[utoipa::path(delete, path = "/v1/projects/{project}/members/{user}", tag = "tenancy",
     params(("project" = String, Path), ("user" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn remove_member(
+pub(crate) async fn remove_member(
     State(state): State<ApiState>,
     caller: Caller,
     Path((project, user)): Path<(String, String)>,
@@ -100,14 +100,14 @@ pub async fn remove_member(
 }
 
 #[utoipa::path(get, path = "/v1/users", tag = "tenancy", responses((status = 200, body = Vec<User>), (status = 403, body = ErrorBody)))]
-pub async fn list_users(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
+pub(crate) async fn list_users(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
     caller.require_admin()?;
     Ok(Json(state.store.list_users().await?))
 }
 
 #[utoipa::path(post, path = "/v1/users", tag = "tenancy", request_body = UserInput,
     responses((status = 201, body = User), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn create_user(
+pub(crate) async fn create_user(
     State(state): State<ApiState>,
     caller: Caller,
     JsonBody(input): JsonBody<UserInput>,
@@ -119,7 +119,7 @@ pub async fn create_user(
 
 #[utoipa::path(get, path = "/v1/users/{user}", tag = "tenancy", params(("user" = String, Path)),
     responses((status = 200, body = User), (status = 404, body = ErrorBody)))]
-pub async fn get_user(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<User>> {
+pub(crate) async fn get_user(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<User>> {
     if !caller.admin && caller.user != name {
         return Err(ApiError::not_found("user", &name));
     }
@@ -128,7 +128,7 @@ pub async fn get_user(State(state): State<ApiState>, caller: Caller, Path(name):
 
 #[utoipa::path(delete, path = "/v1/users/{user}", tag = "tenancy", params(("user" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete_user(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub(crate) async fn delete_user(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     state.store.delete_user(&caller.user, &name).await?;
     state.tokens.clear();
@@ -137,13 +137,13 @@ pub async fn delete_user(State(state): State<ApiState>, caller: Caller, Path(nam
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct TokenListQuery {
+pub(crate) struct TokenListQuery {
     /// Whose tokens (admins only; others always see their own).
     user: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tenancy", params(TokenListQuery), responses((status = 200, body = Vec<Token>)))]
-pub async fn list_tokens(
+pub(crate) async fn list_tokens(
     State(state): State<ApiState>,
     caller: Caller,
     QueryParams(query): QueryParams<TokenListQuery>,
@@ -159,7 +159,7 @@ pub async fn list_tokens(
 /// The response carries the token's secret: the only time it is ever shown.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tenancy", request_body = TokenInput,
     responses((status = 201, body = CreatedToken), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn create_token(
+pub(crate) async fn create_token(
     State(state): State<ApiState>,
     caller: Caller,
     JsonBody(input): JsonBody<TokenInput>,
@@ -186,7 +186,7 @@ pub async fn create_token(
 
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tenancy", params(("id" = String, Path)),
     responses((status = 200, body = Token), (status = 404, body = ErrorBody)))]
-pub async fn revoke_token(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Token>> {
+pub(crate) async fn revoke_token(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Token>> {
     let token = state.store.get_token(&id).await?;
     if !caller.admin && token.user != caller.user {
         return Err(ApiError::not_found("token", &id));

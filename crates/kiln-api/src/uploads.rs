@@ -35,7 +35,7 @@ type ErrorBody = kiln_types::api::ErrorBody;
 const DRAIN_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The header that carries an upload's offset, as in the tus protocol.
-pub const UPLOAD_OFFSET: &str = "upload-offset";
+pub(crate) const UPLOAD_OFFSET: &str = "upload-offset";
 
 enum UploadSlot {
     /// A request is appending to or finishing this upload.
@@ -165,7 +165,7 @@ async fn writable_upload(state: &ApiState, caller: &kiln_auth::AuthContext, id: 
 
 #[utoipa::path(post, path = "/v1/uploads", tag = "images", request_body = UploadInput,
     responses((status = 201, body = Upload), (status = 400, body = ErrorBody)))]
-pub async fn create_upload(
+pub(crate) async fn create_upload(
     State(state): State<ApiState>,
     caller: Caller,
     JsonBody(input): JsonBody<UploadInput>,
@@ -188,7 +188,7 @@ pub async fn create_upload(
 
 #[utoipa::path(get, path = "/v1/uploads/{id}", tag = "images", params(("id" = String, Path)),
     responses((status = 200, body = Upload), (status = 404, body = ErrorBody)))]
-pub async fn get_upload(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub(crate) async fn get_upload(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let upload = writable_upload(&state, &caller, &id).await?;
     let offset = upload.offset;
     let mut response = Json(upload).into_response();
@@ -198,7 +198,7 @@ pub async fn get_upload(State(state): State<ApiState>, caller: Caller, Path(id):
 
 #[utoipa::path(delete, path = "/v1/uploads/{id}", tag = "images", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn delete_upload(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub(crate) async fn delete_upload(State(state): State<ApiState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     writable_upload(&state, &caller, &id).await?;
     let _claim = state.images.uploads.claim(&id)?;
     if state.store.delete_upload(&id).await? {
@@ -213,7 +213,7 @@ pub async fn delete_upload(State(state): State<ApiState>, caller: Caller, Path(i
         ("Upload-Offset" = u64, Header, description = "Where this body starts; must equal the upload's offset")),
     request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
     responses((status = 200, body = Upload), (status = 409, body = ErrorBody), (status = 507, body = ErrorBody)))]
-pub async fn append_upload(
+pub(crate) async fn append_upload(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -398,7 +398,7 @@ pub(crate) async fn ingest_body_as_version(
 
 #[utoipa::path(post, path = "/v1/images/{image}/versions", tag = "images", params(("image" = String, Path)), request_body = VersionInput,
     responses((status = 201, body = ImageVersion), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn create_version(
+pub(crate) async fn create_version(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -443,7 +443,7 @@ fn fetch_error(error: FetchError) -> ApiError {
 #[utoipa::path(post, path = "/v1/images/{image}/import", tag = "images", params(("image" = String, Path)), request_body = ImportInput,
     responses((status = 201, body = ImportResult), (status = 200, body = ImportResult, description = "The source had not changed"),
         (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
-pub async fn import_image(
+pub(crate) async fn import_image(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -512,7 +512,7 @@ pub async fn import_image(
 #[utoipa::path(post, path = "/v1/images/{image}/versions/{version}/get-kernel", tag = "images",
     params(("image" = String, Path), ("version" = String, Path)),
     responses((status = 201, body = ImageVersion), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn get_kernel(
+pub(crate) async fn get_kernel(
     State(state): State<ApiState>,
     caller: Caller,
     Path((name, version)): Path<(String, String)>,

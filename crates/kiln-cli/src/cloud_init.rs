@@ -11,7 +11,7 @@ use crate::DataArgs;
 use crate::output::{OutputFormat, Tabular, or_dash, print, print_rows, table};
 
 #[derive(Debug, Subcommand)]
-pub enum CloudInitCommand {
+pub(crate) enum CloudInitCommand {
     /// Cluster-wide meta-data (ci-defaults.yaml).
     #[command(subcommand)]
     Defaults(DefaultsCommand),
@@ -24,14 +24,14 @@ pub enum CloudInitCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DefaultsCommand {
+pub(crate) enum DefaultsCommand {
     Get,
     /// Replace the defaults (administrators).
     Set(DataArgs),
 }
 
 #[derive(Debug, Subcommand)]
-pub enum GroupCommand {
+pub(crate) enum GroupCommand {
     /// Groups with a cloud-init config.
     List,
     /// Set group configs from a list (ci-group-*.yaml); missing groups are created.
@@ -54,7 +54,7 @@ pub enum GroupCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum NodeCommand {
+pub(crate) enum NodeCommand {
     /// Set node data from a list: [{"id": NODE, "local-hostname": …, "secret-data": {…}}].
     Set(DataArgs),
     /// Show what nodes are served (`meta-data`, `vendor-data`) or their stored overrides (`data`).
@@ -69,7 +69,7 @@ pub enum NodeCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum NodePart {
+pub(crate) enum NodePart {
     MetaData,
     VendorData,
     Data,
@@ -119,7 +119,7 @@ fn as_list(value: Value) -> Vec<Value> {
     }
 }
 
-pub async fn cloud_init(client: &Client, format: OutputFormat, command: CloudInitCommand) -> anyhow::Result<()> {
+pub(crate) async fn cloud_init(client: &Client, format: OutputFormat, command: CloudInitCommand) -> anyhow::Result<()> {
     match command {
         CloudInitCommand::Defaults(DefaultsCommand::Get) => {
             let defaults: CloudInitDefaults = client.get("/v1/cloud-init/defaults").await?;

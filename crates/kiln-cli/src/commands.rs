@@ -21,7 +21,7 @@ struct ClientConfigFile {
 }
 
 /// Flags and `KILN_URL`/`KILN_TOKEN` first, then the client config file.
-pub fn client(url: Option<String>, token: Option<String>) -> anyhow::Result<Client> {
+pub(crate) fn client(url: Option<String>, token: Option<String>) -> anyhow::Result<Client> {
     let path = dirs::config_dir().map(|dir| dir.join("kiln").join("config.toml"));
     let file = match &path {
         Some(path) if path.exists() => {
@@ -115,7 +115,7 @@ impl Tabular for Event {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum NodeCommand {
+pub(crate) enum NodeCommand {
     /// List nodes (all pages unless --limit is given).
     List {
         #[arg(long)]
@@ -186,7 +186,7 @@ pub enum NodeCommand {
     Maintenance(crate::provision::MaintenanceArgs),
 }
 
-pub async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -> anyhow::Result<()> {
+pub(crate) async fn node(client: &Client, format: OutputFormat, command: NodeCommand) -> anyhow::Result<()> {
     match command {
         NodeCommand::Power(args) => crate::power::power(client, format, args).await,
         NodeCommand::BootDevice(args) => crate::power::boot_device(client, args).await,
@@ -292,7 +292,7 @@ fn node_details(node: &Node) -> String {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum GroupCommand {
+pub(crate) enum GroupCommand {
     List,
     Show {
         group: String,
@@ -323,7 +323,7 @@ pub enum GroupCommand {
     },
 }
 
-pub async fn group(client: &Client, format: OutputFormat, command: GroupCommand) -> anyhow::Result<()> {
+pub(crate) async fn group(client: &Client, format: OutputFormat, command: GroupCommand) -> anyhow::Result<()> {
     match command {
         GroupCommand::List => print_rows(format, &client.get::<Vec<Group>>("/v1/groups").await?),
         GroupCommand::Show { group } => print_one(format, &client.get::<Group>(&format!("/v1/groups/{}", encode(&group))).await?),
@@ -343,7 +343,7 @@ pub async fn group(client: &Client, format: OutputFormat, command: GroupCommand)
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ProjectCommand {
+pub(crate) enum ProjectCommand {
     List,
     Show {
         project: String,
@@ -369,7 +369,7 @@ pub enum ProjectCommand {
     },
 }
 
-pub async fn project(client: &Client, format: OutputFormat, command: ProjectCommand) -> anyhow::Result<()> {
+pub(crate) async fn project(client: &Client, format: OutputFormat, command: ProjectCommand) -> anyhow::Result<()> {
     match command {
         ProjectCommand::List => print_rows(format, &client.get::<Vec<Project>>("/v1/projects").await?),
         ProjectCommand::Show { project } => print_one(format, &client.get::<Project>(&format!("/v1/projects/{}", encode(&project))).await?),
@@ -399,7 +399,7 @@ pub async fn project(client: &Client, format: OutputFormat, command: ProjectComm
 }
 
 #[derive(Debug, Subcommand)]
-pub enum UserCommand {
+pub(crate) enum UserCommand {
     List,
     Show {
         user: String,
@@ -415,7 +415,7 @@ pub enum UserCommand {
     },
 }
 
-pub async fn user(client: &Client, format: OutputFormat, command: UserCommand) -> anyhow::Result<()> {
+pub(crate) async fn user(client: &Client, format: OutputFormat, command: UserCommand) -> anyhow::Result<()> {
     match command {
         UserCommand::List => print_rows(format, &client.get::<Vec<User>>("/v1/users").await?),
         UserCommand::Show { user } => print_one(format, &client.get::<User>(&format!("/v1/users/{}", encode(&user))).await?),
@@ -430,7 +430,7 @@ pub async fn user(client: &Client, format: OutputFormat, command: UserCommand) -
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Mint a token; its secret is printed once.
     Create {
         #[arg(long, default_value = "cli")]
@@ -465,7 +465,7 @@ fn parse_lifetime(text: &str) -> anyhow::Result<u64> {
     Ok(number * factor)
 }
 
-pub async fn token(client: &Client, format: OutputFormat, command: TokenCommand) -> anyhow::Result<()> {
+pub(crate) async fn token(client: &Client, format: OutputFormat, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { name, user, expires_in } => {
             let expires_in_seconds = expires_in.as_deref().map(parse_lifetime).transpose()?;
@@ -485,14 +485,14 @@ pub async fn token(client: &Client, format: OutputFormat, command: TokenCommand)
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DiscoverCommand {
+pub(crate) enum DiscoverCommand {
     /// Load nodes from an OpenCHAMI static discovery file (nodes.yaml). Idempotent.
     Static(DataArgs),
     /// Scan for Redfish BMCs and enrol or update a node per system found (as magellan does).
     Redfish(crate::power::RedfishDiscoveryArgs),
 }
 
-pub async fn discover(client: &Client, format: OutputFormat, command: DiscoverCommand) -> anyhow::Result<()> {
+pub(crate) async fn discover(client: &Client, format: OutputFormat, command: DiscoverCommand) -> anyhow::Result<()> {
     match command {
         DiscoverCommand::Redfish(args) => crate::power::discover_redfish(client, format, args).await,
         DiscoverCommand::Static(data) => {
@@ -509,14 +509,14 @@ pub async fn discover(client: &Client, format: OutputFormat, command: DiscoverCo
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BootCommand {
+pub(crate) enum BootCommand {
     /// Boot parameters (kernel, initrd, command line) by MAC, host, NID or group.
     #[command(subcommand)]
     Params(BootParamsCommand),
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BootParamsCommand {
+pub(crate) enum BootParamsCommand {
     /// Show every entry.
     Get,
     /// Store parameters, replacing those of the same targets.
@@ -527,7 +527,7 @@ pub enum BootParamsCommand {
     Delete(DataArgs),
 }
 
-pub async fn boot(client: &Client, format: OutputFormat, command: BootCommand) -> anyhow::Result<()> {
+pub(crate) async fn boot(client: &Client, format: OutputFormat, command: BootCommand) -> anyhow::Result<()> {
     let BootCommand::Params(command) = command;
     let show = |entries: &Vec<kiln_types::boot::BootParams>| {
         let rows = entries
@@ -562,7 +562,7 @@ pub async fn boot(client: &Client, format: OutputFormat, command: BootCommand) -
 }
 
 #[derive(Debug, clap::Args)]
-pub struct EventsArgs {
+pub(crate) struct EventsArgs {
     /// Only events of this kind of resource (node, project, user, token, group).
     #[arg(long)]
     kind: Option<String>,
@@ -576,7 +576,7 @@ pub struct EventsArgs {
     limit: u32,
 }
 
-pub async fn events(client: &Client, format: OutputFormat, args: EventsArgs) -> anyhow::Result<()> {
+pub(crate) async fn events(client: &Client, format: OutputFormat, args: EventsArgs) -> anyhow::Result<()> {
     let mut query = vec![format!("limit={}", args.limit)];
     if let Some(kind) = args.kind {
         query.push(format!("kind={}", encode(&kind)));
@@ -590,7 +590,7 @@ pub async fn events(client: &Client, format: OutputFormat, args: EventsArgs) -> 
     print_rows(format, &client.get::<Vec<Event>>(&format!("/v1/events?{}", query.join("&"))).await?)
 }
 
-pub async fn whoami(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn whoami(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
     let who: WhoAmI = client.get("/v1/whoami").await?;
     print(format, &who, || {
         let projects = who.memberships.iter().map(|m| format!("{}:{}", m.project, m.role.as_str())).collect::<Vec<_>>();

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use crate::output::{OutputFormat, print, table};
 
 #[derive(Debug, Subcommand)]
-pub enum ElementCommand {
+pub(crate) enum ElementCommand {
     /// Resolve elements and their dependencies and list their hooks in run order.
     Info {
         #[arg(required = true)]
@@ -26,7 +26,7 @@ struct Info {
     hooks: Vec<kiln_image_build::HookPlan>,
 }
 
-pub fn element(format: OutputFormat, command: ElementCommand) -> anyhow::Result<()> {
+pub(crate) fn element(format: OutputFormat, command: ElementCommand) -> anyhow::Result<()> {
     let ElementCommand::Info { elements, elements_path } = command;
     let Some(elements_path) = elements_path.filter(|path| !path.is_empty()) else {
         bail!("no ELEMENTS_PATH: pass --elements-path DIR[:DIR…] or set ELEMENTS_PATH");

@@ -21,7 +21,7 @@ use crate::output::{OutputFormat, print};
 use crate::registry;
 
 #[derive(Debug, clap::Args)]
-pub struct BuildArgs {
+pub(crate) struct BuildArgs {
     /// The image definition (OpenCHAMI image-builder YAML).
     #[arg(short = 'c', long = "config")]
     config: PathBuf,
@@ -292,7 +292,7 @@ fn load_elements(definition: &ImageDefinition, args: &BuildArgs) -> anyhow::Resu
     Ok((Some(ElementRun { loaded, hooks, environment, breaks }), digests))
 }
 
-pub async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> anyhow::Result<()> {
+pub(crate) async fn build(client: &Client, format: OutputFormat, args: BuildArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let definition = parse_definition(&text).with_context(|| format!("{}", args.config.display()))?;
     let s3 = s3_settings(&definition)?;

@@ -14,7 +14,7 @@ use kiln_types::image::{
 use crate::output::{OutputFormat, Tabular, or_dash, print, print_one, print_rows, table};
 
 #[derive(Debug, Subcommand)]
-pub enum ImageCommand {
+pub(crate) enum ImageCommand {
     /// List the images you can see.
     List,
     /// Show an image.
@@ -51,7 +51,7 @@ pub enum ImageCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct CreateArgs {
+pub(crate) struct CreateArgs {
     name: String,
     #[arg(long)]
     project: Option<String>,
@@ -69,7 +69,7 @@ pub struct CreateArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct UploadArgs {
+pub(crate) struct UploadArgs {
     name: String,
     /// KIND=FILE pairs, or one FILE (see --kind).
     #[arg(required = true)]
@@ -96,7 +96,7 @@ pub struct UploadArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct DownloadArgs {
+pub(crate) struct DownloadArgs {
     /// NAME or NAME:VERSION (a number or a tag).
     target: String,
     /// Which artifact [default: the version's only one, else disk, else root].
@@ -108,7 +108,7 @@ pub struct DownloadArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     name: String,
     #[arg(long)]
     url: String,
@@ -132,7 +132,7 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct CloneArgs {
+pub(crate) struct CloneArgs {
     /// SRC or SRC:VERSION.
     source: String,
     new_name: String,
@@ -350,7 +350,7 @@ async fn sha256_of(path: &Path) -> anyhow::Result<String> {
     .expect("hashing does not panic")
 }
 
-pub async fn image(client: &Client, format: OutputFormat, command: ImageCommand) -> anyhow::Result<()> {
+pub(crate) async fn image(client: &Client, format: OutputFormat, command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::List => {
             let images: Vec<Image> = client.get("/v1/images").await?;

@@ -5,14 +5,14 @@ use std::io::Read as _;
 use anyhow::{Context as _, bail};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum InputFormat {
+pub(crate) enum InputFormat {
     Json,
     Yaml,
 }
 
 /// Reads `data` (a file after `@`, standard input for `-`, or the text itself) and parses it
 /// in `format` into JSON, which is what the API takes.
-pub fn read_document(format: InputFormat, data: &str) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn read_document(format: InputFormat, data: &str) -> anyhow::Result<serde_json::Value> {
     let (text, source) = if let Some(path) = data.strip_prefix('@') {
         (std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?, path.to_owned())
     } else if data == "-" {

@@ -13,7 +13,7 @@ use kiln_lab::standing::{self, LabRecord};
 use kiln_lab::{Firmware, Lab};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum LabCommand {
+pub(crate) enum LabCommand {
     /// Create the lab network, start a server in it and two machines, and deploy them: one
     /// to disk, one live. Needs root, QEMU and iPXE (scripts/install-deps --lab).
     Up(UpArgs),
@@ -27,7 +27,7 @@ pub enum LabCommand {
 }
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct LabLocation {
+pub(crate) struct LabLocation {
     /// The lab's directory: data, disks, consoles and logs.
     #[arg(long, default_value = "kiln-lab")]
     dir: PathBuf,
@@ -37,7 +37,7 @@ pub struct LabLocation {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     #[command(flatten)]
     location: LabLocation,
     /// The agent binary for the deploy ramdisk [default: kiln-agent beside this kiln].
@@ -49,7 +49,7 @@ pub struct UpArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ExecArgs {
+pub(crate) struct ExecArgs {
     #[command(flatten)]
     location: LabLocation,
     /// The command and its arguments; `kiln` means this program.
@@ -61,7 +61,7 @@ pub struct ExecArgs {
 const DISK_NODE: (&str, &str) = ("lab-disk", "52:54:00:4b:00:01");
 const LIVE_NODE: (&str, &str) = ("lab-live", "52:54:00:4b:00:02");
 
-pub async fn lab(command: LabCommand) -> anyhow::Result<()> {
+pub(crate) async fn lab(command: LabCommand) -> anyhow::Result<()> {
     match command {
         LabCommand::Up(args) => {
             let interrupted = Arc::new(AtomicBool::new(false));

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     Table,
     Json,
     JsonPretty,
@@ -12,12 +12,12 @@ pub enum OutputFormat {
 }
 
 /// A value that can also be shown as a table.
-pub trait Tabular {
+pub(crate) trait Tabular {
     fn headers() -> &'static [&'static str];
     fn row(&self) -> Vec<String>;
 }
 
-pub fn print<T: Serialize>(format: OutputFormat, value: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(crate) fn print<T: Serialize>(format: OutputFormat, value: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
     let text = match format {
         OutputFormat::Table => table(),
         OutputFormat::Json => serde_json::to_string(value).context("encoding JSON")? + "\n",
@@ -33,16 +33,16 @@ pub fn print<T: Serialize>(format: OutputFormat, value: &T, table: impl FnOnce()
     }
 }
 
-pub fn print_rows<T: Serialize + Tabular>(format: OutputFormat, rows: &[T]) -> anyhow::Result<()> {
+pub(crate) fn print_rows<T: Serialize + Tabular>(format: OutputFormat, rows: &[T]) -> anyhow::Result<()> {
     print(format, &rows, || table(T::headers(), rows.iter().map(Tabular::row).collect()))
 }
 
-pub fn print_one<T: Serialize + Tabular>(format: OutputFormat, value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_one<T: Serialize + Tabular>(format: OutputFormat, value: &T) -> anyhow::Result<()> {
     print(format, value, || table(T::headers(), vec![value.row()]))
 }
 
 /// Left-aligned columns separated by two spaces, headers in capitals.
-pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -69,7 +69,7 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-pub fn or_dash<T: ToString>(value: &Option<T>) -> String {
+pub(crate) fn or_dash<T: ToString>(value: &Option<T>) -> String {
     value.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 

@@ -8,7 +8,7 @@ use kiln_types::bmc::{BootDevice, BootDeviceRequest, BootMode, PowerAction, Powe
 use crate::output::{OutputFormat, print, table};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PowerVerb {
+pub(crate) enum PowerVerb {
     On,
     Off,
     ForceOff,
@@ -18,7 +18,7 @@ pub enum PowerVerb {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct PowerArgs {
+pub(crate) struct PowerArgs {
     #[arg(value_enum)]
     verb: PowerVerb,
     #[arg(required = true)]
@@ -29,19 +29,19 @@ pub struct PowerArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
+pub(crate) enum DeviceArg {
     Pxe,
     Disk,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
+pub(crate) enum ModeArg {
     Bios,
     Uefi,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct BootDeviceArgs {
+pub(crate) struct BootDeviceArgs {
     node: String,
     #[arg(value_enum)]
     device: DeviceArg,
@@ -63,7 +63,7 @@ struct Outcome {
 
 /// Runs the verb on every node, `concurrency` at a time; one failing BMC does not stop the
 /// others. Fails at the end if any did.
-pub async fn power(client: &Client, format: OutputFormat, args: PowerArgs) -> anyhow::Result<()> {
+pub(crate) async fn power(client: &Client, format: OutputFormat, args: PowerArgs) -> anyhow::Result<()> {
     let action = match args.verb {
         PowerVerb::On => Some(PowerAction::On),
         PowerVerb::Off => Some(PowerAction::Off),
@@ -112,7 +112,7 @@ pub async fn power(client: &Client, format: OutputFormat, args: PowerArgs) -> an
     Ok(())
 }
 
-pub async fn boot_device(client: &Client, args: BootDeviceArgs) -> anyhow::Result<()> {
+pub(crate) async fn boot_device(client: &Client, args: BootDeviceArgs) -> anyhow::Result<()> {
     let request = BootDeviceRequest {
         device: match args.device {
             DeviceArg::Pxe => BootDevice::Pxe,
@@ -128,7 +128,7 @@ pub async fn boot_device(client: &Client, args: BootDeviceArgs) -> anyhow::Resul
     Ok(())
 }
 
-pub async fn facts(client: &Client, format: OutputFormat, node: &str) -> anyhow::Result<()> {
+pub(crate) async fn facts(client: &Client, format: OutputFormat, node: &str) -> anyhow::Result<()> {
     let facts: SystemFacts = client.get(&format!("/v1/nodes/{}/bmc/facts", encode(node))).await?;
     print(format, &facts, || {
         let macs = facts.macs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
@@ -146,7 +146,7 @@ pub async fn facts(client: &Client, format: OutputFormat, node: &str) -> anyhow:
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RedfishDiscoveryArgs {
+pub(crate) struct RedfishDiscoveryArgs {
     /// HOST, HOST:PORT or HOST:FIRST-LAST; repeat for more.
     #[arg(long = "targets", required = true, num_args = 1..)]
     targets: Vec<String>,
@@ -169,7 +169,7 @@ pub struct RedfishDiscoveryArgs {
 }
 
 /// `kiln discover redfish`: the server scans, enrols and reports.
-pub async fn discover_redfish(client: &Client, format: OutputFormat, args: RedfishDiscoveryArgs) -> anyhow::Result<()> {
+pub(crate) async fn discover_redfish(client: &Client, format: OutputFormat, args: RedfishDiscoveryArgs) -> anyhow::Result<()> {
     let input = kiln_types::bmc::RedfishDiscoveryInput {
         targets: args.targets,
         username: args.username,

@@ -15,7 +15,7 @@ use crate::images::human_bytes;
 use crate::output::{OutputFormat, print, table};
 
 #[derive(Debug, clap::Args)]
-pub struct DeployArgs {
+pub(crate) struct DeployArgs {
     #[arg(required = true)]
     nodes: Vec<String>,
     /// IMAGE or IMAGE:VERSION (a number or a tag) [default version: the highest].
@@ -58,13 +58,13 @@ fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum ModeArg {
+pub(crate) enum ModeArg {
     Disk,
     Live,
 }
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct WaitFlags {
+pub(crate) struct WaitFlags {
     /// Follow the nodes until they are done, with their progress.
     #[arg(long)]
     wait: bool,
@@ -74,7 +74,7 @@ pub struct WaitFlags {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct NodesWithWait {
+pub(crate) struct NodesWithWait {
     #[arg(required = true)]
     nodes: Vec<String>,
     #[command(flatten)]
@@ -82,7 +82,7 @@ pub struct NodesWithWait {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct CleanArgs {
+pub(crate) struct CleanArgs {
     #[arg(required = true)]
     nodes: Vec<String>,
     /// Erase every block rather than signatures and partition tables.
@@ -93,7 +93,7 @@ pub struct CleanArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct CaptureArgs {
+pub(crate) struct CaptureArgs {
     node: String,
     /// The image to add a version to (yours to change).
     #[arg(long)]
@@ -103,7 +103,7 @@ pub struct CaptureArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct WaitArgs {
+pub(crate) struct WaitArgs {
     #[arg(required = true)]
     nodes: Vec<String>,
     /// The state to wait for.
@@ -114,13 +114,13 @@ pub struct WaitArgs {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum OnOff {
+pub(crate) enum OnOff {
     On,
     Off,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct MaintenanceArgs {
+pub(crate) struct MaintenanceArgs {
     #[arg(value_enum)]
     switch: OnOff,
     #[arg(required = true)]
@@ -141,7 +141,7 @@ fn outcome_states(request: &str) -> (&'static [ProvisionState], &'static [Provis
 }
 
 /// Sends `request` for every node; with `--wait`, follows them to the end.
-pub async fn request(
+pub(crate) async fn request(
     client: &Client,
     format: OutputFormat,
     request: &str,
@@ -175,11 +175,11 @@ pub async fn request(
 }
 
 /// A request without a body (undeploy, inspect, manage, provide).
-pub async fn simple(client: &Client, format: OutputFormat, verb: &str, args: NodesWithWait) -> anyhow::Result<()> {
+pub(crate) async fn simple(client: &Client, format: OutputFormat, verb: &str, args: NodesWithWait) -> anyhow::Result<()> {
     request(client, format, verb, &args.nodes, serde_json::Value::Null, Some(&args.wait)).await
 }
 
-pub async fn deploy(client: &Client, format: OutputFormat, args: DeployArgs) -> anyhow::Result<()> {
+pub(crate) async fn deploy(client: &Client, format: OutputFormat, args: DeployArgs) -> anyhow::Result<()> {
     let mut hints = RootDeviceHints::default();
     for hint in &args.root_device_hints {
         hints.add_from_text(hint).map_err(anyhow::Error::msg)?;
@@ -198,7 +198,7 @@ pub async fn deploy(client: &Client, format: OutputFormat, args: DeployArgs) -> 
     request(client, format, "deploy", &args.nodes, serde_json::to_value(body)?, Some(&args.wait)).await
 }
 
-pub async fn capture(client: &Client, format: OutputFormat, args: CaptureArgs) -> anyhow::Result<()> {
+pub(crate) async fn capture(client: &Client, format: OutputFormat, args: CaptureArgs) -> anyhow::Result<()> {
     let body = serde_json::json!({ "image": args.image });
     request(client, format, "capture", std::slice::from_ref(&args.node), body, Some(&args.wait)).await?;
     if args.wait.wait {
@@ -210,12 +210,12 @@ pub async fn capture(client: &Client, format: OutputFormat, args: CaptureArgs) -
     Ok(())
 }
 
-pub async fn clean(client: &Client, format: OutputFormat, args: CleanArgs) -> anyhow::Result<()> {
+pub(crate) async fn clean(client: &Client, format: OutputFormat, args: CleanArgs) -> anyhow::Result<()> {
     let mode = if args.full { CleanMode::Full } else { CleanMode::Fast };
     request(client, format, "clean", &args.nodes, serde_json::json!({ "mode": mode }), Some(&args.wait)).await
 }
 
-pub async fn wait(client: &Client, format: OutputFormat, args: WaitArgs) -> anyhow::Result<()> {
+pub(crate) async fn wait(client: &Client, format: OutputFormat, args: WaitArgs) -> anyhow::Result<()> {
     let state: ProvisionState = args.state.parse().map_err(anyhow::Error::msg)?;
     use ProvisionState::*;
     let failed: &[ProvisionState] = &[DeployFailed, CleanFailed, InspectFailed];
@@ -223,12 +223,12 @@ pub async fn wait(client: &Client, format: OutputFormat, args: WaitArgs) -> anyh
     follow(client, format, &args.nodes, &wanted, failed, Duration::from_secs(args.timeout)).await
 }
 
-pub async fn status(client: &Client, format: OutputFormat, node: &str) -> anyhow::Result<()> {
+pub(crate) async fn status(client: &Client, format: OutputFormat, node: &str) -> anyhow::Result<()> {
     let status: ProvisionStatus = client.get(&format!("/v1/nodes/{}/provision", encode(node))).await?;
     print(format, &status, || status_table(std::slice::from_ref(&status)))
 }
 
-pub async fn maintenance(client: &Client, args: MaintenanceArgs) -> anyhow::Result<()> {
+pub(crate) async fn maintenance(client: &Client, args: MaintenanceArgs) -> anyhow::Result<()> {
     let on = matches!(args.switch, OnOff::On);
     for node in &args.nodes {
         let _: serde_json::Value = client.patch(&format!("/v1/nodes/{}", encode(node)), &serde_json::json!({ "maintenance": on })).await?;
@@ -350,14 +350,14 @@ async fn follow(
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum BuildCommand {
+pub(crate) enum BuildCommand {
     /// The deploy ramdisk: the host's kernel, busybox, drivers and kiln-agent, stored as a
     /// public image (default kiln-deploy-ramdisk) that nodes boot to be provisioned.
     Ramdisk(RamdiskArgs),
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RamdiskArgs {
+pub(crate) struct RamdiskArgs {
     /// The kernel [default: the newest /boot/vmlinuz-*].
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -380,7 +380,7 @@ pub struct RamdiskArgs {
     no_upload: bool,
 }
 
-pub async fn build(client: Option<&Client>, format: OutputFormat, command: BuildCommand) -> anyhow::Result<()> {
+pub(crate) async fn build(client: Option<&Client>, format: OutputFormat, command: BuildCommand) -> anyhow::Result<()> {
     let BuildCommand::Ramdisk(args) = command;
     let (host_kernel, modules) = kiln_image_build::ramdisk::host_kernel()?;
     let kernel = args.kernel.unwrap_or(host_kernel);

@@ -20,7 +20,7 @@ fn refuse(status: StatusCode, what: &str, url: &str, body: &str) -> anyhow::Erro
 
 /// Pushes the tar layer `layer` (its digest and size known) as a one-layer image under
 /// `reference`; returns the manifest's digest.
-pub async fn push(reference: &ImageReference, options: &[String], layer: &Path, digest: &str, size: u64) -> anyhow::Result<String> {
+pub(crate) async fn push(reference: &ImageReference, options: &[String], layer: &Path, digest: &str, size: u64) -> anyhow::Result<String> {
     let http = reqwest::Client::new();
     let base = reference.base_url(options);
     let (config, manifest) = oci::one_layer_image(digest, size, std::env::consts::ARCH.replace("x86_64", "amd64").as_str());
@@ -74,7 +74,7 @@ async fn push_blob(http: &reqwest::Client, base: &str, digest: &str, body: reqwe
 }
 
 /// Reads `reference`'s manifest; its digest names the image's content.
-pub async fn resolve(reference: &ImageReference, options: &[String]) -> anyhow::Result<(String, Manifest)> {
+pub(crate) async fn resolve(reference: &ImageReference, options: &[String]) -> anyhow::Result<(String, Manifest)> {
     let http = reqwest::Client::new();
     let url = format!("{}/manifests/{}", reference.base_url(options), reference.reference);
     let response = http
@@ -97,7 +97,7 @@ pub async fn resolve(reference: &ImageReference, options: &[String]) -> anyhow::
 
 /// Fetches the layers of `manifest` into `blobs/` (kept: a layer shared by images is
 /// downloaded once), each checked against its digest.
-pub async fn pull_layers(
+pub(crate) async fn pull_layers(
     reference: &ImageReference,
     options: &[String],
     manifest: &Manifest,

@@ -26,7 +26,7 @@ fn load_config(flags: &ServerFlags) -> anyhow::Result<ServerConfig> {
     ServerConfig::try_from(layers).context("invalid configuration")
 }
 
-pub fn check(flags: &ServerFlags, format: OutputFormat) -> anyhow::Result<()> {
+pub(crate) fn check(flags: &ServerFlags, format: OutputFormat) -> anyhow::Result<()> {
     let config = load_config(flags)?.redacted();
     crate::output::print(format, &config, || {
         let mut text = toml::to_string(&config).unwrap_or_default();
@@ -35,7 +35,7 @@ pub fn check(flags: &ServerFlags, format: OutputFormat) -> anyhow::Result<()> {
     })
 }
 
-pub async fn serve(flags: &ServerFlags) -> anyhow::Result<()> {
+pub(crate) async fn serve(flags: &ServerFlags) -> anyhow::Result<()> {
     let config = load_config(flags)?;
     let handle = kiln_server::start(config).await.context("starting the server")?;
     // Plain, on its own line: scripts and tests that asked for port 0 read the port here.

@@ -87,7 +87,7 @@ fn status(node: &Node, record: Option<&ProvisionRecord>) -> ProvisionStatus {
         node: node.name.clone(),
         provision_state: node.provision_state,
         maintenance: node.maintenance,
-        step: record.and_then(|r| r.step.clone()),
+        step: record.and_then(|r| r.step),
         pending: record.and_then(|r| r.intent.clone()),
         target: record.and_then(|r| r.target.clone()),
         progress: record.and_then(|r| r.progress.clone()),

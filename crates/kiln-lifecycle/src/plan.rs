@@ -72,7 +72,7 @@ fn millis(duration: Duration) -> i64 {
 fn stay(node: &Node, record: &ProvisionRecord, reason: impl Into<String>) -> Transition {
     Transition {
         state: node.provision_state,
-        step: record.step.clone(),
+        step: record.step,
         target: record.target.clone(),
         operation: record.operation.clone(),
         token: TokenChange::Keep,

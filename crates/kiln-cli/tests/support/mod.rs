@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+pub(crate) const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// A `kiln serve` process; killed when dropped, so a failing test leaves nothing running.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub child: Child,
     pub url: String,
     /// The boot listener's URL, when the configuration gives it one.
@@ -19,11 +19,11 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    pub fn start(data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
+    pub(crate) fn start(data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
         Self::start_with_env(data_dir, extra_args, &[])
     }
 
-    pub fn start_with_env(data_dir: &Path, extra_args: &[&str], environment: &[(&str, &str)]) -> ServerProcess {
+    pub(crate) fn start_with_env(data_dir: &Path, extra_args: &[&str], environment: &[(&str, &str)]) -> ServerProcess {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut child = Command::new(KILN)
@@ -68,12 +68,12 @@ impl ServerProcess {
         ServerProcess { child, url, boot_url, log }
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -84,16 +84,16 @@ impl Drop for ServerProcess {
     }
 }
 
-pub fn token(data_dir: &Path) -> String {
+pub(crate) fn token(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join("admin-token")).unwrap().trim().to_owned()
 }
 
-pub fn kiln(server: &ServerProcess, token: &str, args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) fn kiln(server: &ServerProcess, token: &str, args: &[&str], stdin: Option<&str>) -> Output {
     kiln_with_env_and_stdin(server, token, args, &[], stdin)
 }
 
 /// `kiln` with extra environment variables (secrets kept off the command line).
-pub fn kiln_with_env(server: &ServerProcess, token: &str, args: &[&str], environment: &[(&str, &str)]) -> Output {
+pub(crate) fn kiln_with_env(server: &ServerProcess, token: &str, args: &[&str], environment: &[(&str, &str)]) -> Output {
     kiln_with_env_and_stdin(server, token, args, environment, None)
 }
 
@@ -127,18 +127,18 @@ fn kiln_with_env_and_stdin(
     child.wait_with_output().unwrap()
 }
 
-pub fn ok(output: Output) -> String {
+pub(crate) fn ok(output: Output) -> String {
     assert!(output.status.success(), "kiln failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
 }
 
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 /// The `kiln-agent` binary: the release build if there is one (much faster under TCG and
 /// at hashing), else the debug build, from the target directory `kiln` was built in.
-pub fn agent_binary() -> PathBuf {
+pub(crate) fn agent_binary() -> PathBuf {
     let target = Path::new(KILN).parent().and_then(Path::parent).expect("kiln lives in <target>/<profile>/");
     ["release", "debug"]
         .iter()
