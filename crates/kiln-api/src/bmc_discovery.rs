@@ -105,9 +105,11 @@ pub async fn discover_redfish(
     for outcome in outcomes {
         match outcome {
             ScanOutcome::Absent(_) => report.absent += 1,
-            ScanOutcome::Failed(target, error) => {
-                report.failures.push(DiscoveryFailure { target: target.to_string(), fault: error.fault(), error: error.to_string() })
-            }
+            ScanOutcome::Failed(target, error) => report.failures.push(DiscoveryFailure {
+                target: target.to_string(),
+                fault: error.fault(),
+                error: kiln_types::error_chain(&error),
+            }),
             ScanOutcome::Found(systems) => {
                 report.services += 1;
                 let count = systems.len();

@@ -66,39 +66,56 @@ pub trait FileResolver: Send + Sync + 'static {
     fn resolve<'a>(&'a self, path: &'a str, headers: &'a HeaderMap) -> futures::future::BoxFuture<'a, Resolved>;
 }
 
-/// A running boot listener; stops when dropped.
+/// A running boot listener. [`BootListener::shutdown`] drains it; dropping it stops it at
+/// once.
 pub struct BootListener {
     pub local_addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    stopping: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl BootListener {
+    /// Stops accepting, lets every request in flight finish (a download completes) and
+    /// closes idle connections; whatever is still running after `deadline` is cut off.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        let _ = self.stopping.send(true);
+        let Some(mut task) = self.task.take() else { return };
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            tracing::warn!(
+                deadline_seconds = deadline.as_secs(),
+                "boot listener: connections still open after the drain deadline; cut off"
+            );
+            task.abort();
+        }
+    }
 }
 
 impl Drop for BootListener {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
 /// Serves `listener` until the returned handle is dropped.
 pub fn start(listener: TcpListener, resolver: Arc<dyn FileResolver>, router: Router) -> io::Result<BootListener> {
     let local_addr = listener.local_addr()?;
+    let (stopping, stop_requested) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut connections = tokio::task::JoinSet::new();
+        let mut stop = stop_requested.clone();
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else { return };
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors and the like: wait rather than spin.
-                    tracing::warn!(%error, "boot listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let accepted = tokio::select! {
+                _ = stop.wait_for(|stopping| *stopping) => break,
+                accepted = accept(&listener, &slots) => accepted,
             };
+            let Some((stream, peer, slot)) = accepted else { continue };
             let _ = stream.set_nodelay(true);
-            let (resolver, router) = (resolver.clone(), router.clone());
+            let (resolver, router, stopping) = (resolver.clone(), router.clone(), stop_requested.clone());
             connections.spawn(async move {
-                if let Err(error) = serve_connection(stream, peer, resolver.as_ref(), router).await {
+                if let Err(error) = serve_connection(stream, peer, resolver.as_ref(), router, stopping).await {
                     tracing::debug!(%peer, %error, "boot listener: connection ended");
                 }
                 drop(slot);
@@ -106,8 +123,28 @@ pub fn start(listener: TcpListener, resolver: Arc<dyn FileResolver>, router: Rou
             // Reap finished connections so the set does not grow without bound.
             while connections.try_join_next().is_some() {}
         }
+        // Draining: no new connections; the ones open finish their request and close.
+        drop(listener);
+        while connections.join_next().await.is_some() {}
     });
-    Ok(BootListener { local_addr, task })
+    Ok(BootListener { local_addr, stopping, task: Some(task) })
+}
+
+/// The next connection and its slot; `None` after an accept error (out of descriptors and
+/// the like), having waited a little rather than spin.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+    match listener.accept().await {
+        Ok((stream, peer)) => Some((stream, peer, slot)),
+        Err(error) => {
+            tracing::warn!(%error, "boot listener: accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
 }
 
 /// One parsed request head.
@@ -284,7 +321,13 @@ async fn with_timeout<T>(future: impl std::future::Future<Output = io::Result<T>
     tokio::time::timeout(IO_TIMEOUT, future).await.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stalled"))?
 }
 
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, resolver: &dyn FileResolver, router: Router) -> io::Result<()> {
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    resolver: &dyn FileResolver,
+    router: Router,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(4096);
     loop {
         // Read until a whole head is buffered (pipelined requests may already be).
@@ -301,11 +344,18 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, resolver: &dy
                     return with_timeout(stream.write_all(short_answer(StatusCode::BAD_REQUEST, "", false, true).as_bytes())).await;
                 }
             }
-            let wait = if buffer.is_empty() { IDLE_TIMEOUT } else { IO_TIMEOUT };
+            let idle = buffer.is_empty();
+            if idle && *stopping.borrow() {
+                return Ok(()); // draining: an idle connection closes between requests
+            }
+            let wait = if idle { IDLE_TIMEOUT } else { IO_TIMEOUT };
             let mut chunk = [0u8; 4096];
-            let read = match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
-                Ok(read) => read?,
-                Err(_) => return Ok(()),
+            let read = tokio::select! {
+                read = tokio::time::timeout(wait, stream.read(&mut chunk)) => match read {
+                    Ok(read) => read?,
+                    Err(_) => return Ok(()),
+                },
+                _ = stopping.wait_for(|stopping| *stopping), if idle => return Ok(()),
             };
             if read == 0 {
                 return Ok(());

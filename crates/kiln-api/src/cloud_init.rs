@@ -139,7 +139,7 @@ pub async fn render_group(
     let content = record.content.as_deref().ok_or_else(|| ApiError::not_found("cloud-init group", &group))?;
     let meta_data = kiln_boot::cloud_init::meta_data(&inputs(&state, &view, node, None));
     let rendered = kiln_boot::cloud_init::render_group(content, &meta_data)
-        .map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::RenderFailed, error.to_string()))?;
+        .map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::RenderFailed, kiln_types::error_chain(&error)))?;
     Ok(text(rendered))
 }
 

@@ -128,7 +128,7 @@ pub(crate) async fn discover_static(
     JsonBody(document): JsonBody<serde_json::Value>,
 ) -> ApiResult<Json<DiscoverySummary>> {
     caller.require_admin()?;
-    let specs = parse_document(&document).map_err(|error| ApiError::invalid(error.to_string()))?;
+    let specs = parse_document(&document).map_err(|error| ApiError::invalid(kiln_types::error_chain(&error)))?;
     tracing::info!(actor = %caller.user, entries = specs.len(), "applying static discovery");
     let summary = state.store.discover(&caller.user, &specs).await?;
     state.after_node_write().await;

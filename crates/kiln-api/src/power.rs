@@ -29,7 +29,7 @@ fn bmc_error(error: BmcError) -> ApiError {
         BmcError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     };
-    ApiError::new(status, code, error.to_string())
+    ApiError::new(status, code, kiln_types::error_chain(&error))
 }
 
 /// The node's BMC driver, with its password opened.

@@ -266,7 +266,8 @@ pub(crate) async fn append_upload(
     match pumped {
         Ok(()) => {}
         Err(PumpError::Spool(error)) => return Err(spool_error("writing the upload", &error)),
-        Err(PumpError::Source(message)) => {
+        Err(error @ PumpError::Source(_)) => {
+            let message = error_chain(&error);
             tracing::info!(upload = %id, offset = upload.offset, %message, "upload body broke off; it can resume");
             return Err(ApiError::invalid(format!("the request body broke off at offset {}: {message}", upload.offset)));
         }
@@ -365,11 +366,7 @@ pub(crate) async fn ingest_body_as_version(
         Err(error) => {
             drop(spool);
             remove_spool(state, &id).await;
-            let message = match error {
-                PumpError::Spool(error) => error.to_string(),
-                PumpError::Source(message) => message,
-            };
-            return Err(ApiError::invalid(format!("the capture broke off: {message}")));
+            return Err(ApiError::invalid(format!("the capture broke off: {}", error_chain(&error))));
         }
     };
     let (digests, head) = match finished {
@@ -546,7 +543,11 @@ pub(crate) async fn get_kernel(
             drop(spool);
             if let Err(error) = pumped {
                 let _ = tokio::fs::remove_file(&path).await;
-                return Err(ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::BlobStore, format!("copying the root image: {error}")));
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::BlobStore,
+                    format!("copying the root image: {}", error_chain(&error)),
+                ));
             }
             (path, true)
         }
@@ -579,7 +580,7 @@ pub(crate) async fn get_kernel(
         }
         Err(error) => {
             cleanup().await;
-            return Err(refuse(error.to_string()));
+            return Err(refuse(error_chain(&error)));
         }
     };
     let mut artifacts = Vec::with_capacity(2);

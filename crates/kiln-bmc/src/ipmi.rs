@@ -47,7 +47,7 @@ fn classify(address: &str, operation: &'static str, stderr: &str) -> BmcError {
         return BmcError::Authentication { address, status: 401 };
     }
     if stderr.contains("Get Auth Capabilities error") || stderr.contains("Error issuing Get Channel Authentication Capabilities") {
-        return BmcError::Unreachable { address, message: "no answer to RMCP+ (UDP)".to_owned() };
+        return BmcError::Unreachable { address, source: "no answer to RMCP+ (UDP)".into() };
     }
     let message = stderr
         .lines()

@@ -31,8 +31,8 @@ impl Lab {
         Ok(Lab { target, socket })
     }
 
-    fn unreachable(&self, message: impl std::fmt::Display) -> BmcError {
-        BmcError::Unreachable { address: self.target.address.clone(), message: message.to_string() }
+    fn unreachable(&self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BmcError {
+        BmcError::Unreachable { address: self.target.address.clone(), source: source.into() }
     }
 
     async fn session(&self) -> Result<Session, BmcError> {

@@ -22,8 +22,12 @@ pub use redfish::Redfish;
 /// Why a BMC operation failed. Never holds a credential.
 #[derive(Debug, thiserror::Error)]
 pub enum BmcError {
-    #[error("BMC {address}: cannot connect: {message}")]
-    Unreachable { address: String, message: String },
+    #[error("BMC {address}: cannot connect")]
+    Unreachable {
+        address: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("BMC {address}: no answer within {} s", timeout.as_secs())]
     Timeout { address: String, timeout: Duration },
     #[error("BMC {address}: the username or password was refused (HTTP {status})")]

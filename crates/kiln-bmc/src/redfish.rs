@@ -98,17 +98,11 @@ impl Redfish {
         &self.target.address
     }
 
-    fn unreachable(&self, error: &reqwest::Error) -> BmcError {
+    fn unreachable(&self, error: reqwest::Error) -> BmcError {
         if error.is_timeout() {
             return BmcError::Timeout { address: self.target.address.clone(), timeout: self.target.timeout };
         }
-        // The innermost cause says what happened (refused, no route); reqwest's outer
-        // message repeats the URL, which is already in `address`.
-        let mut cause: &dyn std::error::Error = error;
-        while let Some(source) = cause.source() {
-            cause = source;
-        }
-        BmcError::Unreachable { address: self.target.address.clone(), message: cause.to_string() }
+        BmcError::Unreachable { address: self.target.address.clone(), source: Box::new(error) }
     }
 
     /// One request, retried on no answer and on 5xx. Returns the status, the ETag and the
@@ -139,13 +133,13 @@ impl Redfish {
                 Ok(response) => {
                     let status = response.status();
                     let etag = response.headers().get("etag").and_then(|value| value.to_str().ok()).map(str::to_owned);
-                    let bytes = response.bytes().await.map_err(|error| self.unreachable(&error));
+                    let bytes = response.bytes().await.map_err(|error| self.unreachable(error));
                     match bytes {
                         Ok(bytes) => Ok((status, etag, bytes)),
                         Err(error) => Err(error),
                     }
                 }
-                Err(error) => Err(self.unreachable(&error)),
+                Err(error) => Err(self.unreachable(error)),
             };
             let retryable = match &outcome {
                 Err(BmcError::Timeout { .. }) => false,

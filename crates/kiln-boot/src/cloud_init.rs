@@ -163,9 +163,12 @@ pub fn to_yaml(meta_data: &Map<String, Value>) -> String {
 
 /// Why a group's template could not be previewed.
 #[derive(Debug, thiserror::Error)]
-#[error("rendering the template: {message}")]
+#[error("rendering the template{}", line.map(|line| format!(" at line {line} (after the '## template' line)")).unwrap_or_default())]
 pub struct RenderError {
-    pub message: String,
+    /// The template's line, counted after the `## template` line, where minijinja knows it.
+    pub line: Option<usize>,
+    #[source]
+    pub source: minijinja::Error,
 }
 
 /// What cloud-init on the node makes of a group's cloud-config: a `## template: jinja` file
@@ -188,15 +191,9 @@ pub fn render_group(content: &str, meta_data: &Map<String, Value>) -> Result<Str
         }
         Ok(())
     });
-    let template = environment.template_from_str(body).map_err(|error| RenderError { message: describe(&error) })?;
-    template.render(instance_data(meta_data)).map_err(|error| RenderError { message: describe(&error) })
-}
-
-fn describe(error: &minijinja::Error) -> String {
-    match error.line() {
-        Some(line) => format!("line {} of the template (after the '## template' line): {}", line, error),
-        None => error.to_string(),
-    }
+    let failed = |source: minijinja::Error| RenderError { line: source.line(), source };
+    let template = environment.template_from_str(body).map_err(failed)?;
+    template.render(instance_data(meta_data)).map_err(failed)
 }
 
 /// The variables cloud-init gives templates: `ds.meta_data` and the standard `v1` keys,

@@ -654,3 +654,73 @@ fn a_deployed_node_s_disk_is_captured_as_a_new_image_version() {
     site.node("cap2", "52:54:00:00:09:02");
     assert!(site.kiln_fails(&["node", "capture", "cap2", "--image", "golden"]).contains("cannot capture node 'cap2' in state available"));
 }
+
+/// `kiln serve` asked to stop (SIGTERM) drains what is in flight before it exits: a power
+/// step whose BMC is slow finishes and records its outcome (not "interrupted", as a killed
+/// server's would be), and a download from the boot listener completes, while new
+/// connections are refused.
+#[test]
+fn sigterm_lets_a_power_step_and_a_boot_download_in_flight_finish() {
+    let mut site = Site::start();
+    site.image("os", &noise(1 << 20, 8));
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", hung.local_addr().unwrap());
+    site.node("drain1", "52:54:00:00:08:01");
+    let bmc = serde_json::json!({"bmc": {"driver": "redfish", "address": address, "username": "u", "password": "p"}});
+    site.kiln(&["node", "update", "drain1", "-f", "json", "-d", &bmc.to_string()]);
+    let file_size = 24 << 20;
+    let files_dir = site.data.join("boot-files");
+    std::fs::create_dir_all(&files_dir).unwrap();
+    std::fs::write(files_dir.join("big"), noise(file_size, 9)).unwrap();
+
+    site.kiln(&["node", "deploy", "drain1", "--image", "os"]);
+    site.wait_for("drain1", "the power step", Duration::from_secs(10), |s| s["step"] == "powering");
+    let boot = site.boot_url();
+    let boot_address = boot.trim_start_matches("http://").to_owned();
+    let mut download = TcpStream::connect(&boot_address).unwrap();
+    write!(download, "GET /boot/files/big HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut received = vec![0u8; 1 << 20];
+    download.read_exact(&mut received).unwrap();
+
+    let pid = i32::try_from(site.server.child.id()).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(TcpStream::connect(&boot_address).is_err(), "the draining boot listener refuses new connections");
+    // The rest of the download, at about 8 MiB/s: it outlasts the moment of the signal.
+    let mut chunk = vec![0u8; 256 << 10];
+    loop {
+        let read = download.read(&mut chunk).unwrap();
+        if read == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..read]);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let head_end = received.windows(4).position(|window| window == b"\r\n\r\n").expect("a response head") + 4;
+    let body = &received[head_end..];
+    assert!(received.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&received[..head_end]));
+    assert_eq!(body.len(), file_size, "the whole file arrived after the signal");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(status) = site.server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kiln serve did not exit after SIGTERM:\n{}", tail(&site.server.log()));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "{exit}\n{}", tail(&site.server.log()));
+    let log = site.server.log();
+    let config = site.directory.path().join("kiln.toml");
+    site.server = ServerProcess::start(&site.data, &["--config", &config.display().to_string()]);
+    let status = site.status("drain1");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert_eq!(status["provision_state"], "deploy-failed", "{status}\n{}", tail(&log));
+    assert!(error.contains("answer") && !error.contains("interrupted"), "the step finished before the exit: {error}");
+    assert!(
+        log.contains("finishing the steps in flight") && log.contains("in_flight=1"),
+        "the step was in flight at the signal:\n{}",
+        tail(&log)
+    );
+    drop(hung);
+}

@@ -65,7 +65,7 @@ impl CloudInitData {
 }
 
 fn json_map(text: &str, what: &str) -> Result<Map<String, Value>, StoreError> {
-    serde_json::from_str(text).map_err(|error| StoreError::Corrupt { message: format!("{what}: {error}") })
+    serde_json::from_str(text).map_err(|error| StoreError::corrupt(what, error))
 }
 
 fn to_text(value: &impl serde::Serialize) -> String {
@@ -80,7 +80,7 @@ impl Store {
                 let text = self
                     .secrets
                     .open(sealed)
-                    .map_err(|_| StoreError::Corrupt { message: "a node's cloud-init secrets cannot be opened with this key".into() })?;
+                    .map_err(|error| StoreError::corrupt("a node's cloud-init secrets (cannot be opened with this key)", error))?;
                 json_map(&text, "cloud-init secrets")
             }
         }
@@ -441,7 +441,7 @@ async fn defaults_in(connection: &mut AnyConnection) -> Result<CloudInitDefaults
         None => Ok(CloudInitDefaults::default()),
         Some(row) => {
             let text: String = row.try_get("data").map_err(StoreError::query("reading cloud-init defaults"))?;
-            serde_json::from_str(&text).map_err(|error| StoreError::Corrupt { message: format!("cloud-init defaults: {error}") })
+            serde_json::from_str(&text).map_err(|error| StoreError::corrupt("cloud-init defaults", error))
         }
     }
 }

@@ -33,6 +33,12 @@ pub enum StoreError {
     Invalid { message: String },
     #[error("a stored value is corrupt: {message}")]
     Corrupt { message: String },
+    #[error("a stored value is corrupt: {what}")]
+    CorruptValue {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl StoreError {
@@ -49,6 +55,11 @@ impl StoreError {
             }
             StoreError::Query { operation, source }
         }
+    }
+
+    /// A stored value that does not read back (bad JSON, a secret this key cannot open).
+    pub(crate) fn corrupt(what: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        StoreError::CorruptValue { what: what.into(), source: source.into() }
     }
 
     pub(crate) fn not_found(kind: &'static str, key: impl Into<String>) -> StoreError {

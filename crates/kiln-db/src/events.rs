@@ -90,7 +90,7 @@ impl Store {
                     let text: Option<String> = row.try_get(column).map_err(StoreError::query("reading an event"))?;
                     text.map(|text| serde_json::from_str(&text))
                         .transpose()
-                        .map_err(|error| StoreError::Corrupt { message: format!("event {column}: {error}") })
+                        .map_err(|error| StoreError::corrupt(format!("event {column}"), error))
                 };
                 Ok(Event {
                     id: row.try_get("id").map_err(StoreError::query("reading an event"))?,

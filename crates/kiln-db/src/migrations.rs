@@ -1,5 +1,6 @@
-//! Schema migrations, embedded in the binary, one list per backend, applied in order in one
-//! transaction each, and recorded in `schema_migrations`.
+//! Schema migrations, embedded in the binary (written once where both backends take the same
+//! SQL, per backend where they differ), applied in order in one transaction each, and
+//! recorded in `schema_migrations`.
 
 use sqlx::Row as _;
 
@@ -8,47 +9,54 @@ use crate::{Backend, Store, StoreError};
 struct Migration {
     version: i64,
     name: &'static str,
-    sqlite: &'static str,
-    postgres: &'static str,
+    sql: Sql,
+}
+
+/// A migration's statements: one text where both backends take the same SQL
+/// (`migrations/common`), or one per backend where their dialects differ.
+enum Sql {
+    Common(&'static str),
+    PerBackend { sqlite: &'static str, postgres: &'static str },
+}
+
+impl Migration {
+    fn sql(&self, backend: Backend) -> &'static str {
+        match (&self.sql, backend) {
+            (Sql::Common(sql), _) => sql,
+            (Sql::PerBackend { sqlite, .. }, Backend::Sqlite) => sqlite,
+            (Sql::PerBackend { postgres, .. }, Backend::Postgres) => postgres,
+        }
+    }
 }
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "initial",
-        sqlite: include_str!("../migrations/sqlite/0001_initial.sql"),
-        postgres: include_str!("../migrations/postgres/0001_initial.sql"),
+        sql: Sql::PerBackend {
+            sqlite: include_str!("../migrations/sqlite/0001_initial.sql"),
+            postgres: include_str!("../migrations/postgres/0001_initial.sql"),
+        },
     },
     Migration {
         version: 2,
         name: "boot",
-        sqlite: include_str!("../migrations/sqlite/0002_boot.sql"),
-        postgres: include_str!("../migrations/postgres/0002_boot.sql"),
+        sql: Sql::PerBackend {
+            sqlite: include_str!("../migrations/sqlite/0002_boot.sql"),
+            postgres: include_str!("../migrations/postgres/0002_boot.sql"),
+        },
     },
     Migration {
         version: 3,
         name: "images",
-        sqlite: include_str!("../migrations/sqlite/0003_images.sql"),
-        postgres: include_str!("../migrations/postgres/0003_images.sql"),
+        sql: Sql::PerBackend {
+            sqlite: include_str!("../migrations/sqlite/0003_images.sql"),
+            postgres: include_str!("../migrations/postgres/0003_images.sql"),
+        },
     },
-    Migration {
-        version: 4,
-        name: "cloud_init",
-        sqlite: include_str!("../migrations/sqlite/0004_cloud_init.sql"),
-        postgres: include_str!("../migrations/postgres/0004_cloud_init.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "power",
-        sqlite: include_str!("../migrations/sqlite/0005_power.sql"),
-        postgres: include_str!("../migrations/postgres/0005_power.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "provisioning",
-        sqlite: include_str!("../migrations/sqlite/0006_provisioning.sql"),
-        postgres: include_str!("../migrations/postgres/0006_provisioning.sql"),
-    },
+    Migration { version: 4, name: "cloud_init", sql: Sql::Common(include_str!("../migrations/common/0004_cloud_init.sql")) },
+    Migration { version: 5, name: "power", sql: Sql::Common(include_str!("../migrations/common/0005_power.sql")) },
+    Migration { version: 6, name: "provisioning", sql: Sql::Common(include_str!("../migrations/common/0006_provisioning.sql")) },
 ];
 
 impl Store {
@@ -79,10 +87,7 @@ impl Store {
             return Err(StoreError::SchemaTooNew { found: applied, known });
         }
         for migration in MIGRATIONS.iter().filter(|migration| migration.version > applied) {
-            let sql = match self.backend {
-                Backend::Sqlite => migration.sqlite,
-                Backend::Postgres => migration.postgres,
-            };
+            let sql = migration.sql(self.backend);
             let fail = |source| StoreError::Migrate { version: migration.version, name: migration.name, source };
             sqlx::raw_sql(sql).execute(&mut *connection).await.map_err(fail)?;
             sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")

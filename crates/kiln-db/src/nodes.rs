@@ -58,18 +58,16 @@ fn same_content(a: &NodeSnapshot, b: &NodeSnapshot) -> bool {
 const NODE_COLUMNS: &str =
     "id, name, xname, nid, role, project, provision_state, maintenance, bmc, bmc_password, properties, created_at, updated_at";
 
-fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt { message: format!("{what}: {error}") }
-}
-
 fn node_from_row(row: &AnyRow) -> Result<NodeSnapshot, StoreError> {
     let get_text = |column: &str| row.try_get::<Option<String>, _>(column).map_err(StoreError::query("reading a node"));
     let get_int = |column: &str| row.try_get::<Option<i64>, _>(column).map_err(StoreError::query("reading a node"));
-    let bmc =
-        get_text("bmc")?.map(|text| serde_json::from_str::<StoredBmc>(&text)).transpose().map_err(|error| corrupt("node bmc", error))?;
+    let bmc = get_text("bmc")?
+        .map(|text| serde_json::from_str::<StoredBmc>(&text))
+        .transpose()
+        .map_err(|error| StoreError::corrupt("node bmc", error))?;
     let sealed_bmc_password = get_text("bmc_password")?;
     let properties = serde_json::from_str(&get_text("properties")?.unwrap_or_else(|| "{}".to_owned()))
-        .map_err(|error| corrupt("node properties", error))?;
+        .map_err(|error| StoreError::corrupt("node properties", error))?;
     let state: String = get_text("provision_state")?.unwrap_or_default();
     let node = Node {
         id: get_text("id")?.unwrap_or_default(),
@@ -89,7 +87,7 @@ fn node_from_row(row: &AnyRow) -> Result<NodeSnapshot, StoreError> {
         }),
         properties,
         project: get_text("project")?,
-        provision_state: state.parse().map_err(|error| corrupt("node provision_state", error))?,
+        provision_state: state.parse().map_err(|error| StoreError::corrupt("node provision_state", error))?,
         maintenance: get_int("maintenance")?.unwrap_or(0) != 0,
         created_at: crate::timestamp(get_int("created_at")?.unwrap_or(0)),
         updated_at: crate::timestamp(get_int("updated_at")?.unwrap_or(0)),
@@ -146,14 +144,15 @@ pub(crate) async fn load_nodes(
             let mut snapshot = node_from_row(row)?;
             let interfaces: String = row.try_get("interfaces_json").map_err(StoreError::query("reading interfaces"))?;
             let mut interfaces: Vec<AggregatedInterface> =
-                serde_json::from_str(&interfaces).map_err(|error| corrupt("node interfaces", error))?;
+                serde_json::from_str(&interfaces).map_err(|error| StoreError::corrupt("node interfaces", error))?;
             interfaces.sort_by_key(|interface| interface.position);
             snapshot.node.interfaces = interfaces
                 .into_iter()
                 .map(|interface| InterfaceView { mac_addr: interface.mac_addr, ip_addrs: interface.ip_addrs })
                 .collect();
             let groups: String = row.try_get("groups_json").map_err(StoreError::query("reading group members"))?;
-            let mut groups: Vec<AggregatedGroup> = serde_json::from_str(&groups).map_err(|error| corrupt("node groups", error))?;
+            let mut groups: Vec<AggregatedGroup> =
+                serde_json::from_str(&groups).map_err(|error| StoreError::corrupt("node groups", error))?;
             groups.sort_by_key(|group| group.position);
             snapshot.node.groups = groups.into_iter().map(|group| group.name).collect();
             Ok(snapshot)
@@ -226,7 +225,7 @@ impl Store {
         let snapshot = find_node(&mut connection, key).await?.ok_or_else(|| StoreError::not_found("node", key))?;
         snapshot
             .sealed_bmc_password
-            .map(|sealed| self.secrets.open(&sealed).map_err(|error| corrupt("node bmc_password", error)))
+            .map(|sealed| self.secrets.open(&sealed).map_err(|error| StoreError::corrupt("node bmc_password", error)))
             .transpose()
     }
 
@@ -578,6 +577,19 @@ async fn check_unique(connection: &mut AnyConnection, column: &str, value: &str,
 /// when updating. Uniqueness is checked first so that a conflict names the other node.
 async fn write_node(connection: &mut AnyConnection, snapshot: &NodeSnapshot, before: Option<&NodeSnapshot>) -> Result<(), StoreError> {
     let node = &snapshot.node;
+    check_node_unique(connection, node).await?;
+    write_node_row(connection, snapshot, before.is_some()).await?;
+    if before.is_none_or(|before| before.node.interfaces != node.interfaces) {
+        write_interfaces(connection, node, before.is_some()).await?;
+    }
+    if before.is_none_or(|before| before.node.groups != node.groups) {
+        write_group_members(connection, node, before.is_some()).await?;
+    }
+    Ok(())
+}
+
+/// Refuses a name, xname, NID or MAC that another node holds, naming that node.
+async fn check_node_unique(connection: &mut AnyConnection, node: &Node) -> Result<(), StoreError> {
     check_unique(connection, "name", &node.name, &node.id, &format!("name '{}'", node.name)).await?;
     if let Some(xname) = &node.xname {
         check_unique(connection, "xname", xname, &node.id, &format!("xname {xname}")).await?;
@@ -606,6 +618,12 @@ async fn write_node(connection: &mut AnyConnection, snapshot: &NodeSnapshot, bef
             return Err(StoreError::conflict(format!("MAC {} is already used by node '{name}'", interface.mac_addr)));
         }
     }
+    Ok(())
+}
+
+/// The node's own row, inserted or (`exists`) updated.
+async fn write_node_row(connection: &mut AnyConnection, snapshot: &NodeSnapshot, exists: bool) -> Result<(), StoreError> {
+    let node = &snapshot.node;
     let bmc = node
         .bmc
         .as_ref()
@@ -619,9 +637,9 @@ async fn write_node(connection: &mut AnyConnection, snapshot: &NodeSnapshot, bef
             })
         })
         .transpose()
-        .map_err(|error| corrupt("node bmc", error))?;
+        .map_err(|error| StoreError::corrupt("node bmc", error))?;
     let properties = serde_json::Value::Object(node.properties.clone()).to_string();
-    let sql = if before.is_some() {
+    let sql = if exists {
         "UPDATE nodes SET name = $2, xname = $3, nid = $4, role = $5, project = $6, provision_state = $7, maintenance = $8, \
          bmc = $9, bmc_password = $10, properties = $11, created_at = $12, updated_at = $13 WHERE id = $1"
     } else {
@@ -645,48 +663,50 @@ async fn write_node(connection: &mut AnyConnection, snapshot: &NodeSnapshot, bef
         .execute(&mut *connection)
         .await
         .map_err(StoreError::query("writing a node"))?;
+    Ok(())
+}
 
-    let interfaces_changed = before.is_none_or(|before| before.node.interfaces != node.interfaces);
-    if interfaces_changed {
-        if before.is_some() {
-            sqlx::query("DELETE FROM interfaces WHERE node_id = $1")
-                .bind(&node.id)
-                .execute(&mut *connection)
-                .await
-                .map_err(StoreError::query("writing interfaces"))?;
-        }
-        for (position, interface) in node.interfaces.iter().enumerate() {
-            let ip_addrs = serde_json::to_string(&interface.ip_addrs).map_err(|error| corrupt("interface ip_addrs", error))?;
-            sqlx::query("INSERT INTO interfaces (mac, node_id, position, ip_addrs) VALUES ($1, $2, $3, $4)")
-                .bind(interface.mac_addr.to_string())
-                .bind(&node.id)
-                .bind(position as i64)
-                .bind(ip_addrs)
-                .execute(&mut *connection)
-                .await
-                .map_err(StoreError::query("writing interfaces"))?;
-        }
+/// The node's interfaces, replacing the stored ones (`replace`).
+async fn write_interfaces(connection: &mut AnyConnection, node: &Node, replace: bool) -> Result<(), StoreError> {
+    if replace {
+        sqlx::query("DELETE FROM interfaces WHERE node_id = $1")
+            .bind(&node.id)
+            .execute(&mut *connection)
+            .await
+            .map_err(StoreError::query("writing interfaces"))?;
     }
+    for (position, interface) in node.interfaces.iter().enumerate() {
+        let ip_addrs = serde_json::to_string(&interface.ip_addrs).map_err(|error| StoreError::corrupt("interface ip_addrs", error))?;
+        sqlx::query("INSERT INTO interfaces (mac, node_id, position, ip_addrs) VALUES ($1, $2, $3, $4)")
+            .bind(interface.mac_addr.to_string())
+            .bind(&node.id)
+            .bind(position as i64)
+            .bind(ip_addrs)
+            .execute(&mut *connection)
+            .await
+            .map_err(StoreError::query("writing interfaces"))?;
+    }
+    Ok(())
+}
 
-    let groups_changed = before.is_none_or(|before| before.node.groups != node.groups);
-    if groups_changed {
-        if before.is_some() {
-            sqlx::query("DELETE FROM group_members WHERE node_id = $1")
-                .bind(&node.id)
-                .execute(&mut *connection)
-                .await
-                .map_err(StoreError::query("writing group members"))?;
-        }
-        for (position, group) in node.groups.iter().enumerate() {
-            crate::groups::ensure_group_for(connection, group, node.project.as_deref()).await?;
-            sqlx::query("INSERT INTO group_members (group_name, node_id, position) VALUES ($1, $2, $3)")
-                .bind(group)
-                .bind(&node.id)
-                .bind(position as i64)
-                .execute(&mut *connection)
-                .await
-                .map_err(StoreError::query("writing group members"))?;
-        }
+/// The node's group memberships, replacing the stored ones (`replace`).
+async fn write_group_members(connection: &mut AnyConnection, node: &Node, replace: bool) -> Result<(), StoreError> {
+    if replace {
+        sqlx::query("DELETE FROM group_members WHERE node_id = $1")
+            .bind(&node.id)
+            .execute(&mut *connection)
+            .await
+            .map_err(StoreError::query("writing group members"))?;
+    }
+    for (position, group) in node.groups.iter().enumerate() {
+        crate::groups::ensure_group_for(connection, group, node.project.as_deref()).await?;
+        sqlx::query("INSERT INTO group_members (group_name, node_id, position) VALUES ($1, $2, $3)")
+            .bind(group)
+            .bind(&node.id)
+            .bind(position as i64)
+            .execute(&mut *connection)
+            .await
+            .map_err(StoreError::query("writing group members"))?;
     }
     Ok(())
 }

@@ -27,13 +27,9 @@ pub struct ProvisionWork {
 const COLUMNS: &str = "node_id, intent, target, operation, step, command_id, agent_token_hash, agent_seen_at, progress, \
      agent_result, callback_at, last_error, state_entered_at, deadline, due_at, lease_owner, lease_expires";
 
-fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt { message: format!("{what}: {error}") }
-}
-
 fn json_column<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<Option<T>, StoreError> {
     let text: Option<String> = row.try_get(column).map_err(StoreError::query("reading a provisioning record"))?;
-    text.map(|text| serde_json::from_str(&text).map_err(|error| corrupt(column, error))).transpose()
+    text.map(|text| serde_json::from_str(&text).map_err(|error| StoreError::corrupt(column, error))).transpose()
 }
 
 fn record_from_row(row: &AnyRow) -> Result<ProvisionRecord, StoreError> {
@@ -371,7 +367,7 @@ impl Store {
             .transpose()
             .map_err(StoreError::query("reading an agent token"))?
             .flatten();
-        sealed.map(|sealed| self.secrets.open(&sealed).map_err(|error| corrupt("agent token", error))).transpose()
+        sealed.map(|sealed| self.secrets.open(&sealed).map_err(|error| StoreError::corrupt("agent token", error))).transpose()
     }
 
     /// The node and provisioning record an agent token belongs to, or `None` when the token

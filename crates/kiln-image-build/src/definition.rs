@@ -11,10 +11,10 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 /// What can be wrong with a definition; each names the field.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
-    #[error("the definition is not valid YAML for an image: {message}")]
-    Syntax { message: String },
+    #[error("the definition is not valid YAML for an image")]
+    Syntax(#[source] serde_yaml::Error),
     #[error("options.{field}: {message}")]
     Option { field: &'static str, message: String },
     #[error("repos[{index}]: {message}")]
@@ -223,7 +223,7 @@ pub struct S3Target {
 
 /// Reads a definition from YAML text and checks it.
 pub fn parse_definition(text: &str) -> Result<ImageDefinition, DefinitionError> {
-    let wire: DefinitionWire = serde_yaml::from_str(text).map_err(|error| DefinitionError::Syntax { message: error.to_string() })?;
+    let wire: DefinitionWire = serde_yaml::from_str(text).map_err(DefinitionError::Syntax)?;
     ImageDefinition::try_from(wire)
 }
 
@@ -302,20 +302,7 @@ impl TryFrom<DefinitionWire> for ImageDefinition {
         if let Some(tag) = tags.iter().find(|tag| !is_plain_name(tag)) {
             return Err(option("publish_tags", format!("'{tag}' must be letters, digits, '-', '_' and '.'")));
         }
-        let mut repos = Vec::new();
-        for (index, repo) in wire.repos.into_iter().enumerate() {
-            if !is_plain_name(&repo.alias) {
-                return Err(DefinitionError::Repo {
-                    index,
-                    message: format!("alias '{}' must be letters, digits, '-', '_' and '.'", repo.alias),
-                });
-            }
-            if !(repo.url.starts_with("http://") || repo.url.starts_with("https://") || repo.url.starts_with("file://")) {
-                return Err(DefinitionError::Repo { index, message: format!("url '{}' must be http(s):// or file://", repo.url) });
-            }
-            let components = if repo.components.is_empty() { vec!["main".to_owned()] } else { repo.components };
-            repos.push(Repo { alias: repo.alias, url: repo.url, gpg: repo.gpg, suite: repo.suite, components });
-        }
+        let repos = check_repos(wire.repos)?;
         if package_manager == PackageManager::Apt {
             if let Some(index) = repos.iter().position(|repo| repo.suite.is_none()) {
                 return Err(DefinitionError::Repo { index, message: "an apt repository needs a suite (e.g. suite: bookworm)".into() });
@@ -337,62 +324,18 @@ impl TryFrom<DefinitionWire> for ImageDefinition {
                 return Err(DefinitionError::Packages { message: format!("'{bad}' is not a package name") });
             }
         }
-        let mut commands = Vec::new();
-        for (index, command) in wire.cmds.into_iter().enumerate() {
-            if command.cmd.trim().is_empty() {
-                return Err(DefinitionError::Command { index, message: "is empty".into() });
-            }
-            commands.push(command.cmd);
-        }
-        let mut copy_files = Vec::new();
-        for (index, copy) in wire.copyfiles.into_iter().enumerate() {
-            if !copy.dest.starts_with('/') || copy.dest.split('/').any(|part| part == "..") {
-                return Err(DefinitionError::CopyFile {
-                    index,
-                    message: format!("dest '{}' must be an absolute path inside the image", copy.dest),
-                });
-            }
-            copy_files.push((copy.src, copy.dest));
-        }
-        let s3 = match (options.publish_s3, options.s3_bucket) {
-            (Some(endpoint), Some(bucket)) => Some(S3Target { endpoint, bucket, prefix: options.s3_prefix.unwrap_or_default() }),
-            (Some(_), None) => return Err(option("s3_bucket", "is required with publish_s3")),
-            (None, Some(_)) => return Err(option("publish_s3", "is required with s3_bucket")),
-            (None, None) => None,
-        };
-        let publish = Publish {
-            registry: options.publish_registry,
-            push_options: options.registry_opts_push,
-            s3,
-            kiln_image: options.publish_kiln,
-            local: options.publish_local.unwrap_or(false),
-        };
-        let mut outputs = BTreeSet::new();
-        for output in &options.outputs {
-            outputs.insert(match output.as_str() {
-                "squashfs" => Output::Squashfs,
-                "disk-raw" => Output::DiskRaw,
-                "disk-qcow2" => Output::DiskQcow2,
-                "oci" => Output::Oci,
-                other => return Err(option("outputs", format!("'{other}' is not squashfs, disk-raw, disk-qcow2 or oci"))),
-            });
-        }
-        if outputs.is_empty() {
-            // As OpenCHAMI's builder does: a registry gets the layer, S3 (and Kiln) the
-            // bootable SquashFS triple.
-            if publish.registry.is_some() {
-                outputs.insert(Output::Oci);
-            }
-            if publish.s3.is_some() || publish.kiln_image.is_some() || publish.local {
-                outputs.insert(Output::Squashfs);
-            }
-        }
-        if outputs.contains(&Output::Oci) && publish.registry.is_none() {
-            return Err(option("publish_registry", "is required for the oci output"));
-        }
-        if outputs.is_empty() {
-            return Err(option("publish_registry", "the layer goes nowhere: set publish_registry, publish_s3, publish_kiln or outputs"));
-        }
+        let commands = check_commands(wire.cmds)?;
+        let copy_files = check_copy_files(wire.copyfiles)?;
+        let publish = check_publish(
+            options.publish_registry,
+            options.registry_opts_push,
+            options.publish_s3,
+            options.s3_bucket,
+            options.s3_prefix,
+            options.publish_kiln,
+            options.publish_local,
+        )?;
+        let outputs = check_outputs(&options.outputs, &publish)?;
         Ok(ImageDefinition {
             name,
             layer_type,
@@ -411,4 +354,102 @@ impl TryFrom<DefinitionWire> for ImageDefinition {
             kernel_args: options.kernel_args.unwrap_or_default(),
         })
     }
+}
+
+/// Each repository's alias and URL, with `main` as the default component.
+fn check_repos(wires: Vec<RepoWire>) -> Result<Vec<Repo>, DefinitionError> {
+    let mut repos = Vec::new();
+    for (index, repo) in wires.into_iter().enumerate() {
+        if !is_plain_name(&repo.alias) {
+            return Err(DefinitionError::Repo {
+                index,
+                message: format!("alias '{}' must be letters, digits, '-', '_' and '.'", repo.alias),
+            });
+        }
+        if !(repo.url.starts_with("http://") || repo.url.starts_with("https://") || repo.url.starts_with("file://")) {
+            return Err(DefinitionError::Repo { index, message: format!("url '{}' must be http(s):// or file://", repo.url) });
+        }
+        let components = if repo.components.is_empty() { vec!["main".to_owned()] } else { repo.components };
+        repos.push(Repo { alias: repo.alias, url: repo.url, gpg: repo.gpg, suite: repo.suite, components });
+    }
+    Ok(repos)
+}
+
+/// The `cmds`, none empty.
+fn check_commands(wires: Vec<CommandWire>) -> Result<Vec<String>, DefinitionError> {
+    let mut commands = Vec::new();
+    for (index, command) in wires.into_iter().enumerate() {
+        if command.cmd.trim().is_empty() {
+            return Err(DefinitionError::Command { index, message: "is empty".into() });
+        }
+        commands.push(command.cmd);
+    }
+    Ok(commands)
+}
+
+/// The `copyfiles`, each to an absolute path inside the image.
+fn check_copy_files(wires: Vec<CopyFileWire>) -> Result<Vec<(String, String)>, DefinitionError> {
+    let mut copy_files = Vec::new();
+    for (index, copy) in wires.into_iter().enumerate() {
+        if !copy.dest.starts_with('/') || copy.dest.split('/').any(|part| part == "..") {
+            return Err(DefinitionError::CopyFile {
+                index,
+                message: format!("dest '{}' must be an absolute path inside the image", copy.dest),
+            });
+        }
+        copy_files.push((copy.src, copy.dest));
+    }
+    Ok(copy_files)
+}
+
+/// Where the layer is published: a registry, S3 (with its bucket), Kiln, this machine.
+fn check_publish(
+    registry: Option<String>,
+    push_options: Vec<String>,
+    publish_s3: Option<String>,
+    s3_bucket: Option<String>,
+    s3_prefix: Option<String>,
+    kiln_image: Option<String>,
+    publish_local: Option<bool>,
+) -> Result<Publish, DefinitionError> {
+    let s3 = match (publish_s3, s3_bucket) {
+        (Some(endpoint), Some(bucket)) => Some(S3Target { endpoint, bucket, prefix: s3_prefix.unwrap_or_default() }),
+        (Some(_), None) => return Err(option("s3_bucket", "is required with publish_s3")),
+        (None, Some(_)) => return Err(option("publish_s3", "is required with s3_bucket")),
+        (None, None) => None,
+    };
+    let publish = Publish { registry, push_options, s3, kiln_image, local: publish_local.unwrap_or(false) };
+    Ok(publish)
+}
+
+/// The outputs asked for, or those the publishing targets imply (as OpenCHAMI's builder
+/// does), refusing a layer that goes nowhere.
+fn check_outputs(outputs_wire: &[String], publish: &Publish) -> Result<BTreeSet<Output>, DefinitionError> {
+    let mut outputs = BTreeSet::new();
+    for output in outputs_wire {
+        outputs.insert(match output.as_str() {
+            "squashfs" => Output::Squashfs,
+            "disk-raw" => Output::DiskRaw,
+            "disk-qcow2" => Output::DiskQcow2,
+            "oci" => Output::Oci,
+            other => return Err(option("outputs", format!("'{other}' is not squashfs, disk-raw, disk-qcow2 or oci"))),
+        });
+    }
+    if outputs.is_empty() {
+        // As OpenCHAMI's builder does: a registry gets the layer, S3 (and Kiln) the
+        // bootable SquashFS triple.
+        if publish.registry.is_some() {
+            outputs.insert(Output::Oci);
+        }
+        if publish.s3.is_some() || publish.kiln_image.is_some() || publish.local {
+            outputs.insert(Output::Squashfs);
+        }
+    }
+    if outputs.contains(&Output::Oci) && publish.registry.is_none() {
+        return Err(option("publish_registry", "is required for the oci output"));
+    }
+    if outputs.is_empty() {
+        return Err(option("publish_registry", "the layer goes nowhere: set publish_registry, publish_s3, publish_kiln or outputs"));
+    }
+    Ok(outputs)
 }

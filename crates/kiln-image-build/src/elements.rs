@@ -79,12 +79,17 @@ pub struct Element {
     pub environment: Vec<String>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ElementError {
     #[error("element '{name}' is not in ELEMENTS_PATH ({searched})")]
     NotFound { name: String, searched: String },
-    #[error("reading element '{name}' at {path}: {message}")]
-    Read { name: String, path: PathBuf, message: String },
+    #[error("reading element '{name}' at {}", path.display())]
+    Read {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("element '{name}': {message}")]
     Invalid { name: String, message: String },
     #[error("'{provided}' is provided by both '{first}' and '{second}'")]
@@ -134,8 +139,7 @@ fn read_scripts(directory: &Path, executable_only: bool) -> Result<Vec<String>, 
 }
 
 fn read_element(name: &str, path: &Path) -> Result<Element, ElementError> {
-    let read_error =
-        |error: std::io::Error| ElementError::Read { name: name.to_owned(), path: path.to_owned(), message: error.to_string() };
+    let read_error = |source: std::io::Error| ElementError::Read { name: name.to_owned(), path: path.to_owned(), source };
     let mut hooks = BTreeMap::new();
     for phase in Phase::ALL {
         let scripts = read_scripts(&path.join(phase.directory()), true).map_err(read_error)?;
@@ -295,11 +299,7 @@ impl BreakPoints {
 pub fn element_digest(element: &Element) -> Result<String, ElementError> {
     use sha2::Digest as _;
     use std::os::unix::fs::PermissionsExt as _;
-    let read_error = |path: &Path, error: std::io::Error| ElementError::Read {
-        name: element.name.clone(),
-        path: path.to_owned(),
-        message: error.to_string(),
-    };
+    let read_error = |path: &Path, source: std::io::Error| ElementError::Read { name: element.name.clone(), path: path.to_owned(), source };
     let mut hasher = sha2::Sha256::new();
     let mut pending = vec![element.path.clone()];
     let mut files = Vec::new();

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::definition::{ImageDefinition, Output, PackageManager, Parent};
+use crate::definition::{ImageDefinition, Output, PackageManager, Parent, Repo};
 
 /// Where the layer's root is while it is built; the executor substitutes its directory.
 pub const ROOT: &str = "$ROOT";
@@ -139,7 +139,7 @@ impl fmt::Display for BuildPlan {
 struct LayerContent<'a> {
     parent_digest: &'a str,
     package_manager: PackageManager,
-    repos: &'a [crate::definition::Repo],
+    repos: &'a [Repo],
     package_groups: &'a [String],
     packages: &'a [String],
     remove_packages: &'a [String],
@@ -189,122 +189,34 @@ pub fn plan_build(
     let first_repo = definition.repos.first();
     let offline = downloads == Downloads::CacheOnly;
     match (&definition.parent, definition.package_manager, first_repo) {
-        (Parent::Scratch, PackageManager::Apt, Some(repo)) => {
-            // debootstrap's own way to bootstrap without the network: the lists and .debs it
-            // needs, fetched into a tarball (`--make-tarball`), installed from it
-            // (`--unpack-tarball`). Online builds refresh the tarball; offline ones use it.
-            let suite = repo.suite.clone().unwrap_or_default();
-            let components = format!("--components={}", repo.components.join(","));
-            let tarball = format!("{DOWNLOADS}/{}", bootstrap_tarball(repo));
-            if !offline {
-                layer.push(Step::Host {
-                    what: "fetch what debootstrap installs".into(),
-                    argv: vec![
-                        "debootstrap".into(),
-                        "--variant=minbase".into(),
-                        format!("--cache-dir={DOWNLOADS}/packages"),
-                        components.clone(),
-                        format!("--make-tarball={tarball}.partial"),
-                        suite.clone(),
-                        ROOT.into(),
-                        repo.url.clone(),
-                    ],
-                });
-                layer.push(Step::Host {
-                    what: "keep it for offline builds".into(),
-                    argv: vec!["mv".into(), format!("{tarball}.partial"), tarball.clone()],
-                });
-            }
-            layer.push(Step::Host {
-                what: "bootstrap".into(),
-                argv: vec![
-                    "debootstrap".into(),
-                    "--variant=minbase".into(),
-                    components,
-                    format!("--unpack-tarball={tarball}"),
-                    suite,
-                    ROOT.into(),
-                    repo.url.clone(),
-                ],
-            });
-        }
+        (Parent::Scratch, PackageManager::Apt, Some(repo)) => layer.extend(debootstrap_steps(repo, offline)),
         (parent, ..) => layer.push(Step::UnpackParent { parent: parent.clone() }),
     }
     // apt keeps what it downloads; with the cache bound there, a rebuild fetches nothing
     // twice. dnf and zypper clean their caches themselves, so they get none.
-    let package_cache = apt.then(|| "/var/cache/apt/archives".to_owned());
+    let package_cache = definition.package_manager.package_cache();
     let mut repo_files = Vec::new();
     // debootstrap has written the first repository into sources.list already.
     let bootstrapped = usize::from(apt && definition.parent == Parent::Scratch);
     for repo in &definition.repos[bootstrapped.min(definition.repos.len())..] {
-        let (path, content) = match definition.package_manager {
-            PackageManager::Apt => (
-                format!("/etc/apt/sources.list.d/{}.list", repo.alias),
-                format!("deb {} {} {}\n", repo.url, repo.suite.as_deref().unwrap_or_default(), repo.components.join(" ")),
-            ),
-            PackageManager::Dnf => (
-                format!("/etc/yum.repos.d/{}.repo", repo.alias),
-                format!(
-                    "[{alias}]\nname={alias}\nbaseurl={url}\nenabled=1\n{gpg}",
-                    alias = repo.alias,
-                    url = repo.url,
-                    gpg = repo.gpg.as_ref().map_or("gpgcheck=0\n".to_owned(), |key| format!("gpgcheck=1\ngpgkey={key}\n"))
-                ),
-            ),
-            PackageManager::Zypper => (
-                format!("/etc/zypp/repos.d/{}.repo", repo.alias),
-                format!(
-                    "[{alias}]\nname={alias}\nbaseurl={url}\nenabled=1\nautorefresh=1\n{gpg}",
-                    alias = repo.alias,
-                    url = repo.url,
-                    gpg = repo.gpg.as_ref().map_or("gpgcheck=0\n".to_owned(), |key| format!("gpgcheck=1\ngpgkey={key}\n"))
-                ),
-            ),
-        };
+        let (path, content) = definition.package_manager.repo_file(repo);
         repo_files.push(Step::WriteFile { path, content });
     }
     // The sources first: apt's lists are kept under their digest.
     layer.extend(repo_files);
     layer.push(Step::BindMounts { package_cache });
-    let quoted = |names: &[String]| names.iter().map(|name| shell_quote(name)).collect::<Vec<_>>().join(" ");
     if apt && (!definition.packages.is_empty() || !definition.repos.is_empty()) {
         layer.push(Step::AptLists { from_cache: offline });
     }
-    if !definition.package_groups.is_empty() {
-        let command = match definition.package_manager {
-            PackageManager::Dnf => format!("dnf -y groupinstall {}", quoted(&definition.package_groups)),
-            PackageManager::Zypper => format!("zypper --non-interactive install -t pattern {}", quoted(&definition.package_groups)),
-            PackageManager::Apt => unreachable!("checked: apt has no groups"),
-        };
+    if let Some(command) = definition.package_manager.install_groups(&definition.package_groups) {
         layer.push(Step::Chroot { what: "install package groups".into(), command });
     }
     if !definition.packages.is_empty() {
-        let command = match definition.package_manager {
-            PackageManager::Apt if offline => {
-                // A package missing from the cache is an error naming its file, not a download
-                // that waits for a network there is none of. `--print-uris` lists only what
-                // is not in the archives already.
-                let packages = quoted(&definition.packages);
-                format!(
-                    "missing=$(apt-get install -qq --print-uris --no-install-recommends {packages} | cut -d' ' -f2 | tr '\\n' ' '); \
-                     [ -z \"$missing\" ] || {{ echo \"not in the build cache: $missing\" >&2; exit 100; }}; \
-                     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --no-download {packages}"
-                )
-            }
-            PackageManager::Apt => {
-                format!("DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}", quoted(&definition.packages))
-            }
-            PackageManager::Dnf => format!("dnf -y install {}", quoted(&definition.packages)),
-            PackageManager::Zypper => format!("zypper --non-interactive install {}", quoted(&definition.packages)),
-        };
+        let command = definition.package_manager.install(&definition.packages, offline);
         layer.push(Step::Chroot { what: "install packages".into(), command });
     }
     if !definition.remove_packages.is_empty() {
-        let command = match definition.package_manager {
-            PackageManager::Apt => format!("DEBIAN_FRONTEND=noninteractive apt-get purge -y {}", quoted(&definition.remove_packages)),
-            PackageManager::Dnf => format!("dnf -y remove {}", quoted(&definition.remove_packages)),
-            PackageManager::Zypper => format!("zypper --non-interactive remove {}", quoted(&definition.remove_packages)),
-        };
+        let command = definition.package_manager.remove(&definition.remove_packages);
         layer.push(Step::Chroot { what: "remove packages".into(), command });
     }
     for (source, destination) in &definition.copy_files {
@@ -358,9 +270,131 @@ pub fn plan_build(
     BuildPlan { layer_key, layer, outputs }
 }
 
+/// debootstrap's own way to bootstrap without the network: the lists and .debs it needs,
+/// fetched into a tarball (`--make-tarball`), installed from it (`--unpack-tarball`).
+/// Online builds refresh the tarball; offline ones use it.
+fn debootstrap_steps(repo: &Repo, offline: bool) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let suite = repo.suite.clone().unwrap_or_default();
+    let components = format!("--components={}", repo.components.join(","));
+    let tarball = format!("{DOWNLOADS}/{}", bootstrap_tarball(repo));
+    if !offline {
+        steps.push(Step::Host {
+            what: "fetch what debootstrap installs".into(),
+            argv: vec![
+                "debootstrap".into(),
+                "--variant=minbase".into(),
+                format!("--cache-dir={DOWNLOADS}/packages"),
+                components.clone(),
+                format!("--make-tarball={tarball}.partial"),
+                suite.clone(),
+                ROOT.into(),
+                repo.url.clone(),
+            ],
+        });
+        steps.push(Step::Host {
+            what: "keep it for offline builds".into(),
+            argv: vec!["mv".into(), format!("{tarball}.partial"), tarball.clone()],
+        });
+    }
+    steps.push(Step::Host {
+        what: "bootstrap".into(),
+        argv: vec![
+            "debootstrap".into(),
+            "--variant=minbase".into(),
+            components,
+            format!("--unpack-tarball={tarball}"),
+            suite,
+            ROOT.into(),
+            repo.url.clone(),
+        ],
+    });
+    steps
+}
+
+/// The package manager's words for each step: its repository files, its package cache and
+/// its install and remove commands.
+impl PackageManager {
+    /// Where a repository's definition goes in the root, and what it says.
+    fn repo_file(self, repo: &Repo) -> (String, String) {
+        let gpg = || repo.gpg.as_ref().map_or("gpgcheck=0\n".to_owned(), |key| format!("gpgcheck=1\ngpgkey={key}\n"));
+        match self {
+            PackageManager::Apt => (
+                format!("/etc/apt/sources.list.d/{}.list", repo.alias),
+                format!("deb {} {} {}\n", repo.url, repo.suite.as_deref().unwrap_or_default(), repo.components.join(" ")),
+            ),
+            PackageManager::Dnf => (
+                format!("/etc/yum.repos.d/{}.repo", repo.alias),
+                format!("[{alias}]\nname={alias}\nbaseurl={url}\nenabled=1\n{gpg}", alias = repo.alias, url = repo.url, gpg = gpg()),
+            ),
+            PackageManager::Zypper => (
+                format!("/etc/zypp/repos.d/{}.repo", repo.alias),
+                format!(
+                    "[{alias}]\nname={alias}\nbaseurl={url}\nenabled=1\nautorefresh=1\n{gpg}",
+                    alias = repo.alias,
+                    url = repo.url,
+                    gpg = gpg()
+                ),
+            ),
+        }
+    }
+
+    /// apt keeps what it downloads; with the cache bound there, a rebuild fetches nothing
+    /// twice. dnf and zypper clean their caches themselves, so they get none.
+    fn package_cache(self) -> Option<String> {
+        (self == PackageManager::Apt).then(|| "/var/cache/apt/archives".to_owned())
+    }
+
+    /// Installs package groups (patterns); `None` when there are none (apt has none: the
+    /// definition's check refuses them).
+    fn install_groups(self, groups: &[String]) -> Option<String> {
+        if groups.is_empty() {
+            return None;
+        }
+        match self {
+            PackageManager::Dnf => Some(format!("dnf -y groupinstall {}", quoted(groups))),
+            PackageManager::Zypper => Some(format!("zypper --non-interactive install -t pattern {}", quoted(groups))),
+            PackageManager::Apt => None,
+        }
+    }
+
+    /// Installs packages; offline, only from what the build cache holds.
+    fn install(self, packages: &[String], offline: bool) -> String {
+        let packages = quoted(packages);
+        match self {
+            // A package missing from the cache is an error naming its file, not a download
+            // that waits for a network there is none of. `--print-uris` lists only what is
+            // not in the archives already.
+            PackageManager::Apt if offline => format!(
+                "missing=$(apt-get install -qq --print-uris --no-install-recommends {packages} | cut -d' ' -f2 | tr '\\n' ' '); \
+                 [ -z \"$missing\" ] || {{ echo \"not in the build cache: $missing\" >&2; exit 100; }}; \
+                 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --no-download {packages}"
+            ),
+            PackageManager::Apt => format!("DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {packages}"),
+            PackageManager::Dnf => format!("dnf -y install {packages}"),
+            PackageManager::Zypper => format!("zypper --non-interactive install {packages}"),
+        }
+    }
+
+    /// Removes packages.
+    fn remove(self, packages: &[String]) -> String {
+        let packages = quoted(packages);
+        match self {
+            PackageManager::Apt => format!("DEBIAN_FRONTEND=noninteractive apt-get purge -y {packages}"),
+            PackageManager::Dnf => format!("dnf -y remove {packages}"),
+            PackageManager::Zypper => format!("zypper --non-interactive remove {packages}"),
+        }
+    }
+}
+
+/// Names quoted for a shell, space-separated.
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|name| shell_quote(name)).collect::<Vec<_>>().join(" ")
+}
+
 /// Where, under the build cache's downloads, debootstrap's lists and .debs for `repo` are
 /// kept as a tarball (one per mirror, suite and components).
-pub fn bootstrap_tarball(repo: &crate::definition::Repo) -> String {
+pub fn bootstrap_tarball(repo: &Repo) -> String {
     let mut hasher = sha2::Sha256::new();
     hasher.update(format!("minbase\n{}\n{}\n{}\n", repo.url, repo.suite.as_deref().unwrap_or_default(), repo.components.join(",")));
     let digest = hex::encode(hasher.finalize());

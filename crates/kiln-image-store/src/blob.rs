@@ -346,7 +346,7 @@ fn s3_object_store(settings: &S3Settings) -> Result<object_store::aws::AmazonS3,
             backoff: Default::default(),
         })
         .build()
-        .map_err(|error| BlobError::Config { message: error.to_string() })
+        .map_err(|source| BlobError::Config { source })
 }
 
 /// Writes a local file to `key` in the bucket of `settings` (the image builder's

@@ -24,8 +24,11 @@ pub enum BlobError {
     },
     #[error("blob {id} is damaged: its bytes now have the SHA-256 {actual}")]
     Damaged { id: String, actual: String },
-    #[error("configuring the object store: {message}")]
-    Config { message: String },
+    #[error("configuring the object store")]
+    Config {
+        #[source]
+        source: object_store::Error,
+    },
 }
 
 impl BlobError {
@@ -45,14 +48,4 @@ impl BlobError {
     }
 }
 
-/// An error and its causes on one line, `outer: inner: innermost`, for logs and replies.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use kiln_types::error_chain;

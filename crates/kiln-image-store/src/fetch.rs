@@ -4,10 +4,8 @@
 
 use std::path::PathBuf;
 
-use futures::StreamExt as _;
-
 use crate::pump::{PumpError, pump_into_spool};
-use crate::{Checksum, Digests, SpoolFile, error_chain};
+use crate::{Checksum, Digests, SpoolFile};
 
 /// Where an import reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +44,12 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
-    #[error("requesting {url}: {message}")]
-    Request { url: String, message: String },
+    #[error("requesting {url}")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{url} answered {status}")]
     Status { url: String, status: u16 },
     #[error("downloading {url}")]
@@ -134,7 +136,7 @@ pub async fn fetch(
                     request = request.header(reqwest::header::IF_MODIFIED_SINCE, modified);
                 }
             }
-            let response = request.send().await.map_err(|error| FetchError::Request { url: url.clone(), message: error_chain(&error) })?;
+            let response = request.send().await.map_err(|source| FetchError::Request { url: url.clone(), source })?;
             let status = response.status();
             if status == reqwest::StatusCode::NOT_MODIFIED && previous.is_some() {
                 return Ok(Fetch::NotModified);
@@ -145,7 +147,7 @@ pub async fn fetch(
             let header =
                 |name| response.headers().get(name).and_then(|value: &reqwest::header::HeaderValue| value.to_str().ok()).map(str::to_owned);
             let validators = Validators { etag: header(reqwest::header::ETAG), last_modified: header(reqwest::header::LAST_MODIFIED) };
-            let mut stream = response.bytes_stream().map(|chunk| chunk.map_err(|error| error_chain(&error)));
+            let mut stream = response.bytes_stream();
             let (spool, pumped) = pump_into_spool(spool, &mut stream).await;
             pumped.map_err(|source| FetchError::Download { url: url.clone(), source })?;
             let (digests, head) =
@@ -163,12 +165,11 @@ pub async fn fetch_checksum(client: &reqwest::Client, url: &str, allowed_dirs: &
             tokio::fs::read_to_string(&path).await.map_err(|source| FetchError::File { path: path.display().to_string(), source })?
         }
         Source::Http(url) => {
-            let response =
-                client.get(&url).send().await.map_err(|error| FetchError::Request { url: url.clone(), message: error_chain(&error) })?;
+            let response = client.get(&url).send().await.map_err(|source| FetchError::Request { url: url.clone(), source })?;
             if !response.status().is_success() {
                 return Err(FetchError::Status { url, status: response.status().as_u16() });
             }
-            response.text().await.map_err(|error| FetchError::Request { url: url.clone(), message: error_chain(&error) })?
+            response.text().await.map_err(|source| FetchError::Request { url: url.clone(), source })?
         }
     };
     checksum_for(&text, name).map_err(|message| match message {

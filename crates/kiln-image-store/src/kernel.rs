@@ -12,8 +12,16 @@ use crate::SpoolFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GetKernelError {
-    #[error("reading the SquashFS image: {0}")]
-    Squashfs(String),
+    #[error("opening the SquashFS image")]
+    Open(#[source] std::io::Error),
+    #[error("reading the SquashFS image")]
+    Squashfs(#[source] backhand::BackhandError),
+    #[error("reading {path} from the SquashFS image")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the root image has no kernel (looked for /vmlinuz and /boot/vmlinuz-*)")]
     NoKernel,
     #[error(
@@ -58,9 +66,8 @@ pub fn choose_boot_files(files: &[String], links: &BTreeMap<String, String>) -> 
 /// Reads the SquashFS image at `image` and copies its kernel and initramfs into the two spool
 /// files, returning where they were found.
 pub fn extract_boot_files(image: &Path, kernel: &mut SpoolFile, initramfs: &mut SpoolFile) -> Result<BootFiles, GetKernelError> {
-    let squashfs_error = |error: &dyn std::fmt::Display| GetKernelError::Squashfs(error.to_string());
-    let file = std::fs::File::open(image).map_err(|error| squashfs_error(&error))?;
-    let filesystem = backhand::FilesystemReader::from_reader(std::io::BufReader::new(file)).map_err(|error| squashfs_error(&error))?;
+    let file = std::fs::File::open(image).map_err(GetKernelError::Open)?;
+    let filesystem = backhand::FilesystemReader::from_reader(std::io::BufReader::new(file)).map_err(GetKernelError::Squashfs)?;
     let mut files = Vec::new();
     let mut links = BTreeMap::new();
     for node in filesystem.files() {
@@ -80,7 +87,7 @@ pub fn extract_boot_files(image: &Path, kernel: &mut SpoolFile, initramfs: &mut 
         let mut reader = filesystem.file(file).reader();
         let mut buffer = vec![0u8; 1 << 20];
         loop {
-            let n = reader.read(&mut buffer).map_err(|error| squashfs_error(&error))?;
+            let n = reader.read(&mut buffer).map_err(|source| GetKernelError::Read { path: wanted.clone(), source })?;
             if n == 0 {
                 break;
             }

@@ -14,8 +14,8 @@ const CHUNKS_IN_FLIGHT: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {
     /// The source failed (the client went away, the remote server broke off).
-    #[error("reading the source: {0}")]
-    Source(String),
+    #[error("reading the source")]
+    Source(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Writing to the spool file failed (a full disk, most often).
     #[error("writing the spool file")]
     Spool(#[source] std::io::Error),
@@ -26,7 +26,7 @@ pub enum PumpError {
 pub async fn pump_into_spool<S, E>(spool: SpoolFile, stream: &mut S) -> (SpoolFile, Result<(), PumpError>)
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
     let writer = tokio::task::spawn_blocking(move || {
@@ -48,7 +48,7 @@ where
                 }
             }
             Err(error) => {
-                source_error = Some(error.to_string());
+                source_error = Some(error.into());
                 break;
             }
         }
@@ -57,7 +57,7 @@ where
     let (spool, written) = writer.await.expect("the spool writer does not panic");
     let outcome = match (written, source_error) {
         (Err(error), _) => Err(PumpError::Spool(error)),
-        (Ok(()), Some(message)) => Err(PumpError::Source(message)),
+        (Ok(()), Some(source)) => Err(PumpError::Source(source)),
         (Ok(()), None) => Ok(()),
     };
     (spool, outcome)

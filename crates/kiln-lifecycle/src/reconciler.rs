@@ -41,18 +41,37 @@ impl Default for ReconcilerSettings {
     }
 }
 
-/// A running reconciler. Dropping the handle stops it.
+/// A running reconciler. [`ReconcilerHandle::shutdown`] drains it; dropping the handle
+/// stops it at once.
 pub struct ReconcilerHandle {
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Wakes the reconciler at once (a request or an agent's result was just recorded).
     pub wake: Arc<Notify>,
     /// This replica's name in leases.
     pub owner: String,
 }
 
+impl ReconcilerHandle {
+    /// Stops claiming nodes and lets the steps in flight finish; a step still running after
+    /// `deadline` is cut off, and its node's lease hands it to a replica (or to this one
+    /// after a restart) when it expires. Steps are idempotent, so a cut-off one is redone.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        let _ = self.stopping.send(true);
+        self.wake.notify_one();
+        let Some(mut task) = self.task.take() else { return };
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            tracing::warn!(owner = %self.owner, deadline_seconds = deadline.as_secs(), "reconciler: steps still running after the drain deadline; left to their leases");
+            task.abort();
+        }
+    }
+}
+
 impl Drop for ReconcilerHandle {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -61,8 +80,9 @@ pub fn start(store: Store, inventory: Arc<Inventory>, settings: ReconcilerSettin
     let owner = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let reconciler =
         Arc::new(Reconciler { store, inventory, settings, owner: owner.clone(), wake: wake.clone(), in_flight: Default::default() });
-    let task = tokio::spawn(reconciler.run());
-    ReconcilerHandle { task, wake, owner }
+    let (stopping, stop_requested) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(reconciler.run(stop_requested));
+    ReconcilerHandle { task: Some(task), stopping, wake, owner }
 }
 
 fn hostname() -> String {
@@ -81,11 +101,14 @@ struct Reconciler {
 }
 
 impl Reconciler {
-    async fn run(self: Arc<Self>) {
+    /// Claims due nodes and works on each in a task of its own until `stopping`, then waits
+    /// for those tasks (the handle's deadline cuts them off by aborting this one).
+    async fn run(self: Arc<Self>, mut stopping: tokio::sync::watch::Receiver<bool>) {
         tracing::info!(owner = %self.owner, "reconciler started");
         let workers = Arc::new(Semaphore::new(self.settings.workers.max(1)));
         let lease_millis = self.settings.lease.as_millis() as i64;
-        loop {
+        let mut steps = tokio::task::JoinSet::new();
+        while !*stopping.borrow() {
             let free = workers.available_permits() as u32;
             if free > 0 {
                 match self.store.claim_provisioning(&self.owner, lease_millis, free).await {
@@ -96,7 +119,7 @@ impl Reconciler {
                             }
                             let permit = workers.clone().acquire_owned().await.expect("the semaphore is never closed");
                             let reconciler = self.clone();
-                            tokio::spawn(async move {
+                            steps.spawn(async move {
                                 let node_id = work.node.id.clone();
                                 reconciler.reconcile(work).await;
                                 reconciler.in_flight.lock().expect("not poisoned").remove(&node_id);
@@ -107,11 +130,15 @@ impl Reconciler {
                     Err(error) => tracing::warn!(error = %error, "reconciler: reading due nodes failed"),
                 }
             }
+            while steps.try_join_next().is_some() {}
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = stopping.changed() => {}
             }
         }
+        tracing::info!(owner = %self.owner, in_flight = steps.len(), "reconciler stopping; finishing the steps in flight");
+        while steps.join_next().await.is_some() {}
     }
 
     /// Works on one claimed node until it waits for something outside this replica.
@@ -166,7 +193,7 @@ impl Reconciler {
             return Ok(());
         }
         let password = self.store.bmc_password(&node.id).await.map_err(|error| format!("reading the BMC password: {error}"))?;
-        let bmc = Bmc::for_node(node, password, self.settings.bmc_timeout).map_err(|error| error.to_string())?;
+        let bmc = Bmc::for_node(node, password, self.settings.bmc_timeout).map_err(|error| kiln_types::error_chain(&error))?;
         let limit = self.settings.bmc_timeout * 3;
         let call = async {
             match action {
@@ -185,7 +212,7 @@ impl Reconciler {
             }
         };
         match tokio::time::timeout(limit, call).await {
-            Ok(result) => result.map_err(|error| error.to_string()),
+            Ok(result) => result.map_err(|error| kiln_types::error_chain(&error)),
             Err(_) => Err(format!("the BMC did not answer within {} s", limit.as_secs())),
         }
     }

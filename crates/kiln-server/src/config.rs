@@ -166,8 +166,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("parsing the configuration file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("parsing the configuration file {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("{setting}: {message}")]
     Invalid { setting: &'static str, message: String },
 }
@@ -175,7 +179,7 @@ pub enum ConfigError {
 impl ServerConfigLayer {
     pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_owned(), message: error.to_string() })
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
     }
 
     /// The `KILN_*` variables among `environment`.

@@ -58,6 +58,11 @@ pub enum StartError {
     },
 }
 
+/// How long a boot listener download or a reconciler step in flight may take to finish once
+/// shutdown is asked for; then it is cut off (the client resumes by range, the step's lease
+/// hands it on).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A running server. Dropping it stops the server without waiting.
 pub struct ServerHandle {
     local_addr: SocketAddr,
@@ -83,7 +88,9 @@ impl ServerHandle {
         self.admin_token_file.as_deref()
     }
 
-    /// Stops accepting connections, lets in-flight requests finish, closes the database.
+    /// Stops accepting connections and claiming work, lets what is in flight finish (API
+    /// requests, boot listener downloads and reconciler steps, the latter two within
+    /// [`DRAIN_DEADLINE`]), then closes the database.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.task.take() {
@@ -206,21 +213,36 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let boot_addr = boot_service.as_ref().map(|service| service.local_addr);
     let app = kiln_api::router(state, config.max_body_bytes);
     let (shutdown, mut shutdown_requested) = watch::channel(false);
+    let stop_signal = shutdown_requested.clone();
     let task = tokio::spawn(async move {
         let stopped = async move {
             let _ = shutdown_requested.wait_for(|requested| *requested).await;
         };
-        let services = (dhcp, tftp, boot_service, reconciler);
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-            tracing::error!(%error, "the API server failed");
-        }
+        let api = async {
+            if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                tracing::error!(%error, "the API server failed");
+            }
+        };
+        // Every listener and the reconciler drain at once, each from the same signal.
+        let mut stop_signal = stop_signal;
+        let others = async move {
+            let _ = stop_signal.wait_for(|requested| *requested).await;
+            // DHCP answers and TFTP blocks are retried by the client: they stop at once.
+            drop((dhcp, tftp));
+            let boot = async {
+                if let Some(boot_service) = boot_service {
+                    boot_service.shutdown(DRAIN_DEADLINE).await;
+                }
+            };
+            tokio::join!(boot, reconciler.shutdown(DRAIN_DEADLINE));
+        };
+        tokio::join!(api, others);
         follower.abort();
         if let Some(power_sync) = power_sync {
             power_sync.abort();
         }
-        // Everything that uses the store stops before it closes.
-        drop(services);
+        // Everything that uses the store has stopped: it closes.
         store.close().await;
         tracing::info!("server stopped");
     });

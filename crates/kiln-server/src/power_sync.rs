@@ -53,12 +53,12 @@ async fn read_one(store: &Store, node: &Node, timeout: Duration) -> PowerRead {
     };
     let bmc = match Bmc::for_node(node, password, timeout) {
         Ok(bmc) => bmc,
-        Err(error) => return failed(error.fault().as_str(), error.to_string()),
+        Err(error) => return failed(error.fault().as_str(), kiln_types::error_chain(&error)),
     };
     // Connection retries with backoff fit well inside three timeouts.
     match tokio::time::timeout(timeout * 3, bmc.power_state()).await {
         Ok(Ok(state)) => PowerRead::State(state.as_str().to_owned()),
-        Ok(Err(error)) => failed(error.fault().as_str(), error.to_string()),
+        Ok(Err(error)) => failed(error.fault().as_str(), kiln_types::error_chain(&error)),
         Err(_) => failed("unreachable", format!("no answer within {} s", (timeout * 3).as_secs())),
     }
 }

@@ -38,14 +38,19 @@ pub struct DiscoveryEntry {
 }
 
 /// Why a discovery document was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error("the document must be a list of nodes, or an object with a `nodes` list")]
     NotAList,
     #[error("the document lists no nodes")]
     Empty,
-    #[error("entry {index} ({label}): {message}")]
-    Entry { index: usize, label: String, message: String },
+    #[error("entry {index} ({label})")]
+    Entry {
+        index: usize,
+        label: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("entry {index} ({label}): {field}: {message}")]
     Field { index: usize, label: String, field: String, message: String },
 }
@@ -76,11 +81,8 @@ pub fn parse_document(document: &serde_json::Value) -> Result<Vec<NodeSpec>, Dis
     for (position, value) in entries.iter().enumerate() {
         let index = position + 1;
         let label = label_of(value);
-        let entry: DiscoveryEntry = serde_json::from_value(value.clone()).map_err(|error| DiscoveryError::Entry {
-            index,
-            label: label.clone(),
-            message: error.to_string(),
-        })?;
+        let entry: DiscoveryEntry =
+            serde_json::from_value(value.clone()).map_err(|source| DiscoveryError::Entry { index, label: label.clone(), source })?;
         let spec = entry_to_spec(&entry).map_err(|error| DiscoveryError::Field {
             index,
             label: label.clone(),
@@ -272,7 +274,7 @@ mod tests {
             ("[]\n", expect!["the document lists no nodes"]),
         ];
         for (text, expected) in cases {
-            expected.assert_eq(&parse_yaml(text).unwrap_err().to_string());
+            expected.assert_eq(&crate::error_chain(&parse_yaml(text).unwrap_err()));
         }
     }
 }

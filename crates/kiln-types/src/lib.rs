@@ -26,3 +26,16 @@ pub use xname::Xname;
 
 /// The string shown in place of any secret the API holds (BMC passwords and the like).
 pub const SECRET_MASK: &str = "******";
+
+/// An error and its causes on one line, `outer: inner: innermost`, for logs and replies
+/// (errors keep their causes as `#[source]`; this is where they are put into words).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

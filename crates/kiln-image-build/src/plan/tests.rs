@@ -19,7 +19,7 @@ fn check_plan_with(yaml: &str, parent_digest: &str, downloads: Downloads, expect
 }
 
 fn check_error(yaml: &str, expected: Expect) {
-    expected.assert_eq(&parse_definition(yaml).unwrap_err().to_string());
+    expected.assert_eq(&kiln_types::error_chain(&parse_definition(yaml).unwrap_err()));
 }
 
 const ROCKY_BASE: &str = r#"
