@@ -53,6 +53,15 @@ pub(crate) enum ImageCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct CreateArgs {
     name: String,
+    #[command(flatten)]
+    fields: ImageFields,
+}
+
+/// What an image is created with: by `image create`, and by `upload` and `import` when the
+/// image does not exist yet.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ImageFields {
+    /// The owning project (needed by members of several projects).
     #[arg(long)]
     project: Option<String>,
     #[arg(long, value_parser = parse_visibility, default_value = "private")]
@@ -70,7 +79,10 @@ pub(crate) struct CreateArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct UploadArgs {
+    /// The image; created (with the flags `image create` takes) if it does not exist.
     name: String,
+    #[command(flatten)]
+    fields: ImageFields,
     /// KIND=FILE pairs, or one FILE (see --kind).
     #[arg(required = true)]
     files: Vec<String>,
@@ -109,7 +121,10 @@ pub(crate) struct DownloadArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ImportArgs {
+    /// The image; created (with the flags `image create` takes) if it does not exist.
     name: String,
+    #[command(flatten)]
+    fields: ImageFields,
     #[arg(long)]
     url: String,
     /// ALGORITHM:HEX (sha256, sha512, md5, …).
@@ -242,8 +257,16 @@ async fn upload(client: &Client, format: OutputFormat, args: UploadArgs) -> anyh
     if files.len() > 1 && (args.disk_format.is_some() || args.checksum.is_some()) {
         bail!("--disk-format and --checksum apply to a lone file; upload several files without them");
     }
+    let created = ensure_image(client, &args.name, &args.fields).await?;
+    let name = args.name.clone();
+    let outcome = upload_version(client, format, &files, args).await;
+    keep_if_done(client, &name, created, outcome).await
+}
+
+/// Uploads `files` and makes them a version of the image `args` names.
+async fn upload_version(client: &Client, format: OutputFormat, files: &[(ArtifactKind, PathBuf)], args: UploadArgs) -> anyhow::Result<()> {
     let mut artifacts = Vec::new();
-    for (kind, path) in &files {
+    for (kind, path) in files {
         artifacts.push(ArtifactInput {
             kind: *kind,
             upload: upload_one(client, &args.name, path, *kind, args.checksum.as_deref()).await?,
@@ -361,16 +384,7 @@ pub(crate) async fn image(client: &Client, format: OutputFormat, command: ImageC
             print_one(format, &image)
         }
         ImageCommand::Create(args) => {
-            let input = ImageInput {
-                name: args.name,
-                project: args.project,
-                visibility: args.visibility,
-                shared_with: args.shared_with,
-                description: args.description,
-                os: args.os,
-                arch: args.arch,
-            };
-            let image: Image = client.post("/v1/images", &input).await?;
+            let image: Image = client.post("/v1/images", &args.fields.input(args.name)).await?;
             print_one(format, &image)
         }
         ImageCommand::Delete { target } => {
@@ -384,23 +398,7 @@ pub(crate) async fn image(client: &Client, format: OutputFormat, command: ImageC
         ImageCommand::Upload(args) => upload(client, format, args).await,
         ImageCommand::Build(args) => crate::image_build::build(client, format, args).await,
         ImageCommand::Download(args) => download(client, args).await,
-        ImageCommand::Import(args) => {
-            let input = ImportInput {
-                url: args.url,
-                checksum: args.checksum,
-                checksum_url: args.checksum_url,
-                kind: args.kind,
-                format: args.disk_format,
-                base: args.base,
-                tags: args.tags,
-                note: args.note,
-            };
-            let result: ImportResult = client.post(&format!("/v1/images/{}/import", encode(&args.name)), &input).await?;
-            if result.unchanged {
-                eprintln!("the source has not changed since version {}; nothing was downloaded", result.version.version);
-            }
-            print(format, &result, || versions_table(std::slice::from_ref(&result.version)))
-        }
+        ImageCommand::Import(args) => import(client, format, args).await,
         ImageCommand::Clone(args) => {
             let (source, version) = split_target(&args.source);
             let input = CloneInput {
@@ -434,33 +432,110 @@ pub(crate) async fn image(client: &Client, format: OutputFormat, command: ImageC
             let versions: Vec<ImageVersion> = client.get(&format!("/v1/images/{}/versions", encode(&name))).await?;
             print(format, &versions, || versions_table(&versions))
         }
-        ImageCommand::Gc => {
-            let report: GcReport = client.post("/v1/images/gc", &serde_json::json!({})).await?;
-            print(format, &report, || {
-                format!(
-                    "removed {} blobs ({}), {} abandoned uploads\n",
-                    report.blobs_removed,
-                    human_bytes(report.bytes_freed),
-                    report.uploads_removed
-                )
-            })
-        }
-        ImageCommand::Verify => {
-            let report: VerifyReport = client.post("/v1/images/verify", &serde_json::json!({})).await?;
-            print(format, &report, || {
-                let mut text = format!("checked {} blobs ({})\n", report.blobs_checked, human_bytes(report.bytes_checked));
-                for sha in &report.corrupt {
-                    text.push_str(&format!("CORRUPT {sha}\n"));
-                }
-                for sha in &report.missing {
-                    text.push_str(&format!("MISSING {sha}\n"));
-                }
-                text
-            })?;
-            if !report.corrupt.is_empty() || !report.missing.is_empty() {
-                bail!("{} corrupt and {} missing blobs", report.corrupt.len(), report.missing.len());
-            }
-            Ok(())
+        ImageCommand::Gc => collect_garbage(client, format).await,
+        ImageCommand::Verify => verify(client, format).await,
+    }
+}
+
+impl ImageFields {
+    fn input(&self, name: String) -> ImageInput {
+        ImageInput {
+            name,
+            project: self.project.clone(),
+            visibility: self.visibility,
+            shared_with: self.shared_with.clone(),
+            description: self.description.clone(),
+            os: self.os.clone(),
+            arch: self.arch.clone(),
         }
     }
+}
+
+/// Creates `name` with `fields` unless it exists, so that `upload` and `import` work on a
+/// new image as they are written in the README; returns whether it did.
+async fn ensure_image(client: &Client, name: &str, fields: &ImageFields) -> anyhow::Result<bool> {
+    match client.get::<Image>(&format!("/v1/images/{}", encode(name))).await {
+        Ok(_) => Ok(false),
+        Err(error) if error.status() == Some(reqwest::StatusCode::NOT_FOUND) => {
+            match client.post::<_, Image>("/v1/images", &fields.input(name.to_owned())).await {
+                Ok(_) => Ok(true),
+                // Another client created it meanwhile: use it.
+                Err(error) if error.status() == Some(reqwest::StatusCode::CONFLICT) => Ok(false),
+                Err(error) => Err(error).with_context(|| format!("creating image '{name}'")),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The outcome of adding a version to an image that `ensure_image` may have just created:
+/// on failure a new, empty image is removed again, so a refused upload or import leaves
+/// nothing behind.
+async fn keep_if_done<T>(client: &Client, name: &str, created: bool, outcome: anyhow::Result<T>) -> anyhow::Result<T> {
+    match (&outcome, created) {
+        (Ok(_), true) => eprintln!("created image '{name}'"),
+        (Err(_), true) => {
+            if let Err(error) = client.delete::<serde_json::Value>(&format!("/v1/images/{}", encode(name))).await {
+                eprintln!("warning: removing the new image '{name}' again failed: {error}");
+            }
+        }
+        (_, false) => {}
+    }
+    outcome
+}
+
+/// `kiln image import`: a new version from a URL, the image created first if need be.
+async fn import(client: &Client, format: OutputFormat, args: ImportArgs) -> anyhow::Result<()> {
+    let created = ensure_image(client, &args.name, &args.fields).await?;
+    let name = args.name.clone();
+    let outcome = import_version(client, format, args).await;
+    keep_if_done(client, &name, created, outcome).await
+}
+
+async fn import_version(client: &Client, format: OutputFormat, args: ImportArgs) -> anyhow::Result<()> {
+    let input = ImportInput {
+        url: args.url,
+        checksum: args.checksum,
+        checksum_url: args.checksum_url,
+        kind: args.kind,
+        format: args.disk_format,
+        base: args.base,
+        tags: args.tags,
+        note: args.note,
+    };
+    let result: ImportResult = client.post(&format!("/v1/images/{}/import", encode(&args.name)), &input).await?;
+    if result.unchanged {
+        eprintln!("the source has not changed since version {}; nothing was downloaded", result.version.version);
+    }
+    print(format, &result, || versions_table(std::slice::from_ref(&result.version)))
+}
+
+async fn collect_garbage(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
+    let report: GcReport = client.post("/v1/images/gc", &serde_json::json!({})).await?;
+    print(format, &report, || {
+        format!(
+            "removed {} blobs ({}), {} abandoned uploads\n",
+            report.blobs_removed,
+            human_bytes(report.bytes_freed),
+            report.uploads_removed
+        )
+    })
+}
+
+async fn verify(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
+    let report: VerifyReport = client.post("/v1/images/verify", &serde_json::json!({})).await?;
+    print(format, &report, || {
+        let mut text = format!("checked {} blobs ({})\n", report.blobs_checked, human_bytes(report.bytes_checked));
+        for sha in &report.corrupt {
+            text.push_str(&format!("CORRUPT {sha}\n"));
+        }
+        for sha in &report.missing {
+            text.push_str(&format!("MISSING {sha}\n"));
+        }
+        text
+    })?;
+    if !report.corrupt.is_empty() || !report.missing.is_empty() {
+        bail!("{} corrupt and {} missing blobs", report.corrupt.len(), report.missing.len());
+    }
+    Ok(())
 }

@@ -179,7 +179,7 @@ fn imports_verify_checksums_and_skip_unchanged_sources() {
     let image = web_root.join("disk.qcow2");
     assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&image).arg("64M").status().unwrap().success());
     let sha = sha256_of(&image);
-    ok(kiln(&server, &token, &["image", "create", "fedora"], None));
+    // No `image create` first: import makes the image (the README's example as written).
     let url = format!("{}/disk.qcow2", web.url);
 
     // No checksum: refused before anything is fetched.
@@ -191,7 +191,8 @@ fn imports_verify_checksums_and_skip_unchanged_sources() {
     let message = failed(kiln(&server, &token, &["image", "import", "fedora", "--url", &url, "--checksum", &wrong], None));
     assert!(message.contains("checksum mismatch") && message.contains(&sha), "{message}");
     assert_eq!(file_count(&data_dir.join("blobs")), 0, "a refused import leaves no bytes");
-    assert_eq!(json(kiln(&server, &token, &["image", "versions", "fedora", "-F", "json"], None)), serde_json::json!([]));
+    let missing = failed(kiln(&server, &token, &["image", "show", "fedora"], None));
+    assert!(missing.contains("not found"), "a refused import leaves no new image behind: {missing}");
 
     // The right checksum: a version, with its source and format recorded.
     let imported = json(kiln(
@@ -201,6 +202,7 @@ fn imports_verify_checksums_and_skip_unchanged_sources() {
         None,
     ));
     assert_eq!(imported["unchanged"], false);
+    assert!(ok(kiln(&server, &token, &["image", "show", "fedora"], None)).contains("fedora"), "the import created the image");
     let artifact = &imported["version"]["artifacts"][0];
     assert_eq!((artifact["format"].as_str(), artifact["virtual_size"].as_u64()), (Some("qcow2"), Some(64 << 20)));
     assert_eq!(artifact["source_url"], url);

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -553,6 +553,47 @@ impl ServerConfig {
     }
 }
 
+/// `[boot]`: the boot listener, its public URL, where files come from, auto-enrolment.
+fn boot_config(boot_layer: BootLayer, data_dir: &Path) -> Result<BootConfig, ConfigError> {
+    let boot_listen = boot_layer
+        .listen
+        .map(|text| {
+            text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+                setting: "boot.listen",
+                message: format!("'{text}' is not an address:port such as 10.77.0.1:8081"),
+            })
+        })
+        .transpose()?;
+    let boot_public_url = boot_layer.public_url.map(|url| url.trim_end_matches('/').to_owned());
+    if let Some(url) = &boot_public_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(ConfigError::Invalid { setting: "boot.public_url", message: format!("'{url}' is not an http:// or https:// URL") });
+    }
+    if boot_public_url.is_some() && boot_listen.is_none() {
+        return Err(ConfigError::Invalid { setting: "boot.public_url", message: "needs boot.listen".to_owned() });
+    }
+    Ok(BootConfig {
+        files_dir: boot_layer.files_dir.unwrap_or_else(|| data_dir.join("boot-files")),
+        ipxe_dir: boot_layer.ipxe_dir.unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe")),
+        auto_enroll: boot_layer.auto_enroll.unwrap_or(true),
+        listen: boot_listen,
+        public_url: boot_public_url,
+    })
+}
+
+/// `[tftp]`: where it listens, its root (the iPXE directory unless given), its per-client cap.
+fn tftp_config(tftp: TftpLayer, ipxe_dir: &Path) -> Result<TftpSettings, ConfigError> {
+    let text = tftp.listen.unwrap_or_else(|| "0.0.0.0:69".to_owned());
+    let listen =
+        text.parse().map_err(|_| ConfigError::Invalid { setting: "tftp.listen", message: format!("'{text}' is not an address:port") })?;
+    Ok(TftpSettings {
+        listen,
+        root: tftp.root.unwrap_or_else(|| ipxe_dir.to_owned()),
+        max_sessions_per_client: tftp.max_sessions_per_client.unwrap_or(8).max(1),
+    })
+}
+
 impl TryFrom<ServerConfigLayer> for ServerConfig {
     type Error = ConfigError;
 
@@ -595,47 +636,9 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
         if max_body_bytes < 1024 {
             return Err(ConfigError::Invalid { setting: "max_body_bytes", message: "must be at least 1024".to_owned() });
         }
-        let boot_layer = layer.boot.unwrap_or_default();
-        let boot_listen = boot_layer
-            .listen
-            .map(|text| {
-                text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
-                    setting: "boot.listen",
-                    message: format!("'{text}' is not an address:port such as 10.77.0.1:8081"),
-                })
-            })
-            .transpose()?;
-        let boot_public_url = boot_layer.public_url.map(|url| url.trim_end_matches('/').to_owned());
-        if let Some(url) = &boot_public_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(ConfigError::Invalid { setting: "boot.public_url", message: format!("'{url}' is not an http:// or https:// URL") });
-        }
-        if boot_public_url.is_some() && boot_listen.is_none() {
-            return Err(ConfigError::Invalid { setting: "boot.public_url", message: "needs boot.listen".to_owned() });
-        }
-        let boot = BootConfig {
-            files_dir: boot_layer.files_dir.unwrap_or_else(|| data_dir.join("boot-files")),
-            ipxe_dir: boot_layer.ipxe_dir.unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe")),
-            auto_enroll: boot_layer.auto_enroll.unwrap_or(true),
-            listen: boot_listen,
-            public_url: boot_public_url,
-        };
+        let boot = boot_config(layer.boot.unwrap_or_default(), &data_dir)?;
         let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, boot.auto_enroll, &data_dir)).transpose()?;
-        let tftp = layer
-            .tftp
-            .map(|tftp| {
-                let text = tftp.listen.unwrap_or_else(|| "0.0.0.0:69".to_owned());
-                let listen = text
-                    .parse()
-                    .map_err(|_| ConfigError::Invalid { setting: "tftp.listen", message: format!("'{text}' is not an address:port") })?;
-                Ok::<_, ConfigError>(TftpSettings {
-                    listen,
-                    root: tftp.root.unwrap_or_else(|| boot.ipxe_dir.clone()),
-                    max_sessions_per_client: tftp.max_sessions_per_client.unwrap_or(8).max(1),
-                })
-            })
-            .transpose()?;
+        let tftp = layer.tftp.map(|tftp| tftp_config(tftp, &boot.ipxe_dir)).transpose()?;
         let images = images_config(layer.images.unwrap_or_default(), &data_dir)?;
         let cloud_init = cloud_init_config(layer.cloud_init.unwrap_or_default())?;
         let bmc = layer.bmc.unwrap_or_default();

@@ -157,41 +157,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         ramdisk_image: config.provisioning.ramdisk_image.clone(),
         api_url: api_url.clone(),
     };
-    let dhcp = match &config.dhcp {
-        Some(dhcp) => {
-            let dhcp = kiln_dhcp::DhcpConfig { http_base_url: boot_url.clone(), ..dhcp.clone() };
-            Some(kiln_dhcp::start(dhcp, store.clone(), inventory.clone()).await.map_err(StartError::Dhcp)?)
-        }
-        None => None,
-    };
-    let tftp = match &config.tftp {
-        Some(tftp) => {
-            let mut settings = kiln_tftp::TftpConfig::new(tftp.listen, tftp.root.clone());
-            settings.max_sessions_per_client = tftp.max_sessions_per_client;
-            // iPXE asking by TFTP gets a script that continues over HTTP.
-            settings.generated.insert("kiln.ipxe".to_owned(), kiln_boot::chain_script(&boot_url).into_bytes());
-            Some(kiln_tftp::start(settings).await.map_err(StartError::Tftp)?)
-        }
-        None => None,
-    };
-    let blobs = match &config.images.backend {
-        config::BlobBackendConfig::Local { blob_dir } => kiln_image_store::BlobStore::local(blob_dir),
-        config::BlobBackendConfig::S3 { s3, spool_dir } => kiln_image_store::BlobStore::s3(
-            &kiln_image_store::S3Settings {
-                endpoint: s3.endpoint.clone(),
-                bucket: s3.bucket.clone(),
-                region: s3.region.clone(),
-                access_key_id: s3.access_key_id.clone(),
-                secret_access_key: s3.secret_access_key.clone(),
-                prefix: s3.prefix.clone(),
-            },
-            spool_dir,
-        ),
-    }
-    .map_err(StartError::BlobStore)?;
-    tracing::info!(blobs = %blobs.describe(), "image store ready");
-    let mut images = kiln_api::images::ImageSettings::new(blobs, config.images.import_allowed_dirs.clone());
-    images.gc_grace = Duration::from_secs(config.images.gc_grace_seconds);
+    let (dhcp, tftp) = start_udp_services(&config, &store, &inventory, &boot_url).await?;
+    let images = image_settings(&config)?;
     let cloud_init = kiln_api::cloud_init::CloudInitSettings {
         trusted_proxies: config.cloud_init.trusted_proxies.clone(),
         impersonation: config.cloud_init.impersonation,
@@ -248,6 +215,56 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     });
     tracing::info!(address = %local_addr, public_url = %config.public_url, database = %kiln_db::redact_url(&config.database_url), "kiln is serving");
     Ok(ServerHandle { local_addr, boot_addr, admin_token_file, shutdown, task: Some(task) })
+}
+
+/// DHCP and TFTP, where configured: machines are pointed at `boot_url`.
+async fn start_udp_services(
+    config: &ServerConfig,
+    store: &Store,
+    inventory: &Arc<kiln_db::Inventory>,
+    boot_url: &str,
+) -> Result<(Option<kiln_dhcp::DhcpHandle>, Option<kiln_tftp::TftpHandle>), StartError> {
+    let dhcp = match &config.dhcp {
+        Some(dhcp) => {
+            let dhcp = kiln_dhcp::DhcpConfig { http_base_url: boot_url.to_owned(), ..dhcp.clone() };
+            Some(kiln_dhcp::start(dhcp, store.clone(), inventory.clone()).await.map_err(StartError::Dhcp)?)
+        }
+        None => None,
+    };
+    let tftp = match &config.tftp {
+        Some(tftp) => {
+            let mut settings = kiln_tftp::TftpConfig::new(tftp.listen, tftp.root.clone());
+            settings.max_sessions_per_client = tftp.max_sessions_per_client;
+            // iPXE asking by TFTP gets a script that continues over HTTP.
+            settings.generated.insert("kiln.ipxe".to_owned(), kiln_boot::chain_script(boot_url).into_bytes());
+            Some(kiln_tftp::start(settings).await.map_err(StartError::Tftp)?)
+        }
+        None => None,
+    };
+    Ok((dhcp, tftp))
+}
+
+/// The image store's settings: blobs on local disk or in S3, imports and collection.
+fn image_settings(config: &ServerConfig) -> Result<kiln_api::images::ImageSettings, StartError> {
+    let blobs = match &config.images.backend {
+        config::BlobBackendConfig::Local { blob_dir } => kiln_image_store::BlobStore::local(blob_dir),
+        config::BlobBackendConfig::S3 { s3, spool_dir } => kiln_image_store::BlobStore::s3(
+            &kiln_image_store::S3Settings {
+                endpoint: s3.endpoint.clone(),
+                bucket: s3.bucket.clone(),
+                region: s3.region.clone(),
+                access_key_id: s3.access_key_id.clone(),
+                secret_access_key: s3.secret_access_key.clone(),
+                prefix: s3.prefix.clone(),
+            },
+            spool_dir,
+        ),
+    }
+    .map_err(StartError::BlobStore)?;
+    tracing::info!(blobs = %blobs.describe(), "image store ready");
+    let mut images = kiln_api::images::ImageSettings::new(blobs, config.images.import_allowed_dirs.clone());
+    images.gc_grace = Duration::from_secs(config.images.gc_grace_seconds);
+    Ok(images)
 }
 
 /// On a database without users, creates the administrator and writes its token to
