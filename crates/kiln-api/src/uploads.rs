@@ -4,6 +4,9 @@
 //! Bytes go to a spool file first, hashed on the way; only a finished, verified, inspected
 //! spool file moves into the blob store, and only then does a version name it. A failure at
 //! any step leaves earlier versions as they were and no version half made.
+//!
+//! Why one file over 600 lines: uploads, versions and imports share the spool-to-blob path
+//! and its error mapping, which is the invariant above.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

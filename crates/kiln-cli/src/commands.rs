@@ -1,4 +1,8 @@
 //! The client commands: each turns its arguments into API calls and prints the answer.
+//!
+//! Why one file over 600 lines: it is the dispatch of every client command that is one API
+//! call and a print; each arm is a few lines, and the commands with logic of their own
+//! (images, power, provisioning, cloud-init, the lab) live in modules of their own.
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
@@ -599,13 +603,4 @@ pub(crate) async fn whoami(client: &Client, format: OutputFormat) -> anyhow::Res
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn lifetimes() {
-        assert_eq!(super::parse_lifetime("90").unwrap(), 90);
-        assert_eq!(super::parse_lifetime("12h").unwrap(), 43_200);
-        assert_eq!(super::parse_lifetime("30d").unwrap(), 2_592_000);
-        assert!(super::parse_lifetime("3w").is_err());
-        assert!(super::parse_lifetime("h").is_err());
-    }
-}
+mod tests;

@@ -3,7 +3,7 @@
 //! store and/or an OCI registry. The parent is resolved to a digest first, so the plan, and
 //! with it the layer's cache key, is known before anything is built.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -297,13 +297,7 @@ pub(crate) async fn build(client: &Client, format: OutputFormat, args: BuildArgs
     let definition = parse_definition(&text).with_context(|| format!("{}", args.config.display()))?;
     let s3 = s3_settings(&definition)?;
     let definition_dir = args.config.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-    let mut copied = BTreeMap::new();
-    for (source, _) in &definition.copy_files {
-        let path = definition_dir.join(source);
-        let digest =
-            sha256_file(&path).with_context(|| format!("copyfiles: reading {source} (relative to {})", definition_dir.display()))?;
-        copied.insert(source.clone(), digest);
-    }
+    let copied = copied_digests(&definition, &definition_dir)?;
     // SAFETY: geteuid has no preconditions.
     if !args.plan && unsafe { libc::geteuid() } != 0 {
         bail!("building needs root (chroot and bind mounts); `--plan` shows the plan without it");
@@ -339,43 +333,9 @@ pub(crate) async fn build(client: &Client, format: OutputFormat, args: BuildArgs
         // Outputs of a layer taken from the cache were made with it; made again they would
         // only be the same bytes, unless what names them or boots them has changed.
         let previous = previous.filter(|previous| built.reused && previous.name == name && previous.kernel_args == kernel_args);
-        let squashfs = match (wanted.contains(&Output::Squashfs), previous.as_ref().and_then(|p| p.squashfs.clone())) {
-            (false, _) => None,
-            (true, Some(files)) if files.root.exists() => Some(files),
-            (true, _) => {
-                let _ = writeln!(log, "kiln: making the SquashFS root");
-                let triple = make_squashfs(&built.root, &name, &outputs, &mut log)?;
-                Some(SquashfsFiles { root: triple.root, kernel: triple.kernel, initrd: triple.initrd })
-            }
-        };
-        let wants_disk = wanted.contains(&Output::DiskRaw) || wanted.contains(&Output::DiskQcow2);
-        let disk = match (wants_disk, previous.as_ref().and_then(|p| p.disk.clone())) {
-            (false, _) => None,
-            (true, Some(disk)) if disk.exists() => Some(disk),
-            (true, _) => {
-                let _ = writeln!(log, "kiln: making the disk image");
-                let raw = kiln_image_build::disk::make_disk(&built.root, &name, &outputs, &kernel_args, &mut log)?;
-                if wanted.contains(&Output::DiskQcow2) {
-                    let qcow2 = kiln_image_build::disk::convert_to_qcow2(&raw, &mut log)?;
-                    if !wanted.contains(&Output::DiskRaw) {
-                        std::fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
-                        Some(qcow2)
-                    } else {
-                        Some(raw)
-                    }
-                } else {
-                    Some(raw)
-                }
-            }
-        };
-        let layer_tar = match (wanted.contains(&Output::Oci), previous.as_ref().and_then(|p| p.layer_tar.clone())) {
-            (false, _) => None,
-            (true, Some(tar)) if outputs.join("layer.tar").exists() => Some(tar),
-            (true, _) => {
-                let _ = writeln!(log, "kiln: packing the layer for the registry");
-                Some(kiln_image_build::layers::pack_layer(&built.root, &outputs.join("layer.tar"))?)
-            }
-        };
+        let squashfs = squashfs_output(&built.root, &name, &wanted, previous.as_ref(), &outputs, &mut log)?;
+        let disk = disk_output(&built.root, &name, &kernel_args, &wanted, previous.as_ref(), &outputs, &mut log)?;
+        let layer_tar = layer_output(&built.root, &wanted, previous.as_ref(), &outputs, &mut log)?;
         let result = BuildResult {
             name,
             layer: built.key,
@@ -399,6 +359,102 @@ pub(crate) async fn build(client: &Client, format: OutputFormat, args: BuildArgs
     std::fs::write(outputs_dir.join("result.json"), serde_json::to_vec_pretty(&result)?).context("writing result.json")?;
     drop(log);
 
+    publish(client, &definition, s3.as_ref(), &outputs_dir, &mut result).await?;
+    print(format, &result, || describe(&result))
+}
+
+/// The SHA-256 of each file the definition copies in, by source path (part of the key).
+fn copied_digests(definition: &ImageDefinition, definition_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut copied = BTreeMap::new();
+    for (source, _) in &definition.copy_files {
+        let path = definition_dir.join(source);
+        let digest =
+            sha256_file(&path).with_context(|| format!("copyfiles: reading {source} (relative to {})", definition_dir.display()))?;
+        copied.insert(source.clone(), digest);
+    }
+    Ok(copied)
+}
+
+/// The SquashFS triple, made unless the previous build's (of the same layer, name and
+/// kernel arguments) is still there.
+fn squashfs_output(
+    root: &Path,
+    name: &str,
+    wanted: &BTreeSet<Output>,
+    previous: Option<&BuildResult>,
+    outputs: &Path,
+    log: &mut BuildLog,
+) -> anyhow::Result<Option<SquashfsFiles>> {
+    Ok(match (wanted.contains(&Output::Squashfs), previous.and_then(|p| p.squashfs.clone())) {
+        (false, _) => None,
+        (true, Some(files)) if files.root.exists() => Some(files),
+        (true, _) => {
+            let _ = writeln!(log, "kiln: making the SquashFS root");
+            let triple = make_squashfs(root, name, outputs, log)?;
+            Some(SquashfsFiles { root: triple.root, kernel: triple.kernel, initrd: triple.initrd })
+        }
+    })
+}
+
+/// The disk image (raw, qcow2 or both), made unless the previous build's is still there.
+fn disk_output(
+    root: &Path,
+    name: &str,
+    kernel_args: &str,
+    wanted: &BTreeSet<Output>,
+    previous: Option<&BuildResult>,
+    outputs: &Path,
+    log: &mut BuildLog,
+) -> anyhow::Result<Option<PathBuf>> {
+    let wants_disk = wanted.contains(&Output::DiskRaw) || wanted.contains(&Output::DiskQcow2);
+    Ok(match (wants_disk, previous.and_then(|p| p.disk.clone())) {
+        (false, _) => None,
+        (true, Some(disk)) if disk.exists() => Some(disk),
+        (true, _) => {
+            let _ = writeln!(log, "kiln: making the disk image");
+            let raw = kiln_image_build::disk::make_disk(root, name, outputs, kernel_args, log)?;
+            if wanted.contains(&Output::DiskQcow2) {
+                let qcow2 = kiln_image_build::disk::convert_to_qcow2(&raw, log)?;
+                if !wanted.contains(&Output::DiskRaw) {
+                    std::fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
+                    Some(qcow2)
+                } else {
+                    Some(raw)
+                }
+            } else {
+                Some(raw)
+            }
+        }
+    })
+}
+
+/// The layer as an OCI tar for the registry, packed unless the previous build's is there.
+fn layer_output(
+    root: &Path,
+    wanted: &BTreeSet<Output>,
+    previous: Option<&BuildResult>,
+    outputs: &Path,
+    log: &mut BuildLog,
+) -> anyhow::Result<Option<(String, u64)>> {
+    Ok(match (wanted.contains(&Output::Oci), previous.and_then(|p| p.layer_tar.clone())) {
+        (false, _) => None,
+        (true, Some(tar)) if outputs.join("layer.tar").exists() => Some(tar),
+        (true, _) => {
+            let _ = writeln!(log, "kiln: packing the layer for the registry");
+            Some(kiln_image_build::layers::pack_layer(root, &outputs.join("layer.tar"))?)
+        }
+    })
+}
+
+/// Publishes what the build made where the definition says: a push per tag to the
+/// registry, the SquashFS triple to S3, a version of a Kiln image.
+async fn publish(
+    client: &Client,
+    definition: &ImageDefinition,
+    s3: Option<&kiln_image_store::S3Settings>,
+    outputs_dir: &Path,
+    result: &mut BuildResult,
+) -> anyhow::Result<()> {
     if let (Some(registry), Some((digest, size))) = (&definition.publish.registry, &result.layer_tar) {
         let tags = if definition.tags.is_empty() { vec!["latest".to_owned()] } else { definition.tags.clone() };
         for tag in tags {
@@ -410,8 +466,8 @@ pub(crate) async fn build(client: &Client, format: OutputFormat, args: BuildArgs
             result.pushed.push((reference.to_string(), manifest));
         }
     }
-    if let (Some(settings), Some(files)) = (&s3, &result.squashfs) {
-        result.s3 = publish_to_s3(settings, &definition, files).await?;
+    if let (Some(settings), Some(files)) = (s3, &result.squashfs) {
+        result.s3 = publish_to_s3(settings, definition, files).await?;
     }
     if let Some(image) = &definition.publish.kiln_image {
         let mut artifacts = Vec::new();
@@ -427,38 +483,41 @@ pub(crate) async fn build(client: &Client, format: OutputFormat, args: BuildArgs
         artifacts.push((ArtifactKind::Log, result.log.clone()));
         result.published = Some(publish_to_kiln(client, image, &artifacts, &result.layer).await?);
     }
-    print(format, &result, || {
-        let mut text = format!(
-            "{} layer {} {} in {:.1} s\n",
-            result.name,
-            &result.layer[..12],
-            if result.reused { "reused from the cache" } else { "built" },
-            result.seconds
-        );
-        if let Some(files) = &result.squashfs {
-            text.push_str(&format!("squashfs  {}\n", files.root.display()));
-            if let Some(kernel) = &files.kernel {
-                text.push_str(&format!("kernel    {}\n", kernel.display()));
-            }
-            if let Some(initrd) = &files.initrd {
-                text.push_str(&format!("initrd    {}\n", initrd.display()));
-            }
+    Ok(())
+}
+
+/// The build's result as the terminal shows it.
+fn describe(result: &BuildResult) -> String {
+    let mut text = format!(
+        "{} layer {} {} in {:.1} s\n",
+        result.name,
+        &result.layer[..12],
+        if result.reused { "reused from the cache" } else { "built" },
+        result.seconds
+    );
+    if let Some(files) = &result.squashfs {
+        text.push_str(&format!("squashfs  {}\n", files.root.display()));
+        if let Some(kernel) = &files.kernel {
+            text.push_str(&format!("kernel    {}\n", kernel.display()));
         }
-        if let Some(disk) = &result.disk {
-            text.push_str(&format!("disk      {}\n", disk.display()));
+        if let Some(initrd) = &files.initrd {
+            text.push_str(&format!("initrd    {}\n", initrd.display()));
         }
-        for (reference, digest) in &result.pushed {
-            text.push_str(&format!("pushed    {reference} ({digest})\n"));
-        }
-        for url in &result.s3 {
-            text.push_str(&format!("s3        {url}\n"));
-        }
-        if let Some(published) = &result.published {
-            text.push_str(&format!("published {published}\n"));
-        }
-        text.push_str(&format!("log       {}\n", result.log.display()));
-        text
-    })
+    }
+    if let Some(disk) = &result.disk {
+        text.push_str(&format!("disk      {}\n", disk.display()));
+    }
+    for (reference, digest) in &result.pushed {
+        text.push_str(&format!("pushed    {reference} ({digest})\n"));
+    }
+    for url in &result.s3 {
+        text.push_str(&format!("s3        {url}\n"));
+    }
+    if let Some(published) = &result.published {
+        text.push_str(&format!("published {published}\n"));
+    }
+    text.push_str(&format!("log       {}\n", result.log.display()));
+    text
 }
 
 /// Adds the artifacts (the first one names the content) as a new version of `image`

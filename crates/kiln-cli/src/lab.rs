@@ -93,9 +93,8 @@ impl Steps {
     }
 }
 
-fn up(args: &UpArgs, interrupted: &AtomicBool) -> anyhow::Result<()> {
-    let steps = Steps { started: Instant::now() };
-    let check = || if interrupted.load(Ordering::SeqCst) { bail!("interrupted") } else { Ok(()) };
+/// What the lab needs on this machine, and where `kiln` and `kiln-agent` are.
+fn prerequisites(args: &UpArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
     kiln_lab::available().map_err(anyhow::Error::msg).context("this machine cannot run the lab")?;
     for tool in ["mksquashfs", "zstd", "mcopy", "syslinux", "sfdisk", "mkfs.vfat"] {
         let found = std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status();
@@ -108,6 +107,33 @@ fn up(args: &UpArgs, interrupted: &AtomicBool) -> anyhow::Result<()> {
     if !agent.exists() {
         bail!("{} is missing: build it with `cargo build --release -p kiln-agent` or name it with --agent", agent.display());
     }
+    Ok((kiln, agent))
+}
+
+/// The lab's disk image (SYSLINUX, the host's kernel and an initramfs that calls back),
+/// compressed with zstd and uploaded as `lab-os`.
+fn upload_disk_image(lab: &Lab, kiln: &Path, work: &Path) -> anyhow::Result<()> {
+    let (kernel, _) = kiln_lab::host_kernel()?;
+    let initrd = work.join("lab-os-initrd.img");
+    kiln_lab::build_callback_initrd(&initrd)?;
+    let image = work.join("lab-os.raw");
+    let append = format!("console=ttyS0,115200 panic=-1 kiln.lab.stay kiln.server={}", lab.boot_url());
+    kiln_lab::build_bootable_disk(&image, 48, &kernel, &initrd, &append)?;
+    let compressed = work.join("lab-os.raw.zst");
+    let zstd = std::process::Command::new("zstd").args(["-q", "-3", "-f", "--rm"]).arg(&image).arg("-o").arg(&compressed).status();
+    if !zstd.context("running zstd (apt-get install zstd)")?.success() {
+        bail!("zstd could not compress {}", image.display());
+    }
+    lab.kiln(kiln, &["image", "create", "lab-os", "--description", "made by kiln lab up"])?;
+    lab.kiln(kiln, &["image", "upload", "lab-os", &format!("disk={}", compressed.display())])?;
+    std::fs::remove_file(&initrd).ok();
+    Ok(())
+}
+
+fn up(args: &UpArgs, interrupted: &AtomicBool) -> anyhow::Result<()> {
+    let steps = Steps { started: Instant::now() };
+    let check = || if interrupted.load(Ordering::SeqCst) { bail!("interrupted") } else { Ok(()) };
+    let (kiln, agent) = prerequisites(args)?;
     let mut lab = Lab::create_standing(&args.location.name, &args.location.dir)?;
     let result = (|| -> anyhow::Result<()> {
         let work = lab.directory.path().to_owned();
@@ -120,20 +146,7 @@ fn up(args: &UpArgs, interrupted: &AtomicBool) -> anyhow::Result<()> {
         check()?;
 
         steps.step("making a disk image: SYSLINUX, a kernel and an initramfs that calls back");
-        let (kernel, _) = kiln_lab::host_kernel()?;
-        let initrd = work.join("lab-os-initrd.img");
-        kiln_lab::build_callback_initrd(&initrd)?;
-        let image = work.join("lab-os.raw");
-        let append = format!("console=ttyS0,115200 panic=-1 kiln.lab.stay kiln.server={}", lab.boot_url());
-        kiln_lab::build_bootable_disk(&image, 48, &kernel, &initrd, &append)?;
-        let compressed = work.join("lab-os.raw.zst");
-        let zstd = std::process::Command::new("zstd").args(["-q", "-3", "-f", "--rm"]).arg(&image).arg("-o").arg(&compressed).status();
-        if !zstd.context("running zstd (apt-get install zstd)")?.success() {
-            bail!("zstd could not compress {}", image.display());
-        }
-        lab.kiln(&kiln, &["image", "create", "lab-os", "--description", "made by kiln lab up"])?;
-        lab.kiln(&kiln, &["image", "upload", "lab-os", &format!("disk={}", compressed.display())])?;
-        std::fs::remove_file(&initrd).ok();
+        upload_disk_image(&lab, &kiln, &work)?;
         check()?;
 
         steps.step("making a live image: a SquashFS root with busybox");

@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln_test_utils::registry::TestRegistry;
@@ -65,19 +65,7 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     let cache = directory.path().join("cache");
     let registry_address = &registry.address;
 
-    let base = directory.path().join("base.yaml");
-    std::fs::write(
-        &base,
-        format!(
-            "options:\n  layer_type: base\n  name: debian-base\n  publish_tags: bookworm\n  pkg_manager: apt\n  parent: scratch\n  \
-             publish_registry: '{registry_address}/kiln'\n  registry_opts_push:\n    - '--tls-verify=false'\n  publish_kiln: debian-base\n  \
-             publish_s3: '{}'\n  s3_prefix: 'compute/base/'\n  s3_bucket: '{}'\n\
-             repos:\n  - alias: debian\n    url: 'http://deb.debian.org/debian'\n    suite: bookworm\n",
-            bucket.endpoint,
-            s3::BUCKET
-        ),
-    )
-    .unwrap();
+    let base = write_base_definition(directory.path(), registry_address, &bucket);
     // Without the bucket's credentials: said before anything runs.
     let output = support::kiln_with_env(&server, &admin, &["image", "build", "-c", base.to_str().unwrap(), "--cache", "/nonexistent"], &[]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("publish_s3: set S3_ACCESS and S3_SECRET"));
@@ -89,33 +77,11 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     // In the bucket where OpenCHAMI's builder puts it, whole.
     let key = "compute/base/debian-base-bookworm";
     assert_eq!(first_base["s3"][0], format!("{}/{}/{key}", bucket.endpoint, s3::BUCKET));
-    let settings = kiln_image_store::S3Settings {
-        endpoint: bucket.endpoint.clone(),
-        bucket: s3::BUCKET.to_owned(),
-        region: s3::REGION.to_owned(),
-        access_key_id: s3::ACCESS_KEY_ID.to_owned(),
-        secret_access_key: s3::SECRET_ACCESS_KEY.to_owned(),
-        prefix: String::new(),
-    };
-    let stored = tokio::runtime::Runtime::new().unwrap().block_on(kiln_image_store::object_size_in_bucket(&settings, key)).unwrap();
     let made = std::fs::metadata(first_base["squashfs"]["root"].as_str().unwrap()).unwrap().len();
-    assert_eq!(stored, Some(made));
+    assert_eq!(stored_size(&bucket, key), Some(made));
 
     std::fs::write(directory.path().join("motd"), "built by kiln\n").unwrap();
-    // Two diskimage-builder elements, one depending on the other, with hooks inside and
-    // outside the chroot and an environment.d snippet reading a DIB_ variable.
-    let elements = directory.path().join("elements");
-    let hook = |path: &str, text: &str| {
-        let path = elements.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    };
-    hook("kiln-greeting/element-deps", "kiln-marker\n");
-    hook("kiln-greeting/environment.d/10-greeting", "export GREETING_TEXT=\"${DIB_GREETING:-none}\"\n");
-    hook("kiln-greeting/install.d/20-greet", "#!/bin/sh\nset -e\necho \"$GREETING_TEXT\" > /etc/kiln-greeting\n");
-    hook("kiln-marker/pre-install.d/10-mark", "#!/bin/sh\nset -e\necho pre-install >> /etc/kiln-hooks\n");
-    hook("kiln-marker/cleanup.d/90-outside", "#!/bin/sh\nset -e\necho cleanup >> \"$TARGET_ROOT/etc/kiln-hooks\"\n");
+    let elements = write_test_elements(directory.path());
     let child = directory.path().join("child.yaml");
     std::fs::write(
         &child,
@@ -183,12 +149,83 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     assert_ne!(kiln_child["layer"], first_child["layer"]);
     assert_eq!(kiln_child["published"], "debian-child-k:1");
 
-    // A parent that is not in the registry is named in the error; nothing is built.
-    let missing = directory.path().join("missing.yaml");
-    std::fs::write(&missing, std::fs::read_to_string(&child).unwrap().replace("debian-base:bookworm", "debian-base:trixie")).unwrap();
+    let scenario =
+        Scenario { directory: directory.path(), cache: &cache, elements: &elements, child: &child, server: &server, admin: &admin };
+    missing_parents_and_element_paths_are_named(&scenario);
+    assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
+
+    offline_builds_from_the_cache_and_a_killed_build(&scenario);
+}
+
+/// The base layer's definition: Debian from scratch, published to the registry, Kiln and
+/// the test bucket.
+fn write_base_definition(directory: &Path, registry_address: &str, bucket: &TestS3) -> PathBuf {
+    let base = directory.join("base.yaml");
+    std::fs::write(
+        &base,
+        format!(
+            "options:\n  layer_type: base\n  name: debian-base\n  publish_tags: bookworm\n  pkg_manager: apt\n  parent: scratch\n  \
+             publish_registry: '{registry_address}/kiln'\n  registry_opts_push:\n    - '--tls-verify=false'\n  publish_kiln: debian-base\n  \
+             publish_s3: '{}'\n  s3_prefix: 'compute/base/'\n  s3_bucket: '{}'\n\
+             repos:\n  - alias: debian\n    url: 'http://deb.debian.org/debian'\n    suite: bookworm\n",
+            bucket.endpoint,
+            s3::BUCKET
+        ),
+    )
+    .unwrap();
+    base
+}
+
+/// The size of the object at `key` in the test bucket, if it is there.
+fn stored_size(bucket: &TestS3, key: &str) -> Option<u64> {
+    let settings = kiln_image_store::S3Settings {
+        endpoint: bucket.endpoint.clone(),
+        bucket: s3::BUCKET.to_owned(),
+        region: s3::REGION.to_owned(),
+        access_key_id: s3::ACCESS_KEY_ID.to_owned(),
+        secret_access_key: s3::SECRET_ACCESS_KEY.to_owned(),
+        prefix: String::new(),
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(kiln_image_store::object_size_in_bucket(&settings, key)).unwrap()
+}
+
+/// Two diskimage-builder elements, one depending on the other, with hooks inside and
+/// outside the chroot and an environment.d snippet reading a DIB_ variable.
+fn write_test_elements(directory: &Path) -> PathBuf {
+    let elements = directory.join("elements");
+    let hook = |path: &str, text: &str| {
+        let path = elements.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    hook("kiln-greeting/element-deps", "kiln-marker\n");
+    hook("kiln-greeting/environment.d/10-greeting", "export GREETING_TEXT=\"${DIB_GREETING:-none}\"\n");
+    hook("kiln-greeting/install.d/20-greet", "#!/bin/sh\nset -e\necho \"$GREETING_TEXT\" > /etc/kiln-greeting\n");
+    hook("kiln-marker/pre-install.d/10-mark", "#!/bin/sh\nset -e\necho pre-install >> /etc/kiln-hooks\n");
+    hook("kiln-marker/cleanup.d/90-outside", "#!/bin/sh\nset -e\necho cleanup >> \"$TARGET_ROOT/etc/kiln-hooks\"\n");
+    elements
+}
+
+/// What the first part of the scenario leaves for the offline part.
+struct Scenario<'a> {
+    directory: &'a Path,
+    cache: &'a Path,
+    elements: &'a Path,
+    child: &'a Path,
+    server: &'a ServerProcess,
+    admin: &'a str,
+}
+
+/// A parent that is not in the registry is named in the error, and so are elements named
+/// without a path to find them; nothing is built.
+fn missing_parents_and_element_paths_are_named(scenario: &Scenario<'_>) {
+    let Scenario { directory, cache, elements, child, server, admin } = *scenario;
+    let missing = directory.join("missing.yaml");
+    std::fs::write(&missing, std::fs::read_to_string(child).unwrap().replace("debian-base:bookworm", "debian-base:trixie")).unwrap();
     let build_missing = |environment: &[(&str, &str)]| {
         let args = ["image", "build", "-c", missing.to_str().unwrap(), "--cache", cache.to_str().unwrap()];
-        let output = support::kiln_with_env(&server, &admin, &args, environment);
+        let output = support::kiln_with_env(server, admin, &args, environment);
         assert!(!output.status.success());
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
@@ -197,11 +234,15 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     // Elements named without a path to find them: said before anything runs.
     let error = build_missing(&[]);
     assert!(error.contains("elements: kiln-greeting named, but no ELEMENTS_PATH"), "{error}");
-    assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
+}
 
+/// Offline builds in a network namespace of their own, from what the online builds left in
+/// the cache; what the cache lacks is named; a build killed mid-step leaves no mount.
+fn offline_builds_from_the_cache_and_a_killed_build(scenario: &Scenario<'_>) {
+    let Scenario { directory, cache, elements, child, server, admin } = *scenario;
     // Offline, in a network namespace of its own (no network at all): a new base and a new
     // child, neither cached, build from what the builds above left in the cache.
-    let offline_base = directory.path().join("offline-base.yaml");
+    let offline_base = directory.join("offline-base.yaml");
     std::fs::write(
         &offline_base,
         "options:\n  name: debian-offline\n  pkg_manager: apt\n  parent: scratch\n  publish_local: true\n\
@@ -209,10 +250,10 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
          packages: [less]\ncmds:\n  - cmd: 'echo built offline > /etc/kiln-offline'\n",
     )
     .unwrap();
-    let offline_child = directory.path().join("offline-child.yaml");
+    let offline_child = directory.join("offline-child.yaml");
     std::fs::write(
         &offline_child,
-        std::fs::read_to_string(&child)
+        std::fs::read_to_string(child)
             .unwrap()
             .replace("publish_kiln: debian-child", "publish_local: true")
             .replace("useradd -m -s /bin/sh kiln", "useradd -m -s /bin/sh offline"),
@@ -226,10 +267,10 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
             .args(["--net", "--"])
             .arg(support::KILN)
             .args(["image", "build", "-c", definition.to_str().unwrap(), "--cache", cache.to_str().unwrap(), "--offline", "-F", "json"])
-            .env("ELEMENTS_PATH", &elements)
+            .env("ELEMENTS_PATH", elements)
             .env("DIB_GREETING", "offline")
             .env("KILN_URL", &server.url)
-            .env("KILN_TOKEN", &admin);
+            .env("KILN_TOKEN", admin);
         command
     };
     let build_offline = |definition: &Path| {
@@ -264,14 +305,14 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
     std::fs::write(&offline_base, std::fs::read_to_string(&offline_base).unwrap().replace("suite: bookworm", "suite: trixie")).unwrap();
     let (succeeded, _, stderr) = build_offline(&offline_base);
     assert!(!succeeded && stderr.contains("--offline: what debootstrap installs for trixie"), "{stderr}");
-    assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
+    assert!(kiln_image_build::chroot::mounts_under(directory).is_empty());
 
     // Killed mid-step (SIGKILL: no cleanup code of Kiln's runs): the chroot mounts were never
     // the host's, and the next build of the layer starts afresh. The step sleeps while a
     // marker is in /dev/shm (the host's /dev is bound in), so the second build goes through.
     let marker = format!("/dev/shm/kiln-test-{}", std::process::id());
     std::fs::write(&marker, "").unwrap();
-    let killed = directory.path().join("killed.yaml");
+    let killed = directory.join("killed.yaml");
     std::fs::write(
         &killed,
         std::fs::read_to_string(&offline_base)
@@ -296,13 +337,13 @@ fn a_base_and_children_build_publish_and_rebuild_from_the_cache() {
         assert!(started.elapsed().as_secs() < 300, "the build never reached its step");
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty(), "the host never sees the build's mounts");
+    assert!(kiln_image_build::chroot::mounts_under(directory).is_empty(), "the host never sees the build's mounts");
     build.kill().unwrap();
     build.wait().unwrap();
     // SAFETY: ending the step this test's build started (its pid, written by the step itself).
     unsafe { libc::kill(step_pid, libc::SIGKILL) };
     std::fs::remove_file(&marker).unwrap();
-    assert!(kiln_image_build::chroot::mounts_under(directory.path()).is_empty());
+    assert!(kiln_image_build::chroot::mounts_under(directory).is_empty());
     let (succeeded, stdout, stderr) = build_offline(&killed);
     assert!(succeeded, "{stderr}");
     let rebuilt: serde_json::Value = serde_json::from_str(&stdout).unwrap();

@@ -1,4 +1,8 @@
 //! Nodes: inventory records with their interfaces and group memberships.
+//!
+//! Why one file over 600 lines: a node's row, interfaces, groups, BMC secret and events are
+//! written in one transaction by the functions here, and the uniqueness rules they check
+//! (name, xname, NID, MAC) must be read together.
 
 use kiln_auth::ProjectScope;
 use kiln_types::api::{DiscoverySummary, Page};
