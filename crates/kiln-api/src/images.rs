@@ -18,7 +18,6 @@ use kiln_db::{ImageChange, NewImage};
 use kiln_image_store::{BlobId, BlobStore};
 use kiln_types::image::{
     Artifact, ArtifactKind, CloneInput, GcReport, Image, ImageInput, ImageUpdate, ImageVersion, TagInput, VerifyReport, VersionRef,
-    Visibility,
 };
 use kiln_types::validate;
 
@@ -61,19 +60,10 @@ impl ImageSettings {
     }
 }
 
-pub(crate) fn can_see(caller: &AuthContext, image: &Image) -> bool {
-    caller.can_read(image.project.as_deref())
-        || image.visibility == Visibility::Public
-        || (image.visibility == Visibility::Shared && image.shared_with.iter().any(|project| caller.can_read(Some(project))))
-}
-
-/// The image if the caller may see it; otherwise the same 404 as for an absent image.
+/// The image if the caller may see it; otherwise the same 404 as for an absent image (the
+/// store decides, by the caller's read scope).
 pub(crate) async fn visible_image(state: &ApiState, caller: &AuthContext, name: &str) -> ApiResult<Image> {
-    match state.store.get_image(name).await {
-        Ok(image) if can_see(caller, &image) => Ok(image),
-        Ok(_) => Err(ApiError::not_found("image", name)),
-        Err(error) => Err(error.into()),
-    }
+    Ok(state.store.get_image(name, &caller.read_scope()).await?)
 }
 
 /// The image if the caller may change it: 404 if it may not see it, 403 if it may only see it.
@@ -122,8 +112,7 @@ pub(crate) fn version_ref(text: &str) -> ApiResult<VersionRef> {
 
 #[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = Vec<Image>)))]
 pub async fn list_images(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<Image>>> {
-    let images = state.store.list_images().await?;
-    Ok(Json(images.into_iter().filter(|image| can_see(&caller, image)).collect()))
+    Ok(Json(state.store.list_images(&caller.read_scope()).await?))
 }
 
 #[utoipa::path(post, path = "/v1/images", tag = "images", request_body = ImageInput,
@@ -397,11 +386,7 @@ pub async fn boot_artifact(
     headers: HeaderMap,
     Path((name, version, kind)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    let image = match state.store.get_image(&name).await {
-        Ok(image) if image.visibility == Visibility::Public => image,
-        Ok(_) | Err(kiln_db::StoreError::NotFound { .. }) => return Err(ApiError::not_found("image", &name)),
-        Err(error) => return Err(error.into()),
-    };
+    let image = state.store.get_public_image(&name).await?;
     let version = state.store.get_version(&image.name, &version_ref(&version)?).await?;
     let artifact = artifact_of(&version, &kind)?;
     serve_artifact(&state, &version, artifact, &method, &headers).await
@@ -414,10 +399,7 @@ pub(crate) async fn resolve_boot_artifact(state: &ApiState, rest: &str) -> crate
     use crate::boot_listener::Resolved;
     let parts: Vec<&str> = rest.split('/').collect();
     let [name, version, kind] = parts[..] else { return Resolved::Route };
-    let Ok(image) = state.store.get_image(name).await else { return Resolved::Route };
-    if image.visibility != Visibility::Public {
-        return Resolved::Route;
-    }
+    let Ok(image) = state.store.get_public_image(name).await else { return Resolved::Route };
     let Ok(reference) = version_ref(version) else { return Resolved::Route };
     let Ok(version) = state.store.get_version(&image.name, &reference).await else { return Resolved::Route };
     let Ok(artifact) = artifact_of(&version, kind) else { return Resolved::Route };

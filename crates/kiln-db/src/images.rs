@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use kiln_auth::ProjectScope;
 use kiln_types::image::{Artifact, ArtifactKind, Compression, Image, ImageFormat, ImageVersion, Upload, VersionRef, Visibility};
 use sqlx::{AnyConnection, Row as _};
 
@@ -76,6 +77,18 @@ pub struct UnusedBlob {
 struct ImageRow {
     id: String,
     image: Image,
+}
+
+/// Who sees an image: readers of its project, everyone for a public one, readers of a
+/// project it is shared with.
+fn image_visible(image: &Image, scope: &ProjectScope) -> bool {
+    let in_scope = |project: Option<&str>| match scope {
+        ProjectScope::All => true,
+        ProjectScope::Projects(projects) => project.is_some_and(|project| projects.iter().any(|p| p == project)),
+    };
+    in_scope(image.project.as_deref())
+        || image.visibility == Visibility::Public
+        || (image.visibility == Visibility::Shared && image.shared_with.iter().any(|project| in_scope(Some(project))))
 }
 
 const IMAGE_COLUMNS: &str = "id, name, project, visibility, description, os, arch, created_at, updated_at";
@@ -368,13 +381,23 @@ impl Store {
         Ok(image)
     }
 
-    pub async fn get_image(&self, name: &str) -> Result<Image, StoreError> {
+    /// The image `name` as a reader with `scope` sees it: its projects' images, public ones
+    /// and those shared with one of its projects. Any other is exactly like a missing one.
+    pub async fn get_image(&self, name: &str, scope: &ProjectScope) -> Result<Image, StoreError> {
         let mut connection = self.read().await?;
-        Ok(image_row(&mut connection, name).await?.image)
+        let image = image_row(&mut connection, name).await?.image;
+        if image_visible(&image, scope) { Ok(image) } else { Err(StoreError::not_found("image", name)) }
     }
 
-    /// Every image; the caller filters by what the reader may see.
-    pub async fn list_images(&self) -> Result<Vec<Image>, StoreError> {
+    /// A public image, as booting machines (who have no token) may fetch it.
+    pub async fn get_public_image(&self, name: &str) -> Result<Image, StoreError> {
+        let mut connection = self.read().await?;
+        let image = image_row(&mut connection, name).await?.image;
+        if image.visibility == Visibility::Public { Ok(image) } else { Err(StoreError::not_found("image", name)) }
+    }
+
+    /// Every image a reader with `scope` sees (see [`Store::get_image`]), by name.
+    pub async fn list_images(&self, scope: &ProjectScope) -> Result<Vec<Image>, StoreError> {
         let mut connection = self.read().await?;
         let rows = sqlx::query(&format!("SELECT {IMAGE_COLUMNS} FROM images ORDER BY name"))
             .fetch_all(&mut *connection)
@@ -382,7 +405,10 @@ impl Store {
             .map_err(StoreError::query("listing images"))?;
         let mut images = Vec::with_capacity(rows.len());
         for row in &rows {
-            images.push(complete_image(&mut connection, row).await?.image);
+            let image = complete_image(&mut connection, row).await?.image;
+            if image_visible(&image, scope) {
+                images.push(image);
+            }
         }
         Ok(images)
     }
