@@ -1,4 +1,5 @@
-//! Encryption of secrets at rest (BMC passwords, later per-node secrets) with a server key.
+//! Encryption of secrets at rest (BMC passwords, agent tokens for boot scripts, cloud-init
+//! node secrets) with a server key.
 
 use std::fs;
 use std::io::Write as _;

@@ -1,6 +1,6 @@
 //! An in-memory view of every node, kept current by tailing the event log.
 //!
-//! Hot read paths (node show and list, and later DHCP, boot scripts and cloud-init) must not
+//! Hot read paths (node show and list, DHCP, boot scripts and cloud-init) must not
 //! pay a database round trip per request. Each replica holds an [`InventoryView`], loaded
 //! once and then brought up to date from the events written since: every node change
 //! records an event in its own transaction, and event ids grow in commit order (one writer
