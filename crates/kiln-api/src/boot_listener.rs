@@ -363,7 +363,8 @@ async fn serve_connection(
             buffer.extend_from_slice(&chunk[..read]);
         };
         buffer.drain(..head.length);
-        let keep_alive = head.keep_alive();
+        // Draining: this answer is the connection's last, and says so.
+        let keep_alive = head.keep_alive() && !*stopping.borrow();
         if head.headers.contains_key(header::TRANSFER_ENCODING) {
             // No boot path takes a streamed body; refusing it keeps request framing simple.
             return with_timeout(stream.write_all(short_answer(StatusCode::NOT_IMPLEMENTED, "", false, true).as_bytes())).await;

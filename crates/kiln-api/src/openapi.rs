@@ -55,6 +55,22 @@ mod tests {
         expect_test::expect_file!["../../../openapi/kiln.json"].assert_eq(&super::openapi_document());
     }
 
+    /// The document's enums are the words the API speaks (serde's names), not the Rust
+    /// variants.
+    #[test]
+    fn enum_schemas_use_the_wire_words() {
+        use kiln_types::image::{ArtifactKind, Compression, ImageFormat, Visibility};
+        use kiln_types::provision::ProvisionStep;
+        let document: serde_json::Value = serde_json::from_str(&super::openapi_document()).expect("the document is JSON");
+        let words = |name: &str| document["components"]["schemas"][name]["enum"].clone();
+        let expected = |all: Vec<&str>| serde_json::json!(all);
+        assert_eq!(words("Visibility"), expected(Visibility::ALL.iter().map(|value| value.as_str()).collect()));
+        assert_eq!(words("ArtifactKind"), expected(ArtifactKind::ALL.iter().map(|value| value.as_str()).collect()));
+        assert_eq!(words("ImageFormat"), expected(ImageFormat::ALL.iter().map(|value| value.as_str()).collect()));
+        assert_eq!(words("Compression"), expected(Compression::ALL.iter().map(|value| value.as_str()).collect()));
+        assert_eq!(words("ProvisionStep"), expected(ProvisionStep::ALL.iter().map(|value| value.as_str()).collect()));
+    }
+
     /// The checked-in document is valid OpenAPI, as a client generator reads it:
     /// openapi-spec-validator (PyPI, installed by `scripts/install-deps` into
     /// `~/.cache/kiln-tools/openapi-venv`) finds no error. Skipped where it is not installed,

@@ -259,12 +259,13 @@ async fn upload(client: &Client, format: OutputFormat, args: UploadArgs) -> anyh
     }
     let created = ensure_image(client, &args.name, &args.fields).await?;
     let name = args.name.clone();
-    let outcome = upload_version(client, format, &files, args).await;
-    keep_if_done(client, &name, created, outcome).await
+    let outcome = upload_version(client, &files, args).await;
+    let version = keep_if_done(client, &name, created, outcome).await?;
+    print(format, &version, || versions_table(std::slice::from_ref(&version)))
 }
 
 /// Uploads `files` and makes them a version of the image `args` names.
-async fn upload_version(client: &Client, format: OutputFormat, files: &[(ArtifactKind, PathBuf)], args: UploadArgs) -> anyhow::Result<()> {
+async fn upload_version(client: &Client, files: &[(ArtifactKind, PathBuf)], args: UploadArgs) -> anyhow::Result<ImageVersion> {
     let mut artifacts = Vec::new();
     for (kind, path) in files {
         artifacts.push(ArtifactInput {
@@ -274,8 +275,7 @@ async fn upload_version(client: &Client, format: OutputFormat, files: &[(Artifac
         });
     }
     let input = VersionInput { version: args.number, base: args.base, artifacts, tags: args.tags, note: args.note };
-    let version: ImageVersion = client.post(&format!("/v1/images/{}/versions", encode(&args.name)), &input).await?;
-    print(format, &version, || versions_table(std::slice::from_ref(&version)))
+    Ok(client.post(&format!("/v1/images/{}/versions", encode(&args.name)), &input).await?)
 }
 
 /// Uploads one file with a progress bar; returns the upload's id.
@@ -475,7 +475,12 @@ async fn keep_if_done<T>(client: &Client, name: &str, created: bool, outcome: an
     match (&outcome, created) {
         (Ok(_), true) => eprintln!("created image '{name}'"),
         (Err(_), true) => {
-            if let Err(error) = client.delete::<serde_json::Value>(&format!("/v1/images/{}", encode(name))).await {
+            // Only while it is still empty: a client that found it meanwhile may have added
+            // a version, and that is not ours to remove.
+            let versions: Result<Vec<ImageVersion>, _> = client.get(&format!("/v1/images/{}/versions", encode(name))).await;
+            if versions.is_ok_and(|versions| versions.is_empty())
+                && let Err(error) = client.delete::<serde_json::Value>(&format!("/v1/images/{}", encode(name))).await
+            {
                 eprintln!("warning: removing the new image '{name}' again failed: {error}");
             }
         }
@@ -488,11 +493,15 @@ async fn keep_if_done<T>(client: &Client, name: &str, created: bool, outcome: an
 async fn import(client: &Client, format: OutputFormat, args: ImportArgs) -> anyhow::Result<()> {
     let created = ensure_image(client, &args.name, &args.fields).await?;
     let name = args.name.clone();
-    let outcome = import_version(client, format, args).await;
-    keep_if_done(client, &name, created, outcome).await
+    let outcome = import_version(client, args).await;
+    let result = keep_if_done(client, &name, created, outcome).await?;
+    if result.unchanged {
+        eprintln!("the source has not changed since version {}; nothing was downloaded", result.version.version);
+    }
+    print(format, &result, || versions_table(std::slice::from_ref(&result.version)))
 }
 
-async fn import_version(client: &Client, format: OutputFormat, args: ImportArgs) -> anyhow::Result<()> {
+async fn import_version(client: &Client, args: ImportArgs) -> anyhow::Result<ImportResult> {
     let input = ImportInput {
         url: args.url,
         checksum: args.checksum,
@@ -503,11 +512,7 @@ async fn import_version(client: &Client, format: OutputFormat, args: ImportArgs)
         tags: args.tags,
         note: args.note,
     };
-    let result: ImportResult = client.post(&format!("/v1/images/{}/import", encode(&args.name)), &input).await?;
-    if result.unchanged {
-        eprintln!("the source has not changed since version {}; nothing was downloaded", result.version.version);
-    }
-    print(format, &result, || versions_table(std::slice::from_ref(&result.version)))
+    Ok(client.post(&format!("/v1/images/{}/import", encode(&args.name)), &input).await?)
 }
 
 async fn collect_garbage(client: &Client, format: OutputFormat) -> anyhow::Result<()> {

@@ -82,10 +82,7 @@ struct ImageRow {
 /// Who sees an image: readers of its project, everyone for a public one, readers of a
 /// project it is shared with.
 fn image_visible(image: &Image, scope: &ProjectScope) -> bool {
-    let in_scope = |project: Option<&str>| match scope {
-        ProjectScope::All => true,
-        ProjectScope::Projects(projects) => project.is_some_and(|project| projects.iter().any(|p| p == project)),
-    };
+    let in_scope = |project: Option<&str>| crate::nodes_visible(scope, project);
     in_scope(image.project.as_deref())
         || image.visibility == Visibility::Public
         || (image.visibility == Visibility::Shared && image.shared_with.iter().any(|project| in_scope(Some(project))))

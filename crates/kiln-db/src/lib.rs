@@ -185,8 +185,8 @@ impl WriteTransaction {
     }
 }
 
-/// Whether a node of `project` is inside `scope`. Nodes without a project (the unallocated
-/// pool) are visible to admins only.
+/// Whether a node (or image) of `project` is inside `scope`. Resources without a project
+/// (the unallocated pool) are visible to admins only.
 pub(crate) fn nodes_visible(scope: &kiln_auth::ProjectScope, project: Option<&str>) -> bool {
     match scope {
         kiln_auth::ProjectScope::All => true,

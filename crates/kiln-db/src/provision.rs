@@ -56,12 +56,18 @@ fn record_from_row(row: &AnyRow) -> Result<ProvisionRecord, StoreError> {
     })
 }
 
+/// The record's step. A word this version does not know (written by a newer replica, or
+/// before a downgrade) reads as no step, which the planner fails cleanly for that node
+/// alone, rather than an error that would stop every claim of the reconciler.
 fn step_column(row: &AnyRow) -> Result<Option<ProvisionStep>, StoreError> {
     let text: Option<String> = row.try_get("step").map_err(StoreError::query("reading a provisioning record"))?;
-    text.map(|text| {
-        ProvisionStep::parse(&text).ok_or_else(|| StoreError::Corrupt { message: format!("unknown provisioning step '{text}'") })
-    })
-    .transpose()
+    Ok(text.and_then(|text| {
+        let step = ProvisionStep::parse(&text);
+        if step.is_none() {
+            tracing::warn!(step = %text, "unknown provisioning step in the store; read as none");
+        }
+        step
+    }))
 }
 
 async fn record_of(connection: &mut AnyConnection, node_id: &str) -> Result<Option<ProvisionRecord>, StoreError> {

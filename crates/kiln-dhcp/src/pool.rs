@@ -113,6 +113,16 @@ impl Pool {
     /// A client that holds a lease or an offer already.
     fn decide_for_holder(&mut self, mac: MacAddress, lease: Lease, request: PoolRequest, context: &PoolContext<'_>) -> PoolAnswer {
         let ended = LeaseChange { mac, lease: Lease { address: lease.address, expires: 0 } };
+        if (context.reserved)(lease.address) {
+            // The address became a node's reservation since it was handed out: the lease
+            // ends at the client's next message, and a DISCOVER gets another address.
+            self.by_mac.remove(&mac);
+            self.taken.remove(&lease.address);
+            return match request {
+                PoolRequest::Discover => PoolAnswer { change: Some(ended), ..self.offer(mac, context) },
+                _ => PoolAnswer { address: None, change: Some(ended) },
+            };
+        }
         match request {
             PoolRequest::Release => {
                 self.by_mac.remove(&mac);
@@ -129,12 +139,6 @@ impl Pool {
                 // or another server's offer): its own address is answered unchanged, which
                 // the protocol turns into a NAK, and nothing is renewed.
                 PoolAnswer { address: Some(lease.address), change: None }
-            }
-            PoolRequest::Request { .. } if (context.reserved)(lease.address) => {
-                // The address became a node's reservation since it was offered.
-                self.by_mac.remove(&mac);
-                self.taken.remove(&lease.address);
-                PoolAnswer { address: None, change: Some(ended) }
             }
             PoolRequest::Request { .. } => {
                 let renewed = Lease { address: lease.address, expires: context.now + u64::from(context.lease_seconds) };

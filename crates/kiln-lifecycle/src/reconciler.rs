@@ -192,7 +192,11 @@ impl Reconciler {
             }
             return Ok(());
         }
-        let password = self.store.bmc_password(&node.id).await.map_err(|error| format!("reading the BMC password: {error}"))?;
+        let password = self
+            .store
+            .bmc_password(&node.id)
+            .await
+            .map_err(|error| format!("reading the BMC password: {}", kiln_types::error_chain(&error)))?;
         let bmc = Bmc::for_node(node, password, self.settings.bmc_timeout).map_err(|error| kiln_types::error_chain(&error))?;
         let limit = self.settings.bmc_timeout * 3;
         let call = async {

@@ -63,12 +63,23 @@ pub enum StartError {
 /// hands it on).
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 
+/// What the server has been asked to do about stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopping {
+    No,
+    /// `shutdown()`: finish what is in flight first.
+    Drain,
+    /// The handle was dropped: stop accepting, and abort the boot listener and the
+    /// reconciler at once.
+    Now,
+}
+
 /// A running server. Dropping it stops the server without waiting.
 pub struct ServerHandle {
     local_addr: SocketAddr,
     boot_addr: Option<SocketAddr>,
     admin_token_file: Option<PathBuf>,
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<Stopping>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -92,7 +103,7 @@ impl ServerHandle {
     /// requests, boot listener downloads and reconciler steps, the latter two within
     /// [`DRAIN_DEADLINE`]), then closes the database.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(Stopping::Drain);
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -109,7 +120,7 @@ impl ServerHandle {
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(Stopping::Now);
     }
 }
 
@@ -179,11 +190,11 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     };
     let boot_addr = boot_service.as_ref().map(|service| service.local_addr);
     let app = kiln_api::router(state, config.max_body_bytes);
-    let (shutdown, mut shutdown_requested) = watch::channel(false);
+    let (shutdown, mut shutdown_requested) = watch::channel(Stopping::No);
     let stop_signal = shutdown_requested.clone();
     let task = tokio::spawn(async move {
         let stopped = async move {
-            let _ = shutdown_requested.wait_for(|requested| *requested).await;
+            let _ = shutdown_requested.wait_for(|stopping| *stopping != Stopping::No).await;
         };
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let api = async {
@@ -194,9 +205,16 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         // Every listener and the reconciler drain at once, each from the same signal.
         let mut stop_signal = stop_signal;
         let others = async move {
-            let _ = stop_signal.wait_for(|requested| *requested).await;
+            let drain = matches!(stop_signal.wait_for(|stopping| *stopping != Stopping::No).await.as_deref(), Ok(Stopping::Drain));
             // DHCP answers and TFTP blocks are retried by the client: they stop at once.
             drop((dhcp, tftp));
+            if !drain {
+                // The handle was dropped: nothing waits for the work in flight, which
+                // must not go on behind the caller's back (it may start another server on
+                // the same store). Dropping the services aborts them.
+                drop((boot_service, reconciler));
+                return;
+            }
             let boot = async {
                 if let Some(boot_service) = boot_service {
                     boot_service.shutdown(DRAIN_DEADLINE).await;

@@ -49,7 +49,7 @@ async fn read_one(store: &Store, node: &Node, timeout: Duration) -> PowerRead {
     let failed = |fault: &str, message: String| PowerRead::Failed { fault: fault.to_owned(), message };
     let password = match store.bmc_password(&node.id).await {
         Ok(password) => password,
-        Err(error) => return failed("refused", format!("reading the BMC password: {error}")),
+        Err(error) => return failed("refused", format!("reading the BMC password: {}", kiln_types::error_chain(&error))),
     };
     let bmc = match Bmc::for_node(node, password, timeout) {
         Ok(bmc) => bmc,

@@ -58,9 +58,9 @@ word_enum! {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable and machine-readable. Kept as text on the wire, so a client meeting a code
+    /// Stable and machine-readable: one of `ErrorCode`'s words (`not_found`,
+    /// `invalid_input`, `conflict`, ...). Text, not a closed enum, so a client meeting a code
     /// from a newer server still reads the message.
-    #[schema(value_type = ErrorCode)]
     pub code: String,
     pub message: String,
 }

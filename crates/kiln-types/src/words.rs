@@ -1,10 +1,12 @@
 //! `word_enum!`: fieldless enums whose values are words in JSON, SQL and on the command line.
 
 /// A fieldless enum whose values are words in JSON, SQL and on the command line: one list
-/// of variants gives `ALL`, `as_str`, `parse`, `Display` and the serde names, so the
-/// spellings cannot drift apart.
+/// of variants gives `ALL`, `as_str`, `parse`, `Display`, the serde names and the OpenAPI
+/// schema's values, so the spellings cannot drift apart. The words are taken as `tt`, not
+/// `literal`: a `literal` fragment reaches derive macros wrapped in an invisible group,
+/// which serde reads and utoipa does not (its schema would name the Rust variants).
 macro_rules! word_enum {
-    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$variant_meta:meta])* $variant:ident = $text:literal,)* }) => {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$variant_meta:meta])* $variant:ident = $text:tt,)* }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         pub enum $name {

@@ -220,3 +220,26 @@ fn restored_leases_hold_their_addresses() {
     assert_eq!(pool.decide(mac(1), Discover, &context).address, Some(address(100)));
     assert_eq!(pool.lease_of(&mac(1)), Some(Lease { address: address(100), expires: 5_000 }));
 }
+
+#[test]
+fn a_lease_whose_address_becomes_a_reservation_ends_and_the_client_moves() {
+    let mut pool = Pool::new(address(100), address(101));
+    let nothing_reserved = |_: Ipv4Addr| false;
+    let before = PoolContext { now: 0, lease_seconds: LEASE_SECONDS, reserved: &nothing_reserved };
+    assert_eq!(pool.decide(mac(1), Discover, &before).address, Some(address(100)));
+    assert_eq!(pool.decide(mac(1), request(100), &before).address, Some(address(100)));
+    // A node is given 100 in the inventory.
+    let reserved = |candidate: Ipv4Addr| candidate == address(100);
+    let after = PoolContext { now: 10, lease_seconds: LEASE_SECONDS, reserved: &reserved };
+    let renewal = pool.decide(mac(1), request(100), &after);
+    let ended = Some(LeaseChange { mac: mac(1), lease: Lease { address: address(100), expires: 0 } });
+    assert_eq!((renewal.address, renewal.change), (None, ended), "the renewal is refused and the lease ends");
+    let moved = pool.decide(mac(1), Discover, &after);
+    assert_eq!(moved.address, Some(address(101)), "the client gets another address");
+    // A holder that DISCOVERs again while its address turns reserved is moved at once.
+    let mut pool = Pool::new(address(100), address(101));
+    assert_eq!(pool.decide(mac(2), Discover, &before).address, Some(address(100)));
+    let moved = pool.decide(mac(2), Discover, &after);
+    let ended = Some(LeaseChange { mac: mac(2), lease: Lease { address: address(100), expires: 0 } });
+    assert_eq!((moved.address, moved.change), (Some(address(101)), ended));
+}
