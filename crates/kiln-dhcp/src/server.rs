@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use kiln_db::{Inventory, Store};
+use kiln_db::{Inventory, InventoryView, Store};
 use kiln_types::MacAddress;
 use kiln_types::node::Node;
 use tokio::net::UdpSocket;
@@ -163,7 +163,7 @@ impl Server {
         if node.is_none() && self.config.auto_enroll && kind == MessageType::Discover {
             self.enroll(mac);
         }
-        let binding = self.binding(mac, node.map(|node| &**node), kind, &request);
+        let binding = self.binding(&view, mac, node.map(|node| &**node), kind, &request);
         let answer = decide(&request, &self.config, binding.as_ref())?;
         tracing::debug!(%mac, ?kind, answer = ?answer.opts().msg_type(), address = %answer.yiaddr(), "DHCP answer");
         if matches!(answer.opts().msg_type(), Some(MessageType::Ack)) {
@@ -183,7 +183,7 @@ impl Server {
 
     /// The reservation from the inventory (an address of the booting interface inside the
     /// subnet, else of any interface), or a pool address.
-    fn binding(&self, mac: MacAddress, node: Option<&Node>, kind: MessageType, request: &Message) -> Option<Binding> {
+    fn binding(&self, view: &InventoryView, mac: MacAddress, node: Option<&Node>, kind: MessageType, request: &Message) -> Option<Binding> {
         if let Some(node) = node {
             let booting = node.interfaces.iter().filter(|interface| interface.mac_addr == mac);
             let others = node.interfaces.iter().filter(|interface| interface.mac_addr != mac);
@@ -199,14 +199,14 @@ impl Server {
             if let Some(address) = reserved {
                 return Some(Binding { address, hostname });
             }
-            return self.pool_address(mac, kind, request).map(|address| Binding { address, hostname });
+            return self.pool_address(view, mac, kind, request).map(|address| Binding { address, hostname });
         }
-        self.pool_address(mac, kind, request).map(|address| Binding { address, hostname: None })
+        self.pool_address(view, mac, kind, request).map(|address| Binding { address, hostname: None })
     }
 
     /// The pool's decision for a machine without a reservation, persisted when it changes
     /// a lease. Addresses the inventory reserves for nodes are never handed out.
-    fn pool_address(&self, mac: MacAddress, kind: MessageType, request: &Message) -> Option<Ipv4Addr> {
+    fn pool_address(&self, view: &InventoryView, mac: MacAddress, kind: MessageType, request: &Message) -> Option<Ipv4Addr> {
         let pool = self.pool.as_ref()?;
         let pool_request = match kind {
             MessageType::Discover => PoolRequest::Discover,
@@ -220,7 +220,6 @@ impl Server {
             MessageType::Decline => PoolRequest::Decline,
             _ => PoolRequest::Other,
         };
-        let view = self.inventory.view();
         let reserved = |address: Ipv4Addr| view.is_assigned(&std::net::IpAddr::V4(address));
         let context = PoolContext { now: now_unix(), lease_seconds: self.config.lease_seconds, reserved: &reserved };
         let answer = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).decide(mac, pool_request, &context);

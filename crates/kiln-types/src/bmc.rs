@@ -6,27 +6,14 @@ use utoipa::ToSchema;
 
 use crate::MacAddress;
 
-/// A node's power, as its BMC reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum PowerState {
-    On,
-    Off,
-    PoweringOn,
-    PoweringOff,
-    Unknown,
-}
-
-impl PowerState {
-    /// The name the API and the event log use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PowerState::On => "on",
-            PowerState::Off => "off",
-            PowerState::PoweringOn => "powering-on",
-            PowerState::PoweringOff => "powering-off",
-            PowerState::Unknown => "unknown",
-        }
+word_enum! {
+    /// A node's power, as its BMC reports it.
+    pub enum PowerState {
+        On = "on",
+        Off = "off",
+        PoweringOn = "powering-on",
+        PoweringOff = "powering-off",
+        Unknown = "unknown",
     }
 }
 
@@ -75,30 +62,18 @@ pub struct SystemFacts {
     pub power_state: Option<PowerState>,
 }
 
-/// How a BMC failed, for the power-state sync: a node whose BMC keeps failing goes into
-/// maintenance with this recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultKind {
-    /// Nothing answered, or not in time.
-    Unreachable,
-    /// The BMC refused the credentials.
-    Authentication,
-    /// Something answered, but not as a BMC should (not Redfish, malformed, 5xx).
-    Protocol,
-    /// The BMC understood and refused the request.
-    Refused,
-}
-
-impl FaultKind {
-    /// The name the API and the power readings use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultKind::Unreachable => "unreachable",
-            FaultKind::Authentication => "authentication",
-            FaultKind::Protocol => "protocol",
-            FaultKind::Refused => "refused",
-        }
+word_enum! {
+    /// How a BMC failed, for the power-state sync: a node whose BMC keeps failing goes into
+    /// maintenance with this recorded.
+    pub enum FaultKind {
+        /// Nothing answered, or not in time.
+        Unreachable = "unreachable",
+        /// The BMC refused the credentials.
+        Authentication = "authentication",
+        /// Something answered, but not as a BMC should (not Redfish, malformed, 5xx).
+        Protocol = "protocol",
+        /// The BMC understood and refused the request.
+        Refused = "refused",
     }
 }
 
