@@ -270,8 +270,8 @@ impl TryFrom<DefinitionWire> for ImageDefinition {
     type Error = DefinitionError;
 
     fn try_from(wire: DefinitionWire) -> Result<Self, Self::Error> {
-        let options = wire.options;
-        let name = options.name.ok_or_else(|| option("name", "is required"))?;
+        let mut options = wire.options;
+        let name = options.name.take().ok_or_else(|| option("name", "is required"))?;
         if !is_plain_name(&name) {
             return Err(option("name", format!("'{name}' must be letters, digits, '-', '_' and '.'")));
         }
@@ -291,7 +291,7 @@ impl TryFrom<DefinitionWire> for ImageDefinition {
             None => return Err(option("pkg_manager", "is required (apt, dnf or zypper)")),
         };
         let parent = parse_parent(options.parent.as_deref(), &options.registry_opts_pull)?;
-        let tags = match options.publish_tags {
+        let tags = match options.publish_tags.take() {
             None => vec!["latest".to_owned()],
             Some(OneOrMany::One(tag)) => vec![tag],
             Some(OneOrMany::Many(tags)) => tags,
@@ -326,15 +326,7 @@ impl TryFrom<DefinitionWire> for ImageDefinition {
         }
         let commands = check_commands(wire.cmds)?;
         let copy_files = check_copy_files(wire.copyfiles)?;
-        let publish = check_publish(
-            options.publish_registry,
-            options.registry_opts_push,
-            options.publish_s3,
-            options.s3_bucket,
-            options.s3_prefix,
-            options.publish_kiln,
-            options.publish_local,
-        )?;
+        let publish = check_publish(&mut options)?;
         let outputs = check_outputs(&options.outputs, &publish)?;
         Ok(ImageDefinition {
             name,
@@ -403,23 +395,20 @@ fn check_copy_files(wires: Vec<CopyFileWire>) -> Result<Vec<(String, String)>, D
 }
 
 /// Where the layer is published: a registry, S3 (with its bucket), Kiln, this machine.
-fn check_publish(
-    registry: Option<String>,
-    push_options: Vec<String>,
-    publish_s3: Option<String>,
-    s3_bucket: Option<String>,
-    s3_prefix: Option<String>,
-    kiln_image: Option<String>,
-    publish_local: Option<bool>,
-) -> Result<Publish, DefinitionError> {
-    let s3 = match (publish_s3, s3_bucket) {
-        (Some(endpoint), Some(bucket)) => Some(S3Target { endpoint, bucket, prefix: s3_prefix.unwrap_or_default() }),
+fn check_publish(options: &mut OptionsWire) -> Result<Publish, DefinitionError> {
+    let s3 = match (options.publish_s3.take(), options.s3_bucket.take()) {
+        (Some(endpoint), Some(bucket)) => Some(S3Target { endpoint, bucket, prefix: options.s3_prefix.take().unwrap_or_default() }),
         (Some(_), None) => return Err(option("s3_bucket", "is required with publish_s3")),
         (None, Some(_)) => return Err(option("publish_s3", "is required with s3_bucket")),
         (None, None) => None,
     };
-    let publish = Publish { registry, push_options, s3, kiln_image, local: publish_local.unwrap_or(false) };
-    Ok(publish)
+    Ok(Publish {
+        registry: options.publish_registry.take(),
+        push_options: std::mem::take(&mut options.registry_opts_push),
+        s3,
+        kiln_image: options.publish_kiln.take(),
+        local: options.publish_local.unwrap_or(false),
+    })
 }
 
 /// The outputs asked for, or those the publishing targets imply (as OpenCHAMI's builder
