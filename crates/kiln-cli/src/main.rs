@@ -10,8 +10,8 @@ mod lab;
 mod output;
 mod power;
 mod provision;
-mod registry;
 mod serve;
+mod transfer;
 
 use std::path::PathBuf;
 

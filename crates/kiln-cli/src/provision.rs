@@ -11,8 +11,8 @@ use kiln_client::{Client, encode};
 use kiln_types::ProvisionState;
 use kiln_types::provision::{CleanMode, DeployMode, DeployRequest, ProvisionStatus, RootDeviceHints};
 
-use crate::images::human_bytes;
 use crate::output::{OutputFormat, print, table};
+use crate::transfer::human_bytes;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DeployArgs {
@@ -413,6 +413,6 @@ pub(crate) async fn build(client: Option<&Client>, format: OutputFormat, command
         let _: serde_json::Value = client.post("/v1/images", &input).await.context("creating the ramdisk image")?;
     }
     let files = [(kiln_types::image::ArtifactKind::Kernel, kernel_out), (kiln_types::image::ArtifactKind::Initrd, initrd_out)];
-    let version = crate::images::upload_artifacts(client, &args.image, &files, "kiln build ramdisk").await?;
+    let version = crate::transfer::upload_artifacts(client, &args.image, &files, "kiln build ramdisk").await?;
     print(format, &version, || format!("stored as {}:{}\n", version.image, version.version))
 }

@@ -163,6 +163,37 @@ pub fn plan_build(
     elements: &BTreeMap<String, String>,
     downloads: Downloads,
 ) -> BuildPlan {
+    let layer_key = layer_key(definition, parent_digest, copied, elements);
+    let offline = downloads == Downloads::CacheOnly;
+    let mut layer = Vec::new();
+    match (&definition.parent, definition.package_manager, definition.repos.first()) {
+        (Parent::Scratch, PackageManager::Apt, Some(repo)) => layer.extend(debootstrap_steps(repo, offline)),
+        (parent, ..) => layer.push(Step::UnpackParent { parent: parent.clone() }),
+    }
+    layer.extend(package_steps(definition, offline));
+    for (source, destination) in &definition.copy_files {
+        layer.push(Step::CopyIn { source: source.clone(), destination: destination.clone() });
+    }
+    for (number, command) in definition.commands.iter().enumerate() {
+        layer.push(Step::Chroot { what: format!("cmds[{number}]"), command: command.clone() });
+    }
+    let mounted = definition.elements.is_empty();
+    if !mounted {
+        // The hook runner holds its own mounts.
+        layer.push(Step::UnbindMounts);
+        layer.push(Step::RunElements { elements: definition.elements.clone() });
+    }
+    layer.extend(definition.package_manager.cleanup_steps(mounted));
+    BuildPlan { layer_key, layer, outputs: output_steps(definition) }
+}
+
+/// The layer's cache key: a digest of everything that goes into the layer's bytes.
+fn layer_key(
+    definition: &ImageDefinition,
+    parent_digest: &str,
+    copied: &BTreeMap<String, String>,
+    elements: &BTreeMap<String, String>,
+) -> String {
     let content = LayerContent {
         parent_digest,
         package_manager: definition.package_manager,
@@ -182,78 +213,41 @@ pub fn plan_build(
     // Version 2: layers no longer keep debootstrap's .debs.
     hasher.update(b"kiln-layer/2\n");
     hasher.update(serde_json::to_vec(&content).expect("plain data serialises"));
-    let layer_key = hex::encode(hasher.finalize());
+    hex::encode(hasher.finalize())
+}
 
-    let mut layer = Vec::new();
-    let apt = definition.package_manager == PackageManager::Apt;
-    let first_repo = definition.repos.first();
-    let offline = downloads == Downloads::CacheOnly;
-    match (&definition.parent, definition.package_manager, first_repo) {
-        (Parent::Scratch, PackageManager::Apt, Some(repo)) => layer.extend(debootstrap_steps(repo, offline)),
-        (parent, ..) => layer.push(Step::UnpackParent { parent: parent.clone() }),
+/// The repositories, the package cache's mounts, and the package installs and removals.
+fn package_steps(definition: &ImageDefinition, offline: bool) -> Vec<Step> {
+    let manager = definition.package_manager;
+    let apt = manager == PackageManager::Apt;
+    let mut steps = Vec::new();
+    // debootstrap has written the first repository into sources.list already.
+    let bootstrapped = usize::from(apt && definition.parent == Parent::Scratch);
+    // The sources first: apt's lists are kept under their digest.
+    for repo in &definition.repos[bootstrapped.min(definition.repos.len())..] {
+        let (path, content) = manager.repo_file(repo);
+        steps.push(Step::WriteFile { path, content });
     }
     // apt keeps what it downloads; with the cache bound there, a rebuild fetches nothing
     // twice. dnf and zypper clean their caches themselves, so they get none.
-    let package_cache = definition.package_manager.package_cache();
-    let mut repo_files = Vec::new();
-    // debootstrap has written the first repository into sources.list already.
-    let bootstrapped = usize::from(apt && definition.parent == Parent::Scratch);
-    for repo in &definition.repos[bootstrapped.min(definition.repos.len())..] {
-        let (path, content) = definition.package_manager.repo_file(repo);
-        repo_files.push(Step::WriteFile { path, content });
-    }
-    // The sources first: apt's lists are kept under their digest.
-    layer.extend(repo_files);
-    layer.push(Step::BindMounts { package_cache });
+    steps.push(Step::BindMounts { package_cache: manager.package_cache() });
     if apt && (!definition.packages.is_empty() || !definition.repos.is_empty()) {
-        layer.push(Step::AptLists { from_cache: offline });
+        steps.push(Step::AptLists { from_cache: offline });
     }
-    if let Some(command) = definition.package_manager.install_groups(&definition.package_groups) {
-        layer.push(Step::Chroot { what: "install package groups".into(), command });
+    if let Some(command) = manager.install_groups(&definition.package_groups) {
+        steps.push(Step::Chroot { what: "install package groups".into(), command });
     }
     if !definition.packages.is_empty() {
-        let command = definition.package_manager.install(&definition.packages, offline);
-        layer.push(Step::Chroot { what: "install packages".into(), command });
+        steps.push(Step::Chroot { what: "install packages".into(), command: manager.install(&definition.packages, offline) });
     }
     if !definition.remove_packages.is_empty() {
-        let command = definition.package_manager.remove(&definition.remove_packages);
-        layer.push(Step::Chroot { what: "remove packages".into(), command });
+        steps.push(Step::Chroot { what: "remove packages".into(), command: manager.remove(&definition.remove_packages) });
     }
-    for (source, destination) in &definition.copy_files {
-        layer.push(Step::CopyIn { source: source.clone(), destination: destination.clone() });
-    }
-    for (number, command) in definition.commands.iter().enumerate() {
-        layer.push(Step::Chroot { what: format!("cmds[{number}]"), command: command.clone() });
-    }
-    let mut mounted = true;
-    if !definition.elements.is_empty() {
-        // The hook runner holds its own mounts.
-        layer.push(Step::UnbindMounts);
-        layer.push(Step::RunElements { elements: definition.elements.clone() });
-        mounted = false;
-    }
-    match definition.package_manager {
-        // Unbound first: the archives and lists under the mounts are the cache's. What is
-        // left in the layer's own (debootstrap's .debs, what hooks downloaded) goes.
-        PackageManager::Apt => {
-            if mounted {
-                layer.push(Step::UnbindMounts);
-            }
-            layer.push(Step::Chroot {
-                what: "drop the package caches".into(),
-                command: "rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb".into(),
-            });
-        }
-        PackageManager::Dnf | PackageManager::Zypper => {
-            if !mounted {
-                layer.push(Step::BindMounts { package_cache: None });
-            }
-            let clean = if definition.package_manager == PackageManager::Dnf { "dnf clean all" } else { "zypper clean --all" };
-            layer.push(Step::Chroot { what: "drop the package caches".into(), command: clean.into() });
-            layer.push(Step::UnbindMounts);
-        }
-    }
+    steps
+}
 
+/// The outputs to make, then a publish step per place the definition names.
+fn output_steps(definition: &ImageDefinition) -> Vec<Step> {
     let mut outputs: Vec<Step> = definition.outputs.iter().map(|&output| Step::Make { output }).collect();
     let publish = &definition.publish;
     if let Some(registry) = &publish.registry {
@@ -267,7 +261,7 @@ pub fn plan_build(
     if let Some(image) = &publish.kiln_image {
         outputs.push(Step::Publish { to: format!("kiln:{image} (a new version)") });
     }
-    BuildPlan { layer_key, layer, outputs }
+    outputs
 }
 
 /// debootstrap's own way to bootstrap without the network: the lists and .debs it needs,
@@ -315,6 +309,34 @@ fn debootstrap_steps(repo: &Repo, offline: bool) -> Vec<Step> {
 /// The package manager's words for each step: its repository files, its package cache and
 /// its install and remove commands.
 impl PackageManager {
+    /// The end of the layer: the mounts undone and the package caches dropped. `mounted`
+    /// says whether the package cache's mounts are still up (element hooks hold their own).
+    fn cleanup_steps(self, mounted: bool) -> Vec<Step> {
+        let mut steps = Vec::new();
+        match self {
+            // Unbound first: the archives and lists under the mounts are the cache's. What is
+            // left in the layer's own (debootstrap's .debs, what hooks downloaded) goes.
+            PackageManager::Apt => {
+                if mounted {
+                    steps.push(Step::UnbindMounts);
+                }
+                steps.push(Step::Chroot {
+                    what: "drop the package caches".into(),
+                    command: "rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb".into(),
+                });
+            }
+            PackageManager::Dnf | PackageManager::Zypper => {
+                if !mounted {
+                    steps.push(Step::BindMounts { package_cache: None });
+                }
+                let clean = if self == PackageManager::Dnf { "dnf clean all" } else { "zypper clean --all" };
+                steps.push(Step::Chroot { what: "drop the package caches".into(), command: clean.into() });
+                steps.push(Step::UnbindMounts);
+            }
+        }
+        steps
+    }
+
     /// Where a repository's definition goes in the root, and what it says.
     fn repo_file(self, repo: &Repo) -> (String, String) {
         let gpg = || repo.gpg.as_ref().map_or("gpgcheck=0\n".to_owned(), |key| format!("gpgcheck=1\ngpgkey={key}\n"));
