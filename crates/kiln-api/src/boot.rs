@@ -34,6 +34,8 @@ pub struct BootSettings {
     /// Whether a machine that asks for a boot script with an unknown MAC is added to the
     /// inventory as `discovered`.
     pub auto_enroll: bool,
+    /// How many unknown machines auto-enrolment takes.
+    pub enrolment: kiln_db::EnrolmentLimits,
     /// The image whose highest version's kernel and initrd boot the node agent.
     pub ramdisk_image: String,
     /// The API listener's URL, where agents send what is too large for the boot listener
@@ -124,9 +126,13 @@ pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): Query
     let view = state.inventory.view();
     let mut node = view.by_mac(&mac).cloned();
     if node.is_none() && state.boot.auto_enroll {
-        let enrolled = state.store.enroll_discovered(mac).await?;
-        state.after_node_write().await;
-        node = Some(std::sync::Arc::new(enrolled));
+        match state.store.enroll_discovered(mac, state.boot.enrolment).await? {
+            kiln_db::Enrolment::Refused(reason) => tracing::debug!(%mac, %reason, "unknown machine not enrolled"),
+            enrolment => {
+                state.after_node_write().await;
+                node = enrolment.node().map(std::sync::Arc::new);
+            }
+        }
     }
     if let Some(node) = node.as_deref()
         && let Some(script) = provisioning_script(&state, node, mac).await?

@@ -193,14 +193,35 @@ impl Store {
     }
 
     /// Adds a machine seen booting with an unknown MAC as a `discovered` node, named after
-    /// its MAC. Returns the node that has this MAC, new or not.
-    pub async fn enroll_discovered(&self, mac: MacAddress) -> Result<Node, StoreError> {
+    /// its MAC, within `limits` (decided in the transaction, so they hold across replicas).
+    /// A MAC that is already a node's is that node.
+    pub async fn enroll_discovered(&self, mac: MacAddress, limits: EnrolmentLimits) -> Result<Enrolment, StoreError> {
+        if !mac.is_unicast() {
+            return Ok(Enrolment::Refused(EnrolmentRefusal::NotUnicast));
+        }
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
         let existing =
             crate::nodes::load_nodes(connection, "id IN (SELECT node_id FROM interfaces WHERE mac = $1)", &[mac.to_string()], "").await?;
         if let Some(snapshot) = existing.into_iter().next() {
-            return Ok(snapshot.node);
+            return Ok(Enrolment::Known(snapshot.node));
+        }
+        let since = crate::now_millis() - 60_000;
+        let last_minute: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE action = 'node.enroll' AND at > $1")
+            .bind(since)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(StoreError::query("counting recent enrolments"))?;
+        if last_minute >= i64::from(limits.per_minute) {
+            return Ok(Enrolment::Refused(EnrolmentRefusal::RateLimited { per_minute: limits.per_minute }));
+        }
+        let discovered: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE provision_state = $1")
+            .bind(ProvisionState::Discovered.as_str())
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(StoreError::query("counting discovered nodes"))?;
+        if discovered >= i64::from(limits.max_discovered) {
+            return Ok(Enrolment::Refused(EnrolmentRefusal::TooManyDiscovered { max_discovered: limits.max_discovered }));
         }
         let now = crate::now();
         let node = Node {
@@ -228,7 +249,7 @@ impl Store {
         .await?;
         transaction.commit().await?;
         tracing::info!(node = %node.name, %mac, "unknown machine enrolled as discovered");
-        Ok(node)
+        Ok(Enrolment::Enrolled(node))
     }
 
     /// Records that a node called back from a booted system (the lab's and the agent's
@@ -271,4 +292,50 @@ impl Store {
         Store::note_callback(connection, &node.id).await?;
         transaction.commit().await
     }
+}
+
+/// How many unknown machines may become `discovered` nodes: a flood of boot requests with
+/// made-up MACs must not grow the inventory without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct EnrolmentLimits {
+    /// Enrolments across all replicas in any minute.
+    pub per_minute: u32,
+    /// `discovered` nodes at once; an operator manages or deletes them to make room.
+    pub max_discovered: u32,
+}
+
+impl Default for EnrolmentLimits {
+    fn default() -> EnrolmentLimits {
+        EnrolmentLimits { per_minute: 60, max_discovered: 1000 }
+    }
+}
+
+/// What became of a machine asking to be enrolled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enrolment {
+    /// The MAC is already a node's.
+    Known(Node),
+    Enrolled(Node),
+    Refused(EnrolmentRefusal),
+}
+
+impl Enrolment {
+    /// The node the MAC now belongs to, if any.
+    pub fn node(self) -> Option<Node> {
+        match self {
+            Enrolment::Known(node) | Enrolment::Enrolled(node) => Some(node),
+            Enrolment::Refused(_) => None,
+        }
+    }
+}
+
+/// Why an unknown machine was not enrolled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolmentRefusal {
+    #[error("not a unicast MAC (broadcast, multicast or all zero)")]
+    NotUnicast,
+    #[error("more than {per_minute} enrolments in the last minute")]
+    RateLimited { per_minute: u32 },
+    #[error("{max_discovered} discovered nodes already; manage or delete some")]
+    TooManyDiscovered { max_discovered: u32 },
 }

@@ -25,6 +25,7 @@ use kiln_auth::SecretBox;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
+pub use boot::{Enrolment, EnrolmentLimits, EnrolmentRefusal};
 pub use cloud_init::{CloudInitData, CloudInitGroupRecord, CloudInitNodeRecord};
 pub use error::StoreError;
 pub use events::EventFilter;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kiln_auth::{ProjectScope, SecretBox};
-use kiln_db::{NodeFilter, Store, StoreError};
+use kiln_db::{Enrolment, EnrolmentLimits, EnrolmentRefusal, NodeFilter, Store, StoreError};
 use kiln_test_utils::{BackendKind, TestDatabase};
 use kiln_types::api::ProjectRole;
 use kiln_types::discovery::parse_document;
@@ -82,6 +82,7 @@ conformance!(
     events_record_changes,
     image_versions_tags_clones_and_blob_counts,
     image_uploads_and_gc_bookkeeping,
+    enrolment_takes_only_unicast_macs_within_its_limits,
 );
 
 fn spec(yaml: &str) -> NodeSpec {
@@ -606,4 +607,30 @@ async fn provisioning_leases_give_each_node_to_one_replica(store: Store, other: 
     let lapsed: Vec<_> = taken.iter().filter(|work| work.node.name.starts_with("lapse")).collect();
     assert_eq!(lapsed.len(), 5);
     assert!(lapsed.iter().all(|work| work.taken_over_from.as_deref() == Some("dead-replica")));
+}
+
+async fn enrolment_takes_only_unicast_macs_within_its_limits(store: Store) {
+    let mac = |text: &str| text.parse::<MacAddress>().unwrap();
+    let limits = EnrolmentLimits { per_minute: 3, max_discovered: 4 };
+    for group in ["ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00", "01:00:5e:00:00:01", "33:33:00:00:00:01"] {
+        assert_eq!(store.enroll_discovered(mac(group), limits).await.unwrap(), Enrolment::Refused(EnrolmentRefusal::NotUnicast), "{group}");
+    }
+    for n in 1..=3 {
+        let enrolment = store.enroll_discovered(mac(&format!("52:54:00:00:00:0{n}")), limits).await.unwrap();
+        assert!(matches!(enrolment, Enrolment::Enrolled(_)), "{enrolment:?}");
+    }
+    assert_eq!(
+        store.enroll_discovered(mac("52:54:00:00:00:04"), limits).await.unwrap(),
+        Enrolment::Refused(EnrolmentRefusal::RateLimited { per_minute: 3 })
+    );
+    // A machine already enrolled is found whatever the limits say.
+    assert!(matches!(store.enroll_discovered(mac("52:54:00:00:00:01"), limits).await.unwrap(), Enrolment::Known(_)));
+    let roomier = EnrolmentLimits { per_minute: 100, max_discovered: 4 };
+    assert!(matches!(store.enroll_discovered(mac("52:54:00:00:00:04"), roomier).await.unwrap(), Enrolment::Enrolled(_)));
+    assert_eq!(
+        store.enroll_discovered(mac("52:54:00:00:00:05"), roomier).await.unwrap(),
+        Enrolment::Refused(EnrolmentRefusal::TooManyDiscovered { max_discovered: 4 })
+    );
+    let discovered = store.list_nodes(&NodeFilter::new(ProjectScope::All)).await.unwrap();
+    assert_eq!(discovered.items.len(), 4, "refusals add nothing");
 }

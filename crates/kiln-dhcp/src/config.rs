@@ -52,6 +52,8 @@ pub struct DhcpConfig {
     pub http_base_url: String,
     /// Add unknown MACs to the inventory as `discovered` nodes.
     pub auto_enroll: bool,
+    /// How many unknown machines auto-enrolment takes.
+    pub enrolment: kiln_db::EnrolmentLimits,
     /// UDP port to listen on (67 except in tests).
     pub port: u16,
     /// Where pool leases are persisted; `None` keeps them in memory only.

@@ -251,6 +251,7 @@ pub fn fuzz_one(bytes: &[u8]) {
             boot_files: Default::default(),
             http_base_url: "http://10.77.0.1:8080".into(),
             auto_enroll: false,
+            enrolment: kiln_db::EnrolmentLimits::default(),
             port: 67,
             lease_file: None,
         };

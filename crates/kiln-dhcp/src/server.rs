@@ -160,7 +160,7 @@ impl Server {
         }
         let view = self.inventory.view();
         let node = view.by_mac(&mac);
-        if node.is_none() && self.config.auto_enroll && kind == MessageType::Discover {
+        if node.is_none() && self.config.auto_enroll && kind == MessageType::Discover && mac.is_unicast() {
             self.enroll(mac);
         }
         let binding = self.binding(&view, mac, node.map(|node| &**node), kind, &request);
@@ -242,7 +242,8 @@ impl Server {
         }
         let server = Arc::clone(self);
         tokio::spawn(async move {
-            match server.store.enroll_discovered(mac).await {
+            match server.store.enroll_discovered(mac, server.config.enrolment).await {
+                Ok(kiln_db::Enrolment::Refused(reason)) => tracing::debug!(%mac, %reason, "unknown machine not enrolled"),
                 Ok(_) => {
                     if let Err(error) = server.inventory.refresh().await {
                         tracing::warn!(%error, "refreshing the inventory after an enrolment failed");

@@ -117,6 +117,10 @@ pub struct BootLayer {
     pub ipxe_dir: Option<PathBuf>,
     /// Enrol machines with unknown MACs as `discovered` nodes [default: true]
     pub auto_enroll: Option<bool>,
+    /// Enrolments at most in any minute, across replicas [default: 60]
+    pub auto_enroll_per_minute: Option<u32>,
+    /// `discovered` nodes at most; beyond, unknown machines wait [default: 1000]
+    pub max_discovered_nodes: Option<u32>,
     /// A listener of its own for machines (boot scripts, cloud-init, and files sent with
     /// sendfile), e.g. 10.77.0.1:8081 [default: none; the API listener serves them, copying files]
     pub listen: Option<String>,
@@ -257,6 +261,8 @@ impl BootLayer {
             files_dir: over.files_dir.or(self.files_dir),
             ipxe_dir: over.ipxe_dir.or(self.ipxe_dir),
             auto_enroll: over.auto_enroll.or(self.auto_enroll),
+            auto_enroll_per_minute: over.auto_enroll_per_minute.or(self.auto_enroll_per_minute),
+            max_discovered_nodes: over.max_discovered_nodes.or(self.max_discovered_nodes),
             listen: over.listen.or(self.listen),
             public_url: over.public_url.or(self.public_url),
         }
@@ -459,6 +465,7 @@ pub struct BootConfig {
     pub files_dir: PathBuf,
     pub ipxe_dir: PathBuf,
     pub auto_enroll: bool,
+    pub enrolment: kiln_db::EnrolmentLimits,
     /// The boot listener's address, if it has one of its own.
     pub listen: Option<SocketAddr>,
     /// How machines reach the boot listener, when set explicitly.
@@ -479,7 +486,7 @@ fn ipv4(setting: &'static str, text: &str) -> Result<std::net::Ipv4Addr, ConfigE
 fn dhcp_config(
     layer: DhcpLayer,
     public_url: &str,
-    auto_enroll: bool,
+    boot: &BootConfig,
     data_dir: &std::path::Path,
 ) -> Result<kiln_dhcp::DhcpConfig, ConfigError> {
     let missing = |setting: &'static str| ConfigError::Invalid { setting, message: "is required when [dhcp] is configured".to_owned() };
@@ -528,7 +535,8 @@ fn dhcp_config(
             uefi_arm64: layer.arm64_boot_file.unwrap_or(defaults.uefi_arm64),
         },
         http_base_url: public_url.to_owned(),
-        auto_enroll,
+        auto_enroll: boot.auto_enroll,
+        enrolment: boot.enrolment,
         port: layer.port.unwrap_or(67),
         lease_file: Some(data_dir.join("dhcp-leases.log")),
     };
@@ -580,6 +588,10 @@ fn boot_config(boot_layer: BootLayer, data_dir: &Path) -> Result<BootConfig, Con
         files_dir: boot_layer.files_dir.unwrap_or_else(|| data_dir.join("boot-files")),
         ipxe_dir: boot_layer.ipxe_dir.unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe")),
         auto_enroll: boot_layer.auto_enroll.unwrap_or(true),
+        enrolment: kiln_db::EnrolmentLimits {
+            per_minute: boot_layer.auto_enroll_per_minute.unwrap_or(kiln_db::EnrolmentLimits::default().per_minute),
+            max_discovered: boot_layer.max_discovered_nodes.unwrap_or(kiln_db::EnrolmentLimits::default().max_discovered),
+        },
         listen: boot_listen,
         public_url: boot_public_url,
     })
@@ -640,7 +652,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             return Err(ConfigError::Invalid { setting: "max_body_bytes", message: "must be at least 1024".to_owned() });
         }
         let boot = boot_config(layer.boot.unwrap_or_default(), &data_dir)?;
-        let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, boot.auto_enroll, &data_dir)).transpose()?;
+        let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, &boot, &data_dir)).transpose()?;
         let tftp = layer.tftp.map(|tftp| tftp_config(tftp, &boot.ipxe_dir)).transpose()?;
         let images = images_config(layer.images.unwrap_or_default(), &data_dir)?;
         let cloud_init = cloud_init_config(layer.cloud_init.unwrap_or_default())?;

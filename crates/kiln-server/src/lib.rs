@@ -124,6 +124,20 @@ impl Drop for ServerHandle {
     }
 }
 
+/// What the boot routes need: where machines and agents reach the server, the files, and
+/// auto-enrolment.
+fn boot_settings(config: &ServerConfig, boot_url: &str, api_url: &str) -> kiln_api::boot::BootSettings {
+    kiln_api::boot::BootSettings {
+        public_url: boot_url.to_owned(),
+        files_dir: config.boot.files_dir.clone(),
+        ipxe_dir: config.boot.ipxe_dir.clone(),
+        auto_enroll: config.boot.auto_enroll,
+        enrolment: config.boot.enrolment,
+        ramdisk_image: config.provisioning.ramdisk_image.clone(),
+        api_url: api_url.to_owned(),
+    }
+}
+
 /// Starts the server described by `config`.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     std::fs::DirBuilder::new()
@@ -160,14 +174,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         }
         (None, None) => api_url.clone(),
     };
-    let boot = kiln_api::boot::BootSettings {
-        public_url: boot_url.clone(),
-        files_dir: config.boot.files_dir.clone(),
-        ipxe_dir: config.boot.ipxe_dir.clone(),
-        auto_enroll: config.boot.auto_enroll,
-        ramdisk_image: config.provisioning.ramdisk_image.clone(),
-        api_url: api_url.clone(),
-    };
+    let boot = boot_settings(&config, &boot_url, &api_url);
     let (dhcp, tftp) = start_udp_services(&config, &store, &inventory, &boot_url).await?;
     let images = image_settings(&config)?;
     let cloud_init = kiln_api::cloud_init::CloudInitSettings {

@@ -7,6 +7,14 @@ use std::str::FromStr;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddress(pub [u8; 6]);
 
+impl MacAddress {
+    /// Whether the address can name one network card: not a group (multicast or broadcast:
+    /// the low bit of the first octet) and not all zero.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
 /// The text was not a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("'{text}' is not a MAC address (expected six hex pairs like 52:54:00:be:ef:01)")]
@@ -94,5 +102,16 @@ mod tests {
         for text in ["", "52:54:00:be:ef", "52:54:00:be:ef:0g", "52:54-00:be:ef:01", "zz", "52:54:00:be:ef:01:02"] {
             assert!(text.parse::<MacAddress>().is_err(), "{text} should be rejected");
         }
+    }
+
+    #[test]
+    fn only_addresses_of_one_card_are_unicast() {
+        let unicast = |text: &str| text.parse::<MacAddress>().unwrap().is_unicast();
+        assert!(unicast("52:54:00:be:ef:01"));
+        assert!(unicast("02:00:00:00:00:01"), "locally administered is still unicast");
+        assert!(!unicast("ff:ff:ff:ff:ff:ff"), "broadcast");
+        assert!(!unicast("00:00:00:00:00:00"));
+        assert!(!unicast("01:00:5e:00:00:01"), "IPv4 multicast");
+        assert!(!unicast("33:33:00:00:00:01"), "IPv6 multicast");
     }
 }

@@ -25,6 +25,7 @@ fn config(mode: DhcpMode) -> DhcpConfig {
         boot_files: BootFiles::default(),
         http_base_url: "http://10.77.0.1:8080".into(),
         auto_enroll: false,
+        enrolment: kiln_db::EnrolmentLimits::default(),
         port: 67,
         lease_file: None,
     }
