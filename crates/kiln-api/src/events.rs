@@ -26,7 +26,8 @@ pub(crate) struct EventQuery {
     target: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery), responses((status = 200, body = Vec<Event>)))]
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery),
+    responses((status = 200, body = Vec<Event>), (status = 400, body = kiln_types::api::ErrorBody)))]
 pub(crate) async fn list_events(
     State(state): State<ApiState>,
     caller: Caller,
@@ -40,7 +41,7 @@ pub(crate) async fn list_events(
         target_kind: query.kind,
         target: query.target,
         after: query.after,
-        limit: query.limit.unwrap_or(100),
+        limit: crate::extract::page_limit(query.limit)?,
     };
     Ok(Json(state.store.list_events(&filter).await?))
 }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod bmc_discovery;
+pub mod body;
 pub mod boot;
 pub mod boot_listener;
 pub mod cloud_init;
@@ -23,6 +24,7 @@ pub mod routes;
 mod tenancy;
 mod uploads;
 
+pub use body::BodyLimits;
 use std::sync::Arc;
 
 use axum::Router;
@@ -80,23 +82,35 @@ impl ApiState {
 }
 
 /// The API's routes (the route table's, with metrics and body limits). Bodies larger than
-/// `max_body_bytes` are refused with 413.
-pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
+/// `limits.max_bytes` are refused with 413, bodies that go quiet with 408.
+pub fn router(state: ApiState, limits: BodyLimits) -> Router {
     let (routes, _) = routes::api_table(file_mounts(&state)).split();
     routes
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(limits, body::limit_bodies))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_bytes))
         .with_state(state)
 }
 
 /// The routes of the boot listener: what booting machines and booted nodes ask for, and
 /// health. Files the listener can send from the kernel never reach these routes; the rest
 /// do. The API listener serves the same routes, for sites with one port.
-pub fn boot_router(state: ApiState) -> Router {
+pub fn boot_router(state: ApiState, limits: BodyLimits) -> Router {
+    // Machines send heartbeats, inventories and callbacks: small. The API's larger limit is
+    // for people's documents.
+    let limits = BodyLimits { max_bytes: limits.max_bytes.min(BOOT_MAX_BODY_BYTES), ..limits };
     let (routes, _) = routes::node_table(file_mounts(&state)).split();
-    routes.fallback(not_found).layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe)).with_state(state)
+    routes
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(limits, body::limit_bodies))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_bytes))
+        .with_state(state)
 }
+
+/// The largest body the boot listener takes (axum's default, which it had before).
+const BOOT_MAX_BODY_BYTES: usize = 2 << 20;
 
 fn file_mounts(state: &ApiState) -> routes::FileMounts<'_> {
     routes::FileMounts { files_dir: &state.boot.files_dir, ipxe_dir: &state.boot.ipxe_dir }

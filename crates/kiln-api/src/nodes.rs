@@ -44,7 +44,7 @@ pub(crate) async fn list_nodes(
     filter.group = query.group;
     filter.project = query.project;
     filter.after = query.after;
-    filter.limit = query.limit.unwrap_or(100);
+    filter.limit = crate::extract::page_limit(query.limit)?;
     filter.state = query.state.map(|text| text.parse::<ProvisionState>()).transpose().map_err(ApiError::invalid)?;
     filter.mac =
         query.mac.map(|text| text.parse::<MacAddress>()).transpose().map_err(|error| ApiError::invalid(format!("mac: {error}")))?;

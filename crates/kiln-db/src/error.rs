@@ -53,6 +53,13 @@ impl StoreError {
                     message: format!("{operation}: a unique value is already taken ({})", database_error.message()),
                 };
             }
+            // A reference to a row that is not there (a project, a user) is the input's
+            // fault: every such field is checked first, by name; this is the net under them.
+            if let sqlx::Error::Database(database_error) = &source
+                && database_error.is_foreign_key_violation()
+            {
+                return StoreError::Invalid { message: format!("{operation}: refers to something that does not exist") };
+            }
             StoreError::Query { operation, source }
         }
     }

@@ -560,6 +560,20 @@ pub(crate) async fn insert_plain_node(connection: &mut AnyConnection, node: &Nod
     write_node(connection, &NodeSnapshot { node: node.clone(), sealed_bmc_password: None }, None).await
 }
 
+/// Checks that the project a node is put in exists, so that a missing one is the input's
+/// fault, named, and not a foreign-key failure.
+pub(crate) async fn check_project_exists(connection: &mut AnyConnection, project: &str) -> Result<(), StoreError> {
+    let found = sqlx::query("SELECT name FROM projects WHERE name = $1")
+        .bind(project)
+        .fetch_optional(connection)
+        .await
+        .map_err(StoreError::query("looking up a project"))?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Invalid { message: format!("project: no project '{project}'") }),
+    }
+}
+
 /// Checks that `value` in `column` is not held by a node other than `id`.
 async fn check_unique(connection: &mut AnyConnection, column: &str, value: &str, id: &str, what: &str) -> Result<(), StoreError> {
     let holder = sqlx::query(&format!("SELECT name FROM nodes WHERE {column} = $1 AND id <> $2"))
@@ -582,6 +596,11 @@ async fn check_unique(connection: &mut AnyConnection, column: &str, value: &str,
 async fn write_node(connection: &mut AnyConnection, snapshot: &NodeSnapshot, before: Option<&NodeSnapshot>) -> Result<(), StoreError> {
     let node = &snapshot.node;
     check_node_unique(connection, node).await?;
+    if let Some(project) = &node.project
+        && before.is_none_or(|before| before.node.project.as_ref() != Some(project))
+    {
+        check_project_exists(connection, project).await?;
+    }
     write_node_row(connection, snapshot, before.is_some()).await?;
     if before.is_none_or(|before| before.node.interfaces != node.interfaces) {
         write_interfaces(connection, node, before.is_some()).await?;

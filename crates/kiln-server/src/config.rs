@@ -26,6 +26,8 @@ pub struct ServerConfigLayer {
     pub secret_key_file: Option<PathBuf>,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: Option<usize>,
+    /// A request whose body sends nothing for this long is answered 408 [default: 30]
+    pub body_idle_seconds: Option<u64>,
     /// Network boot over HTTP (boot scripts, files).
     pub boot: Option<BootLayer>,
     /// The DHCP server; absent means no DHCP.
@@ -222,6 +224,7 @@ impl ServerConfigLayer {
             public_url: over.public_url.or(self.public_url),
             secret_key_file: over.secret_key_file.or(self.secret_key_file),
             max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
+            body_idle_seconds: over.body_idle_seconds.or(self.body_idle_seconds),
             boot: match (self.boot, over.boot) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
                 (base, over) => over.or(base),
@@ -367,6 +370,8 @@ pub struct ServerConfig {
     pub public_url: String,
     pub secret_key_file: PathBuf,
     pub max_body_bytes: usize,
+    /// How long a request body may send nothing.
+    pub body_idle_seconds: u64,
     pub boot: BootConfig,
     pub dhcp: Option<kiln_dhcp::DhcpConfig>,
     pub tftp: Option<TftpSettings>,
@@ -651,6 +656,10 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
         if max_body_bytes < 1024 {
             return Err(ConfigError::Invalid { setting: "max_body_bytes", message: "must be at least 1024".to_owned() });
         }
+        let body_idle_seconds = layer.body_idle_seconds.unwrap_or(30);
+        if body_idle_seconds == 0 {
+            return Err(ConfigError::Invalid { setting: "body_idle_seconds", message: "must be at least 1".to_owned() });
+        }
         let boot = boot_config(layer.boot.unwrap_or_default(), &data_dir)?;
         let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, &boot, &data_dir)).transpose()?;
         let tftp = layer.tftp.map(|tftp| tftp_config(tftp, &boot.ipxe_dir)).transpose()?;
@@ -674,6 +683,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             public_url,
             secret_key_file,
             max_body_bytes,
+            body_idle_seconds,
             boot,
             dhcp,
             tftp,

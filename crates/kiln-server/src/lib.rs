@@ -138,6 +138,11 @@ fn boot_settings(config: &ServerConfig, boot_url: &str, api_url: &str) -> kiln_a
     }
 }
 
+/// What request bodies are held to on both listeners.
+fn body_limits(config: &ServerConfig) -> kiln_api::BodyLimits {
+    kiln_api::BodyLimits { max_bytes: config.max_body_bytes, idle: std::time::Duration::from_secs(config.body_idle_seconds) }
+}
+
 /// Starts the server described by `config`.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     std::fs::DirBuilder::new()
@@ -188,7 +193,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         Some(listener) => {
             let files = Arc::new(kiln_api::boot::BootFiles(state.clone()));
             let address = listener.local_addr().ok();
-            let service = kiln_api::boot_listener::start(listener, files, kiln_api::boot_router(state.clone()))
+            let service = kiln_api::boot_listener::start(listener, files, kiln_api::boot_router(state.clone(), body_limits(&config)))
                 .map_err(|source| StartError::Listen { address: address.unwrap_or(local_addr), source })?;
             tracing::info!(address = %service.local_addr, url = %boot_url, "boot listener ready (files sent with sendfile)");
             Some(service)
@@ -196,7 +201,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         None => None,
     };
     let boot_addr = boot_service.as_ref().map(|service| service.local_addr);
-    let app = kiln_api::router(state, config.max_body_bytes);
+    let app = kiln_api::router(state, body_limits(&config));
     let (shutdown, mut shutdown_requested) = watch::channel(Stopping::No);
     let stop_signal = shutdown_requested.clone();
     let task = tokio::spawn(async move {

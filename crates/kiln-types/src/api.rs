@@ -53,6 +53,12 @@ word_enum! {
         BmcProtocol = "bmc_protocol",
         /// The node's BMC refused the operation.
         BmcRefused = "bmc_refused",
+        /// The request's body (or one of its fields) is larger than the server takes.
+        PayloadTooLarge = "payload_too_large",
+        /// The request's body stopped arriving.
+        RequestTimeout = "request_timeout",
+        /// The body is not of the media type the operation takes (JSON, mostly).
+        UnsupportedMediaType = "unsupported_media_type",
     }
 }
 
