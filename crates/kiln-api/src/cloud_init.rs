@@ -199,12 +199,19 @@ pub async fn node_vendor_data(State(state): State<ApiState>, caller: Caller, Pat
 /// is shown in this answer only.
 #[utoipa::path(post, path = "/v1/cloud-init/nodes/{node}/token", tag = "cloud-init",
     params(("node" = String, Path, description = "Name, xname or id of the node")),
-    responses((status = 201, body = CloudInitToken), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = CloudInitToken), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn mint_token(
     State(state): State<ApiState>,
     caller: Caller,
     Path(node): Path<String>,
 ) -> ApiResult<(StatusCode, Json<CloudInitToken>)> {
+    // A node the caller can read but not change is 403, as everywhere; one it cannot see
+    // is 404 in the store below.
+    if let Some(visible) = state.inventory.view().get_visible(&node, &caller.read_scope())
+        && !caller.can_write(visible.project.as_deref())
+    {
+        return Err(ApiError::forbidden(format!("you may read node '{node}' but not change it")));
+    }
     let (node, token) = state.store.mint_cloud_init_token(&caller.user, &node, &caller.write_scope()).await?;
     state.after_node_write().await;
     let seed_url = format!("{}/cloud-init-secure/{token}/", state.boot.public_url);

@@ -2,7 +2,7 @@
 //! allowed directories; conditional on the validators an earlier fetch recorded, so an
 //! unchanged source is not downloaded again (Ironic's image cache rule).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::pump::{PumpError, pump_into_spool};
 use crate::{Checksum, Digests, SpoolFile};
@@ -65,8 +65,10 @@ pub enum FetchError {
 }
 
 impl Source {
-    /// Parses a URL, allowing `file://` only below one of `allowed_dirs` (after resolving
-    /// symbolic links and `..`).
+    /// Parses a URL, allowing `file://` only below one of `allowed_dirs`. The path is
+    /// checked as written (`..` resolved without the file system) before anything on disk
+    /// is looked at, so that every path outside gets the same answer whether it exists or
+    /// not; then again with symbolic links resolved, so that no link leads out.
     pub fn parse(url: &str, allowed_dirs: &[PathBuf]) -> Result<Source, FetchError> {
         if url.starts_with("http://") || url.starts_with("https://") {
             return Ok(Source::Http(url.to_owned()));
@@ -74,12 +76,17 @@ impl Source {
         let Some(path) = url.strip_prefix("file://") else {
             return Err(FetchError::UnsupportedUrl { url: url.to_owned() });
         };
-        let resolved = std::fs::canonicalize(path).map_err(|source| FetchError::File { path: path.to_owned(), source })?;
+        let not_allowed = || FetchError::FileNotAllowed { path: path.to_owned() };
+        let written = lexically_normal(Path::new(path)).ok_or_else(not_allowed)?;
+        if !allowed_dirs.iter().filter_map(|directory| lexically_normal(directory)).any(|directory| written.starts_with(directory)) {
+            return Err(not_allowed());
+        }
+        let resolved = std::fs::canonicalize(&written).map_err(|source| FetchError::File { path: path.to_owned(), source })?;
         let allowed = allowed_dirs
             .iter()
             .filter_map(|directory| std::fs::canonicalize(directory).ok())
             .any(|directory| resolved.starts_with(&directory));
-        if allowed { Ok(Source::File(resolved)) } else { Err(FetchError::FileNotAllowed { path: path.to_owned() }) }
+        if allowed { Ok(Source::File(resolved)) } else { Err(not_allowed()) }
     }
 
     /// The file name the URL ends in, as checksum files list it.
@@ -92,6 +99,26 @@ impl Source {
             Source::File(path) => path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default(),
         }
     }
+}
+
+/// An absolute path with `.` and `..` resolved as written, without the file system; `None`
+/// for a relative path.
+fn lexically_normal(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    Some(normal)
 }
 
 fn file_validators(metadata: &std::fs::Metadata) -> Validators {
@@ -236,5 +263,21 @@ mod tests {
             assert!(Source::parse(&url(&refused), &dirs).is_err(), "{} must be refused", refused.display());
         }
         assert!(matches!(Source::parse("ftp://host/x", &dirs), Err(FetchError::UnsupportedUrl { .. })));
+    }
+
+    /// Outside the allowed directories, a path that exists and one that does not get the
+    /// same answer: nothing on disk is looked at for them.
+    #[test]
+    fn paths_outside_the_allowed_directories_look_alike_whether_they_exist_or_not() {
+        let allowed = tempfile::tempdir().unwrap();
+        let dirs = [allowed.path().to_owned()];
+        let answer = |path: &str| Source::parse(&format!("file://{path}"), &dirs).map(|_| ()).unwrap_err().to_string();
+        let existing = answer("/etc/passwd");
+        let missing = answer("/etc/no-such-file-here");
+        assert_eq!(existing.replace("/etc/passwd", "PATH"), missing.replace("/etc/no-such-file-here", "PATH"));
+        assert!(matches!(Source::parse("file:///etc/passwd", &dirs), Err(FetchError::FileNotAllowed { .. })));
+        let escaping = format!("{}/../../etc/passwd", allowed.path().display());
+        assert!(matches!(Source::parse(&format!("file://{escaping}"), &dirs), Err(FetchError::FileNotAllowed { .. })));
+        assert!(matches!(Source::parse("file://relative/path", &dirs), Err(FetchError::FileNotAllowed { .. })));
     }
 }

@@ -134,3 +134,24 @@ async fn a_project_that_does_not_exist_is_a_400_naming_the_field_not_a_500() {
     }
     server.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reader_minting_a_cloud_init_token_is_forbidden_not_told_the_node_is_missing() {
+    use kiln_client::Client;
+    use serde_json::{Value, json};
+    let server = start(64 << 10, 30).await;
+    let base = format!("http://{}", server.handle.local_addr());
+    let admin = Client::new(&base, Some(server.token.clone()));
+    let _: Value = admin.post("/v1/projects", &json!({ "name": "lab-a" })).await.unwrap();
+    let _: Value = admin.post("/v1/nodes", &json!({ "name": "n1", "project": "lab-a" })).await.unwrap();
+    let _: Value = admin.post("/v1/users", &json!({ "name": "rita" })).await.unwrap();
+    let _: Value = admin.put("/v1/projects/lab-a/members", &json!({ "user": "rita", "role": "reader" })).await.unwrap();
+    let token: kiln_types::api::CreatedToken = admin.post("/v1/tokens", &json!({ "name": "t", "user": "rita" })).await.unwrap();
+    let reader = Client::new(&base, Some(token.secret));
+    let _: Value = reader.get("/v1/nodes/n1").await.expect("the reader sees the node");
+    let minted: Result<Value, _> = reader.post("/v1/cloud-init/nodes/n1/token", &json!({})).await;
+    assert_eq!(minted.unwrap_err().status().map(|status| status.as_u16()), Some(403));
+    let missing: Result<Value, _> = reader.post("/v1/cloud-init/nodes/nowhere/token", &json!({})).await;
+    assert_eq!(missing.unwrap_err().status().map(|status| status.as_u16()), Some(404));
+    server.handle.shutdown().await;
+}
