@@ -85,12 +85,7 @@ impl ApiState {
 /// `limits.max_bytes` are refused with 413, bodies that go quiet with 408.
 pub fn router(state: ApiState, limits: BodyLimits) -> Router {
     let (routes, _) = routes::api_table(file_mounts(&state)).split();
-    routes
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(limits, body::limit_bodies))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::observe))
-        .layer(axum::extract::DefaultBodyLimit::max(limits.max_bytes))
-        .with_state(state)
+    with_listener_layers(routes, state, limits)
 }
 
 /// The routes of the boot listener: what booting machines and booted nodes ask for, and
@@ -101,6 +96,11 @@ pub fn boot_router(state: ApiState, limits: BodyLimits) -> Router {
     // for people's documents.
     let limits = BodyLimits { max_bytes: limits.max_bytes.min(BOOT_MAX_BODY_BYTES), ..limits };
     let (routes, _) = routes::node_table(file_mounts(&state)).split();
+    with_listener_layers(routes, state, limits)
+}
+
+/// What every listener's routes get: the 404 for the rest, metrics, and body limits.
+fn with_listener_layers(routes: axum::Router<ApiState>, state: ApiState, limits: BodyLimits) -> Router {
     routes
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(limits, body::limit_bodies))
