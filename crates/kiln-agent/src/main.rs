@@ -1,7 +1,9 @@
 //! `kiln-agent`: runs on a node in the deploy ramdisk. It finds the server, its node id and
 //! its token on the kernel command line (`kiln.server=`, `kiln.node=`, `kiln.token=`),
-//! heartbeats, carries out what the server answers (inspect, deploy, clean) while reporting
-//! progress, reports the result, then reboots or powers off as the command said.
+//! exchanges that boot token once for the operation's session token (the one never seen in a
+//! boot script), heartbeats, carries out what the server answers (inspect, deploy, clean)
+//! while reporting progress, reports the result, then reboots or powers off as the command
+//! said.
 //!
 //! The same binary simulates nodes for scale tests: `--server`, `--node`, `--token` on the
 //! command line (`--api` for the API listener, if it is not the server's address) and
@@ -74,7 +76,7 @@ fn options() -> anyhow::Result<Options> {
 }
 
 fn main() {
-    let options = match options() {
+    let mut options = match options() {
         Ok(options) => options,
         Err(error) => {
             eprintln!("kiln-agent: {error:#}");
@@ -82,7 +84,7 @@ fn main() {
         }
     };
     eprintln!("kiln-agent {}: node {} server {}", env!("CARGO_PKG_VERSION"), options.node, options.server.host_port);
-    let outcome = run(&options);
+    let outcome = exchange_boot_token(&mut options).and_then(|()| run(&options));
     let then = match &outcome {
         Ok(then) => *then,
         Err(error) => {
@@ -91,6 +93,32 @@ fn main() {
         }
     };
     finish(&options, then);
+}
+
+/// Trades the boot token from the kernel command line for the operation's session token,
+/// before anything else: the boot token is good for this once. A server that is not there
+/// yet is waited for, as heartbeats wait; a refusal ends the agent.
+fn exchange_boot_token(options: &mut Options) -> anyhow::Result<()> {
+    let path = format!("/agent/v1/nodes/{}/session", options.node);
+    let mut failures = 0u32;
+    loop {
+        match options.server.post_json::<_, kiln_types::provision::AgentSession>(&path, &serde_json::json!({})) {
+            Ok(Some(session)) => {
+                options.api.token.clone_from(&session.token);
+                options.server.token = session.token;
+                return Ok(());
+            }
+            Ok(None) => bail!("the server answered the token exchange with nothing"),
+            Err(error) if is_refused(&error) => {
+                bail!("the server refused the boot token: it was used already, or the operation is over ({error:#})")
+            }
+            Err(error) => {
+                failures += 1;
+                eprintln!("kiln-agent: exchanging the boot token failed ({error:#}); retrying");
+                std::thread::sleep(Duration::from_secs(u64::from(failures.min(6))));
+            }
+        }
+    }
 }
 
 /// Heartbeats and carries out commands until one ends with its result accepted (returning

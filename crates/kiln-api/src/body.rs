@@ -117,3 +117,31 @@ pub(crate) fn unread_body(rejection: axum::extract::rejection::BytesRejection, l
     }
     ApiError::invalid(format!("reading the request body: {rejection}"))
 }
+
+/// How large a free-form stored field may be: node `properties`, cloud-init data. Bodies
+/// may be larger (a discovery document of many nodes); each such field is held to this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldLimits {
+    pub max_field_bytes: usize,
+}
+
+impl Default for FieldLimits {
+    fn default() -> FieldLimits {
+        FieldLimits { max_field_bytes: 64 << 10 }
+    }
+}
+
+impl FieldLimits {
+    /// Refuses `value` with 413 naming `field` when its JSON is over the limit.
+    pub(crate) fn check(&self, field: &str, value: &impl serde::Serialize) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec(value).map(|json| json.len()).unwrap_or(usize::MAX);
+        if bytes > self.max_field_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!("{field}: {bytes} bytes, over the limit of {} (max_field_bytes)", self.max_field_bytes),
+            ));
+        }
+        Ok(())
+    }
+}

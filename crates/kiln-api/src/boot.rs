@@ -121,7 +121,11 @@ fn ipxe(script: String) -> impl IntoResponse {
 /// script that waits and asks again.
 #[utoipa::path(get, path = "/boot/v1/bootscript", tag = "boot", params(MacQuery), security(()),
     responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ErrorBody)))]
-pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): QueryParams<MacQuery>) -> ApiResult<impl IntoResponse> {
+pub async fn bootscript(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    QueryParams(query): QueryParams<MacQuery>,
+) -> ApiResult<impl IntoResponse> {
     let mac = parse_mac(&query.mac)?;
     let view = state.inventory.view();
     let mut node = view.by_mac(&mac).cloned();
@@ -135,7 +139,7 @@ pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): Query
         }
     }
     if let Some(node) = node.as_deref()
-        && let Some(script) = provisioning_script(&state, node, mac).await?
+        && let Some(script) = provisioning_script(&state, node, mac, peer.ip()).await?
     {
         return Ok(ipxe(script));
     }
@@ -153,7 +157,12 @@ pub async fn bootscript(State(state): State<ApiState>, QueryParams(query): Query
 
 /// The script of a node that provisioning decides the boot of: the deploy ramdisk while an
 /// agent is to run, the local disk once deployed to it. `None`: boot parameters decide.
-async fn provisioning_script(state: &ApiState, node: &kiln_types::node::Node, mac: MacAddress) -> ApiResult<Option<String>> {
+async fn provisioning_script(
+    state: &ApiState,
+    node: &kiln_types::node::Node,
+    mac: MacAddress,
+    peer: std::net::IpAddr,
+) -> ApiResult<Option<String>> {
     use kiln_types::ProvisionState::*;
     use kiln_types::provision::DeployMode;
     let agent_states = matches!(node.provision_state, Deploying | WaitAgent | Inspecting | Undeploying | Cleaning | Capturing);
@@ -176,7 +185,12 @@ async fn provisioning_script(state: &ApiState, node: &kiln_types::node::Node, ma
     if !agent_states || waiting_for_system {
         return Ok(None);
     }
-    let Some(token) = state.store.agent_token_for_boot(&node.id).await? else {
+    // The script carries the agent's token: only the machine itself may have it.
+    if !speaks_for(state, node, mac, peer) {
+        tracing::warn!(node = %node.name, %mac, %peer, "a boot script with an agent token was asked for from an address Kiln did not give this MAC; none served");
+        return Ok(Some(kiln_boot::unknown_machine_script(&context)));
+    }
+    let Some(token) = state.store.boot_agent_token(&node.id).await? else {
         // Between steps (the token not minted yet): ask again shortly.
         return Ok(Some(kiln_boot::unknown_machine_script(&context)));
     };
@@ -266,9 +280,30 @@ async fn record_phone_home(
     let mac = parse_mac(&query.mac)?;
     let view = state.inventory.view();
     let node = view.by_mac(&mac).ok_or_else(|| ApiError::not_found("node with MAC", &mac.to_string()))?;
-    state.store.record_phone_home(node, &peer.ip().to_string()).await?;
-    tracing::info!(%mac, node = %node.name, address = %peer.ip(), "node phoned home");
+    // Anyone may say a machine is up (the event records from where), but only the
+    // machine itself, from its own address, completes a deploy waiting for its callback.
+    let verified = speaks_for(&state, node, mac, peer.ip());
+    state.store.record_phone_home(node, &peer.ip().to_string(), verified).await?;
+    tracing::info!(%mac, node = %node.name, address = %peer.ip(), verified, "node phoned home");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether a request from `peer` may speak for the machine with `mac`, a node's: it comes
+/// from one of the node's reserved addresses, or from the address Kiln's DHCP leased to
+/// that MAC. MAC addresses are not secrets; this rule is what keeps a boot script's
+/// secrets for the machine they were meant for.
+pub(crate) fn speaks_for(state: &ApiState, node: &kiln_types::node::Node, mac: MacAddress, peer: std::net::IpAddr) -> bool {
+    let peer = match peer {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let reserved = node
+        .interfaces
+        .iter()
+        .flat_map(|interface| interface.ip_addrs.iter())
+        .any(|entry| entry.ip_addr.parse::<std::net::IpAddr>().is_ok_and(|address| address == peer));
+    let leased = state.leases.as_ref().and_then(|leases| leases.leased_address(mac)).is_some_and(|address| peer == address);
+    reserved || leased
 }
 
 /// What a request path names under a served directory.

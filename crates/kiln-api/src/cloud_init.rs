@@ -90,6 +90,9 @@ pub async fn set_groups(
     if inputs.is_empty() {
         return Err(ApiError::invalid("the list of groups is empty"));
     }
+    for (index, input) in inputs.iter().enumerate() {
+        state.field_limits.check(&format!("[{index}]"), input)?;
+    }
     let specs = inputs
         .iter()
         .enumerate()
@@ -158,6 +161,7 @@ pub async fn set_nodes(
     }
     for (index, input) in inputs.iter().enumerate() {
         input.validate().map_err(|error| invalid_field(Some(index), error))?;
+        state.field_limits.check(&format!("[{index}]"), input)?;
     }
     let nodes = state.store.set_cloud_init_nodes(&caller.user, &inputs, &caller.write_scope()).await?;
     state.after_node_write().await;

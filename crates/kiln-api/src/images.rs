@@ -38,20 +38,22 @@ pub struct ImageSettings {
     pub gc_grace: Duration,
     /// Uploads older than this are abandoned and garbage collection removes them.
     pub upload_expiry: Duration,
+    /// What http(s) imports may reach; `http` holds to it on every request and redirect.
+    pub egress: std::sync::Arc<kiln_image_store::egress::EgressPolicy>,
     pub http: reqwest::Client,
     pub(crate) uploads: crate::uploads::UploadTable,
 }
 
 impl ImageSettings {
-    pub fn new(blobs: BlobStore, import_allowed_dirs: Vec<PathBuf>) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .build()
-            .expect("the HTTP client's settings are valid");
+    pub fn new(blobs: BlobStore, import_allowed_dirs: Vec<PathBuf>, egress: kiln_image_store::egress::EgressPolicy) -> Self {
+        let egress = std::sync::Arc::new(egress);
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).read_timeout(Duration::from_secs(120));
+        let http =
+            kiln_image_store::egress::import_client(std::sync::Arc::clone(&egress), builder).expect("the HTTP client's settings are valid");
         ImageSettings {
             blobs,
             import_allowed_dirs,
+            egress,
             gc_grace: Duration::from_secs(3600),
             upload_expiry: Duration::from_secs(24 * 3600),
             http,

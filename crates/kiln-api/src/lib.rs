@@ -24,7 +24,7 @@ pub mod routes;
 mod tenancy;
 mod uploads;
 
-pub use body::BodyLimits;
+pub use body::{BodyLimits, FieldLimits};
 use std::sync::Arc;
 
 use axum::Router;
@@ -48,6 +48,11 @@ pub struct ApiState {
     pub provisioning_wake: Arc<tokio::sync::Notify>,
     /// Block maps of raw disk images, made once per image on this replica.
     pub(crate) block_maps: Arc<provision::BlockMaps>,
+    /// How large free-form fields may be.
+    pub field_limits: body::FieldLimits,
+    /// What Kiln's own DHCP server has leased, when it runs one here: with the nodes'
+    /// reserved addresses, where a machine may speak for its MAC from.
+    pub leases: Option<Arc<dyn kiln_types::lease::LeaseLookup>>,
 }
 
 impl ApiState {
@@ -69,6 +74,8 @@ impl ApiState {
             cloud_init_cache: Arc::default(),
             provisioning_wake: Arc::default(),
             block_maps: Arc::default(),
+            field_limits: body::FieldLimits::default(),
+            leases: None,
         }
     }
 

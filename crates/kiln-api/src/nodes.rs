@@ -59,6 +59,7 @@ pub(crate) async fn create_node(
     JsonBody(input): JsonBody<NodeInput>,
 ) -> ApiResult<(StatusCode, Json<Node>)> {
     caller.require_admin()?;
+    state.field_limits.check("properties", &input.properties)?;
     let spec = NodeSpec::try_from(&input)?;
     let node = state.store.create_node(&caller.user, &spec).await?;
     state.after_node_write().await;
@@ -86,6 +87,7 @@ pub(crate) async fn update_node(
     Path(key): Path<String>,
     JsonBody(patch): JsonBody<NodePatch>,
 ) -> ApiResult<Json<Node>> {
+    state.field_limits.check("properties", &patch.properties)?;
     let change = NodeChange::try_from(&patch)?;
     let node = state.store.get_node(&key, &caller.read_scope()).await?;
     if !caller.can_write(node.project.as_deref()) {
@@ -129,6 +131,9 @@ pub(crate) async fn discover_static(
 ) -> ApiResult<Json<DiscoverySummary>> {
     caller.require_admin()?;
     let specs = parse_document(&document).map_err(|error| ApiError::invalid(kiln_types::error_chain(&error)))?;
+    for (index, spec) in specs.iter().enumerate() {
+        state.field_limits.check(&format!("[{index}].properties"), &spec.properties)?;
+    }
     tracing::info!(actor = %caller.user, entries = specs.len(), "applying static discovery");
     let summary = state.store.discover(&caller.user, &specs).await?;
     state.after_node_write().await;

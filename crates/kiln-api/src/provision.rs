@@ -287,6 +287,35 @@ impl BlockMaps {
     }
 }
 
+/// The agent's first call: the boot token its boot script carried, exchanged once for the
+/// session token of the operation. A boot token is refused everywhere else, and a second
+/// time here, so a token read off a boot script on the wire is worth nothing once the
+/// machine has used it.
+#[utoipa::path(post, path = "/agent/v1/nodes/{node}/session", tag = "agent",
+    params(("node" = String, Path, description = "Id of the node")),
+    responses((status = 200, body = kiln_types::provision::AgentSession), (status = 401, body = ErrorBody)))]
+pub async fn exchange_token(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(node_id): Path<String>,
+) -> ApiResult<Json<kiln_types::provision::AgentSession>> {
+    let token = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "));
+    let session = match token {
+        Some(token) => state.store.exchange_agent_token(&node_id, token.trim()).await?,
+        None => None,
+    };
+    match session {
+        Some(token) => {
+            tracing::info!(node = %node_id, "agent boot token exchanged for its session");
+            Ok(Json(kiln_types::provision::AgentSession { token }))
+        }
+        None => {
+            tracing::warn!(node = %node_id, "a boot token exchange was refused (not the node's, or used already)");
+            Err(ApiError::unauthorized("this boot token is not valid for this node, or was exchanged already"))
+        }
+    }
+}
+
 /// The agent's heartbeat: records that it is alive and how far it got, and answers with
 /// what it is to do.
 #[utoipa::path(post, path = "/agent/v1/nodes/{node}/heartbeat", tag = "agent",

@@ -104,6 +104,7 @@ pub fn node_table(mounts: FileMounts<'_>) -> RouteTable {
         .documented(routes!(cloud_init::node_document))
         .documented(routes!(cloud_init::secure_document_bearer))
         .documented(routes!(cloud_init::secure_document))
+        .documented(routes!(provision::exchange_token))
         .documented(routes!(provision::heartbeat))
         .documented(routes!(provision::result))
         .documented(routes!(provision::artifact))

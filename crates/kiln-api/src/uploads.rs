@@ -430,12 +430,37 @@ pub(crate) async fn create_version(
     Ok((StatusCode::CREATED, Json(version)))
 }
 
-fn fetch_error(error: FetchError) -> ApiError {
+/// The answer for a failed fetch. Administrators read why; anyone else reads only that it
+/// failed, the same for a refused address, a closed port, an error status or a cut
+/// download, so that imports cannot map what the server can reach (the detail is logged).
+fn fetch_error(error: FetchError, caller: &kiln_auth::AuthContext) -> ApiError {
     match &error {
         FetchError::UnsupportedUrl { .. } | FetchError::FileNotAllowed { .. } => ApiError::invalid(format!("url: {error}")),
         FetchError::Download { source: PumpError::Spool(io), .. } => spool_error("importing", io),
-        _ => ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::ImportFailed, error_chain(&error)),
+        _ if caller.admin => ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::ImportFailed, error_chain(&error)),
+        _ => {
+            tracing::info!(error = %error_chain(&error), user = %caller.user, "an import could not fetch its source");
+            let url = match &error {
+                FetchError::Egress { url, .. }
+                | FetchError::Request { url, .. }
+                | FetchError::Status { url, .. }
+                | FetchError::Download { url, .. }
+                | FetchError::ChecksumNotListed { url, .. }
+                | FetchError::ChecksumFile { url, .. } => url.clone(),
+                _ => "the source".to_owned(),
+            };
+            ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::ImportFailed, format!("could not fetch {url}"))
+        }
     }
+}
+
+/// An import's checksum mismatch, told to a non-administrator without the digest the
+/// server computed: that digest is the content of whatever the URL answered.
+fn redact_mismatch(error: ApiError, caller: &kiln_auth::AuthContext) -> ApiError {
+    if caller.admin || !error.message.starts_with("checksum mismatch") {
+        return error;
+    }
+    ApiError { message: "checksum mismatch: the fetched bytes do not have the checksum given".to_owned(), ..error }
 }
 
 /// Imports one artifact from a URL into a new version, verifying the checksum while the
@@ -451,14 +476,18 @@ pub(crate) async fn import_image(
 ) -> ApiResult<(StatusCode, Json<ImportResult>)> {
     writable_image(&state, &caller, &name).await?;
     let settings = &state.images;
-    let source = Source::parse(&input.url, &settings.import_allowed_dirs).map_err(fetch_error)?;
+    let source = Source::parse(&input.url, &settings.import_allowed_dirs, &settings.egress).map_err(|error| fetch_error(error, &caller))?;
     let expected = match (&input.checksum, &input.checksum_url) {
         (Some(text), None) => parse_checksum("checksum", text)?,
-        (None, Some(url)) => {
-            kiln_image_store::fetch::fetch_checksum(&settings.http, url, &settings.import_allowed_dirs, &source.file_name())
-                .await
-                .map_err(fetch_error)?
-        }
+        (None, Some(url)) => kiln_image_store::fetch::fetch_checksum(
+            &settings.http,
+            url,
+            &settings.import_allowed_dirs,
+            &settings.egress,
+            &source.file_name(),
+        )
+        .await
+        .map_err(|error| fetch_error(error, &caller))?,
         (Some(_), Some(_)) => return Err(ApiError::invalid("give either checksum or checksum_url, not both")),
         (None, None) => {
             return Err(ApiError::invalid("an import needs a checksum: checksum (ALGORITHM:HEX) or checksum_url (a checksum file)"));
@@ -487,12 +516,15 @@ pub(crate) async fn import_image(
             return Ok((StatusCode::OK, Json(ImportResult { unchanged: true, version })));
         }
         Ok(Fetch::Fetched { digests, head, validators }) => {
-            store_spooled(&state, &spool_path, digests, &head, input.kind, input.format, Some(&expected)).await.map(|mut artifact| {
-                artifact.source_url = Some(input.url.clone());
-                NewArtifact { artifact, source_etag: validators.etag, source_modified: validators.last_modified }
-            })
+            store_spooled(&state, &spool_path, digests, &head, input.kind, input.format, Some(&expected))
+                .await
+                .map(|mut artifact| {
+                    artifact.source_url = Some(input.url.clone());
+                    NewArtifact { artifact, source_etag: validators.etag, source_modified: validators.last_modified }
+                })
+                .map_err(|error| redact_mismatch(error, &caller))
         }
-        Err(error) => Err(fetch_error(error)),
+        Err(error) => Err(fetch_error(error, &caller)),
     };
     let artifact = match result {
         Ok(artifact) => artifact,

@@ -173,7 +173,11 @@ fn imports_verify_checksums_and_skip_unchanged_sources() {
     let allowed = directory.path().join("allowed");
     std::fs::create_dir(&allowed).unwrap();
     let config = directory.path().join("kiln.toml");
-    std::fs::write(&config, format!("[images]\nimport_allowed_dirs = [\"{}\"]\n", allowed.display())).unwrap();
+    std::fs::write(
+        &config,
+        format!("[images]\nimport_allowed_dirs = [\"{}\"]\nimport_allowed_networks = [\"127.0.0.0/8\"]\n", allowed.display()),
+    )
+    .unwrap();
     let (data_dir, server, token) = start_in(directory.path(), &["--config", config.to_str().unwrap()], &[]);
     let web = HttpServer::start(&web_root, &directory.path().join("http.log"));
     let image = web_root.join("disk.qcow2");

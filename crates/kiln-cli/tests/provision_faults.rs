@@ -107,9 +107,10 @@ impl Site {
     }
 
     /// An available node without a BMC (it "powers on by itself": the agent is started by
-    /// the test).
+    /// the test), reserved the address its "machine" speaks from: loopback, where the test
+    /// asks for its boot script.
     fn node(&self, name: &str, mac: &str) {
-        let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
+        let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac, "ip_addrs": [{"name": "boot", "ip_addr": "127.0.0.1"}]}] }]);
         self.kiln(&["discover", "static", "-f", "json", "-d", &node.to_string()]);
         self.kiln(&["node", "manage", name, "--wait", "--timeout", "20"]);
         self.kiln(&["node", "provide", name, "--wait", "--timeout", "20"]);
@@ -330,6 +331,66 @@ fn a_simulated_node_deploys_and_agent_tokens_cannot_be_forged_or_replayed() {
     assert!(site.kiln_fails(&["node", "deploy", "sim1", "--image", "os"]).contains("cannot deploy node 'sim1' in state active"));
 }
 
+/// A MAC is not a secret: the boot script that carries a deploying node's agent token is
+/// served only to the node's own address (a reservation, or Kiln's DHCP lease), on both
+/// listeners; from anywhere else the machine is told to wait and ask again.
+#[test]
+fn a_boot_script_carries_the_agent_token_only_to_the_node_s_own_address() {
+    let site = Site::start();
+    site.image("os", &noise(1 << 20, 2));
+    // "far" is reserved 10.9.9.9: the test, on loopback, is not it. "near" is reserved
+    // loopback.
+    let far = serde_json::json!([{ "name": "far", "interfaces": [{"mac_addr": "52:54:00:00:02:01", "ip_addrs": [{"name": "boot", "ip_addr": "10.9.9.9"}]}] }]);
+    site.kiln(&["discover", "static", "-f", "json", "-d", &far.to_string()]);
+    site.kiln(&["node", "manage", "far", "--wait", "--timeout", "20"]);
+    site.kiln(&["node", "provide", "far", "--wait", "--timeout", "20"]);
+    site.node("near", "52:54:00:00:02:02");
+    site.kiln(&["node", "deploy", "far", "near", "--image", "os"]);
+    site.wait_for("far", "waiting for its agent", Duration::from_secs(20), |s| s["step"] == "agent");
+    let (_, near_token) = site.agent_credentials("near", "52:54:00:00:02:02");
+    assert!(near_token.starts_with("kiln_"), "the node's own address gets its token");
+    for base in [site.server.url.clone(), site.boot_url()] {
+        let (status, script) = http("GET", &base, "/boot/v1/bootscript?mac=52:54:00:00:02:01", None, b"");
+        assert_eq!(status, 200, "{script}");
+        assert!(!script.contains("kiln.token=") && !script.contains("kiln_"), "{base}: another address got the token:\n{script}");
+    }
+    assert!(site.server.log().contains("did not give this MAC"), "the refusal is logged");
+}
+
+/// The token a boot script carries is good once: exchanged for a session token that never
+/// appears in a boot script; a second exchange, or any other use of it, is refused. A
+/// ramdisk that boots again gets a fresh boot token, and the session before it dies.
+#[test]
+fn a_boot_token_is_exchanged_once_and_a_fresh_boot_script_ends_the_old_session() {
+    let site = Site::start();
+    site.image("os", &noise(1 << 20, 3));
+    site.node("once", "52:54:00:00:03:01");
+    site.kiln(&["node", "deploy", "once", "--image", "os"]);
+    let (node, boot_token) = site.agent_credentials("once", "52:54:00:00:03:01");
+    let agent = |method: &str, what: &str, token: &str| {
+        http(method, &site.boot_url(), &format!("/agent/v1/nodes/{node}/{what}"), Some(token), b"{}")
+    };
+    // Before the exchange the boot token is good for nothing else.
+    assert_eq!(agent("POST", "heartbeat", &boot_token).0, 401);
+    assert_eq!(agent("GET", "artifact", &boot_token).0, 401);
+    let (status, answer) = agent("POST", "session", &boot_token);
+    assert_eq!(status, 200, "{answer}");
+    let session: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let session = session["token"].as_str().unwrap().to_owned();
+    assert_ne!(session, boot_token);
+    assert_eq!(agent("POST", "heartbeat", &session).0, 200, "the session works");
+    assert_eq!(agent("POST", "session", &boot_token).0, 401, "a second exchange is refused");
+    assert_eq!(agent("POST", "session", &session).0, 401, "a session token is not a boot token");
+    assert_eq!(agent("POST", "heartbeat", &boot_token).0, 401);
+    // The ramdisk boots again: a fresh boot script, a fresh boot token, the old session dead.
+    let (_, fresh) = site.agent_credentials("once", "52:54:00:00:03:01");
+    assert_ne!(fresh, boot_token);
+    assert_eq!(agent("POST", "heartbeat", &session).0, 401, "the session before it ended");
+    let (status, _) = agent("POST", "session", &fresh);
+    assert_eq!(status, 200);
+    assert_eq!(agent("POST", "session", &boot_token).0, 401, "and the first boot token stays dead");
+}
+
 /// Both ways an agent downloads: a raw image by its block map (range requests of data
 /// chunks), and a compressed one as one stream.
 #[test]
@@ -515,7 +576,7 @@ fn two_replicas_share_the_work_and_one_carries_on_when_the_other_dies() {
     let nodes: Vec<(String, String)> = (0..count).map(|i| (format!("rep{i}"), format!("52:54:00:00:07:{i:02x}"))).collect();
     for (index, (name, mac)) in nodes.iter().enumerate() {
         let server = if index % 2 == 0 { &first } else { &second };
-        let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
+        let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac, "ip_addrs": [{"name": "boot", "ip_addr": "127.0.0.1"}]}] }]);
         site(server, &["discover", "static", "-f", "json", "-d", &node.to_string()]);
         site(server, &["node", "manage", name, "--wait", "--timeout", "20"]);
         site(server, &["node", "provide", name, "--wait", "--timeout", "20"]);

@@ -272,10 +272,12 @@ impl Store {
         transaction.commit().await
     }
 
-    pub async fn record_phone_home(&self, node: &Node, address: &str) -> Result<(), StoreError> {
+    /// Records a booted system's callback; `verified` (it came from the node's own
+    /// address) says whether it counts as the callback a deploy may be waiting for.
+    pub async fn record_phone_home(&self, node: &Node, address: &str, verified: bool) -> Result<(), StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        let after = Some(serde_json::json!({ "id": node.id, "address": address }));
+        let after = Some(serde_json::json!({ "id": node.id, "address": address, "verified": verified }));
         record(
             connection,
             NewEvent {
@@ -289,7 +291,9 @@ impl Store {
             },
         )
         .await?;
-        Store::note_callback(connection, &node.id).await?;
+        if verified {
+            Store::note_callback(connection, &node.id).await?;
+        }
         transaction.commit().await
     }
 }

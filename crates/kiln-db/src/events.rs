@@ -31,6 +31,19 @@ pub(crate) struct NewEvent<'a> {
 /// misses one that commits late. (SQLite has one writer, which gives the same order.)
 const EVENT_ORDER_LOCK: i64 = 7283640562;
 
+/// The most an event keeps of a state before or after: the log is an audit trail, not a
+/// second copy of every large value (a larger state is kept as its size).
+const MAX_EVENT_STATE_BYTES: usize = 128 << 10;
+
+/// A state as the event log keeps it: whole, or a note of its size when over the bound.
+fn bounded_state(value: serde_json::Value) -> String {
+    let text = value.to_string();
+    if text.len() <= MAX_EVENT_STATE_BYTES {
+        return text;
+    }
+    serde_json::json!({ "truncated": true, "bytes": text.len() }).to_string()
+}
+
 pub(crate) async fn record(connection: &mut AnyConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
     if connection.backend_name() == "PostgreSQL" {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -49,8 +62,8 @@ pub(crate) async fn record(connection: &mut AnyConnection, event: NewEvent<'_>) 
     .bind(event.target_kind)
     .bind(event.target)
     .bind(event.project)
-    .bind(event.before.map(|value| value.to_string()))
-    .bind(event.after.map(|value| value.to_string()))
+    .bind(event.before.map(bounded_state))
+    .bind(event.after.map(bounded_state))
     .execute(connection)
     .await
     .map_err(StoreError::query("recording an event"))?;

@@ -361,36 +361,83 @@ impl Store {
         transaction.commit().await
     }
 
-    /// The agent token of a node in agent work, for its boot script. Never for the API.
-    pub async fn agent_token_for_boot(&self, node_id: &str) -> Result<Option<String>, StoreError> {
-        let mut connection = self.read().await?;
-        let sealed: Option<String> = sqlx::query("SELECT agent_token_sealed FROM node_provisioning WHERE node_id = $1")
+    /// The boot token of a node in agent work, for its boot script (never for the API).
+    /// A boot token is good once, for [`Store::exchange_agent_token`]; after it was
+    /// exchanged, a new boot script means a rebooted ramdisk: a fresh boot token is minted,
+    /// and the session of the agent that ran before dies with the old one.
+    pub async fn boot_agent_token(&self, node_id: &str) -> Result<Option<String>, StoreError> {
+        let mut transaction = self.write().await?;
+        let row = sqlx::query("SELECT agent_token_hash, agent_token_sealed FROM node_provisioning WHERE node_id = $1")
             .bind(node_id)
-            .fetch_optional(&mut *connection)
+            .fetch_optional(transaction.connection())
             .await
-            .map_err(StoreError::query("reading an agent token"))?
-            .map(|row| row.try_get("agent_token_sealed"))
-            .transpose()
-            .map_err(StoreError::query("reading an agent token"))?
-            .flatten();
-        sealed.map(|sealed| self.secrets.open(&sealed).map_err(|error| StoreError::corrupt("agent token", error))).transpose()
+            .map_err(StoreError::query("reading an agent token"))?;
+        let Some(row) = row else { return Ok(None) };
+        let read = || StoreError::query("reading an agent token");
+        let hash: Option<String> = row.try_get("agent_token_hash").map_err(read())?;
+        let sealed: Option<String> = row.try_get("agent_token_sealed").map_err(read())?;
+        match (hash, sealed) {
+            // No operation with an agent: no token.
+            (None, _) => Ok(None),
+            (Some(_), Some(sealed)) => self.secrets.open(&sealed).map(Some).map_err(|error| StoreError::corrupt("agent token", error)),
+            (Some(_), None) => {
+                let token = kiln_auth::mint_token();
+                sqlx::query("UPDATE node_provisioning SET agent_token_hash = $2, agent_token_sealed = $3 WHERE node_id = $1")
+                    .bind(node_id)
+                    .bind(kiln_auth::hash_token(&token))
+                    .bind(self.secrets.seal(&token))
+                    .execute(transaction.connection())
+                    .await
+                    .map_err(StoreError::query("minting a fresh boot token"))?;
+                transaction.commit().await?;
+                tracing::info!(node = %node_id, "a fresh boot token for a ramdisk booted again; the previous agent's session ends");
+                Ok(Some(token))
+            }
+        }
     }
 
-    /// The node and provisioning record an agent token belongs to, or `None` when the token
-    /// is not the node's current one (forged, replayed after its operation, or for another
-    /// node). The comparison takes the same time wherever the hashes differ.
+    /// Exchanges a node's boot token (the one its boot script carried) for the session
+    /// token its agent uses from then on, which never appears in a boot script. Good once:
+    /// `None` for a token that is not the node's current, unexchanged boot token.
+    pub async fn exchange_agent_token(&self, node_id: &str, boot_token: &str) -> Result<Option<String>, StoreError> {
+        let mut transaction = self.write().await?;
+        let session = kiln_auth::mint_token();
+        // One statement decides: of two exchanges of one token, one changes the row.
+        let changed = sqlx::query(
+            "UPDATE node_provisioning SET agent_token_hash = $3, agent_token_sealed = NULL \
+             WHERE node_id = $1 AND agent_token_hash = $2 AND agent_token_sealed IS NOT NULL",
+        )
+        .bind(node_id)
+        .bind(kiln_auth::hash_token(boot_token))
+        .bind(kiln_auth::hash_token(&session))
+        .execute(transaction.connection())
+        .await
+        .map_err(StoreError::query("exchanging a boot token"))?
+        .rows_affected();
+        if changed != 1 {
+            return Ok(None);
+        }
+        transaction.commit().await?;
+        Ok(Some(session))
+    }
+
+    /// The node and provisioning record an agent's session token belongs to, or `None`
+    /// when the token is not the node's current session (forged, replayed after its
+    /// operation, for another node, or a boot token not yet exchanged). The comparison
+    /// takes the same time wherever the hashes differ.
     pub async fn authenticate_agent(&self, node_id: &str, token: &str) -> Result<Option<(Node, ProvisionRecord)>, StoreError> {
         let mut connection = self.read().await?;
-        let row = sqlx::query("SELECT agent_token_hash FROM node_provisioning WHERE node_id = $1")
+        let row = sqlx::query("SELECT agent_token_hash, agent_token_sealed FROM node_provisioning WHERE node_id = $1")
             .bind(node_id)
             .fetch_optional(&mut *connection)
             .await
             .map_err(StoreError::query("checking an agent token"))?;
         let Some(row) = row else { return Ok(None) };
         let stored: Option<String> = row.try_get("agent_token_hash").map_err(StoreError::query("checking an agent token"))?;
+        let unexchanged: Option<String> = row.try_get("agent_token_sealed").map_err(StoreError::query("checking an agent token"))?;
         let Some(stored) = stored else { return Ok(None) };
         let presented = kiln_auth::hash_token(token);
-        if !bool::from(presented.as_bytes().ct_eq(stored.as_bytes())) {
+        if !bool::from(presented.as_bytes().ct_eq(stored.as_bytes())) || unexchanged.is_some() {
             return Ok(None);
         }
         let Some(record) = record_of(&mut connection, node_id).await? else { return Ok(None) };

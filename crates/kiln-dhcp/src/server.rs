@@ -37,6 +37,21 @@ pub enum DhcpError {
 /// A running DHCP server; dropping it stops the server.
 pub struct DhcpHandle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    leases: Arc<dyn kiln_types::lease::LeaseLookup>,
+}
+
+impl DhcpHandle {
+    /// Who holds which of the pool's addresses, for the HTTP side's address rule.
+    pub fn lease_lookup(&self) -> Arc<dyn kiln_types::lease::LeaseLookup> {
+        Arc::clone(&self.leases)
+    }
+}
+
+impl kiln_types::lease::LeaseLookup for Server {
+    fn leased_address(&self, mac: MacAddress) -> Option<Ipv4Addr> {
+        let pool = self.pool.as_ref()?.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pool.lease_of(&mac).filter(|lease| lease.expires > now_unix()).map(|lease| lease.address)
+    }
 }
 
 impl Drop for DhcpHandle {
@@ -101,9 +116,9 @@ pub async fn start(config: DhcpConfig, store: Store, inventory: Arc<Inventory>) 
     let server = Arc::new(Server { config, inventory, store, pool: pool.map(Mutex::new), enrolling: Mutex::default(), leases });
     tasks.push(tokio::spawn(serve(Arc::clone(&server), socket, Port::Dhcp)));
     if let Some(pxe_socket) = pxe_socket {
-        tasks.push(tokio::spawn(serve(server, pxe_socket, Port::Pxe)));
+        tasks.push(tokio::spawn(serve(Arc::clone(&server), pxe_socket, Port::Pxe)));
     }
-    Ok(DhcpHandle { tasks })
+    Ok(DhcpHandle { tasks, leases: server })
 }
 
 /// Which socket a packet came in on.

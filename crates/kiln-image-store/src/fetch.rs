@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::egress::EgressPolicy;
 use crate::pump::{PumpError, pump_into_spool};
 use crate::{Checksum, Digests, SpoolFile};
 
@@ -44,6 +45,12 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("importing {url}")]
+    Egress {
+        url: String,
+        #[source]
+        refused: crate::egress::EgressRefused,
+    },
     #[error("requesting {url}")]
     Request {
         url: String,
@@ -69,8 +76,16 @@ impl Source {
     /// checked as written (`..` resolved without the file system) before anything on disk
     /// is looked at, so that every path outside gets the same answer whether it exists or
     /// not; then again with symbolic links resolved, so that no link leads out.
-    pub fn parse(url: &str, allowed_dirs: &[PathBuf]) -> Result<Source, FetchError> {
+    /// An `http(s)://` URL whose host is an address is checked against `egress` here; a
+    /// name is checked when it resolves.
+    pub fn parse(url: &str, allowed_dirs: &[PathBuf], egress: &EgressPolicy) -> Result<Source, FetchError> {
         if url.starts_with("http://") || url.starts_with("https://") {
+            let parsed = reqwest::Url::parse(url).map_err(|_| FetchError::UnsupportedUrl { url: url.to_owned() })?;
+            if let Some(address) = crate::egress::literal_address(&parsed) {
+                egress
+                    .check_host(parsed.host_str().unwrap_or_default(), address)
+                    .map_err(|refused| FetchError::Egress { url: url.to_owned(), refused })?;
+            }
             return Ok(Source::Http(url.to_owned()));
         }
         let Some(path) = url.strip_prefix("file://") else {
@@ -186,8 +201,14 @@ pub async fn fetch(
 
 /// Reads a checksum file (`HEX  NAME` lines as `sha256sum` writes them, `ALGO (NAME) = HEX`
 /// as BSD tools do, or one bare digest) and returns the digest listed for `name`.
-pub async fn fetch_checksum(client: &reqwest::Client, url: &str, allowed_dirs: &[PathBuf], name: &str) -> Result<Checksum, FetchError> {
-    let text = match Source::parse(url, allowed_dirs)? {
+pub async fn fetch_checksum(
+    client: &reqwest::Client,
+    url: &str,
+    allowed_dirs: &[PathBuf],
+    egress: &EgressPolicy,
+    name: &str,
+) -> Result<Checksum, FetchError> {
+    let text = match Source::parse(url, allowed_dirs, egress)? {
         Source::File(path) => {
             tokio::fs::read_to_string(&path).await.map_err(|source| FetchError::File { path: path.display().to_string(), source })?
         }
@@ -258,11 +279,11 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret"), allowed.path().join("link")).unwrap();
         let dirs = [allowed.path().to_owned()];
         let url = |path: &Path| format!("file://{}", path.display());
-        assert!(matches!(Source::parse(&url(&allowed.path().join("disk.img")), &dirs), Ok(Source::File(_))));
+        assert!(matches!(Source::parse(&url(&allowed.path().join("disk.img")), &dirs, &EgressPolicy::default()), Ok(Source::File(_))));
         for refused in [outside.path().join("secret"), allowed.path().join("link"), allowed.path().join("../").join("x")] {
-            assert!(Source::parse(&url(&refused), &dirs).is_err(), "{} must be refused", refused.display());
+            assert!(Source::parse(&url(&refused), &dirs, &EgressPolicy::default()).is_err(), "{} must be refused", refused.display());
         }
-        assert!(matches!(Source::parse("ftp://host/x", &dirs), Err(FetchError::UnsupportedUrl { .. })));
+        assert!(matches!(Source::parse("ftp://host/x", &dirs, &EgressPolicy::default()), Err(FetchError::UnsupportedUrl { .. })));
     }
 
     /// Outside the allowed directories, a path that exists and one that does not get the
@@ -271,13 +292,17 @@ mod tests {
     fn paths_outside_the_allowed_directories_look_alike_whether_they_exist_or_not() {
         let allowed = tempfile::tempdir().unwrap();
         let dirs = [allowed.path().to_owned()];
-        let answer = |path: &str| Source::parse(&format!("file://{path}"), &dirs).map(|_| ()).unwrap_err().to_string();
+        let answer =
+            |path: &str| Source::parse(&format!("file://{path}"), &dirs, &EgressPolicy::default()).map(|_| ()).unwrap_err().to_string();
         let existing = answer("/etc/passwd");
         let missing = answer("/etc/no-such-file-here");
         assert_eq!(existing.replace("/etc/passwd", "PATH"), missing.replace("/etc/no-such-file-here", "PATH"));
-        assert!(matches!(Source::parse("file:///etc/passwd", &dirs), Err(FetchError::FileNotAllowed { .. })));
+        assert!(matches!(Source::parse("file:///etc/passwd", &dirs, &EgressPolicy::default()), Err(FetchError::FileNotAllowed { .. })));
         let escaping = format!("{}/../../etc/passwd", allowed.path().display());
-        assert!(matches!(Source::parse(&format!("file://{escaping}"), &dirs), Err(FetchError::FileNotAllowed { .. })));
-        assert!(matches!(Source::parse("file://relative/path", &dirs), Err(FetchError::FileNotAllowed { .. })));
+        assert!(matches!(
+            Source::parse(&format!("file://{escaping}"), &dirs, &EgressPolicy::default()),
+            Err(FetchError::FileNotAllowed { .. })
+        ));
+        assert!(matches!(Source::parse("file://relative/path", &dirs, &EgressPolicy::default()), Err(FetchError::FileNotAllowed { .. })));
     }
 }

@@ -28,6 +28,8 @@ pub struct ServerConfigLayer {
     pub max_body_bytes: Option<usize>,
     /// A request whose body sends nothing for this long is answered 408 [default: 30]
     pub body_idle_seconds: Option<u64>,
+    /// The largest free-form field stored (node properties, cloud-init data) [default: 65536]
+    pub max_field_bytes: Option<usize>,
     /// Network boot over HTTP (boot scripts, files).
     pub boot: Option<BootLayer>,
     /// The DHCP server; absent means no DHCP.
@@ -106,6 +108,10 @@ pub struct ImagesLayer {
     /// `file://` imports are allowed from under these directories only [default: none]
     #[serde(default)]
     pub import_allowed_dirs: Vec<PathBuf>,
+    /// Networks (CIDRs or addresses) http(s) imports may reach although they are loopback,
+    /// link-local, private or the server's own [default: none]
+    #[serde(default)]
+    pub import_allowed_networks: Vec<String>,
     /// Unused blobs younger than this survive garbage collection [default: 3600]
     pub gc_grace_seconds: Option<u64>,
 }
@@ -225,6 +231,7 @@ impl ServerConfigLayer {
             secret_key_file: over.secret_key_file.or(self.secret_key_file),
             max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
             body_idle_seconds: over.body_idle_seconds.or(self.body_idle_seconds),
+            max_field_bytes: over.max_field_bytes.or(self.max_field_bytes),
             boot: match (self.boot, over.boot) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
                 (base, over) => over.or(base),
@@ -253,6 +260,9 @@ fn images_from_environment(get: &dyn Fn(&str) -> Option<String>) -> Result<Optio
         s3_access_key_id: get("KILN_S3_ACCESS_KEY_ID"),
         s3_secret_access_key: get("KILN_S3_SECRET_ACCESS_KEY"),
         s3_prefix: get("KILN_S3_PREFIX"),
+        import_allowed_networks: get("KILN_IMPORT_ALLOWED_NETWORKS")
+            .map(|text| text.split(',').map(|part| part.trim().to_owned()).filter(|part| !part.is_empty()).collect())
+            .unwrap_or_default(),
         ..Default::default()
     };
     Ok(if layer == ImagesLayer::default() { None } else { Some(layer) })
@@ -285,6 +295,11 @@ impl ImagesLayer {
             s3_secret_access_key: over.s3_secret_access_key.or(self.s3_secret_access_key),
             s3_prefix: over.s3_prefix.or(self.s3_prefix),
             import_allowed_dirs: if over.import_allowed_dirs.is_empty() { self.import_allowed_dirs } else { over.import_allowed_dirs },
+            import_allowed_networks: if over.import_allowed_networks.is_empty() {
+                self.import_allowed_networks
+            } else {
+                over.import_allowed_networks
+            },
             gc_grace_seconds: over.gc_grace_seconds.or(self.gc_grace_seconds),
         }
     }
@@ -317,6 +332,7 @@ fn masked<S: serde::Serializer>(_: &str, serializer: S) -> Result<S::Ok, S::Erro
 pub struct ImagesConfig {
     pub backend: BlobBackendConfig,
     pub import_allowed_dirs: Vec<PathBuf>,
+    pub import_allowed_networks: Vec<ipnet::IpNet>,
     pub gc_grace_seconds: u64,
 }
 
@@ -358,7 +374,24 @@ fn images_config(layer: ImagesLayer, data_dir: &std::path::Path) -> Result<Image
             });
         }
     }
-    Ok(ImagesConfig { backend, import_allowed_dirs: layer.import_allowed_dirs, gc_grace_seconds: layer.gc_grace_seconds.unwrap_or(3600) })
+    let import_allowed_networks = layer
+        .import_allowed_networks
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(|_| {
+                ConfigError::Invalid {
+                    setting: "images.import_allowed_networks",
+                    message: format!("'{text}' is not a network (10.0.0.0/8) or an address"),
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ImagesConfig {
+        backend,
+        import_allowed_dirs: layer.import_allowed_dirs,
+        import_allowed_networks,
+        gc_grace_seconds: layer.gc_grace_seconds.unwrap_or(3600),
+    })
 }
 
 /// A validated configuration: what [`crate::start`] runs.
@@ -372,6 +405,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long a request body may send nothing.
     pub body_idle_seconds: u64,
+    /// The largest free-form field stored.
+    pub max_field_bytes: usize,
     pub boot: BootConfig,
     pub dhcp: Option<kiln_dhcp::DhcpConfig>,
     pub tftp: Option<TftpSettings>,
@@ -656,6 +691,10 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
         if max_body_bytes < 1024 {
             return Err(ConfigError::Invalid { setting: "max_body_bytes", message: "must be at least 1024".to_owned() });
         }
+        let max_field_bytes = layer.max_field_bytes.unwrap_or(64 << 10);
+        if max_field_bytes < 1024 {
+            return Err(ConfigError::Invalid { setting: "max_field_bytes", message: "must be at least 1024".to_owned() });
+        }
         let body_idle_seconds = layer.body_idle_seconds.unwrap_or(30);
         if body_idle_seconds == 0 {
             return Err(ConfigError::Invalid { setting: "body_idle_seconds", message: "must be at least 1".to_owned() });
@@ -684,6 +723,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             secret_key_file,
             max_body_bytes,
             body_idle_seconds,
+            max_field_bytes,
             boot,
             dhcp,
             tftp,

@@ -186,7 +186,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         trusted_proxies: config.cloud_init.trusted_proxies.clone(),
         impersonation: config.cloud_init.impersonation,
     };
-    let state = ApiState::new(store.clone(), inventory.clone(), boot, images, cloud_init);
+    let mut state = ApiState::new(store.clone(), inventory.clone(), boot, images, cloud_init);
+    state.field_limits = kiln_api::FieldLimits { max_field_bytes: config.max_field_bytes };
+    state.leases = dhcp.as_ref().map(kiln_dhcp::DhcpHandle::lease_lookup);
     let reconciler =
         kiln_lifecycle::start(store.clone(), inventory, config.provisioning.reconciler_settings(), state.provisioning_wake.clone());
     let boot_service = match boot_listener {
@@ -292,7 +294,8 @@ fn image_settings(config: &ServerConfig) -> Result<kiln_api::images::ImageSettin
     }
     .map_err(StartError::BlobStore)?;
     tracing::info!(blobs = %blobs.describe(), "image store ready");
-    let mut images = kiln_api::images::ImageSettings::new(blobs, config.images.import_allowed_dirs.clone());
+    let egress = kiln_image_store::egress::EgressPolicy::with_local_networks(config.images.import_allowed_networks.clone());
+    let mut images = kiln_api::images::ImageSettings::new(blobs, config.images.import_allowed_dirs.clone(), egress);
     images.gc_grace = Duration::from_secs(config.images.gc_grace_seconds);
     Ok(images)
 }

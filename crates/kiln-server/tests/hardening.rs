@@ -155,3 +155,150 @@ async fn a_reader_minting_a_cloud_init_token_is_forbidden_not_told_the_node_is_m
     assert_eq!(missing.unwrap_err().status().map(|status| status.as_u16()), Some(404));
     server.handle.shutdown().await;
 }
+
+/// A web server on `address` that answers every request with `answer` (status line,
+/// headers and body), as an internal service or a redirecting mirror would.
+async fn web_server(address: &str, answer: String) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    bound
+}
+
+fn ok_answer(body: &str) -> String {
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+}
+
+/// A member of a project, with an image in it to import into.
+async fn member_with_image(server: &TestServer) -> kiln_client::Client {
+    use serde_json::{Value, json};
+    let base = format!("http://{}", server.handle.local_addr());
+    let admin = kiln_client::Client::new(&base, Some(server.token.clone()));
+    let _: Value = admin.post("/v1/projects", &json!({ "name": "lab-a" })).await.unwrap();
+    let _: Value = admin.post("/v1/users", &json!({ "name": "mia" })).await.unwrap();
+    let _: Value = admin.put("/v1/projects/lab-a/members", &json!({ "user": "mia", "role": "member" })).await.unwrap();
+    let token: kiln_types::api::CreatedToken = admin.post("/v1/tokens", &json!({ "name": "t", "user": "mia" })).await.unwrap();
+    let member = kiln_client::Client::new(&base, Some(token.secret));
+    let _: Value = member.post("/v1/images", &json!({ "name": "img", "project": "lab-a" })).await.unwrap();
+    member
+}
+
+/// What an import of `url` with a wrong checksum answers: status and message.
+async fn import_answer(member: &kiln_client::Client, url: &str) -> (u16, String) {
+    let body = serde_json::json!({ "url": url, "checksum": format!("sha256:{}", "0".repeat(64)), "kind": "disk" });
+    match member.post::<_, serde_json::Value>("/v1/images/img/import", &body).await {
+        Ok(answer) => (200, answer.to_string()),
+        Err(kiln_client::ClientError::Api { status, message, .. }) => (status.as_u16(), message.replace(url, "URL")),
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+async fn start_allowing(networks: &[&str]) -> TestServer {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::try_from(ServerConfigLayer {
+        data_dir: Some(data_dir.path().to_owned()),
+        listen: Some("127.0.0.1:0".to_owned()),
+        images: Some(kiln_server::config::ImagesLayer {
+            import_allowed_networks: networks.iter().map(|network| (*network).to_owned()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    let handle = kiln_server::start(config).await.unwrap();
+    let token = std::fs::read_to_string(data_dir.path().join("admin-token")).unwrap().trim().to_owned();
+    TestServer { handle, token, _data_dir: data_dir }
+}
+
+#[tokio::test]
+async fn imports_cannot_reach_internal_addresses_nor_tell_open_ports_from_closed() {
+    let server = start_allowing(&[]).await;
+    let member = member_with_image(&server).await;
+    let open = web_server("127.0.0.1:0", ok_answer("the internal service's secret")).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let tried = [
+        format!("http://{open}/secret"),
+        format!("http://{closed}/secret"),
+        format!("http://localhost:{}/secret", open.port()),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("http://[::ffff:127.0.0.1]:{}/secret", open.port()),
+    ];
+    let mut answers = Vec::new();
+    for url in &tried {
+        answers.push(import_answer(&member, url).await);
+    }
+    for (url, answer) in tried.iter().zip(&answers) {
+        assert_eq!(answer, &(502, "could not fetch URL".to_owned()), "{url}");
+    }
+    server.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_allowed_network_is_fetched_but_a_redirect_out_of_it_is_not_and_no_digest_is_told() {
+    // The "mirror" is on 127.0.0.2, which the operator allows; 127.0.0.1 is not allowed.
+    let server = start_allowing(&["127.0.0.2/32"]).await;
+    let member = member_with_image(&server).await;
+    let internal = web_server("127.0.0.1:0", ok_answer("the internal service's secret")).await;
+    let mirror = web_server("127.0.0.2:0", ok_answer("a disk image, as far as the test goes")).await;
+    let redirect = format!("HTTP/1.1 302 Found\r\nLocation: http://{internal}/secret\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let redirecting = web_server("127.0.0.2:0", redirect).await;
+    let (status, message) = import_answer(&member, &format!("http://{mirror}/disk.img")).await;
+    assert_eq!(status, 422, "the mirror was fetched; the checksum is wrong: {message}");
+    assert!(message.contains("checksum mismatch"), "{message}");
+    use sha2::Digest as _;
+    let real = hex::encode(sha2::Sha256::digest(b"a disk image, as far as the test goes"));
+    assert!(!message.contains(&real), "a member is not told the digest of what the URL answered: {message}");
+    assert_eq!(import_answer(&member, &format!("http://{redirecting}/disk.img")).await, (502, "could not fetch URL".to_owned()));
+    server.handle.shutdown().await;
+}
+
+/// This process's resident size, in MiB (nextest runs each test in a process of its own).
+fn resident_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+#[tokio::test]
+async fn free_form_fields_are_capped_and_the_largest_allowed_do_not_grow_the_server() {
+    use serde_json::{Value, json};
+    let server = start(64 << 20, 30).await;
+    let base = format!("http://{}", server.handle.local_addr());
+    let admin = kiln_client::Client::new(&base, Some(server.token.clone()));
+    let _: Value = admin.post("/v1/nodes", &json!({ "name": "n1" })).await.unwrap();
+    // Over the cap: 413, naming the field; nothing stored.
+    let too_large = json!({ "properties": { "blob": "x".repeat(70 << 10) } });
+    match admin.patch::<_, Value>("/v1/nodes/n1", &too_large).await {
+        Err(kiln_client::ClientError::Api { status, message, .. }) => {
+            assert_eq!(status.as_u16(), 413, "{message}");
+            assert!(message.starts_with("properties:"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let cloud_init = json!([{ "id": "n1", "rack-notes": "x".repeat(70 << 10) }]);
+    let refused: Result<Value, _> = admin.post("/v1/cloud-init/nodes", &cloud_init).await;
+    assert_eq!(refused.unwrap_err().status().map(|status| status.as_u16()), Some(413));
+    // The largest allowed, a hundred times, then removed.
+    let before = resident_mib();
+    for round in 0..100 {
+        let largest = json!({ "properties": { "blob": format!("{round:03}{}", "y".repeat((64 << 10) - 100)) } });
+        let _: Value = admin.patch("/v1/nodes/n1", &largest).await.unwrap();
+    }
+    let _: Value = admin.patch("/v1/nodes/n1", &json!({ "properties": {} })).await.unwrap();
+    let after = resident_mib();
+    eprintln!("resident: {before} MiB before, {after} MiB after 100 patches of the largest properties and their removal");
+    assert!(after < 200, "{after} MiB");
+    server.handle.shutdown().await;
+}

@@ -586,3 +586,9 @@ mod tests {
         assert!(hints.add_from_text("size=big").unwrap_err().contains("GiB"));
     }
 }
+
+/// What an agent's boot token is exchanged for: the session token it uses from then on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentSession {
+    pub token: String,
+}
