@@ -106,16 +106,24 @@ pub(crate) fn too_large(max_bytes: usize) -> ApiError {
 /// (408), or cut off by the client (400).
 pub(crate) fn unread_body(rejection: axum::extract::rejection::BytesRejection, limits: Option<&BodyLimits>) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return too_large(limits.map_or(0, |limits| limits.max_bytes));
+        return match limits {
+            Some(limits) => too_large(limits.max_bytes),
+            None => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, "the request body is over the limit"),
+        };
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    went_idle(&rejection).unwrap_or_else(|| ApiError::invalid(format!("reading the request body: {rejection}")))
+}
+
+/// The 408 for a read that failed because the body went quiet, found in its cause chain.
+pub(crate) fn went_idle(error: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+    let mut source = Some(error);
     while let Some(cause) = source {
         if let Some(idle) = cause.downcast_ref::<BodyIdle>() {
-            return ApiError::new(StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout, idle.to_string());
+            return Some(ApiError::new(StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout, idle.to_string()));
         }
         source = cause.source();
     }
-    ApiError::invalid(format!("reading the request body: {rejection}"))
+    None
 }
 
 /// How large a free-form stored field may be: node `properties`, cloud-init data. Bodies

@@ -124,8 +124,10 @@ fn ipxe(script: String) -> impl IntoResponse {
 pub async fn bootscript(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     QueryParams(query): QueryParams<MacQuery>,
 ) -> ApiResult<impl IntoResponse> {
+    let source = request_source(&state, peer, &headers);
     let mac = parse_mac(&query.mac)?;
     let view = state.inventory.view();
     let mut node = view.by_mac(&mac).cloned();
@@ -139,7 +141,7 @@ pub async fn bootscript(
         }
     }
     if let Some(node) = node.as_deref()
-        && let Some(script) = provisioning_script(&state, node, mac, peer.ip()).await?
+        && let Some(script) = provisioning_script(&state, node, mac, source).await?
     {
         return Ok(ipxe(script));
     }
@@ -255,9 +257,10 @@ async fn live_script(
 pub(crate) async fn phone_home(
     state: State<ApiState>,
     peer: ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     query: QueryParams<MacQuery>,
 ) -> ApiResult<StatusCode> {
-    record_phone_home(state, peer, query).await
+    record_phone_home(state, peer, headers, query).await
 }
 
 /// The same proof of life as a POST, as cloud-init's `phone_home` module sends it (its form
@@ -267,25 +270,40 @@ pub(crate) async fn phone_home(
 pub(crate) async fn phone_home_post(
     state: State<ApiState>,
     peer: ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     query: QueryParams<MacQuery>,
 ) -> ApiResult<StatusCode> {
-    record_phone_home(state, peer, query).await
+    record_phone_home(state, peer, headers, query).await
 }
 
 async fn record_phone_home(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     QueryParams(query): QueryParams<MacQuery>,
 ) -> ApiResult<StatusCode> {
+    let source = request_source(&state, peer, &headers);
     let mac = parse_mac(&query.mac)?;
     let view = state.inventory.view();
     let node = view.by_mac(&mac).ok_or_else(|| ApiError::not_found("node with MAC", &mac.to_string()))?;
     // Anyone may say a machine is up (the event records from where), but only the
     // machine itself, from its own address, completes a deploy waiting for its callback.
-    let verified = speaks_for(&state, node, mac, peer.ip());
-    state.store.record_phone_home(node, &peer.ip().to_string(), verified).await?;
-    tracing::info!(%mac, node = %node.name, address = %peer.ip(), verified, "node phoned home");
+    let verified = speaks_for(&state, node, mac, source);
+    state.store.record_phone_home(node, &source.to_string(), verified).await?;
+    tracing::info!(%mac, node = %node.name, address = %source, verified, "node phoned home");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where a machine's request comes from: the peer, or, behind a trusted proxy
+/// (`cloud_init.trusted_proxies`), the address it forwarded for. A forwarded address from
+/// any other peer is ignored.
+pub(crate) fn request_source(state: &ApiState, peer: std::net::SocketAddr, headers: &axum::http::HeaderMap) -> std::net::IpAddr {
+    crate::cloud_init::client_address(&state.cloud_init, peer.ip(), headers).unwrap_or_else(|_| peer.ip().to_canonical())
+}
+
+/// Whether any of `node`'s interfaces may be speaking from `peer` (see [`speaks_for`]).
+pub(crate) fn node_speaks_from(state: &ApiState, node: &kiln_types::node::Node, peer: std::net::IpAddr) -> bool {
+    node.interfaces.iter().any(|interface| speaks_for(state, node, interface.mac_addr, peer))
 }
 
 /// Whether a request from `peer` may speak for the machine with `mac`, a node's: it comes
@@ -293,10 +311,7 @@ async fn record_phone_home(
 /// that MAC. MAC addresses are not secrets; this rule is what keeps a boot script's
 /// secrets for the machine they were meant for.
 pub(crate) fn speaks_for(state: &ApiState, node: &kiln_types::node::Node, mac: MacAddress, peer: std::net::IpAddr) -> bool {
-    let peer = match peer {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
-        v4 => v4,
-    };
+    let peer = peer.to_canonical();
     let reserved = node
         .interfaces
         .iter()

@@ -301,7 +301,7 @@ fn refuse_query(uri: &Uri) -> ApiResult<()> {
 
 /// The address a request comes from: the peer, or what `X-Forwarded-For` says when the
 /// peer is a trusted proxy (the right-most address not itself a trusted proxy).
-fn client_address(settings: &CloudInitSettings, peer: IpAddr, headers: &HeaderMap) -> ApiResult<IpAddr> {
+pub(crate) fn client_address(settings: &CloudInitSettings, peer: IpAddr, headers: &HeaderMap) -> ApiResult<IpAddr> {
     let peer = peer.to_canonical();
     let trusted = |address: &IpAddr| settings.trusted_proxies.iter().any(|network| network.contains(address));
     let forwarded: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|value| value.to_str().ok()).collect();

@@ -296,13 +296,21 @@ impl BlockMaps {
     responses((status = 200, body = kiln_types::provision::AgentSession), (status = 401, body = ErrorBody)))]
 pub async fn exchange_token(
     State(state): State<ApiState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Path(node_id): Path<String>,
 ) -> ApiResult<Json<kiln_types::provision::AgentSession>> {
     let token = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "));
+    // Under the boot script's own rule: only the machine, from its address, exchanges.
+    let source = crate::boot::request_source(&state, peer, &headers);
+    let from_the_node = state
+        .inventory
+        .view()
+        .get_visible(&node_id, &kiln_auth::ProjectScope::All)
+        .is_some_and(|node| node.id == node_id && crate::boot::node_speaks_from(&state, node, source));
     let session = match token {
-        Some(token) => state.store.exchange_agent_token(&node_id, token.trim()).await?,
-        None => None,
+        Some(token) if from_the_node => state.store.exchange_agent_token(&node_id, token.trim()).await?,
+        _ => None,
     };
     match session {
         Some(token) => {

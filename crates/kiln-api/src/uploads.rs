@@ -272,6 +272,9 @@ pub(crate) async fn append_upload(
         Err(error @ PumpError::Source(_)) => {
             let message = error_chain(&error);
             tracing::info!(upload = %id, offset = upload.offset, %message, "upload body broke off; it can resume");
+            if let Some(idle) = crate::body::went_idle(&error) {
+                return Err(idle);
+            }
             return Err(ApiError::invalid(format!("the request body broke off at offset {}: {message}", upload.offset)));
         }
     }
@@ -369,6 +372,9 @@ pub(crate) async fn ingest_body_as_version(
         Err(error) => {
             drop(spool);
             remove_spool(state, &id).await;
+            if let Some(idle) = crate::body::went_idle(&error) {
+                return Err(idle);
+            }
             return Err(ApiError::invalid(format!("the capture broke off: {}", error_chain(&error))));
         }
     };

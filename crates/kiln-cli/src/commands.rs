@@ -212,7 +212,8 @@ pub(crate) async fn node(client: &Client, format: OutputFormat, command: NodeCom
                     query.push(format!("{key}={}", encode(&value)));
                 }
             }
-            query.push(format!("limit={}", limit.unwrap_or(1000)));
+            // A page size: the list is read whole, page after page.
+            query.push(format!("limit={}", limit.unwrap_or(1000).clamp(1, 1000)));
             let mut nodes = Vec::new();
             let mut after: Option<String> = None;
             loop {

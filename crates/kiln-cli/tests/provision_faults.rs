@@ -136,7 +136,21 @@ fn tail(text: &str) -> String {
 
 /// One HTTP/1.1 request with `Connection: close`; the status and body.
 fn http(method: &str, base: &str, path: &str, bearer: Option<&str>, body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    let stream = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    http_on(stream, method, path, bearer, body)
+}
+
+/// The same request from another loopback address than the one the nodes reserve
+/// (127.0.0.1): a machine on the segment that is not the node.
+fn http_from_elsewhere(method: &str, base: &str, path: &str, bearer: Option<&str>, body: &[u8]) -> (u16, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into()).unwrap();
+    let server: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    socket.connect(&server.into()).unwrap();
+    http_on(socket.into(), method, path, bearer, body)
+}
+
+fn http_on(mut stream: TcpStream, method: &str, path: &str, bearer: Option<&str>, body: &[u8]) -> (u16, String) {
     let auth = bearer.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
     write!(
         stream,
@@ -373,6 +387,9 @@ fn a_boot_token_is_exchanged_once_and_a_fresh_boot_script_ends_the_old_session()
     // Before the exchange the boot token is good for nothing else.
     assert_eq!(agent("POST", "heartbeat", &boot_token).0, 401);
     assert_eq!(agent("GET", "artifact", &boot_token).0, 401);
+    // From another address than the node's, the exchange is refused like a wrong token.
+    let elsewhere = http_from_elsewhere("POST", &site.boot_url(), &format!("/agent/v1/nodes/{node}/session"), Some(&boot_token), b"{}");
+    assert_eq!(elsewhere.0, 401, "{}", elsewhere.1);
     let (status, answer) = agent("POST", "session", &boot_token);
     assert_eq!(status, 200, "{answer}");
     let session: serde_json::Value = serde_json::from_str(&answer).unwrap();
@@ -389,6 +406,27 @@ fn a_boot_token_is_exchanged_once_and_a_fresh_boot_script_ends_the_old_session()
     let (status, _) = agent("POST", "session", &fresh);
     assert_eq!(status, 200);
     assert_eq!(agent("POST", "session", &boot_token).0, 401, "and the first boot token stays dead");
+}
+
+/// A phone-home is recorded from anywhere, but completes a deploy waiting for its callback
+/// only from the node's own address.
+#[test]
+fn only_the_node_s_own_phone_home_completes_its_deploy() {
+    let site = Site::start();
+    site.image("os", &noise(1 << 20, 4));
+    site.node("cb", "52:54:00:00:06:01");
+    site.kiln(&["node", "deploy", "cb", "--image", "os", "--wait-for-callback"]);
+    let (node, token) = site.agent_credentials("cb", "52:54:00:00:06:01");
+    let disk = site.directory.path().join("cb.disk");
+    let (done, log) = agent_output(start_agent(&site.boot_url(), &node, &token, &disk));
+    assert!(done, "{log}");
+    site.wait_for("cb", "waiting for its callback", Duration::from_secs(20), |s| s["step"] == "wait-callback");
+    let path = "/boot/v1/phone-home?mac=52:54:00:00:06:01";
+    assert_eq!(http_from_elsewhere("GET", &site.boot_url(), path, None, b"").0, 204, "recorded");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(site.status("cb")["step"], "wait-callback", "another address's phone-home completed nothing");
+    assert_eq!(http("GET", &site.boot_url(), path, None, b"").0, 204);
+    site.wait_for("cb", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
 }
 
 /// Both ways an agent downloads: a raw image by its block map (range requests of data

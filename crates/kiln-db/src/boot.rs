@@ -206,6 +206,9 @@ impl Store {
         if let Some(snapshot) = existing.into_iter().next() {
             return Ok(Enrolment::Known(snapshot.node));
         }
+        // The counts and the enrolment are one step across replicas: the event log's order
+        // lock is held from here to the commit.
+        crate::events::lock_event_order(connection).await?;
         let since = crate::now_millis() - 60_000;
         let last_minute: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE action = 'node.enroll' AND at > $1")
             .bind(since)

@@ -44,7 +44,10 @@ fn bounded_state(value: serde_json::Value) -> String {
     serde_json::json!({ "truncated": true, "bytes": text.len() }).to_string()
 }
 
-pub(crate) async fn record(connection: &mut AnyConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
+/// Takes the event log's order lock for the rest of the transaction (PostgreSQL; SQLite's
+/// one writer is the same already). Also what makes a count of recent events and the event
+/// written after it one step, across replicas.
+pub(crate) async fn lock_event_order(connection: &mut AnyConnection) -> Result<(), StoreError> {
     if connection.backend_name() == "PostgreSQL" {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(EVENT_ORDER_LOCK)
@@ -52,6 +55,11 @@ pub(crate) async fn record(connection: &mut AnyConnection, event: NewEvent<'_>) 
             .await
             .map_err(StoreError::query("ordering the event log"))?;
     }
+    Ok(())
+}
+
+pub(crate) async fn record(connection: &mut AnyConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
+    lock_event_order(connection).await?;
     sqlx::query(
         "INSERT INTO events (at, actor, action, target_kind, target, project, state_before, state_after) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -57,6 +57,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "cloud_init", sql: Sql::Common(include_str!("../migrations/common/0004_cloud_init.sql")) },
     Migration { version: 5, name: "power", sql: Sql::Common(include_str!("../migrations/common/0005_power.sql")) },
     Migration { version: 6, name: "provisioning", sql: Sql::Common(include_str!("../migrations/common/0006_provisioning.sql")) },
+    Migration { version: 7, name: "enrolment_index", sql: Sql::Common(include_str!("../migrations/common/0007_enrolment_index.sql")) },
 ];
 
 impl Store {

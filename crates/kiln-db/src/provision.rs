@@ -366,34 +366,54 @@ impl Store {
     /// exchanged, a new boot script means a rebooted ramdisk: a fresh boot token is minted,
     /// and the session of the agent that ran before dies with the old one.
     pub async fn boot_agent_token(&self, node_id: &str) -> Result<Option<String>, StoreError> {
-        let mut transaction = self.write().await?;
-        let row = sqlx::query("SELECT agent_token_hash, agent_token_sealed FROM node_provisioning WHERE node_id = $1")
-            .bind(node_id)
-            .fetch_optional(transaction.connection())
-            .await
-            .map_err(StoreError::query("reading an agent token"))?;
-        let Some(row) = row else { return Ok(None) };
-        let read = || StoreError::query("reading an agent token");
-        let hash: Option<String> = row.try_get("agent_token_hash").map_err(read())?;
-        let sealed: Option<String> = row.try_get("agent_token_sealed").map_err(read())?;
-        match (hash, sealed) {
-            // No operation with an agent: no token.
-            (None, _) => Ok(None),
-            (Some(_), Some(sealed)) => self.secrets.open(&sealed).map(Some).map_err(|error| StoreError::corrupt("agent token", error)),
-            (Some(_), None) => {
-                let token = kiln_auth::mint_token();
-                sqlx::query("UPDATE node_provisioning SET agent_token_hash = $2, agent_token_sealed = $3 WHERE node_id = $1")
+        // Twice at most: a mint that lost a race (another replica minted, or the operation
+        // ended) reads again what won.
+        for _ in 0..2 {
+            let (hash, sealed) = {
+                let mut connection = self.read().await?;
+                let row = sqlx::query("SELECT agent_token_hash, agent_token_sealed FROM node_provisioning WHERE node_id = $1")
                     .bind(node_id)
+                    .fetch_optional(&mut *connection)
+                    .await
+                    .map_err(StoreError::query("reading an agent token"))?;
+                let Some(row) = row else { return Ok(None) };
+                let read = || StoreError::query("reading an agent token");
+                let hash: Option<String> = row.try_get("agent_token_hash").map_err(read())?;
+                let sealed: Option<String> = row.try_get("agent_token_sealed").map_err(read())?;
+                (hash, sealed)
+            };
+            match (hash, sealed) {
+                // No operation with an agent: no token.
+                (None, _) => return Ok(None),
+                (Some(_), Some(sealed)) => {
+                    return self.secrets.open(&sealed).map(Some).map_err(|error| StoreError::corrupt("agent token", error));
+                }
+                (Some(session_hash), None) => {
+                    let token = kiln_auth::mint_token();
+                    let mut transaction = self.write().await?;
+                    // Only over the session that was read: never over a cleared token (the
+                    // operation ended meanwhile) or a boot token minted meanwhile.
+                    let changed = sqlx::query(
+                        "UPDATE node_provisioning SET agent_token_hash = $3, agent_token_sealed = $4 \
+                         WHERE node_id = $1 AND agent_token_hash = $2 AND agent_token_sealed IS NULL",
+                    )
+                    .bind(node_id)
+                    .bind(&session_hash)
                     .bind(kiln_auth::hash_token(&token))
                     .bind(self.secrets.seal(&token))
                     .execute(transaction.connection())
                     .await
-                    .map_err(StoreError::query("minting a fresh boot token"))?;
-                transaction.commit().await?;
-                tracing::info!(node = %node_id, "a fresh boot token for a ramdisk booted again; the previous agent's session ends");
-                Ok(Some(token))
+                    .map_err(StoreError::query("minting a fresh boot token"))?
+                    .rows_affected();
+                    if changed == 1 {
+                        transaction.commit().await?;
+                        tracing::info!(node = %node_id, "a fresh boot token for a ramdisk booted again; the previous agent's session ends");
+                        return Ok(Some(token));
+                    }
+                }
             }
         }
+        Ok(None)
     }
 
     /// Exchanges a node's boot token (the one its boot script carried) for the session

@@ -55,9 +55,10 @@ impl EgressPolicy {
 
     /// Whether an import may reach `address`.
     pub fn check(&self, address: IpAddr) -> Result<(), EgressRefusal> {
-        // An IPv4 address written as IPv6 (::ffff:127.0.0.1) is the IPv4 address.
+        // An IPv4 address carried in IPv6 (mapped, compatible, NAT64, 6to4) reaches that
+        // IPv4 address, and is judged as it.
         let address = match address {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+            IpAddr::V6(v6) => embedded_ipv4(v6).map_or(address, IpAddr::V4),
             v4 => v4,
         };
         if self.allowed.iter().any(|network| network.contains(&address)) {
@@ -79,6 +80,24 @@ impl EgressPolicy {
     /// The refusal, if any, for `host` reached at `address`.
     pub fn check_host(&self, host: &str, address: IpAddr) -> Result<(), EgressRefused> {
         self.check(address).map_err(|reason| EgressRefused { host: host.to_owned(), address, reason })
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for: `::ffff:a.b.c.d` (mapped), `::a.b.c.d`
+/// (compatible), `64:ff9b::a.b.c.d` and `64:ff9b:1::/48` (NAT64), `2002:aabb:ccdd::` (6to4).
+fn embedded_ipv4(address: Ipv6Addr) -> Option<Ipv4Addr> {
+    let segments = address.segments();
+    let octets = address.octets();
+    let last_four = Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]);
+    if let Some(mapped) = address.to_ipv4_mapped() {
+        return Some(mapped);
+    }
+    match segments {
+        [0, 0, 0, 0, 0, 0, _, _] if !address.is_loopback() && !address.is_unspecified() => Some(last_four),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(last_four),
+        [0x64, 0xff9b, 1, ..] => Some(last_four),
+        [0x2002, high, low, ..] => Some(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low))),
+        _ => None,
     }
 }
 
@@ -106,7 +125,8 @@ fn v6_refusal(address: Ipv6Addr) -> Option<EgressRefusal> {
         Some(EgressRefusal::Loopback)
     } else if address.is_unspecified() {
         Some(EgressRefusal::Unspecified)
-    } else if first & 0xffc0 == 0xfe80 {
+    } else if first & 0xffc0 == 0xfe80 || first & 0xffc0 == 0xfec0 {
+        // Link-local, and the deprecated site-local fec0::/10.
         Some(EgressRefusal::LinkLocal)
     } else if address.is_multicast() {
         Some(EgressRefusal::Multicast)
@@ -225,7 +245,9 @@ pub fn import_client(policy: Arc<EgressPolicy>, builder: reqwest::ClientBuilder)
             _ => attempt.follow(),
         }
     });
-    builder.redirect(redirect).dns_resolver(Arc::new(PolicyResolver { policy })).build()
+    // No proxy from the environment: a proxy would resolve and connect on the server's
+    // behalf, past the policy.
+    builder.no_proxy().redirect(redirect).dns_resolver(Arc::new(PolicyResolver { policy })).build()
 }
 
 #[cfg(test)]
@@ -259,6 +281,12 @@ mod tests {
             ("224.0.0.1", EgressRefusal::Multicast),
             ("255.255.255.255", EgressRefusal::Multicast),
             ("203.0.113.7", EgressRefusal::OwnNetwork),
+            ("64:ff9b::a00:1", EgressRefusal::Private),
+            ("64:ff9b::7f00:1", EgressRefusal::Loopback),
+            ("64:ff9b:1::a9fe:a9fe", EgressRefusal::LinkLocal),
+            ("2002:a00:1::1", EgressRefusal::Private),
+            ("::10.0.0.1", EgressRefusal::Private),
+            ("fec0::1", EgressRefusal::LinkLocal),
         ] {
             assert_eq!(check(address), Err(refusal), "{address}");
         }

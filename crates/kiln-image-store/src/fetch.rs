@@ -93,7 +93,12 @@ impl Source {
         };
         let not_allowed = || FetchError::FileNotAllowed { path: path.to_owned() };
         let written = lexically_normal(Path::new(path)).ok_or_else(not_allowed)?;
-        if !allowed_dirs.iter().filter_map(|directory| lexically_normal(directory)).any(|directory| written.starts_with(directory)) {
+        // An allowed directory as configured, or as it resolves (it may be a link).
+        let inside = allowed_dirs.iter().any(|directory| {
+            lexically_normal(directory).is_some_and(|directory| written.starts_with(directory))
+                || std::fs::canonicalize(directory).is_ok_and(|directory| written.starts_with(directory))
+        });
+        if !inside {
             return Err(not_allowed());
         }
         let resolved = std::fs::canonicalize(&written).map_err(|source| FetchError::File { path: path.to_owned(), source })?;

@@ -45,7 +45,7 @@ fn word(script: &str, key: &str) -> Option<String> {
 async fn one_node(client: &reqwest::Client, server: &str, mac: &str) -> Result<(), String> {
     let started = Instant::now();
     // As a machine in PXE: ask until the reconciler has made the script the agent's.
-    let (node, token) = loop {
+    let (node, boot_token) = loop {
         let script = client
             .get(format!("{server}/boot/v1/bootscript?mac={mac}"))
             .send()
@@ -62,6 +62,19 @@ async fn one_node(client: &reqwest::Client, server: &str, mac: &str) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // The boot token is good once: for the session token the agent uses from then on.
+    let session = client
+        .post(format!("{server}/agent/v1/nodes/{node}/session"))
+        .bearer_auth(&boot_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .map_err(|e| format!("token exchange: {e}"))?;
+    if !session.status().is_success() {
+        return Err(format!("token exchange: {}", session.status()));
+    }
+    let session: serde_json::Value = session.json().await.map_err(|e| format!("token exchange: {e}"))?;
+    let token = session["token"].as_str().ok_or("token exchange: no token")?.to_owned();
     let heartbeat = format!("{server}/agent/v1/nodes/{node}/heartbeat");
     let command: serde_json::Value = loop {
         let answer =
