@@ -369,19 +369,7 @@ impl Store {
         // Twice at most: a mint that lost a race (another replica minted, or the operation
         // ended) reads again what won.
         for _ in 0..2 {
-            let (hash, sealed) = {
-                let mut connection = self.read().await?;
-                let row = sqlx::query("SELECT agent_token_hash, agent_token_sealed FROM node_provisioning WHERE node_id = $1")
-                    .bind(node_id)
-                    .fetch_optional(&mut *connection)
-                    .await
-                    .map_err(StoreError::query("reading an agent token"))?;
-                let Some(row) = row else { return Ok(None) };
-                let read = || StoreError::query("reading an agent token");
-                let hash: Option<String> = row.try_get("agent_token_hash").map_err(read())?;
-                let sealed: Option<String> = row.try_get("agent_token_sealed").map_err(read())?;
-                (hash, sealed)
-            };
+            let Some(AgentTokens { hash, sealed }) = agent_tokens(&mut *self.read().await?, node_id).await? else { return Ok(None) };
             match (hash, sealed) {
                 // No operation with an agent: no token.
                 (None, _) => return Ok(None),
@@ -447,17 +435,10 @@ impl Store {
     /// takes the same time wherever the hashes differ.
     pub async fn authenticate_agent(&self, node_id: &str, token: &str) -> Result<Option<(Node, ProvisionRecord)>, StoreError> {
         let mut connection = self.read().await?;
-        let row = sqlx::query("SELECT agent_token_hash, agent_token_sealed FROM node_provisioning WHERE node_id = $1")
-            .bind(node_id)
-            .fetch_optional(&mut *connection)
-            .await
-            .map_err(StoreError::query("checking an agent token"))?;
-        let Some(row) = row else { return Ok(None) };
-        let stored: Option<String> = row.try_get("agent_token_hash").map_err(StoreError::query("checking an agent token"))?;
-        let unexchanged: Option<String> = row.try_get("agent_token_sealed").map_err(StoreError::query("checking an agent token"))?;
-        let Some(stored) = stored else { return Ok(None) };
+        let Some(AgentTokens { hash: Some(stored), sealed }) = agent_tokens(&mut connection, node_id).await? else { return Ok(None) };
         let presented = kiln_auth::hash_token(token);
-        if !bool::from(presented.as_bytes().ct_eq(stored.as_bytes())) || unexchanged.is_some() {
+        // A sealed token is a boot token not yet exchanged: good only for the exchange.
+        if !bool::from(presented.as_bytes().ct_eq(stored.as_bytes())) || sealed.is_some() {
             return Ok(None);
         }
         let Some(record) = record_of(&mut connection, node_id).await? else { return Ok(None) };
@@ -529,4 +510,26 @@ fn merge_inventory(properties: &mut serde_json::Map<String, serde_json::Value>, 
     properties.insert("memory_mb".into(), (inventory.memory_bytes >> 20).into());
     properties.insert("local_gb".into(), (largest_disk >> 30).into());
     properties.insert("inventory".into(), serde_json::to_value(inventory).expect("inventories serialize"));
+}
+
+/// A node's agent token as stored: the hash of the current token, and the token sealed for
+/// the boot script while it is a boot token not yet exchanged.
+struct AgentTokens {
+    hash: Option<String>,
+    sealed: Option<String>,
+}
+
+/// The node's agent tokens; `None` for a node without a provisioning record.
+async fn agent_tokens(connection: &mut AnyConnection, node_id: &str) -> Result<Option<AgentTokens>, StoreError> {
+    let failed = || StoreError::query("reading an agent token");
+    let row = sqlx::query("SELECT agent_token_hash, agent_token_sealed FROM node_provisioning WHERE node_id = $1")
+        .bind(node_id)
+        .fetch_optional(connection)
+        .await
+        .map_err(failed())?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(AgentTokens {
+        hash: row.try_get("agent_token_hash").map_err(failed())?,
+        sealed: row.try_get("agent_token_sealed").map_err(failed())?,
+    }))
 }
