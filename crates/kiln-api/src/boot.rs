@@ -204,12 +204,14 @@ async fn provisioning_script(
 
 /// The kernel and initramfs URLs of the deploy ramdisk's highest version.
 async fn ramdisk_urls(state: &ApiState, node: &kiln_types::node::Node) -> Option<(String, String)> {
-    let versions = state.store.list_versions(&state.boot.ramdisk_image).await.unwrap_or_default();
+    let ramdisk = kiln_types::scoped_name::ScopedName::from_key(&state.boot.ramdisk_image);
+    let versions = state.store.list_versions(&ramdisk).await.unwrap_or_default();
     let Some(version) = versions.iter().map(|version| version.version).max() else {
         tracing::warn!(node = %node.name, image = %state.boot.ramdisk_image, "no deploy ramdisk image: run `kiln build ramdisk`");
         return None;
     };
-    let base = format!("{}/boot/images/{}/{version}", state.boot.public_url, state.boot.ramdisk_image);
+    // Public images' names are unique among public images: the boot path needs no project.
+    let base = format!("{}/boot/images/{}/{version}", state.boot.public_url, ramdisk.name);
     Some((format!("{base}/kernel"), format!("{base}/initrd")))
 }
 
@@ -224,8 +226,10 @@ async fn live_script(
 ) -> ApiResult<Option<String>> {
     use kiln_types::image::{ArtifactKind, VersionRef};
     let node = context.node.expect("live nodes are known");
-    let version = state.store.get_version(&target.image, &VersionRef::Number(target.version)).await?;
-    let base = format!("{}/boot/images/{}/{}", state.boot.public_url, target.image, target.version);
+    let image = kiln_types::scoped_name::ScopedName::from_key(&target.image);
+    let version = state.store.get_version(&image, &VersionRef::Number(target.version)).await?;
+    // A live image is public, and public images' names are unique: the path needs no project.
+    let base = format!("{}/boot/images/{}/{}", state.boot.public_url, image.name, target.version);
     let Some(root) = version.artifact(ArtifactKind::Root) else { return Ok(Some(kiln_boot::unknown_machine_script(context))) };
     let root_url = format!("{base}/root");
     let console = "console=tty0 console=ttyS0,115200";

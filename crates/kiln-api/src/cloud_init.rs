@@ -21,6 +21,7 @@ use kiln_types::cloud_init::{
     CloudInitDefaults, CloudInitGroup, CloudInitGroupInput, CloudInitGroupSpec, CloudInitNode, CloudInitNodeInput, CloudInitToken,
 };
 use kiln_types::node::Node;
+use kiln_types::scoped_name::{NameReference, ScopedName};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq as _;
 
@@ -107,7 +108,7 @@ pub async fn set_groups(
     params(("group" = String, Path, description = "Group name")),
     responses((status = 200, body = CloudInitGroup), (status = 404, body = ErrorBody)))]
 pub async fn get_group(State(state): State<ApiState>, caller: Caller, Path(group): Path<String>) -> ApiResult<Json<CloudInitGroup>> {
-    Ok(Json(state.store.get_cloud_init_group(&group, &caller.read_scope()).await?))
+    Ok(Json(state.store.get_cloud_init_group(&NameReference::parse("group", &group)?, &caller.read_scope()).await?))
 }
 
 /// Removes a group's cloud-init config (the group stays).
@@ -115,7 +116,7 @@ pub async fn get_group(State(state): State<ApiState>, caller: Caller, Path(group
     params(("group" = String, Path, description = "Group name")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_group(State(state): State<ApiState>, caller: Caller, Path(group): Path<String>) -> ApiResult<StatusCode> {
-    state.store.delete_cloud_init_group(&caller.user, &group, &caller.write_scope()).await?;
+    state.store.delete_cloud_init_group(&caller.user, &NameReference::parse("group", &group)?, &caller.write_scope()).await?;
     state.after_node_write().await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -133,12 +134,9 @@ pub async fn render_group(
     let view = state.inventory.view();
     let scope = caller.read_scope();
     let node = view.get_visible(&node, &scope).ok_or_else(|| ApiError::not_found("node", &node))?;
-    let record = view
-        .cloud_init()
-        .groups
-        .get(&group)
-        .filter(|record| caller.can_read(record.project.as_deref()) || record.project.is_none())
-        .ok_or_else(|| ApiError::not_found("cloud-init group", &group))?;
+    let found = state.store.get_group(&NameReference::parse("group", &group)?, &scope).await?;
+    let key = ScopedName::new(found.project.as_deref(), &found.name).key();
+    let record = view.cloud_init().groups.get(&key).ok_or_else(|| ApiError::not_found("cloud-init group", &group))?;
     let content = record.content.as_deref().ok_or_else(|| ApiError::not_found("cloud-init group", &group))?;
     let meta_data = kiln_boot::cloud_init::meta_data(&inputs(&state, &view, node, None));
     let rendered = kiln_boot::cloud_init::render_group(content, &meta_data)
@@ -351,10 +349,12 @@ fn inputs<'a>(state: &ApiState, view: &'a InventoryView, node: &'a Node, token: 
     let groups = node
         .groups
         .iter()
-        .map(|name| {
-            let group = cloud_init.groups.get(name);
+        .map(|key| {
+            let group = cloud_init.groups.get(key);
             CloudInitGroupView {
-                name,
+                // The node knows its groups by name, as OpenCHAMI's templates do: the
+                // project is the node's own (or none).
+                name: kiln_types::scoped_name::ScopedName::name_of_key(key),
                 description: group.map_or("", |group| group.description.as_str()),
                 meta_data: group.and_then(|group| group.meta_data.as_ref()),
                 has_file: group.is_some_and(|group| group.content.is_some()),
@@ -407,11 +407,13 @@ fn serve(state: &ApiState, view: &InventoryView, requester: Requester<'_>, docum
         }
         Document::Group(group) => {
             // Only the node's own groups: another group's config is another node's data.
-            let content = node
-                .groups
-                .contains(&group)
-                .then(|| view.cloud_init().groups.get(&group).and_then(|record| record.content.clone()))
-                .flatten()
+            // The node names the group as it knows it: its project's group, else the one
+            // without a project.
+            let own = kiln_types::scoped_name::ScopedName::new(node.project.as_deref(), &group).key();
+            let content = [own, group.clone()]
+                .into_iter()
+                .find(|key| node.groups.contains(key))
+                .and_then(|key| view.cloud_init().groups.get(&key).and_then(|record| record.content.clone()))
                 .ok_or_else(|| ApiError::not_found("cloud-init group config", &group))?;
             text(content)
         }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kiln_types::api::{Group, GroupInput, GroupPatch};
+use kiln_types::scoped_name::{NameReference, ScopedName};
 use kiln_types::validate;
 
 use crate::ApiState;
@@ -38,7 +39,7 @@ pub(crate) async fn create_group(
 #[utoipa::path(get, path = "/v1/groups/{group}", tag = "groups", params(("group" = String, Path)),
     responses((status = 200, body = Group), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_group(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Group>> {
-    Ok(Json(state.store.get_group(&name, &caller.read_scope()).await?))
+    Ok(Json(state.store.get_group(&NameReference::parse("group", &name)?, &caller.read_scope()).await?))
 }
 
 #[utoipa::path(patch, path = "/v1/groups/{group}", tag = "groups", params(("group" = String, Path)), request_body = GroupPatch,
@@ -49,24 +50,26 @@ pub(crate) async fn update_group(
     Path(name): Path<String>,
     JsonBody(patch): JsonBody<GroupPatch>,
 ) -> ApiResult<Json<Group>> {
-    let group = state.store.get_group(&name, &caller.read_scope()).await?;
+    let group = state.store.get_group(&NameReference::parse("group", &name)?, &caller.read_scope()).await?;
+    let identity = ScopedName::new(group.project.as_deref(), &group.name);
     if !caller.can_write(group.project.as_deref()) {
-        return Err(ApiError::forbidden(format!("you may read group '{name}' but not change it")));
+        return Err(ApiError::forbidden(format!("you may read group '{identity}' but not change it")));
     }
     let description = patch.description.as_deref().map(|text| validate::single_line("description", text, 1024)).transpose()?;
     let group =
-        state.store.update_group(&caller.user, &name, description.as_deref(), patch.members.as_deref(), &caller.write_scope()).await?;
+        state.store.update_group(&caller.user, &identity, description.as_deref(), patch.members.as_deref(), &caller.write_scope()).await?;
     Ok(Json(group))
 }
 
 #[utoipa::path(delete, path = "/v1/groups/{group}", tag = "groups", params(("group" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete_group(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    let group = state.store.get_group(&name, &caller.read_scope()).await?;
+    let group = state.store.get_group(&NameReference::parse("group", &name)?, &caller.read_scope()).await?;
+    let identity = ScopedName::new(group.project.as_deref(), &group.name);
     if !caller.can_write(group.project.as_deref()) {
-        return Err(ApiError::forbidden(format!("you may read group '{name}' but not delete it")));
+        return Err(ApiError::forbidden(format!("you may read group '{identity}' but not delete it")));
     }
-    state.store.delete_group(&caller.user, &name, &caller.write_scope()).await?;
+    state.store.delete_group(&caller.user, &identity, &caller.write_scope()).await?;
     state.after_node_write().await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,6 +19,7 @@ use kiln_image_store::{BlobId, BlobStore};
 use kiln_types::image::{
     Artifact, ArtifactKind, CloneInput, GcReport, Image, ImageInput, ImageUpdate, ImageVersion, TagInput, VerifyReport, VersionRef,
 };
+use kiln_types::scoped_name::NameReference;
 use kiln_types::validate;
 
 use crate::ApiState;
@@ -64,17 +65,21 @@ impl ImageSettings {
 
 /// The image if the caller may see it; otherwise the same 404 as for an absent image (the
 /// store decides, by the caller's read scope).
-pub(crate) async fn visible_image(state: &ApiState, caller: &AuthContext, name: &str) -> ApiResult<Image> {
-    Ok(state.store.get_image(name, &caller.read_scope()).await?)
+/// `reference` is `NAME` or `PROJECT/NAME` (see [`kiln_db::Store::get_image`]).
+pub(crate) async fn visible_image(state: &ApiState, caller: &AuthContext, reference: &str) -> ApiResult<Image> {
+    let reference = NameReference::parse("image", reference)?;
+    Ok(state.store.get_image(&reference, &caller.read_scope()).await?)
 }
 
 /// The image if the caller may change it: 404 if it may not see it, 403 if it may only see it.
-pub(crate) async fn writable_image(state: &ApiState, caller: &AuthContext, name: &str) -> ApiResult<Image> {
-    let image = visible_image(state, caller, name).await?;
+pub(crate) async fn writable_image(state: &ApiState, caller: &AuthContext, reference: &str) -> ApiResult<Image> {
+    let image = visible_image(state, caller, reference).await?;
     if caller.can_write(image.project.as_deref()) {
         Ok(image)
+    } else if image.project.is_some() && caller.can_read(image.project.as_deref()) {
+        Err(ApiError::forbidden(format!("you may read image '{}' but not change it", image.scoped_name())))
     } else {
-        Err(ApiError::forbidden(format!("image '{name}' belongs to another project; you may use it but not change it")))
+        Err(ApiError::forbidden(format!("image '{}' belongs to another project; you may use it but not change it", image.scoped_name())))
     }
 }
 
@@ -150,7 +155,7 @@ pub async fn update_image(
     Path(name): Path<String>,
     JsonBody(input): JsonBody<ImageUpdate>,
 ) -> ApiResult<Json<Image>> {
-    writable_image(&state, &caller, &name).await?;
+    let image = writable_image(&state, &caller, &name).await?.scoped_name();
     let change = ImageChange {
         visibility: input.visibility,
         shared_with: input
@@ -161,22 +166,22 @@ pub async fn update_image(
         os: input.os.map(|text| optional_label("os", Some(&text))).transpose()?,
         arch: input.arch.map(|text| optional_label("arch", Some(&text))).transpose()?,
     };
-    Ok(Json(state.store.update_image(&caller.user, &name, &change).await?))
+    Ok(Json(state.store.update_image(&caller.user, &image, &change).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/images/{image}", tag = "images", params(("image" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_image(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    writable_image(&state, &caller, &name).await?;
-    state.store.delete_image(&caller.user, &name).await?;
+    let image = writable_image(&state, &caller, &name).await?.scoped_name();
+    state.store.delete_image(&caller.user, &image).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/images/{image}/versions", tag = "images", params(("image" = String, Path)),
     responses((status = 200, body = Vec<ImageVersion>), (status = 404, body = ErrorBody)))]
 pub async fn list_versions(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<Json<Vec<ImageVersion>>> {
-    visible_image(&state, &caller, &name).await?;
-    Ok(Json(state.store.list_versions(&name).await?))
+    let image = visible_image(&state, &caller, &name).await?.scoped_name();
+    Ok(Json(state.store.list_versions(&image).await?))
 }
 
 #[utoipa::path(get, path = "/v1/images/{image}/versions/{version}", tag = "images",
@@ -187,8 +192,8 @@ pub async fn get_version(
     caller: Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<ImageVersion>> {
-    visible_image(&state, &caller, &name).await?;
-    Ok(Json(state.store.get_version(&name, &version_ref(&version)?).await?))
+    let image = visible_image(&state, &caller, &name).await?.scoped_name();
+    Ok(Json(state.store.get_version(&image, &version_ref(&version)?).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/images/{image}/versions/{version}", tag = "images",
@@ -199,8 +204,8 @@ pub async fn delete_version(
     caller: Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    writable_image(&state, &caller, &name).await?;
-    state.store.delete_version(&caller.user, &name, &version_ref(&version)?).await?;
+    let image = writable_image(&state, &caller, &name).await?.scoped_name();
+    state.store.delete_version(&caller.user, &image, &version_ref(&version)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -212,12 +217,12 @@ pub async fn set_tag(
     Path((name, tag)): Path<(String, String)>,
     JsonBody(input): JsonBody<TagInput>,
 ) -> ApiResult<Json<Image>> {
-    writable_image(&state, &caller, &name).await?;
+    let image = writable_image(&state, &caller, &name).await?.scoped_name();
     let tag = validate::name("tag", &tag)?;
     if tag.parse::<i64>().is_ok() {
         return Err(ApiError::invalid(format!("tag: '{tag}' is a number, which would read as a version")));
     }
-    Ok(Json(state.store.set_tag(&caller.user, &name, &tag, &version_ref(&input.version)?).await?))
+    Ok(Json(state.store.set_tag(&caller.user, &image, &tag, &version_ref(&input.version)?).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/images/{image}/tags/{tag}", tag = "images", params(("image" = String, Path), ("tag" = String, Path)),
@@ -227,8 +232,8 @@ pub async fn delete_tag(
     caller: Caller,
     Path((name, tag)): Path<(String, String)>,
 ) -> ApiResult<Json<Image>> {
-    writable_image(&state, &caller, &name).await?;
-    Ok(Json(state.store.delete_tag(&caller.user, &name, &tag).await?))
+    let image = writable_image(&state, &caller, &name).await?.scoped_name();
+    Ok(Json(state.store.delete_tag(&caller.user, &image, &tag).await?))
 }
 
 #[utoipa::path(post, path = "/v1/images/{image}/clone", tag = "images", params(("image" = String, Path)), request_body = CloneInput,
@@ -256,7 +261,7 @@ pub async fn clone_image(
         os: original.os.clone(),
         arch: original.arch.clone(),
     };
-    Ok((StatusCode::CREATED, Json(state.store.clone_image(&caller.user, &source, &reference, &spec).await?)))
+    Ok((StatusCode::CREATED, Json(state.store.clone_image(&caller.user, &original.scoped_name(), &reference, &spec).await?)))
 }
 
 /// `GET` (and `HEAD`) of one artifact's bytes, with `Range`, `ETag` and `If-None-Match`.
@@ -271,8 +276,8 @@ pub async fn download_artifact(
     headers: HeaderMap,
     Path((name, version, kind)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    visible_image(&state, &caller, &name).await?;
-    let version = state.store.get_version(&name, &version_ref(&version)?).await?;
+    let image = visible_image(&state, &caller, &name).await?.scoped_name();
+    let version = state.store.get_version(&image, &version_ref(&version)?).await?;
     let artifact = artifact_of(&version, &kind)?;
     serve_artifact(&state, &version, artifact, &method, &headers).await
 }
@@ -388,8 +393,8 @@ pub async fn boot_artifact(
     headers: HeaderMap,
     Path((name, version, kind)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    let image = state.store.get_public_image(&name).await?;
-    let version = state.store.get_version(&image.name, &version_ref(&version)?).await?;
+    let image = state.store.get_public_image(&NameReference::parse("image", &name)?).await?;
+    let version = state.store.get_version(&image.scoped_name(), &version_ref(&version)?).await?;
     let artifact = artifact_of(&version, &kind)?;
     serve_artifact(&state, &version, artifact, &method, &headers).await
 }
@@ -401,9 +406,10 @@ pub(crate) async fn resolve_boot_artifact(state: &ApiState, rest: &str) -> crate
     use crate::boot_listener::Resolved;
     let parts: Vec<&str> = rest.split('/').collect();
     let [name, version, kind] = parts[..] else { return Resolved::Route };
-    let Ok(image) = state.store.get_public_image(name).await else { return Resolved::Route };
+    let Ok(reference) = NameReference::parse("image", name) else { return Resolved::Route };
+    let Ok(image) = state.store.get_public_image(&reference).await else { return Resolved::Route };
     let Ok(reference) = version_ref(version) else { return Resolved::Route };
-    let Ok(version) = state.store.get_version(&image.name, &reference).await else { return Resolved::Route };
+    let Ok(version) = state.store.get_version(&image.scoped_name(), &reference).await else { return Resolved::Route };
     let Ok(artifact) = artifact_of(&version, kind) else { return Resolved::Route };
     artifact_file(state, &version, artifact, "public, max-age=31536000, immutable")
 }

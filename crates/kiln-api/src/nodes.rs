@@ -41,7 +41,15 @@ pub(crate) async fn list_nodes(
     QueryParams(query): QueryParams<NodeListQuery>,
 ) -> ApiResult<Json<Page<Node>>> {
     let mut filter = NodeFilter::new(caller.read_scope());
-    filter.group = query.group;
+    if let Some(group) = &query.group {
+        // Nodes hold their groups' keys; a group the caller cannot see matches no node.
+        let reference = kiln_types::scoped_name::NameReference::parse("group", group)?;
+        filter.group = Some(match state.store.get_group(&reference, &caller.read_scope()).await {
+            Ok(found) => kiln_types::scoped_name::ScopedName::new(found.project.as_deref(), &found.name).key(),
+            Err(kiln_db::StoreError::NotFound { .. }) => reference.to_string(),
+            Err(error) => return Err(error.into()),
+        });
+    }
     filter.project = query.project;
     filter.after = query.after;
     filter.limit = crate::extract::page_limit(query.limit)?;

@@ -15,6 +15,7 @@ use kiln_types::provision::{
     AgentArtifact, AgentCommand, AgentResult, BlockMap, CleanMode, DeployMode, DeployRequest, DeployTarget, Heartbeat, Intent,
     ProvisionRecord, ProvisionStatus,
 };
+use kiln_types::scoped_name::ScopedName;
 use serde::Deserialize;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -59,12 +60,13 @@ pub async fn deploy(
     let (name, version) = image_reference(&body.image);
     let image = crate::images::visible_image(&state, &caller, name).await?;
     let reference = crate::images::version_ref(version.unwrap_or("latest"))?;
-    let version = match (version, state.store.get_version(&image.name, &reference).await) {
+    let identity = image.scoped_name();
+    let version = match (version, state.store.get_version(&identity, &reference).await) {
         (_, Ok(version)) => version,
         // Without a version: the highest, whether or not a `latest` tag exists.
         (None, Err(kiln_db::StoreError::NotFound { .. })) => state
             .store
-            .list_versions(&image.name)
+            .list_versions(&identity)
             .await?
             .into_iter()
             .max_by_key(|version| version.version)
@@ -98,7 +100,7 @@ pub async fn deploy(
         return Err(ApiError::invalid("end_at is in the past"));
     }
     let target = DeployTarget {
-        image: image.name.clone(),
+        image: identity.key(),
         version: version.version,
         mode: body.mode,
         root_device_hints: body.root_device_hints,
@@ -168,12 +170,13 @@ pub async fn capture(
     Path(key): Path<String>,
     JsonBody(body): JsonBody<CaptureRequest>,
 ) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
-    let image = crate::images::writable_image(&state, &caller, &body.image).await?;
+    // The node first: for a node the caller cannot see, nothing about the image is told.
     let status = state.store.provision_status(&key, &caller.read_scope()).await?;
+    let image = crate::images::writable_image(&state, &caller, &body.image).await?;
     if status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Live) {
         return Err(ApiError::invalid(format!("node '{key}' runs its image live: there is no disk to capture")));
     }
-    request(&state, &caller, &key, Intent::Capture { image: image.name }).await
+    request(&state, &caller, &key, Intent::Capture { image: image.scoped_name().key() }).await
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{node}/manage", tag = "provisioning",
@@ -234,7 +237,8 @@ fn waiting_deploy<'a>(node: &kiln_types::node::Node, record: &'a ProvisionRecord
 /// The artifact a deploy writes, as the agent fetches it.
 async fn deploy_artifact(state: &ApiState, node_id: &str, record: &ProvisionRecord) -> ApiResult<Option<AgentArtifact>> {
     let Some(target) = record.target.as_ref().filter(|target| target.mode == DeployMode::Disk) else { return Ok(None) };
-    let version = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?;
+    let version =
+        state.store.get_version(&ScopedName::from_key(&target.image), &kiln_types::image::VersionRef::Number(target.version)).await?;
     let Some(artifact) = version.artifact(ArtifactKind::Disk) else { return Ok(None) };
     Ok(Some(AgentArtifact {
         path: format!("/agent/v1/nodes/{node_id}/artifact"),
@@ -379,7 +383,7 @@ pub async fn result(
 async fn agent_deploy_version(state: &ApiState, headers: &HeaderMap, node_id: &str) -> ApiResult<kiln_types::image::ImageVersion> {
     let (node, record) = agent(state, headers, node_id).await?;
     let target = waiting_deploy(&node, &record).ok_or_else(|| ApiError::not_found("deploy", &node.name))?;
-    Ok(state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await?)
+    Ok(state.store.get_version(&ScopedName::from_key(&target.image), &kiln_types::image::VersionRef::Number(target.version)).await?)
 }
 
 /// The boot listener's view of `/agent/v1/nodes/{node}/artifact`: the deploy's disk image as
@@ -389,7 +393,9 @@ pub(crate) async fn resolve_agent_artifact(state: &ApiState, headers: &HeaderMap
     use crate::boot_listener::Resolved;
     let Ok(Some((node, record))) = agent_of_token(state, headers, node_id).await else { return Resolved::Route };
     let Some(target) = waiting_deploy(&node, &record) else { return Resolved::Route };
-    let Ok(version) = state.store.get_version(&target.image, &kiln_types::image::VersionRef::Number(target.version)).await else {
+    let Ok(version) =
+        state.store.get_version(&ScopedName::from_key(&target.image), &kiln_types::image::VersionRef::Number(target.version)).await
+    else {
         return Resolved::Route;
     };
     let Some(artifact) = version.artifact(ArtifactKind::Disk) else { return Resolved::Route };
@@ -447,8 +453,15 @@ pub async fn capture_upload(
         _ => return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, format!("node '{}' is not capturing", node.name))),
     };
     let note = format!("captured from node {}", node.name);
-    let version =
-        crate::uploads::ingest_body_as_version(&state, &format!("node:{}", node.name), &image, ArtifactKind::Disk, body, note).await?;
+    let version = crate::uploads::ingest_body_as_version(
+        &state,
+        &format!("node:{}", node.name),
+        &ScopedName::from_key(&image),
+        ArtifactKind::Disk,
+        body,
+        note,
+    )
+    .await?;
     tracing::info!(node = %node.name, image = %image, version = version.version, "disk captured");
     Ok((StatusCode::CREATED, Json(version)))
 }

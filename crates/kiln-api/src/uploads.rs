@@ -353,7 +353,7 @@ async fn finish_upload(
 pub(crate) async fn ingest_body_as_version(
     state: &ApiState,
     actor: &str,
-    image: &str,
+    image: &kiln_types::scoped_name::ScopedName,
     kind: ArtifactKind,
     body: Body,
     note: String,
@@ -410,7 +410,7 @@ pub(crate) async fn create_version(
     Path(name): Path<String>,
     JsonBody(input): JsonBody<VersionInput>,
 ) -> ApiResult<(StatusCode, Json<ImageVersion>)> {
-    writable_image(&state, &caller, &name).await?;
+    let image = writable_image(&state, &caller, &name).await?.scoped_name();
     if let Some(version) = input.version
         && version < 1
     {
@@ -431,7 +431,7 @@ pub(crate) async fn create_version(
         artifacts.push(NewArtifact { artifact: stored, source_etag: None, source_modified: None });
     }
     let spec = NewVersion { version: input.version, base, artifacts, tags, note };
-    let version = state.store.create_version(&caller.user, &name, &spec).await?;
+    let version = state.store.create_version(&caller.user, &image, &spec).await?;
     tracing::info!(image = %name, version = version.version, user = %caller.user, "version created");
     Ok((StatusCode::CREATED, Json(version)))
 }
@@ -480,7 +480,7 @@ pub(crate) async fn import_image(
     Path(name): Path<String>,
     JsonBody(input): JsonBody<ImportInput>,
 ) -> ApiResult<(StatusCode, Json<ImportResult>)> {
-    writable_image(&state, &caller, &name).await?;
+    let image = writable_image(&state, &caller, &name).await?.scoped_name();
     let settings = &state.images;
     let source = Source::parse(&input.url, &settings.import_allowed_dirs, &settings.egress).map_err(|error| fetch_error(error, &caller))?;
     let expected = match (&input.checksum, &input.checksum_url) {
@@ -502,7 +502,7 @@ pub(crate) async fn import_image(
     let base = input.base.as_deref().map(version_ref).transpose()?;
     let tags = input.tags.iter().map(|tag| validate::name("tags", tag)).collect::<Result<Vec<_>, _>>()?;
     let note = validate::single_line("note", &input.note, 1024)?;
-    let previous = state.store.last_import(&name, input.kind).await?.filter(|previous| previous.url == input.url);
+    let previous = state.store.last_import(&image, input.kind).await?.filter(|previous| previous.url == input.url);
     let validators = previous.as_ref().map(|previous| Validators { etag: previous.etag.clone(), last_modified: previous.modified.clone() });
     let spool_id = format!("import-{}", uuid::Uuid::new_v4().simple());
     let spool_path = SpoolFile::path_in(settings.blobs.spool_dir(), &spool_id);
@@ -517,7 +517,7 @@ pub(crate) async fn import_image(
         Ok(Fetch::NotModified) => {
             remove_spool(&state, &spool_id).await;
             let previous = previous.expect("not-modified answers only conditional fetches");
-            let version = state.store.get_version(&name, &VersionRef::Number(previous.version)).await?;
+            let version = state.store.get_version(&image, &VersionRef::Number(previous.version)).await?;
             tracing::info!(image = %name, url = %input.url, version = previous.version, "import source unchanged; nothing fetched");
             return Ok((StatusCode::OK, Json(ImportResult { unchanged: true, version })));
         }
@@ -540,7 +540,7 @@ pub(crate) async fn import_image(
         }
     };
     let spec = NewVersion { version: None, base, artifacts: vec![artifact], tags, note };
-    let version = state.store.create_version(&caller.user, &name, &spec).await?;
+    let version = state.store.create_version(&caller.user, &image, &spec).await?;
     tracing::info!(image = %name, url = %input.url, version = version.version, "imported");
     Ok((StatusCode::CREATED, Json(ImportResult { unchanged: false, version })))
 }
@@ -555,9 +555,9 @@ pub(crate) async fn get_kernel(
     caller: Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<ImageVersion>)> {
-    writable_image(&state, &caller, &name).await?;
+    let image = writable_image(&state, &caller, &name).await?.scoped_name();
     let reference = version_ref(&version)?;
-    let source = state.store.get_version(&name, &reference).await?;
+    let source = state.store.get_version(&image, &reference).await?;
     let root =
         source.artifact(ArtifactKind::Root).ok_or_else(|| ApiError::not_found("artifact", &format!("{name}:{}/root", source.version)))?;
     let refuse = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidImage, message);
@@ -639,7 +639,7 @@ pub(crate) async fn get_kernel(
     }
     let note = format!("kernel {} and initramfs {} from the root of version {}", found.kernel, found.initramfs, source.version);
     let spec = NewVersion { version: None, base: Some(VersionRef::Number(source.version)), artifacts, tags: Vec::new(), note };
-    let created = state.store.create_version(&caller.user, &name, &spec).await?;
+    let created = state.store.create_version(&caller.user, &image, &spec).await?;
     tracing::info!(image = %name, version = created.version, kernel = %found.kernel, initramfs = %found.initramfs, "kernel taken from the root image");
     Ok((StatusCode::CREATED, Json(created)))
 }

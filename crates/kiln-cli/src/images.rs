@@ -409,7 +409,7 @@ async fn ensure_image(client: &Client, name: &str, fields: &ImageFields) -> anyh
     match client.get::<Image>(&format!("/v1/images/{}", encode(name))).await {
         Ok(_) => Ok(false),
         Err(error) if error.status() == Some(reqwest::StatusCode::NOT_FOUND) => {
-            match client.post::<_, Image>("/v1/images", &fields.input(name.to_owned())).await {
+            match client.post::<_, Image>("/v1/images", &creation_input(name, fields)?).await {
                 Ok(_) => Ok(true),
                 // Another client created it meanwhile: use it.
                 Err(error) if error.status() == Some(reqwest::StatusCode::CONFLICT) => Ok(false),
@@ -418,6 +418,18 @@ async fn ensure_image(client: &Client, name: &str, fields: &ImageFields) -> anyh
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// What creates the image `reference` names: `PROJECT/NAME` makes NAME in PROJECT, which
+/// `--project`, if given too, must agree with.
+fn creation_input(reference: &str, fields: &ImageFields) -> anyhow::Result<ImageInput> {
+    let Some((project, name)) = reference.split_once('/') else { return Ok(fields.input(reference.to_owned())) };
+    let mut input = fields.input(name.to_owned());
+    match &input.project {
+        Some(given) if given != project => bail!("image '{reference}' is in project '{project}', but --project says '{given}'"),
+        _ => input.project = Some(project.to_owned()),
+    }
+    Ok(input)
 }
 
 /// The outcome of adding a version to an image that `ensure_image` may have just created:

@@ -13,8 +13,9 @@ use serde_json::{Map, Value};
 use sqlx::{AnyConnection, Row as _};
 
 use crate::events::{NewEvent, record};
-use crate::groups::{group_row, visible, writable};
+use crate::groups::{GroupRow, resolve_group, visible, writable};
 use crate::{Store, StoreError};
+use kiln_types::scoped_name::{NameReference, ScopedName};
 
 /// The defaults row that applies to every node.
 const CLUSTER_SCOPE: &str = "cluster";
@@ -137,27 +138,28 @@ impl Store {
         Ok(groups)
     }
 
-    pub async fn get_cloud_init_group(&self, name: &str, read_scope: &ProjectScope) -> Result<CloudInitGroup, StoreError> {
+    /// The config of the group `reference` names among those `read_scope` sees.
+    pub async fn get_cloud_init_group(&self, reference: &NameReference, read_scope: &ProjectScope) -> Result<CloudInitGroup, StoreError> {
         let mut connection = self.read().await?;
-        match group_config_in(&mut connection, name).await? {
-            Some(group) if visible(read_scope, group.project.as_deref()) => Ok(group),
-            _ => Err(StoreError::not_found("cloud-init group", name)),
-        }
+        let missing = || StoreError::not_found("cloud-init group", reference.to_string());
+        let group = resolve_group(&mut connection, reference, read_scope).await?.ok_or_else(missing)?;
+        group_config_in(&mut connection, &group.key).await?.ok_or_else(missing)
     }
 
     pub async fn list_cloud_init_groups(&self, read_scope: &ProjectScope) -> Result<Vec<CloudInitGroup>, StoreError> {
         let mut connection = self.read().await?;
-        let names: Vec<String> = sqlx::query("SELECT group_name FROM cloud_init_groups ORDER BY group_name")
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(StoreError::query("listing cloud-init groups"))?
-            .iter()
-            .map(|row| row.try_get("group_name"))
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::query("listing cloud-init groups"))?;
-        let mut groups = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(group) = group_config_in(&mut connection, &name).await?
+        let keys: Vec<String> =
+            sqlx::query("SELECT c.group_key FROM cloud_init_groups c JOIN node_groups g ON g.key = c.group_key ORDER BY g.name, g.key")
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(StoreError::query("listing cloud-init groups"))?
+                .iter()
+                .map(|row| row.try_get("group_key"))
+                .collect::<Result<_, _>>()
+                .map_err(StoreError::query("listing cloud-init groups"))?;
+        let mut groups = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(group) = group_config_in(&mut connection, &key).await?
                 && visible(read_scope, group.project.as_deref())
             {
                 groups.push(group);
@@ -167,15 +169,22 @@ impl Store {
     }
 
     /// Removes a group's cloud-init config; the group itself stays.
-    pub async fn delete_cloud_init_group(&self, actor: &str, name: &str, write_scope: &ProjectScope) -> Result<(), StoreError> {
+    pub async fn delete_cloud_init_group(
+        &self,
+        actor: &str,
+        reference: &NameReference,
+        write_scope: &ProjectScope,
+    ) -> Result<(), StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        let before = match group_config_in(connection, name).await? {
+        let missing = || StoreError::not_found("cloud-init group", reference.to_string());
+        let group = match resolve_group(connection, reference, write_scope).await? {
             Some(group) if writable(write_scope, group.project.as_deref()) => group,
-            _ => return Err(StoreError::not_found("cloud-init group", name)),
+            _ => return Err(missing()),
         };
-        sqlx::query("DELETE FROM cloud_init_groups WHERE group_name = $1")
-            .bind(name)
+        let before = group_config_in(connection, &group.key).await?.ok_or_else(missing)?;
+        sqlx::query("DELETE FROM cloud_init_groups WHERE group_key = $1")
+            .bind(&group.key)
             .execute(&mut *connection)
             .await
             .map_err(StoreError::query("deleting a group's cloud-init config"))?;
@@ -183,7 +192,7 @@ impl Store {
             actor,
             action: "cloud_init.group.delete",
             target_kind: "cloud_init",
-            target: name,
+            target: &group.key,
             project: before.project.as_deref(),
             before: serde_json::to_value(&before).ok(),
             after: None,
@@ -355,69 +364,89 @@ async fn put_group(
     spec: &CloudInitGroupSpec,
     write_scope: &ProjectScope,
 ) -> Result<CloudInitGroup, StoreError> {
-    let project = match group_row(connection, &spec.name).await? {
-        Some(row) if writable(write_scope, row.project.as_deref()) => row.project,
-        Some(_) => return Err(StoreError::not_found("group", &spec.name)),
-        None => {
-            if !writable(write_scope, spec.project.as_deref()) {
-                return Err(match &spec.project {
-                    Some(project) => StoreError::not_found("project", project),
-                    None => StoreError::Invalid {
-                        message: format!(
-                            "group '{}' does not exist and only administrators create groups without a project; pass a project",
-                            spec.name
-                        ),
-                    },
-                });
-            }
-            if let Some(project) = &spec.project
-                && !crate::tenancy::project_exists(connection, project).await?
-            {
-                return Err(StoreError::not_found("project", project));
-            }
-            sqlx::query("INSERT INTO node_groups (name, description, project, created_at) VALUES ($1, '', $2, $3)")
-                .bind(&spec.name)
-                .bind(spec.project.as_deref())
-                .bind(crate::now_millis())
-                .execute(&mut *connection)
-                .await
-                .map_err(StoreError::query("creating a group"))?;
-            spec.project.clone()
-        }
+    // Without a project, the name is resolved among the groups the caller may see, so that
+    // another project's group of that name is exactly like none.
+    let reference = NameReference { project: spec.project.clone(), name: spec.name.clone() };
+    let group = match resolve_group(connection, &reference, write_scope).await? {
+        Some(row) if writable(write_scope, row.project.as_deref()) => row,
+        Some(_) => return Err(StoreError::not_found("group", reference.to_string())),
+        None => create_group_for_config(connection, spec, write_scope).await?,
     };
-    let before = group_config_in(connection, &spec.name).await?;
+    let before = group_config_in(connection, &group.key).await?;
     if let Some(description) = &spec.description {
-        sqlx::query("UPDATE node_groups SET description = $1 WHERE name = $2")
+        sqlx::query("UPDATE node_groups SET description = $1 WHERE key = $2")
             .bind(description)
-            .bind(&spec.name)
+            .bind(&group.key)
             .execute(&mut *connection)
             .await
             .map_err(StoreError::query("setting a group's description"))?;
     }
     sqlx::query(
-        "INSERT INTO cloud_init_groups (group_name, meta_data, content, updated_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (group_name) DO UPDATE SET meta_data = excluded.meta_data, content = excluded.content, \
+        "INSERT INTO cloud_init_groups (group_key, meta_data, content, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (group_key) DO UPDATE SET meta_data = excluded.meta_data, content = excluded.content, \
          updated_at = excluded.updated_at",
     )
-    .bind(&spec.name)
+    .bind(&group.key)
     .bind(to_text(&spec.meta_data))
     .bind(spec.content.as_deref())
     .bind(crate::now_millis())
     .execute(&mut *connection)
     .await
     .map_err(StoreError::query("setting a group's cloud-init config"))?;
-    let after = group_config_in(connection, &spec.name).await?.ok_or_else(|| StoreError::not_found("group", &spec.name))?;
+    let after = group_config_in(connection, &group.key).await?.ok_or_else(|| StoreError::not_found("group", group.key.clone()))?;
     let event = NewEvent {
         actor,
         action: "cloud_init.group.set",
         target_kind: "cloud_init",
-        target: &spec.name,
-        project: project.as_deref(),
+        target: &group.key,
+        project: group.project.as_deref(),
         before: before.and_then(|group| serde_json::to_value(group).ok()),
         after: serde_json::to_value(&after).ok(),
     };
     record(connection, event).await?;
     Ok(after)
+}
+
+/// Creates the group a cloud-init config names when it does not exist yet: in the named
+/// project, or without one (only administrators).
+async fn create_group_for_config(
+    connection: &mut AnyConnection,
+    spec: &CloudInitGroupSpec,
+    write_scope: &ProjectScope,
+) -> Result<GroupRow, StoreError> {
+    if !writable(write_scope, spec.project.as_deref()) {
+        return Err(match &spec.project {
+            Some(project) => StoreError::not_found("project", project),
+            None => StoreError::Invalid {
+                message: format!(
+                    "group '{}' does not exist and only administrators create groups without a project; pass a project",
+                    spec.name
+                ),
+            },
+        });
+    }
+    if let Some(project) = &spec.project
+        && !crate::tenancy::project_exists(connection, project).await?
+    {
+        return Err(StoreError::not_found("project", project));
+    }
+    let identity = ScopedName::new(spec.project.as_deref(), &spec.name);
+    let row = GroupRow {
+        key: identity.key(),
+        name: spec.name.clone(),
+        description: String::new(),
+        project: spec.project.clone(),
+        created_at: crate::now_millis(),
+    };
+    sqlx::query("INSERT INTO node_groups (key, name, project, description, created_at) VALUES ($1, $2, $3, '', $4)")
+        .bind(&row.key)
+        .bind(&row.name)
+        .bind(row.project.as_deref())
+        .bind(row.created_at)
+        .execute(&mut *connection)
+        .await
+        .map_err(StoreError::query("creating a group"))?;
+    Ok(row)
 }
 
 async fn writable_node(
@@ -448,8 +477,8 @@ async fn defaults_in(connection: &mut AnyConnection) -> Result<CloudInitDefaults
 
 async fn groups_in(connection: &mut AnyConnection) -> Result<HashMap<String, CloudInitGroupRecord>, StoreError> {
     let rows = sqlx::query(
-        "SELECT g.name, g.description, g.project, c.meta_data, c.content \
-         FROM node_groups g LEFT JOIN cloud_init_groups c ON c.group_name = g.name",
+        "SELECT g.key, g.description, g.project, c.meta_data, c.content \
+         FROM node_groups g LEFT JOIN cloud_init_groups c ON c.group_key = g.key",
     )
     .fetch_all(connection)
     .await
@@ -457,7 +486,7 @@ async fn groups_in(connection: &mut AnyConnection) -> Result<HashMap<String, Clo
     let mut groups = HashMap::with_capacity(rows.len());
     for row in rows {
         let read = || StoreError::query("loading groups for cloud-init");
-        let name: String = row.try_get("name").map_err(read())?;
+        let key: String = row.try_get("key").map_err(read())?;
         let meta_data: Option<String> = row.try_get("meta_data").map_err(read())?;
         let record = CloudInitGroupRecord {
             description: row.try_get("description").map_err(read())?,
@@ -465,17 +494,17 @@ async fn groups_in(connection: &mut AnyConnection) -> Result<HashMap<String, Clo
             meta_data: meta_data.map(|text| json_map(&text, "a group's cloud-init meta-data")).transpose()?,
             content: row.try_get("content").map_err(read())?,
         };
-        groups.insert(name, record);
+        groups.insert(key, record);
     }
     Ok(groups)
 }
 
-async fn group_config_in(connection: &mut AnyConnection, name: &str) -> Result<Option<CloudInitGroup>, StoreError> {
+async fn group_config_in(connection: &mut AnyConnection, key: &str) -> Result<Option<CloudInitGroup>, StoreError> {
     let row = sqlx::query(
         "SELECT g.name, g.description, g.project, c.meta_data, c.content \
-         FROM cloud_init_groups c JOIN node_groups g ON g.name = c.group_name WHERE c.group_name = $1",
+         FROM cloud_init_groups c JOIN node_groups g ON g.key = c.group_key WHERE c.group_key = $1",
     )
-    .bind(name)
+    .bind(key)
     .fetch_optional(connection)
     .await
     .map_err(StoreError::query("reading a group's cloud-init config"))?;

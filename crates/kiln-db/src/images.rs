@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use kiln_auth::ProjectScope;
 use kiln_types::image::{Artifact, ArtifactKind, Compression, Image, ImageFormat, ImageVersion, Upload, VersionRef, Visibility};
+use kiln_types::scoped_name::{NameReference, ScopedName};
 use sqlx::{AnyConnection, Row as _};
 
 use crate::events::{NewEvent, record};
@@ -90,15 +91,57 @@ fn image_visible(image: &Image, scope: &ProjectScope) -> bool {
 
 const IMAGE_COLUMNS: &str = "id, name, project, visibility, description, os, arch, created_at, updated_at";
 
-async fn image_row(connection: &mut AnyConnection, name: &str) -> Result<ImageRow, StoreError> {
-    let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE name = $1");
+async fn image_row(connection: &mut AnyConnection, image: &ScopedName) -> Result<ImageRow, StoreError> {
+    let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE name = $1 AND COALESCE(project, '') = $2");
     let row = sqlx::query(&sql)
-        .bind(name)
+        .bind(&image.name)
+        .bind(image.project.as_deref().unwrap_or_default())
         .fetch_optional(&mut *connection)
         .await
         .map_err(StoreError::query("reading an image"))?
-        .ok_or_else(|| StoreError::not_found("image", name))?;
+        .ok_or_else(|| StoreError::not_found("image", image.key()))?;
     complete_image(connection, &row).await
+}
+
+/// The image `reference` names for a reader with `scope`, among the images it sees (any
+/// other is exactly like a missing one, and never makes a reference ambiguous):
+/// `PROJECT/NAME` names that project's image. A bare `NAME` names, in this order, the
+/// reader's own projects' image of that name, the image of that name without a project,
+/// then the one public or shared image of that name; two candidates at the same step are
+/// ambiguous, and the answer names them so the caller can say which.
+async fn resolve_image(connection: &mut AnyConnection, reference: &NameReference, scope: &ProjectScope) -> Result<ImageRow, StoreError> {
+    let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE name = $1 ORDER BY COALESCE(project, '')");
+    let rows = sqlx::query(&sql).bind(&reference.name).fetch_all(&mut *connection).await.map_err(StoreError::query("reading an image"))?;
+    let mut candidates = Vec::new();
+    for row in &rows {
+        let candidate = complete_image(connection, row).await?;
+        if reference.may_name(&candidate.image.scoped_name()) && image_visible(&candidate.image, scope) {
+            candidates.push(candidate);
+        }
+    }
+    let own = |candidate: &ImageRow| match scope {
+        ProjectScope::All => false,
+        ProjectScope::Projects(_) => crate::nodes_visible(scope, candidate.image.project.as_deref()),
+    };
+    let steps: [&dyn Fn(&ImageRow) -> bool; 3] = [&own, &|candidate| candidate.image.project.is_none(), &|_| true];
+    for step in steps {
+        let mut found: Vec<ImageRow> = Vec::new();
+        for candidate in std::mem::take(&mut candidates) {
+            if step(&candidate) { found.push(candidate) } else { candidates.push(candidate) }
+        }
+        match found.len() {
+            0 => continue,
+            1 => return Ok(found.remove(0)),
+            _ => {
+                let names: Vec<String> = found.iter().map(|candidate| candidate.image.scoped_name().key()).collect();
+                return Err(StoreError::conflict(format!(
+                    "image '{reference}' is ambiguous: name one of {} as PROJECT/NAME",
+                    names.join(", ")
+                )));
+            }
+        }
+    }
+    Err(StoreError::not_found("image", reference.to_string()))
 }
 
 async fn complete_image(connection: &mut AnyConnection, row: &sqlx::any::AnyRow) -> Result<ImageRow, StoreError> {
@@ -284,14 +327,14 @@ async fn release_artifacts(connection: &mut AnyConnection, image_id: &str, versi
 }
 
 async fn insert_image(connection: &mut AnyConnection, id: &str, spec: &NewImage, now: i64) -> Result<(), StoreError> {
-    let taken = sqlx::query("SELECT 1 AS found FROM images WHERE name = $1")
-        .bind(&spec.name)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(StoreError::query("looking up an image"))?
-        .is_some();
-    if taken {
-        return Err(StoreError::conflict(format!("image '{}' already exists", spec.name)));
+    let identity = ScopedName::new(spec.project.as_deref(), &spec.name);
+    match image_row(connection, &identity).await {
+        Ok(_) => return Err(StoreError::conflict(format!("image '{identity}' already exists"))),
+        Err(StoreError::NotFound { .. }) => {}
+        Err(error) => return Err(error),
+    }
+    if spec.visibility == Visibility::Public {
+        check_public_name_free(connection, &spec.name, id).await?;
     }
     sqlx::query(&format!("INSERT INTO images ({IMAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"))
         .bind(id)
@@ -306,6 +349,23 @@ async fn insert_image(connection: &mut AnyConnection, id: &str, spec: &NewImage,
         .await
         .map_err(StoreError::query("creating an image"))?;
     write_shares(connection, id, &spec.shared_with).await
+}
+
+/// A public image's name is unique among public images, so that `/boot/images/NAME/…` names
+/// one image. Telling a caller the name is taken reveals nothing: public images are listed
+/// to everyone.
+async fn check_public_name_free(connection: &mut AnyConnection, name: &str, image_id: &str) -> Result<(), StoreError> {
+    let taken = sqlx::query("SELECT 1 AS found FROM images WHERE name = $1 AND visibility = 'public' AND id <> $2")
+        .bind(name)
+        .bind(image_id)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(StoreError::query("looking up an image"))?
+        .is_some();
+    if taken {
+        return Err(StoreError::conflict(format!("a public image named '{name}' already exists; public images' names are unique")));
+    }
+    Ok(())
 }
 
 async fn write_shares(connection: &mut AnyConnection, image_id: &str, projects: &[String]) -> Result<(), StoreError> {
@@ -372,25 +432,28 @@ impl Store {
             return Err(StoreError::not_found("project", project));
         }
         insert_image(connection, &uuid::Uuid::new_v4().to_string(), spec, crate::now_millis()).await?;
-        let image = image_row(connection, &spec.name).await?.image;
-        record_image_event(connection, actor, "image.create", &spec.name, spec.project.as_deref(), None, event_value(&image)).await?;
+        let image = image_row(connection, &ScopedName::new(spec.project.as_deref(), &spec.name)).await?.image;
+        let target = image.scoped_name().key();
+        record_image_event(connection, actor, "image.create", &target, spec.project.as_deref(), None, event_value(&image)).await?;
         transaction.commit().await?;
         Ok(image)
     }
 
-    /// The image `name` as a reader with `scope` sees it: its projects' images, public ones
-    /// and those shared with one of its projects. Any other is exactly like a missing one.
-    pub async fn get_image(&self, name: &str, scope: &ProjectScope) -> Result<Image, StoreError> {
+    /// The image `reference` names as a reader with `scope` sees it: its projects' images,
+    /// public ones and those shared with one of its projects (see [`resolve_image`] for how
+    /// a bare name is resolved). Any other is exactly like a missing one.
+    pub async fn get_image(&self, reference: &NameReference, scope: &ProjectScope) -> Result<Image, StoreError> {
         let mut connection = self.read().await?;
-        let image = image_row(&mut connection, name).await?.image;
-        if image_visible(&image, scope) { Ok(image) } else { Err(StoreError::not_found("image", name)) }
+        Ok(resolve_image(&mut connection, reference, scope).await?.image)
     }
 
-    /// A public image, as booting machines (who have no token) may fetch it.
-    pub async fn get_public_image(&self, name: &str) -> Result<Image, StoreError> {
+    /// A public image, as booting machines (who have no token) may fetch it: public names
+    /// are unique, so a bare name is enough.
+    pub async fn get_public_image(&self, reference: &NameReference) -> Result<Image, StoreError> {
         let mut connection = self.read().await?;
-        let image = image_row(&mut connection, name).await?.image;
-        if image.visibility == Visibility::Public { Ok(image) } else { Err(StoreError::not_found("image", name)) }
+        let public_only = ProjectScope::Projects(Vec::new());
+        let image = resolve_image(&mut connection, reference, &public_only).await?.image;
+        if image.visibility == Visibility::Public { Ok(image) } else { Err(StoreError::not_found("image", reference.to_string())) }
     }
 
     /// Every image a reader with `scope` sees (see [`Store::get_image`]), by name.
@@ -410,11 +473,14 @@ impl Store {
         Ok(images)
     }
 
-    pub async fn update_image(&self, actor: &str, name: &str, change: &ImageChange) -> Result<Image, StoreError> {
+    pub async fn update_image(&self, actor: &str, identity: &ScopedName, change: &ImageChange) -> Result<Image, StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        let before = image_row(connection, name).await?;
+        let before = image_row(connection, identity).await?;
         let old = &before.image;
+        if change.visibility == Some(Visibility::Public) && old.visibility != Visibility::Public {
+            check_public_name_free(connection, &old.name, &before.id).await?;
+        }
         sqlx::query("UPDATE images SET visibility = $2, description = $3, os = $4, arch = $5, updated_at = $6 WHERE id = $1")
             .bind(&before.id)
             .bind(change.visibility.unwrap_or(old.visibility).as_str())
@@ -428,17 +494,26 @@ impl Store {
         if let Some(projects) = &change.shared_with {
             write_shares(connection, &before.id, projects).await?;
         }
-        let after = image_row(connection, name).await?.image;
-        record_image_event(connection, actor, "image.update", name, old.project.as_deref(), event_value(old), event_value(&after)).await?;
+        let after = image_row(connection, identity).await?.image;
+        record_image_event(
+            connection,
+            actor,
+            "image.update",
+            &identity.key(),
+            old.project.as_deref(),
+            event_value(old),
+            event_value(&after),
+        )
+        .await?;
         transaction.commit().await?;
         Ok(after)
     }
 
     /// Deletes an image with all its versions; blobs no longer used become collectable.
-    pub async fn delete_image(&self, actor: &str, name: &str) -> Result<(), StoreError> {
+    pub async fn delete_image(&self, actor: &str, identity: &ScopedName) -> Result<(), StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        let image = image_row(connection, name).await?;
+        let image = image_row(connection, identity).await?;
         release_artifacts(connection, &image.id, None).await?;
         for statement in [
             "DELETE FROM image_tags WHERE image_id = $1",
@@ -448,14 +523,22 @@ impl Store {
         ] {
             sqlx::query(statement).bind(&image.id).execute(&mut *connection).await.map_err(StoreError::query("deleting an image"))?;
         }
-        record_image_event(connection, actor, "image.delete", name, image.image.project.as_deref(), event_value(&image.image), None)
-            .await?;
+        record_image_event(
+            connection,
+            actor,
+            "image.delete",
+            &identity.key(),
+            image.image.project.as_deref(),
+            event_value(&image.image),
+            None,
+        )
+        .await?;
         transaction.commit().await
     }
 
-    pub async fn list_versions(&self, name: &str) -> Result<Vec<ImageVersion>, StoreError> {
+    pub async fn list_versions(&self, identity: &ScopedName) -> Result<Vec<ImageVersion>, StoreError> {
         let mut connection = self.read().await?;
-        let image = image_row(&mut connection, name).await?;
+        let image = image_row(&mut connection, identity).await?;
         let numbers = sqlx::query("SELECT version FROM image_versions WHERE image_id = $1 ORDER BY version")
             .bind(&image.id)
             .fetch_all(&mut *connection)
@@ -469,23 +552,23 @@ impl Store {
         Ok(versions)
     }
 
-    pub async fn get_version(&self, name: &str, reference: &VersionRef) -> Result<ImageVersion, StoreError> {
+    pub async fn get_version(&self, identity: &ScopedName, reference: &VersionRef) -> Result<ImageVersion, StoreError> {
         let mut connection = self.read().await?;
-        let image = image_row(&mut connection, name).await?;
+        let image = image_row(&mut connection, identity).await?;
         let number = resolve_version(&mut connection, &image, reference).await?;
         load_version(&mut connection, &image, number).await
     }
 
     /// Records a new immutable version. The number is `spec.version` if given (refused if it
     /// exists: of two writers racing for one number exactly one wins) or the next one.
-    pub async fn create_version(&self, actor: &str, name: &str, spec: &NewVersion) -> Result<ImageVersion, StoreError> {
+    pub async fn create_version(&self, actor: &str, identity: &ScopedName, spec: &NewVersion) -> Result<ImageVersion, StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        let image = image_row(connection, name).await?;
+        let image = image_row(connection, identity).await?;
         let number = match spec.version {
             Some(number) => {
                 if resolve_version(connection, &image, &VersionRef::Number(number)).await.is_ok() {
-                    return Err(StoreError::conflict(format!("version {name}:{number} already exists; versions are immutable")));
+                    return Err(StoreError::conflict(format!("version {identity}:{number} already exists; versions are immutable")));
                 }
                 number
             }
@@ -537,19 +620,19 @@ impl Store {
             .execute(&mut *connection)
             .await
             .map_err(StoreError::query("updating an image"))?;
-        let image = image_row(connection, name).await?;
+        let image = image_row(connection, identity).await?;
         let version = load_version(connection, &image, number).await?;
-        let target = format!("{name}:{number}");
+        let target = format!("{identity}:{number}");
         record_image_event(connection, actor, "image.version.create", &target, image.image.project.as_deref(), None, event_value(&version))
             .await?;
         transaction.commit().await?;
         Ok(version)
     }
 
-    pub async fn delete_version(&self, actor: &str, name: &str, reference: &VersionRef) -> Result<(), StoreError> {
+    pub async fn delete_version(&self, actor: &str, identity: &ScopedName, reference: &VersionRef) -> Result<(), StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        let image = image_row(connection, name).await?;
+        let image = image_row(connection, identity).await?;
         let number = resolve_version(connection, &image, reference).await?;
         let version = load_version(connection, &image, number).await?;
         release_artifacts(connection, &image.id, Some(number)).await?;
@@ -564,25 +647,25 @@ impl Store {
                 .await
                 .map_err(StoreError::query("deleting a version"))?;
         }
-        let target = format!("{name}:{number}");
+        let target = format!("{identity}:{number}");
         record_image_event(connection, actor, "image.version.delete", &target, image.image.project.as_deref(), event_value(&version), None)
             .await?;
         transaction.commit().await
     }
 
     /// Points `tag` at a version (`latest` included: it then stops following the newest).
-    pub async fn set_tag(&self, actor: &str, name: &str, tag: &str, reference: &VersionRef) -> Result<Image, StoreError> {
+    pub async fn set_tag(&self, actor: &str, identity: &ScopedName, tag: &str, reference: &VersionRef) -> Result<Image, StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        let image = image_row(connection, name).await?;
+        let image = image_row(connection, identity).await?;
         let number = resolve_version(connection, &image, reference).await?;
         write_tag(connection, &image.id, tag, number).await?;
-        let after = image_row(connection, name).await?.image;
+        let after = image_row(connection, identity).await?.image;
         record_image_event(
             connection,
             actor,
             "image.tag",
-            name,
+            &identity.key(),
             image.image.project.as_deref(),
             event_value(&image.image.tags),
             event_value(&after.tags),
@@ -592,10 +675,10 @@ impl Store {
         Ok(after)
     }
 
-    pub async fn delete_tag(&self, actor: &str, name: &str, tag: &str) -> Result<Image, StoreError> {
+    pub async fn delete_tag(&self, actor: &str, identity: &ScopedName, tag: &str) -> Result<Image, StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        let image = image_row(connection, name).await?;
+        let image = image_row(connection, identity).await?;
         let deleted = sqlx::query("DELETE FROM image_tags WHERE image_id = $1 AND tag = $2")
             .bind(&image.id)
             .bind(tag)
@@ -604,14 +687,14 @@ impl Store {
             .map_err(StoreError::query("deleting a tag"))?
             .rows_affected();
         if deleted == 0 {
-            return Err(StoreError::not_found("tag", format!("{name}:{tag}")));
+            return Err(StoreError::not_found("tag", format!("{identity}:{tag}")));
         }
-        let after = image_row(connection, name).await?.image;
+        let after = image_row(connection, identity).await?.image;
         record_image_event(
             connection,
             actor,
             "image.untag",
-            name,
+            &identity.key(),
             image.image.project.as_deref(),
             event_value(&image.image.tags),
             event_value(&after.tags),
@@ -623,7 +706,13 @@ impl Store {
 
     /// A new image whose version 1 is `source`'s version `reference`: rows only, the blobs
     /// are shared, so it takes the same time whatever the image's size.
-    pub async fn clone_image(&self, actor: &str, source: &str, reference: &VersionRef, spec: &NewImage) -> Result<Image, StoreError> {
+    pub async fn clone_image(
+        &self,
+        actor: &str,
+        source: &ScopedName,
+        reference: &VersionRef,
+        spec: &NewImage,
+    ) -> Result<Image, StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
         let source_image = image_row(connection, source).await?;
@@ -649,16 +738,25 @@ impl Store {
         for artifact in &version.artifacts {
             insert_artifact(connection, &id, 1, artifact, None, None).await?;
         }
-        let image = image_row(connection, &spec.name).await?.image;
-        record_image_event(connection, actor, "image.clone", &spec.name, spec.project.as_deref(), None, event_value(&image)).await?;
+        let image = image_row(connection, &ScopedName::new(spec.project.as_deref(), &spec.name)).await?.image;
+        record_image_event(
+            connection,
+            actor,
+            "image.clone",
+            &image.scoped_name().key(),
+            spec.project.as_deref(),
+            None,
+            event_value(&image),
+        )
+        .await?;
         transaction.commit().await?;
         Ok(image)
     }
 
     /// What the newest version holding an imported `kind` artifact recorded about its source.
-    pub async fn last_import(&self, name: &str, kind: ArtifactKind) -> Result<Option<ImportSource>, StoreError> {
+    pub async fn last_import(&self, identity: &ScopedName, kind: ArtifactKind) -> Result<Option<ImportSource>, StoreError> {
         let mut connection = self.read().await?;
-        let image = image_row(&mut connection, name).await?;
+        let image = image_row(&mut connection, identity).await?;
         let row = sqlx::query(
             "SELECT version, source_url, source_etag, source_modified FROM image_artifacts \
              WHERE image_id = $1 AND kind = $2 AND source_url IS NOT NULL ORDER BY version DESC LIMIT 1",

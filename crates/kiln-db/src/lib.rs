@@ -89,6 +89,23 @@ impl Store {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`), creating an SQLite file if
     /// needed, and brings the schema up to date.
     pub async fn open(url: &str, secrets: SecretBox) -> Result<Store, StoreError> {
+        let store = Store::connect(url, secrets).await?;
+        store.migrate(i64::MAX).await?;
+        Ok(store)
+    }
+
+    /// Brings the database at `url` to schema `version` and no further, then closes it: how
+    /// upgrade tests make a database as an older Kiln left it. Not for serving: today's
+    /// store reads only today's schema.
+    #[doc(hidden)]
+    pub async fn migrate_to_version(url: &str, version: i64) -> Result<(), StoreError> {
+        let store = Store::connect(url, SecretBox::from_key([0; 32])).await?;
+        let migrated = store.migrate(version).await;
+        store.close().await;
+        migrated
+    }
+
+    async fn connect(url: &str, secrets: SecretBox) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -139,9 +156,7 @@ impl Store {
                 (pool.clone(), pool)
             }
         };
-        let store = Store { pool, write_pool, backend, secrets };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Store { pool, write_pool, backend, secrets })
     }
 
     pub fn backend(&self) -> Backend {

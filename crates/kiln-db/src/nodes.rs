@@ -106,12 +106,12 @@ fn aggregate_columns(connection: &AnyConnection) -> &'static str {
     if connection.backend_name() == "PostgreSQL" {
         "(SELECT COALESCE(json_agg(json_build_object('position', i.position, 'mac_addr', i.mac, 'ip_addrs', i.ip_addrs::json)), '[]'::json)::text \
             FROM interfaces i WHERE i.node_id = nodes.id) AS interfaces_json, \
-         (SELECT COALESCE(json_agg(json_build_object('position', m.position, 'name', m.group_name)), '[]'::json)::text \
+         (SELECT COALESCE(json_agg(json_build_object('position', m.position, 'name', m.group_key)), '[]'::json)::text \
             FROM group_members m WHERE m.node_id = nodes.id) AS groups_json"
     } else {
         "(SELECT json_group_array(json_object('position', i.position, 'mac_addr', i.mac, 'ip_addrs', json(i.ip_addrs))) \
             FROM interfaces i WHERE i.node_id = nodes.id) AS interfaces_json, \
-         (SELECT json_group_array(json_object('position', m.position, 'name', m.group_name)) \
+         (SELECT json_group_array(json_object('position', m.position, 'name', m.group_key)) \
             FROM group_members m WHERE m.node_id = nodes.id) AS groups_json"
     }
 }
@@ -236,8 +236,8 @@ impl Store {
     pub async fn create_node(&self, actor: &str, spec: &NodeSpec) -> Result<Node, StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
-        let snapshot = self.new_snapshot(spec)?;
-        write_node(connection, &snapshot, None).await?;
+        let mut snapshot = self.new_snapshot(spec)?;
+        write_node(connection, &mut snapshot, None).await?;
         let after = serde_json::to_value(&snapshot.node).ok();
         record(
             connection,
@@ -309,7 +309,7 @@ impl Store {
             conditions.push(format!("provision_state = {}", bind(state.as_str().to_owned(), &mut binds)));
         }
         if let Some(group) = &filter.group {
-            conditions.push(format!("id IN (SELECT node_id FROM group_members WHERE group_name = {})", bind(group.clone(), &mut binds)));
+            conditions.push(format!("id IN (SELECT node_id FROM group_members WHERE group_key = {})", bind(group.clone(), &mut binds)));
         }
         if let Some(mac) = &filter.mac {
             conditions.push(format!("id IN (SELECT node_id FROM interfaces WHERE mac = {})", bind(mac.to_string(), &mut binds)));
@@ -472,8 +472,8 @@ impl Store {
             };
             match existing {
                 None => {
-                    let snapshot = self.new_snapshot(spec)?;
-                    write_node(connection, &snapshot, None).await.map_err(entry)?;
+                    let mut snapshot = self.new_snapshot(spec)?;
+                    write_node(connection, &mut snapshot, None).await.map_err(entry)?;
                     let after = serde_json::to_value(&snapshot.node).ok();
                     record(
                         connection,
@@ -501,9 +501,15 @@ impl Store {
                         node.role = spec.role.clone();
                     }
                     node.interfaces = interface_views(&spec.interfaces);
+                    // The node holds its groups' keys: compare what the file names with
+                    // those, so that a re-run changes nothing.
                     for group in &spec.groups {
-                        if !node.groups.contains(group) {
-                            node.groups.push(group.clone());
+                        let key = crate::groups::existing_group_for(connection, group, node.project.as_deref())
+                            .await
+                            .map_err(entry)?
+                            .unwrap_or_else(|| group.clone());
+                        if !node.groups.contains(&key) {
+                            node.groups.push(key);
                         }
                     }
                     if let Some(bmc) = &spec.bmc {
@@ -529,13 +535,13 @@ async fn find_node_by(connection: &mut AnyConnection, column: &str, value: &str)
 }
 
 async fn project_groups(connection: &mut AnyConnection, project: &str) -> Result<Vec<String>, StoreError> {
-    sqlx::query("SELECT name FROM node_groups WHERE project = $1")
+    sqlx::query("SELECT key FROM node_groups WHERE project = $1")
         .bind(project)
         .fetch_all(connection)
         .await
         .map_err(StoreError::query("listing a project's groups"))?
         .iter()
-        .map(|row| row.try_get("name").map_err(StoreError::query("listing a project's groups")))
+        .map(|row| row.try_get("key").map_err(StoreError::query("listing a project's groups")))
         .collect()
 }
 
@@ -557,7 +563,7 @@ pub(crate) async fn save_changed_node(
 
 /// Writes a new node that needs no uniqueness checks beyond the database's own (enrolment).
 pub(crate) async fn insert_plain_node(connection: &mut AnyConnection, node: &Node) -> Result<(), StoreError> {
-    write_node(connection, &NodeSnapshot { node: node.clone(), sealed_bmc_password: None }, None).await
+    write_node(connection, &mut NodeSnapshot { node: node.clone(), sealed_bmc_password: None }, None).await
 }
 
 /// Checks that the project a node is put in exists, so that a missing one is the input's
@@ -593,7 +599,8 @@ async fn check_unique(connection: &mut AnyConnection, column: &str, value: &str,
 
 /// Writes a node's row, interfaces and group memberships. `before` is the stored state
 /// when updating. Uniqueness is checked first so that a conflict names the other node.
-async fn write_node(connection: &mut AnyConnection, snapshot: &NodeSnapshot, before: Option<&NodeSnapshot>) -> Result<(), StoreError> {
+/// Writes the node; its `groups` come back as the keys of the groups they named.
+async fn write_node(connection: &mut AnyConnection, snapshot: &mut NodeSnapshot, before: Option<&NodeSnapshot>) -> Result<(), StoreError> {
     let node = &snapshot.node;
     check_node_unique(connection, node).await?;
     if let Some(project) = &node.project
@@ -606,7 +613,7 @@ async fn write_node(connection: &mut AnyConnection, snapshot: &NodeSnapshot, bef
         write_interfaces(connection, node, before.is_some()).await?;
     }
     if before.is_none_or(|before| before.node.groups != node.groups) {
-        write_group_members(connection, node, before.is_some()).await?;
+        snapshot.node.groups = write_group_members(connection, &snapshot.node, before.is_some()).await?;
     }
     Ok(())
 }
@@ -712,8 +719,9 @@ async fn write_interfaces(connection: &mut AnyConnection, node: &Node, replace: 
     Ok(())
 }
 
-/// The node's group memberships, replacing the stored ones (`replace`).
-async fn write_group_members(connection: &mut AnyConnection, node: &Node, replace: bool) -> Result<(), StoreError> {
+/// The node's group memberships, replacing the stored ones (`replace`); returns the keys of
+/// the groups its `groups` named, each once.
+async fn write_group_members(connection: &mut AnyConnection, node: &Node, replace: bool) -> Result<Vec<String>, StoreError> {
     if replace {
         sqlx::query("DELETE FROM group_members WHERE node_id = $1")
             .bind(&node.id)
@@ -721,15 +729,20 @@ async fn write_group_members(connection: &mut AnyConnection, node: &Node, replac
             .await
             .map_err(StoreError::query("writing group members"))?;
     }
-    for (position, group) in node.groups.iter().enumerate() {
-        crate::groups::ensure_group_for(connection, group, node.project.as_deref()).await?;
-        sqlx::query("INSERT INTO group_members (group_name, node_id, position) VALUES ($1, $2, $3)")
-            .bind(group)
+    let mut keys: Vec<String> = Vec::with_capacity(node.groups.len());
+    for group in &node.groups {
+        let key = crate::groups::ensure_group_for(connection, group, node.project.as_deref()).await?;
+        if keys.contains(&key) {
+            continue;
+        }
+        sqlx::query("INSERT INTO group_members (group_key, node_id, position) VALUES ($1, $2, $3)")
+            .bind(&key)
             .bind(&node.id)
-            .bind(position as i64)
+            .bind(keys.len() as i64)
             .execute(&mut *connection)
             .await
             .map_err(StoreError::query("writing group members"))?;
+        keys.push(key);
     }
-    Ok(())
+    Ok(keys)
 }

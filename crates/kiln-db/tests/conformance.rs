@@ -9,6 +9,7 @@ use kiln_test_utils::{BackendKind, TestDatabase};
 use kiln_types::api::ProjectRole;
 use kiln_types::discovery::parse_document;
 use kiln_types::node::{NodeChange, NodeInput, NodeSpec};
+use kiln_types::scoped_name::{NameReference, ScopedName};
 use kiln_types::{MacAddress, ProvisionState};
 
 async fn open(kind: BackendKind) -> Option<(Store, TestDatabase)> {
@@ -309,18 +310,45 @@ async fn groups_respect_project_ownership(store: Store) {
     let group = store.create_group("alice", "ga", "", Some("a"), &["na".into()], &scope_a).await.unwrap();
     assert_eq!(group.members, ["na"]);
     assert!(matches!(store.create_group("alice", "gx", "", Some("b"), &[], &scope_a).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(store.get_group("ga", &scope_b).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(store.update_group("bob", "ga", Some("x"), None, &scope_b).await, Err(StoreError::NotFound { .. })));
-    // A node of project b cannot join a group of project a.
-    let join = NodeChange { groups: Some(vec!["ga".into()]), ..Default::default() };
+    assert!(matches!(store.get_group(&reference("ga"), &scope_b).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.get_group(&reference("a/ga"), &scope_b).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.update_group("bob", &scoped(Some("a"), "ga"), Some("x"), None, &scope_b).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // A node of project b cannot join a group of project a: named by its project it is
+    // missing, and a bare name means b's own group, made when it does not exist.
+    let join = NodeChange { groups: Some(vec!["a/ga".into()]), ..Default::default() };
     assert!(matches!(store.update_node("bob", "nb", &scope_b, &join).await, Err(StoreError::NotFound { kind: "group", .. })));
+    let join = NodeChange { groups: Some(vec!["ga".into()]), ..Default::default() };
+    assert_eq!(store.update_node("bob", "nb", &scope_b, &join).await.unwrap().groups, ["b/ga"]);
+    assert_eq!(store.get_group(&reference("ga"), &scope_b).await.unwrap().members, ["nb"]);
+    assert_eq!(store.get_group(&reference("ga"), &scope_a).await.unwrap().members, ["na"]);
+    // The same name in two projects is no conflict; an administrator must say which.
+    store.create_group("bob", "gb", "", Some("b"), &[], &scope_b).await.unwrap();
+    store.create_group("alice", "gb", "", Some("a"), &[], &scope_a).await.unwrap();
+    let ambiguous = store.get_group(&reference("gb"), &ProjectScope::All).await;
+    assert!(
+        matches!(&ambiguous, Err(StoreError::Conflict { message }) if message.contains("a/gb") && message.contains("b/gb")),
+        "{ambiguous:?}"
+    );
+    assert_eq!(store.get_group(&reference("b/gb"), &ProjectScope::All).await.unwrap().project.as_deref(), Some("b"));
     // A global group holds nodes of both projects; each tenant sees only its own.
     store.create_group("admin", "compute", "", None, &["na".into(), "nb".into()], &ProjectScope::All).await.unwrap();
-    assert_eq!(store.get_group("compute", &scope_a).await.unwrap().members, ["na"]);
-    assert_eq!(store.get_group("compute", &ProjectScope::All).await.unwrap().members, ["na", "nb"]);
-    assert!(matches!(store.delete_group("alice", "compute", &scope_a).await, Err(StoreError::NotFound { .. })));
-    store.delete_group("alice", "ga", &scope_a).await.unwrap();
+    assert_eq!(store.get_group(&reference("compute"), &scope_a).await.unwrap().members, ["na"]);
+    assert_eq!(store.get_group(&reference("compute"), &ProjectScope::All).await.unwrap().members, ["na", "nb"]);
+    assert!(matches!(store.delete_group("alice", &scoped(None, "compute"), &scope_a).await, Err(StoreError::NotFound { .. })));
+    store.delete_group("alice", &scoped(Some("a"), "ga"), &scope_a).await.unwrap();
     assert_eq!(store.get_node("na", &ProjectScope::All).await.unwrap().groups, ["compute"]);
+    assert_eq!(store.get_node("nb", &ProjectScope::All).await.unwrap().groups, ["b/ga", "compute"], "b's group of the same name stays");
+}
+
+fn reference(text: &str) -> NameReference {
+    NameReference::parse("name", text).unwrap()
+}
+
+fn scoped(project: Option<&str>, name: &str) -> ScopedName {
+    ScopedName::new(project, name)
 }
 
 async fn events_record_changes(store: Store) {
@@ -434,11 +462,11 @@ async fn cloud_init_data_follows_replicas_and_cascades(store: Store, other: Stor
 
     // A node's data goes with the node, a group's config with the group.
     other.delete_node("bob", "node01", &ProjectScope::All).await.unwrap();
-    other.delete_group("bob", "compute", &ProjectScope::All).await.unwrap();
+    other.delete_group("bob", &scoped(None, "compute"), &ProjectScope::All).await.unwrap();
     let view = inventory.refresh().await.unwrap();
     assert!(!view.cloud_init().nodes.contains_key(&node01));
     assert!(!view.cloud_init().groups.contains_key("compute"));
-    assert!(matches!(store.get_cloud_init_group("compute", &ProjectScope::All).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.get_cloud_init_group(&reference("compute"), &ProjectScope::All).await, Err(StoreError::NotFound { .. })));
     assert!(matches!(store.get_cloud_init_node("node01", &ProjectScope::All).await, Err(StoreError::NotFound { .. })));
     let reloaded = Inventory::load(store.clone()).await.unwrap().view();
     assert_eq!(reloaded.cloud_init().nodes.len(), view.cloud_init().nodes.len(), "a fresh load agrees with the followed view");
@@ -486,42 +514,43 @@ fn version(number: Option<i64>, base: Option<i64>, artifacts: Vec<kiln_db::NewAr
 async fn image_versions_tags_clones_and_blob_counts(store: Store) {
     use kiln_types::image::{ArtifactKind, VersionRef};
     store.create_image("admin", &new_image("debian")).await.unwrap();
+    let debian = scoped(None, "debian");
     for (digit, size) in [('a', 100), ('b', 10), ('c', 200)] {
         store.touch_blob(&digit.to_string().repeat(64), size).await.unwrap();
     }
     let first = store
         .create_version(
             "admin",
-            "debian",
+            &debian,
             &version(None, None, vec![artifact(ArtifactKind::Root, 'a', 100), artifact(ArtifactKind::Kernel, 'b', 10)], &["stable"]),
         )
         .await
         .unwrap();
     assert_eq!((first.version, first.tags.clone()), (1, vec!["latest".to_owned(), "stable".to_owned()]));
     let second =
-        store.create_version("admin", "debian", &version(None, Some(1), vec![artifact(ArtifactKind::Root, 'c', 200)], &[])).await.unwrap();
+        store.create_version("admin", &debian, &version(None, Some(1), vec![artifact(ArtifactKind::Root, 'c', 200)], &[])).await.unwrap();
     assert_eq!(second.version, 2);
     assert_eq!(second.artifact(ArtifactKind::Kernel), first.artifact(ArtifactKind::Kernel), "carried over from the base");
     // A taken number is refused; an unknown blob is refused; neither leaves a version.
-    let taken = store.create_version("admin", "debian", &version(Some(2), None, vec![artifact(ArtifactKind::Root, 'a', 100)], &[])).await;
+    let taken = store.create_version("admin", &debian, &version(Some(2), None, vec![artifact(ArtifactKind::Root, 'a', 100)], &[])).await;
     assert!(matches!(taken, Err(StoreError::Conflict { .. })), "{taken:?}");
-    let unknown = store.create_version("admin", "debian", &version(None, None, vec![artifact(ArtifactKind::Root, 'f', 1)], &[])).await;
+    let unknown = store.create_version("admin", &debian, &version(None, None, vec![artifact(ArtifactKind::Root, 'f', 1)], &[])).await;
     assert!(matches!(unknown, Err(StoreError::Invalid { .. })), "{unknown:?}");
-    assert_eq!(store.list_versions("debian").await.unwrap().len(), 2);
-    assert_eq!(store.get_version("debian", &VersionRef::Tag("latest".into())).await.unwrap().version, 2);
-    assert_eq!(store.get_version("debian", &VersionRef::Tag("stable".into())).await.unwrap().version, 1);
-    store.set_tag("admin", "debian", "stable", &VersionRef::Number(2)).await.unwrap();
-    store.delete_tag("admin", "debian", "stable").await.unwrap();
-    let import = store.last_import("debian", ArtifactKind::Root).await.unwrap().unwrap();
+    assert_eq!(store.list_versions(&debian).await.unwrap().len(), 2);
+    assert_eq!(store.get_version(&debian, &VersionRef::Tag("latest".into())).await.unwrap().version, 2);
+    assert_eq!(store.get_version(&debian, &VersionRef::Tag("stable".into())).await.unwrap().version, 1);
+    store.set_tag("admin", &debian, "stable", &VersionRef::Number(2)).await.unwrap();
+    store.delete_tag("admin", &debian, "stable").await.unwrap();
+    let import = store.last_import(&debian, ArtifactKind::Root).await.unwrap().unwrap();
     assert_eq!((import.version, import.etag.as_deref()), (2, Some("\"v1\"")));
 
-    let clone = store.clone_image("admin", "debian", &VersionRef::Number(1), &new_image("copy")).await.unwrap();
+    let clone = store.clone_image("admin", &debian, &VersionRef::Number(1), &new_image("copy")).await.unwrap();
     assert_eq!(clone.latest_version, Some(1));
     // Every blob is in use: 'a' by debian:1 and copy:1, 'b' by three versions, 'c' by one.
     assert!(store.unused_blobs(i64::MAX).await.unwrap().is_empty());
-    store.delete_image("admin", "debian").await.unwrap();
+    store.delete_image("admin", &debian).await.unwrap();
     assert!(store.unused_blobs(i64::MAX).await.unwrap().iter().map(|blob| blob.sha256.chars().next().unwrap()).eq(['c']));
-    store.delete_version("admin", "copy", &VersionRef::Number(1)).await.unwrap();
+    store.delete_version("admin", &scoped(None, "copy"), &VersionRef::Number(1)).await.unwrap();
     let unused: Vec<char> = store.unused_blobs(i64::MAX).await.unwrap().iter().map(|blob| blob.sha256.chars().next().unwrap()).collect();
     assert_eq!(unused, ['a', 'b', 'c']);
     // Recently touched blobs are spared; forgetting is conditional.

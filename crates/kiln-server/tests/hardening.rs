@@ -5,28 +5,19 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_server::{ServerConfig, ServerConfigLayer, ServerHandle};
+mod support;
+
+use kiln_server::ServerConfigLayer;
+use support::{TestServer, start_server};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-struct TestServer {
-    handle: ServerHandle,
-    token: String,
-    _data_dir: tempfile::TempDir,
-}
-
 async fn start(max_body_bytes: usize, body_idle_seconds: u64) -> TestServer {
-    let data_dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig::try_from(ServerConfigLayer {
-        data_dir: Some(data_dir.path().to_owned()),
-        listen: Some("127.0.0.1:0".to_owned()),
+    start_server(ServerConfigLayer {
         max_body_bytes: Some(max_body_bytes),
         body_idle_seconds: Some(body_idle_seconds),
         ..Default::default()
     })
-    .unwrap();
-    let handle = kiln_server::start(config).await.unwrap();
-    let token = std::fs::read_to_string(data_dir.path().join("admin-token")).unwrap().trim().to_owned();
-    TestServer { handle, token, _data_dir: data_dir }
+    .await
 }
 
 /// Sends `head` (request line and headers, without the blank line) and `body` on a fresh
@@ -34,7 +25,7 @@ async fn start(max_body_bytes: usize, body_idle_seconds: u64) -> TestServer {
 async fn raw(server: &TestServer, head: &str, body: &[u8]) -> (u16, String, Duration) {
     let mut stream = tokio::net::TcpStream::connect(server.handle.local_addr()).await.unwrap();
     let started = Instant::now();
-    let request = format!("{head}\r\nHost: kiln\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", server.token);
+    let request = format!("{head}\r\nHost: kiln\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", server.admin_token);
     stream.write_all(request.as_bytes()).await.unwrap();
     // A server that answers before the body is all sent may close while it is being sent.
     let _ = stream.write_all(body).await;
@@ -141,7 +132,7 @@ async fn a_reader_minting_a_cloud_init_token_is_forbidden_not_told_the_node_is_m
     use serde_json::{Value, json};
     let server = start(64 << 10, 30).await;
     let base = format!("http://{}", server.handle.local_addr());
-    let admin = Client::new(&base, Some(server.token.clone()));
+    let admin = Client::new(&base, Some(server.admin_token.clone()));
     let _: Value = admin.post("/v1/projects", &json!({ "name": "lab-a" })).await.unwrap();
     let _: Value = admin.post("/v1/nodes", &json!({ "name": "n1", "project": "lab-a" })).await.unwrap();
     let _: Value = admin.post("/v1/users", &json!({ "name": "rita" })).await.unwrap();
@@ -182,7 +173,7 @@ fn ok_answer(body: &str) -> String {
 async fn member_with_image(server: &TestServer) -> kiln_client::Client {
     use serde_json::{Value, json};
     let base = format!("http://{}", server.handle.local_addr());
-    let admin = kiln_client::Client::new(&base, Some(server.token.clone()));
+    let admin = kiln_client::Client::new(&base, Some(server.admin_token.clone()));
     let _: Value = admin.post("/v1/projects", &json!({ "name": "lab-a" })).await.unwrap();
     let _: Value = admin.post("/v1/users", &json!({ "name": "mia" })).await.unwrap();
     let _: Value = admin.put("/v1/projects/lab-a/members", &json!({ "user": "mia", "role": "member" })).await.unwrap();
@@ -203,20 +194,14 @@ async fn import_answer(member: &kiln_client::Client, url: &str) -> (u16, String)
 }
 
 async fn start_allowing(networks: &[&str]) -> TestServer {
-    let data_dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig::try_from(ServerConfigLayer {
-        data_dir: Some(data_dir.path().to_owned()),
-        listen: Some("127.0.0.1:0".to_owned()),
+    start_server(ServerConfigLayer {
         images: Some(kiln_server::config::ImagesLayer {
             import_allowed_networks: networks.iter().map(|network| (*network).to_owned()).collect(),
             ..Default::default()
         }),
         ..Default::default()
     })
-    .unwrap();
-    let handle = kiln_server::start(config).await.unwrap();
-    let token = std::fs::read_to_string(data_dir.path().join("admin-token")).unwrap().trim().to_owned();
-    TestServer { handle, token, _data_dir: data_dir }
+    .await
 }
 
 #[tokio::test]
@@ -276,7 +261,7 @@ async fn free_form_fields_are_capped_and_the_largest_allowed_do_not_grow_the_ser
     use serde_json::{Value, json};
     let server = start(64 << 20, 30).await;
     let base = format!("http://{}", server.handle.local_addr());
-    let admin = kiln_client::Client::new(&base, Some(server.token.clone()));
+    let admin = kiln_client::Client::new(&base, Some(server.admin_token.clone()));
     let _: Value = admin.post("/v1/nodes", &json!({ "name": "n1" })).await.unwrap();
     // Over the cap: 413, naming the field; nothing stored.
     let too_large = json!({ "properties": { "blob": "x".repeat(70 << 10) } });

@@ -189,7 +189,13 @@ impl BootParamsInput {
             .groups
             .iter()
             .enumerate()
-            .map(|(index, group)| validate::name(&format!("groups[{index}]"), group).map_err(|e| invalid(e.field, e.message)))
+            // A group target is exact: `NAME` is the group without a project, `PROJECT/NAME` a
+            // project's group.
+            .map(|(index, group)| {
+                crate::scoped_name::ScopedName::parse(&format!("groups[{index}]"), group)
+                    .map(|group| group.key())
+                    .map_err(|e| invalid(e.field, e.message))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let all = BootParams { kernel: None, initrd: None, params: String::new(), macs, hosts, nids: input.nids.clone(), groups };
         Ok(all.targets())

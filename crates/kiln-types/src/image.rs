@@ -78,6 +78,13 @@ pub struct Image {
     pub updated_at: jiff::Timestamp,
 }
 
+impl Image {
+    /// The image's identity: names are unique within a project, not across projects.
+    pub fn scoped_name(&self) -> crate::scoped_name::ScopedName {
+        crate::scoped_name::ScopedName::new(self.project.as_deref(), &self.name)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageInput {

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod mac;
 pub mod node;
 pub mod provision;
+pub mod scoped_name;
 pub mod validate;
 pub mod xname;
 

@@ -308,7 +308,9 @@ pub fn validate_groups(groups: &[String]) -> Result<Vec<String>, InvalidField> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(groups.len());
     for (index, group) in groups.iter().enumerate() {
-        let group = validate::name(&format!("groups[{index}]"), group)?;
+        // A group is named `NAME` (the node's project's, or else one without a project) or
+        // `PROJECT/NAME`.
+        let group = crate::scoped_name::NameReference::parse(&format!("groups[{index}]"), group)?.to_string();
         if seen.insert(group.clone()) {
             out.push(group);
         }

@@ -144,6 +144,7 @@ pub enum Intent {
     /// Read the node's disk into a new version of `image` (BAAS's image update, BMI's
     /// snapshot); the node then boots its disk again.
     Capture {
+        /// The image's key: `PROJECT/NAME`, or `NAME` for an image without a project.
         image: String,
     },
 }
@@ -181,6 +182,7 @@ impl Intent {
 /// moving later does not change a deploy under way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeployTarget {
+    /// The image's key: `PROJECT/NAME`, or `NAME` for an image without a project.
     pub image: String,
     pub version: i64,
     pub mode: DeployMode,
