@@ -1,13 +1,13 @@
 //! `kiln-agent`: runs on a node in the deploy ramdisk. It finds the server, its node id and
-//! its token on the kernel command line (`kiln.server=`, `kiln.node=`, `kiln.token=`),
-//! exchanges that boot token once for the operation's session token (the one never seen in a
-//! boot script), heartbeats, carries out what the server answers (inspect, deploy, clean)
+//! its token on the kernel command line (`kiln.server=`, `kiln.node=`, `kiln.token=`, and
+//! `kiln.mac=`, the MAC it booted with), exchanges that boot token once for the operation's
+//! session token (the one never seen in a boot script), heartbeats, carries out what the server answers (inspect, deploy, clean)
 //! while reporting progress, reports the result, then reboots or powers off as the command
 //! said.
 //!
 //! The same binary simulates nodes for scale tests: `--server`, `--node`, `--token` on the
-//! command line (`--api` for the API listener, if it is not the server's address) and
-//! `--disk-file` to write to a file instead of the machine's disks.
+//! command line (`--api` for the API listener, if it is not the server's address, `--mac`
+//! for the booting MAC) and `--disk-file` to write to a file instead of the machine's disks.
 
 mod client;
 mod inspect;
@@ -31,6 +31,8 @@ struct Options {
     /// The API listener, for uploads too large for the boot listener (captures).
     api: Server,
     node: String,
+    /// The MAC the node booted with, to ask for a fresh boot script (and token) with.
+    mac: Option<String>,
     disks: Disks,
     /// Exit instead of rebooting or powering off (simulations, tests).
     no_power: bool,
@@ -44,7 +46,7 @@ fn kernel_argument<'a>(command_line: &'a str, name: &str) -> Option<&'a str> {
 fn options() -> anyhow::Result<Options> {
     let mut args = std::env::args().skip(1);
     let (mut server, mut node, mut token, mut disk_file, mut no_power) = (None, None, None, None, false);
-    let mut api = None;
+    let (mut api, mut mac) = (None, None);
     let mut heartbeat = Duration::from_secs(5);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -52,13 +54,14 @@ fn options() -> anyhow::Result<Options> {
             "--server" => server = Some(value()?),
             "--api" => api = Some(value()?),
             "--node" => node = Some(value()?),
+            "--mac" => mac = Some(value()?),
             "--token" => token = Some(value()?),
             "--disk-file" => disk_file = Some(PathBuf::from(value()?)),
             "--heartbeat-seconds" => heartbeat = Duration::from_secs_f64(value()?.parse().context("--heartbeat-seconds")?),
             "--no-power" => no_power = true,
             "--help" | "-h" => {
                 println!(
-                    "kiln-agent [--server URL [--api URL] --node ID --token TOKEN] [--disk-file PATH] [--no-power] [--heartbeat-seconds N]"
+                    "kiln-agent [--server URL [--api URL] --node ID --token TOKEN [--mac MAC]] [--disk-file PATH] [--no-power] [--heartbeat-seconds N]"
                 );
                 std::process::exit(0);
             }
@@ -71,8 +74,9 @@ fn options() -> anyhow::Result<Options> {
     let node = node.or_else(|| from_kernel("kiln.node")).context("no node id: kiln.node= on the kernel command line")?;
     let token = token.or_else(|| from_kernel("kiln.token")).context("no token: kiln.token= on the kernel command line")?;
     let api = api.or_else(|| from_kernel("kiln.api")).unwrap_or_else(|| server.clone());
+    let mac = mac.or_else(|| from_kernel("kiln.mac"));
     let disks = disk_file.map_or(Disks::Machine, Disks::File);
-    Ok(Options { server: Server::parse(&server, &token)?, api: Server::parse(&api, &token)?, node, disks, no_power, heartbeat })
+    Ok(Options { server: Server::parse(&server, &token)?, api: Server::parse(&api, &token)?, node, mac, disks, no_power, heartbeat })
 }
 
 fn main() {
@@ -97,10 +101,13 @@ fn main() {
 
 /// Trades the boot token from the kernel command line for the operation's session token,
 /// before anything else: the boot token is good for this once. A server that is not there
-/// yet is waited for, as heartbeats wait; a refusal ends the agent.
+/// yet is waited for, as heartbeats wait. A refusal means the token is spent, perhaps by an
+/// exchange whose answer was lost on the way: the agent then does what a ramdisk booting
+/// again would, once (a fresh boot script carries a fresh token, and ends any session the
+/// lost answer held); a second refusal ends the agent.
 fn exchange_boot_token(options: &mut Options) -> anyhow::Result<()> {
     let path = format!("/agent/v1/nodes/{}/session", options.node);
-    let mut failures = 0u32;
+    let (mut failures, mut fresh_token_asked) = (0u32, false);
     loop {
         match options.server.post_json::<_, kiln_types::provision::AgentSession>(&path, &serde_json::json!({})) {
             Ok(Some(session)) => {
@@ -109,6 +116,13 @@ fn exchange_boot_token(options: &mut Options) -> anyhow::Result<()> {
                 return Ok(());
             }
             Ok(None) => bail!("the server answered the token exchange with nothing"),
+            Err(error) if is_refused(&error) && !fresh_token_asked => {
+                fresh_token_asked = true;
+                eprintln!("kiln-agent: the boot token was refused ({error:#}); asking for a fresh boot script");
+                let token = fresh_boot_token(options).context("the server refused the boot token, and gave no fresh one")?;
+                options.api.token.clone_from(&token);
+                options.server.token = token;
+            }
             Err(error) if is_refused(&error) => {
                 bail!("the server refused the boot token: it was used already, or the operation is over ({error:#})")
             }
@@ -119,6 +133,21 @@ fn exchange_boot_token(options: &mut Options) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The token of a fresh boot script for this node, asked for with the MAC it booted with.
+/// The server serves one only to the node's own address, and only while the operation lasts.
+fn fresh_boot_token(options: &Options) -> anyhow::Result<String> {
+    let mac = options.mac.as_deref().context("no kiln.mac= on the kernel command line to ask for a boot script with")?;
+    let mut response = options.server.request("GET", &format!("/boot/v1/bootscript?mac={mac}"), &[], b"")?;
+    if response.status != 200 {
+        bail!("the boot script answered {}", response.status);
+    }
+    let script = response.text()?;
+    if kernel_argument(&script, "kiln.node") != Some(options.node.as_str()) {
+        bail!("the boot script is not this node's deploy ramdisk's: the operation is over, or this is not the node's address");
+    }
+    kernel_argument(&script, "kiln.token").map(str::to_owned).context("the boot script carries no token")
 }
 
 /// Heartbeats and carries out commands until one ends with its result accepted (returning

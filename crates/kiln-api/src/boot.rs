@@ -210,8 +210,8 @@ async fn ramdisk_urls(state: &ApiState, node: &kiln_types::node::Node) -> Option
         tracing::warn!(node = %node.name, image = %state.boot.ramdisk_image, "no deploy ramdisk image: run `kiln build ramdisk`");
         return None;
     };
-    // Public images' names are unique among public images: the boot path needs no project.
-    let base = format!("{}/boot/images/{}/{version}", state.boot.public_url, ramdisk.name);
+    // The exact key: a bare name could, once this image is not public, name another's.
+    let base = format!("{}/boot/images/{}/{version}", state.boot.public_url, ramdisk.path_segment());
     Some((format!("{base}/kernel"), format!("{base}/initrd")))
 }
 
@@ -228,8 +228,9 @@ async fn live_script(
     let node = context.node.expect("live nodes are known");
     let image = kiln_types::scoped_name::ScopedName::from_key(&target.image);
     let version = state.store.get_version(&image, &VersionRef::Number(target.version)).await?;
-    // A live image is public, and public images' names are unique: the path needs no project.
-    let base = format!("{}/boot/images/{}/{}", state.boot.public_url, image.name, target.version);
+    // The exact key: a live image must stay public to be served, and a bare name could name
+    // another project's public image.
+    let base = format!("{}/boot/images/{}/{}", state.boot.public_url, image.path_segment(), target.version);
     let Some(root) = version.artifact(ArtifactKind::Root) else { return Ok(Some(kiln_boot::unknown_machine_script(context))) };
     let root_url = format!("{base}/root");
     let console = "console=tty0 console=ttyS0,115200";

@@ -346,15 +346,21 @@ fn inputs<'a>(state: &ApiState, view: &'a InventoryView, node: &'a Node, token: 
     let cloud_init = view.cloud_init();
     let record = cloud_init.nodes.get(&node.id);
     let defaults: &'a CloudInitDefaults = &cloud_init.defaults;
+    // A node is in groups without a project and in its own project's; where two share a
+    // name, the node's project's is the one it sees (as a bare name in its `groups` means).
+    let shadowed = |key: &&String| {
+        !key.contains('/') && node.groups.iter().any(|other| ScopedName::name_of_key(other) == key.as_str() && other != *key)
+    };
     let groups = node
         .groups
         .iter()
+        .filter(|key| !shadowed(key))
         .map(|key| {
             let group = cloud_init.groups.get(key);
             CloudInitGroupView {
                 // The node knows its groups by name, as OpenCHAMI's templates do: the
                 // project is the node's own (or none).
-                name: kiln_types::scoped_name::ScopedName::name_of_key(key),
+                name: ScopedName::name_of_key(key),
                 description: group.map_or("", |group| group.description.as_str()),
                 meta_data: group.and_then(|group| group.meta_data.as_ref()),
                 has_file: group.is_some_and(|group| group.content.is_some()),

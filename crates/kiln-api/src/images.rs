@@ -381,9 +381,10 @@ pub(crate) async fn serve_artifact(
 }
 
 /// `/boot/images/{image}/{version}/{artifact}`: what booting machines fetch. Without a token,
-/// so only public images are served here.
+/// so only public images are served here (see [`kiln_db::Store::get_public_image`] for how
+/// the image is named).
 #[utoipa::path(get, path = "/boot/images/{image}/{version}/{artifact}", tag = "boot", security(()),
-    params(("image" = String, Path, description = "A public image's name or id"),
+    params(("image" = String, Path, description = "A public image: PROJECT%2FNAME exactly, or NAME (the image without a project of that name, else the only public one)"),
         ("version" = String, Path, description = "Version number, or a tag"),
         ("artifact" = String, Path, description = "Artifact kind (root, disk, kernel, initrd)")),
     responses((status = 200, description = "The artifact's bytes (Range requests are honoured)"), (status = 206), (status = 404, body = ErrorBody)))]
@@ -406,7 +407,7 @@ pub(crate) async fn resolve_boot_artifact(state: &ApiState, rest: &str) -> crate
     use crate::boot_listener::Resolved;
     let parts: Vec<&str> = rest.split('/').collect();
     let [name, version, kind] = parts[..] else { return Resolved::Route };
-    let Ok(reference) = NameReference::parse("image", name) else { return Resolved::Route };
+    let Ok(reference) = NameReference::parse_path_segment("image", name) else { return Resolved::Route };
     let Ok(image) = state.store.get_public_image(&reference).await else { return Resolved::Route };
     let Ok(reference) = version_ref(version) else { return Resolved::Route };
     let Ok(version) = state.store.get_version(&image.scoped_name(), &reference).await else { return Resolved::Route };

@@ -340,6 +340,8 @@ pub async fn heartbeat(
     JsonBody(heartbeat): JsonBody<Heartbeat>,
 ) -> ApiResult<Json<AgentCommand>> {
     let (node, record) = agent(&state, &headers, &node_id).await?;
+    // What a machine sends is held to the limits of what operators send.
+    state.field_limits.check("progress", &heartbeat.progress)?;
     state.store.record_heartbeat(&node.id, &heartbeat).await?;
     // An agent at work on the current command only reports progress: it is told to go on,
     // without resolving the command's artifact again on every heartbeat.
@@ -369,6 +371,10 @@ pub async fn result(
     JsonBody(result): JsonBody<AgentResult>,
 ) -> ApiResult<StatusCode> {
     let (node, _) = agent(&state, &headers, &node_id).await?;
+    // The inventory becomes the node's properties: held to the same limit as properties.
+    state.field_limits.check("inventory", &result.inventory)?;
+    state.field_limits.check("error", &result.error)?;
+    state.field_limits.check("root_device", &result.root_device)?;
     state.store.record_agent_result(&node.id, &result).await?;
     match &result.error {
         None => tracing::info!(node = %node.name, command = result.id, "agent finished its command"),

@@ -107,7 +107,7 @@ pub fn agent_script(context: &ScriptContext<'_>, ramdisk: RamdiskUrls<'_>, node_
     format!(
         "#!ipxe\necho Kiln: {name} ({mac}) boots the deploy agent\n\
          kernel --name kernel {kernel} initrd=initrd console=tty0 console=ttyS0,115200 quiet \
-         kiln.server={server} kiln.api={api_url} kiln.node={node_id} kiln.token={agent_token} || goto retry\n\
+         kiln.server={server} kiln.api={api_url} kiln.node={node_id} kiln.mac={mac} kiln.token={agent_token} || goto retry\n\
          initrd --name initrd {initrd} || goto retry\nboot || goto retry\n{tail}",
         mac = context.mac,
         kernel = ramdisk.kernel,
@@ -217,7 +217,7 @@ mod tests {
         expect_test::expect![[r#"
             #!ipxe
             echo Kiln: nid001 (52:54:00:be:ef:01) boots the deploy agent
-            kernel --name kernel http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/kernel initrd=initrd console=tty0 console=ttyS0,115200 quiet kiln.server=http://10.77.0.1:8081 kiln.api=http://10.77.0.1:8080 kiln.node=3d3c kiln.token=kiln_secret || goto retry
+            kernel --name kernel http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/kernel initrd=initrd console=tty0 console=ttyS0,115200 quiet kiln.server=http://10.77.0.1:8081 kiln.api=http://10.77.0.1:8080 kiln.node=3d3c kiln.mac=52:54:00:be:ef:01 kiln.token=kiln_secret || goto retry
             initrd --name initrd http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/initrd || goto retry
             boot || goto retry
             :retry

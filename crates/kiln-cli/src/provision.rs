@@ -407,7 +407,10 @@ pub(crate) async fn build(client: Option<&Client>, format: OutputFormat, command
         return Ok(());
     }
     let client = client.context("uploading needs a server: --server/KILN_URL and a token")?;
-    let exists = client.get::<serde_json::Value>(&format!("/v1/images/{}", encode(&args.image))).await.is_ok();
+    // The server boots the ramdisk image without a project; an administrator's bare name
+    // could also find a project's image of that name, which is not it.
+    let exists =
+        client.get::<serde_json::Value>(&format!("/v1/images/{}", encode(&args.image))).await.is_ok_and(|image| image["project"].is_null());
     if !exists {
         let input = serde_json::json!({ "name": args.image, "visibility": "public", "description": "Kiln deploy ramdisk (kiln-agent)" });
         let _: serde_json::Value = client.post("/v1/images", &input).await.context("creating the ramdisk image")?;

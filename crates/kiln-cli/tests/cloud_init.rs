@@ -333,13 +333,18 @@ fn project_members_manage_cloud_init_for_their_own_nodes_and_groups() {
         &["cloud-init", "node", "get", "data", "a-node"],
         &["cloud-init", "node", "token", "a-node"],
         &["cloud-init", "group", "get", "alpha-compute"],
-        &["cloud-init", "group", "set", "-d", "[{name: alpha-compute, file: {content: \"#cloud-config\\n{}\\n\"}}]"],
         &["cloud-init", "group", "delete", "alpha-compute"],
         &["cloud-init", "group", "render", "alpha-compute", "a-node"],
     ] {
         let error = failed(kiln(&server, bob, args, None));
         assert!(error.contains("not found"), "bob {args:?}: {error}");
     }
+    // Setting a config by a name only another project has answers as for a name nowhere.
+    let set = |name: &str| {
+        let data = format!("[{{name: {name}, file: {{content: \"#cloud-config\\n{{}}\\n\"}}}}]");
+        failed(kiln(&server, bob, &["cloud-init", "group", "set", "-d", &data], None)).replace(name, "NAME")
+    };
+    assert_eq!(set("alpha-compute"), set("nowhere-group"));
     let error = failed(kiln(&server, bob, &["cloud-init", "defaults", "set", "-d", "{cluster-name: mine}"], None));
     assert!(error.contains("administrator"), "{error}");
     let error = failed(kiln(&server, bob, &["cloud-init", "group", "set", "-d", "[{name: global-group}]"], None));

@@ -158,24 +158,32 @@ fn http_on(mut stream: TcpStream, method: &str, path: &str, bearer: Option<&str>
         body.len()
     )
     .unwrap();
-    stream.write_all(body).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    // A server may answer (413) before it has read the whole body, and close: what it
+    // answered is still read.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
     let status = answer.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
     (status, body)
 }
 
 fn start_agent(server_url: &str, node_id: &str, agent_token: &str, disk: &Path) -> Child {
-    Command::new(agent_binary())
+    agent_command(server_url, node_id, agent_token, disk).spawn().unwrap()
+}
+
+/// The simulated agent's command, writing to `disk`, its output on standard error.
+fn agent_command(server_url: &str, node_id: &str, agent_token: &str, disk: &Path) -> Command {
+    let mut command = Command::new(agent_binary());
+    command
         .args(["--server", server_url, "--node", node_id, "--token", agent_token, "--no-power", "--heartbeat-seconds", "1"])
         .arg("--disk-file")
         .arg(disk)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    command
 }
 
 fn agent_output(child: Child) -> (bool, String) {
@@ -396,6 +404,26 @@ fn a_boot_token_is_exchanged_once_and_a_fresh_boot_script_ends_the_old_session()
     let session = session["token"].as_str().unwrap().to_owned();
     assert_ne!(session, boot_token);
     assert_eq!(agent("POST", "heartbeat", &session).0, 200, "the session works");
+    // What the machine sends is held to the stored fields' limit (64 KiB), naming the field,
+    // on the API listener too (the boot listener takes no body over 64 KiB at all).
+    let disks: Vec<serde_json::Value> = (0..2000)
+        .map(|index| serde_json::json!({ "name": format!("sd{index}"), "size_bytes": 1, "rotational": false, "removable": false }))
+        .collect();
+    let inventory = serde_json::json!({ "id": 1, "inventory": { "cpu_count": 1, "cpu_arch": "x86_64", "memory_bytes": 1,
+        "disks": disks, "interfaces": [], "dmi": {} } });
+    let result = |body: &serde_json::Value| {
+        http("POST", &site.server.url, &format!("/agent/v1/nodes/{node}/result"), Some(&session), body.to_string().as_bytes())
+    };
+    let (status, answer) = result(&inventory);
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("inventory"), "{answer}");
+    let (status, answer) = result(&serde_json::json!({ "id": 1, "error": "e".repeat(100_000) }));
+    assert!(status == 413 && answer.contains("error: "), "{status} {answer}");
+    let progress = serde_json::json!({ "progress": { "phase": "p".repeat(100_000), "bytes_done": 0 } });
+    let (status, answer) =
+        http("POST", &site.server.url, &format!("/agent/v1/nodes/{node}/heartbeat"), Some(&session), progress.to_string().as_bytes());
+    assert!(status == 413 && answer.contains("progress"), "{status} {answer}");
+    assert_eq!(agent("POST", "heartbeat", &session).0, 200, "and nothing of it was taken");
     assert_eq!(agent("POST", "session", &boot_token).0, 401, "a second exchange is refused");
     assert_eq!(agent("POST", "session", &session).0, 401, "a session token is not a boot token");
     assert_eq!(agent("POST", "heartbeat", &boot_token).0, 401);
@@ -406,6 +434,30 @@ fn a_boot_token_is_exchanged_once_and_a_fresh_boot_script_ends_the_old_session()
     let (status, _) = agent("POST", "session", &fresh);
     assert_eq!(status, 200);
     assert_eq!(agent("POST", "session", &boot_token).0, 401, "and the first boot token stays dead");
+}
+
+/// An exchange whose answer never reached the agent spent its boot token: the agent asks
+/// for a fresh boot script from the node's address, as a ramdisk booting again would, and
+/// deploys with the fresh token (the session the lost answer held dies with it).
+#[test]
+fn an_agent_whose_exchange_answer_was_lost_gets_a_fresh_token_and_deploys() {
+    let site = Site::start();
+    let image = site.image("os", &noise(1 << 20, 4));
+    site.node("lost", "52:54:00:00:04:01");
+    site.kiln(&["node", "deploy", "lost", "--image", "os"]);
+    let (node, boot_token) = site.agent_credentials("lost", "52:54:00:00:04:01");
+    let exchange = |token: &str| http("POST", &site.boot_url(), &format!("/agent/v1/nodes/{node}/session"), Some(token), b"{}");
+    let (status, answer) = exchange(&boot_token);
+    assert_eq!(status, 200, "the exchange is taken; its answer is what the agent never sees");
+    let lost_session = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["token"].as_str().unwrap().to_owned();
+    let disk = site.directory.path().join("lost.disk");
+    let agent = agent_command(&site.boot_url(), &node, &boot_token, &disk).args(["--mac", "52:54:00:00:04:01"]).spawn().unwrap();
+    let (done, log) = agent_output(agent);
+    assert!(done && log.contains("asking for a fresh boot script"), "{log}");
+    site.wait_for("lost", "active", Duration::from_secs(20), |s| s["provision_state"] == "active");
+    assert_eq!(std::fs::read(&disk).unwrap(), std::fs::read(&image).unwrap(), "the disk holds exactly the image");
+    let heartbeat = http("POST", &site.boot_url(), &format!("/agent/v1/nodes/{node}/heartbeat"), Some(&lost_session), b"{}");
+    assert_eq!(heartbeat.0, 401, "the session of the lost answer is dead");
 }
 
 /// A phone-home is recorded from anywhere, but completes a deploy waiting for its callback

@@ -438,14 +438,17 @@ async fn create_group_for_config(
         project: spec.project.clone(),
         created_at: crate::now_millis(),
     };
-    sqlx::query("INSERT INTO node_groups (key, name, project, description, created_at) VALUES ($1, $2, $3, '', $4)")
-        .bind(&row.key)
-        .bind(&row.name)
-        .bind(row.project.as_deref())
-        .bind(row.created_at)
-        .execute(&mut *connection)
-        .await
-        .map_err(StoreError::query("creating a group"))?;
+    // Another writer may create it meanwhile (PostgreSQL): theirs is the same group.
+    sqlx::query(
+        "INSERT INTO node_groups (key, name, project, description, created_at) VALUES ($1, $2, $3, '', $4) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(&row.key)
+    .bind(&row.name)
+    .bind(row.project.as_deref())
+    .bind(row.created_at)
+    .execute(&mut *connection)
+    .await
+    .map_err(StoreError::query("creating a group"))?;
     Ok(row)
 }
 

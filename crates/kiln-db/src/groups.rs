@@ -155,14 +155,17 @@ pub(crate) async fn ensure_group_for(
         return Ok(key);
     }
     let created = ScopedName::new(node_project, &parse_group_reference(reference)?.name);
-    sqlx::query("INSERT INTO node_groups (key, name, project, description, created_at) VALUES ($1, $2, $3, '', $4)")
-        .bind(created.key())
-        .bind(&created.name)
-        .bind(created.project.as_deref())
-        .bind(crate::now_millis())
-        .execute(connection)
-        .await
-        .map_err(StoreError::query("creating a group"))?;
+    // Another writer may create it meanwhile (PostgreSQL): theirs is the same group.
+    sqlx::query(
+        "INSERT INTO node_groups (key, name, project, description, created_at) VALUES ($1, $2, $3, '', $4) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(created.key())
+    .bind(&created.name)
+    .bind(created.project.as_deref())
+    .bind(crate::now_millis())
+    .execute(connection)
+    .await
+    .map_err(StoreError::query("creating a group"))?;
     Ok(created.key())
 }
 

@@ -333,9 +333,6 @@ async fn insert_image(connection: &mut AnyConnection, id: &str, spec: &NewImage,
         Err(StoreError::NotFound { .. }) => {}
         Err(error) => return Err(error),
     }
-    if spec.visibility == Visibility::Public {
-        check_public_name_free(connection, &spec.name, id).await?;
-    }
     sqlx::query(&format!("INSERT INTO images ({IMAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"))
         .bind(id)
         .bind(&spec.name)
@@ -349,23 +346,6 @@ async fn insert_image(connection: &mut AnyConnection, id: &str, spec: &NewImage,
         .await
         .map_err(StoreError::query("creating an image"))?;
     write_shares(connection, id, &spec.shared_with).await
-}
-
-/// A public image's name is unique among public images, so that `/boot/images/NAME/…` names
-/// one image. Telling a caller the name is taken reveals nothing: public images are listed
-/// to everyone.
-async fn check_public_name_free(connection: &mut AnyConnection, name: &str, image_id: &str) -> Result<(), StoreError> {
-    let taken = sqlx::query("SELECT 1 AS found FROM images WHERE name = $1 AND visibility = 'public' AND id <> $2")
-        .bind(name)
-        .bind(image_id)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(StoreError::query("looking up an image"))?
-        .is_some();
-    if taken {
-        return Err(StoreError::conflict(format!("a public image named '{name}' already exists; public images' names are unique")));
-    }
-    Ok(())
 }
 
 async fn write_shares(connection: &mut AnyConnection, image_id: &str, projects: &[String]) -> Result<(), StoreError> {
@@ -447,13 +427,26 @@ impl Store {
         Ok(resolve_image(&mut connection, reference, scope).await?.image)
     }
 
-    /// A public image, as booting machines (who have no token) may fetch it: public names
-    /// are unique, so a bare name is enough.
+    /// A public image, as booting machines (who have no token) may fetch it. `PROJECT/NAME`
+    /// names one exactly. A bare `NAME` names the image of that name without a project when
+    /// there is one (the operators' own: no project can take its name from a boot path),
+    /// else the only public image of that name; two are ambiguous, and name none. An image
+    /// that is not public is served to no machine, whatever names it.
     pub async fn get_public_image(&self, reference: &NameReference) -> Result<Image, StoreError> {
         let mut connection = self.read().await?;
-        let public_only = ProjectScope::Projects(Vec::new());
-        let image = resolve_image(&mut connection, reference, &public_only).await?.image;
-        if image.visibility == Visibility::Public { Ok(image) } else { Err(StoreError::not_found("image", reference.to_string())) }
+        let missing = || StoreError::not_found("image", reference.to_string());
+        let image = match &reference.project {
+            Some(project) => image_row(&mut connection, &ScopedName::new(Some(project), &reference.name)).await?.image,
+            None => match image_row(&mut connection, &ScopedName::new(None, &reference.name)).await {
+                Ok(row) => row.image,
+                Err(StoreError::NotFound { .. }) => {
+                    let public_only = ProjectScope::Projects(Vec::new());
+                    resolve_image(&mut connection, reference, &public_only).await.map_err(|_| missing())?.image
+                }
+                Err(error) => return Err(error),
+            },
+        };
+        if image.visibility == Visibility::Public { Ok(image) } else { Err(missing()) }
     }
 
     /// Every image a reader with `scope` sees (see [`Store::get_image`]), by name.
@@ -478,9 +471,6 @@ impl Store {
         let connection = transaction.connection();
         let before = image_row(connection, identity).await?;
         let old = &before.image;
-        if change.visibility == Some(Visibility::Public) && old.visibility != Visibility::Public {
-            check_public_name_free(connection, &old.name, &before.id).await?;
-        }
         sqlx::query("UPDATE images SET visibility = $2, description = $3, os = $4, arch = $5, updated_at = $6 WHERE id = $1")
             .bind(&before.id)
             .bind(change.visibility.unwrap_or(old.visibility).as_str())

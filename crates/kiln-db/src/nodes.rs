@@ -613,7 +613,8 @@ async fn write_node(connection: &mut AnyConnection, snapshot: &mut NodeSnapshot,
         write_interfaces(connection, node, before.is_some()).await?;
     }
     if before.is_none_or(|before| before.node.groups != node.groups) {
-        snapshot.node.groups = write_group_members(connection, &snapshot.node, before.is_some()).await?;
+        let stored = before.map_or(&[][..], |before| before.node.groups.as_slice());
+        snapshot.node.groups = write_group_members(connection, &snapshot.node, before.is_some(), stored).await?;
     }
     Ok(())
 }
@@ -720,8 +721,15 @@ async fn write_interfaces(connection: &mut AnyConnection, node: &Node, replace: 
 }
 
 /// The node's group memberships, replacing the stored ones (`replace`); returns the keys of
-/// the groups its `groups` named, each once.
-async fn write_group_members(connection: &mut AnyConnection, node: &Node, replace: bool) -> Result<Vec<String>, StoreError> {
+/// the groups its `groups` named, each once. A value among the `stored` keys is that group
+/// exactly: rewriting a node's groups never moves it from a group without a project to its
+/// project's group of the same name.
+async fn write_group_members(
+    connection: &mut AnyConnection,
+    node: &Node,
+    replace: bool,
+    stored: &[String],
+) -> Result<Vec<String>, StoreError> {
     if replace {
         sqlx::query("DELETE FROM group_members WHERE node_id = $1")
             .bind(&node.id)
@@ -731,7 +739,11 @@ async fn write_group_members(connection: &mut AnyConnection, node: &Node, replac
     }
     let mut keys: Vec<String> = Vec::with_capacity(node.groups.len());
     for group in &node.groups {
-        let key = crate::groups::ensure_group_for(connection, group, node.project.as_deref()).await?;
+        let key = if stored.contains(group) {
+            group.clone()
+        } else {
+            crate::groups::ensure_group_for(connection, group, node.project.as_deref()).await?
+        };
         if keys.contains(&key) {
             continue;
         }

@@ -341,6 +341,16 @@ async fn groups_respect_project_ownership(store: Store) {
     store.delete_group("alice", &scoped(Some("a"), "ga"), &scope_a).await.unwrap();
     assert_eq!(store.get_node("na", &ProjectScope::All).await.unwrap().groups, ["compute"]);
     assert_eq!(store.get_node("nb", &ProjectScope::All).await.unwrap().groups, ["b/ga", "compute"], "b's group of the same name stays");
+    // A node's stored groups stay exactly the groups they are: rewriting its list never moves
+    // it from the global `compute` to its project's, though a bare name newly given means
+    // the project's.
+    store.create_group("alice", "compute", "", Some("a"), &[], &scope_a).await.unwrap();
+    let rewrite = NodeChange { groups: Some(vec!["compute".into(), "extra".into()]), ..Default::default() };
+    assert_eq!(store.update_node("alice", "na", &scope_a, &rewrite).await.unwrap().groups, ["compute", "a/extra"]);
+    let join = NodeChange { groups: Some(vec!["compute".into()]), ..Default::default() };
+    store.update_node("bob", "nb", &scope_b, &NodeChange { groups: Some(Vec::new()), ..Default::default() }).await.unwrap();
+    store.create_group("bob", "compute", "", Some("b"), &[], &scope_b).await.unwrap();
+    assert_eq!(store.update_node("bob", "nb", &scope_b, &join).await.unwrap().groups, ["b/compute"]);
 }
 
 fn reference(text: &str) -> NameReference {

@@ -18,7 +18,8 @@ struct Tenants {
 
 /// A server with projects `a` (alice, member) and `b` (bob, member).
 async fn tenants() -> Tenants {
-    let server = start_server(Default::default()).await;
+    let boot = kiln_server::config::BootLayer { listen: Some("127.0.0.1:0".to_owned()), ..Default::default() };
+    let server = start_server(kiln_server::ServerConfigLayer { boot: Some(boot), ..Default::default() }).await;
     let base = format!("http://{}", server.handle.local_addr());
     let admin = Client::new(&base, Some(server.admin_token.clone()));
     let mut members = Vec::new();
@@ -43,15 +44,38 @@ fn refusal<T: std::fmt::Debug>(answer: Result<T, ClientError>, name: &str) -> (u
     }
 }
 
-/// An image with one version in `project`, made by `client`.
+/// An image with one version in `project` ("": none, the operators'), made by `client`;
+/// its kernel reads `kernel of PROJECT`.
 async fn image_with_version(client: &Client, project: &str, name: &str) -> Value {
-    let created: Value = client.post("/v1/images", &json!({ "name": name, "project": project })).await.unwrap();
+    let (body, reference) = match project {
+        "" => (json!({ "name": name }), name.to_owned()),
+        _ => (json!({ "name": name, "project": project }), format!("{project}/{name}")),
+    };
+    let created: Value = client.post("/v1/images", &body).await.unwrap();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), format!("kernel of {project}")).unwrap();
-    let upload = client.upload_file(file.path(), &format!("{project}/{name}"), None, &|_| {}).await.unwrap();
+    let upload = client.upload_file(file.path(), &reference, None, &|_| {}).await.unwrap();
     let body = json!({ "artifacts": [{ "kind": "kernel", "upload": upload }] });
-    let _: Value = client.post(&format!("/v1/images/{}/versions", encode(&format!("{project}/{name}"))), &body).await.unwrap();
+    let _: Value = client.post(&format!("/v1/images/{}/versions", encode(&reference)), &body).await.unwrap();
     created
+}
+
+/// What a machine fetching `path` without a token gets, from the API listener's router
+/// and from the boot listener (which sends local blobs itself): the two must agree.
+async fn boot_fetch(tenants: &Tenants, path: &str) -> (u16, String) {
+    let boot = tenants.server.handle.boot_addr().expect("a boot listener");
+    let mut answers = Vec::new();
+    for address in [tenants.server.handle.local_addr(), boot] {
+        let response = reqwest::get(format!("http://{address}{path}")).await.unwrap();
+        answers.push((response.status().as_u16(), response.text().await.unwrap()));
+    }
+    let from_boot = answers.pop().unwrap();
+    let from_api = answers.pop().unwrap();
+    assert_eq!(from_api.0, from_boot.0, "{path}: the listeners disagree: {from_api:?} {from_boot:?}");
+    if from_api.0 == 200 {
+        assert_eq!(from_api, from_boot, "{path}");
+    }
+    from_api
 }
 
 #[tokio::test]
@@ -105,15 +129,25 @@ async fn two_projects_each_have_their_own_image_of_one_name() {
     let exact: Value = tenants.admin.get(&format!("/v1/images/{}", encode("a/debian"))).await.unwrap();
     assert_eq!(exact["project"], "a");
 
-    // Public names stay unique, so that a boot path names one image; public images are
-    // listed to everyone, so saying the name is taken tells nothing.
+    // Public names too are per project: both may publish `debian`. A boot path names one
+    // exactly as PROJECT%2FNAME; a bare name fitting two public images names neither, and
+    // once the operators have an image of that name without a project, it is theirs.
     let _: Value = alice.patch("/v1/images/debian", &json!({ "visibility": "public" })).await.unwrap();
-    let (status, message) = refusal(bob.patch::<_, Value>("/v1/images/debian", &json!({ "visibility": "public" })).await, "debian");
-    assert_eq!(status, 409, "{message}");
-    let public: Value = bob.get(&format!("/v1/images/{}", encode("a/debian"))).await.unwrap();
-    assert_eq!(public["visibility"], "public");
+    let _: Value = bob.patch("/v1/images/debian", &json!({ "visibility": "public" })).await.unwrap();
     let mine: Value = bob.get("/v1/images/debian").await.unwrap();
-    assert_eq!(mine["project"], "b", "the caller's own image comes before a public one of the same name");
+    assert_eq!(mine["project"], "b", "the caller's own image comes before another's public one");
+    let boot = |path: &'static str| boot_fetch(&tenants, path);
+    assert_eq!(boot("/boot/images/a%2Fdebian/1/kernel").await, (200, "kernel of a".to_owned()));
+    assert_eq!(boot("/boot/images/b%2Fdebian/1/kernel").await, (200, "kernel of b".to_owned()));
+    assert_eq!(boot("/boot/images/debian/1/kernel").await.0, 404, "two public images of one name: neither");
+    let operators = image_with_version(&tenants.admin, "", "debian").await;
+    assert!(operators["project"].is_null());
+    assert_eq!(boot("/boot/images/debian/1/kernel").await.0, 404, "the operators' image is not public yet");
+    let _: Value = tenants.admin.patch("/v1/images/debian", &json!({ "visibility": "public" })).await.unwrap();
+    assert_eq!(boot("/boot/images/debian/1/kernel").await, (200, "kernel of ".to_owned()));
+    // An image made private again is served to no machine, by any name.
+    let _: Value = alice.patch("/v1/images/debian", &json!({ "visibility": "private" })).await.unwrap();
+    assert_eq!(boot("/boot/images/a%2Fdebian/1/kernel").await.0, 404);
     tenants.server.handle.shutdown().await;
 }
 

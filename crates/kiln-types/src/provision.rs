@@ -460,7 +460,7 @@ pub struct Operation {
     pub clean_mode: CleanMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub return_to: Option<ProvisionState>,
-    /// The image a capture adds a version to.
+    /// The key of the image a capture adds a version to (`PROJECT/NAME`, or `NAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture_image: Option<String>,
 }

@@ -29,6 +29,12 @@ impl ScopedName {
         self.to_string()
     }
 
+    /// The key as one URL path segment (`PROJECT%2FNAME`): how Kiln's own boot URLs name
+    /// an image exactly.
+    pub fn path_segment(&self) -> String {
+        self.key().replace('/', "%2F")
+    }
+
     /// The identity a stored key names. Keys are written by [`ScopedName::key`] from
     /// validated names, which never hold a `/`.
     pub fn from_key(key: &str) -> ScopedName {
@@ -70,6 +76,12 @@ pub struct NameReference {
 }
 
 impl NameReference {
+    /// A reference from a URL path segment as sent, `PROJECT%2FNAME` or `NAME` (names hold
+    /// no other character that would be escaped).
+    pub fn parse_path_segment(field: &str, segment: &str) -> Result<NameReference, InvalidField> {
+        NameReference::parse(field, &segment.replace("%2F", "/").replace("%2f", "/"))
+    }
+
     pub fn parse(field: &str, text: &str) -> Result<NameReference, InvalidField> {
         match text.split_once('/') {
             Some((project, name)) => Ok(NameReference {
@@ -120,6 +132,15 @@ mod tests {
             let error = NameReference::parse("image", bad).unwrap_err();
             assert_eq!(error.field, "image", "{bad}");
         }
+    }
+
+    #[test]
+    fn a_key_is_one_path_segment_and_reads_back() {
+        let scoped = ScopedName::new(Some("lab-a"), "debian");
+        assert_eq!(scoped.path_segment(), "lab-a%2Fdebian");
+        let reference = NameReference::parse_path_segment("image", &scoped.path_segment()).unwrap();
+        assert_eq!((reference.project.as_deref(), reference.name.as_str()), (Some("lab-a"), "debian"));
+        assert_eq!(NameReference::parse_path_segment("image", "debian").unwrap().project, None);
     }
 
     #[test]

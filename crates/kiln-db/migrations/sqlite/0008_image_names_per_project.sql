@@ -1,6 +1,7 @@
 -- An image's name is unique within its project, not across projects: a tenant must not
--- learn another's image names by colliding with them. A public image's name stays unique
--- among public images, so that /boot/images/NAME/… names one image. SQLite cannot drop a
+-- learn another's image names by colliding with them, nor take a name from another (public
+-- names too are per project: boot paths name PROJECT%2FNAME exactly, and a bare NAME the
+-- image without a project first). SQLite cannot drop a
 -- column's UNIQUE constraint, so the table is rebuilt (the runner turns foreign keys off
 -- around SQLite migrations and checks them before committing). Keep in step with
 -- postgres/0008_image_names_per_project.sql.
@@ -22,4 +23,3 @@ ALTER TABLE images_rebuilt RENAME TO images;
 CREATE INDEX images_project ON images(project, name);
 CREATE INDEX images_name ON images(name);
 CREATE UNIQUE INDEX images_name_in_project ON images(COALESCE(project, ''), name);
-CREATE UNIQUE INDEX images_public_name ON images(name) WHERE visibility = 'public';
