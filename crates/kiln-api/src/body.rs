@@ -1,7 +1,8 @@
 //! Request bodies held to their limits: a body that stops arriving is cut after an idle
-//! time (408), and a JSON body whose declared length is over the limit is refused before a
-//! byte of it is read (413), so a client that promises two gigabytes and sends ten bytes
-//! holds nothing open.
+//! time (408), a body read whole (JSON) must all arrive within a total time however it
+//! trickles (408), and a JSON body whose declared length is over the limit is refused
+//! before a byte of it is read (413), so a client that promises two gigabytes and sends ten
+//! bytes, or sends one byte a minute less often than the idle time, holds nothing open.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -24,6 +25,18 @@ pub struct BodyLimits {
     pub max_bytes: usize,
     /// How long a body may send nothing before the request is answered 408.
     pub idle: Duration,
+    /// How long a body read whole may take to arrive before the request is answered 408.
+    /// Streamed uploads are held to `idle` only: a large one may rightly take hours.
+    pub whole_within: Duration,
+}
+
+/// The 408 for a body read whole that did not all arrive within `limits.whole_within`.
+pub(crate) fn too_slow(limits: &BodyLimits) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::RequestTimeout,
+        format!("the request body did not all arrive within {} s", limits.whole_within.as_secs()),
+    )
 }
 
 /// The error a body that went quiet fails with, found again in the cause chain of the

@@ -4,13 +4,13 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::body::{BodyLimits, check_declared_length, unread_body};
+use crate::body::{BodyLimits, check_declared_length, too_slow, unread_body};
 use crate::error::ApiError;
 
 /// A JSON body, sent as JSON: a `Content-Type` other than `application/json` (or a
 /// `+json` type) is refused with 415, so that a browser's cross-site form (`text/plain`)
 /// can never act on a signed-in user's behalf. A declared length over the limit is refused
-/// before the body is read. Errors name the field and position (`unknown field 'colour' at
+/// before the body is read, and a body not all read within the total time is 408. Errors name the field and position (`unknown field 'colour' at
 /// line 1 column 9`).
 pub struct JsonBody<T>(pub T);
 
@@ -21,7 +21,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         require_json(request.headers())?;
         let limits = request.extensions().get::<BodyLimits>().copied();
         check_declared_length(request.headers(), limits.as_ref())?;
-        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| unread_body(rejection, limits.as_ref()))?;
+        let read = axum::body::Bytes::from_request(request, state);
+        let bytes = match limits {
+            Some(limits) => tokio::time::timeout(limits.whole_within, read).await.map_err(|_| too_slow(&limits))?,
+            None => read.await,
+        }
+        .map_err(|rejection| unread_body(rejection, limits.as_ref()))?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|error| ApiError::invalid(format!("invalid JSON body: {error}")))
     }
 }

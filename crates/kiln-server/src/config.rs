@@ -28,6 +28,9 @@ pub struct ServerConfigLayer {
     pub max_body_bytes: Option<usize>,
     /// A request whose body sends nothing for this long is answered 408 [default: 30]
     pub body_idle_seconds: Option<u64>,
+    /// A body read whole (JSON) that has not all arrived after this long is answered 408,
+    /// however it trickles [default: 120]
+    pub body_total_seconds: Option<u64>,
     /// The largest free-form field stored (node properties, cloud-init data) [default: 65536]
     pub max_field_bytes: Option<usize>,
     /// Network boot over HTTP (boot scripts, files).
@@ -231,6 +234,7 @@ impl ServerConfigLayer {
             secret_key_file: over.secret_key_file.or(self.secret_key_file),
             max_body_bytes: over.max_body_bytes.or(self.max_body_bytes),
             body_idle_seconds: over.body_idle_seconds.or(self.body_idle_seconds),
+            body_total_seconds: over.body_total_seconds.or(self.body_total_seconds),
             max_field_bytes: over.max_field_bytes.or(self.max_field_bytes),
             boot: match (self.boot, over.boot) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
@@ -405,6 +409,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long a request body may send nothing.
     pub body_idle_seconds: u64,
+    /// How long a body read whole may take to arrive.
+    pub body_total_seconds: u64,
     /// The largest free-form field stored.
     pub max_field_bytes: usize,
     pub boot: BootConfig,
@@ -699,6 +705,10 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
         if body_idle_seconds == 0 {
             return Err(ConfigError::Invalid { setting: "body_idle_seconds", message: "must be at least 1".to_owned() });
         }
+        let body_total_seconds = layer.body_total_seconds.unwrap_or(120);
+        if body_total_seconds == 0 {
+            return Err(ConfigError::Invalid { setting: "body_total_seconds", message: "must be at least 1".to_owned() });
+        }
         let boot = boot_config(layer.boot.unwrap_or_default(), &data_dir)?;
         let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, &boot, &data_dir)).transpose()?;
         let tftp = layer.tftp.map(|tftp| tftp_config(tftp, &boot.ipxe_dir)).transpose()?;
@@ -723,6 +733,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             secret_key_file,
             max_body_bytes,
             body_idle_seconds,
+            body_total_seconds,
             max_field_bytes,
             boot,
             dhcp,

@@ -140,7 +140,11 @@ fn boot_settings(config: &ServerConfig, boot_url: &str, api_url: &str) -> kiln_a
 
 /// What request bodies are held to on both listeners.
 fn body_limits(config: &ServerConfig) -> kiln_api::BodyLimits {
-    kiln_api::BodyLimits { max_bytes: config.max_body_bytes, idle: std::time::Duration::from_secs(config.body_idle_seconds) }
+    kiln_api::BodyLimits {
+        max_bytes: config.max_body_bytes,
+        idle: std::time::Duration::from_secs(config.body_idle_seconds),
+        whole_within: std::time::Duration::from_secs(config.body_total_seconds),
+    }
 }
 
 /// Starts the server described by `config`.

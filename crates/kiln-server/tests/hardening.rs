@@ -1,7 +1,7 @@
 //! What a caller with a token, or a machine on the provisioning network, can no longer do
 //! (the security issue's holes, each tried as an attacker would over real HTTP): bodies
-//! that lie about their length or stop arriving, JSON sent as a form, a page of zero, and a
-//! reference to a project that does not exist.
+//! that lie about their length, stop arriving or trickle, JSON sent as a form, a page of
+//! zero, and a reference to a project that does not exist.
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,38 @@ async fn a_body_that_stops_arriving_is_answered_408() {
     assert_eq!(status, 408, "{text}");
     assert!(text.contains("request_timeout"), "{text}");
     assert!(took < Duration::from_secs(10), "{took:?}");
+    server.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_is_answered_408_once_its_total_time_is_up() {
+    let layer = ServerConfigLayer { body_idle_seconds: Some(30), body_total_seconds: Some(2), ..Default::default() };
+    let server = start_server(layer).await;
+    let mut stream = tokio::net::TcpStream::connect(server.handle.local_addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/nodes HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+        server.admin_token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    // One byte every half second: never idle for the idle time, never done.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            if writer.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), reader.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("within 2 s"), "{text}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(8), "answered when the total time was up: {took:?}");
     server.handle.shutdown().await;
 }
 
