@@ -67,7 +67,7 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
-async fn authenticate(state: &ApiState, token: &str) -> Result<AuthContext, ApiError> {
+pub(crate) async fn authenticate(state: &ApiState, token: &str) -> Result<AuthContext, ApiError> {
     let hash = hash_token(token);
     let now = jiff::Timestamp::now();
     let expired = |expires_at: Option<jiff::Timestamp>| expires_at.is_some_and(|at| at <= now);

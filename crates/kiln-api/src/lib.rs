@@ -15,6 +15,7 @@ mod events;
 mod extract;
 mod groups;
 pub mod images;
+pub mod ironic;
 pub mod metrics;
 mod nodes;
 mod openapi;
@@ -53,6 +54,8 @@ pub struct ApiState {
     /// What Kiln's own DHCP server has leased, when it runs one here: with the nodes'
     /// reserved addresses, where a machine may speak for its MAC from.
     pub leases: Option<Arc<dyn kiln_types::lease::LeaseLookup>>,
+    /// How the Ironic-compatible API is reached.
+    pub ironic: ironic::IronicSettings,
 }
 
 impl ApiState {
@@ -76,6 +79,7 @@ impl ApiState {
             block_maps: Arc::default(),
             field_limits: body::FieldLimits::default(),
             leases: None,
+            ironic: ironic::IronicSettings::default(),
         }
     }
 
@@ -92,7 +96,7 @@ impl ApiState {
 /// `limits.max_bytes` are refused with 413, bodies that go quiet with 408.
 pub fn router(state: ApiState, limits: BodyLimits) -> Router {
     let (routes, _) = routes::api_table(file_mounts(&state)).split();
-    with_listener_layers(routes, state, limits)
+    with_listener_layers(routes.merge(routes::compatible_apis()), state, limits)
 }
 
 /// The routes of the boot listener: what booting machines and booted nodes ask for, and

@@ -27,7 +27,12 @@ use crate::extract::JsonBody;
 
 type ErrorBody = kiln_types::api::ErrorBody;
 
-async fn request(state: &ApiState, caller: &Caller, key: &str, intent: Intent) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+pub(crate) async fn request(
+    state: &ApiState,
+    caller: &Caller,
+    key: &str,
+    intent: Intent,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
     let node = state.store.get_node(key, &caller.read_scope()).await?;
     if !caller.can_write(node.project.as_deref()) {
         return Err(ApiError::forbidden(format!("you may read node '{key}' but not provision it")));

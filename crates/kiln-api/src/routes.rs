@@ -5,7 +5,9 @@
 //! `routes!` (a handler without a `#[utoipa::path]` does not compile there, and the path
 //! and method come from that annotation alone). The one exception is a directory served as
 //! files, added through [`RouteTable::mount`] under a prefix of [`UNDOCUMENTED_MOUNTS`]; a
-//! test fails for any other mount.
+//! test fails for any other mount. Other systems' APIs that Kiln speaks (Ironic's) are
+//! documented by those systems: they are served beside the table, under the prefixes of
+//! [`COMPATIBLE_APIS`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +36,16 @@ pub const UNDOCUMENTED_MOUNTS: [(&str, &str); 2] = [
     (BOOT_FILES_PREFIX, "a directory of boot files: its paths are the files in it"),
     (BOOT_IPXE_PREFIX, "the iPXE binaries' directory: its paths are the files in it"),
 ];
+
+/// Other systems' APIs that Kiln answers as those systems document them, outside Kiln's
+/// OpenAPI document: each prefix, and whose API it is.
+pub const COMPATIBLE_APIS: [(&str, &str); 1] =
+    [(crate::ironic::IRONIC_PREFIX, "OpenStack Ironic's v1 API, as Ironic's API reference documents it")];
+
+/// The routes of [`COMPATIBLE_APIS`], which the API listener serves beside the table's.
+pub fn compatible_apis() -> axum::Router<ApiState> {
+    crate::ironic::router()
+}
 
 /// Where the boot listener's file mounts read from.
 #[derive(Debug, Clone, Copy)]

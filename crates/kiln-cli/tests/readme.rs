@@ -58,6 +58,10 @@ const NOT_RUN_HERE: &[(&str, &str)] = &[
         "a synopsis (alternatives in `|`, addresses of a site): tests/bmc.rs runs each command against sushy-tools and ipmi_sim",
     ),
     ("Provisioning: deploy, undeploy, inspect, clean", "a synopsis: tests/provision.rs runs each command against machines in the lab"),
+    (
+        "Ironic's commands: `baremetal` and openstacksdk",
+        "needs OpenStack's clients (PyPI): tests/ironic.rs runs these commands with python-ironicclient and openstacksdk",
+    ),
 ];
 
 /// Shell sections run here, in README order, with the lines that stand for something the

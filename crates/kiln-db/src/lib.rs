@@ -13,6 +13,7 @@ mod events;
 mod groups;
 mod images;
 mod inventory;
+mod ironic;
 mod migrations;
 mod nodes;
 mod power;

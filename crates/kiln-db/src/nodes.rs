@@ -235,7 +235,13 @@ impl Store {
 
     pub async fn create_node(&self, actor: &str, spec: &NodeSpec) -> Result<Node, StoreError> {
         let mut transaction = self.write().await?;
-        let connection = transaction.connection();
+        let node = self.create_node_in(transaction.connection(), actor, spec).await?;
+        transaction.commit().await?;
+        Ok(node)
+    }
+
+    /// [`Store::create_node`] inside a transaction the caller commits.
+    pub(crate) async fn create_node_in(&self, connection: &mut AnyConnection, actor: &str, spec: &NodeSpec) -> Result<Node, StoreError> {
         let mut snapshot = self.new_snapshot(spec)?;
         write_node(connection, &mut snapshot, None).await?;
         let after = serde_json::to_value(&snapshot.node).ok();
@@ -252,7 +258,6 @@ impl Store {
             },
         )
         .await?;
-        transaction.commit().await?;
         Ok(snapshot.node)
     }
 
@@ -333,7 +338,20 @@ impl Store {
     /// Changes a node the scope may write. Returns the node as it now is.
     pub async fn update_node(&self, actor: &str, key: &str, scope: &ProjectScope, change: &NodeChange) -> Result<Node, StoreError> {
         let mut transaction = self.write().await?;
-        let connection = transaction.connection();
+        let node = self.update_node_in(transaction.connection(), actor, key, scope, change).await?;
+        transaction.commit().await?;
+        Ok(node)
+    }
+
+    /// [`Store::update_node`] inside a transaction the caller commits.
+    pub(crate) async fn update_node_in(
+        &self,
+        connection: &mut AnyConnection,
+        actor: &str,
+        key: &str,
+        scope: &ProjectScope,
+        change: &NodeChange,
+    ) -> Result<Node, StoreError> {
         let before = find_visible_node(connection, key, scope).await?;
         let mut after = before.clone();
         let node = &mut after.node;
@@ -368,7 +386,6 @@ impl Store {
             let project = after.node.project.clone();
             save_changed_node(connection, actor, "node.update", project.as_deref(), &before, &mut after).await?;
         }
-        transaction.commit().await?;
         Ok(after.node)
     }
 

@@ -47,6 +47,16 @@ pub struct ServerConfigLayer {
     pub bmc: Option<BmcLayer>,
     /// The node lifecycle: timeouts, the reconciler, the deploy ramdisk.
     pub provisioning: Option<ProvisioningLayer>,
+    /// The Ironic-compatible API (`/ironic` on the API listener).
+    pub ironic: Option<IronicLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IronicLayer {
+    /// Answer requests without a token as an administrator, as Ironic's `noauth` does: for a
+    /// lab only [default: false]
+    pub noauth: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +255,7 @@ impl ServerConfigLayer {
             cloud_init: over.cloud_init.or(self.cloud_init),
             bmc: over.bmc.or(self.bmc),
             provisioning: over.provisioning.or(self.provisioning),
+            ironic: over.ironic.or(self.ironic),
             images: match (self.images, over.images) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
                 (base, over) => over.or(base),
@@ -421,6 +432,8 @@ pub struct ServerConfig {
     /// `None` when the power-state sync is off.
     pub power_sync: Option<crate::power_sync::PowerSyncSettings>,
     pub provisioning: ProvisioningConfig,
+    /// Whether the Ironic-compatible API answers requests without a token (a lab's `noauth`).
+    pub ironic_noauth: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -742,6 +755,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             cloud_init,
             power_sync,
             provisioning,
+            ironic_noauth: layer.ironic.and_then(|ironic| ironic.noauth).unwrap_or(false),
         })
     }
 }

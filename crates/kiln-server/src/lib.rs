@@ -193,6 +193,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let mut state = ApiState::new(store.clone(), inventory.clone(), boot, images, cloud_init);
     state.field_limits = kiln_api::FieldLimits { max_field_bytes: config.max_field_bytes };
     state.leases = dhcp.as_ref().map(kiln_dhcp::DhcpHandle::lease_lookup);
+    state.ironic = kiln_api::ironic::IronicSettings { noauth: config.ironic_noauth };
+    if config.ironic_noauth {
+        tracing::warn!("the Ironic-compatible API answers requests without a token as an administrator ([ironic] noauth): for a lab only");
+    }
     let reconciler =
         kiln_lifecycle::start(store.clone(), inventory, config.provisioning.reconciler_settings(), state.provisioning_wake.clone());
     let boot_service = match boot_listener {

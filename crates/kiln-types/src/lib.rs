@@ -13,6 +13,7 @@ pub mod boot;
 pub mod cloud_init;
 pub mod discovery;
 pub mod image;
+pub mod ironic;
 pub mod lease;
 pub mod mac;
 pub mod node;

@@ -1,0 +1,424 @@
+//! Ironic's nodes over Kiln's: enrol (`baremetal node create`), list and show (with
+//! `fields` and `detail`), JSON-patch updates (`node set`/`unset`), delete, power, provision
+//! verbs, maintenance and validation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use kiln_auth::ProjectScope;
+use kiln_ironic::documents::{NODE_LIST_FIELDS, NodeFacts, node_document, select};
+use kiln_ironic::driver::{DriverError, split_driver_info};
+use kiln_ironic::patch::{PatchOperation, apply};
+use kiln_ironic::states::{ProvisionVerb, provision_verb};
+use kiln_types::bmc::PowerAction;
+use kiln_types::ironic::IronicFields;
+use kiln_types::node::{Node, NodeChange, NodeInput, NodeSpec, validate_bmc};
+use kiln_types::provision::{DeployRequest, Intent, RootDeviceHints};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{IronicCaller, IronicError, IronicResult, visible};
+use crate::ApiState;
+use crate::auth::Caller;
+use crate::extract::JsonBody;
+
+/// The query of a node listing or show.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct NodeQuery {
+    fields: Option<String>,
+    detail: Option<bool>,
+    limit: Option<usize>,
+    marker: Option<String>,
+    provision_state: Option<String>,
+    maintenance: Option<bool>,
+    driver: Option<String>,
+}
+
+/// Ironic's power state words for what Kiln's power sync last read.
+fn power_word(kiln: &str) -> Option<&'static str> {
+    match kiln {
+        "on" => Some("power on"),
+        "off" => Some("power off"),
+        _ => None,
+    }
+}
+
+fn driver_error(error: DriverError) -> IronicError {
+    IronicError::invalid(error.to_string())
+}
+
+/// The node `key` if the caller may change it: 404 if it may not see it, 403 if only that.
+fn writable(state: &ApiState, caller: &IronicCaller, key: &str) -> IronicResult<Arc<Node>> {
+    let node = visible(state, caller, key)?;
+    if !caller.context.can_write(node.project.as_deref()) {
+        return Err(IronicError::new(StatusCode::FORBIDDEN, format!("You may read node {key} but not change it.")));
+    }
+    Ok(node)
+}
+
+fn require_admin(caller: &IronicCaller, what: &str) -> IronicResult<()> {
+    if caller.context.admin { Ok(()) } else { Err(IronicError::new(StatusCode::FORBIDDEN, format!("Only administrators {what}."))) }
+}
+
+/// A node's whole document, with what the store knows of its errors and power.
+async fn document_of(state: &ApiState, caller: &IronicCaller, node: &Node) -> IronicResult<Map<String, Value>> {
+    let ironic = state.store.ironic_fields(&node.id).await?;
+    let status = state.store.provision_status(&node.id, &ProjectScope::All).await?;
+    let reading = state.store.power_reading(&node.id, &ProjectScope::All).await?;
+    let power = reading.and_then(|reading| reading.power_state).and_then(|word| power_word(&word));
+    let pending = status.pending.as_ref();
+    // The state as the store has it, with its pending request: the inventory view follows
+    // the store within moments, and a client that waits must never see the two disagree.
+    let node = Node { provision_state: status.provision_state, maintenance: status.maintenance, ..node.clone() };
+    let facts = NodeFacts { node: &node, ironic: &ironic, last_error: status.last_error.as_deref(), power_state: power, pending };
+    Ok(node_document(facts, caller.version, &caller.base_url))
+}
+
+fn fields_of(query: &NodeQuery) -> Option<Vec<&str>> {
+    query.fields.as_deref().map(|fields| fields.split(',').map(str::trim).filter(|field| !field.is_empty()).collect())
+}
+
+fn selected(document: &Map<String, Value>, fields: Option<&[&str]>, short: &[&str]) -> IronicResult<Value> {
+    let fields = fields.unwrap_or(short);
+    Ok(Value::Object(select(document, fields).map_err(|error| IronicError::invalid(error.to_string()))?))
+}
+
+pub(super) async fn show(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    Path(key): Path<String>,
+    Query(query): Query<NodeQuery>,
+) -> IronicResult<Json<Value>> {
+    let node = visible(&state, &caller, &key)?;
+    let document = document_of(&state, &caller, &node).await?;
+    match fields_of(&query) {
+        Some(fields) => Ok(Json(selected(&document, Some(&fields), &[])?)),
+        None => Ok(Json(Value::Object(document))),
+    }
+}
+
+pub(super) async fn list(State(state): State<ApiState>, caller: IronicCaller, Query(query): Query<NodeQuery>) -> IronicResult<Json<Value>> {
+    let detail = query.detail.unwrap_or(false);
+    listing(&state, &caller, &query, detail, "nodes").await
+}
+
+pub(super) async fn list_detail(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    Query(query): Query<NodeQuery>,
+) -> IronicResult<Json<Value>> {
+    if query.fields.is_some() {
+        return Err(IronicError::invalid("Can not specify ?detail=True and fields in the same request."));
+    }
+    listing(&state, &caller, &query, true, "nodes/detail").await
+}
+
+/// The nodes the caller sees, by uuid, a page at a time (`limit`, `marker`), filtered.
+async fn listing(state: &ApiState, caller: &IronicCaller, query: &NodeQuery, detail: bool, collection: &str) -> IronicResult<Json<Value>> {
+    let limit = query.limit.unwrap_or(1000);
+    if !(1..=1000).contains(&limit) {
+        return Err(IronicError::invalid(format!("limit: {limit} is outside 1 to 1000")));
+    }
+    let view = state.inventory.view();
+    let scope = caller.context.read_scope();
+    let mut nodes: Vec<&Arc<Node>> = view.nodes().filter(|node| view.get_visible(&node.id, &scope).is_some()).collect();
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    let ironic = state.store.all_ironic_fields().await?;
+    let power: HashMap<String, String> = state.store.all_power_states().await?;
+    let empty = IronicFields::default();
+    let fields = fields_of(query);
+    let mut page = Vec::new();
+    let mut more = false;
+    for node in nodes.into_iter().filter(|node| query.marker.as_deref().is_none_or(|marker| node.id.as_str() > marker)) {
+        let fields_of_node = ironic.get(&node.id).unwrap_or(&empty);
+        let power_state = power.get(&node.id).and_then(|word| power_word(word));
+        let facts = NodeFacts { node, ironic: fields_of_node, last_error: None, power_state, pending: None };
+        let document = node_document(facts, caller.version, &caller.base_url);
+        let matches = query.provision_state.as_deref().is_none_or(|wanted| document["provision_state"] == wanted)
+            && query.maintenance.is_none_or(|wanted| node.maintenance == wanted)
+            && query.driver.as_deref().is_none_or(|wanted| document["driver"] == wanted);
+        if !matches {
+            continue;
+        }
+        if page.len() == limit {
+            more = true;
+            break;
+        }
+        page.push(if detail { Value::Object(document) } else { selected(&document, fields.as_deref(), &NODE_LIST_FIELDS)? });
+    }
+    let mut answer = json!({ "nodes": page });
+    if more && let Some(last) = answer["nodes"].as_array().and_then(|nodes| nodes.last()).and_then(|node| node["uuid"].as_str()) {
+        answer["next"] = json!(format!("{}/v1/{collection}?limit={limit}&marker={last}", caller.base_url));
+    }
+    Ok(Json(answer))
+}
+
+/// What `baremetal node create` sends that Kiln takes; anything else is refused by name.
+const CREATE_FIELDS: [&str; 7] = ["driver", "driver_info", "name", "properties", "extra", "instance_info", "owner"];
+
+fn object_field(body: &Map<String, Value>, field: &str) -> IronicResult<Map<String, Value>> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(object)) => Ok(object.clone()),
+        Some(_) => Err(IronicError::invalid(format!("{field} must be an object"))),
+    }
+}
+
+fn check_sizes(state: &ApiState, fields: &IronicFields, properties: &Map<String, Value>) -> IronicResult<()> {
+    for (name, value) in [
+        ("properties", properties),
+        ("extra", &fields.extra),
+        ("instance_info", &fields.instance_info),
+        ("driver_info", &fields.driver_info),
+    ] {
+        state.field_limits.check(name, value)?;
+    }
+    Ok(())
+}
+
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    body: Result<JsonBody<Map<String, Value>>, crate::error::ApiError>,
+) -> IronicResult<(StatusCode, Json<Value>)> {
+    require_admin(&caller, "enrol nodes")?;
+    let JsonBody(body) = body?;
+    let unknown: Vec<&str> = body.keys().map(String::as_str).filter(|key| !CREATE_FIELDS.contains(key)).collect();
+    if !unknown.is_empty() {
+        return Err(IronicError::invalid(format!("Kiln does not take the node field(s) {}", unknown.join(", "))));
+    }
+    let driver = body.get("driver").and_then(Value::as_str).ok_or_else(|| IronicError::invalid("driver is required"))?;
+    let info = split_driver_info(driver, &object_field(&body, "driver_info")?).map_err(driver_error)?;
+    let fields = IronicFields {
+        driver: driver.to_owned(),
+        driver_info: info.kept,
+        extra: object_field(&body, "extra")?,
+        instance_info: object_field(&body, "instance_info")?,
+    };
+    let properties = object_field(&body, "properties")?;
+    check_sizes(&state, &fields, &properties)?;
+    // Kiln names every node; Ironic's may be nameless, and then it is named for its id.
+    let name = match body.get("name") {
+        Some(Value::String(name)) => name.clone(),
+        None | Some(Value::Null) => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        Some(_) => return Err(IronicError::invalid("name must be a string")),
+    };
+    let owner = body.get("owner").and_then(Value::as_str).map(str::to_owned);
+    let input = NodeInput { name: Some(name), bmc: Some(info.bmc), properties: Some(properties), project: owner, ..Default::default() };
+    let spec = NodeSpec::try_from(&input).map_err(|error| IronicError::invalid(error.to_string()))?;
+    let node = state.store.create_ironic_node(&caller.context.user, &spec, &fields).await?;
+    state.after_node_write().await;
+    tracing::info!(node = %node.name, driver, actor = %caller.context.user, "node enrolled through the Ironic API");
+    Ok((StatusCode::CREATED, Json(Value::Object(document_of(&state, &caller, &node).await?))))
+}
+
+/// The fields a patch may change; the rest are read-only here (Kiln's lifecycle, power and
+/// allocation own them).
+const PATCHABLE: [&str; 6] = ["name", "driver", "driver_info", "properties", "extra", "instance_info"];
+
+pub(super) async fn update(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    Path(key): Path<String>,
+    body: Result<JsonBody<Vec<PatchOperation>>, crate::error::ApiError>,
+) -> IronicResult<Json<Value>> {
+    let node = writable(&state, &caller, &key)?;
+    let JsonBody(operations) = body?;
+    for operation in &operations {
+        let field = operation.path().trim_start_matches('/').split('/').next().unwrap_or_default();
+        if !PATCHABLE.contains(&field) {
+            return Err(IronicError::invalid(format!(
+                "'{}' cannot be patched here: Kiln patches {}",
+                operation.path(),
+                PATCHABLE.join(", ")
+            )));
+        }
+    }
+    let before = Value::Object(document_of(&state, &caller, &node).await?);
+    let after = apply(&before, &operations).map_err(|error| IronicError::invalid(error.to_string()))?;
+    let object = |field: &str| after.get(field).and_then(Value::as_object).cloned().unwrap_or_default();
+    let driver = after.get("driver").and_then(Value::as_str).ok_or_else(|| IronicError::invalid("driver must be a string"))?;
+    let info = split_driver_info(driver, &object("driver_info")).map_err(driver_error)?;
+    let fields =
+        IronicFields { driver: driver.to_owned(), driver_info: info.kept, extra: object("extra"), instance_info: object("instance_info") };
+    check_sizes(&state, &fields, &object("properties"))?;
+    let mut change = NodeChange::default();
+    if after["name"] != before["name"] {
+        let name = after["name"].as_str().ok_or_else(|| IronicError::invalid("name must be a string"))?;
+        change.name = Some(kiln_types::validate::name("name", name).map_err(|error| IronicError::invalid(error.to_string()))?);
+    }
+    if after["properties"] != before["properties"] {
+        change.properties = Some(object("properties"));
+    }
+    if after["driver"] != before["driver"] || after["driver_info"] != before["driver_info"] {
+        // A password answered as `******` and sent back unchanged keeps the stored one.
+        change.bmc = Some(validate_bmc(&info.bmc).map_err(|error| IronicError::invalid(error.to_string()))?);
+    }
+    let updated = state.store.update_ironic_node(&caller.context.user, &node.id, &caller.context.write_scope(), &change, &fields).await?;
+    state.after_node_write().await;
+    Ok(Json(Value::Object(document_of(&state, &caller, &updated).await?)))
+}
+
+pub(super) async fn delete(State(state): State<ApiState>, caller: IronicCaller, Path(key): Path<String>) -> IronicResult<StatusCode> {
+    let node = visible(&state, &caller, &key)?;
+    require_admin(&caller, "delete nodes")?;
+    state.store.delete_node(&caller.context.user, &node.id, &caller.context.write_scope()).await?;
+    state.after_node_write().await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PowerTarget {
+    target: String,
+}
+
+pub(super) async fn set_power(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    Path(key): Path<String>,
+    body: Result<JsonBody<PowerTarget>, crate::error::ApiError>,
+) -> IronicResult<StatusCode> {
+    let node = writable(&state, &caller, &key)?;
+    let JsonBody(body) = body?;
+    let action = match body.target.as_str() {
+        "power on" => PowerAction::On,
+        // Ironic's power off cuts the power; its soft power off asks the system.
+        "power off" => PowerAction::ForceOff,
+        "soft power off" => PowerAction::Off,
+        "rebooting" => PowerAction::Cycle,
+        "soft rebooting" => PowerAction::Reset,
+        other => return Err(IronicError::invalid(format!("The requested action \"{other}\" can not be performed on node {key}."))),
+    };
+    let request = kiln_bmc::PowerRequest { action };
+    let _answered =
+        crate::power::set_power(State(state.clone()), Caller(caller.context.clone()), Path(node.id.clone()), JsonBody(request)).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ProvisionTarget {
+    target: String,
+    #[serde(default)]
+    clean_steps: Option<Value>,
+    #[serde(default)]
+    configdrive: Option<Value>,
+}
+
+pub(super) async fn set_provision(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    Path(key): Path<String>,
+    body: Result<JsonBody<ProvisionTarget>, crate::error::ApiError>,
+) -> IronicResult<StatusCode> {
+    let node = writable(&state, &caller, &key)?;
+    let JsonBody(body) = body?;
+    let verb =
+        provision_verb(&body.target, body.clean_steps.as_ref(), caller.version).map_err(|error| IronicError::invalid(error.to_string()))?;
+    if body.configdrive.as_ref().is_some_and(|drive| !drive.is_null()) {
+        return Err(IronicError::invalid("configdrive is not taken: Kiln serves the node's cloud-init data itself (kiln cloud-init)"));
+    }
+    let intent = match verb {
+        ProvisionVerb::Manage => Intent::Manage,
+        ProvisionVerb::Provide => Intent::Provide,
+        ProvisionVerb::Inspect => Intent::Inspect,
+        ProvisionVerb::Clean(mode) => Intent::Clean { mode },
+        ProvisionVerb::Undeploy => Intent::Undeploy,
+        ProvisionVerb::Deploy => return deploy(&state, &caller, &node).await,
+    };
+    let _recorded = crate::provision::request(&state, &Caller(caller.context.clone()), &node.id, intent).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `active`: the image is the node's `instance_info.image_source`, a Kiln image
+/// (`NAME[:VERSION]`); the root disk is the node's `properties.root_device`.
+async fn deploy(state: &ApiState, caller: &IronicCaller, node: &Node) -> IronicResult<StatusCode> {
+    let ironic = state.store.ironic_fields(&node.id).await?;
+    let source = ironic
+        .instance_info
+        .get("image_source")
+        .and_then(Value::as_str)
+        .ok_or_else(|| IronicError::invalid(format!("Node {} has no instance_info.image_source: set it to a Kiln image", node.name)))?;
+    if source.contains("://") {
+        return Err(IronicError::invalid(format!(
+            "image_source '{source}' is a URL: Kiln deploys its own images; import it first (kiln image import NAME --url URL --checksum …) and name the image"
+        )));
+    }
+    let hints = node.properties.get("root_device").and_then(Value::as_object);
+    let hint = |key: &str| hints.and_then(|hints| hints.get(key)).and_then(Value::as_str).map(str::to_owned);
+    let root_device_hints = RootDeviceHints {
+        name: hint("name"),
+        serial: hint("serial"),
+        model: hint("model"),
+        size_gib: hints.and_then(|hints| hints.get("size")).and_then(Value::as_u64),
+    };
+    let request = DeployRequest {
+        image: source.to_owned(),
+        mode: kiln_types::provision::DeployMode::Disk,
+        root_device_hints,
+        wait_for_callback: false,
+        start_at: None,
+        end_at: None,
+    };
+    let _recorded =
+        crate::provision::deploy(State(state.clone()), Caller(caller.context.clone()), Path(node.id.clone()), JsonBody(request)).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn set_maintenance(state: &ApiState, caller: &IronicCaller, key: &str, on: bool) -> IronicResult<StatusCode> {
+    let node = writable(state, caller, key)?;
+    let change = NodeChange { maintenance: Some(on), ..Default::default() };
+    state.store.update_node(&caller.context.user, &node.id, &caller.context.write_scope(), &change).await?;
+    state.after_node_write().await;
+    Ok(StatusCode::ACCEPTED)
+}
+
+pub(super) async fn maintenance_on(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    Path(key): Path<String>,
+) -> IronicResult<StatusCode> {
+    set_maintenance(&state, &caller, &key, true).await
+}
+
+pub(super) async fn maintenance_off(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    Path(key): Path<String>,
+) -> IronicResult<StatusCode> {
+    set_maintenance(&state, &caller, &key, false).await
+}
+
+/// `baremetal node validate`: whether each interface has what it needs.
+pub(super) async fn validate(State(state): State<ApiState>, caller: IronicCaller, Path(key): Path<String>) -> IronicResult<Json<Value>> {
+    let node = visible(&state, &caller, &key)?;
+    let ironic = state.store.ironic_fields(&node.id).await?;
+    let result = |missing: Option<String>| match missing {
+        None => json!({ "result": true, "reason": null }),
+        Some(reason) => json!({ "result": false, "reason": reason }),
+    };
+    let bmc = match node.bmc.as_ref() {
+        Some(bmc) if bmc.driver == kiln_types::BmcDriver::None => Some("manual-management: power is by hand".to_owned()),
+        Some(bmc) if bmc.address.is_none() => Some("the BMC has no address (ipmi_address, redfish_address)".to_owned()),
+        Some(_) => None,
+        None => Some("no BMC (driver_info)".to_owned()),
+    };
+    let image = match ironic.instance_info.get("image_source") {
+        Some(Value::String(_)) => None,
+        _ => Some("instance_info.image_source is not set".to_owned()),
+    };
+    Ok(Json(json!({
+        "boot": result(None),
+        "console": result(Some("Kiln keeps no console for this API yet".to_owned())),
+        "deploy": result(image),
+        "inspect": result(None),
+        "management": result(bmc.clone()),
+        "network": result(None),
+        "power": result(bmc),
+        "raid": result(Some("not supported".to_owned())),
+        "rescue": result(Some("not supported".to_owned())),
+        "storage": result(None),
+    })))
+}

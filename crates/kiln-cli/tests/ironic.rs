@@ -1,0 +1,324 @@
+//! Kiln's Ironic-compatible API driven by OpenStack's own clients from PyPI, unmodified:
+//! the Ironic seed's enrolment commands with python-ironicclient's `baremetal`, power
+//! through a Redfish BMC (sushy-tools), openstacksdk moving a node through its states, and
+//! raw requests for Ironic's error shape, microversions and tenancy.
+//!
+//! The clients live in a virtualenv that `scripts/install-deps` makes
+//! (`~/.cache/kiln-tools/ironic-venv`); without it these tests are skipped, unless
+//! `KILN_REQUIRE_IRONIC=1` (CI), which makes that a failure.
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::{ServerProcess, kiln, ok, token};
+
+/// The virtualenv's `bin` directory, if the clients are installed.
+fn clients() -> Option<PathBuf> {
+    let tools = std::env::var_os("KILN_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/kiln-tools")))?;
+    let bin = tools.join("ironic-venv/bin");
+    if bin.join("baremetal").exists() {
+        return Some(bin);
+    }
+    assert_ne!(
+        std::env::var("KILN_REQUIRE_IRONIC").as_deref(),
+        Ok("1"),
+        "KILN_REQUIRE_IRONIC=1 but python-ironicclient is not installed (scripts/install-deps)"
+    );
+    eprintln!("skipping: python-ironicclient is not installed (scripts/install-deps)");
+    None
+}
+
+struct Site {
+    server: ServerProcess,
+    admin: String,
+    bin: PathBuf,
+    _directory: tempfile::TempDir,
+}
+
+impl Site {
+    fn start() -> Option<Site> {
+        let bin = clients()?;
+        let directory = tempfile::tempdir().unwrap();
+        let data_dir = directory.path().join("data");
+        let server = ServerProcess::start(&data_dir, &[]);
+        let admin = token(&data_dir);
+        Some(Site { server, admin, bin, _directory: directory })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}/ironic", self.server.url)
+    }
+
+    /// `baremetal ARGS` with `token`, as keystoneauth's `admin_token` plugin sends it.
+    fn baremetal_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(self.bin.join("baremetal"))
+            .args(["--os-auth-type", "admin_token", "--os-token", token, "--os-endpoint", &self.endpoint()])
+            .args(args)
+            .env("OS_CLOUD", "")
+            .output()
+            .unwrap()
+    }
+
+    fn baremetal(&self, args: &[&str]) -> String {
+        let output = self.baremetal_as(&self.admin, args);
+        assert!(
+            output.status.success(),
+            "baremetal {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn baremetal_fails_as(&self, token: &str, args: &[&str]) -> String {
+        let output = self.baremetal_as(token, args);
+        assert!(!output.status.success(), "baremetal {args:?} should fail: {}", String::from_utf8_lossy(&output.stdout));
+        String::from_utf8_lossy(&output.stderr).trim().to_owned()
+    }
+
+    fn show(&self, node: &str) -> serde_json::Value {
+        serde_json::from_str(&self.baremetal(&["node", "show", node, "-f", "json"])).unwrap()
+    }
+
+    fn kiln(&self, args: &[&str]) -> String {
+        ok(kiln(&self.server, &self.admin, args, None))
+    }
+}
+
+/// One raw request to the server: status, headers and body.
+fn raw(site: &Site, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, serde_json::Value) {
+    let mut stream = TcpStream::connect(site.server.url.trim_start_matches("http://")).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    stream.write_all(format!("{head}\r\n{body}").as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+/// The message inside Ironic's error body.
+fn fault(body: &serde_json::Value) -> String {
+    let inner: serde_json::Value = serde_json::from_str(body["error_message"].as_str().expect("Ironic's error shape")).unwrap();
+    inner["faultstring"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_seed_s_enrolment_commands_run_as_written() {
+    let Some(site) = Site::start() else { return };
+    // As the seed writes it.
+    let created = site.baremetal(&[
+        "node",
+        "create",
+        "--driver",
+        "ipmi",
+        "--driver-info",
+        "ipmi_address=ipmi.server.net",
+        "--driver-info",
+        "ipmi_username=user",
+        "--driver-info",
+        "ipmi_password=pass",
+        "--driver-info",
+        "deploy_kernel=file:///images/deploy.vmlinuz",
+        "--driver-info",
+        "deploy_ramdisk=http://my.server.net/images/deploy.ramdisk",
+        "-f",
+        "json",
+    ]);
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let uuid = created["uuid"].as_str().unwrap().to_owned();
+    assert_eq!(created["driver_info"]["ipmi_password"], "******");
+    assert_eq!(created["driver_info"]["deploy_ramdisk"], "http://my.server.net/images/deploy.ramdisk");
+    assert_eq!(created["provision_state"], "enroll");
+    let shown = site.show(&uuid);
+    assert_eq!(shown["driver_info"]["ipmi_password"], "******", "node show prints the password masked");
+    assert!(!site.server.log().contains("ipmi_password\":\"pass"), "the password is in no log");
+
+    // `baremetal port create $MAC --node $NODE_UUID`, as written: Kiln's node has the MAC.
+    let port = site.baremetal(&["port", "create", "52:54:00:12:34:56", "--node", &uuid, "-f", "value", "-c", "uuid"]);
+    assert!(site.baremetal(&["port", "list", "--node", &uuid, "-f", "value", "-c", "Address"]).contains("52:54:00:12:34:56"));
+    let in_kiln = site.kiln(&["node", "show", &uuid, "-F", "json"]);
+    let in_kiln: serde_json::Value = serde_json::from_str(&in_kiln).unwrap();
+    assert_eq!(in_kiln["interfaces"][0]["mac_addr"], "52:54:00:12:34:56");
+    assert_eq!(in_kiln["bmc"]["address"], "ipmi.server.net");
+    assert_eq!(in_kiln["bmc"]["password"], "******", "sealed as every BMC password");
+
+    // node set/unset, then the lifecycle, through the client.
+    site.baremetal(&[
+        "node",
+        "set",
+        &uuid,
+        "--name",
+        "seed-node",
+        "--property",
+        "cpus=4",
+        "--extra",
+        "rack=r1",
+        "--instance-info",
+        "image_source=debian",
+    ]);
+    site.baremetal(&["node", "unset", "seed-node", "--extra", "rack"]);
+    let shown = site.show("seed-node");
+    assert_eq!(
+        (&shown["properties"]["cpus"], &shown["extra"], &shown["instance_info"]["image_source"]),
+        (&serde_json::json!(4), &serde_json::json!({}), &serde_json::json!("debian"))
+    );
+    assert_eq!(shown["driver_info"]["ipmi_password"], "******", "a patch that does not touch the password keeps it");
+    site.baremetal(&["node", "manage", "seed-node", "--wait", "60"]);
+    site.baremetal(&["node", "provide", "seed-node", "--wait", "60"]);
+    assert_eq!(site.show("seed-node")["provision_state"], "available");
+    assert!(site.baremetal(&["node", "list", "--provision-state", "available", "-f", "value", "-c", "Name"]).contains("seed-node"));
+
+    // Deploy a Kiln image named in instance_info. The seed's BMC does not exist here, so the
+    // power step fails, and Ironic's last_error says why.
+    let disk = site._directory.path().join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    site.kiln(&["image", "upload", "seed-image", &format!("disk={}", disk.display())]);
+    site.baremetal(&["node", "set", "seed-node", "--instance-info", "image_source=seed-image"]);
+    site.baremetal(&["node", "deploy", "seed-node"]);
+    let started = Instant::now();
+    let failed = loop {
+        let shown = site.show("seed-node");
+        if shown["provision_state"] == "deploy failed" {
+            break shown;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the deploy never failed: {shown}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(failed["last_error"].as_str().is_some_and(|error| error.contains("ipmi.server.net")), "{failed}");
+    // An image by URL is not taken yet, and the refusal says what to do instead.
+    site.baremetal(&["node", "set", "seed-node", "--instance-info", "image_source=http://mirror.example/i.qcow2"]);
+    let refused = site.baremetal_fails_as(&site.admin, &["node", "deploy", "seed-node"]);
+    assert!(refused.contains("kiln image import") && refused.contains("HTTP 400"), "{refused}");
+
+    // Deleting the port takes the MAC off the node; deleting the node takes everything.
+    site.baremetal(&["port", "delete", port.trim()]);
+    assert!(!site.kiln(&["node", "show", "seed-node", "-F", "json"]).contains("52:54:00:12:34:56"));
+    site.baremetal(&["node", "delete", "seed-node"]);
+    assert!(site.baremetal_fails_as(&site.admin, &["node", "show", "seed-node"]).contains("Node seed-node could not be found."));
+}
+
+#[test]
+fn power_reaches_a_redfish_bmc() {
+    let Some(site) = Site::start() else { return };
+    let Some(bmc) = kiln_test_utils::redfish::TestRedfish::start(None) else { return };
+    let system = format!("/redfish/v1/Systems/{}", bmc.uuid);
+    site.baremetal(&[
+        "node",
+        "create",
+        "--driver",
+        "redfish",
+        "--name",
+        "rf1",
+        "--driver-info",
+        &format!("redfish_address={}", bmc.url),
+        "--driver-info",
+        &format!("redfish_system_id={system}"),
+        "--driver-info",
+        "redfish_verify_ca=False",
+    ]);
+    for (verb, word) in [("on", "on"), ("off", "off")] {
+        site.baremetal(&["node", "power", verb, "rf1"]);
+        // The emulator applies power changes after a moment: Kiln's own API reads it live.
+        let started = Instant::now();
+        loop {
+            let status = site.kiln(&["node", "power", "status", "rf1", "-F", "json"]);
+            if status.contains(&format!("\"{word}\"")) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "power {verb} never arrived: {status}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let driver_info = &site.show("rf1")["driver_info"];
+    assert_eq!(
+        (&driver_info["redfish_system_id"], &driver_info["redfish_verify_ca"]),
+        (&serde_json::json!(system), &serde_json::json!(false))
+    );
+}
+
+#[test]
+fn openstacksdk_enrols_a_node_and_moves_it_through_its_states() {
+    let Some(site) = Site::start() else { return };
+    let script = r#"
+import sys, openstack
+token, endpoint = sys.argv[1], sys.argv[2]
+conn = openstack.connection.Connection(auth_type="admin_token", auth={"token": token, "endpoint": endpoint},
+                                       baremetal_endpoint_override=endpoint, baremetal_api_version="1")
+node = conn.baremetal.create_node(driver="ipmi", name="sdk1", driver_info={"ipmi_address": "10.0.0.9", "ipmi_password": "pw"})
+assert node.driver_info["ipmi_password"] == "******", node.driver_info
+conn.baremetal.create_port(address="52:54:00:aa:bb:cc", node_uuid=node.id)
+node = conn.baremetal.set_node_provision_state(node, "manage", wait=True, timeout=60)
+node = conn.baremetal.set_node_provision_state(node, "provide", wait=True, timeout=60)
+conn.baremetal.wait_for_nodes_provision_state([node], "available", timeout=60)
+print("state", conn.baremetal.get_node("sdk1").provision_state)
+print("ports", [port.address for port in conn.baremetal.ports(node_id=node.id)])
+"#;
+    let output = Command::new(site.bin.join("python")).args(["-c", script, &site.admin, &site.endpoint()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("state available") && stdout.contains("52:54:00:aa:bb:cc"), "{stdout}");
+}
+
+#[test]
+fn tenancy_errors_and_microversions_are_ironic_s() {
+    let Some(site) = Site::start() else { return };
+    site.kiln(&["project", "create", "lab-a"]);
+    site.kiln(&["user", "create", "alice"]);
+    site.kiln(&["project", "add-member", "lab-a", "alice", "--role", "member"]);
+    let alice: serde_json::Value =
+        serde_json::from_str(&site.kiln(&["token", "create", "--user", "alice", "--name", "t", "-F", "json"])).unwrap();
+    let alice = alice["secret"].as_str().unwrap().to_owned();
+    site.baremetal(&["node", "create", "--driver", "ipmi", "--name", "theirs", "--owner", "lab-a"]);
+    site.baremetal(&["node", "create", "--driver", "ipmi", "--name", "admins"]);
+
+    // A member sees its project's nodes only; another's is exactly a missing one.
+    let listed = String::from_utf8_lossy(&site.baremetal_as(&alice, &["node", "list", "-f", "value", "-c", "Name"]).stdout).into_owned();
+    assert_eq!(listed.trim(), "theirs");
+    assert_eq!(site.show("theirs")["owner"], "lab-a");
+    let hidden = site.baremetal_fails_as(&alice, &["node", "show", "admins"]).replace("admins", "NAME");
+    let missing = site.baremetal_fails_as(&alice, &["node", "show", "nowhere"]).replace("nowhere", "NAME");
+    assert_eq!(hidden, missing);
+    assert!(site.baremetal_fails_as(&alice, &["node", "create", "--driver", "ipmi"]).contains("Only administrators"));
+    assert!(site.baremetal_as(&alice, &["node", "set", "theirs", "--extra", "mine=yes"]).status.success(), "a member changes its own node");
+
+    let admin = site.admin.clone();
+    let json = [("X-Auth-Token", admin.as_str()), ("Content-Type", "application/json")];
+    // Malformed patches, unknown drivers and fields: Ironic's error shape, a 4xx naming it.
+    let (status, _, body) = raw(&site, "PATCH", "/ironic/v1/nodes/theirs", &json, r#"{"op": "add"}"#);
+    assert_eq!(status, 400);
+    assert!(fault(&body).contains("invalid"), "{}", fault(&body));
+    let (status, _, body) = raw(&site, "PATCH", "/ironic/v1/nodes/theirs", &json, r#"[{"op": "add", "path": "/uuid", "value": "x"}]"#);
+    assert!(status == 400 && fault(&body).contains("/uuid"), "{status} {body}");
+    let (status, _, body) = raw(&site, "POST", "/ironic/v1/nodes", &json, r#"{"driver": "idrac"}"#);
+    assert!(status == 400 && fault(&body).contains("idrac"), "{status} {body}");
+    let (status, _, body) = raw(&site, "POST", "/ironic/v1/nodes", &json, r#"{"driver": "ipmi", "driver_info": {"ipmi_kg_key": "x"}}"#);
+    assert!(status == 400 && fault(&body).contains("ipmi_kg_key"), "{status} {body}");
+    // Microversions: the range is in every answer; outside it is 406, which clients negotiate from.
+    let (status, head, _) =
+        raw(&site, "GET", "/ironic/v1/nodes", &[("X-Auth-Token", &admin), ("X-OpenStack-Ironic-API-Version", "1.999")], "");
+    assert_eq!(status, 406);
+    assert!(
+        head.contains("x-openstack-ironic-api-maximum-version: 1.115") && head.contains("x-openstack-ironic-api-minimum-version: 1.1"),
+        "{head}"
+    );
+    let (status, head, body) =
+        raw(&site, "GET", "/ironic/v1/nodes/theirs", &[("X-Auth-Token", &admin), ("X-OpenStack-Ironic-API-Version", "1.4")], "");
+    assert!(status == 200 && head.contains("x-openstack-ironic-api-version: 1.4"), "{head}");
+    assert!(body.get("name").is_none() && body.get("owner").is_none(), "1.4 knows neither name nor owner: {body}");
+    // Without a token: 401, unless the site runs the API as a lab's noauth.
+    let (status, _, body) = raw(&site, "GET", "/ironic/v1/nodes", &[], "");
+    assert!(status == 401 && fault(&body).contains("Authentication"), "{status} {body}");
+    let (status, _, discovery) = raw(&site, "GET", "/ironic/", &[], "");
+    assert_eq!((status, discovery["default_version"]["version"].as_str()), (200, Some("1.115")));
+}
