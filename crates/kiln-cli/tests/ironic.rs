@@ -291,6 +291,36 @@ fn tenancy_errors_and_microversions_are_ironic_s() {
     assert_eq!(hidden, missing);
     assert!(site.baremetal_fails_as(&alice, &["node", "create", "--driver", "ipmi"]).contains("Only administrators"));
     assert!(site.baremetal_as(&alice, &["node", "set", "theirs", "--extra", "mine=yes"]).status.success(), "a member changes its own node");
+    // …but not its identity or BMC: pointing the BMC elsewhere would hand over its password.
+    for change in [&["--driver-info", "ipmi_address=attacker.example"][..], &["--name", "renamed"], &["--driver", "redfish"]] {
+        let refused = site.baremetal_fails_as(&alice, &[&["node", "set", "theirs"][..], change].concat());
+        assert!(refused.contains("Only administrators") && refused.contains("HTTP 403"), "{change:?}: {refused}");
+    }
+    site.kiln(&["user", "create", "rita"]);
+    site.kiln(&["project", "add-member", "lab-a", "rita", "--role", "reader"]);
+    let rita: serde_json::Value =
+        serde_json::from_str(&site.kiln(&["token", "create", "--user", "rita", "--name", "t", "-F", "json"])).unwrap();
+    let rita = rita["secret"].as_str().unwrap().to_owned();
+    assert_eq!(site.baremetal_as(&rita, &["node", "show", "theirs", "-f", "value", "-c", "name"]).status.code(), Some(0), "a reader reads");
+    for change in [
+        &["node", "set", "theirs", "--extra", "x=y"][..],
+        &["node", "manage", "theirs"],
+        &["node", "power", "on", "theirs"],
+        &["node", "maintenance", "set", "theirs"],
+    ] {
+        assert!(site.baremetal_fails_as(&rita, change).contains("HTTP 403"), "a reader may not {change:?}");
+    }
+    // A name shaped like a node's id would stand in for that node: refused.
+    let uuid_name =
+        site.baremetal_fails_as(&site.admin, &["node", "create", "--driver", "ipmi", "--name", "0b6c5f7e-3c1a-4b7e-9a55-5f9e6c1f2d10"]);
+    assert!(uuid_name.contains("looks like a node id"), "{uuid_name}");
+    // Unsetting the password clears it; booleans as the client sends them; soft reboots are refused.
+    site.baremetal(&["node", "set", "admins", "--driver-info", "ipmi_address=10.9.9.9", "--driver-info", "ipmi_password=pw"]);
+    assert_eq!(site.show("admins")["driver_info"]["ipmi_password"], "******");
+    site.baremetal(&["node", "unset", "admins", "--driver-info", "ipmi_password"]);
+    assert!(site.show("admins")["driver_info"].get("ipmi_password").is_none(), "the password is gone");
+    assert!(site.baremetal(&["node", "list", "--maintenance", "-f", "value", "-c", "Name"]).trim().is_empty());
+    assert!(site.baremetal_fails_as(&site.admin, &["node", "reboot", "--soft", "admins"]).contains("soft power off"));
 
     let admin = site.admin.clone();
     let json = [("X-Auth-Token", admin.as_str()), ("Content-Type", "application/json")];
@@ -304,6 +334,15 @@ fn tenancy_errors_and_microversions_are_ironic_s() {
     assert!(status == 400 && fault(&body).contains("idrac"), "{status} {body}");
     let (status, _, body) = raw(&site, "POST", "/ironic/v1/nodes", &json, r#"{"driver": "ipmi", "driver_info": {"ipmi_kg_key": "x"}}"#);
     assert!(status == 400 && fault(&body).contains("ipmi_kg_key"), "{status} {body}");
+    let (status, _, body) = raw(&site, "GET", "/ironic/v1/nodes?owner=lab-a", &json, "");
+    assert!(status == 400 && fault(&body).contains("owner"), "an unknown filter is refused, not ignored: {status} {body}");
+    let latest = [("X-Auth-Token", admin.as_str()), ("X-OpenStack-Ironic-API-Version", "latest")];
+    let (status, _, body) = raw(&site, "GET", "/ironic/v1/nodes?limit=1&fields=name", &latest, "");
+    let next = body["next"].as_str().unwrap_or_default();
+    assert!(status == 200 && next.contains("fields=name") && next.contains("limit=1") && next.contains("marker="), "{body}");
+    let path = next.split_once("/ironic").map(|(_, path)| format!("/ironic{path}")).unwrap();
+    let (_, _, second) = raw(&site, "GET", &path, &latest, "");
+    assert_ne!(second["nodes"][0]["name"], body["nodes"][0]["name"], "the next page goes on: {second}");
     // Microversions: the range is in every answer; outside it is 406, which clients negotiate from.
     let (status, head, _) =
         raw(&site, "GET", "/ironic/v1/nodes", &[("X-Auth-Token", &admin), ("X-OpenStack-Ironic-API-Version", "1.999")], "");

@@ -165,6 +165,11 @@ impl InventoryView {
         self.get(key).filter(|node| crate::nodes_visible(scope, node.project.as_deref()))
     }
 
+    /// Every node a reader with `scope` sees, judged by each node's own project.
+    pub fn visible_nodes<'a>(&'a self, scope: &'a ProjectScope) -> impl Iterator<Item = &'a Arc<Node>> + 'a {
+        self.nodes().filter(move |node| crate::nodes_visible(scope, node.project.as_deref()))
+    }
+
     /// The same listing as [`Store::list_nodes`], from memory.
     pub fn list(&self, filter: &NodeFilter) -> Page<Node> {
         let limit = filter.limit.clamp(1, crate::MAX_PAGE_SIZE) as usize;

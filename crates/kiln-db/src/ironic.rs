@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use kiln_auth::ProjectScope;
+use kiln_types::MacAddress;
 use kiln_types::ironic::IronicFields;
 use kiln_types::node::{Node, NodeChange, NodeSpec};
 use sqlx::{AnyConnection, Row as _};
@@ -56,6 +57,30 @@ async fn write_fields(connection: &mut AnyConnection, actor: &str, node: &Node, 
     record(connection, event).await
 }
 
+/// The node as its interfaces now are, its change recorded as an event (which is also how
+/// every replica's inventory view learns of it).
+async fn interface_changed(connection: &mut AnyConnection, actor: &str, before: &Node) -> Result<Node, StoreError> {
+    sqlx::query("UPDATE nodes SET updated_at = $1 WHERE id = $2")
+        .bind(crate::now_millis())
+        .bind(&before.id)
+        .execute(&mut *connection)
+        .await
+        .map_err(StoreError::query("updating a node"))?;
+    let after =
+        crate::nodes::find_node(connection, &before.id).await?.ok_or_else(|| StoreError::not_found("node", before.id.clone()))?.node;
+    let event = NewEvent {
+        actor,
+        action: "node.update",
+        target_kind: "node",
+        target: &after.name,
+        project: after.project.as_deref(),
+        before: serde_json::to_value(before).ok(),
+        after: serde_json::to_value(&after).ok(),
+    };
+    record(connection, event).await?;
+    Ok(after)
+}
+
 impl Store {
     /// Creates a node and its Ironic fields, all or none.
     pub async fn create_ironic_node(&self, actor: &str, spec: &NodeSpec, fields: &IronicFields) -> Result<Node, StoreError> {
@@ -78,6 +103,55 @@ impl Store {
         let mut transaction = self.write().await?;
         let node = self.update_node_in(transaction.connection(), actor, key, scope, change).await?;
         write_fields(transaction.connection(), actor, &node, fields).await?;
+        transaction.commit().await?;
+        Ok(node)
+    }
+
+    /// Adds an interface with `mac` to the node `key` the scope may write (Ironic's port), as
+    /// one row: additions racing each other never lose one, and a MAC is one node's only.
+    pub async fn add_node_interface(&self, actor: &str, key: &str, scope: &ProjectScope, mac: MacAddress) -> Result<Node, StoreError> {
+        let mut transaction = self.write().await?;
+        let connection = transaction.connection();
+        let before = crate::nodes::find_visible_node(connection, key, scope).await?;
+        let taken = sqlx::query("SELECT 1 AS taken FROM interfaces WHERE mac = $1")
+            .bind(mac.to_string())
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(StoreError::query("looking up a MAC"))?
+            .is_some();
+        if taken {
+            return Err(StoreError::conflict(format!("A port with MAC address {mac} already exists.")));
+        }
+        sqlx::query(
+            "INSERT INTO interfaces (mac, node_id, position, ip_addrs) \
+             SELECT $1, $2, COALESCE(MAX(position), -1) + 1, '[]' FROM interfaces WHERE node_id = $2",
+        )
+        .bind(mac.to_string())
+        .bind(&before.node.id)
+        .execute(&mut *connection)
+        .await
+        .map_err(StoreError::query("adding an interface"))?;
+        let node = interface_changed(connection, actor, &before.node).await?;
+        transaction.commit().await?;
+        Ok(node)
+    }
+
+    /// Removes the interface `mac` from the node `key` the scope may write.
+    pub async fn remove_node_interface(&self, actor: &str, key: &str, scope: &ProjectScope, mac: MacAddress) -> Result<Node, StoreError> {
+        let mut transaction = self.write().await?;
+        let connection = transaction.connection();
+        let before = crate::nodes::find_visible_node(connection, key, scope).await?;
+        let removed = sqlx::query("DELETE FROM interfaces WHERE mac = $1 AND node_id = $2")
+            .bind(mac.to_string())
+            .bind(&before.node.id)
+            .execute(&mut *connection)
+            .await
+            .map_err(StoreError::query("removing an interface"))?
+            .rows_affected();
+        if removed == 0 {
+            return Err(StoreError::not_found("port", mac.to_string()));
+        }
+        let node = interface_changed(connection, actor, &before.node).await?;
         transaction.commit().await?;
         Ok(node)
     }

@@ -178,7 +178,7 @@ pub(crate) async fn find_node(connection: &mut AnyConnection, key: &str) -> Resu
 
 /// Finds a node the scope may see; anything else is "not found", never "forbidden", so a
 /// tenant cannot learn that another tenant's node exists.
-async fn find_visible_node(connection: &mut AnyConnection, key: &str, scope: &ProjectScope) -> Result<NodeSnapshot, StoreError> {
+pub(crate) async fn find_visible_node(connection: &mut AnyConnection, key: &str, scope: &ProjectScope) -> Result<NodeSnapshot, StoreError> {
     match find_node(connection, key).await? {
         Some(snapshot) if crate::nodes_visible(scope, snapshot.node.project.as_deref()) => Ok(snapshot),
         _ => Err(StoreError::not_found("node", key)),

@@ -81,7 +81,13 @@ fn timestamp(time: jiff::Timestamp) -> Value {
 /// A node's whole document at `version`; `base_url` is where the Ironic API is served.
 pub fn node_document(facts: NodeFacts<'_>, version: Microversion, base_url: &str) -> Map<String, Value> {
     let NodeFacts { node, ironic, last_error, power_state, pending } = facts;
-    let driver = if ironic.driver.is_empty() { driver_name(node.bmc.as_ref()).to_owned() } else { ironic.driver.clone() };
+    // The driver Ironic's client named, while the BMC is still of that kind (Kiln's own API
+    // may have changed it since).
+    let bmc_driver = node.bmc.as_ref().map_or(kiln_types::BmcDriver::None, |bmc| bmc.driver);
+    let driver = match crate::driver::bmc_driver(&ironic.driver) {
+        Ok(named) if named == bmc_driver => ironic.driver.clone(),
+        _ => driver_name(node.bmc.as_ref()).to_owned(),
+    };
     let value = |field: &str| -> Value {
         match field {
             "uuid" => json!(node.id),

@@ -62,8 +62,22 @@ fn text(key: &str, value: &Value) -> Result<String, DriverError> {
     }
 }
 
-fn looks_secret(key: &str) -> bool {
-    ["password", "secret", "token", "_key", "kg_key"].iter().any(|word| key.contains(word))
+/// Whether a key names a secret, in any case.
+fn secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "passwd", "secret", "token", "community", "credential", "_key", "passphrase"].iter().any(|word| key.contains(word))
+}
+
+/// The first secret-looking key in `value`, or in the objects and lists inside it.
+fn secret_inside(key: &str, value: &Value) -> Option<String> {
+    if secret_key(key) {
+        return Some(key.to_owned());
+    }
+    match value {
+        Value::Object(object) => object.iter().find_map(|(inner, value)| secret_inside(inner, value).map(|found| format!("{key}.{found}"))),
+        Value::Array(items) => items.iter().find_map(|item| secret_inside(key, item)),
+        _ => None,
+    }
 }
 
 /// Splits `info` for a node of `driver`.
@@ -82,8 +96,13 @@ pub fn split_driver_info(driver: &str, info: &Map<String, Value>) -> Result<Driv
             (BmcDriver::Redfish, "redfish_system_id") => system = Some(text(key, value)?),
             (BmcDriver::Redfish, "redfish_verify_ca") => bmc.insecure = Some(!verify_ca(key, value)?),
             (BmcDriver::Lab, "kiln_lab_address") => bmc.address = Some(text(key, value)?),
-            (_, other) if looks_secret(other) => return Err(DriverError::SecretKept { key: other.to_owned() }),
+            // A masked value sent back (another driver's password, after a change of driver)
+            // is the mask, not a secret: nothing to keep.
+            (_, other) if secret_key(other) && value == SECRET_MASK => {}
             _ => {
+                if let Some(found) = secret_inside(key, value) {
+                    return Err(DriverError::SecretKept { key: found });
+                }
                 kept.insert(key.clone(), value.clone());
             }
         }
@@ -242,6 +261,12 @@ mod tests {
         assert!(matches!(split_driver_info("idrac", &Map::new()), Err(DriverError::UnknownDriver { .. })));
         let secret = split_driver_info("ipmi", &map(json!({ "ipmi_kg_key": "x" })));
         assert!(matches!(secret, Err(DriverError::SecretKept { key }) if key == "ipmi_kg_key"));
+        let nested = split_driver_info("ipmi", &map(json!({ "snmp": { "SNMP_Community": "public" } })));
+        assert!(matches!(nested, Err(DriverError::SecretKept { key }) if key == "snmp.SNMP_Community"));
+        let upper = split_driver_info("ipmi", &map(json!({ "Vendor_PASSWD": "x" })));
+        assert!(matches!(upper, Err(DriverError::SecretKept { .. })));
+        let echoed = split_driver_info("redfish", &map(json!({ "ipmi_password": "******", "ipmi_address": "h" }))).unwrap();
+        assert_eq!(echoed.kept.keys().collect::<Vec<_>>(), ["ipmi_address"], "the mask echoed back is dropped, not kept");
         let path = split_driver_info("redfish", &map(json!({ "redfish_address": "https://b", "redfish_verify_ca": "/etc/ca.pem" })));
         assert!(matches!(path, Err(DriverError::InvalidKey { .. })));
         assert!(split_driver_info("ipmi", &map(json!({ "ipmi_port": 623 }))).is_err());

@@ -98,7 +98,7 @@ pub fn parse_document(document: &serde_json::Value) -> Result<Vec<NodeSpec>, Dis
 fn entry_to_spec(entry: &DiscoveryEntry) -> Result<NodeSpec, InvalidField> {
     let xname = entry.xname.as_deref().map(|text| validate::xname("xname", text)).transpose()?;
     let name = match (&entry.name, &xname) {
-        (Some(name), _) => validate::name("name", name)?,
+        (Some(name), _) => validate::node_name("name", name)?,
         (None, Some(xname)) => xname.to_string(),
         (None, None) => return Err(InvalidField::new("name", "an entry needs a name or an xname")),
     };

@@ -324,7 +324,7 @@ impl TryFrom<&NodeInput> for NodeSpec {
     fn try_from(input: &NodeInput) -> Result<Self, Self::Error> {
         let xname = input.xname.as_deref().map(|text| validate::xname("xname", text)).transpose()?;
         let name = match (&input.name, &xname) {
-            (Some(name), _) => validate::name("name", name)?,
+            (Some(name), _) => validate::node_name("name", name)?,
             (None, Some(xname)) => xname.to_string(),
             (None, None) => return Err(InvalidField::new("name", "a node needs a name or an xname")),
         };
@@ -363,7 +363,7 @@ impl TryFrom<&NodePatch> for NodeChange {
 
     fn try_from(patch: &NodePatch) -> Result<Self, Self::Error> {
         Ok(NodeChange {
-            name: patch.name.as_deref().map(|text| validate::name("name", text)).transpose()?,
+            name: patch.name.as_deref().map(|text| validate::node_name("name", text)).transpose()?,
             xname: patch.xname.as_deref().map(|text| validate::xname("xname", text)).transpose()?,
             nid: patch.nid,
             role: patch.role.as_deref().map(|text| validate::single_line("role", text, 63)).transpose()?,

@@ -25,6 +25,19 @@ impl InvalidField {
 }
 
 /// Names of nodes, groups, projects and users: what fits in a hostname label and a URL path.
+/// A node's name: a [`name`] that does not look like a UUID, since a node is also found by
+/// its id and a name shaped like another node's id would stand in for that node.
+pub fn node_name(field: &str, value: &str) -> Result<String, InvalidField> {
+    let name = name(field, value)?;
+    let hex_groups: Vec<&str> = name.split('-').collect();
+    let uuid_shaped = hex_groups.iter().map(|group| group.len()).eq([8, 4, 4, 4, 12])
+        && hex_groups.iter().all(|group| group.bytes().all(|b| b.is_ascii_hexdigit()));
+    if uuid_shaped {
+        return Err(InvalidField::new(field, format!("'{value}' looks like a node id (a UUID); a node's name may not")));
+    }
+    Ok(name)
+}
+
 pub fn name(field: &str, value: &str) -> Result<String, InvalidField> {
     let valid = !value.is_empty()
         && value.len() <= 63
@@ -61,4 +74,18 @@ pub fn single_line(field: &str, value: &str, max_len: usize) -> Result<String, I
         return Err(InvalidField::new(field, "contains control characters or newlines"));
     }
     Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_name_may_not_look_like_a_node_id() {
+        assert!(node_name("name", "nid001").is_ok());
+        assert!(node_name("name", "x1000c0s0b0n0").is_ok());
+        let refused = node_name("name", "0b6c5f7e-3c1a-4b7e-9a55-5f9e6c1f2d10").unwrap_err();
+        assert!(refused.message.contains("looks like a node id"), "{}", refused.message);
+        assert!(node_name("name", "0b6c5f7e-3c1a-4b7e-9a55-5f9e6c1f2d1x").is_ok(), "not hex: not a UUID");
+    }
 }

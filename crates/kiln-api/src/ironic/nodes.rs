@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use kiln_auth::ProjectScope;
 use kiln_ironic::documents::{NODE_LIST_FIELDS, NodeFacts, node_document, select};
@@ -25,17 +25,21 @@ use crate::ApiState;
 use crate::auth::Caller;
 use crate::extract::JsonBody;
 
-/// The query of a node listing or show.
+/// The query of a node listing or show. Booleans come as Python writes them (`True`);
+/// a parameter Kiln does not take is refused rather than ignored.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct NodeQuery {
     fields: Option<String>,
-    detail: Option<bool>,
+    detail: Option<String>,
     limit: Option<usize>,
     marker: Option<String>,
     provision_state: Option<String>,
-    maintenance: Option<bool>,
+    maintenance: Option<String>,
     driver: Option<String>,
 }
+
+type NodeQueryResult = Result<Query<NodeQuery>, axum::extract::rejection::QueryRejection>;
 
 /// Ironic's power state words for what Kiln's power sync last read.
 fn power_word(kiln: &str) -> Option<&'static str> {
@@ -77,6 +81,30 @@ async fn document_of(state: &ApiState, caller: &IronicCaller, node: &Node) -> Ir
     Ok(node_document(facts, caller.version, &caller.base_url))
 }
 
+/// The query, or Ironic's 400 naming what is wrong with it.
+pub(super) fn parsed<T>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> IronicResult<T> {
+    query.map(|Query(query)| query).map_err(|rejection| IronicError::invalid(rejection.body_text()))
+}
+
+/// `True`, `true`, `1`… as Ironic's clients send booleans.
+pub(super) fn boolean(name: &str, text: Option<&str>) -> IronicResult<Option<bool>> {
+    match text.map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(None),
+        Some("true" | "1" | "yes" | "on") => Ok(Some(true)),
+        Some("false" | "0" | "no" | "off") => Ok(Some(false)),
+        Some(other) => Err(IronicError::invalid(format!("{name}: '{other}' is not a boolean"))),
+    }
+}
+
+/// The link to the page after `last`: the same query with `marker` moved on.
+pub(super) fn next_link(base_url: &str, collection: &str, raw_query: Option<&str>, last: &str) -> String {
+    let mut pairs: Vec<&str> =
+        raw_query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty() && !pair.starts_with("marker=")).collect();
+    let marker = format!("marker={last}");
+    pairs.push(&marker);
+    format!("{base_url}/v1/{collection}?{}", pairs.join("&"))
+}
+
 fn fields_of(query: &NodeQuery) -> Option<Vec<&str>> {
     query.fields.as_deref().map(|fields| fields.split(',').map(str::trim).filter(|field| !field.is_empty()).collect())
 }
@@ -90,8 +118,9 @@ pub(super) async fn show(
     State(state): State<ApiState>,
     caller: IronicCaller,
     Path(key): Path<String>,
-    Query(query): Query<NodeQuery>,
+    query: NodeQueryResult,
 ) -> IronicResult<Json<Value>> {
+    let query = parsed(query)?;
     let node = visible(&state, &caller, &key)?;
     let document = document_of(&state, &caller, &node).await?;
     match fields_of(&query) {
@@ -100,37 +129,54 @@ pub(super) async fn show(
     }
 }
 
-pub(super) async fn list(State(state): State<ApiState>, caller: IronicCaller, Query(query): Query<NodeQuery>) -> IronicResult<Json<Value>> {
-    let detail = query.detail.unwrap_or(false);
-    listing(&state, &caller, &query, detail, "nodes").await
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    query: NodeQueryResult,
+    RawQuery(raw): RawQuery,
+) -> IronicResult<Json<Value>> {
+    let query = parsed(query)?;
+    let detail = boolean("detail", query.detail.as_deref())?.unwrap_or(false);
+    listing(&state, &caller, &query, detail, "nodes", raw.as_deref()).await
 }
 
 pub(super) async fn list_detail(
     State(state): State<ApiState>,
     caller: IronicCaller,
-    Query(query): Query<NodeQuery>,
+    query: NodeQueryResult,
+    RawQuery(raw): RawQuery,
 ) -> IronicResult<Json<Value>> {
-    if query.fields.is_some() {
-        return Err(IronicError::invalid("Can not specify ?detail=True and fields in the same request."));
-    }
-    listing(&state, &caller, &query, true, "nodes/detail").await
+    listing(&state, &caller, &parsed(query)?, true, "nodes/detail", raw.as_deref()).await
 }
 
-/// The nodes the caller sees, by uuid, a page at a time (`limit`, `marker`), filtered.
-async fn listing(state: &ApiState, caller: &IronicCaller, query: &NodeQuery, detail: bool, collection: &str) -> IronicResult<Json<Value>> {
+/// The nodes the caller sees (each judged by its own project), by uuid, a page at a time
+/// (`limit`, `marker`), filtered.
+async fn listing(
+    state: &ApiState,
+    caller: &IronicCaller,
+    query: &NodeQuery,
+    detail: bool,
+    collection: &str,
+    raw_query: Option<&str>,
+) -> IronicResult<Json<Value>> {
+    if detail && query.fields.is_some() {
+        return Err(IronicError::invalid("Can not specify ?detail=True and fields in the same request."));
+    }
     let limit = query.limit.unwrap_or(1000);
     if !(1..=1000).contains(&limit) {
         return Err(IronicError::invalid(format!("limit: {limit} is outside 1 to 1000")));
     }
+    let maintenance = boolean("maintenance", query.maintenance.as_deref())?;
     let view = state.inventory.view();
     let scope = caller.context.read_scope();
-    let mut nodes: Vec<&Arc<Node>> = view.nodes().filter(|node| view.get_visible(&node.id, &scope).is_some()).collect();
+    let mut nodes: Vec<&Arc<Node>> = view.visible_nodes(&scope).collect();
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let ironic = state.store.all_ironic_fields().await?;
     let power: HashMap<String, String> = state.store.all_power_states().await?;
     let empty = IronicFields::default();
     let fields = fields_of(query);
     let mut page = Vec::new();
+    let mut last_uuid = None;
     let mut more = false;
     for node in nodes.into_iter().filter(|node| query.marker.as_deref().is_none_or(|marker| node.id.as_str() > marker)) {
         let fields_of_node = ironic.get(&node.id).unwrap_or(&empty);
@@ -138,7 +184,7 @@ async fn listing(state: &ApiState, caller: &IronicCaller, query: &NodeQuery, det
         let facts = NodeFacts { node, ironic: fields_of_node, last_error: None, power_state, pending: None };
         let document = node_document(facts, caller.version, &caller.base_url);
         let matches = query.provision_state.as_deref().is_none_or(|wanted| document["provision_state"] == wanted)
-            && query.maintenance.is_none_or(|wanted| node.maintenance == wanted)
+            && maintenance.is_none_or(|wanted| node.maintenance == wanted)
             && query.driver.as_deref().is_none_or(|wanted| document["driver"] == wanted);
         if !matches {
             continue;
@@ -147,11 +193,12 @@ async fn listing(state: &ApiState, caller: &IronicCaller, query: &NodeQuery, det
             more = true;
             break;
         }
+        last_uuid = Some(node.id.clone());
         page.push(if detail { Value::Object(document) } else { selected(&document, fields.as_deref(), &NODE_LIST_FIELDS)? });
     }
     let mut answer = json!({ "nodes": page });
-    if more && let Some(last) = answer["nodes"].as_array().and_then(|nodes| nodes.last()).and_then(|node| node["uuid"].as_str()) {
-        answer["next"] = json!(format!("{}/v1/{collection}?limit={limit}&marker={last}", caller.base_url));
+    if more && let Some(last) = last_uuid {
+        answer["next"] = json!(next_link(&caller.base_url, collection, raw_query, &last));
     }
     Ok(Json(answer))
 }
@@ -239,22 +286,43 @@ pub(super) async fn update(
     }
     let before = Value::Object(document_of(&state, &caller, &node).await?);
     let after = apply(&before, &operations).map_err(|error| IronicError::invalid(error.to_string()))?;
-    let object = |field: &str| after.get(field).and_then(Value::as_object).cloned().unwrap_or_default();
+    let object = |field: &str| -> IronicResult<Map<String, Value>> {
+        match after.get(field) {
+            None => Ok(Map::new()),
+            Some(Value::Object(object)) => Ok(object.clone()),
+            Some(_) => Err(IronicError::invalid(format!("{field} must be an object"))),
+        }
+    };
+    let name =
+        after.get("name").and_then(Value::as_str).ok_or_else(|| IronicError::invalid("name: a Kiln node always has a name; replace it"))?;
     let driver = after.get("driver").and_then(Value::as_str).ok_or_else(|| IronicError::invalid("driver must be a string"))?;
-    let info = split_driver_info(driver, &object("driver_info")).map_err(driver_error)?;
-    let fields =
-        IronicFields { driver: driver.to_owned(), driver_info: info.kept, extra: object("extra"), instance_info: object("instance_info") };
-    check_sizes(&state, &fields, &object("properties"))?;
+    let identity_changed =
+        after["name"] != before["name"] || after["driver"] != before["driver"] || after["driver_info"] != before["driver_info"];
+    if identity_changed {
+        // The physical inventory (names, BMCs and their credentials) is the operators', as in
+        // Kiln's own API: a tenant pointing a BMC elsewhere would be handed its password.
+        require_admin(&caller, "change a node's name, driver or driver_info")?;
+    }
+    let mut info = split_driver_info(driver, &object("driver_info")?).map_err(driver_error)?;
+    // The BMC's MAC is not Ironic's to set; a password key left out clears the password, and
+    // the mask sent back keeps it.
+    info.bmc.mac = node.bmc.as_ref().and_then(|bmc| bmc.mac).map(|mac| mac.to_string());
+    info.bmc.password.get_or_insert_with(String::new);
+    let fields = IronicFields {
+        driver: driver.to_owned(),
+        driver_info: info.kept,
+        extra: object("extra")?,
+        instance_info: object("instance_info")?,
+    };
+    check_sizes(&state, &fields, &object("properties")?)?;
     let mut change = NodeChange::default();
     if after["name"] != before["name"] {
-        let name = after["name"].as_str().ok_or_else(|| IronicError::invalid("name must be a string"))?;
-        change.name = Some(kiln_types::validate::name("name", name).map_err(|error| IronicError::invalid(error.to_string()))?);
+        change.name = Some(kiln_types::validate::node_name("name", name).map_err(|error| IronicError::invalid(error.to_string()))?);
     }
     if after["properties"] != before["properties"] {
-        change.properties = Some(object("properties"));
+        change.properties = Some(object("properties")?);
     }
-    if after["driver"] != before["driver"] || after["driver_info"] != before["driver_info"] {
-        // A password answered as `******` and sent back unchanged keeps the stored one.
+    if identity_changed {
         change.bmc = Some(validate_bmc(&info.bmc).map_err(|error| IronicError::invalid(error.to_string()))?);
     }
     let updated = state.store.update_ironic_node(&caller.context.user, &node.id, &caller.context.write_scope(), &change, &fields).await?;
@@ -289,7 +357,9 @@ pub(super) async fn set_power(
         "power off" => PowerAction::ForceOff,
         "soft power off" => PowerAction::Off,
         "rebooting" => PowerAction::Cycle,
-        "soft rebooting" => PowerAction::Reset,
+        "soft rebooting" => {
+            return Err(IronicError::invalid(format!("Kiln does not reboot softly: 'soft power off', then 'power on' node {key}.")));
+        }
         other => return Err(IronicError::invalid(format!("The requested action \"{other}\" can not be performed on node {key}."))),
     };
     let request = kiln_bmc::PowerRequest { action };

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use kiln_ironic::documents::{PORT_LIST_FIELDS, port_document, port_uuid, select};
 use kiln_types::MacAddress;
-use kiln_types::node::{InterfaceSpec, InterfaceView, Node, NodeChange};
+use kiln_types::node::Node;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -18,16 +18,20 @@ use super::{IronicCaller, IronicError, IronicResult, visible};
 use crate::ApiState;
 use crate::extract::JsonBody;
 
+/// The query of a port listing; a parameter Kiln does not take is refused.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct PortQuery {
     node: Option<String>,
     node_uuid: Option<String>,
     address: Option<String>,
     fields: Option<String>,
-    detail: Option<bool>,
+    detail: Option<String>,
     limit: Option<usize>,
     marker: Option<String>,
 }
+
+type PortQueryResult = Result<Query<PortQuery>, axum::extract::rejection::QueryRejection>;
 
 fn not_found(key: &str) -> IronicError {
     IronicError::new(StatusCode::NOT_FOUND, format!("Port {key} could not be found."))
@@ -38,8 +42,7 @@ fn visible_ports(state: &ApiState, caller: &IronicCaller) -> Vec<(String, Arc<No
     let view = state.inventory.view();
     let scope = caller.context.read_scope();
     let mut ports: Vec<(String, Arc<Node>, MacAddress)> = view
-        .nodes()
-        .filter(|node| view.get_visible(&node.id, &scope).is_some())
+        .visible_nodes(&scope)
         .flat_map(|node| {
             node.interfaces.iter().map(move |interface| (port_uuid(&node.id, interface.mac_addr), node.clone(), interface.mac_addr))
         })
@@ -56,13 +59,18 @@ fn find_port(state: &ApiState, caller: &IronicCaller, key: &str) -> IronicResult
         .ok_or_else(|| not_found(key))
 }
 
+/// The ports the caller sees, by UUID, a page at a time, filtered.
 fn listing(
     state: &ApiState,
     caller: &IronicCaller,
     query: &PortQuery,
-    detail: bool,
     only_node: Option<&Node>,
+    (collection, raw_query): (&str, Option<&str>),
 ) -> IronicResult<Json<Value>> {
+    let detail = super::nodes::boolean("detail", query.detail.as_deref())?.unwrap_or(false) || collection.ends_with("detail");
+    if detail && query.fields.is_some() {
+        return Err(IronicError::invalid("Can not specify ?detail=True and fields in the same request."));
+    }
     let limit = query.limit.unwrap_or(1000);
     if !(1..=1000).contains(&limit) {
         return Err(IronicError::invalid(format!("limit: {limit} is outside 1 to 1000")));
@@ -70,7 +78,7 @@ fn listing(
     let node_filter = query.node.as_deref().or(query.node_uuid.as_deref());
     let wanted_node = node_filter.map(|key| visible(state, caller, key)).transpose()?;
     let fields: Option<Vec<&str>> = query.fields.as_deref().map(|fields| fields.split(',').map(str::trim).collect());
-    let mut page = Vec::new();
+    let (mut page, mut last_uuid, mut more) = (Vec::new(), None, false);
     for (uuid, node, mac) in visible_ports(state, caller) {
         let node_matches = [wanted_node.as_deref(), only_node].into_iter().flatten().all(|wanted| wanted.id == node.id);
         let address_matches = query.address.as_deref().is_none_or(|address| address.eq_ignore_ascii_case(&mac.to_string()));
@@ -78,6 +86,7 @@ fn listing(
             continue;
         }
         if page.len() == limit {
+            more = true;
             break;
         }
         let document = port_document(&node, mac, caller.version, &caller.base_url);
@@ -86,53 +95,48 @@ fn listing(
             (None, true) => Value::Object(document),
             (None, false) => Value::Object(select(&document, &PORT_LIST_FIELDS).expect("the short fields are in every port")),
         });
+        last_uuid = Some(uuid);
     }
-    Ok(Json(json!({ "ports": page })))
+    let mut answer = json!({ "ports": page });
+    if more && let Some(last) = last_uuid {
+        answer["next"] = json!(super::nodes::next_link(&caller.base_url, collection, raw_query, &last));
+    }
+    Ok(Json(answer))
 }
 
-pub(super) async fn list(State(state): State<ApiState>, caller: IronicCaller, Query(query): Query<PortQuery>) -> IronicResult<Json<Value>> {
-    let detail = query.detail.unwrap_or(false);
-    listing(&state, &caller, &query, detail, None)
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    caller: IronicCaller,
+    query: PortQueryResult,
+    RawQuery(raw): RawQuery,
+) -> IronicResult<Json<Value>> {
+    listing(&state, &caller, &super::nodes::parsed(query)?, None, ("ports", raw.as_deref()))
 }
 
 pub(super) async fn list_detail(
     State(state): State<ApiState>,
     caller: IronicCaller,
-    Query(query): Query<PortQuery>,
+    query: PortQueryResult,
+    RawQuery(raw): RawQuery,
 ) -> IronicResult<Json<Value>> {
-    listing(&state, &caller, &query, true, None)
+    listing(&state, &caller, &super::nodes::parsed(query)?, None, ("ports/detail", raw.as_deref()))
 }
 
 pub(super) async fn of_node(
     State(state): State<ApiState>,
     caller: IronicCaller,
     Path(key): Path<String>,
-    Query(query): Query<PortQuery>,
+    query: PortQueryResult,
+    RawQuery(raw): RawQuery,
 ) -> IronicResult<Json<Value>> {
     let node = visible(&state, &caller, &key)?;
-    let detail = query.detail.unwrap_or(false);
-    listing(&state, &caller, &query, detail, Some(&node))
+    let collection = format!("nodes/{}/ports", node.id);
+    listing(&state, &caller, &super::nodes::parsed(query)?, Some(&node), (&collection, raw.as_deref()))
 }
 
 pub(super) async fn show(State(state): State<ApiState>, caller: IronicCaller, Path(key): Path<String>) -> IronicResult<Json<Value>> {
     let (node, mac) = find_port(&state, &caller, &key)?;
     Ok(Json(Value::Object(port_document(&node, mac, caller.version, &caller.base_url))))
-}
-
-/// A node's interfaces as the change that writes them back.
-fn interface_specs(interfaces: &[InterfaceView]) -> IronicResult<Vec<InterfaceSpec>> {
-    interfaces
-        .iter()
-        .map(|interface| {
-            let ip_addrs = interface
-                .ip_addrs
-                .iter()
-                .map(|entry| entry.ip_addr.parse().map(|address| (entry.name.clone(), address)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| IronicError::new(StatusCode::INTERNAL_SERVER_ERROR, "a stored interface address does not parse"))?;
-            Ok(InterfaceSpec { mac: interface.mac_addr, ip_addrs })
-        })
-        .collect()
 }
 
 /// Port fields Kiln takes only at their default, which `baremetal port create` may send.
@@ -167,21 +171,7 @@ pub(super) async fn create(
     if !caller.context.admin {
         return Err(IronicError::new(StatusCode::FORBIDDEN, "Only administrators change a node's ports."));
     }
-    let mut interfaces = interface_specs(&node.interfaces)?;
-    if interfaces.iter().any(|interface| interface.mac == mac) {
-        return Err(IronicError::new(StatusCode::CONFLICT, format!("A port with MAC address {mac} already exists.")));
-    }
-    interfaces.push(InterfaceSpec { mac, ip_addrs: Vec::new() });
-    let change = NodeChange { interfaces: Some(interfaces), ..Default::default() };
-    let node =
-        state.store.update_node(&caller.context.user, &node.id, &caller.context.write_scope(), &change).await.map_err(
-            |error| match error {
-                kiln_db::StoreError::Conflict { .. } => {
-                    IronicError::new(StatusCode::CONFLICT, format!("A port with MAC address {mac} already exists."))
-                }
-                other => other.into(),
-            },
-        )?;
+    let node = state.store.add_node_interface(&caller.context.user, &node.id, &caller.context.write_scope(), mac).await?;
     state.after_node_write().await;
     Ok((StatusCode::CREATED, Json(Value::Object(port_document(&node, mac, caller.version, &caller.base_url)))))
 }
@@ -191,9 +181,7 @@ pub(super) async fn delete(State(state): State<ApiState>, caller: IronicCaller, 
     if !caller.context.admin {
         return Err(IronicError::new(StatusCode::FORBIDDEN, "Only administrators change a node's ports."));
     }
-    let interfaces = interface_specs(&node.interfaces)?.into_iter().filter(|interface| interface.mac != mac).collect();
-    let change = NodeChange { interfaces: Some(interfaces), ..Default::default() };
-    state.store.update_node(&caller.context.user, &node.id, &caller.context.write_scope(), &change).await?;
+    state.store.remove_node_interface(&caller.context.user, &node.id, &caller.context.write_scope(), mac).await?;
     state.after_node_write().await;
     Ok(StatusCode::NO_CONTENT)
 }
