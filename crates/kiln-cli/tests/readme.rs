@@ -250,7 +250,9 @@ fn the_quick_start_images_cloud_init_and_tenancy_blocks_run_as_written() {
     assert!(stdout.contains("x1000c0s0b0n0"), "the quick start lists the tutorial's nodes:\n{stdout}");
     assert!(stdout.contains("#!ipxe"), "the network boot block's curl gets a boot script:\n{stdout}");
     // The last block ran too: its last command's trace is there.
-    assert!(stderr.contains("+ kiln group show lab-a/compute"), "the tenancy blocks ran:\n{stderr}");
+    assert!(stderr.contains("+ kiln group show lab-a/gpu"), "the tenancy blocks ran:\n{stderr}");
+    let shown_group = stdout.rsplit("lab-a").next().unwrap_or_default();
+    assert!(shown_group.contains("nid001"), "nid001 joined lab-a's gpu:\n{stdout}");
     assert!(stdout.contains("lab-b"), "`kiln image show lab-b/debian` shows lab-b's image:\n{stdout}");
     drop(lab);
 }
