@@ -66,31 +66,14 @@ pub(crate) async fn resolve_group(
         .fetch_all(&mut *connection)
         .await
         .map_err(StoreError::query("reading a group"))?;
-    let mut candidates = Vec::new();
+    let mut visible_groups = Vec::new();
     for row in &rows {
         let group = group_from_row(row)?;
-        if reference.may_name(&group.scoped_name()) && visible(scope, group.project.as_deref()) {
-            candidates.push(group);
+        if visible(scope, group.project.as_deref()) {
+            visible_groups.push(group);
         }
     }
-    let own = |group: &GroupRow| matches!(scope, ProjectScope::Projects(_)) && group.project.is_some();
-    let steps: [&dyn Fn(&GroupRow) -> bool; 3] = [&own, &|group| group.project.is_none(), &|_| true];
-    for step in steps {
-        let (mut found, rest): (Vec<GroupRow>, Vec<GroupRow>) = candidates.into_iter().partition(|group| step(group));
-        candidates = rest;
-        match found.len() {
-            0 => continue,
-            1 => return Ok(found.pop()),
-            _ => {
-                let keys: Vec<String> = found.iter().map(|group| group.key.clone()).collect();
-                return Err(StoreError::conflict(format!(
-                    "group '{reference}' is ambiguous: name one of {} as PROJECT/NAME",
-                    keys.join(", ")
-                )));
-            }
-        }
-    }
-    Ok(None)
+    crate::resolve::pick_named("group", reference, visible_groups, scope, GroupRow::scoped_name)
 }
 
 /// Global groups (no project) are visible to everyone; project groups to that project.

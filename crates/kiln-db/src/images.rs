@@ -112,36 +112,15 @@ async fn image_row(connection: &mut AnyConnection, image: &ScopedName) -> Result
 async fn resolve_image(connection: &mut AnyConnection, reference: &NameReference, scope: &ProjectScope) -> Result<ImageRow, StoreError> {
     let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE name = $1 ORDER BY COALESCE(project, '')");
     let rows = sqlx::query(&sql).bind(&reference.name).fetch_all(&mut *connection).await.map_err(StoreError::query("reading an image"))?;
-    let mut candidates = Vec::new();
+    let mut visible_images = Vec::new();
     for row in &rows {
         let candidate = complete_image(connection, row).await?;
-        if reference.may_name(&candidate.image.scoped_name()) && image_visible(&candidate.image, scope) {
-            candidates.push(candidate);
+        if image_visible(&candidate.image, scope) {
+            visible_images.push(candidate);
         }
     }
-    let own = |candidate: &ImageRow| match scope {
-        ProjectScope::All => false,
-        ProjectScope::Projects(_) => crate::nodes_visible(scope, candidate.image.project.as_deref()),
-    };
-    let steps: [&dyn Fn(&ImageRow) -> bool; 3] = [&own, &|candidate| candidate.image.project.is_none(), &|_| true];
-    for step in steps {
-        let mut found: Vec<ImageRow> = Vec::new();
-        for candidate in std::mem::take(&mut candidates) {
-            if step(&candidate) { found.push(candidate) } else { candidates.push(candidate) }
-        }
-        match found.len() {
-            0 => continue,
-            1 => return Ok(found.remove(0)),
-            _ => {
-                let names: Vec<String> = found.iter().map(|candidate| candidate.image.scoped_name().key()).collect();
-                return Err(StoreError::conflict(format!(
-                    "image '{reference}' is ambiguous: name one of {} as PROJECT/NAME",
-                    names.join(", ")
-                )));
-            }
-        }
-    }
-    Err(StoreError::not_found("image", reference.to_string()))
+    crate::resolve::pick_named("image", reference, visible_images, scope, |candidate: &ImageRow| candidate.image.scoped_name())?
+        .ok_or_else(|| StoreError::not_found("image", reference.to_string()))
 }
 
 async fn complete_image(connection: &mut AnyConnection, row: &sqlx::any::AnyRow) -> Result<ImageRow, StoreError> {

@@ -18,6 +18,7 @@ mod migrations;
 mod nodes;
 mod power;
 mod provision;
+mod resolve;
 mod tenancy;
 
 use std::time::Duration;

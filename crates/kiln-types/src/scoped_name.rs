@@ -57,12 +57,17 @@ impl ScopedName {
     }
 }
 
+/// `PROJECT/NAME`, or `NAME` without a project: how both a name and a reference are written.
+fn write_key(formatter: &mut fmt::Formatter<'_>, project: Option<&str>, name: &str) -> fmt::Result {
+    match project {
+        Some(project) => write!(formatter, "{project}/{name}"),
+        None => formatter.write_str(name),
+    }
+}
+
 impl fmt::Display for ScopedName {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.project {
-            Some(project) => write!(formatter, "{project}/{}", self.name),
-            None => formatter.write_str(&self.name),
-        }
+        write_key(formatter, self.project.as_deref(), &self.name)
     }
 }
 
@@ -102,10 +107,7 @@ impl NameReference {
 
 impl fmt::Display for NameReference {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.project {
-            Some(project) => write!(formatter, "{project}/{}", self.name),
-            None => formatter.write_str(&self.name),
-        }
+        write_key(formatter, self.project.as_deref(), &self.name)
     }
 }
 
