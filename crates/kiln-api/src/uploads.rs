@@ -121,7 +121,7 @@ pub(crate) fn blob_error(error: BlobError) -> ApiError {
     }
 }
 
-fn spool_error(operation: &str, error: &std::io::Error) -> ApiError {
+pub(crate) fn spool_error(operation: &str, error: &std::io::Error) -> ApiError {
     if matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
         return ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
@@ -285,7 +285,7 @@ pub(crate) async fn append_upload(
 }
 
 /// Checks what a spool file holds and moves it into the blob store as an artifact.
-async fn store_spooled(
+pub(crate) async fn store_spooled(
     state: &ApiState,
     spool_path: &std::path::Path,
     digests: Digests,
@@ -439,7 +439,7 @@ pub(crate) async fn create_version(
 /// The answer for a failed fetch. Administrators read why; anyone else reads only that it
 /// failed, the same for a refused address, a closed port, an error status or a cut
 /// download, so that imports cannot map what the server can reach (the detail is logged).
-fn fetch_error(error: FetchError, caller: &kiln_auth::AuthContext) -> ApiError {
+pub(crate) fn fetch_error(error: FetchError, caller: &kiln_auth::AuthContext) -> ApiError {
     match &error {
         FetchError::UnsupportedUrl { .. } | FetchError::FileNotAllowed { .. } => ApiError::invalid(format!("url: {error}")),
         FetchError::Download { source: PumpError::Spool(io), .. } => spool_error("importing", io),

@@ -44,10 +44,14 @@ struct Site {
 
 impl Site {
     fn start() -> Option<Site> {
+        Site::start_with_env(&[])
+    }
+
+    fn start_with_env(environment: &[(&str, &str)]) -> Option<Site> {
         let bin = clients()?;
         let directory = tempfile::tempdir().unwrap();
         let data_dir = directory.path().join("data");
-        let server = ServerProcess::start(&data_dir, &[]);
+        let server = ServerProcess::start_with_env(&data_dir, &[], environment);
         let admin = token(&data_dir);
         Some(Site { server, admin, bin, _directory: directory })
     }
@@ -196,10 +200,10 @@ fn the_seed_s_enrolment_commands_run_as_written() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert!(failed["last_error"].as_str().is_some_and(|error| error.contains("ipmi.server.net")), "{failed}");
-    // An image by URL is not taken yet, and the refusal says what to do instead.
+    // An image by HTTP URL needs a checksum, as the seed says.
     site.baremetal(&["node", "set", "seed-node", "--instance-info", "image_source=http://mirror.example/i.qcow2"]);
     let refused = site.baremetal_fails_as(&site.admin, &["node", "deploy", "seed-node"]);
-    assert!(refused.contains("kiln image import") && refused.contains("HTTP 400"), "{refused}");
+    assert!(refused.contains("no checksum") && refused.contains("image_checksum") && refused.contains("HTTP 400"), "{refused}");
 
     // Deleting the port takes the MAC off the node; deleting the node takes everything.
     site.baremetal(&["port", "delete", port.trim()]);
@@ -360,4 +364,236 @@ fn tenancy_errors_and_microversions_are_ironic_s() {
     assert!(status == 401 && fault(&body).contains("Authentication"), "{status} {body}");
     let (status, _, discovery) = raw(&site, "GET", "/ironic/", &[], "");
     assert_eq!((status, discovery["default_version"]["version"].as_str()), (200, Some("1.115")));
+}
+
+/// An HTTP server for images, Python's own: files under `with/` carry `Last-Modified` (and
+/// answer `If-Modified-Since` with 304), files under `bare/` carry none. Every request is
+/// logged as `METHOD PATH STATUS conditional=BOOL`.
+struct ImageServer {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+    root: PathBuf,
+}
+
+impl Drop for ImageServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const IMAGE_SERVER: &str = r#"
+import functools, http.server, sys
+root, log = sys.argv[1], sys.argv[2]
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def send_header(self, name, value):
+        if name.lower() == "last-modified" and self.path.startswith("/bare/"):
+            return
+        super().send_header(name, value)
+    def log_request(self, code="-", size="-"):
+        with open(log, "a") as out:
+            out.write(f"{self.command} {self.path} {int(code)} conditional={str('If-Modified-Since' in self.headers).lower()}\n")
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=root))
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+impl ImageServer {
+    fn start(directory: &std::path::Path) -> ImageServer {
+        use std::io::BufRead as _;
+        let root = directory.join("www");
+        std::fs::create_dir_all(root.join("with")).unwrap();
+        std::fs::create_dir_all(root.join("bare")).unwrap();
+        let log = directory.join("www.log");
+        std::fs::write(&log, "").unwrap();
+        let mut child = Command::new("python3")
+            .args(["-c", IMAGE_SERVER])
+            .arg(&root)
+            .arg(&log)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        ImageServer { child, port: line.trim().parse().unwrap(), log, root }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// The requests for `path` so far, as `STATUS conditional=BOOL`.
+    fn requests(&self, path: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        log.lines().filter_map(|line| line.strip_prefix(&format!("GET /{path} "))).map(str::to_owned).collect()
+    }
+}
+
+fn md5_of(path: &std::path::Path) -> String {
+    let output = Command::new("md5sum").arg(path).output().unwrap();
+    String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+fn sha256_of(path: &std::path::Path) -> String {
+    let output = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+impl Site {
+    /// An available node with no BMC to reach (its deploys fail at the power step, after the
+    /// image is fetched, which is what these tests look at).
+    fn available_node(&self, name: &str, owner: Option<&str>) {
+        let mut args = vec!["node", "create", "--driver", "manual-management", "--name", name];
+        if let Some(owner) = owner {
+            args.extend(["--owner", owner]);
+        }
+        self.baremetal(&args);
+        self.baremetal(&["node", "manage", name, "--wait", "60"]);
+        self.baremetal(&["node", "provide", name, "--wait", "60"]);
+    }
+
+    /// Waits until the node leaves `available` on its way, and answers its document.
+    fn wait_for_state(&self, token: &str, node: &str, wanted: &[&str]) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let output = self.baremetal_as(token, &["node", "show", node, "-f", "json"]);
+            let shown: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            if wanted.iter().any(|state| shown["provision_state"] == *state) {
+                return shown;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{node} never reached {wanted:?}: {shown}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+#[test]
+fn image_sources_by_url_follow_ironic_s_cache_rule_and_checksums() {
+    let Some(site) = Site::start_with_env(&[("KILN_IMPORT_ALLOWED_NETWORKS", "127.0.0.1/32")]) else { return };
+    let work = site._directory.path().to_owned();
+    let images = ImageServer::start(&work);
+    // The seed's example is a qcow2: a real one, made by qemu-img from a raw disk.
+    let raw = work.join("disk.raw");
+    let mut bytes = vec![0u8; 3 << 20];
+    for (index, byte) in bytes.iter_mut().enumerate().take(1 << 20) {
+        *byte = (index * 7 % 253) as u8;
+    }
+    std::fs::write(&raw, &bytes).unwrap();
+    let qcow2 = images.root.join("with/disk.qcow2");
+    let made = Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2).status().unwrap();
+    assert!(made.success());
+    std::fs::copy(&raw, images.root.join("bare/disk.raw")).unwrap();
+    let md5 = md5_of(&qcow2);
+    let qcow2_url = images.url("with/disk.qcow2");
+    let deploy = |node: &str, info: &[String]| {
+        let mut args = vec!["node".to_owned(), "set".to_owned(), node.to_owned()];
+        for pair in info {
+            args.extend(["--instance-info".to_owned(), pair.clone()]);
+        }
+        site.baremetal(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        site.baremetal(&["node", "deploy", node]);
+    };
+    for node in ["url1", "url2", "url3", "url4", "url5", "url6"] {
+        site.available_node(node, None);
+    }
+
+    // The first deploy fetches the qcow2, checks its MD5 and stores it converted to raw.
+    deploy("url1", &[format!("image_source={qcow2_url}"), format!("image_checksum={md5}")]);
+    assert_eq!(images.requests("with/disk.qcow2"), ["200 conditional=false"]);
+    let listed: serde_json::Value = serde_json::from_str(&site.kiln(&["image", "list", "-F", "json"])).unwrap();
+    let cache = listed.as_array().unwrap().iter().find(|image| image["name"].as_str().unwrap().starts_with("ironic-")).unwrap();
+    let cache = cache["name"].as_str().unwrap().to_owned();
+    let downloaded = work.join("cached.zst");
+    site.kiln(&["image", "download", &format!("{cache}:1"), "-o", &downloaded.display().to_string()]);
+    let unpacked = Command::new("zstd").args(["-d", "-c", "-q"]).arg(&downloaded).output().unwrap();
+    assert!(unpacked.stdout == bytes, "the stored image is the qcow2's raw disk");
+    let shown = site.wait_for_state(&site.admin, "url1", &["deploy failed", "wait call-back", "deploying"]);
+    assert_eq!(shown["instance_info"]["image_source"], serde_json::json!(qcow2_url));
+
+    // Unchanged: a conditional request, answered 304, and no new version.
+    deploy("url2", &[format!("image_source={qcow2_url}"), format!("image_checksum={md5}")]);
+    assert_eq!(images.requests("with/disk.qcow2"), ["200 conditional=false", "304 conditional=true"]);
+    let versions = site.kiln(&["image", "versions", &cache, "-F", "json"]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&versions).unwrap().as_array().unwrap().len(), 1, "{versions}");
+
+    // Touched: Last-Modified moves on, and it is fetched again.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options().write(true).open(&qcow2).unwrap().set_modified(later).unwrap();
+    deploy("url3", &[format!("image_source={qcow2_url}"), format!("image_checksum={md5}")]);
+    assert_eq!(images.requests("with/disk.qcow2").last().unwrap(), "200 conditional=true");
+
+    // A wrong checksum is checked against the bytes (the copy was verified against another),
+    // and the deploy ends in `deploy failed` with a last_error naming it.
+    let wrong = "0".repeat(32);
+    deploy("url4", &[format!("image_source={qcow2_url}"), format!("image_checksum={wrong}")]);
+    assert_eq!(images.requests("with/disk.qcow2").last().unwrap(), "200 conditional=false");
+    let failed = site.wait_for_state(&site.admin, "url4", &["deploy failed"]);
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(error.contains("checksum") && error.contains(&wrong) && error.contains(&qcow2_url), "{error}");
+    assert!(!error.contains(&md5), "the digest the server computed is not told: {error}");
+
+    // No Last-Modified: fetched every time, even unchanged; sha256 by Ironic's os_hash fields.
+    let bare_url = images.url("bare/disk.raw");
+    let sha256 = sha256_of(&raw);
+    for node in ["url5", "url6"] {
+        deploy(
+            node,
+            &[format!("image_source={bare_url}"), "image_os_hash_algo=sha256".to_owned(), format!("image_os_hash_value={sha256}")],
+        );
+    }
+    assert_eq!(images.requests("bare/disk.raw"), ["200 conditional=false", "200 conditional=false"]);
+}
+
+#[test]
+fn image_source_errors_are_told_to_the_node_s_owner_only() {
+    let Some(site) = Site::start_with_env(&[("KILN_IMPORT_ALLOWED_NETWORKS", "127.0.0.1/32")]) else { return };
+    let work = site._directory.path().to_owned();
+    let images = ImageServer::start(&work);
+    std::fs::write(images.root.join("with/disk.raw"), vec![1u8; 1 << 20]).unwrap();
+    let mut secrets = Vec::new();
+    for (project, user) in [("lab-a", "alice"), ("lab-b", "bob")] {
+        site.kiln(&["project", "create", project]);
+        site.kiln(&["user", "create", user]);
+        site.kiln(&["project", "add-member", project, user, "--role", "member"]);
+        let token: serde_json::Value =
+            serde_json::from_str(&site.kiln(&["token", "create", "--user", user, "--name", "t", "-F", "json"])).unwrap();
+        secrets.push(token["secret"].as_str().unwrap().to_owned());
+    }
+    let (alice, bob) = (&secrets[0], &secrets[1]);
+    site.available_node("alices", Some("lab-a"));
+    let set = |token: &str, pairs: &[String]| {
+        let mut args = vec!["node".to_owned(), "set".to_owned(), "alices".to_owned()];
+        for pair in pairs {
+            args.extend(["--instance-info".to_owned(), pair.clone()]);
+        }
+        let output = site.baremetal_as(token, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    // The owner deploys with a wrong checksum and reads why.
+    set(alice, &[format!("image_source={}", images.url("with/disk.raw")), format!("image_checksum={}", "f".repeat(32))]);
+    assert!(site.baremetal_as(alice, &["node", "deploy", "alices"]).status.success());
+    let failed = site.wait_for_state(alice, "alices", &["deploy failed"]);
+    assert!(failed["last_error"].as_str().unwrap().contains("checksum"), "{failed}");
+    // The cached image is the owner's project's, private: the other project sees neither it
+    // nor the node, exactly as missing ones.
+    let theirs = site.baremetal_fails_as(bob, &["node", "show", "alices"]).replace("alices", "NAME");
+    let missing = site.baremetal_fails_as(bob, &["node", "show", "nowhere"]).replace("nowhere", "NAME");
+    assert_eq!(theirs, missing);
+    let bobs_images = ok(kiln(&site.server, bob, &["image", "list", "-F", "json"], None));
+    assert!(!bobs_images.contains("ironic-"), "{bobs_images}");
+
+    // A source outside the allow-list (127.0.0.2 is loopback too, but not allowed): the
+    // deploy fails, and a member reads only that the fetch failed, not why.
+    site.available_node("alices2", Some("lab-a"));
+    let refused_url = format!("http://127.0.0.2:{}/with/disk.raw", images.port);
+    let instance_info = ["--instance-info", &format!("image_source={refused_url}"), "--instance-info", "image_checksum=sha256:{}"];
+    let checksum = format!("image_checksum=sha256:{}", "a".repeat(64));
+    let args = ["node", "set", "alices2", instance_info[0], instance_info[1], "--instance-info", &checksum];
+    assert!(site.baremetal_as(alice, &args).status.success());
+    assert!(site.baremetal_as(alice, &["node", "deploy", "alices2"]).status.success());
+    let failed = site.wait_for_state(alice, "alices2", &["deploy failed"]);
+    assert_eq!(failed["last_error"], serde_json::json!(format!("could not fetch {refused_url}")));
+    assert!(images.requests("with/disk.raw").len() == 1, "nothing reached the refused address");
 }

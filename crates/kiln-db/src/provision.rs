@@ -179,6 +179,11 @@ impl Store {
             _ => return Err(StoreError::not_found("node", key)),
         };
         let record = record_of(&mut connection, &node.id).await?;
+        // The state is read again after the record: a transition that consumed the record's
+        // request between the two reads has then moved the state too, so a request is never
+        // seen gone while the state is still the one it left (clients that wait would read
+        // that as settled).
+        let node = find_node(&mut connection, &node.id).await?.map_or(node, |snapshot| snapshot.node);
         Ok(status(&node, record.as_ref()))
     }
 

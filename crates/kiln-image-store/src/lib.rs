@@ -9,6 +9,7 @@
 mod blob;
 pub mod blockmap;
 mod checksum;
+pub mod convert;
 pub mod egress;
 mod error;
 pub mod fetch;

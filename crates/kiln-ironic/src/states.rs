@@ -45,7 +45,7 @@ pub fn target_provision_state(state: ProvisionState, pending: Option<&Intent>) -
             Intent::Provide | Intent::Undeploy => "available",
             Intent::Clean { .. } if state == Manageable => "manageable",
             Intent::Clean { .. } => "available",
-            Intent::Deploy(_) | Intent::Capture { .. } => "active",
+            Intent::Deploy(_) | Intent::FailDeploy { .. } | Intent::Capture { .. } => "active",
         });
     }
     match state {

@@ -253,6 +253,13 @@ fn take_intent(node: &Node, record: &ProvisionRecord, intent: &Intent, now: i64,
             operation: Operation { clean_mode: CleanMode::Fast, return_to: Some(Active), capture_image: Some(image.clone()) },
             ..start(node, record, Capturing, now, true, format!("capture into {image} requested"))
         },
+        Intent::FailDeploy { reason } => Transition {
+            consume_intent: true,
+            consume_result: true,
+            token: TokenChange::Clear,
+            last_error: Some(reason.clone()),
+            ..to(node, record, DeployFailed, None, format!("deploy failed before reaching the machine: {reason}"))
+        },
         Intent::Clean { mode } => Transition {
             operation: Operation { clean_mode: *mode, return_to: Some(return_to), capture_image: None },
             ..start(

@@ -147,9 +147,18 @@ pub enum Intent {
         /// The image's key: `PROJECT/NAME`, or `NAME` for an image without a project.
         image: String,
     },
+    /// A deploy that failed before it reached the machine (its image could not be fetched,
+    /// or did not have the checksum given): the node records `deploy failed` with `reason`,
+    /// as a deploy that failed later would, so that clients waiting on the state see it.
+    FailDeploy {
+        reason: String,
+    },
 }
 
 impl Intent {
+    /// The states a deploy may start from.
+    pub const DEPLOYABLE_FROM: &'static [ProvisionState] = &[ProvisionState::Available, ProvisionState::DeployFailed];
+
     pub fn name(&self) -> &'static str {
         match self {
             Intent::Manage => "manage",
@@ -159,6 +168,7 @@ impl Intent {
             Intent::Undeploy => "undeploy",
             Intent::Clean { .. } => "clean",
             Intent::Capture { .. } => "capture",
+            Intent::FailDeploy { .. } => "fail-deploy",
         }
     }
 
@@ -170,7 +180,7 @@ impl Intent {
             Intent::Manage => &[Enroll, Discovered, InspectFailed, CleanFailed],
             Intent::Provide => &[Manageable],
             Intent::Inspect => &[Manageable, Available, InspectFailed],
-            Intent::Deploy(_) => &[Available, DeployFailed],
+            Intent::Deploy(_) | Intent::FailDeploy { .. } => Intent::DEPLOYABLE_FROM,
             Intent::Undeploy => &[Active, DeployFailed],
             Intent::Clean { .. } => &[Manageable, Available, CleanFailed],
             Intent::Capture { .. } => &[Active],

@@ -10,6 +10,7 @@
 //! table keeps it apart (`routes::COMPATIBLE_APIS`), and its tenancy is tested by its own
 //! suite (`kiln-cli/tests/ironic.rs`).
 
+mod images;
 mod nodes;
 mod ports;
 

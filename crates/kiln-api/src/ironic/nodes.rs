@@ -20,7 +20,7 @@ use kiln_types::provision::{DeployRequest, Intent, RootDeviceHints};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{IronicCaller, IronicError, IronicResult, visible};
+use super::{IronicCaller, IronicError, IronicResult, images, visible};
 use crate::ApiState;
 use crate::auth::Caller;
 use crate::extract::JsonBody;
@@ -403,19 +403,32 @@ pub(super) async fn set_provision(
 }
 
 /// `active`: the image is the node's `instance_info.image_source`, a Kiln image
-/// (`NAME[:VERSION]`); the root disk is the node's `properties.root_device`.
+/// (`NAME[:VERSION]`) or a URL with a checksum (fetched first: `images`); the root disk is
+/// the node's `properties.root_device`.
 async fn deploy(state: &ApiState, caller: &IronicCaller, node: &Node) -> IronicResult<StatusCode> {
     let ironic = state.store.ironic_fields(&node.id).await?;
-    let source = ironic
-        .instance_info
-        .get("image_source")
-        .and_then(Value::as_str)
-        .ok_or_else(|| IronicError::invalid(format!("Node {} has no instance_info.image_source: set it to a Kiln image", node.name)))?;
-    if source.contains("://") {
-        return Err(IronicError::invalid(format!(
-            "image_source '{source}' is a URL: Kiln deploys its own images; import it first (kiln image import NAME --url URL --checksum …) and name the image"
-        )));
-    }
+    let source = ironic.instance_info.get("image_source").and_then(Value::as_str).ok_or_else(|| {
+        IronicError::invalid(format!("Node {} has no instance_info.image_source: set it to a Kiln image or a URL", node.name))
+    })?;
+    let image = if images::is_url(source) {
+        // Checked before fetching, so that a busy node costs no download.
+        let status = state.store.provision_status(&node.id, &ProjectScope::All).await?;
+        if status.pending.is_some() || !Intent::DEPLOYABLE_FROM.contains(&status.provision_state) {
+            let state_name = kiln_ironic::states::provision_state(status.provision_state, caller.version).unwrap_or("busy");
+            return Err(IronicError::new(StatusCode::CONFLICT, format!("Node {} is {state_name} and cannot be deployed now", node.name)));
+        }
+        match images::prepare(state, &caller.context, node, &ironic.instance_info, source).await? {
+            images::Prepared::Image(reference) => reference,
+            images::Prepared::Failed(reason) => {
+                tracing::info!(node = %node.name, %reason, "deploy failed before reaching the machine");
+                let _recorded =
+                    crate::provision::request(state, &Caller(caller.context.clone()), &node.id, Intent::FailDeploy { reason }).await?;
+                return Ok(StatusCode::ACCEPTED);
+            }
+        }
+    } else {
+        source.to_owned()
+    };
     let hints = node.properties.get("root_device").and_then(Value::as_object);
     let hint = |key: &str| hints.and_then(|hints| hints.get(key)).and_then(Value::as_str).map(str::to_owned);
     let root_device_hints = RootDeviceHints {
@@ -425,7 +438,7 @@ async fn deploy(state: &ApiState, caller: &IronicCaller, node: &Node) -> IronicR
         size_gib: hints.and_then(|hints| hints.get("size")).and_then(Value::as_u64),
     };
     let request = DeployRequest {
-        image: source.to_owned(),
+        image,
         mode: kiln_types::provision::DeployMode::Disk,
         root_device_hints,
         wait_for_callback: false,

@@ -318,3 +318,23 @@ fn a_failed_capture_leaves_the_node_running_its_disk() {
           [] -> active -token
     "#]]);
 }
+
+#[test]
+fn a_deploy_that_fails_before_the_machine_ends_in_deploy_failed_and_can_be_undeployed() {
+    let mut sim = Sim::new(ProvisionState::Available);
+    sim.request(Intent::FailDeploy { reason: "image checksum mismatch".into() }).step();
+    // A second failure from deploy failed is recorded too; an undeploy cleans the node back.
+    sim.request(Intent::FailDeploy { reason: "could not fetch the image".into() }).step();
+    sim.request(Intent::Undeploy).step().step().agent_result(None).step();
+    sim.check(expect![[r#"
+        request fail-deploy
+          [] -> deploy-failed -token error: image checksum mismatch
+        request fail-deploy
+          [] -> deploy-failed -token error: could not fetch the image
+        request undeploy
+          [] -> undeploying/powering +token
+          [BootFromNetwork] -> cleaning/agent deadline 600 s
+        agent result: ok
+          [] -> available -token
+    "#]]);
+}
