@@ -15,25 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{ServerProcess, kiln, ok, token};
-
-/// The virtualenv's `bin` directory, if the clients are installed.
-fn clients() -> Option<PathBuf> {
-    let tools = std::env::var_os("KILN_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/kiln-tools")))?;
-    let bin = tools.join("ironic-venv/bin");
-    if bin.join("baremetal").exists() {
-        return Some(bin);
-    }
-    assert_ne!(
-        std::env::var("KILN_REQUIRE_IRONIC").as_deref(),
-        Ok("1"),
-        "KILN_REQUIRE_IRONIC=1 but python-ironicclient is not installed (scripts/install-deps)"
-    );
-    eprintln!("skipping: python-ironicclient is not installed (scripts/install-deps)");
-    None
-}
+use support::{ServerProcess, ironic_clients as clients, kiln, ok, token};
 
 struct Site {
     server: ServerProcess,

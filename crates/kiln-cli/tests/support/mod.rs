@@ -146,3 +146,23 @@ pub(crate) fn agent_binary() -> PathBuf {
         .find(|path| path.exists())
         .unwrap_or_else(|| panic!("no kiln-agent under {}: run `cargo build --release -p kiln-agent`", target.display()))
 }
+
+/// The `bin` directory of the virtualenv holding python-ironicclient and openstacksdk, as
+/// `scripts/install-deps` makes it (`~/.cache/kiln-tools/ironic-venv`); `None` (the test
+/// skips) without it, unless `KILN_REQUIRE_IRONIC=1` (CI), which makes that a failure.
+pub(crate) fn ironic_clients() -> Option<PathBuf> {
+    let tools = std::env::var_os("KILN_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/kiln-tools")))?;
+    let bin = tools.join("ironic-venv/bin");
+    if bin.join("baremetal").exists() {
+        return Some(bin);
+    }
+    assert_ne!(
+        std::env::var("KILN_REQUIRE_IRONIC").as_deref(),
+        Ok("1"),
+        "KILN_REQUIRE_IRONIC=1 but python-ironicclient is not installed (scripts/install-deps)"
+    );
+    eprintln!("skipping: python-ironicclient is not installed (scripts/install-deps)");
+    None
+}
