@@ -97,3 +97,78 @@ pub(crate) async fn authenticate(state: &ApiState, token: &str) -> Result<AuthCo
     entries.insert(hash, CachedIdentity { context: context.clone(), expires_at: identity.expires_at, fetched: Instant::now() });
     Ok(context)
 }
+
+/// The one answer to a failed sign-in by password, whatever failed (no such user, no
+/// password, a wrong one, an account waiting out its lockout), so that the answers do not
+/// tell which users exist or which are locked. The log says which.
+const PASSWORD_REFUSED: &str = "invalid user name or password (after repeated failures, wait before trying again)";
+
+/// A stand-in hash to verify against when the user has none, so that an unknown user costs
+/// the same time as a known one.
+static DECOY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| kiln_auth::hash_password("kiln decoy password").expect("a decoy hash can be made"));
+
+/// Signs `user` in with `password` (HTTP basic authentication). A good pair is remembered
+/// for as long as tokens are ([`TOKEN_CACHE_TTL`]), keyed by a digest of the pair, so that
+/// a client's run of requests costs one argon2 verification. Failed attempts in a row lock
+/// the account for a while (`kiln_auth::lockout_after`), counted in the store so that every
+/// replica sees them.
+pub(crate) async fn authenticate_password(state: &ApiState, user: &str, password: &str) -> Result<AuthContext, ApiError> {
+    let key = format!("{}{}", password_cache_prefix(user), hash_token(&format!("{user}\0{password}")));
+    {
+        let entries = state.tokens.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(cached) = entries.get(&key)
+            && cached.fetched.elapsed() < TOKEN_CACHE_TTL
+        {
+            return Ok(cached.context.clone());
+        }
+    }
+    let login = state.store.password_login(user).await?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    if let Some(login) = &login
+        && login.locked_until.is_some_and(|until| until > now)
+    {
+        tracing::warn!(user, "a sign-in by password refused unheard: the account is locked after failed attempts");
+        return Err(ApiError::unauthorized(PASSWORD_REFUSED));
+    }
+    let stored = login.as_ref().and_then(|login| login.password_hash.clone());
+    let candidate = password.to_owned();
+    let matched = tokio::task::spawn_blocking(move || {
+        let matched = kiln_auth::verify_password(stored.as_deref().unwrap_or(&DECOY_HASH), &candidate);
+        matched && stored.is_some()
+    })
+    .await
+    .expect("no panic");
+    let Some(login) = login.filter(|_| matched) else {
+        if login_exists(state, user).await {
+            // A pair remembered from before no longer passes unheard once guessing starts.
+            let prefix = password_cache_prefix(user);
+            state.tokens.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|key, _| !key.starts_with(&prefix));
+            let failures = state.store.record_failed_login(user, kiln_auth::lockout_after).await?;
+            tracing::warn!(user, failures, "a sign-in by password failed");
+        } else {
+            tracing::warn!(user, "a sign-in by password named no such user");
+        }
+        return Err(ApiError::unauthorized(PASSWORD_REFUSED));
+    };
+    if login.failed_logins > 0 {
+        state.store.record_good_login(user).await?;
+    }
+    let context = AuthContext { user: login.user, admin: login.admin, memberships: login.memberships };
+    let mut entries = state.tokens.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if entries.len() >= TOKEN_CACHE_CAPACITY {
+        entries.clear();
+    }
+    entries.insert(key, CachedIdentity { context: context.clone(), expires_at: None, fetched: Instant::now() });
+    Ok(context)
+}
+
+/// Where the remembered sign-ins of `user` are kept in the token cache (token hashes are hex,
+/// so they never start so).
+fn password_cache_prefix(user: &str) -> String {
+    format!("password:{}:", hash_token(user))
+}
+
+async fn login_exists(state: &ApiState, user: &str) -> bool {
+    state.store.password_login(user).await.is_ok_and(|login| login.is_some())
+}

@@ -202,12 +202,27 @@ async fn provisioning_script(
     Ok(Some(kiln_boot::agent_script(&context, ramdisk, &node.id, &token, &state.boot.api_url)))
 }
 
-/// The kernel and initramfs URLs of the deploy ramdisk's highest version.
+/// The deploy ramdisk image `node` boots its agent from: its own, where it was enrolled
+/// through the Ironic API with `deploy_kernel` and `deploy_ramdisk` URLs that have been
+/// fetched, else the site's.
+async fn deploy_ramdisk_of(state: &ApiState, node: &kiln_types::node::Node) -> kiln_types::scoped_name::ScopedName {
+    let site = kiln_types::scoped_name::ScopedName::from_key(&state.boot.ramdisk_image);
+    let Ok(ironic) = state.store.ironic_fields(&node.id).await else { return site };
+    let Some((kernel, ramdisk)) = kiln_ironic::images::deploy_ramdisk_urls(&ironic.driver_info) else { return site };
+    let own = kiln_types::scoped_name::ScopedName::new(None, &kiln_ironic::images::deploy_ramdisk_image_name(kernel, ramdisk));
+    if state.store.list_versions(&own).await.is_ok_and(|versions| !versions.is_empty()) {
+        return own;
+    }
+    tracing::warn!(node = %node.name, %kernel, %ramdisk, "the node's deploy kernel and ramdisk are not fetched yet (an Ironic provision verb fetches them); the site's deploy ramdisk boots");
+    site
+}
+
+/// The kernel and initramfs URLs of the node's deploy ramdisk's highest version.
 async fn ramdisk_urls(state: &ApiState, node: &kiln_types::node::Node) -> Option<(String, String)> {
-    let ramdisk = kiln_types::scoped_name::ScopedName::from_key(&state.boot.ramdisk_image);
+    let ramdisk = deploy_ramdisk_of(state, node).await;
     let versions = state.store.list_versions(&ramdisk).await.unwrap_or_default();
     let Some(version) = versions.iter().map(|version| version.version).max() else {
-        tracing::warn!(node = %node.name, image = %state.boot.ramdisk_image, "no deploy ramdisk image: run `kiln build ramdisk`");
+        tracing::warn!(node = %node.name, image = %ramdisk, "no deploy ramdisk image: run `kiln build ramdisk`");
         return None;
     };
     // The exact key: a bare name could, once this image is not public, name another's.

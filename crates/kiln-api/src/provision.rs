@@ -127,6 +127,20 @@ pub async fn undeploy(
     request(&state, &caller, &key, Intent::Undeploy).await
 }
 
+/// Stops the operation waiting on the node's agent (deploy, inspect, clean, capture): it
+/// ends in its failure state with the reason "aborted on request", and the machine is
+/// powered off (a capture's boots its disk again).
+#[utoipa::path(post, path = "/v1/nodes/{node}/abort", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
+    responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn abort(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    request(&state, &caller, &key, Intent::Abort).await
+}
+
 #[utoipa::path(post, path = "/v1/nodes/{node}/inspect", tag = "provisioning",
     params(("node" = String, Path, description = "Name, xname or id of the node")),
     responses((status = 202, body = ProvisionStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

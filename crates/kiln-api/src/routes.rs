@@ -153,6 +153,7 @@ fn provisioning_table() -> RouteTable {
         .documented(routes!(provision::status))
         .documented(routes!(provision::deploy))
         .documented(routes!(provision::undeploy))
+        .documented(routes!(provision::abort))
         .documented(routes!(provision::inspect))
         .documented(routes!(provision::clean))
         .documented(routes!(provision::manage))
@@ -170,6 +171,7 @@ fn tenancy_table() -> RouteTable {
         .documented(routes!(nodes::release_nodes))
         .documented(routes!(tenancy::list_users, tenancy::create_user))
         .documented(routes!(tenancy::get_user, tenancy::delete_user))
+        .documented(routes!(tenancy::set_password, tenancy::remove_password))
         .documented(routes!(tenancy::list_tokens, tenancy::create_token))
         .documented(routes!(tenancy::revoke_token))
 }

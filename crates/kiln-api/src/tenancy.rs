@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kiln_auth::{ProjectScope, hash_token, mint_token};
-use kiln_types::api::{CreatedToken, MembershipInput, Project, ProjectInput, Token, TokenInput, User, UserInput, WhoAmI};
+use kiln_types::api::{CreatedToken, MembershipInput, PasswordInput, Project, ProjectInput, Token, TokenInput, User, UserInput, WhoAmI};
 use kiln_types::validate;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -132,6 +132,44 @@ pub(crate) async fn delete_user(State(state): State<ApiState>, caller: Caller, P
     caller.require_admin()?;
     state.store.delete_user(&caller.user, &name).await?;
     state.tokens.clear();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sets a user's password: administrators for anyone, a user for themselves.
+#[utoipa::path(put, path = "/v1/users/{user}/password", tag = "tenancy", params(("user" = String, Path)), request_body = PasswordInput,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn set_password(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(input): JsonBody<PasswordInput>,
+) -> ApiResult<StatusCode> {
+    if !caller.admin && caller.user != name {
+        return Err(ApiError::not_found("user", &name));
+    }
+    let hash = tokio::task::spawn_blocking(move || kiln_auth::hash_password(&input.password)).await.expect("no panic");
+    let hash = hash.map_err(|error| match error {
+        kiln_auth::PasswordError::Hash { .. } => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, kiln_types::api::ErrorCode::Internal, error.to_string())
+        }
+        refused => ApiError::invalid(format!("password: {refused}")),
+    })?;
+    state.store.set_password_hash(&caller.user, &name, Some(&hash)).await?;
+    state.tokens.clear();
+    tracing::info!(user = %name, actor = %caller.user, "password set");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a user's password: they then sign in with tokens only.
+#[utoipa::path(delete, path = "/v1/users/{user}/password", tag = "tenancy", params(("user" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn remove_password(State(state): State<ApiState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    if !caller.admin && caller.user != name {
+        return Err(ApiError::not_found("user", &name));
+    }
+    state.store.set_password_hash(&caller.user, &name, None).await?;
+    state.tokens.clear();
+    tracing::info!(user = %name, actor = %caller.user, "password removed");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -172,6 +172,9 @@ pub(crate) enum NodeCommand {
     Deploy(crate::provision::DeployArgs),
     /// Take the image off: the disks are cleaned and the nodes become available.
     Undeploy(crate::provision::NodesWithWait),
+    /// Stop the operation waiting on the nodes' agents (deploy, inspect, clean, capture): it
+    /// ends in its failure state and the machine is powered off.
+    Abort(crate::provision::NodesWithWait),
     /// Boot the agent to read the hardware into the nodes' properties.
     Inspect(crate::provision::NodesWithWait),
     /// Erase the disks (signatures and partition tables; everything with --full).
@@ -197,6 +200,7 @@ pub(crate) async fn node(client: &Client, format: OutputFormat, command: NodeCom
         NodeCommand::Facts { node } => crate::power::facts(client, format, &node).await,
         NodeCommand::Deploy(args) => crate::provision::deploy(client, format, args).await,
         NodeCommand::Undeploy(args) => crate::provision::simple(client, format, "undeploy", args).await,
+        NodeCommand::Abort(args) => crate::provision::simple(client, format, "abort", args).await,
         NodeCommand::Inspect(args) => crate::provision::simple(client, format, "inspect", args).await,
         NodeCommand::Clean(args) => crate::provision::clean(client, format, args).await,
         NodeCommand::Manage(args) => crate::provision::simple(client, format, "manage", args).await,
@@ -418,6 +422,16 @@ pub(crate) enum UserCommand {
     Delete {
         user: String,
     },
+    /// Set a user's password, read from standard input (its first line): it signs the user
+    /// in where a token cannot be sent (HTTP basic authentication to the Ironic API).
+    /// Administrators set anyone's; a user their own.
+    SetPassword {
+        user: String,
+    },
+    /// Remove a user's password; their tokens keep working.
+    RemovePassword {
+        user: String,
+    },
 }
 
 pub(crate) async fn user(client: &Client, format: OutputFormat, command: UserCommand) -> anyhow::Result<()> {
@@ -429,6 +443,19 @@ pub(crate) async fn user(client: &Client, format: OutputFormat, command: UserCom
         }
         UserCommand::Delete { user } => {
             client.delete::<serde_json::Value>(&format!("/v1/users/{}", encode(&user))).await?;
+            Ok(())
+        }
+        UserCommand::SetPassword { user } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "no password on standard input (echo … | kiln user set-password {user})");
+            let body = serde_json::json!({ "password": password });
+            client.put::<_, serde_json::Value>(&format!("/v1/users/{}/password", encode(&user)), &body).await?;
+            Ok(())
+        }
+        UserCommand::RemovePassword { user } => {
+            client.delete::<serde_json::Value>(&format!("/v1/users/{}/password", encode(&user))).await?;
             Ok(())
         }
     }

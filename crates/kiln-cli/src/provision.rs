@@ -136,6 +136,8 @@ fn outcome_states(request: &str) -> (&'static [ProvisionState], &'static [Provis
         "inspect" => (&[Manageable, Available], &[InspectFailed]),
         "manage" => (&[Manageable], &[]),
         "capture" => (&[Active], &[]),
+        // An aborted operation ends in its failure state (a capture back in active).
+        "abort" => (&[DeployFailed, CleanFailed, InspectFailed, Active], &[]),
         _ => (&[Available], &[]),
     }
 }

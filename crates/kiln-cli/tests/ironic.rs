@@ -171,6 +171,15 @@ fn the_seed_s_enrolment_commands_run_as_written() {
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     site.kiln(&["image", "upload", "seed-image", &format!("disk={}", disk.display())]);
     site.baremetal(&["node", "set", "seed-node", "--instance-info", "image_source=seed-image"]);
+    // The seed's deploy kernel and ramdisk are fetched first: its file:// URL is outside the
+    // directories this server allows, which the refusal names. Without them, Kiln's own
+    // deploy ramdisk boots.
+    let refused = site.baremetal_fails_as(&site.admin, &["node", "deploy", "seed-node"]);
+    assert!(
+        refused.contains("driver_info.deploy_kernel") && refused.contains("not under a directory") && refused.contains("HTTP 400"),
+        "{refused}"
+    );
+    site.baremetal(&["node", "unset", "seed-node", "--driver-info", "deploy_kernel", "--driver-info", "deploy_ramdisk"]);
     site.baremetal(&["node", "deploy", "seed-node"]);
     let started = Instant::now();
     let failed = loop {
@@ -578,4 +587,93 @@ fn image_source_errors_are_told_to_the_node_s_owner_only() {
     let failed = site.wait_for_state(alice, "alices2", &["deploy failed"]);
     assert_eq!(failed["last_error"], serde_json::json!(format!("could not fetch {refused_url}")));
     assert!(images.requests("with/disk.raw").len() == 1, "nothing reached the refused address");
+}
+
+#[test]
+fn http_basic_signs_kiln_users_in_with_their_passwords_and_holds_guessers_off() {
+    let Some(site) = Site::start() else { return };
+    site.kiln(&["project", "create", "lab-a"]);
+    site.kiln(&["user", "create", "alice"]);
+    site.kiln(&["project", "add-member", "lab-a", "alice", "--role", "member"]);
+    site.baremetal(&["node", "create", "--driver", "ipmi", "--name", "theirs", "--owner", "lab-a"]);
+    site.baremetal(&["node", "create", "--driver", "ipmi", "--name", "admins"]);
+    let set_password = |token: &str, user: &str, password: &str| kiln(&site.server, token, &["user", "set-password", user], Some(password));
+    let short = set_password(&site.admin, "alice", "short\n");
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 8 characters"), "{short:?}");
+    assert!(set_password(&site.admin, "alice", "alice-first-pass\n").status.success());
+    // A user changes their own password with a token of theirs, and nobody else's.
+    let alice: serde_json::Value =
+        serde_json::from_str(&site.kiln(&["token", "create", "--user", "alice", "--name", "t", "-F", "json"])).unwrap();
+    let alice_token = alice["secret"].as_str().unwrap();
+    assert!(set_password(alice_token, "alice", "alice-s3cret-pass\n").status.success());
+    let others = set_password(alice_token, "admin", "taken-over-now\n");
+    assert!(String::from_utf8_lossy(&others.stderr).contains("not found"), "{others:?}");
+
+    // `baremetal` with keystoneauth's http_basic plugin, as Ironic standalone is used.
+    let basic = |user: &str, password: &str, args: &[&str]| {
+        Command::new(site.bin.join("baremetal"))
+            .args(["--os-auth-type", "http_basic", "--os-username", user, "--os-password", password, "--os-endpoint", &site.endpoint()])
+            .args(args)
+            .env("OS_CLOUD", "")
+            .output()
+            .unwrap()
+    };
+    let listed = basic("alice", "alice-s3cret-pass", &["node", "list", "-f", "value", "-c", "Name"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "theirs", "a member sees its project's nodes only");
+    let old = basic("alice", "alice-first-pass", &["node", "list"]);
+    assert!(!old.status.success() && String::from_utf8_lossy(&old.stderr).contains("HTTP 401"), "the old password is gone");
+
+    // Wrong passwords, unknown users and a locked account all read the same; after five
+    // failures in a row even the right password waits.
+    let header = |user: &str, password: &str| {
+        use base64::Engine as _;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    };
+    let attempt = |user: &str, password: &str| {
+        let authorization = header(user, password);
+        let (status, _, body) = raw(&site, "GET", "/ironic/v1/nodes", &[("Authorization", authorization.as_str())], "");
+        (status, if status == 200 { String::new() } else { fault(&body) })
+    };
+    let (status, unknown) = attempt("nobody", "whatever-it-is");
+    assert_eq!(status, 401);
+    for _ in 0..5 {
+        assert_eq!(attempt("alice", "wrong-password"), (401, unknown.clone()));
+    }
+    assert_eq!(attempt("alice", "alice-s3cret-pass"), (401, unknown.clone()), "locked out for now, a remembered sign-in included");
+    assert_eq!(attempt("admin", "no-password-set"), (401, unknown), "a user without a password cannot sign in with one");
+    assert!(!site.server.log().contains("alice-s3cret-pass"), "no password is logged");
+    // The administrator's reset clears the lock.
+    assert!(set_password(&site.admin, "alice", "alice-third-pass\n").status.success());
+    assert_eq!(attempt("alice", "alice-third-pass").0, 200);
+    let (status, _, listed) = raw(&site, "GET", "/ironic/v1/nodes", &[("Authorization", header("alice", "alice-third-pass").as_str())], "");
+    assert_eq!(status, 200, "a listing without a version header is answered at 1.1, without fields 1.1 lacks");
+    assert!(listed["nodes"][0].get("name").is_none() && listed["nodes"][0]["uuid"].is_string(), "{listed}");
+}
+
+#[test]
+fn abort_ends_a_deploy_waiting_on_its_agent_in_deploy_failed() {
+    let Some(site) = Site::start() else { return };
+    let Some(bmc) = kiln_test_utils::redfish::TestRedfish::start(None) else { return };
+    let system = format!("/redfish/v1/Systems/{}", bmc.uuid);
+    let disk = site._directory.path().join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    site.kiln(&["image", "upload", "abort-image", &format!("disk={}", disk.display())]);
+    let address = format!("redfish_address={}", bmc.url);
+    let system_id = format!("redfish_system_id={system}");
+    let driver_info = ["--driver-info", &address, "--driver-info", &system_id, "--driver-info", "redfish_verify_ca=False"];
+    site.baremetal(&[&["node", "create", "--driver", "redfish", "--name", "ab1"][..], &driver_info].concat());
+    site.baremetal(&["node", "manage", "ab1", "--wait", "60"]);
+    site.baremetal(&["node", "provide", "ab1", "--wait", "60"]);
+    // Nothing to abort yet: refused, as Ironic refuses it.
+    assert!(site.baremetal_fails_as(&site.admin, &["node", "abort", "ab1"]).contains("HTTP 409"));
+    site.baremetal(&["node", "set", "ab1", "--instance-info", "image_source=abort-image"]);
+    site.baremetal(&["node", "deploy", "ab1"]);
+    // The emulated machine powers on, and no agent will ever call: the deploy waits.
+    site.wait_for_state(&site.admin, "ab1", &["wait call-back"]);
+    site.baremetal(&["node", "abort", "ab1"]);
+    let failed = site.wait_for_state(&site.admin, "ab1", &["deploy failed"]);
+    assert!(failed["last_error"].as_str().unwrap().contains("aborted on request"), "{failed}");
+    let listed = site.baremetal(&["node", "list", "--fields", "name", "last_error", "-f", "json"]);
+    assert!(listed.contains("aborted on request"), "listings carry last_error: {listed}");
 }

@@ -2,7 +2,9 @@
 //! machine behind a real IPMI BMC (OpenIPMI's `ipmi_sim`, whose chassis control powers the
 //! machine through QEMU's QMP) is enrolled with `baremetal node create --driver ipmi` and
 //! `baremetal port create`, deployed with `baremetal node deploy` from a qcow2 given by HTTP
-//! URL and MD5 checksum, boots its disk, and is undeployed back to `available`; then the same
+//! URL and MD5 checksum (its agent booting the deploy kernel and ramdisk the node names by
+//! `file://` and HTTP URL, as the seed enrols it), boots its disk, and is undeployed back to
+//! `available`; then the same
 //! deploy is driven from an openstacksdk script, which finds the image cached (a conditional
 //! request answered 304), and a wrong checksum ends in `deploy failed`.
 //!
@@ -138,11 +140,12 @@ fn tail(text: &str, lines: usize) -> String {
 /// and wait, then undeploy and wait.
 const SDK_DEPLOY: &str = r#"
 import sys, openstack
-token, endpoint, ipmi_port, mac, url, md5 = sys.argv[1:7]
+token, endpoint, ipmi_port, mac, url, md5, deploy_kernel, deploy_ramdisk = sys.argv[1:9]
 conn = openstack.connection.Connection(auth_type="admin_token", auth={"token": token, "endpoint": endpoint},
                                        baremetal_endpoint_override=endpoint, baremetal_api_version="1")
 node = conn.baremetal.create_node(driver="ipmi", name="sdk-node",
-    driver_info={"ipmi_address": "127.0.0.1", "ipmi_port": ipmi_port, "ipmi_username": "admin", "ipmi_password": "lab-ipmi"},
+    driver_info={"ipmi_address": "127.0.0.1", "ipmi_port": ipmi_port, "ipmi_username": "admin", "ipmi_password": "lab-ipmi",
+                 "deploy_kernel": deploy_kernel, "deploy_ramdisk": deploy_ramdisk},
     instance_info={"image_source": url, "image_checksum": md5})
 conn.baremetal.create_port(address=mac, node_uuid=node.id)
 node = conn.baremetal.set_node_provision_state(node, "manage", wait=True, timeout=120)
@@ -162,35 +165,69 @@ node = conn.baremetal.wait_for_nodes_provision_state([node], "available", timeou
 print("undeployed", node.provision_state)
 "#;
 
-#[test]
-fn the_seed_s_deploy_by_url_through_baremetal_and_openstacksdk_on_an_ipmi_lab_machine() {
-    let Some(bin) = ironic_clients() else { return };
-    let Some(mut lab) = Lab::create_or_skip() else { return };
-    let kiln = Path::new(KILN);
-    lab.start_server(kiln, "[images]\nimport_allowed_networks = [\"127.0.0.1/32\"]\n").unwrap();
-    let work = lab.directory.path().to_owned();
-
-    // The image: a BIOS-bootable disk whose system calls the server back, served as a qcow2.
+/// The image: a BIOS-bootable disk whose system calls the server back, in `www` as the
+/// qcow2 the seed's example is. Answers the raw disk's path and the qcow2's MD5.
+fn build_served_image(lab: &Lab, www: &Path) -> (PathBuf, String) {
+    let work = lab.directory.path();
     let (kernel, _) = kiln_lab::host_kernel().unwrap();
     let callback_initrd = work.join("callback-initrd.img");
     kiln_lab::build_callback_initrd(&callback_initrd).unwrap();
     let raw = work.join("lab-os.raw");
     let append = format!("console=ttyS0,115200 panic=-1 kiln.server={}", lab.boot_url());
     kiln_lab::build_bootable_disk(&raw, 48, &kernel, &callback_initrd, &append).unwrap();
-    let www = work.join("www");
-    std::fs::create_dir_all(&www).unwrap();
+    std::fs::create_dir_all(www).unwrap();
     let qcow2 = www.join("lab-os.qcow2");
     let made = Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2).status().unwrap();
     assert!(made.success());
     let md5 = String::from_utf8(Command::new("md5sum").arg(&qcow2).output().unwrap().stdout).unwrap();
-    let md5 = md5.split_whitespace().next().unwrap().to_owned();
+    (raw, md5.split_whitespace().next().unwrap().to_owned())
+}
+
+/// The deploy kernel and ramdisk, a Kiln agent ramdisk, given as the seed gives them: the
+/// kernel by file:// URL (under `ramdisk_dir`, which the server allows), the ramdisk by HTTP
+/// from `www`. Answers the two `driver_info` settings. No site deploy ramdisk exists: the
+/// machine can only boot these.
+fn build_deploy_images(lab: &Lab, ramdisk_dir: &Path, www: &Path, www_url: &str) -> (String, String) {
+    let agent = agent_binary();
+    let arguments = ["--agent", &agent.display().to_string(), "--output", &ramdisk_dir.display().to_string(), "--no-upload"];
+    lab.kiln(Path::new(KILN), &[&["build", "ramdisk"][..], &arguments].concat()).unwrap();
+    std::fs::rename(ramdisk_dir.join("kiln-deploy.initramfs"), www.join("deploy.ramdisk")).unwrap();
+    (
+        format!("deploy_kernel=file://{}", ramdisk_dir.join("kiln-deploy.kernel").display()),
+        format!("deploy_ramdisk={www_url}/deploy.ramdisk"),
+    )
+}
+
+/// `baremetal node create --driver ipmi --driver-info …` as the seed writes it, for the lab
+/// machine behind `ipmi_sim`; answers the node's UUID.
+fn enrol_as_the_seed(clients: &Clients<'_>, ipmi_port: &str, deploy_kernel: &str, deploy_ramdisk: &str) -> String {
+    let port = format!("ipmi_port={ipmi_port}");
+    let mut args = vec!["node", "create", "--driver", "ipmi", "--name", "seed-node"];
+    for info in ["ipmi_address=127.0.0.1", &port, "ipmi_username=admin", "ipmi_password=lab-ipmi", deploy_kernel, deploy_ramdisk] {
+        args.extend(["--driver-info", info]);
+    }
+    args.extend(["-f", "json"]);
+    let created = json(&clients.baremetal(&args));
+    created["uuid"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_seed_s_deploy_by_url_through_baremetal_and_openstacksdk_on_an_ipmi_lab_machine() {
+    let Some(bin) = ironic_clients() else { return };
+    let Some(mut lab) = Lab::create_or_skip() else { return };
+    let kiln = Path::new(KILN);
+    let work = lab.directory.path().to_owned();
+    let ramdisk_dir = work.join("deploy-images");
+    std::fs::create_dir_all(&ramdisk_dir).unwrap();
+    let images_config =
+        format!("[images]\nimport_allowed_networks = [\"127.0.0.1/32\"]\nimport_allowed_dirs = [\"{}\"]\n", ramdisk_dir.display());
+    lab.start_server(kiln, &images_config).unwrap();
+
+    let www = work.join("www");
+    let (raw, md5) = build_served_image(&lab, &www);
     let images = ImageServer::start(&lab, &www);
     let url = format!("{}/lab-os.qcow2", images.url);
-
-    // The deploy ramdisk Kiln boots its agent with (no deploy_kernel/deploy_ramdisk given).
-    let agent = agent_binary();
-    let built = lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string(), "-F", "json"]).unwrap();
-    assert_eq!(json(&built)["image"], "kiln-deploy-ramdisk");
+    let (deploy_kernel, deploy_ramdisk) = build_deploy_images(&lab, &ramdisk_dir, &www, &images.url);
 
     // The machine, powered off, with an empty disk; its BMC is ipmi_sim in the namespace.
     let disk = work.join("node-disk.raw");
@@ -206,25 +243,7 @@ fn the_seed_s_deploy_by_url_through_baremetal_and_openstacksdk_on_an_ipmi_lab_ma
     let console_text = || std::fs::read_to_string(&console).unwrap_or_default();
 
     // Enrolment as the seed writes it.
-    let created = json(&clients.baremetal(&[
-        "node",
-        "create",
-        "--driver",
-        "ipmi",
-        "--name",
-        "seed-node",
-        "--driver-info",
-        "ipmi_address=127.0.0.1",
-        "--driver-info",
-        &format!("ipmi_port={ipmi_port}"),
-        "--driver-info",
-        "ipmi_username=admin",
-        "--driver-info",
-        "ipmi_password=lab-ipmi",
-        "-f",
-        "json",
-    ]));
-    let uuid = created["uuid"].as_str().unwrap().to_owned();
+    let uuid = enrol_as_the_seed(&clients, &ipmi_port, &deploy_kernel, &deploy_ramdisk);
     assert_eq!(clients.show(&uuid)["driver_info"]["ipmi_password"], "******");
     clients.baremetal(&["port", "create", mac, "--node", &uuid]);
 
@@ -239,6 +258,8 @@ fn the_seed_s_deploy_by_url_through_baremetal_and_openstacksdk_on_an_ipmi_lab_ma
     eprintln!("baremetal node deploy to active: {:.0} s", started.elapsed().as_secs_f64());
     assert_eq!(clients.show("seed-node")["provision_state"], "active");
     assert_eq!(images.requests("lab-os.qcow2"), ["200 conditional=false"]);
+    let log = lab.server_log();
+    assert!(log.contains("/boot/images/ironic-ramdisk-"), "the agent booted the node's own deploy ramdisk:\n{}", tail(&log, 80));
     let written = std::fs::read(&disk).unwrap();
     let expected = std::fs::read(&raw).unwrap();
     assert!(written[..expected.len()] == expected[..], "the disk holds the qcow2's raw image");
@@ -259,9 +280,25 @@ fn the_seed_s_deploy_by_url_through_baremetal_and_openstacksdk_on_an_ipmi_lab_ma
     clients.baremetal(&["node", "delete", "seed-node"]);
 
     // The same deploy from openstacksdk: the unchanged image is not fetched again.
-    let said = clients.python(SDK_DEPLOY, &[&clients.token, &clients.endpoint(), &ipmi_port, mac, &url, &md5]);
+    let sdk_args = [
+        clients.token.as_str(),
+        &clients.endpoint(),
+        &ipmi_port,
+        mac,
+        &url,
+        &md5,
+        deploy_kernel.trim_start_matches("deploy_kernel="),
+        deploy_ramdisk.trim_start_matches("deploy_ramdisk="),
+    ];
+    let said = clients.python(SDK_DEPLOY, &sdk_args);
     assert!(said.contains("deployed active"), "{said}");
     assert_eq!(images.requests("lab-os.qcow2"), ["200 conditional=false", "304 conditional=true"]);
+    let ramdisk_fetches = images.requests("deploy.ramdisk");
+    assert_eq!(ramdisk_fetches[0], "200 conditional=false", "{ramdisk_fetches:?}");
+    assert!(
+        ramdisk_fetches[1..].iter().all(|request| request == "304 conditional=true"),
+        "the ramdisk is fetched once: {ramdisk_fetches:?}"
+    );
     let written = std::fs::read(&disk).unwrap();
     assert!(written[..expected.len()] == expected[..], "the second deploy wrote the cached image");
     let said = clients.python(SDK_UNDEPLOY, &[&clients.token, &clients.endpoint()]);

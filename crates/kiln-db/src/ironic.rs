@@ -11,6 +11,14 @@ use kiln_types::node::{Node, NodeChange, NodeSpec};
 use sqlx::{AnyConnection, Row as _};
 
 use crate::events::{NewEvent, record};
+
+/// What a listing shows of a node's provisioning.
+#[derive(Debug, Clone)]
+pub struct ProvisionNote {
+    pub state: kiln_types::ProvisionState,
+    pub pending: Option<kiln_types::provision::Intent>,
+    pub last_error: Option<String>,
+}
 use crate::{Store, StoreError};
 
 async fn fields_in(connection: &mut AnyConnection, node_id: &str) -> Result<IronicFields, StoreError> {
@@ -176,6 +184,32 @@ impl Store {
                 Ok((row.try_get("node_id").map_err(read())?, row.try_get("power_state").map_err(read())?))
             })
             .collect()
+    }
+
+    /// Every node's provision state, pending request and last error, by node id, read in one
+    /// statement (so each node's three agree), for listings.
+    pub async fn all_provision_notes(&self) -> Result<HashMap<String, ProvisionNote>, StoreError> {
+        let mut connection = self.read().await?;
+        let rows = sqlx::query(
+            "SELECT n.id, n.provision_state, p.intent, p.last_error FROM nodes n LEFT JOIN node_provisioning p ON p.node_id = n.id",
+        )
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(StoreError::query("reading nodes' provisioning"))?;
+        let mut all = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let read = || StoreError::query("reading nodes' provisioning");
+            let node_id: String = row.try_get("id").map_err(read())?;
+            let state: String = row.try_get("provision_state").map_err(read())?;
+            let state = state.parse().map_err(|error| StoreError::corrupt("node provision_state", error))?;
+            let note = ProvisionNote {
+                state,
+                pending: crate::provision::json_column(&row, "intent")?,
+                last_error: row.try_get("last_error").map_err(read())?,
+            };
+            all.insert(node_id, note);
+        }
+        Ok(all)
     }
 
     /// Every node's Ironic fields, by node id, for listings.

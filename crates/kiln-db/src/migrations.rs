@@ -69,6 +69,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 9, name: "group_keys", sql: Sql::Common(include_str!("../migrations/common/0009_group_keys.sql")) },
     Migration { version: 10, name: "deploy_image_keys", sql: Sql::Common(include_str!("../migrations/common/0010_deploy_image_keys.sql")) },
     Migration { version: 11, name: "ironic_nodes", sql: Sql::Common(include_str!("../migrations/common/0011_ironic_nodes.sql")) },
+    Migration { version: 12, name: "user_passwords", sql: Sql::Common(include_str!("../migrations/common/0012_user_passwords.sql")) },
 ];
 
 impl Store {

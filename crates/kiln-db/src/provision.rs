@@ -27,7 +27,7 @@ pub struct ProvisionWork {
 const COLUMNS: &str = "node_id, intent, target, operation, step, command_id, agent_token_hash, agent_seen_at, progress, \
      agent_result, callback_at, last_error, state_entered_at, deadline, due_at, lease_owner, lease_expires";
 
-fn json_column<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<Option<T>, StoreError> {
+pub(crate) fn json_column<T: serde::de::DeserializeOwned>(row: &AnyRow, column: &str) -> Result<Option<T>, StoreError> {
     let text: Option<String> = row.try_get(column).map_err(StoreError::query("reading a provisioning record"))?;
     text.map(|text| serde_json::from_str(&text).map_err(|error| StoreError::corrupt(column, error))).transpose()
 }
@@ -132,7 +132,8 @@ impl Store {
         if let Some(pending) = current.as_ref().and_then(|r| r.intent.as_ref()) {
             return Err(StoreError::conflict(format!("node '{}' already has a '{}' request pending", node.name, pending.name())));
         }
-        if busy(node.provision_state) {
+        // An abort is for a busy node; its own states say which.
+        if busy(node.provision_state) && *intent != Intent::Abort {
             return Err(StoreError::conflict(format!("node '{}' is busy: {}", node.name, node.provision_state)));
         }
         if !intent.allowed_from().contains(&node.provision_state) {

@@ -39,7 +39,7 @@ fn token_from_row(row: &AnyRow) -> Result<Token, sqlx::Error> {
     })
 }
 
-async fn memberships_of(connection: &mut AnyConnection, user: &str) -> Result<Vec<Membership>, StoreError> {
+pub(crate) async fn memberships_of(connection: &mut AnyConnection, user: &str) -> Result<Vec<Membership>, StoreError> {
     let rows = sqlx::query("SELECT project, role FROM memberships WHERE user_name = $1 ORDER BY project")
         .bind(user)
         .fetch_all(connection)

@@ -7,6 +7,7 @@
 //!   as Kiln requests;
 //! - [`driver`]: Ironic's `driver` and `driver_info` as Kiln's BMC, and back;
 //! - [`documents`]: the node and port documents, with `fields` selection and `links`;
+//! - [`images`]: the names of the Kiln images that cache what is given by URL;
 //! - [`patch`]: the JSON patches (RFC 6902) that `baremetal node set/unset` send;
 //! - [`error`]: Ironic's error body.
 //!
@@ -15,6 +16,7 @@
 pub mod documents;
 pub mod driver;
 pub mod error;
+pub mod images;
 pub mod patch;
 pub mod states;
 pub mod version;

@@ -39,14 +39,17 @@ pub fn provision_state(state: ProvisionState, version: Microversion) -> Option<&
 /// accepts a request: clients that wait read a node without a target as settled.
 pub fn target_provision_state(state: ProvisionState, pending: Option<&Intent>) -> Option<&'static str> {
     use ProvisionState::*;
-    if let Some(intent) = pending {
-        return Some(match intent {
-            Intent::Manage | Intent::Inspect => "manageable",
-            Intent::Provide | Intent::Undeploy => "available",
-            Intent::Clean { .. } if state == Manageable => "manageable",
-            Intent::Clean { .. } => "available",
-            Intent::Deploy(_) | Intent::FailDeploy { .. } | Intent::Capture { .. } => "active",
-        });
+    let requested = match pending {
+        Some(Intent::Manage | Intent::Inspect) => Some("manageable"),
+        Some(Intent::Provide | Intent::Undeploy) => Some("available"),
+        Some(Intent::Clean { .. }) if state == Manageable => Some("manageable"),
+        Some(Intent::Clean { .. }) => Some("available"),
+        Some(Intent::Deploy(_) | Intent::FailDeploy { .. } | Intent::Capture { .. }) => Some("active"),
+        // An abort sets no target: the operation ends where it fails.
+        Some(Intent::Abort) | None => None,
+    };
+    if requested.is_some() {
+        return requested;
     }
     match state {
         Inspecting => Some("manageable"),
@@ -68,12 +71,16 @@ pub enum ProvisionVerb {
     Deploy,
     /// `deleted` or `undeploy`.
     Undeploy,
+    /// Stop the operation waiting on the agent.
+    Abort,
 }
 
 /// Why a verb is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerbError {
-    #[error("the provision state '{target}' is not valid (known: active, deleted, manage, provide, inspect, clean)")]
+    #[error(
+        "the provision state '{target}' is not valid (known: active, deploy, deleted, undeploy, manage, provide, inspect, clean, abort)"
+    )]
     Unknown { target: String },
     #[error("'{target}' needs API version 1.{needs} or later; this request is {version}")]
     TooOld { target: String, needs: u32, version: Microversion },
@@ -99,7 +106,7 @@ pub fn provision_verb(target: &str, clean_steps: Option<&Value>, version: Microv
         "inspect" => needs(6, ProvisionVerb::Inspect),
         "clean" => needs(15, ProvisionVerb::Clean(clean_mode(clean_steps)?)),
         "rebuild" => unsupported("undeploy and deploy again"),
-        "abort" => unsupported("an operation runs to its end or its deadline"),
+        "abort" => needs(13, ProvisionVerb::Abort),
         "adopt" | "rescue" | "unrescue" | "service" | "unhold" => unsupported("not yet"),
         _ => Err(VerbError::Unknown { target: target.to_owned() }),
     }
@@ -177,7 +184,9 @@ mod tests {
         let other = json!([{ "interface": "bios", "step": "apply_configuration" }]);
         let refused = provision_verb("clean", Some(&other), MAX).unwrap_err().to_string();
         assert!(refused.contains("apply_configuration"), "{refused}");
-        assert!(matches!(provision_verb("abort", None, MAX), Err(VerbError::Unsupported { .. })));
+        assert_eq!(provision_verb("abort", None, MAX), Ok(ProvisionVerb::Abort));
+        assert!(matches!(provision_verb("abort", None, Microversion(12)), Err(VerbError::TooOld { needs: 13, .. })));
+        assert!(matches!(provision_verb("rescue", None, MAX), Err(VerbError::Unsupported { .. })));
         assert!(matches!(provision_verb("fly", None, MAX), Err(VerbError::Unknown { .. })));
     }
 }

@@ -154,6 +154,21 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
         let reason = format!("interrupted: the server replica {previous} stopped while powering the node for {}", node.provision_state);
         return Decision::Step { actions: vec![], transition: Box::new(failed(node, record, reason)) };
     }
+    // An abort ends a waiting operation as its deadline would; during a `powering` step it
+    // waits for the step to finish (the lease holder is at the BMC).
+    if record.intent == Some(Intent::Abort)
+        && step != Some(ProvisionStep::Powering)
+        && Intent::Abort.allowed_from().contains(&node.provision_state)
+    {
+        let operation = match node.provision_state {
+            ProvisionState::WaitAgent => "deploy",
+            ProvisionState::Inspecting => "inspection",
+            ProvisionState::Capturing => "capture",
+            _ => "cleaning",
+        };
+        let transition = Transition { consume_intent: true, ..failed(node, record, format!("{operation} aborted on request")) };
+        return Decision::Step { actions: vec![after_failure(node)], transition: Box::new(transition) };
+    }
     match node.provision_state {
         Deploying | Inspecting | Undeploying | Cleaning | Capturing if step == Some(ProvisionStep::Powering) => {
             let waiting = |state| Transition {
@@ -253,6 +268,9 @@ fn take_intent(node: &Node, record: &ProvisionRecord, intent: &Intent, now: i64,
             operation: Operation { clean_mode: CleanMode::Fast, return_to: Some(Active), capture_image: Some(image.clone()) },
             ..start(node, record, Capturing, now, true, format!("capture into {image} requested"))
         },
+        // Taken before the waiting states' own steps (`plan_step`); from any other state it
+        // is dropped above, as every request the state does not allow.
+        Intent::Abort => Transition { consume_intent: true, ..stay(node, record, "nothing to abort") },
         Intent::FailDeploy { reason } => Transition {
             consume_intent: true,
             consume_result: true,

@@ -149,6 +149,21 @@ pub struct UserInput {
     pub admin: bool,
 }
 
+/// A user's new password: at least 8 characters, at most 1024 bytes. Kept only as an
+/// argon2id hash; it signs the user in where a token cannot be sent (HTTP basic
+/// authentication to the Ironic-compatible API).
+#[derive(Clone, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordInput {
+    pub password: String,
+}
+
+impl std::fmt::Debug for PasswordInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordInput").field("password", &"******").finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembershipInput {

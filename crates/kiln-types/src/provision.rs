@@ -153,6 +153,10 @@ pub enum Intent {
     FailDeploy {
         reason: String,
     },
+    /// Stop the operation waiting on the node's agent (deploy, inspect, clean, capture):
+    /// it ends in its failure state, as a timeout would, and the machine is powered off
+    /// (a capture's boots its disk again).
+    Abort,
 }
 
 impl Intent {
@@ -169,6 +173,7 @@ impl Intent {
             Intent::Clean { .. } => "clean",
             Intent::Capture { .. } => "capture",
             Intent::FailDeploy { .. } => "fail-deploy",
+            Intent::Abort => "abort",
         }
     }
 
@@ -184,6 +189,7 @@ impl Intent {
             Intent::Undeploy => &[Active, DeployFailed],
             Intent::Clean { .. } => &[Manageable, Available, CleanFailed],
             Intent::Capture { .. } => &[Active],
+            Intent::Abort => &[WaitAgent, Inspecting, Cleaning, Capturing],
         }
     }
 }

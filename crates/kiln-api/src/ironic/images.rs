@@ -1,16 +1,18 @@
-//! Ironic's `instance_info.image_source` given as a URL, as the Ironic seed writes it: the
-//! image is fetched into a Kiln image of the node's project (`ironic-` and a digest of the
-//! URL), verified against the checksum the node carries, converted from qcow2 to raw where it
-//! is one, and deployed from there.
+//! What Ironic's clients give by URL, fetched into Kiln images: a node's
+//! `instance_info.image_source` (with the checksum the node carries) into a private image of
+//! the node's project, verified, converted from qcow2 to raw where it is one, and deployed
+//! from there; its `driver_info.deploy_kernel` and `deploy_ramdisk` into a public image
+//! without a project, which its agent then boots instead of the site's deploy ramdisk.
+//! The images' names come from the URLs (`kiln_ironic::images`).
 //!
-//! The cached copy follows Ironic's rule, not Kiln's own import's: it is kept only while the
+//! A cached copy follows Ironic's rule, not Kiln's own import's: it is kept only while the
 //! source's `Last-Modified` (a file's modification time) is unchanged, asked with a
 //! conditional request; a source that sends no `Last-Modified` is fetched every time, and an
 //! `ETag` alone keeps nothing. A checksum other than the one the copy was verified against
 //! fetches it again, so a changed checksum is always checked against the bytes.
 //!
-//! The fetch runs while the deploy request waits, so that its outcome is the request's: a
-//! URL that cannot be fetched, or bytes without the checksum, end the deploy in
+//! The fetch runs while the provision request waits, so that its outcome is the request's:
+//! an image that cannot be fetched, or bytes without the checksum, end a deploy in
 //! `deploy failed` with the reason in `last_error`, recorded by the lifecycle like any other
 //! deploy failure (`Intent::FailDeploy`).
 
@@ -18,28 +20,22 @@ use kiln_auth::AuthContext;
 use kiln_db::{NewArtifact, NewImage, NewVersion};
 use kiln_image_store::fetch::{Fetch, FetchError, Source, Validators};
 use kiln_image_store::{Checksum, Digests, SpoolFile};
+use kiln_ironic::images::{deploy_ramdisk_image_name, instance_image_name};
 use kiln_types::image::{ArtifactKind, ImageFormat, VersionRef, Visibility};
 use kiln_types::node::Node;
 use kiln_types::scoped_name::{NameReference, ScopedName};
 use serde_json::{Map, Value};
-use sha2::Digest as _;
 
 use super::{IronicError, IronicResult};
 use crate::ApiState;
 use crate::error::ApiError;
 use crate::uploads::{fetch_error, spool_error, store_spooled};
 
-/// What deploying a node's `image_source` comes to.
-pub(super) enum Prepared {
-    /// The image to deploy, as `KEY:VERSION`.
-    Image(String),
-    /// The deploy fails before reaching the machine, for this reason.
+/// What fetching comes to when the request itself was sound.
+pub(super) enum Prepared<T> {
+    Ready(T),
+    /// The operation fails before reaching the machine, for this reason.
     Failed(String),
-}
-
-/// Whether `image_source` names an image by URL rather than a Kiln image.
-pub(super) fn is_url(image_source: &str) -> bool {
-    image_source.contains("://")
 }
 
 /// The checksum the node's `instance_info` gives: `image_os_hash_algo` and
@@ -61,7 +57,7 @@ async fn expected_checksum(
         _ => return Err(IronicError::invalid("instance_info.image_os_hash_algo and image_os_hash_value go together")),
     }
     let Some(checksum) = text("image_checksum") else { return Ok(None) };
-    if is_url(checksum) {
+    if kiln_ironic::images::is_url(checksum) {
         let settings = &state.images;
         let name = url.rsplit('/').next().unwrap_or_default();
         let found =
@@ -73,40 +69,39 @@ async fn expected_checksum(
     parse("image_checksum", checksum).map(Some)
 }
 
-/// The cache image's name for `url`: stable, and the same in every project.
-fn cache_name(url: &str) -> String {
-    let digest = sha2::Sha256::digest(url.as_bytes());
-    format!("ironic-{}", &hex::encode(digest)[..16])
-}
-
 /// Where a source's digest is kept on the artifact made from it: the stored bytes may be a
 /// conversion, so the source's own digest is recorded beside theirs.
 fn source_digest_key(checksum: &Checksum) -> String {
     format!("source-{}", checksum.algorithm.as_str())
 }
 
-/// The cache image for `url` in the node's project, made on first use.
-async fn cache_image(state: &ApiState, caller: &AuthContext, node: &Node, url: &str) -> IronicResult<ScopedName> {
-    let identity = ScopedName::new(node.project.as_deref(), &cache_name(url));
+/// The cache image `identity`, made on first use.
+async fn cache_image(
+    state: &ApiState,
+    caller: &AuthContext,
+    identity: ScopedName,
+    visibility: Visibility,
+    description: String,
+) -> IronicResult<ScopedName> {
     let reference = NameReference::parse("image", &identity.key()).map_err(|error| IronicError::invalid(error.to_string()))?;
-    match state.store.get_image(&reference, &caller.read_scope()).await {
+    // Looked up with every right: the cache is the server's, named by the URL alone.
+    match state.store.get_image(&reference, &kiln_auth::ProjectScope::All).await {
         Ok(image) => return Ok(image.scoped_name()),
         Err(kiln_db::StoreError::NotFound { .. }) => {}
         Err(error) => return Err(ApiError::from(error).into()),
     }
-    let description: String = format!("fetched for the Ironic API from {url}").chars().take(1000).collect();
     let spec = NewImage {
         name: identity.name.clone(),
         project: identity.project.clone(),
-        visibility: Visibility::Private,
+        visibility,
         shared_with: Vec::new(),
-        description,
+        description: description.chars().take(1000).collect(),
         os: None,
         arch: None,
     };
     match state.store.create_image(&caller.user, &spec).await {
         Ok(image) => Ok(image.scoped_name()),
-        // Another deploy of the same URL made it first.
+        // Another request for the same URL made it first.
         Err(kiln_db::StoreError::Conflict { .. }) => Ok(identity),
         Err(error) => Err(ApiError::from(error).into()),
     }
@@ -125,21 +120,127 @@ impl Drop for SpoolGuard {
     }
 }
 
-/// Fetches `url` for `node` (or finds it cached) and answers what to deploy.
-pub(super) async fn prepare(
+/// One source to fetch into one artifact of a cache image.
+struct ArtifactSource<'a> {
+    image: &'a ScopedName,
+    kind: ArtifactKind,
+    url: &'a str,
+    expected: Option<&'a Checksum>,
+}
+
+/// What an artifact's fetch came to.
+enum Fetched {
+    /// The cached copy in this version still stands; nothing was read.
+    Unchanged(i64),
+    Stored(NewArtifact),
+}
+
+/// Parses `url` as a source Kiln may fetch: a refused URL is the request's fault (400).
+fn source_of(state: &ApiState, caller: &AuthContext, field: &str, url: &str) -> IronicResult<Prepared<Source>> {
+    let settings = &state.images;
+    match Source::parse(url, &settings.import_allowed_dirs, &settings.egress) {
+        Ok(source) => Ok(Prepared::Ready(source)),
+        Err(error @ (FetchError::UnsupportedUrl { .. } | FetchError::FileNotAllowed { .. })) => {
+            Err(IronicError::invalid(format!("{field}: {error}")))
+        }
+        Err(error) => Ok(Prepared::Failed(fetch_error(error, caller).message)),
+    }
+}
+
+/// Fetches one artifact by Ironic's rule, or finds its cached copy standing.
+async fn fetch_artifact(
+    state: &ApiState,
+    caller: &AuthContext,
+    source: &Source,
+    wanted: &ArtifactSource<'_>,
+) -> IronicResult<Prepared<Fetched>> {
+    let settings = &state.images;
+    let url = wanted.url;
+    let previous = state.store.last_import(wanted.image, wanted.kind).await?.filter(|previous| previous.url == url);
+    // The copy may be kept only if it was verified against this very checksum and its
+    // source said when it last changed.
+    let mut cached = None;
+    if let Some(previous) = &previous
+        && let Some(modified) = &previous.modified
+    {
+        let version = state.store.get_version(wanted.image, &VersionRef::Number(previous.version)).await?;
+        let verified = version.artifact(wanted.kind).is_some_and(|artifact| match wanted.expected {
+            Some(expected) => artifact.checksums.get(&source_digest_key(expected)) == Some(&expected.hex),
+            None => true,
+        });
+        if verified {
+            cached = Some((previous.version, Validators { etag: None, last_modified: Some(modified.clone()) }));
+        }
+    }
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let spool_path = SpoolFile::path_in(settings.blobs.spool_dir(), &format!("ironic-{unique}"));
+    let create_path = spool_path.clone();
+    let algorithm = wanted.expected.map(|expected| expected.algorithm);
+    let spool = tokio::task::spawn_blocking(move || SpoolFile::create(&create_path, algorithm))
+        .await
+        .expect("no panic")
+        .map_err(|error| spool_error("starting the image fetch", &error))?;
+    let _spool_guard = SpoolGuard(spool_path.clone());
+    let fetched = kiln_image_store::fetch::fetch(&settings.http, source, spool, cached.as_ref().map(|(_, validators)| validators)).await;
+    let (digests, head, validators) = match fetched {
+        Ok(Fetch::NotModified) => {
+            let (version, _) = cached.expect("a not-modified answer comes only to a conditional fetch");
+            tracing::info!(%url, image = %wanted.image, version, "source unchanged since it was cached; nothing fetched");
+            return Ok(Prepared::Ready(Fetched::Unchanged(version)));
+        }
+        Ok(Fetch::Fetched { digests, head, validators }) => (digests, head, validators),
+        Err(error) => return Ok(Prepared::Failed(fetch_error(error, caller).message)),
+    };
+    if let Some(expected) = wanted.expected
+        && let Err(mismatch) = digests.verify(expected)
+    {
+        // The digest the server computed is what the URL answered: logged, not told.
+        tracing::warn!(%url, %mismatch, "a source failed its checksum");
+        return Ok(Prepared::Failed(format!(
+            "Image failed to verify against checksum: {url} does not have the checksum {expected} given in instance_info"
+        )));
+    }
+    let inspection = match kiln_image_store::inspect(&head, digests.bytes) {
+        Ok(inspection) => inspection,
+        Err(error) => return Ok(Prepared::Failed(format!("{url} is not a usable {}: {error}", wanted.kind))),
+    };
+    let convert_it = wanted.kind == ArtifactKind::Disk && inspection.format == ImageFormat::Qcow2;
+    let (stored_path, digests, head, _converted_guard) = if convert_it {
+        if inspection.compression.is_some() {
+            return Ok(Prepared::Failed(format!("{url} is a compressed qcow2: serve it uncompressed, or as a raw image")));
+        }
+        match convert(state, &spool_path, &unique).await? {
+            Ok((path, converted, converted_head)) => (path.clone(), converted, converted_head, Some(SpoolGuard(path))),
+            Err(reason) => return Ok(Prepared::Failed(format!("{url}: {reason}"))),
+        }
+    } else {
+        (spool_path.clone(), digests, head, None)
+    };
+    let mut artifact = match store_spooled(state, &stored_path, digests, &head, wanted.kind, None, None).await {
+        Ok(artifact) => artifact,
+        Err(error) if error.status.is_client_error() => return Ok(Prepared::Failed(format!("{url}: {}", error.message))),
+        Err(error) => return Err(error.into()),
+    };
+    artifact.source_url = Some(url.to_owned());
+    if let Some(expected) = wanted.expected {
+        artifact.checksums.insert(source_digest_key(expected), expected.hex.clone());
+    }
+    // An ETag alone keeps no copy (Ironic's rule), so only Last-Modified is recorded.
+    Ok(Prepared::Ready(Fetched::Stored(NewArtifact { artifact, source_etag: None, source_modified: validators.last_modified })))
+}
+
+/// Fetches a node's `image_source` URL (or finds it cached) and answers the image to deploy,
+/// as `KEY:VERSION`.
+pub(super) async fn prepare_instance_image(
     state: &ApiState,
     caller: &AuthContext,
     node: &Node,
     instance_info: &Map<String, Value>,
     url: &str,
-) -> IronicResult<Prepared> {
-    let settings = &state.images;
-    let source = match Source::parse(url, &settings.import_allowed_dirs, &settings.egress) {
-        Ok(source) => source,
-        Err(error @ (FetchError::UnsupportedUrl { .. } | FetchError::FileNotAllowed { .. })) => {
-            return Err(IronicError::invalid(format!("instance_info.image_source: {error}")));
-        }
-        Err(error) => return Ok(Prepared::Failed(fetch_error(error, caller).message)),
+) -> IronicResult<Prepared<String>> {
+    let source = match source_of(state, caller, "instance_info.image_source", url)? {
+        Prepared::Ready(source) => source,
+        Prepared::Failed(reason) => return Ok(Prepared::Failed(reason)),
     };
     let expected = match expected_checksum(state, caller, instance_info, url).await? {
         Some(expected) => Some(expected),
@@ -151,87 +252,69 @@ pub(super) async fn prepare(
         }
         None => None,
     };
-    let image = cache_image(state, caller, node, url).await?;
-    let previous = state.store.last_import(&image, ArtifactKind::Disk).await?.filter(|previous| previous.url == url);
-    // The copy may be kept only if it was verified against this very checksum and its
-    // source said when it last changed.
-    let mut cached = None;
-    if let Some(previous) = &previous
-        && let Some(modified) = &previous.modified
-    {
-        let version = state.store.get_version(&image, &VersionRef::Number(previous.version)).await?;
-        let verified = version.artifact(ArtifactKind::Disk).is_some_and(|artifact| match &expected {
-            Some(expected) => artifact.checksums.get(&source_digest_key(expected)) == Some(&expected.hex),
-            None => true,
-        });
-        if verified {
-            cached = Some((previous.version, Validators { etag: None, last_modified: Some(modified.clone()) }));
-        }
-    }
-    let unique = uuid::Uuid::new_v4().simple().to_string();
-    let spool_path = SpoolFile::path_in(settings.blobs.spool_dir(), &format!("ironic-{unique}"));
-    let create_path = spool_path.clone();
-    let algorithm = expected.as_ref().map(|expected| expected.algorithm);
-    let spool = tokio::task::spawn_blocking(move || SpoolFile::create(&create_path, algorithm))
-        .await
-        .expect("no panic")
-        .map_err(|error| spool_error("starting the image fetch", &error))?;
-    let _spool_guard = SpoolGuard(spool_path.clone());
-    let fetched = kiln_image_store::fetch::fetch(&settings.http, &source, spool, cached.as_ref().map(|(_, validators)| validators)).await;
-    let (digests, head, validators) = match fetched {
-        Ok(Fetch::NotModified) => {
-            let (version, _) = cached.expect("a not-modified answer comes only to a conditional fetch");
-            tracing::info!(node = %node.name, %url, image = %image, version, "image_source unchanged since it was cached; nothing fetched");
-            return Ok(Prepared::Image(format!("{}:{version}", image.key())));
-        }
-        Ok(Fetch::Fetched { digests, head, validators }) => (digests, head, validators),
-        Err(error) => return Ok(Prepared::Failed(fetch_error(error, caller).message)),
+    let identity = ScopedName::new(node.project.as_deref(), &instance_image_name(url));
+    let image = cache_image(state, caller, identity, Visibility::Private, format!("fetched for the Ironic API from {url}")).await?;
+    let wanted = ArtifactSource { image: &image, kind: ArtifactKind::Disk, url, expected: expected.as_ref() };
+    let artifact = match fetch_artifact(state, caller, &source, &wanted).await? {
+        Prepared::Ready(Fetched::Unchanged(version)) => return Ok(Prepared::Ready(format!("{}:{version}", image.key()))),
+        Prepared::Ready(Fetched::Stored(artifact)) => artifact,
+        Prepared::Failed(reason) => return Ok(Prepared::Failed(format!("image_source: {reason}"))),
     };
-    if let Some(expected) = &expected
-        && let Err(mismatch) = digests.verify(expected)
-    {
-        // The digest the server computed is what the URL answered: logged, not told.
-        tracing::warn!(node = %node.name, %url, %mismatch, "image_source failed its checksum");
-        return Ok(Prepared::Failed(format!(
-            "Image failed to verify against checksum: {url} does not have the checksum {expected} given in instance_info"
-        )));
-    }
-    let inspection = match kiln_image_store::inspect(&head, digests.bytes) {
-        Ok(inspection) => inspection,
-        Err(error) => return Ok(Prepared::Failed(format!("image_source {url} is not a usable disk image: {error}"))),
-    };
-    let (stored_path, digests, head, _converted_guard) = if inspection.format == ImageFormat::Qcow2 {
-        if inspection.compression.is_some() {
-            return Ok(Prepared::Failed(format!("image_source {url} is a compressed qcow2: serve it uncompressed, or as a raw image")));
-        }
-        match convert(state, &spool_path, &unique).await? {
-            Ok((path, converted, converted_head)) => (path.clone(), converted, converted_head, Some(SpoolGuard(path))),
-            Err(reason) => return Ok(Prepared::Failed(format!("image_source {url}: {reason}"))),
-        }
-    } else {
-        (spool_path.clone(), digests, head, None)
-    };
-    let mut artifact = match store_spooled(state, &stored_path, digests, &head, ArtifactKind::Disk, None, None).await {
-        Ok(artifact) => artifact,
-        Err(error) if error.status.is_client_error() => return Ok(Prepared::Failed(format!("image_source {url}: {}", error.message))),
-        Err(error) => return Err(error.into()),
-    };
-    artifact.source_url = Some(url.to_owned());
-    if let Some(expected) = &expected {
-        artifact.checksums.insert(source_digest_key(expected), expected.hex.clone());
-    }
-    // An ETag alone keeps no copy (Ironic's rule), so only Last-Modified is recorded.
-    let new_artifact = NewArtifact { artifact, source_etag: None, source_modified: validators.last_modified };
     let spec = NewVersion {
         version: None,
         base: None,
-        artifacts: vec![new_artifact],
+        artifacts: vec![artifact],
         tags: Vec::new(),
         note: format!("fetched from {url} for node {}", node.name).chars().take(1000).collect(),
     };
     let version = state.store.create_version(&caller.user, &image, &spec).await?;
-    tracing::info!(node = %node.name, %url, image = %image, version = version.version, format = %inspection.format, "image_source fetched for the Ironic API");
-    Ok(Prepared::Image(format!("{}:{}", image.key(), version.version)))
+    tracing::info!(node = %node.name, %url, image = %image, version = version.version, "image_source fetched for the Ironic API");
+    Ok(Prepared::Ready(format!("{}:{}", image.key(), version.version)))
+}
+
+/// Fetches a node's `deploy_kernel` and `deploy_ramdisk` URLs (or finds them cached) into the
+/// public image its agent boots (`kiln_ironic::images::deploy_ramdisk_image_name`). They are
+/// the operators' (only administrators set `driver_info`), and no checksum comes with them,
+/// as in Ironic. They must be a Kiln agent ramdisk (`kiln build ramdisk`): Ironic's own
+/// agent does not speak Kiln's protocol.
+pub(super) async fn prepare_deploy_ramdisk(
+    state: &ApiState,
+    caller: &AuthContext,
+    node: &Node,
+    kernel_url: &str,
+    ramdisk_url: &str,
+) -> IronicResult<Prepared<()>> {
+    let identity = ScopedName::new(None, &deploy_ramdisk_image_name(kernel_url, ramdisk_url));
+    let description = format!("deploy kernel {kernel_url} and ramdisk {ramdisk_url}, fetched for the Ironic API");
+    let image = cache_image(state, caller, identity, Visibility::Public, description).await?;
+    let mut stored = Vec::new();
+    let mut standing = None;
+    for (field, kind, url) in [("deploy_kernel", ArtifactKind::Kernel, kernel_url), ("deploy_ramdisk", ArtifactKind::Initrd, ramdisk_url)] {
+        let source = match source_of(state, caller, &format!("driver_info.{field}"), url)? {
+            Prepared::Ready(source) => source,
+            Prepared::Failed(reason) => return Ok(Prepared::Failed(format!("driver_info.{field}: {reason}"))),
+        };
+        let wanted = ArtifactSource { image: &image, kind, url, expected: None };
+        match fetch_artifact(state, caller, &source, &wanted).await? {
+            Prepared::Ready(Fetched::Unchanged(version)) => standing = Some(standing.map_or(version, |other: i64| other.max(version))),
+            Prepared::Ready(Fetched::Stored(artifact)) => stored.push(artifact),
+            Prepared::Failed(reason) => return Ok(Prepared::Failed(format!("driver_info.{field}: {reason}"))),
+        }
+    }
+    if stored.is_empty() {
+        return Ok(Prepared::Ready(()));
+    }
+    // What did not change is carried over from the version that holds it.
+    let spec = NewVersion {
+        version: None,
+        base: standing.map(VersionRef::Number),
+        artifacts: stored,
+        tags: Vec::new(),
+        note: format!("deploy kernel and ramdisk fetched for node {}", node.name),
+    };
+    let version = state.store.create_version(&caller.user, &image, &spec).await?;
+    tracing::info!(node = %node.name, image = %image, version = version.version, "deploy kernel and ramdisk fetched for the Ironic API");
+    Ok(Prepared::Ready(()))
 }
 
 /// Converts the spooled qcow2 into a compressed raw image in a second spool file: the path,
@@ -259,7 +342,7 @@ async fn convert(
         }
         Err(error) => {
             let _ = tokio::fs::remove_file(&output_path).await;
-            tracing::warn!(error = %kiln_image_store::error_chain(&error), "converting an image_source from qcow2 failed");
+            tracing::warn!(error = %kiln_image_store::error_chain(&error), "converting an image from qcow2 failed");
             Ok(Err(format!("converting it from qcow2 to raw failed: {error}")))
         }
     }

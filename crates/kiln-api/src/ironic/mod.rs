@@ -91,13 +91,37 @@ impl FromRequestParts<ApiState> for IronicCaller {
         let token = header("x-auth-token")
             .or_else(|| header("authorization").and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))))
             .filter(|token| !token.is_empty());
-        let context = match token {
-            Some(token) => crate::auth::authenticate(state, token).await?,
-            None if state.ironic.noauth => AuthContext { user: "ironic-noauth".to_owned(), admin: true, memberships: Default::default() },
-            None => return Err(IronicError::new(StatusCode::UNAUTHORIZED, "Authentication required: a Kiln token as X-Auth-Token")),
+        let basic = header("authorization").and_then(|value| value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")));
+        let context = match (token, basic) {
+            (Some(token), _) => crate::auth::authenticate(state, token).await?,
+            // Ironic standalone's http_basic: a Kiln user and their password.
+            (None, Some(encoded)) => {
+                let (user, password) = basic_credentials(encoded)?;
+                crate::auth::authenticate_password(state, &user, &password).await?
+            }
+            (None, None) if state.ironic.noauth => {
+                AuthContext { user: "ironic-noauth".to_owned(), admin: true, memberships: Default::default() }
+            }
+            (None, None) => {
+                return Err(IronicError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Authentication required: a Kiln token as X-Auth-Token, or a Kiln user and password (HTTP basic)",
+                ));
+            }
         };
         Ok(IronicCaller { context, version, base_url: format!("{}{IRONIC_PREFIX}", state.boot.api_url) })
     }
+}
+
+/// The user and password of an `Authorization: Basic` header.
+fn basic_credentials(encoded: &str) -> IronicResult<(String, String)> {
+    use base64::Engine as _;
+    let malformed =
+        || IronicError::new(StatusCode::UNAUTHORIZED, "the Authorization header's Basic credentials are not base64 of USER:PASSWORD");
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
+    let text = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (user, password) = text.split_once(':').ok_or_else(malformed)?;
+    Ok((user.to_owned(), password.to_owned()))
 }
 
 /// The node `key` (uuid or name) if the caller sees it; otherwise exactly as if missing.

@@ -109,9 +109,14 @@ fn fields_of(query: &NodeQuery) -> Option<Vec<&str>> {
     query.fields.as_deref().map(|fields| fields.split(',').map(str::trim).filter(|field| !field.is_empty()).collect())
 }
 
+/// The `fields` asked for (each must exist at the negotiated version), or the short form's
+/// fields that exist at it (`name` only from 1.5).
 fn selected(document: &Map<String, Value>, fields: Option<&[&str]>, short: &[&str]) -> IronicResult<Value> {
-    let fields = fields.unwrap_or(short);
-    Ok(Value::Object(select(document, fields).map_err(|error| IronicError::invalid(error.to_string()))?))
+    let fields = match fields {
+        Some(fields) => fields.to_vec(),
+        None => short.iter().copied().filter(|field| document.contains_key(*field)).collect(),
+    };
+    Ok(Value::Object(select(document, &fields).map_err(|error| IronicError::invalid(error.to_string()))?))
 }
 
 pub(super) async fn show(
@@ -173,6 +178,7 @@ async fn listing(
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     let ironic = state.store.all_ironic_fields().await?;
     let power: HashMap<String, String> = state.store.all_power_states().await?;
+    let notes = state.store.all_provision_notes().await?;
     let empty = IronicFields::default();
     let fields = fields_of(query);
     let mut page = Vec::new();
@@ -181,7 +187,19 @@ async fn listing(
     for node in nodes.into_iter().filter(|node| query.marker.as_deref().is_none_or(|marker| node.id.as_str() > marker)) {
         let fields_of_node = ironic.get(&node.id).unwrap_or(&empty);
         let power_state = power.get(&node.id).and_then(|word| power_word(word));
-        let facts = NodeFacts { node, ironic: fields_of_node, last_error: None, power_state, pending: None };
+        // The state as the store has it with its request and error (the view follows within
+        // moments), so that a listing and a show never disagree.
+        let note = notes.get(&node.id);
+        let current;
+        let node = match note {
+            Some(note) if note.state != node.provision_state => {
+                current = Node { provision_state: note.state, ..Node::clone(node) };
+                &current
+            }
+            _ => node.as_ref(),
+        };
+        let (pending, last_error) = note.map_or((None, None), |note| (note.pending.as_ref(), note.last_error.as_deref()));
+        let facts = NodeFacts { node, ironic: fields_of_node, last_error, power_state, pending };
         let document = node_document(facts, caller.version, &caller.base_url);
         let matches = query.provision_state.as_deref().is_none_or(|wanted| document["provision_state"] == wanted)
             && maintenance.is_none_or(|wanted| node.maintenance == wanted)
@@ -390,41 +408,76 @@ pub(super) async fn set_provision(
     if body.configdrive.as_ref().is_some_and(|drive| !drive.is_null()) {
         return Err(IronicError::invalid("configdrive is not taken: Kiln serves the node's cloud-init data itself (kiln cloud-init)"));
     }
+    // A node that names its own deploy kernel and ramdisk boots its agent from them: they are
+    // fetched (or found cached) before any operation that boots the agent.
+    let boots_agent = matches!(verb, ProvisionVerb::Inspect | ProvisionVerb::Clean(_) | ProvisionVerb::Undeploy | ProvisionVerb::Deploy);
+    let ironic = state.store.ironic_fields(&node.id).await?;
+    let fetches = (boots_agent && kiln_ironic::images::deploy_ramdisk_urls(&ironic.driver_info).is_some())
+        || (verb == ProvisionVerb::Deploy
+            && ironic.instance_info.get("image_source").and_then(Value::as_str).is_some_and(kiln_ironic::images::is_url));
+    if fetches {
+        // Checked before fetching, so that a busy node costs no download; the request
+        // checks again when it is recorded.
+        let status = state.store.provision_status(&node.id, &ProjectScope::All).await?;
+        let allowed = match verb {
+            ProvisionVerb::Deploy => Intent::DEPLOYABLE_FROM,
+            ProvisionVerb::Inspect => Intent::Inspect.allowed_from(),
+            ProvisionVerb::Clean(mode) => Intent::Clean { mode }.allowed_from(),
+            _ => Intent::Undeploy.allowed_from(),
+        };
+        if status.pending.is_some() || !allowed.contains(&status.provision_state) {
+            let state_name = kiln_ironic::states::provision_state(status.provision_state, caller.version).unwrap_or("busy");
+            return Err(IronicError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "The requested action \"{}\" can not be performed on node {} while it is in state \"{state_name}\".",
+                    body.target, node.name
+                ),
+            ));
+        }
+    }
+    if boots_agent
+        && let Some((kernel_url, ramdisk_url)) = kiln_ironic::images::deploy_ramdisk_urls(&ironic.driver_info)
+        && let images::Prepared::Failed(reason) =
+            images::prepare_deploy_ramdisk(&state, &caller.context, &node, kernel_url, ramdisk_url).await?
+    {
+        if verb == ProvisionVerb::Deploy {
+            return fail_deploy(&state, &caller, &node, reason).await;
+        }
+        return Err(IronicError::new(StatusCode::BAD_GATEWAY, format!("Node {}: {reason}", node.name)));
+    }
     let intent = match verb {
         ProvisionVerb::Manage => Intent::Manage,
         ProvisionVerb::Provide => Intent::Provide,
         ProvisionVerb::Inspect => Intent::Inspect,
         ProvisionVerb::Clean(mode) => Intent::Clean { mode },
         ProvisionVerb::Undeploy => Intent::Undeploy,
-        ProvisionVerb::Deploy => return deploy(&state, &caller, &node).await,
+        ProvisionVerb::Abort => Intent::Abort,
+        ProvisionVerb::Deploy => return deploy(&state, &caller, &node, &ironic).await,
     };
     let _recorded = crate::provision::request(&state, &Caller(caller.context.clone()), &node.id, intent).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Records a deploy that failed before reaching the machine: the lifecycle moves the node to
+/// `deploy failed` with `reason`, as clients waiting on the state expect.
+async fn fail_deploy(state: &ApiState, caller: &IronicCaller, node: &Node, reason: String) -> IronicResult<StatusCode> {
+    tracing::info!(node = %node.name, %reason, "deploy failed before reaching the machine");
+    let _recorded = crate::provision::request(state, &Caller(caller.context.clone()), &node.id, Intent::FailDeploy { reason }).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 /// `active`: the image is the node's `instance_info.image_source`, a Kiln image
 /// (`NAME[:VERSION]`) or a URL with a checksum (fetched first: `images`); the root disk is
 /// the node's `properties.root_device`.
-async fn deploy(state: &ApiState, caller: &IronicCaller, node: &Node) -> IronicResult<StatusCode> {
-    let ironic = state.store.ironic_fields(&node.id).await?;
+async fn deploy(state: &ApiState, caller: &IronicCaller, node: &Node, ironic: &IronicFields) -> IronicResult<StatusCode> {
     let source = ironic.instance_info.get("image_source").and_then(Value::as_str).ok_or_else(|| {
         IronicError::invalid(format!("Node {} has no instance_info.image_source: set it to a Kiln image or a URL", node.name))
     })?;
-    let image = if images::is_url(source) {
-        // Checked before fetching, so that a busy node costs no download.
-        let status = state.store.provision_status(&node.id, &ProjectScope::All).await?;
-        if status.pending.is_some() || !Intent::DEPLOYABLE_FROM.contains(&status.provision_state) {
-            let state_name = kiln_ironic::states::provision_state(status.provision_state, caller.version).unwrap_or("busy");
-            return Err(IronicError::new(StatusCode::CONFLICT, format!("Node {} is {state_name} and cannot be deployed now", node.name)));
-        }
-        match images::prepare(state, &caller.context, node, &ironic.instance_info, source).await? {
-            images::Prepared::Image(reference) => reference,
-            images::Prepared::Failed(reason) => {
-                tracing::info!(node = %node.name, %reason, "deploy failed before reaching the machine");
-                let _recorded =
-                    crate::provision::request(state, &Caller(caller.context.clone()), &node.id, Intent::FailDeploy { reason }).await?;
-                return Ok(StatusCode::ACCEPTED);
-            }
+    let image = if kiln_ironic::images::is_url(source) {
+        match images::prepare_instance_image(state, &caller.context, node, &ironic.instance_info, source).await? {
+            images::Prepared::Ready(reference) => reference,
+            images::Prepared::Failed(reason) => return fail_deploy(state, caller, node, reason).await,
         }
     } else {
         source.to_owned()

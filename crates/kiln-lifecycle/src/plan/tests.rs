@@ -338,3 +338,39 @@ fn a_deploy_that_fails_before_the_machine_ends_in_deploy_failed_and_can_be_undep
           [] -> available -token
     "#]]);
 }
+
+#[test]
+fn an_abort_ends_a_waiting_operation_in_its_failure_state() {
+    let mut sim = Sim::new(ProvisionState::Available);
+    // A deploy waiting for its agent; the abort waits out the powering step first.
+    sim.request(deploy(DeployMode::Disk, false)).step();
+    sim.request(Intent::Abort).step().request(Intent::Abort).step();
+    // A clean from manageable, aborted while the agent works.
+    sim.node.provision_state = ProvisionState::Manageable;
+    sim.request(Intent::Clean { mode: CleanMode::Full }).step().step().agent_heartbeat().request(Intent::Abort).step();
+    // A capture aborted: the node boots its disk again.
+    sim.node.provision_state = ProvisionState::Active;
+    sim.request(Intent::Capture { image: "golden".into() }).step().step().request(Intent::Abort).step();
+    // Nothing to abort.
+    sim.request(Intent::Abort).step();
+    sim.check(expect![[r#"
+        request deploy
+          [] -> deploying/powering +token
+        request abort
+          [BootFromNetwork] -> wait-agent/agent deadline 600 s
+        request abort
+          [PowerOff] -> deploy-failed -token error: deploy aborted on request
+        request clean
+          [] -> cleaning/powering +token
+          [BootFromNetwork] -> cleaning/agent deadline 600 s
+        request abort
+          [PowerOff] -> clean-failed -token error: cleaning aborted on request
+        request capture
+          [] -> capturing/powering +token
+          [BootFromNetwork] -> capturing/agent deadline 600 s
+        request abort
+          [BootFromNetwork] -> active -token error: capture aborted on request
+        request abort
+          [] -> active error: 'abort' request dropped: the node is active now
+    "#]]);
+}
