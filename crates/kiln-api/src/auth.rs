@@ -25,10 +25,20 @@ struct CachedIdentity {
 }
 
 /// Resolved tokens by hash, so that a request does not pay a database round trip to learn
-/// who is calling.
-#[derive(Default)]
+/// who is calling; and the permits for password verifications.
 pub struct TokenCache {
     entries: RwLock<HashMap<String, CachedIdentity>>,
+    /// Argon2 is slow and memory-hard on purpose: verifications run a few at a time, one per
+    /// core, so that a flood of sign-ins queues instead of taking every core and
+    /// 19 MiB each.
+    password_verifications: tokio::sync::Semaphore,
+}
+
+impl Default for TokenCache {
+    fn default() -> TokenCache {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        TokenCache { entries: RwLock::default(), password_verifications: tokio::sync::Semaphore::new(cores) }
+    }
 }
 
 impl TokenCache {
@@ -123,37 +133,34 @@ pub(crate) async fn authenticate_password(state: &ApiState, user: &str, password
             return Ok(cached.context.clone());
         }
     }
-    let login = state.store.password_login(user).await?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    if let Some(login) = &login
-        && login.locked_until.is_some_and(|until| until > now)
-    {
-        tracing::warn!(user, "a sign-in by password refused unheard: the account is locked after failed attempts");
-        return Err(ApiError::unauthorized(PASSWORD_REFUSED));
-    }
-    let stored = login.as_ref().and_then(|login| login.password_hash.clone());
-    let candidate = password.to_owned();
-    let matched = tokio::task::spawn_blocking(move || {
-        let matched = kiln_auth::verify_password(stored.as_deref().unwrap_or(&DECOY_HASH), &candidate);
-        matched && stored.is_some()
-    })
-    .await
-    .expect("no panic");
-    let Some(login) = login.filter(|_| matched) else {
-        if login_exists(state, user).await {
+    // Counted before it is checked, so that guesses sent together are held to the lockout
+    // rule too; every path verifies one hash, so that the time taken tells nothing.
+    let attempt = state.store.begin_password_attempt(user, kiln_auth::lockout_after).await?;
+    let stored = match &attempt {
+        kiln_db::PasswordAttempt::Admitted(login) => login.password_hash.clone(),
+        _ => None,
+    };
+    let matched = verify_password_limited(state, stored, password).await;
+    let login = match attempt {
+        kiln_db::PasswordAttempt::Admitted(login) if matched => login,
+        kiln_db::PasswordAttempt::Admitted(login) => {
             // A pair remembered from before no longer passes unheard once guessing starts.
             let prefix = password_cache_prefix(user);
             state.tokens.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|key, _| !key.starts_with(&prefix));
-            let failures = state.store.record_failed_login(user, kiln_auth::lockout_after).await?;
-            tracing::warn!(user, failures, "a sign-in by password failed");
-        } else {
-            tracing::warn!(user, "a sign-in by password named no such user");
+            tracing::warn!(user, failures = login.failed_logins, "a sign-in by password failed");
+            return Err(ApiError::unauthorized(PASSWORD_REFUSED));
         }
-        return Err(ApiError::unauthorized(PASSWORD_REFUSED));
+        kiln_db::PasswordAttempt::Locked { until } => {
+            let until = jiff::Timestamp::from_millisecond(until).map(|at| at.to_string()).unwrap_or_default();
+            tracing::warn!(user, %until, "a sign-in by password refused unheard: the account is locked after failed attempts");
+            return Err(ApiError::unauthorized(PASSWORD_REFUSED));
+        }
+        kiln_db::PasswordAttempt::NoSuchUser => {
+            tracing::warn!("a sign-in by password named no such user");
+            return Err(ApiError::unauthorized(PASSWORD_REFUSED));
+        }
     };
-    if login.failed_logins > 0 {
-        state.store.record_good_login(user).await?;
-    }
+    state.store.record_good_login(user).await?;
     let context = AuthContext { user: login.user, admin: login.admin, memberships: login.memberships };
     let mut entries = state.tokens.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner());
     if entries.len() >= TOKEN_CACHE_CAPACITY {
@@ -163,12 +170,21 @@ pub(crate) async fn authenticate_password(state: &ApiState, user: &str, password
     Ok(context)
 }
 
+/// Verifies `password` against `stored`, or against the decoy when there is none (no such
+/// user, no password, a locked account), holding one of the verification permits.
+async fn verify_password_limited(state: &ApiState, stored: Option<String>, password: &str) -> bool {
+    let _permit = state.tokens.password_verifications.acquire().await.expect("the semaphore is never closed");
+    let candidate = password.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let matched = kiln_auth::verify_password(stored.as_deref().unwrap_or(&DECOY_HASH), &candidate);
+        matched && stored.is_some()
+    })
+    .await
+    .expect("no panic")
+}
+
 /// Where the remembered sign-ins of `user` are kept in the token cache (token hashes are hex,
 /// so they never start so).
 fn password_cache_prefix(user: &str) -> String {
     format!("password:{}:", hash_token(user))
-}
-
-async fn login_exists(state: &ApiState, user: &str) -> bool {
-    state.store.password_login(user).await.is_ok_and(|login| login.is_some())
 }

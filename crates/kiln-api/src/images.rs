@@ -109,6 +109,19 @@ pub(crate) fn target_project(caller: &AuthContext, named: Option<&str>) -> ApiRe
     }
 }
 
+/// The name of an image a user makes. Names starting `ironic-` are the Ironic API's caches
+/// (`kiln_ironic::images`), which the server finds by name: no one else may take one.
+fn user_image_name(text: &str) -> ApiResult<String> {
+    let name = validate::name("name", text)?;
+    if name.starts_with(kiln_ironic::images::RESERVED_PREFIX) {
+        return Err(ApiError::invalid(format!(
+            "name: image names starting '{}' are kept for the Ironic API's fetched images",
+            kiln_ironic::images::RESERVED_PREFIX
+        )));
+    }
+    Ok(name)
+}
+
 fn optional_label(field: &str, value: Option<&str>) -> ApiResult<Option<String>> {
     value.filter(|text| !text.is_empty()).map(|text| validate::single_line(field, text, 128)).transpose().map_err(Into::into)
 }
@@ -130,7 +143,7 @@ pub async fn create_image(
     JsonBody(input): JsonBody<ImageInput>,
 ) -> ApiResult<(StatusCode, Json<Image>)> {
     let spec = NewImage {
-        name: validate::name("name", &input.name)?,
+        name: user_image_name(&input.name)?,
         project: target_project(&caller, input.project.as_deref())?,
         visibility: input.visibility,
         shared_with: input.shared_with.iter().map(|project| validate::name("shared_with", project)).collect::<Result<_, _>>()?,
@@ -250,7 +263,7 @@ pub async fn clone_image(
         None => VersionRef::Tag("latest".to_owned()),
     };
     let spec = NewImage {
-        name: validate::name("name", &input.name)?,
+        name: user_image_name(&input.name)?,
         project: target_project(&caller, input.project.as_deref())?,
         visibility: input.visibility,
         shared_with: Vec::new(),

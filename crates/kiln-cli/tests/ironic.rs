@@ -30,10 +30,17 @@ impl Site {
     }
 
     fn start_with_env(environment: &[(&str, &str)]) -> Option<Site> {
+        Site::start_with_config(environment, "")
+    }
+
+    /// A site whose server reads `config` (TOML) as its configuration file.
+    fn start_with_config(environment: &[(&str, &str)], config: &str) -> Option<Site> {
         let bin = clients()?;
         let directory = tempfile::tempdir().unwrap();
         let data_dir = directory.path().join("data");
-        let server = ServerProcess::start_with_env(&data_dir, &[], environment);
+        let config_path = directory.path().join("kiln.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let server = ServerProcess::start_with_env(&data_dir, &["--config", config_path.to_str().unwrap()], environment);
         let admin = token(&data_dir);
         Some(Site { server, admin, bin, _directory: directory })
     }
@@ -539,7 +546,9 @@ fn image_sources_by_url_follow_ironic_s_cache_rule_and_checksums() {
 
 #[test]
 fn image_source_errors_are_told_to_the_node_s_owner_only() {
-    let Some(site) = Site::start_with_env(&[("KILN_IMPORT_ALLOWED_NETWORKS", "127.0.0.1/32")]) else { return };
+    let files = tempfile::tempdir().unwrap();
+    let config = format!("[images]\nimport_allowed_dirs = [\"{}\"]\n", files.path().display());
+    let Some(site) = Site::start_with_config(&[("KILN_IMPORT_ALLOWED_NETWORKS", "127.0.0.1/32")], &config) else { return };
     let work = site._directory.path().to_owned();
     let images = ImageServer::start(&work);
     std::fs::write(images.root.join("with/disk.raw"), vec![1u8; 1 << 20]).unwrap();
@@ -587,6 +596,33 @@ fn image_source_errors_are_told_to_the_node_s_owner_only() {
     let failed = site.wait_for_state(alice, "alices2", &["deploy failed"]);
     assert_eq!(failed["last_error"], serde_json::json!(format!("could not fetch {refused_url}")));
     assert!(images.requests("with/disk.raw").len() == 1, "nothing reached the refused address");
+
+    // A member names the bytes of a file they deploy: without a checksum, no file under the
+    // allowed directories is copied into their project.
+    let secret_file = files.path().join("operators-only.raw");
+    std::fs::write(&secret_file, vec![7u8; 1 << 20]).unwrap();
+    site.available_node("alices3", Some("lab-a"));
+    let file_url = format!("image_source=file://{}", secret_file.display());
+    assert!(site.baremetal_as(alice, &["node", "set", "alices3", "--instance-info", &file_url]).status.success());
+    let refused = site.baremetal_fails_as(alice, &["node", "deploy", "alices3"]);
+    assert!(refused.contains("has a file image_source and no checksum"), "{refused}");
+    assert_eq!(site.show("alices3")["provision_state"], serde_json::json!("available"), "nothing started");
+
+    // A checksum file's contents are the server's reading: a member is not told them.
+    let listed = "0".repeat(64);
+    std::fs::write(files.path().join("SHA256SUMS"), format!("{listed}  operators-only.raw\n")).unwrap();
+    let checksum_file = format!("image_checksum=file://{}", files.path().join("SHA256SUMS").display());
+    assert!(site.baremetal_as(alice, &["node", "set", "alices3", "--instance-info", &checksum_file]).status.success());
+    assert!(site.baremetal_as(alice, &["node", "deploy", "alices3"]).status.success());
+    let failed = site.wait_for_state(alice, "alices3", &["deploy failed"]);
+    let reason = failed["last_error"].as_str().unwrap();
+    assert!(reason.contains("does not have the checksum its checksum file lists") && !reason.contains(&listed), "{reason}");
+
+    // The Ironic API's cache names are the server's: no user takes one, so a bare name can
+    // never resolve to a user's image in its place.
+    let taken = kiln(&site.server, alice, &["image", "create", "ironic-0123456789abcdef"], None);
+    assert!(!taken.status.success());
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("kept for the Ironic API"), "{}", String::from_utf8_lossy(&taken.stderr));
 }
 
 #[test]
@@ -649,6 +685,19 @@ fn http_basic_signs_kiln_users_in_with_their_passwords_and_holds_guessers_off() 
     let (status, _, listed) = raw(&site, "GET", "/ironic/v1/nodes", &[("Authorization", header("alice", "alice-third-pass").as_str())], "");
     assert_eq!(status, 200, "a listing without a version header is answered at 1.1, without fields 1.1 lacks");
     assert!(listed["nodes"][0].get("name").is_none() && listed["nodes"][0]["uuid"].is_string(), "{listed}");
+
+    // Guesses sent all at once are held to the same rule: each is counted before its
+    // password is checked, so no more than five are ever checked.
+    let checked = |log: &str| log.matches("a sign-in by password failed").count();
+    let before = checked(&site.server.log());
+    std::thread::scope(|scope| {
+        let guesses: Vec<_> = (0..12).map(|guess| scope.spawn(move || attempt("alice", &format!("guess-number-{guess}")).0)).collect();
+        for guess in guesses {
+            assert_eq!(guess.join().unwrap(), 401);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(checked(&site.server.log()) - before, 5, "five guesses checked, the rest refused unheard");
 }
 
 #[test]

@@ -406,6 +406,14 @@ impl Store {
         Ok(resolve_image(&mut connection, reference, scope).await?.image)
     }
 
+    /// The image with exactly this identity: `NAME` is the image without a project, never
+    /// one of a project's. For the server's own images (the Ironic API's caches), which are
+    /// named by what they hold and must not resolve to another project's image of the name.
+    pub async fn get_image_exact(&self, identity: &ScopedName) -> Result<Image, StoreError> {
+        let mut connection = self.read().await?;
+        Ok(image_row(&mut connection, identity).await?.image)
+    }
+
     /// A public image, as booting machines (who have no token) may fetch it. `PROJECT/NAME`
     /// names one exactly. A bare `NAME` names the image of that name without a project when
     /// there is one (the operators' own: no project can take its name from a boot path),

@@ -36,7 +36,7 @@ pub use images::{ImageChange, ImportSource, NewArtifact, NewImage, NewVersion, U
 pub use inventory::{Inventory, InventoryView};
 pub use ironic::ProvisionNote;
 pub use nodes::{NodeFilter, NodeSnapshot};
-pub use passwords::PasswordLogin;
+pub use passwords::{PasswordAttempt, PasswordLogin};
 pub use power::PowerRead;
 pub use provision::ProvisionWork;
 pub use tenancy::TokenIdentity;

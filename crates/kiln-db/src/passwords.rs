@@ -11,7 +11,7 @@ use crate::events::{NewEvent, record};
 use crate::tenancy::memberships_of;
 use crate::{Store, StoreError};
 
-/// What signing in as a user needs to know.
+/// What checking a user's password needs to know.
 #[derive(Debug, Clone)]
 pub struct PasswordLogin {
     pub user: String,
@@ -19,9 +19,20 @@ pub struct PasswordLogin {
     pub memberships: BTreeMap<String, ProjectRole>,
     /// `None`: the user has no password and cannot sign in with one.
     pub password_hash: Option<String>,
+    /// Failed attempts in a row, this one counted.
     pub failed_logins: u32,
-    /// Milliseconds since the epoch until which sign-ins are refused unheard.
-    pub locked_until: Option<i64>,
+}
+
+/// How a sign-in attempt starts ([`Store::begin_password_attempt`]).
+#[derive(Debug, Clone)]
+pub enum PasswordAttempt {
+    NoSuchUser,
+    /// Refused unheard and uncounted until then (milliseconds since the epoch).
+    Locked {
+        until: i64,
+    },
+    /// Counted as failed until the password is found good.
+    Admitted(PasswordLogin),
 }
 
 impl Store {
@@ -45,48 +56,46 @@ impl Store {
         Ok(())
     }
 
-    /// What signing in as `user` needs, or `None` for no such user.
-    pub async fn password_login(&self, user: &str) -> Result<Option<PasswordLogin>, StoreError> {
-        let mut connection = self.read().await?;
+    /// Starts a sign-in as `user`: unless the account is locked, the attempt is counted as
+    /// failed before the password is checked, and `lockout` (from the new count) locks the
+    /// account at once, so that guesses sent together cannot all be heard before the count
+    /// catches up: at most as many as `lockout` lets through are ever checked. A good
+    /// password then clears the count ([`Store::record_good_login`]). Counted in the
+    /// database, in one transaction, so that attempts spread over replicas add up.
+    pub async fn begin_password_attempt(
+        &self,
+        user: &str,
+        lockout: impl Fn(u32) -> Option<std::time::Duration>,
+    ) -> Result<PasswordAttempt, StoreError> {
+        let now = crate::now_millis();
+        let mut transaction = self.write().await?;
+        let connection = transaction.connection();
+        let counting = || StoreError::query("counting a sign-in attempt");
+        let admitted = sqlx::query(
+            "UPDATE users SET failed_logins = failed_logins + 1 WHERE name = $1 AND (locked_until IS NULL OR locked_until <= $2)",
+        )
+        .bind(user)
+        .bind(now)
+        .execute(&mut *connection)
+        .await
+        .map_err(counting())?
+        .rows_affected();
         let row = sqlx::query("SELECT admin, password_hash, failed_logins, locked_until FROM users WHERE name = $1")
             .bind(user)
             .fetch_optional(&mut *connection)
             .await
             .map_err(StoreError::query("reading a user's password"))?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else { return Ok(PasswordAttempt::NoSuchUser) };
         let read = || StoreError::query("reading a user's password");
+        if admitted == 0 {
+            let until: Option<i64> = row.try_get("locked_until").map_err(read())?;
+            return Ok(PasswordAttempt::Locked { until: until.unwrap_or(now) });
+        }
         let admin: i64 = row.try_get("admin").map_err(read())?;
         let failed: i64 = row.try_get("failed_logins").map_err(read())?;
-        let memberships = memberships_of(&mut connection, user).await?;
-        Ok(Some(PasswordLogin {
-            user: user.to_owned(),
-            admin: admin != 0,
-            memberships: memberships.into_iter().map(|membership| (membership.project, membership.role)).collect(),
-            password_hash: row.try_get("password_hash").map_err(read())?,
-            failed_logins: u32::try_from(failed).unwrap_or(u32::MAX),
-            locked_until: row.try_get("locked_until").map_err(read())?,
-        }))
-    }
-
-    /// Counts a failed sign-in; `lockout` (from the new count) says how long the account
-    /// then waits. Answers the new count. Counted in the database, so that attempts spread
-    /// over replicas add up.
-    pub async fn record_failed_login(&self, user: &str, lockout: impl Fn(u32) -> Option<std::time::Duration>) -> Result<u32, StoreError> {
-        let mut transaction = self.write().await?;
-        let connection = transaction.connection();
-        sqlx::query("UPDATE users SET failed_logins = failed_logins + 1 WHERE name = $1")
-            .bind(user)
-            .execute(&mut *connection)
-            .await
-            .map_err(StoreError::query("counting a failed sign-in"))?;
-        let failed: Option<i64> = sqlx::query_scalar("SELECT failed_logins FROM users WHERE name = $1")
-            .bind(user)
-            .fetch_optional(&mut *connection)
-            .await
-            .map_err(StoreError::query("counting a failed sign-in"))?;
-        let failed = u32::try_from(failed.unwrap_or(0)).unwrap_or(u32::MAX);
+        let failed = u32::try_from(failed).unwrap_or(u32::MAX);
         if let Some(wait) = lockout(failed) {
-            let until = crate::now_millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+            let until = now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
             sqlx::query("UPDATE users SET locked_until = $2 WHERE name = $1")
                 .bind(user)
                 .bind(until)
@@ -94,20 +103,26 @@ impl Store {
                 .await
                 .map_err(StoreError::query("locking an account"))?;
         }
+        let memberships = memberships_of(connection, user).await?;
+        let login = PasswordLogin {
+            user: user.to_owned(),
+            admin: admin != 0,
+            memberships: memberships.into_iter().map(|membership| (membership.project, membership.role)).collect(),
+            password_hash: row.try_get("password_hash").map_err(read())?,
+            failed_logins: failed,
+        };
         transaction.commit().await?;
-        Ok(failed)
+        Ok(PasswordAttempt::Admitted(login))
     }
 
     /// Forgets failed sign-ins after a good one.
     pub async fn record_good_login(&self, user: &str) -> Result<(), StoreError> {
         let mut transaction = self.write().await?;
-        sqlx::query(
-            "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE name = $1 AND (failed_logins <> 0 OR locked_until IS NOT NULL)",
-        )
-        .bind(user)
-        .execute(&mut *transaction.connection())
-        .await
-        .map_err(StoreError::query("clearing failed sign-ins"))?;
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE name = $1")
+            .bind(user)
+            .execute(&mut *transaction.connection())
+            .await
+            .map_err(StoreError::query("clearing failed sign-ins"))?;
         transaction.commit().await?;
         Ok(())
     }

@@ -5,6 +5,10 @@
 use serde_json::{Map, Value};
 use sha2::Digest as _;
 
+/// How every name made here starts. The server finds its caches by name, so no user may
+/// make an image whose name starts so (the image API refuses it).
+pub const RESERVED_PREFIX: &str = "ironic-";
+
 /// Whether `image_source` names an image by URL rather than a Kiln image.
 pub fn is_url(text: &str) -> bool {
     text.contains("://")
@@ -18,7 +22,7 @@ fn digest_name(prefix: &str, text: &str) -> String {
 
 /// The image (in the node's project) that caches an `image_source` URL.
 pub fn instance_image_name(url: &str) -> String {
-    digest_name("ironic", url)
+    digest_name(RESERVED_PREFIX.trim_end_matches('-'), url)
 }
 
 /// A node's deploy kernel and ramdisk URLs (`driver_info.deploy_kernel` and
@@ -31,7 +35,7 @@ pub fn deploy_ramdisk_urls(driver_info: &Map<String, Value>) -> Option<(&str, &s
 /// The public image without a project that caches a deploy kernel and ramdisk pair: what
 /// the node's agent boots instead of the site's deploy ramdisk.
 pub fn deploy_ramdisk_image_name(kernel_url: &str, ramdisk_url: &str) -> String {
-    digest_name("ironic-ramdisk", &format!("{kernel_url}\n{ramdisk_url}"))
+    digest_name(&format!("{RESERVED_PREFIX}ramdisk"), &format!("{kernel_url}\n{ramdisk_url}"))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use kiln_image_store::{Checksum, Digests, SpoolFile};
 use kiln_ironic::images::{deploy_ramdisk_image_name, instance_image_name};
 use kiln_types::image::{ArtifactKind, ImageFormat, VersionRef, Visibility};
 use kiln_types::node::Node;
-use kiln_types::scoped_name::{NameReference, ScopedName};
+use kiln_types::scoped_name::ScopedName;
 use serde_json::{Map, Value};
 
 use super::{IronicError, IronicResult};
@@ -38,35 +38,54 @@ pub(super) enum Prepared<T> {
     Failed(String),
 }
 
+/// A checksum the fetched bytes must have, and whether the caller may be told it: one read
+/// from a checksum file is what the server fetched, which only administrators are shown.
+struct Expected {
+    checksum: Checksum,
+    from_checksum_file: bool,
+}
+
 /// The checksum the node's `instance_info` gives: `image_os_hash_algo` and
 /// `image_os_hash_value`, else `image_checksum` (MD5 when bare, as Ironic reads it; a digest
-/// of another length, or `ALGORITHM:HEX`, names its algorithm; a URL names a checksum file).
+/// of another length, or `ALGORITHM:HEX`, names its algorithm; a URL names a checksum file,
+/// which is fetched: a checksum file that cannot be read fails the operation like the image
+/// itself would).
 async fn expected_checksum(
     state: &ApiState,
     caller: &AuthContext,
     instance_info: &Map<String, Value>,
-    url: &str,
-) -> IronicResult<Option<Checksum>> {
+    source: &Source,
+) -> IronicResult<Prepared<Option<Expected>>> {
     let text = |key: &str| instance_info.get(key).and_then(Value::as_str).map(str::trim).filter(|text| !text.is_empty());
-    let parse = |field: &str, text: &str| {
-        text.parse::<Checksum>().map_err(|message| IronicError::invalid(format!("instance_info.{field}: {message}")))
+    let given = |field: &str, text: &str| match text.parse::<Checksum>() {
+        Ok(checksum) => Ok(Prepared::Ready(Some(Expected { checksum, from_checksum_file: false }))),
+        Err(message) => Err(IronicError::invalid(format!("instance_info.{field}: {message}"))),
     };
     match (text("image_os_hash_algo"), text("image_os_hash_value")) {
-        (Some(algorithm), Some(value)) => return parse("image_os_hash_value", &format!("{algorithm}:{value}")).map(Some),
+        (Some(algorithm), Some(value)) => return given("image_os_hash_value", &format!("{algorithm}:{value}")),
         (None, None) => {}
         _ => return Err(IronicError::invalid("instance_info.image_os_hash_algo and image_os_hash_value go together")),
     }
-    let Some(checksum) = text("image_checksum") else { return Ok(None) };
-    if kiln_ironic::images::is_url(checksum) {
-        let settings = &state.images;
-        let name = url.rsplit('/').next().unwrap_or_default();
-        let found =
-            kiln_image_store::fetch::fetch_checksum(&settings.http, checksum, &settings.import_allowed_dirs, &settings.egress, name)
-                .await
-                .map_err(|error| IronicError::from(fetch_error(error, caller)))?;
-        return Ok(Some(found));
+    let Some(checksum) = text("image_checksum") else { return Ok(Prepared::Ready(None)) };
+    if !kiln_ironic::images::is_url(checksum) {
+        return given("image_checksum", checksum);
     }
-    parse("image_checksum", checksum).map(Some)
+    let settings = &state.images;
+    let found = kiln_image_store::fetch::fetch_checksum(
+        &settings.http,
+        checksum,
+        &settings.import_allowed_dirs,
+        &settings.egress,
+        &source.file_name(),
+    )
+    .await;
+    match found {
+        Ok(checksum) => Ok(Prepared::Ready(Some(Expected { checksum, from_checksum_file: true }))),
+        Err(error @ (FetchError::UnsupportedUrl { .. } | FetchError::FileNotAllowed { .. })) => {
+            Err(IronicError::invalid(format!("instance_info.image_checksum: {error}")))
+        }
+        Err(error) => Ok(Prepared::Failed(format!("image_checksum: {}", fetch_error(error, caller).message))),
+    }
 }
 
 /// Where a source's digest is kept on the artifact made from it: the stored bytes may be a
@@ -83,9 +102,9 @@ async fn cache_image(
     visibility: Visibility,
     description: String,
 ) -> IronicResult<ScopedName> {
-    let reference = NameReference::parse("image", &identity.key()).map_err(|error| IronicError::invalid(error.to_string()))?;
-    // Looked up with every right: the cache is the server's, named by the URL alone.
-    match state.store.get_image(&reference, &kiln_auth::ProjectScope::All).await {
+    // Looked up by its exact identity: the cache is the server's, named by the URL and the
+    // node's project, and a bare name must never resolve to another project's image.
+    match state.store.get_image_exact(&identity).await {
         Ok(image) => return Ok(image.scoped_name()),
         Err(kiln_db::StoreError::NotFound { .. }) => {}
         Err(error) => return Err(ApiError::from(error).into()),
@@ -125,7 +144,7 @@ struct ArtifactSource<'a> {
     image: &'a ScopedName,
     kind: ArtifactKind,
     url: &'a str,
-    expected: Option<&'a Checksum>,
+    expected: Option<&'a Expected>,
 }
 
 /// What an artifact's fetch came to.
@@ -165,7 +184,7 @@ async fn fetch_artifact(
     {
         let version = state.store.get_version(wanted.image, &VersionRef::Number(previous.version)).await?;
         let verified = version.artifact(wanted.kind).is_some_and(|artifact| match wanted.expected {
-            Some(expected) => artifact.checksums.get(&source_digest_key(expected)) == Some(&expected.hex),
+            Some(Expected { checksum: expected, .. }) => artifact.checksums.get(&source_digest_key(expected)) == Some(&expected.hex),
             None => true,
         });
         if verified {
@@ -175,7 +194,7 @@ async fn fetch_artifact(
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let spool_path = SpoolFile::path_in(settings.blobs.spool_dir(), &format!("ironic-{unique}"));
     let create_path = spool_path.clone();
-    let algorithm = wanted.expected.map(|expected| expected.algorithm);
+    let algorithm = wanted.expected.map(|expected| expected.checksum.algorithm);
     let spool = tokio::task::spawn_blocking(move || SpoolFile::create(&create_path, algorithm))
         .await
         .expect("no panic")
@@ -192,13 +211,20 @@ async fn fetch_artifact(
         Err(error) => return Ok(Prepared::Failed(fetch_error(error, caller).message)),
     };
     if let Some(expected) = wanted.expected
-        && let Err(mismatch) = digests.verify(expected)
+        && let Err(mismatch) = digests.verify(&expected.checksum)
     {
-        // The digest the server computed is what the URL answered: logged, not told.
+        // The digest the server computed is what the URL answered: logged, not told; nor is
+        // a checksum the server read from a file, but to an administrator.
         tracing::warn!(%url, %mismatch, "a source failed its checksum");
-        return Ok(Prepared::Failed(format!(
-            "Image failed to verify against checksum: {url} does not have the checksum {expected} given in instance_info"
-        )));
+        let reason = if expected.from_checksum_file && !caller.admin {
+            format!("Image failed to verify against checksum: {url} does not have the checksum its checksum file lists")
+        } else {
+            format!(
+                "Image failed to verify against checksum: {url} does not have the checksum {} given in instance_info",
+                expected.checksum
+            )
+        };
+        return Ok(Prepared::Failed(reason));
     }
     let inspection = match kiln_image_store::inspect(&head, digests.bytes) {
         Ok(inspection) => inspection,
@@ -222,7 +248,7 @@ async fn fetch_artifact(
         Err(error) => return Err(error.into()),
     };
     artifact.source_url = Some(url.to_owned());
-    if let Some(expected) = wanted.expected {
+    if let Some(Expected { checksum: expected, .. }) = wanted.expected {
         artifact.checksums.insert(source_digest_key(expected), expected.hex.clone());
     }
     // An ETag alone keeps no copy (Ironic's rule), so only Last-Modified is recorded.
@@ -242,15 +268,20 @@ pub(super) async fn prepare_instance_image(
         Prepared::Ready(source) => source,
         Prepared::Failed(reason) => return Ok(Prepared::Failed(reason)),
     };
-    let expected = match expected_checksum(state, caller, instance_info, url).await? {
-        Some(expected) => Some(expected),
-        None if matches!(source, Source::Http(_)) => {
+    // A file needs no checksum from an administrator, who may read the allowed directories
+    // anyway; anyone else names the bytes they want, so that a project member cannot copy
+    // whatever file lies there into their project.
+    let expected = match expected_checksum(state, caller, instance_info, &source).await? {
+        Prepared::Ready(Some(expected)) => Some(expected),
+        Prepared::Ready(None) if matches!(source, Source::File(_)) && caller.admin => None,
+        Prepared::Ready(None) => {
+            let kind = if matches!(source, Source::Http(_)) { "an HTTP(S)" } else { "a file" };
             return Err(IronicError::invalid(format!(
-                "Node {} has an HTTP(S) image_source and no checksum: set instance_info.image_checksum (or image_os_hash_algo and image_os_hash_value)",
+                "Node {} has {kind} image_source and no checksum: set instance_info.image_checksum (or image_os_hash_algo and image_os_hash_value)",
                 node.name
             )));
         }
-        None => None,
+        Prepared::Failed(reason) => return Ok(Prepared::Failed(reason)),
     };
     let identity = ScopedName::new(node.project.as_deref(), &instance_image_name(url));
     let image = cache_image(state, caller, identity, Visibility::Private, format!("fetched for the Ironic API from {url}")).await?;
