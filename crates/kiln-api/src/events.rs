@@ -24,6 +24,8 @@ pub(crate) struct EventQuery {
     kind: Option<String>,
     /// The name of the resource.
     target: Option<String>,
+    /// `newest`: the most recent events first, rather than the oldest after `after`.
+    order: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery),
@@ -42,6 +44,11 @@ pub(crate) async fn list_events(
         target: query.target,
         after: query.after,
         limit: crate::extract::page_limit(query.limit)?,
+        newest_first: match query.order.as_deref() {
+            None | Some("oldest") => false,
+            Some("newest") => true,
+            Some(other) => return Err(crate::error::ApiError::invalid(format!("order: '{other}' is neither 'oldest' nor 'newest'"))),
+        },
     };
     Ok(Json(state.store.list_events(&filter).await?))
 }

@@ -24,6 +24,7 @@ pub mod provision;
 pub mod routes;
 mod tenancy;
 mod uploads;
+pub mod web;
 
 pub use body::{BodyLimits, FieldLimits};
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct ApiState {
     pub leases: Option<Arc<dyn kiln_types::lease::LeaseLookup>>,
     /// How the Ironic-compatible API is reached.
     pub ironic: ironic::IronicSettings,
+    /// How the web console keeps sessions.
+    pub web: web::WebSettings,
 }
 
 impl ApiState {
@@ -80,6 +83,7 @@ impl ApiState {
             field_limits: body::FieldLimits::default(),
             leases: None,
             ironic: ironic::IronicSettings::default(),
+            web: web::WebSettings::default(),
         }
     }
 

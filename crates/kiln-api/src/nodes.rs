@@ -27,6 +27,8 @@ pub(crate) struct NodeListQuery {
     project: Option<String>,
     /// Only the node with an interface of this MAC.
     mac: Option<String>,
+    /// Only nodes whose name, xname or a MAC contains this text, case aside.
+    search: Option<String>,
     /// The `next` of the previous page.
     after: Option<String>,
     /// At most this many nodes (default 100, at most 1000).
@@ -51,6 +53,7 @@ pub(crate) async fn list_nodes(
         });
     }
     filter.project = query.project;
+    filter.search = query.search.filter(|text| !text.trim().is_empty()).map(|text| text.trim().to_owned());
     filter.after = query.after;
     filter.limit = crate::extract::page_limit(query.limit)?;
     filter.state = query.state.map(|text| text.parse::<ProvisionState>()).transpose().map_err(ApiError::invalid)?;

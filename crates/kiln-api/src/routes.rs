@@ -42,9 +42,14 @@ pub const UNDOCUMENTED_MOUNTS: [(&str, &str); 2] = [
 pub const COMPATIBLE_APIS: [(&str, &str); 1] =
     [(crate::ironic::IRONIC_PREFIX, "OpenStack Ironic's v1 API, as Ironic's API reference documents it")];
 
-/// The routes of [`COMPATIBLE_APIS`], which the API listener serves beside the table's.
+/// Pages for people rather than an API: the web console, whose pages call the documented
+/// handlers and are described by the handlers they call.
+pub const PAGES: (&str, &str) = (crate::web::WEB_CONSOLE_PREFIX, "the web console's HTML pages, which call the documented handlers");
+
+/// The routes of [`COMPATIBLE_APIS`] and [`PAGES`], which the API listener serves beside the
+/// table's.
 pub fn compatible_apis() -> axum::Router<ApiState> {
-    crate::ironic::router()
+    crate::ironic::router().merge(crate::web::router())
 }
 
 /// Where the boot listener's file mounts read from.

@@ -14,6 +14,8 @@ pub struct EventFilter {
     /// Only events with an id greater than this.
     pub after: Option<i64>,
     pub limit: u32,
+    /// The newest first (the most recent `limit`), rather than the oldest after `after`.
+    pub newest_first: bool,
 }
 
 pub(crate) struct NewEvent<'a> {
@@ -98,7 +100,8 @@ impl Store {
             sql.push_str(&format!(" AND project IN ({})", crate::placeholders(text_binds.len() + 2, projects.len())));
             text_binds.extend(projects.iter().cloned());
         }
-        sql.push_str(&format!(" ORDER BY id LIMIT {}", filter.limit.clamp(1, crate::MAX_PAGE_SIZE)));
+        let order = if filter.newest_first { "DESC" } else { "ASC" };
+        sql.push_str(&format!(" ORDER BY id {order} LIMIT {}", filter.limit.clamp(1, crate::MAX_PAGE_SIZE)));
         let mut query = sqlx::query(&sql).bind(filter.after.unwrap_or(0));
         for value in &text_binds {
             query = query.bind(value.as_str());

@@ -179,12 +179,14 @@ impl InventoryView {
         };
         let mut items = Vec::with_capacity(limit.min(self.by_name.len()));
         let mut next = None;
+        let search = filter.search.as_ref().map(|text| text.to_lowercase());
         let matching = self.by_name.range((start, std::ops::Bound::Unbounded)).map(|(_, node)| node).filter(|node| {
             crate::nodes_visible(&filter.scope, node.project.as_deref())
                 && filter.project.as_ref().is_none_or(|project| node.project.as_ref() == Some(project))
                 && filter.state.is_none_or(|state| node.provision_state == state)
                 && filter.group.as_ref().is_none_or(|group| node.groups.contains(group))
                 && filter.mac.is_none_or(|mac| node.interfaces.iter().any(|interface| interface.mac_addr == mac))
+                && search.as_ref().is_none_or(|text| node_matches_search(node, text))
         });
         for node in matching {
             if items.len() == limit {
@@ -195,6 +197,13 @@ impl InventoryView {
         }
         Page { items, next }
     }
+}
+
+/// Whether `lowercase_text` is in the node's name, xname or one of its MACs, case aside.
+fn node_matches_search(node: &Node, lowercase_text: &str) -> bool {
+    node.name.to_lowercase().contains(lowercase_text)
+        || node.xname.as_ref().is_some_and(|xname| xname.to_lowercase().contains(lowercase_text))
+        || node.interfaces.iter().any(|interface| interface.mac_addr.to_string().contains(lowercase_text))
 }
 
 /// The live inventory of one replica: the current view and the means to refresh it.

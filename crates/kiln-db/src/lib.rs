@@ -21,6 +21,7 @@ mod power;
 mod provision;
 mod resolve;
 mod tenancy;
+mod web_sessions;
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub use passwords::{PasswordAttempt, PasswordLogin};
 pub use power::PowerRead;
 pub use provision::ProvisionWork;
 pub use tenancy::TokenIdentity;
+pub use web_sessions::SessionIdentity;
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,6 +70,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 10, name: "deploy_image_keys", sql: Sql::Common(include_str!("../migrations/common/0010_deploy_image_keys.sql")) },
     Migration { version: 11, name: "ironic_nodes", sql: Sql::Common(include_str!("../migrations/common/0011_ironic_nodes.sql")) },
     Migration { version: 12, name: "user_passwords", sql: Sql::Common(include_str!("../migrations/common/0012_user_passwords.sql")) },
+    Migration { version: 13, name: "web_sessions", sql: Sql::Common(include_str!("../migrations/common/0013_web_sessions.sql")) },
 ];
 
 impl Store {

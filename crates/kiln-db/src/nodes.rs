@@ -23,6 +23,8 @@ pub struct NodeFilter {
     pub state: Option<ProvisionState>,
     pub project: Option<String>,
     pub mac: Option<MacAddress>,
+    /// Only nodes whose name, xname or a MAC contains this text, case aside.
+    pub search: Option<String>,
     /// Names greater than this (the `next` of the previous page).
     pub after: Option<String>,
     pub limit: u32,
@@ -30,7 +32,7 @@ pub struct NodeFilter {
 
 impl NodeFilter {
     pub fn new(scope: ProjectScope) -> Self {
-        NodeFilter { scope, group: None, state: None, project: None, mac: None, after: None, limit: 100 }
+        NodeFilter { scope, group: None, state: None, project: None, mac: None, search: None, after: None, limit: 100 }
     }
 }
 
@@ -318,6 +320,14 @@ impl Store {
         }
         if let Some(mac) = &filter.mac {
             conditions.push(format!("id IN (SELECT node_id FROM interfaces WHERE mac = {})", bind(mac.to_string(), &mut binds)));
+        }
+        if let Some(search) = &filter.search {
+            let escaped = search.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            let pattern = bind(format!("%{escaped}%"), &mut binds);
+            conditions.push(format!(
+                "(LOWER(name) LIKE {pattern} ESCAPE '\\' OR LOWER(COALESCE(xname, '')) LIKE {pattern} ESCAPE '\\' \
+                 OR id IN (SELECT node_id FROM interfaces WHERE LOWER(mac) LIKE {pattern} ESCAPE '\\'))"
+            ));
         }
         if let Some(after) = &filter.after {
             conditions.push(format!("name > {}", bind(after.clone(), &mut binds)));

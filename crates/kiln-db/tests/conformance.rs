@@ -78,6 +78,7 @@ conformance!(
     scopes_hide_other_projects,
     allocation_moves_nodes_between_projects,
     tokens_resolve_expire_and_revoke,
+    web_sessions_live_until_they_end_or_expire,
     bootstrap_creates_one_admin,
     groups_respect_project_ownership,
     events_record_changes,
@@ -224,6 +225,10 @@ async fn listing_filters_and_pages(store: Store) {
     assert_eq!(store.list_nodes(&compute).await.unwrap().items.len(), 5);
     let mac: MacAddress = "52:54:00:be:ef:03".parse().unwrap();
     assert_eq!(names(store.list_nodes(&NodeFilter { mac: Some(mac), ..all.clone() }).await.unwrap()), ["node03"]);
+    let search = |text: &str| NodeFilter { search: Some(text.to_owned()), ..all.clone() };
+    assert_eq!(names(store.list_nodes(&search("BE:EF:03")).await.unwrap()), ["node03"], "a search finds a MAC, case aside");
+    assert_eq!(names(store.list_nodes(&search("NODE0")).await.unwrap()).len(), 5, "and names");
+    assert!(store.list_nodes(&search("%")).await.unwrap().items.is_empty(), "a search's % is only a percent sign");
     let state = NodeFilter { state: Some(ProvisionState::Active), ..all.clone() };
     assert!(store.list_nodes(&state).await.unwrap().items.is_empty());
     let mut page = store.list_nodes(&NodeFilter { limit: 4, ..all.clone() }).await.unwrap();
@@ -290,6 +295,27 @@ async fn tokens_resolve_expire_and_revoke(store: Store) {
     assert_eq!(store.list_tokens(Some("alice")).await.unwrap().len(), 2);
     store.delete_user("admin", "alice").await.unwrap();
     assert!(store.identify_token("hash-3").await.unwrap().is_none(), "a deleted user's tokens go with them");
+}
+
+async fn web_sessions_live_until_they_end_or_expire(store: Store) {
+    use std::time::Duration;
+    store.create_project("admin", "a", "").await.unwrap();
+    store.create_user("admin", "alice", false).await.unwrap();
+    store.set_membership("admin", "a", "alice", ProjectRole::Member).await.unwrap();
+    store.create_web_session("alice", "live", Duration::from_secs(3600)).await.unwrap();
+    store.create_web_session("alice", "short", Duration::from_millis(1)).await.unwrap();
+    let identity = store.identify_web_session("live").await.unwrap().expect("a live session");
+    assert_eq!(identity.user, "alice");
+    assert!(!identity.admin);
+    assert_eq!(identity.memberships.get("a"), Some(&ProjectRole::Member));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(store.identify_web_session("short").await.unwrap().is_none(), "an expired session is not found");
+    assert!(store.identify_web_session("unknown").await.unwrap().is_none());
+    store.end_web_session("live").await.unwrap();
+    assert!(store.identify_web_session("live").await.unwrap().is_none(), "a session signed out is not found");
+    store.create_web_session("alice", "again", Duration::from_secs(3600)).await.unwrap();
+    store.delete_user("admin", "alice").await.unwrap();
+    assert!(store.identify_web_session("again").await.unwrap().is_none(), "a deleted user's sessions go with them");
 }
 
 async fn bootstrap_creates_one_admin(store: Store) {
@@ -380,6 +406,9 @@ async fn events_record_changes(store: Store) {
     assert!(!all.contains("\"pw\""), "events never hold secrets");
     let later = store.list_events(&kiln_db::EventFilter { after: Some(events[1].id), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(later.len(), 1);
+    let newest = kiln_db::EventFilter { projects: Some(vec!["a".into()]), limit: 2, newest_first: true, ..Default::default() };
+    let newest: Vec<_> = store.list_events(&newest).await.unwrap().into_iter().map(|event| event.action).collect();
+    assert_eq!(newest, ["node.update", "node.create"], "the most recent first");
 }
 
 async fn inventory_follows_changes_made_by_another_replica(store: Store, other: Store) {
@@ -410,6 +439,8 @@ async fn inventory_follows_changes_made_by_another_replica(store: Store, other: 
     assert_eq!(view.get("node03").unwrap().groups, ["compute", "gpu"]);
     let gpu = NodeFilter { group: Some("gpu".into()), ..NodeFilter::new(ProjectScope::All) };
     assert_eq!(view.list(&gpu).items.len(), 1);
+    let searched = NodeFilter { search: Some("DE03".into()), ..NodeFilter::new(ProjectScope::All) };
+    assert_eq!(view.list(&searched), store.list_nodes(&searched).await.unwrap(), "a search finds in memory what the store finds");
 
     // The view lists exactly what the store lists, page by page.
     let mut filter = NodeFilter { limit: 2, ..NodeFilter::new(ProjectScope::All) };

@@ -49,6 +49,16 @@ pub struct ServerConfigLayer {
     pub provisioning: Option<ProvisioningLayer>,
     /// The Ironic-compatible API (`/ironic` on the API listener).
     pub ironic: Option<IronicLayer>,
+    /// The web console (`/ui/` on the API listener).
+    pub web: Option<WebLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebLayer {
+    /// How long a console session lasts from sign-in, 10 to 2592000 (30 days)
+    /// [default: 28800, 8 hours]
+    pub session_lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +266,7 @@ impl ServerConfigLayer {
             bmc: over.bmc.or(self.bmc),
             provisioning: over.provisioning.or(self.provisioning),
             ironic: over.ironic.or(self.ironic),
+            web: over.web.or(self.web),
             images: match (self.images, over.images) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
                 (base, over) => over.or(base),
@@ -434,6 +445,8 @@ pub struct ServerConfig {
     pub provisioning: ProvisioningConfig,
     /// Whether the Ironic-compatible API answers requests without a token (a lab's `noauth`).
     pub ironic_noauth: bool,
+    /// How long a web console session lasts.
+    pub web_session_lifetime_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -738,6 +751,13 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             }),
         };
         let provisioning = provisioning_config(layer.provisioning.unwrap_or_default(), bmc.timeout_seconds.unwrap_or(10))?;
+        let web_session_lifetime_seconds = layer.web.and_then(|web| web.session_lifetime_seconds).unwrap_or(8 * 3600);
+        if !(10..=30 * 86_400).contains(&web_session_lifetime_seconds) {
+            return Err(ConfigError::Invalid {
+                setting: "web.session_lifetime_seconds",
+                message: format!("{web_session_lifetime_seconds} is not between 10 and 2592000 (30 days)"),
+            });
+        }
         Ok(ServerConfig {
             data_dir,
             listen,
@@ -756,6 +776,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             power_sync,
             provisioning,
             ironic_noauth: layer.ironic.and_then(|ironic| ironic.noauth).unwrap_or(false),
+            web_session_lifetime_seconds,
         })
     }
 }

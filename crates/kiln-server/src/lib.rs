@@ -186,17 +186,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let boot = boot_settings(&config, &boot_url, &api_url);
     let (dhcp, tftp) = start_udp_services(&config, &store, &inventory, &boot_url).await?;
     let images = image_settings(&config)?;
-    let cloud_init = kiln_api::cloud_init::CloudInitSettings {
-        trusted_proxies: config.cloud_init.trusted_proxies.clone(),
-        impersonation: config.cloud_init.impersonation,
-    };
-    let mut state = ApiState::new(store.clone(), inventory.clone(), boot, images, cloud_init);
-    state.field_limits = kiln_api::FieldLimits { max_field_bytes: config.max_field_bytes };
-    state.leases = dhcp.as_ref().map(kiln_dhcp::DhcpHandle::lease_lookup);
-    state.ironic = kiln_api::ironic::IronicSettings { noauth: config.ironic_noauth };
-    if config.ironic_noauth {
-        tracing::warn!("the Ironic-compatible API answers requests without a token as an administrator ([ironic] noauth): for a lab only");
-    }
+    let state = api_state(&config, &store, &inventory, boot, images, dhcp.as_ref());
     let reconciler =
         kiln_lifecycle::start(store.clone(), inventory, config.provisioning.reconciler_settings(), state.provisioning_wake.clone());
     let boot_service = match boot_listener {
@@ -255,6 +245,34 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     });
     tracing::info!(address = %local_addr, public_url = %config.public_url, database = %kiln_db::redact_url(&config.database_url), "kiln is serving");
     Ok(ServerHandle { local_addr, boot_addr, admin_token_file, shutdown, task: Some(task) })
+}
+
+/// What every handler shares, from the configuration and the services started so far.
+fn api_state(
+    config: &ServerConfig,
+    store: &Store,
+    inventory: &Arc<kiln_db::Inventory>,
+    boot: kiln_api::boot::BootSettings,
+    images: kiln_api::images::ImageSettings,
+    dhcp: Option<&kiln_dhcp::DhcpHandle>,
+) -> ApiState {
+    let cloud_init = kiln_api::cloud_init::CloudInitSettings {
+        trusted_proxies: config.cloud_init.trusted_proxies.clone(),
+        impersonation: config.cloud_init.impersonation,
+    };
+    let mut state = ApiState::new(store.clone(), inventory.clone(), boot, images, cloud_init);
+    state.field_limits = kiln_api::FieldLimits { max_field_bytes: config.max_field_bytes };
+    state.leases = dhcp.map(kiln_dhcp::DhcpHandle::lease_lookup);
+    state.ironic = kiln_api::ironic::IronicSettings { noauth: config.ironic_noauth };
+    state.web = kiln_api::web::WebSettings {
+        session_lifetime: std::time::Duration::from_secs(config.web_session_lifetime_seconds),
+        // Browsers reach the console at the public URL: over HTTPS, cookies go only over HTTPS.
+        secure_cookies: config.public_url.starts_with("https://"),
+    };
+    if config.ironic_noauth {
+        tracing::warn!("the Ironic-compatible API answers requests without a token as an administrator ([ironic] noauth): for a lab only");
+    }
+    state
 }
 
 /// DHCP and TFTP, where configured: machines are pointed at `boot_url`.

@@ -69,6 +69,16 @@ impl ProvisionState {
             Self::Capturing => "capturing",
         }
     }
+
+    /// A state an operation ended in by failing.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::InspectFailed | Self::DeployFailed | Self::CleanFailed)
+    }
+
+    /// A state an operation passes through, rather than one a node rests in.
+    pub fn is_transitional(self) -> bool {
+        matches!(self, Self::Inspecting | Self::Deploying | Self::WaitAgent | Self::Undeploying | Self::Cleaning | Self::Capturing)
+    }
 }
 
 impl FromStr for ProvisionState {

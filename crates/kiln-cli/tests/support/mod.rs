@@ -2,6 +2,9 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+pub(crate) mod console;
+pub(crate) mod webdriver;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

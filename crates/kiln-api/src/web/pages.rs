@@ -1,0 +1,358 @@
+//! The console's pages and actions: each one calls the `/v1` handler a client would, with the
+//! signed-in person as the caller, and renders or redirects on what it answers.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Redirect, Response};
+use kiln_types::ProvisionState;
+use kiln_web::{Frame, Page};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::session::{CsrfForm, Signed};
+use super::{page_response, problem};
+use crate::ApiState;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, QueryParams};
+
+/// How many nodes the overview lists as busy or failed, and how many events pages show.
+const OVERVIEW_LIST: usize = 20;
+const EVENTS_SHOWN: u32 = 25;
+
+fn frame(signed: &Signed) -> Frame {
+    Frame { user: Some(signed.caller.user.clone()), admin: signed.caller.admin, csrf: signed.csrf().to_owned(), notice: None, error: None }
+}
+
+/// The API's refusal as a page, in the API's words: a 404 stays a 404, so another project's
+/// node looks exactly like a missing one here too.
+fn refused(signed: &Signed, error: ApiError) -> Response {
+    let title = match error.status {
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::FORBIDDEN => "Not allowed",
+        StatusCode::CONFLICT => "Not now",
+        status if status.is_client_error() => "Not accepted",
+        _ => "Something failed",
+    };
+    let page = Page::Problem { title: title.to_owned(), message: error.message };
+    page_response(error.status, &frame(signed), &page)
+}
+
+/// A query or body for an API handler, made from the console's own values, as a client
+/// would send them.
+fn api_input<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(value).map_err(|error| ApiError::invalid(error.to_string()))
+}
+
+/// `GET /ui/`: nodes by state, what is under way, what failed, recent events.
+pub(crate) async fn overview(State(state): State<ApiState>, signed: Signed) -> Response {
+    let view = state.inventory.view();
+    let scope = signed.caller.read_scope();
+    let mut counts: HashMap<ProvisionState, usize> = HashMap::new();
+    let (mut busy, mut failed) = (Vec::new(), Vec::new());
+    let mut total = 0;
+    for node in view.visible_nodes(&scope) {
+        total += 1;
+        *counts.entry(node.provision_state).or_default() += 1;
+        if node.provision_state.is_failure() && failed.len() < OVERVIEW_LIST {
+            failed.push(kiln_types::node::Node::clone(node));
+        } else if node.provision_state.is_transitional() && busy.len() < OVERVIEW_LIST {
+            busy.push(kiln_types::node::Node::clone(node));
+        }
+    }
+    let states = ProvisionState::ALL
+        .into_iter()
+        .filter_map(|state| counts.get(&state).map(|&count| kiln_web::pages::StateCount { state, count }))
+        .collect();
+    let events = match recent_events(&state, &signed, None).await {
+        Ok(events) => events,
+        Err(error) => return refused(&signed, error),
+    };
+    page_response(StatusCode::OK, &frame(&signed), &Page::Overview { states, total, busy, failed, events })
+}
+
+async fn recent_events(state: &ApiState, signed: &Signed, node: Option<&str>) -> Result<Vec<kiln_types::api::Event>, ApiError> {
+    let mut query = serde_json::json!({"limit": EVENTS_SHOWN, "order": "newest"});
+    if let Some(node) = node {
+        query["kind"] = "node".into();
+        query["target"] = node.into();
+    }
+    let Json(events) = crate::events::list_events(State(state.clone()), signed.caller(), QueryParams(api_input(query)?)).await?;
+    Ok(events)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NodesQuery {
+    #[serde(default)]
+    search: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    after: String,
+}
+
+/// `GET /ui/nodes`: `GET /v1/nodes` with the form's filters, a page of 100.
+pub(crate) async fn nodes(State(state): State<ApiState>, signed: Signed, QueryParams(query): QueryParams<NodesQuery>) -> Response {
+    let mut api_query = serde_json::Map::new();
+    for (name, value) in [("search", &query.search), ("state", &query.state), ("group", &query.group), ("project", &query.project)] {
+        if !value.trim().is_empty() {
+            api_query.insert(name.to_owned(), value.trim().into());
+        }
+    }
+    let filters = api_query.clone();
+    if !query.after.is_empty() {
+        api_query.insert("after".to_owned(), query.after.clone().into());
+    }
+    let listed = match api_input(api_query.into()) {
+        Ok(api_query) => crate::nodes::list_nodes(State(state.clone()), signed.caller(), QueryParams(api_query)).await,
+        Err(error) => Err(error),
+    };
+    let filter = kiln_web::pages::NodeFilterView {
+        search: query.search.clone(),
+        state: query.state.clone(),
+        group: query.group.clone(),
+        project: query.project.clone(),
+    };
+    let (nodes, next, error) = match listed {
+        Ok(Json(page)) => (page.items, page.next, None),
+        Err(error) => (Vec::new(), None, Some(error.message)),
+    };
+    let href = |after: Option<&str>| {
+        let mut pairs: Vec<(String, String)> =
+            filters.iter().map(|(name, value)| (name.clone(), value.as_str().unwrap_or_default().to_owned())).collect();
+        if let Some(after) = after {
+            pairs.push(("after".to_owned(), after.to_owned()));
+        }
+        let query: Vec<String> = pairs.iter().map(|(name, value)| format!("{name}={}", query_encode(value))).collect();
+        if query.is_empty() { "/ui/nodes".to_owned() } else { format!("/ui/nodes?{}", query.join("&")) }
+    };
+    let page = Page::Nodes {
+        nodes,
+        filter,
+        next_href: next.as_deref().map(|next| href(Some(next))),
+        first_href: (!query.after.is_empty()).then(|| href(None)),
+    };
+    let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    page_response(status, &Frame { error, ..frame(&signed) }, &page)
+}
+
+fn query_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(byte).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// `GET /ui/nodes/{node}`: the node, its provisioning status, its events, and what may be
+/// done to it.
+pub(crate) async fn node(State(state): State<ApiState>, signed: Signed, Path(key): Path<String>) -> Response {
+    let loaded = async {
+        let Json(node) = crate::nodes::get_node(State(state.clone()), signed.caller(), Path(key.clone())).await?;
+        let Json(status) = crate::provision::status(State(state.clone()), signed.caller(), Path(node.name.clone())).await?;
+        let events = recent_events(&state, &signed, Some(&node.name)).await?;
+        let Json(images) = crate::images::list_images(State(state.clone()), signed.caller()).await?;
+        Ok::<_, ApiError>((node, status, events, images))
+    };
+    match loaded.await {
+        Ok((node, status, events, images)) => {
+            let can_operate = signed.caller.can_write(node.project.as_deref());
+            let images = images.iter().map(|image| image.scoped_name().to_string()).collect();
+            page_response(
+                StatusCode::OK,
+                &frame(&signed),
+                &Page::Node { node: Box::new(node), status: Box::new(status), events, images, can_operate },
+            )
+        }
+        Err(error) => refused(&signed, error),
+    }
+}
+
+/// After an action: back to the node's page, or the API's refusal.
+fn back_to_node<T>(signed: &Signed, key: &str, result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(_) => Redirect::to(&format!("/ui/nodes/{}", query_encode(key))).into_response(),
+        Err(error) => refused(signed, error),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PowerForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+}
+
+/// `POST /ui/nodes/{node}/power`: `POST /v1/nodes/{node}/power`.
+pub(crate) async fn power(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(key): Path<String>,
+    axum::Form(form): axum::Form<PowerForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let result = match api_input(serde_json::json!({"action": form.action})) {
+        Ok(request) => crate::power::set_power(State(state), signed.caller(), Path(key.clone()), JsonBody(request)).await,
+        Err(error) => Err(error),
+    };
+    back_to_node(&signed, &key, result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct DeployForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    version: String,
+}
+
+/// `POST /ui/nodes/{node}/deploy`: `POST /v1/nodes/{node}/deploy` with `IMAGE[:VERSION]`.
+pub(crate) async fn deploy(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(key): Path<String>,
+    axum::Form(form): axum::Form<DeployForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let image = match form.version.trim() {
+        "" => form.image.trim().to_owned(),
+        version => format!("{}:{version}", form.image.trim()),
+    };
+    let result = match api_input(serde_json::json!({"image": image})) {
+        Ok(request) => crate::provision::deploy(State(state), signed.caller(), Path(key.clone()), JsonBody(request)).await,
+        Err(error) => Err(error),
+    };
+    back_to_node(&signed, &key, result)
+}
+
+/// `POST /ui/nodes/{node}/{action}`: the provisioning request of that name.
+pub(crate) async fn provision_action(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path((key, action)): Path<(String, String)>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let (state, caller, path) = (State(state), signed.caller(), Path(key.clone()));
+    let result = match action.as_str() {
+        "manage" => crate::provision::manage(state, caller, path).await,
+        "provide" => crate::provision::provide(state, caller, path).await,
+        "inspect" => crate::provision::inspect(state, caller, path).await,
+        "undeploy" => crate::provision::undeploy(state, caller, path).await,
+        "abort" => crate::provision::abort(state, caller, path).await,
+        "clean" => crate::provision::clean(state, caller, path, JsonBody(crate::provision::CleanRequest::default())).await,
+        _ => return problem(StatusCode::NOT_FOUND, "Not found", &format!("There is no action '{action}'.")),
+    };
+    back_to_node(&signed, &key, result)
+}
+
+/// `GET /ui/images`.
+pub(crate) async fn images(State(state): State<ApiState>, signed: Signed) -> Response {
+    match crate::images::list_images(State(state), signed.caller()).await {
+        Ok(Json(images)) => page_response(StatusCode::OK, &frame(&signed), &Page::Images { images }),
+        Err(error) => refused(&signed, error),
+    }
+}
+
+/// `GET /ui/images/{image}`: the image and its versions' artifacts.
+pub(crate) async fn image(State(state): State<ApiState>, signed: Signed, Path(reference): Path<String>) -> Response {
+    let loaded = async {
+        let Json(image) = crate::images::get_image(State(state.clone()), signed.caller(), Path(reference.clone())).await?;
+        let Json(versions) = crate::images::list_versions(State(state.clone()), signed.caller(), Path(reference.clone())).await?;
+        Ok::<_, ApiError>((image, versions))
+    };
+    match loaded.await {
+        Ok((image, versions)) => page_response(StatusCode::OK, &frame(&signed), &Page::Image { image, versions }),
+        Err(error) => refused(&signed, error),
+    }
+}
+
+/// `GET /ui/tokens`: the person's own API tokens.
+pub(crate) async fn tokens(State(state): State<ApiState>, signed: Signed) -> Response {
+    tokens_page(&state, &signed, None, StatusCode::OK, None).await
+}
+
+async fn tokens_page(
+    state: &ApiState,
+    signed: &Signed,
+    created: Option<kiln_types::api::CreatedToken>,
+    status: StatusCode,
+    error: Option<String>,
+) -> Response {
+    let query = match api_input(serde_json::json!({"user": signed.caller.user})) {
+        Ok(query) => query,
+        Err(error) => return refused(signed, error),
+    };
+    match crate::tenancy::list_tokens(State(state.clone()), signed.caller(), QueryParams(query)).await {
+        Ok(Json(tokens)) => page_response(status, &Frame { error, ..frame(signed) }, &Page::Tokens { tokens, created }),
+        Err(error) => refused(signed, error),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct TokenForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    expires_in_days: String,
+}
+
+/// `POST /ui/tokens`: `POST /v1/tokens` for the person; the secret is shown once.
+pub(crate) async fn create_token(State(state): State<ApiState>, signed: Signed, axum::Form(form): axum::Form<TokenForm>) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let expires_in_seconds = match form.expires_in_days.trim() {
+        "" => None,
+        days => match days.parse::<u64>() {
+            Ok(days) if days > 0 => Some(days.saturating_mul(86_400)),
+            _ => {
+                let message = format!("Expires after: '{days}' is not a whole number of days above 0");
+                return tokens_page(&state, &signed, None, StatusCode::BAD_REQUEST, Some(message)).await;
+            }
+        },
+    };
+    let input = serde_json::json!({"name": form.name.trim(), "expires_in_seconds": expires_in_seconds});
+    let created = match api_input(input) {
+        Ok(input) => crate::tenancy::create_token(State(state.clone()), signed.caller(), JsonBody(input)).await,
+        Err(error) => Err(error),
+    };
+    match created {
+        Ok((_, Json(created))) => tokens_page(&state, &signed, Some(created), StatusCode::CREATED, None).await,
+        Err(error) => tokens_page(&state, &signed, None, error.status, Some(error.message)).await,
+    }
+}
+
+/// `POST /ui/tokens/{token}/revoke`: `DELETE /v1/tokens/{token}`.
+pub(crate) async fn revoke_token(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    match crate::tenancy::revoke_token(State(state), signed.caller(), Path(id)).await {
+        Ok(_) => Redirect::to("/ui/tokens").into_response(),
+        Err(error) => refused(&signed, error),
+    }
+}

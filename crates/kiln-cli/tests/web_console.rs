@@ -1,0 +1,139 @@
+//! The web console over real HTTP against `kiln serve`: signing in and out, sessions and
+//! their CSRF tokens, lockout, tenancy exactly as the API's, secrets never shown, actions
+//! that reach the lifecycle, and API tokens made in the console that the CLI then uses.
+
+mod support;
+
+use support::console::{Browser, Site};
+use support::{kiln, ok};
+
+#[test]
+fn a_member_signs_in_sees_only_their_project_acts_through_the_api_and_signs_out() {
+    let site = Site::start("");
+    let mut alice = Browser::new(&site.server);
+
+    // `/` leads to the console, and the console to its sign-in page.
+    assert_eq!(alice.get("/").header("location"), Some("/ui/"));
+    let away = alice.get("/ui/nodes?state=enroll");
+    assert_eq!(away.status, 303);
+    assert_eq!(away.header("location"), Some("/ui/sign-in?next=/ui/nodes%3Fstate%3Denroll"));
+
+    // A wrong password is refused with the API's one answer; the right one starts a session
+    // in a cookie scripts cannot read and other sites cannot send.
+    let wrong = alice.sign_in("alice", "not-her-password");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("invalid user name or password"), "{}", wrong.body);
+    let signed_in = alice.sign_in("alice", "alice-long-password");
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    assert_eq!(signed_in.header("location"), Some("/ui/nodes"));
+    let session_cookie = signed_in.headers.iter().find(|(name, value)| name == "set-cookie" && value.starts_with("kiln_session=")).unwrap();
+    assert!(session_cookie.1.contains("HttpOnly") && session_cookie.1.contains("SameSite=Strict"), "{}", session_cookie.1);
+
+    // Tenancy is the API's: alice's node is listed and shown, bob's is a 404 like a missing one.
+    let nodes = alice.get("/ui/nodes");
+    assert_eq!(nodes.status, 200);
+    assert!(nodes.body.contains("alpha-node") && !nodes.body.contains("beta-node"));
+    assert!(nodes.header("content-security-policy").unwrap().contains("default-src 'none'"));
+    assert_eq!(alice.get("/ui/nodes/beta-node").status, 404);
+    assert_eq!(alice.get("/ui/nodes/no-such-node").status, 404);
+    assert!(alice.get("/ui/nodes?search=AA:00:01").body.contains("alpha-node"), "search by MAC");
+    assert!(!alice.get("/ui/nodes?search=zzz").body.contains("alpha-node"));
+    let page = alice.get("/ui/nodes/alpha-node");
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("calvin-bmc-secret") && !page.body.contains("******"), "no BMC password, not even masked");
+    assert!(page.body.contains("password set (hidden)"));
+    let overview = alice.get("/ui/");
+    assert!(overview.body.contains("1 nodes in all"), "{}", overview.body);
+
+    // The live stream tells of alice's node and never of bob's, asked for or not.
+    let live = alice.stream_for("/ui/live?nodes=alpha-node,beta-node", std::time::Duration::from_millis(1500));
+    assert!(live.contains("text/event-stream"), "{live}");
+    assert!(live.contains("\"alpha-node\"") && !live.contains("beta-node"), "{live}");
+
+    // Actions need the session's CSRF token; with it they are the API's requests.
+    let csrf = page.csrf();
+    assert_eq!(alice.post("/ui/nodes/alpha-node/manage", &[]).status, 403, "no token");
+    assert_eq!(alice.post("/ui/nodes/alpha-node/manage", &[("csrf", "forged")]).status, 403, "a wrong token");
+    let managed = alice.post("/ui/nodes/alpha-node/manage", &[("csrf", &csrf)]);
+    assert_eq!(managed.status, 303, "{}", managed.body);
+    let status = site.kiln(&["node", "show", "alpha-node", "-F", "json"]);
+    assert!(status.contains("\"manageable\"") || status.contains("\"enroll\""), "{status}");
+    let refused = alice.post("/ui/nodes/alpha-node/undeploy", &[("csrf", &csrf)]);
+    assert_eq!(refused.status, 409, "the lifecycle's refusal, in its words: {}", refused.body);
+    assert_eq!(alice.post("/ui/nodes/beta-node/manage", &[("csrf", &csrf)]).status, 404, "another project's node");
+
+    // An API token made in the console works for the CLI, until it is revoked there.
+    let made = alice.post("/ui/tokens", &[("csrf", &csrf), ("name", "laptop"), ("expires_in_days", "30")]);
+    assert_eq!(made.status, 201, "{}", made.body);
+    let start = made.body.find(r#"id="secret" readonly value=""#).unwrap() + r#"id="secret" readonly value=""#.len();
+    let secret = made.body[start..].split('"').next().unwrap().to_owned();
+    let listed = ok(kiln(&site.server, &secret, &["node", "list"], None));
+    assert!(listed.contains("alpha-node") && !listed.contains("beta-node"), "{listed}");
+    assert_eq!(alice.post("/ui/tokens", &[("csrf", &csrf), ("name", "x"), ("expires_in_days", "soon")]).status, 400);
+    let tokens = alice.get("/ui/tokens");
+    let revoke_at = tokens.body.find("/ui/tokens/").unwrap();
+    let revoke_path = tokens.body[revoke_at..].split('"').next().unwrap().replace("&#x2f;", "/");
+    assert_eq!(alice.post(&revoke_path, &[("csrf", &csrf)]).status, 303);
+    assert!(!kiln(&site.server, &secret, &["node", "list"], None).status.success(), "a revoked token no longer works");
+
+    // Bob's session sees none of alice's, and alice's CSRF token is not his.
+    let mut bob = Browser::new(&site.server);
+    assert_eq!(bob.sign_in("bob", "bob-long-password").status, 303);
+    assert_eq!(bob.get("/ui/nodes/alpha-node").status, 404);
+    assert!(!bob.get("/ui/nodes").body.contains("alpha-node"));
+    assert_eq!(bob.post("/ui/nodes/beta-node/manage", &[("csrf", &csrf)]).status, 403);
+
+    // Signing out ends the session on the server, not only in the browser.
+    let kept = alice.cookies.clone();
+    let out = alice.post("/ui/sign-out", &[("csrf", &csrf)]);
+    assert_eq!(out.status, 303);
+    assert!(!alice.cookies.contains_key("kiln_session"));
+    alice.cookies = kept;
+    assert_eq!(alice.get("/ui/nodes").status, 303, "the old cookie leads to the sign-in page");
+    assert!(!site.server.log().contains("alice-long-password"), "the password is in no log");
+}
+
+#[test]
+fn sign_in_is_refused_without_its_form_token_after_repeated_failures_and_after_expiry() {
+    let site = Site::start("[web]\nsession_lifetime_seconds = 10\n");
+    let mut browser = Browser::new(&site.server);
+
+    // Another site's form: no sign-in cookie, or a token that is not the cookie's.
+    let forged = browser.post("/ui/sign-in", &[("csrf", "guess"), ("user", "alice"), ("password", "alice-long-password")]);
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    browser.get("/ui/sign-in");
+    let mismatched = browser.post("/ui/sign-in", &[("csrf", "guess"), ("user", "alice"), ("password", "alice-long-password")]);
+    assert_eq!(mismatched.status, 403);
+
+    // Ten wrong passwords in a row: each refused with the same answer, and then the account
+    // is locked, so that the right password is refused for a while too.
+    for _ in 0..10 {
+        let wrong = browser.sign_in("bob", "guessing-password");
+        assert_eq!(wrong.status, 401);
+        assert!(wrong.body.contains("invalid user name or password"));
+    }
+    assert_eq!(browser.sign_in("bob", "bob-long-password").status, 401, "locked after repeated failures");
+
+    // A session ends at its time, whatever the browser keeps.
+    assert_eq!(browser.sign_in("alice", "alice-long-password").status, 303);
+    assert_eq!(browser.get("/ui/nodes").status, 200);
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    assert_eq!(browser.get("/ui/nodes").status, 303, "an expired session leads to the sign-in page");
+}
+
+#[test]
+fn assets_are_built_in_and_cached_forever_and_pages_stay_light() {
+    let site = Site::start("");
+    let mut browser = Browser::new(&site.server);
+    assert_eq!(browser.sign_in("alice", "alice-long-password").status, 303);
+    let page = browser.get("/ui/nodes");
+    let stylesheet = page.body.split("href=\"").find_map(|rest| rest.split('"').next().filter(|link| link.contains(".css"))).unwrap();
+    let stylesheet = stylesheet.replace("&#x2f;", "/");
+    let css = browser.get(&stylesheet);
+    assert_eq!(css.status, 200);
+    assert!(css.header("cache-control").unwrap().contains("immutable"));
+    assert!(css.header("content-type").unwrap().starts_with("text/css"));
+    assert_eq!(browser.get("/ui/assets/console.css").status, 404);
+    assert!(page.body.len() + css.body.len() < 60_000, "a page and its stylesheet are small");
+    assert!(!page.body.contains("http://") && !page.body.contains("https://"), "nothing from another host");
+}
