@@ -108,6 +108,9 @@ pub(crate) async fn authenticate(state: &ApiState, token: &str) -> Result<AuthCo
     Ok(context)
 }
 
+/// How long a sign-in waits for a verification permit before it is turned away.
+const PASSWORD_PERMIT_WAIT: Duration = Duration::from_secs(10);
+
 /// The one answer to a failed sign-in by password, whatever failed (no such user, no
 /// password, a wrong one, an account waiting out its lockout), so that the answers do not
 /// tell which users exist or which are locked. The log says which.
@@ -133,6 +136,19 @@ pub(crate) async fn authenticate_password(state: &ApiState, user: &str, password
             return Ok(cached.context.clone());
         }
     }
+    // A permit first, waited for a bounded time: a flood of sign-ins is answered 503 before
+    // it reaches the store, rather than queueing without end.
+    let permit = match tokio::time::timeout(PASSWORD_PERMIT_WAIT, state.tokens.password_verifications.acquire()).await {
+        Ok(permit) => permit.expect("the semaphore is never closed"),
+        Err(_) => {
+            tracing::warn!("a sign-in by password was turned away: every verification permit stayed busy");
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                kiln_types::api::ErrorCode::Busy,
+                "too many sign-ins at once: try again in a moment",
+            ));
+        }
+    };
     // Counted before it is checked, so that guesses sent together are held to the lockout
     // rule too; every path verifies one hash, so that the time taken tells nothing.
     let attempt = state.store.begin_password_attempt(user, kiln_auth::lockout_after).await?;
@@ -140,7 +156,8 @@ pub(crate) async fn authenticate_password(state: &ApiState, user: &str, password
         kiln_db::PasswordAttempt::Admitted(login) => login.password_hash.clone(),
         _ => None,
     };
-    let matched = verify_password_limited(state, stored, password).await;
+    let matched = verify_password(stored, password).await;
+    drop(permit);
     let login = match attempt {
         kiln_db::PasswordAttempt::Admitted(login) if matched => login,
         kiln_db::PasswordAttempt::Admitted(login) => {
@@ -171,9 +188,8 @@ pub(crate) async fn authenticate_password(state: &ApiState, user: &str, password
 }
 
 /// Verifies `password` against `stored`, or against the decoy when there is none (no such
-/// user, no password, a locked account), holding one of the verification permits.
-async fn verify_password_limited(state: &ApiState, stored: Option<String>, password: &str) -> bool {
-    let _permit = state.tokens.password_verifications.acquire().await.expect("the semaphore is never closed");
+/// user, no password, a locked account). The caller holds a verification permit.
+async fn verify_password(stored: Option<String>, password: &str) -> bool {
     let candidate = password.to_owned();
     tokio::task::spawn_blocking(move || {
         let matched = kiln_auth::verify_password(stored.as_deref().unwrap_or(&DECOY_HASH), &candidate);

@@ -59,6 +59,8 @@ pub struct ApiState {
     pub ironic: ironic::IronicSettings,
     /// How the web console keeps sessions.
     pub web: web::WebSettings,
+    /// The console's live streams open on this replica.
+    pub(crate) web_streams: Arc<web::LiveStreams>,
 }
 
 impl ApiState {
@@ -84,6 +86,7 @@ impl ApiState {
             leases: None,
             ironic: ironic::IronicSettings::default(),
             web: web::WebSettings::default(),
+            web_streams: Arc::default(),
         }
     }
 

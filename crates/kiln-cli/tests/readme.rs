@@ -62,7 +62,10 @@ const NOT_RUN_HERE: &[(&str, &str)] = &[
         "Ironic's commands: `baremetal` and openstacksdk",
         "needs OpenStack's clients (PyPI): tests/ironic.rs runs these commands with python-ironicclient and openstacksdk",
     ),
-    ("Web console", "tests/web_console.rs and tests/web_browser.rs set passwords this way and sign in with them, over HTTP and in Chromium"),
+    (
+        "Web console",
+        "tests/web_console.rs and tests/web_browser.rs set passwords this way and sign in with them, over HTTP and in Chromium",
+    ),
 ];
 
 /// Shell sections run here, in README order, with the lines that stand for something the

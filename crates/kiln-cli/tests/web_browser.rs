@@ -160,3 +160,79 @@ fn the_nodes_page_of_ten_thousand_nodes_loads_within_a_second_and_stays_light() 
         assert!(timing["decoded"].as_f64().unwrap() < 300_000.0, "{timing}");
     }
 }
+
+/// A member makes an image in the console and uploads a disk image into it from the browser:
+/// an upload broken off after its first 8 MiB goes on from there when the same file is
+/// chosen again, the progress bar moves with each piece, and the stored artifact has the
+/// file's SHA-256.
+#[test]
+fn a_member_uploads_a_version_from_the_browser_resuming_a_broken_upload() {
+    if !browser_available() {
+        return;
+    }
+    let site = Site::start("");
+    let file = site.scratch_directory().join("disk.img");
+    let bytes: Vec<u8> = (0..24u32 << 20).map(|index| (index.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let digest = std::process::Command::new("sha256sum").arg(&file).output().unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout).split_whitespace().next().unwrap().to_owned();
+
+    let chrome = Chrome::start();
+    let base = site.server.url.clone();
+    chrome.goto(&format!("{base}/ui/sign-in?next=/ui/images"));
+    chrome.type_into("#user", "alice");
+    chrome.type_into("#password", "alice-long-password");
+    chrome.click("form[action='/ui/sign-in'] button");
+    assert!(chrome.wait_until("return location.pathname === '/ui/images'", Duration::from_secs(20)), "{}", chrome.url());
+    chrome.type_into("#image-name", "browser-disk");
+    chrome.click("form[action='/ui/images'] button");
+    assert!(
+        chrome.wait_until("return location.pathname === '/ui/images/alpha%2Fbrowser-disk'", Duration::from_secs(20)),
+        "{}",
+        chrome.url()
+    );
+
+    // The file is chosen; an earlier attempt sent its first 8 MiB and broke off.
+    chrome.type_into("#upload-file", file.to_str().unwrap());
+    let broken_off = chrome.execute_async(
+        "const done = arguments[arguments.length - 1]; (async () => { \
+           const csrf = document.querySelector('meta[name=csrf]').content; \
+           const file = document.getElementById('upload-file').files[0]; \
+           const created = await (await fetch('/ui/uploads', {method: 'POST', headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}, \
+             body: JSON.stringify({image: 'alpha/browser-disk'})})).json(); \
+           const sent = await fetch('/ui/uploads/' + created.id, {method: 'PATCH', headers: {'Upload-Offset': '0', 'X-CSRF-Token': csrf, \
+             'Content-Type': 'application/offset+octet-stream'}, body: file.slice(0, 8 << 20)}); \
+           localStorage.setItem('kiln-upload:alpha/browser-disk:disk:' + file.name + ':' + file.size + ':' + file.lastModified, created.id); \
+           done((await sent.json()).offset); })().catch(error => done(String(error)));",
+    );
+    assert_eq!(broken_off, 8 << 20, "{broken_off}");
+    // Without the session's token, the script's routes refuse.
+    let forged = chrome.execute_async(
+        "const done = arguments[arguments.length - 1]; fetch('/ui/uploads', {method: 'POST', headers: {'Content-Type': 'application/json'}, \
+           body: JSON.stringify({image: 'alpha/browser-disk'})}).then(response => done(response.status));",
+    );
+    assert_eq!(forged, 403);
+
+    // What the bar shows is kept in sessionStorage, which outlives the page's reload at the end.
+    chrome.execute(
+        "sessionStorage.setItem('kilnProgress', '[]'); const bar = document.getElementById('upload-progress'); \
+         new MutationObserver(() => { const seen = JSON.parse(sessionStorage.getItem('kilnProgress')); \
+           seen.push(Number(bar.value)); sessionStorage.setItem('kilnProgress', JSON.stringify(seen)); }).observe(bar, {attributes: true});",
+        serde_json::json!([]),
+    );
+    chrome.click("#upload button[type=submit]");
+    assert!(
+        chrome.wait_until("return document.querySelector('h2[id^=version-]') !== null", Duration::from_secs(60)),
+        "no version appeared"
+    );
+    let page = chrome.source();
+    assert!(page.contains(&digest), "the stored artifact has the file's SHA-256 {digest}");
+    assert!(page.contains(&(24u32 << 20).to_string()), "and its size");
+    let seen = chrome.execute("return JSON.parse(sessionStorage.getItem('kilnProgress'));", serde_json::json!([]));
+    let seen: Vec<u64> = seen.as_array().unwrap().iter().filter_map(serde_json::Value::as_u64).filter(|value| *value > 0).collect();
+    assert!(seen.first().is_some_and(|first| *first >= 8 << 20), "the upload went on from 8 MiB, not from the start: {seen:?}");
+    let mut distinct = seen.clone();
+    distinct.dedup();
+    assert!(distinct.len() >= 3 && distinct.windows(2).all(|pair| pair[0] < pair[1]), "the bar moved forward piece by piece: {seen:?}");
+    assert_eq!(seen.last(), Some(&(24 << 20)));
+}

@@ -61,6 +61,11 @@ fn a_member_signs_in_sees_only_their_project_acts_through_the_api_and_signs_out(
     let refused = alice.post("/ui/nodes/alpha-node/undeploy", &[("csrf", &csrf)]);
     assert_eq!(refused.status, 409, "the lifecycle's refusal, in its words: {}", refused.body);
     assert_eq!(alice.post("/ui/nodes/beta-node/manage", &[("csrf", &csrf)]).status, 404, "another project's node");
+    let badly_timed = alice.post("/ui/nodes/alpha-node/deploy", &[("csrf", &csrf), ("image", "debian"), ("start_at", "tomorrow")]);
+    assert_eq!(badly_timed.status, 400);
+    assert!(badly_timed.body.contains("start: &#x27;tomorrow&#x27; is not a date and time"), "{}", badly_timed.body);
+    let bad_hint = alice.post("/ui/nodes/alpha-node/deploy", &[("csrf", &csrf), ("image", "debian"), ("root_device", "colour=red")]);
+    assert!(bad_hint.body.contains("unknown root device hint"), "{}", bad_hint.body);
 
     // An API token made in the console works for the CLI, until it is revoked there.
     let made = alice.post("/ui/tokens", &[("csrf", &csrf), ("name", "laptop"), ("expires_in_days", "30")]);
@@ -136,4 +141,75 @@ fn assets_are_built_in_and_cached_forever_and_pages_stay_light() {
     assert_eq!(browser.get("/ui/assets/console.css").status, 404);
     assert!(page.body.len() + css.body.len() < 60_000, "a page and its stylesheet are small");
     assert!(!page.body.contains("http://") && !page.body.contains("https://"), "nothing from another host");
+}
+
+#[test]
+fn an_administrator_manages_projects_users_and_allocation_and_nobody_else_may() {
+    let site = Site::start("");
+    ok(kiln(&site.server, &site.admin, &["user", "set-password", "admin"], Some("admin-long-password\n")));
+    site.kiln(&["node", "create", "-d", "{name: gamma-node}"]);
+
+    // A member has no administration: not in the navigation, and refused as the API refuses.
+    let mut alice = Browser::new(&site.server);
+    alice.sign_in("alice", "alice-long-password");
+    let nodes = alice.get("/ui/nodes");
+    assert!(!nodes.body.contains("/ui/admin"), "no Administration link for a member");
+    assert_eq!(alice.get("/ui/admin").status, 403);
+    let csrf = nodes.csrf();
+    assert_eq!(alice.post("/ui/admin/projects", &[("csrf", &csrf), ("name", "sneaky")]).status, 403);
+    assert!(!site.kiln(&["project", "list"]).contains("sneaky"));
+
+    let mut admin = Browser::new(&site.server);
+    assert_eq!(admin.sign_in("admin", "admin-long-password").status, 303);
+    let page = admin.get("/ui/admin");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("alice (member)") && page.body.contains("beta"), "{}", page.body);
+    let csrf = page.csrf();
+    let refused = admin.post("/ui/admin/projects", &[("csrf", &csrf), ("name", "Bad Name!")]);
+    assert_eq!(refused.status, 400, "the API's validation, shown on the page");
+    assert!(refused.body.contains("class=\"error\""), "{}", refused.body);
+    for (path, form) in [
+        ("/ui/admin/projects", vec![("name", "gamma"), ("description", "a third lab")]),
+        ("/ui/admin/users", vec![("name", "carol")]),
+        ("/ui/admin/users/carol/password", vec![("password", "carol-first-password")]),
+        ("/ui/admin/members", vec![("project", "gamma"), ("user", "carol"), ("role", "member")]),
+        ("/ui/admin/allocation", vec![("project", "gamma"), ("nodes", "gamma-node"), ("action", "allocate")]),
+    ] {
+        let mut fields = vec![("csrf", csrf.as_str())];
+        fields.extend(form);
+        let answer = admin.post(path, &fields);
+        assert_eq!(answer.status, 303, "{path}: {}", answer.body);
+    }
+
+    // Carol signs in with the password she was given, sees her project's node, and changes
+    // her password, which ends her sessions.
+    let mut carol = Browser::new(&site.server);
+    assert_eq!(carol.sign_in("carol", "carol-first-password").status, 303);
+    assert!(carol.get("/ui/nodes").body.contains("gamma-node"));
+    let csrf = carol.get("/ui/tokens").csrf();
+    let differ =
+        carol.post("/ui/account/password", &[("csrf", &csrf), ("password", "carol-second-pass"), ("repeated", "carol-other-pass")]);
+    assert_eq!(differ.status, 400);
+    assert!(differ.body.contains("the two passwords differ"));
+    let changed =
+        carol.post("/ui/account/password", &[("csrf", &csrf), ("password", "carol-second-pass"), ("repeated", "carol-second-pass")]);
+    assert_eq!(changed.status, 303);
+    assert_eq!(carol.get("/ui/nodes").status, 303, "signed out by the change");
+    assert_eq!(carol.sign_in("carol", "carol-first-password").status, 401);
+    assert_eq!(carol.sign_in("carol", "carol-second-pass").status, 303);
+
+    // Releasing and removing, and deleting what was made.
+    let csrf = admin.get("/ui/admin").csrf();
+    for (path, form) in [
+        ("/ui/admin/allocation", vec![("project", "gamma"), ("nodes", "gamma-node"), ("action", "release")]),
+        ("/ui/admin/members/remove", vec![("project", "gamma"), ("user", "carol")]),
+        ("/ui/admin/users/carol/delete", vec![]),
+        ("/ui/admin/projects/gamma/delete", vec![]),
+    ] {
+        let mut fields = vec![("csrf", csrf.as_str())];
+        fields.extend(form);
+        assert_eq!(admin.post(path, &fields).status, 303, "{path}");
+    }
+    assert!(!site.kiln(&["project", "list"]).contains("gamma"));
+    assert!(!site.server.log().contains("carol-first-password") && !site.server.log().contains("carol-second-pass"));
 }

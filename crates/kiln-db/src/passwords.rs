@@ -36,7 +36,9 @@ pub enum PasswordAttempt {
 }
 
 impl Store {
-    /// Sets (`Some`) or removes (`None`) a user's password hash; failed attempts are forgotten.
+    /// Sets (`Some`) or removes (`None`) a user's password hash; failed attempts are forgotten
+    /// and the user's console sessions end, so that a password taken by someone else stops
+    /// serving them once it is changed.
     pub async fn set_password_hash(&self, actor: &str, user: &str, hash: Option<&str>) -> Result<(), StoreError> {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
@@ -50,6 +52,11 @@ impl Store {
         if changed == 0 {
             return Err(StoreError::not_found("user", user));
         }
+        sqlx::query("DELETE FROM web_sessions WHERE user_name = $1")
+            .bind(user)
+            .execute(&mut *connection)
+            .await
+            .map_err(StoreError::query("ending a user's sessions"))?;
         let action = if hash.is_some() { "user.password.set" } else { "user.password.remove" };
         record(connection, NewEvent { actor, action, target_kind: "user", target: user, project: None, before: None, after: None }).await?;
         transaction.commit().await?;

@@ -314,6 +314,9 @@ async fn web_sessions_live_until_they_end_or_expire(store: Store) {
     store.end_web_session("live").await.unwrap();
     assert!(store.identify_web_session("live").await.unwrap().is_none(), "a session signed out is not found");
     store.create_web_session("alice", "again", Duration::from_secs(3600)).await.unwrap();
+    store.set_password_hash("admin", "alice", Some("$argon2id$stand-in")).await.unwrap();
+    assert!(store.identify_web_session("again").await.unwrap().is_none(), "a password change ends the user's sessions");
+    store.create_web_session("alice", "again", Duration::from_secs(3600)).await.unwrap();
     store.delete_user("admin", "alice").await.unwrap();
     assert!(store.identify_web_session("again").await.unwrap().is_none(), "a deleted user's sessions go with them");
 }

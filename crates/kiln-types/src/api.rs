@@ -59,6 +59,8 @@ word_enum! {
         RequestTimeout = "request_timeout",
         /// The body is not of the media type the operation takes (JSON, mostly).
         UnsupportedMediaType = "unsupported_media_type",
+        /// The server is too busy for this now (too many sign-ins at once): try again shortly.
+        Busy = "busy",
     }
 }
 

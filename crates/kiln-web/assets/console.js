@@ -20,3 +20,89 @@
     });
   });
 })();
+
+// Uploads from the image page: the file goes in pieces through the API's resumable upload,
+// the bar moving with each; the upload's id is kept in localStorage under the file's name,
+// size and date, so that choosing the same file again (after a failure, a reload or a lost
+// connection) goes on from where the server says it stands.
+(function () {
+  "use strict";
+  var form = document.getElementById("upload");
+  if (!form) { return; }
+  var PIECE = 4 * 1024 * 1024;
+  var csrf = document.querySelector('meta[name="csrf"]').getAttribute("content");
+  var progress = document.getElementById("upload-progress");
+  var status = document.getElementById("upload-status");
+  var image = form.getAttribute("data-image");
+  function headers(extra) {
+    var all = { "X-CSRF-Token": csrf };
+    Object.keys(extra || {}).forEach(function (name) { all[name] = extra[name]; });
+    return all;
+  }
+  function failure(response) {
+    return response.json().then(function (body) { return new Error(body.error ? body.error.message : response.statusText); },
+      function () { return new Error(response.status + " " + response.statusText); });
+  }
+  function pause(milliseconds) { return new Promise(function (resolve) { setTimeout(resolve, milliseconds); }); }
+  async function where(id) {
+    var response = await fetch("/ui/uploads/" + encodeURIComponent(id), { headers: headers(), credentials: "same-origin" });
+    return response.ok ? (await response.json()).offset : null;
+  }
+  async function upload(file, kind, checksum) {
+    var key = "kiln-upload:" + image + ":" + kind + ":" + file.name + ":" + file.size + ":" + file.lastModified;
+    var id = localStorage.getItem(key);
+    var offset = id ? await where(id) : null;
+    if (offset === null) {
+      var created = await fetch("/ui/uploads", { method: "POST", credentials: "same-origin",
+        headers: headers({ "Content-Type": "application/json" }),
+        body: JSON.stringify({ image: image, checksum: checksum || null }) });
+      if (!created.ok) { throw await failure(created); }
+      id = (await created.json()).id;
+      offset = 0;
+      localStorage.setItem(key, id);
+    }
+    progress.max = file.size || 1;
+    var failures = 0;
+    while (offset < file.size) {
+      progress.value = offset;
+      status.textContent = "Sent " + offset + " of " + file.size + " bytes.";
+      var response = null;
+      try {
+        response = await fetch("/ui/uploads/" + encodeURIComponent(id), { method: "PATCH", credentials: "same-origin",
+          headers: headers({ "Upload-Offset": String(offset), "Content-Type": "application/offset+octet-stream" }),
+          body: file.slice(offset, Math.min(offset + PIECE, file.size)) });
+      } catch (error) { response = null; }
+      if (response && response.ok) {
+        offset = (await response.json()).offset;
+        failures = 0;
+      } else if (response && response.status === 409 && response.headers.get("Upload-Offset") !== null) {
+        offset = Number(response.headers.get("Upload-Offset"));
+      } else if (response && response.status < 500) {
+        throw await failure(response);
+      } else {
+        failures += 1;
+        if (failures > 5) { throw new Error("the server did not take the upload after 5 tries; choose the file again to go on"); }
+        status.textContent = "Connection lost; trying again…";
+        await pause(1000 * failures);
+        var resumed = await where(id).catch(function () { return null; });
+        if (resumed !== null) { offset = resumed; }
+      }
+    }
+    progress.value = file.size;
+    status.textContent = "Checking and storing the new version…";
+    var version = await fetch("/ui/images/" + encodeURIComponent(image) + "/versions", { method: "POST", credentials: "same-origin",
+      headers: headers({ "Content-Type": "application/json" }),
+      body: JSON.stringify({ artifacts: [{ kind: kind, upload: id }], note: "uploaded from the console: " + file.name }) });
+    if (!version.ok) { throw await failure(version); }
+    localStorage.removeItem(key);
+    location.reload();
+  }
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var file = document.getElementById("upload-file").files[0];
+    if (!file) { return; }
+    var kind = document.getElementById("upload-kind").value;
+    var checksum = document.getElementById("upload-checksum").value.trim();
+    upload(file, kind, checksum).catch(function (error) { status.textContent = "Upload failed: " + error.message; });
+  });
+})();

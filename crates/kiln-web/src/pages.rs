@@ -2,7 +2,7 @@
 //! [`Console::render`] that turns a view into HTML.
 
 use kiln_types::ProvisionState;
-use kiln_types::api::{CreatedToken, Event, Token};
+use kiln_types::api::{CreatedToken, Event, Project, Token, User};
 use kiln_types::image::{Image, ImageVersion};
 use kiln_types::node::Node;
 use kiln_types::provision::{Intent, ProvisionStatus};
@@ -42,7 +42,11 @@ struct SectionLink {
     current: bool,
 }
 
-const SECTIONS: [(&str, &str); 4] = [("/ui/", "Overview"), ("/ui/nodes", "Nodes"), ("/ui/images", "Images"), ("/ui/tokens", "API tokens")];
+const SECTIONS: [(&str, &str); 4] =
+    [("/ui/", "Overview"), ("/ui/nodes", "Nodes"), ("/ui/images", "Images"), ("/ui/tokens", "Account and tokens")];
+
+/// The section only administrators see.
+const ADMIN_SECTION: (&str, &str) = ("/ui/admin", "Administration");
 
 /// A count of nodes in one state.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -71,14 +75,54 @@ pub struct Action {
 /// Every page of the console.
 #[derive(Debug, Clone)]
 pub enum Page {
-    SignIn { csrf: String, next: String, user: String },
-    Overview { states: Vec<StateCount>, total: usize, busy: Vec<Node>, failed: Vec<Node>, events: Vec<Event> },
-    Nodes { nodes: Vec<Node>, filter: NodeFilterView, next_href: Option<String>, first_href: Option<String> },
-    Node { node: Box<Node>, status: Box<ProvisionStatus>, events: Vec<Event>, images: Vec<String>, can_operate: bool },
-    Images { images: Vec<Image> },
-    Image { image: Image, versions: Vec<ImageVersion> },
-    Tokens { tokens: Vec<Token>, created: Option<CreatedToken> },
-    Problem { title: String, message: String },
+    SignIn {
+        csrf: String,
+        next: String,
+        user: String,
+    },
+    Overview {
+        states: Vec<StateCount>,
+        total: usize,
+        busy: Vec<Node>,
+        failed: Vec<Node>,
+        events: Vec<Event>,
+    },
+    Nodes {
+        nodes: Vec<Node>,
+        filter: NodeFilterView,
+        next_href: Option<String>,
+        first_href: Option<String>,
+    },
+    Node {
+        node: Box<Node>,
+        status: Box<ProvisionStatus>,
+        events: Vec<Event>,
+        images: Vec<String>,
+        can_operate: bool,
+    },
+    /// `projects`: where the person may create an image (`None` stands for no project, an
+    /// administrator's); empty when they may create none.
+    Images {
+        images: Vec<Image>,
+        projects: Vec<Option<String>>,
+    },
+    Image {
+        image: Image,
+        versions: Vec<ImageVersion>,
+        can_upload: bool,
+    },
+    Tokens {
+        tokens: Vec<Token>,
+        created: Option<CreatedToken>,
+    },
+    Admin {
+        projects: Vec<Project>,
+        users: Vec<User>,
+    },
+    Problem {
+        title: String,
+        message: String,
+    },
 }
 
 impl Page {
@@ -91,6 +135,7 @@ impl Page {
             Page::Images { .. } => "images.html",
             Page::Image { .. } => "image.html",
             Page::Tokens { .. } => "tokens.html",
+            Page::Admin { .. } => "admin.html",
             Page::Problem { .. } => "problem.html",
         }
     }
@@ -102,6 +147,7 @@ impl Page {
             Page::Nodes { .. } | Page::Node { .. } => Some("/ui/nodes"),
             Page::Images { .. } | Page::Image { .. } => Some("/ui/images"),
             Page::Tokens { .. } => Some("/ui/tokens"),
+            Page::Admin { .. } => Some(ADMIN_SECTION.0),
             Page::SignIn { .. } | Page::Problem { .. } => None,
         }
     }
@@ -122,19 +168,38 @@ impl Page {
                 "progress_percent": progress_percent(status),
                 "properties": serde_json::to_string_pretty(&node.properties).unwrap_or_default(),
                 "provision_actions": provision_actions(status.provision_state),
+                "deployable": Intent::DEPLOYABLE_FROM.contains(&status.provision_state),
                 "power_actions": POWER_ACTIONS,
             }),
-            Page::Images { images } => json!({
+            Page::Images { images, projects } => json!({
                 "images": images.iter().map(|image| {
                     let mut value = serde_json::to_value(image).unwrap_or_default();
                     value["reference"] = image.scoped_name().to_string().into();
                     value
                 }).collect::<Vec<_>>(),
+                "projects": projects.iter().map(|project| json!({
+                    "value": project.clone().unwrap_or_default(),
+                    "label": project.clone().unwrap_or_else(|| "no project (administrators')".to_owned()),
+                })).collect::<Vec<_>>(),
+                "visibilities": ["private", "public"],
             }),
-            Page::Image { image, versions } => json!({"image": image, "versions": versions}),
+            Page::Image { image, versions, can_upload } => json!({
+                "image": image, "reference": image.scoped_name().to_string(), "versions": versions, "can_upload": can_upload,
+                "kinds": ["disk", "root", "kernel", "initrd"],
+            }),
             Page::Tokens { tokens, created } => json!({"tokens": tokens, "created": created.as_ref().map(|created| json!({
                 "name": created.token.name, "secret": created.secret,
             }))}),
+            Page::Admin { projects, users } => json!({
+                "projects": projects.iter().map(|project| {
+                    let members: Vec<serde_json::Value> = users.iter().filter_map(|user| {
+                        user.memberships.iter().find(|membership| membership.project == project.name)
+                            .map(|membership| json!({"user": user.name, "role": membership.role}))
+                    }).collect();
+                    json!({"name": project.name, "description": project.description, "members": members})
+                }).collect::<Vec<_>>(),
+                "users": users,
+            }),
             Page::Problem { title, message } => json!({"title": title, "message": message}),
         }
     }
@@ -217,6 +282,7 @@ impl Console {
             ("image.html", include_str!("../templates/image.html")),
             ("tokens.html", include_str!("../templates/tokens.html")),
             ("problem.html", include_str!("../templates/problem.html")),
+            ("admin.html", include_str!("../templates/admin.html")),
         ] {
             templates.add_template(name, text).expect("the built-in templates parse");
         }
@@ -232,8 +298,12 @@ impl Console {
     pub fn render(&self, frame: &Frame, page: &Page) -> Result<String, RenderError> {
         let template = page.template();
         let section = page.section();
-        let sections: Vec<SectionLink> =
-            SECTIONS.iter().map(|&(href, label)| SectionLink { href, label, current: Some(href) == section }).collect();
+        let admin_section = frame.admin.then_some(ADMIN_SECTION);
+        let sections: Vec<SectionLink> = SECTIONS
+            .iter()
+            .chain(admin_section.iter())
+            .map(|&(href, label)| SectionLink { href, label, current: Some(href) == section })
+            .collect();
         let mut frame_value = serde_json::to_value(frame).unwrap_or_default();
         frame_value["sections"] = serde_json::to_value(sections).unwrap_or_default();
         let context = serde_json::json!({

@@ -7,15 +7,18 @@
 //! another project's node is the API's 404. What the console adds is sessions (`session`),
 //! HTML, and a live stream of state changes (`live`).
 
+mod admin;
 mod live;
 mod pages;
 mod session;
+mod uploads;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use std::sync::LazyLock;
 
+pub use live::LiveStreams;
 pub use session::WebSettings;
 
 use crate::ApiState;
@@ -38,10 +41,24 @@ pub fn router() -> axum::Router<ApiState> {
         .route("/ui/nodes/{node}/power", post(pages::power))
         .route("/ui/nodes/{node}/deploy", post(pages::deploy))
         .route("/ui/nodes/{node}/{action}", post(pages::provision_action))
-        .route("/ui/images", get(pages::images))
+        .route("/ui/images", get(pages::images).post(pages::create_image))
         .route("/ui/images/{image}", get(pages::image))
+        .route("/ui/images/{image}/versions", post(uploads::create_version))
+        .route("/ui/uploads", post(uploads::create))
+        // Pieces of a file are streamed to the spool, never held: no size limit applies.
+        .route("/ui/uploads/{id}", get(uploads::show).patch(uploads::append).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/ui/tokens", get(pages::tokens).post(pages::create_token))
         .route("/ui/tokens/{token}/revoke", post(pages::revoke_token))
+        .route("/ui/account/password", post(admin::own_password))
+        .route("/ui/admin", get(admin::page))
+        .route("/ui/admin/projects", post(admin::create_project))
+        .route("/ui/admin/projects/{project}/delete", post(admin::delete_project))
+        .route("/ui/admin/users", post(admin::create_user))
+        .route("/ui/admin/users/{user}/delete", post(admin::delete_user))
+        .route("/ui/admin/users/{user}/password", post(admin::user_password))
+        .route("/ui/admin/members", post(admin::set_member))
+        .route("/ui/admin/members/remove", post(admin::remove_member))
+        .route("/ui/admin/allocation", post(admin::allocation))
         .route("/ui/live", get(live::stream))
         .route("/ui/assets/{file}", get(asset))
         .layer(axum::middleware::map_response(security_headers))

@@ -22,13 +22,13 @@ use crate::extract::{JsonBody, QueryParams};
 const OVERVIEW_LIST: usize = 20;
 const EVENTS_SHOWN: u32 = 25;
 
-fn frame(signed: &Signed) -> Frame {
+pub(super) fn frame(signed: &Signed) -> Frame {
     Frame { user: Some(signed.caller.user.clone()), admin: signed.caller.admin, csrf: signed.csrf().to_owned(), notice: None, error: None }
 }
 
 /// The API's refusal as a page, in the API's words: a 404 stays a 404, so another project's
 /// node looks exactly like a missing one here too.
-fn refused(signed: &Signed, error: ApiError) -> Response {
+pub(super) fn refused(signed: &Signed, error: ApiError) -> Response {
     let title = match error.status {
         StatusCode::NOT_FOUND => "Not found",
         StatusCode::FORBIDDEN => "Not allowed",
@@ -42,7 +42,7 @@ fn refused(signed: &Signed, error: ApiError) -> Response {
 
 /// A query or body for an API handler, made from the console's own values, as a client
 /// would send them.
-fn api_input<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+pub(super) fn api_input<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|error| ApiError::invalid(error.to_string()))
 }
 
@@ -119,9 +119,9 @@ pub(crate) async fn nodes(State(state): State<ApiState>, signed: Signed, QueryPa
         group: query.group.clone(),
         project: query.project.clone(),
     };
-    let (nodes, next, error) = match listed {
-        Ok(Json(page)) => (page.items, page.next, None),
-        Err(error) => (Vec::new(), None, Some(error.message)),
+    let (nodes, next, status, error) = match listed {
+        Ok(Json(page)) => (page.items, page.next, StatusCode::OK, None),
+        Err(error) => (Vec::new(), None, error.status, Some(error.message)),
     };
     let href = |after: Option<&str>| {
         let mut pairs: Vec<(String, String)> =
@@ -138,7 +138,6 @@ pub(crate) async fn nodes(State(state): State<ApiState>, signed: Signed, QueryPa
         next_href: next.as_deref().map(|next| href(Some(next))),
         first_href: (!query.after.is_empty()).then(|| href(None)),
     };
-    let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     page_response(status, &Frame { error, ..frame(&signed) }, &page)
 }
 
@@ -157,7 +156,12 @@ pub(crate) async fn node(State(state): State<ApiState>, signed: Signed, Path(key
     let loaded = async {
         let Json(node) = crate::nodes::get_node(State(state.clone()), signed.caller(), Path(key.clone())).await?;
         let Json(status) = crate::provision::status(State(state.clone()), signed.caller(), Path(node.name.clone())).await?;
-        let events = recent_events(&state, &signed, Some(&node.name)).await?;
+        // Most node events name the node; some (cloud-init data) its id, which outlives a rename.
+        let mut events = recent_events(&state, &signed, Some(&node.name)).await?;
+        events.extend(recent_events(&state, &signed, Some(&node.id)).await?);
+        events.sort_by_key(|event| std::cmp::Reverse(event.id));
+        events.dedup_by_key(|event| event.id);
+        events.truncate(EVENTS_SHOWN as usize);
         let Json(images) = crate::images::list_images(State(state.clone()), signed.caller()).await?;
         Ok::<_, ApiError>((node, status, events, images))
     };
@@ -216,6 +220,28 @@ pub(crate) struct DeployForm {
     image: String,
     #[serde(default)]
     version: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    root_device: String,
+    #[serde(default)]
+    start_at: String,
+    #[serde(default)]
+    end_at: String,
+}
+
+/// A `datetime-local` field's value (`2026-12-24T08:00`, seconds optional), read as UTC,
+/// as the form says; empty is `None`.
+fn form_time(field: &str, text: &str) -> Result<Option<String>, ApiError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let civil: jiff::civil::DateTime =
+        text.parse().map_err(|_| ApiError::invalid(format!("{field}: '{text}' is not a date and time (2026-12-24T08:00)")))?;
+    let instant =
+        civil.to_zoned(jiff::tz::TimeZone::UTC).map_err(|error| ApiError::invalid(format!("{field}: '{text}': {error}")))?.timestamp();
+    Ok(Some(instant.to_string()))
 }
 
 /// `POST /ui/nodes/{node}/deploy`: `POST /v1/nodes/{node}/deploy` with `IMAGE[:VERSION]`.
@@ -232,7 +258,27 @@ pub(crate) async fn deploy(
         "" => form.image.trim().to_owned(),
         version => format!("{}:{version}", form.image.trim()),
     };
-    let result = match api_input(serde_json::json!({"image": image})) {
+    let request = (|| {
+        let mut request = serde_json::json!({"image": image});
+        if !form.mode.is_empty() {
+            request["mode"] = form.mode.clone().into();
+        }
+        if !form.root_device.trim().is_empty() {
+            let mut hints = kiln_types::provision::RootDeviceHints::default();
+            for hint in form.root_device.split_whitespace() {
+                hints.add_from_text(hint).map_err(ApiError::invalid)?;
+            }
+            request["root_device_hints"] = serde_json::to_value(hints).map_err(|error| ApiError::invalid(error.to_string()))?;
+        }
+        if let Some(start_at) = form_time("start", &form.start_at)? {
+            request["start_at"] = start_at.into();
+        }
+        if let Some(end_at) = form_time("end", &form.end_at)? {
+            request["end_at"] = end_at.into();
+        }
+        api_input(request)
+    })();
+    let result = match request {
         Ok(request) => crate::provision::deploy(State(state), signed.caller(), Path(key.clone()), JsonBody(request)).await,
         Err(error) => Err(error),
     };
@@ -264,9 +310,63 @@ pub(crate) async fn provision_action(
 
 /// `GET /ui/images`.
 pub(crate) async fn images(State(state): State<ApiState>, signed: Signed) -> Response {
-    match crate::images::list_images(State(state), signed.caller()).await {
-        Ok(Json(images)) => page_response(StatusCode::OK, &frame(&signed), &Page::Images { images }),
-        Err(error) => refused(&signed, error),
+    images_page(&state, &signed, StatusCode::OK, None).await
+}
+
+async fn images_page(state: &ApiState, signed: &Signed, status: StatusCode, error: Option<String>) -> Response {
+    // Where the person may create one: the projects they are a member of (the API's rule,
+    // `target_project`), and no project for an administrator.
+    let mut projects: Vec<Option<String>> = Vec::new();
+    if signed.caller.admin {
+        projects.push(None);
+    }
+    projects.extend(
+        signed
+            .caller
+            .memberships
+            .iter()
+            .filter(|(_, role)| **role == kiln_types::api::ProjectRole::Member)
+            .map(|(project, _)| Some(project.clone())),
+    );
+    match crate::images::list_images(State(state.clone()), signed.caller()).await {
+        Ok(Json(images)) => page_response(status, &Frame { error, ..frame(signed) }, &Page::Images { images, projects }),
+        Err(error) => refused(signed, error),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ImageForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    project: String,
+    #[serde(default)]
+    visibility: String,
+    #[serde(default)]
+    description: String,
+}
+
+/// `POST /ui/images`: `POST /v1/images`, then the new image's page.
+pub(crate) async fn create_image(State(state): State<ApiState>, signed: Signed, axum::Form(form): axum::Form<ImageForm>) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let mut input = serde_json::json!({"name": form.name.trim(), "description": form.description.trim()});
+    if !form.project.is_empty() {
+        input["project"] = form.project.clone().into();
+    }
+    if !form.visibility.is_empty() {
+        input["visibility"] = form.visibility.clone().into();
+    }
+    let created = match api_input(input) {
+        Ok(input) => crate::images::create_image(State(state.clone()), signed.caller(), JsonBody(input)).await,
+        Err(error) => Err(error),
+    };
+    match created {
+        Ok((_, Json(image))) => Redirect::to(&format!("/ui/images/{}", query_encode(&image.scoped_name().to_string()))).into_response(),
+        Err(error) => images_page(&state, &signed, error.status, Some(error.message)).await,
     }
 }
 
@@ -278,7 +378,10 @@ pub(crate) async fn image(State(state): State<ApiState>, signed: Signed, Path(re
         Ok::<_, ApiError>((image, versions))
     };
     match loaded.await {
-        Ok((image, versions)) => page_response(StatusCode::OK, &frame(&signed), &Page::Image { image, versions }),
+        Ok((image, versions)) => {
+            let can_upload = signed.caller.can_write(image.project.as_deref());
+            page_response(StatusCode::OK, &frame(&signed), &Page::Image { image, versions, can_upload })
+        }
         Err(error) => refused(&signed, error),
     }
 }
@@ -288,7 +391,7 @@ pub(crate) async fn tokens(State(state): State<ApiState>, signed: Signed) -> Res
     tokens_page(&state, &signed, None, StatusCode::OK, None).await
 }
 
-async fn tokens_page(
+pub(super) async fn tokens_page(
     state: &ApiState,
     signed: &Signed,
     created: Option<kiln_types::api::CreatedToken>,

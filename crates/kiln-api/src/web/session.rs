@@ -25,6 +25,11 @@ use crate::auth::Caller;
 const SESSION_COOKIE: &str = "kiln_session";
 /// The sign-in form's double-submit cookie.
 const SIGN_IN_COOKIE: &str = "kiln_sign_in";
+/// Under HTTPS the cookies take the `__Host-` prefix, with which a browser accepts them only
+/// from this host, over HTTPS, for the whole site: a sibling subdomain or a plain-HTTP answer
+/// cannot plant one (which would defeat the double submit, or fix a session).
+const SECURE_SESSION_COOKIE: &str = "__Host-kiln_session";
+const SECURE_SIGN_IN_COOKIE: &str = "__Host-kiln_sign_in";
 
 /// How the console keeps sessions.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +38,21 @@ pub struct WebSettings {
     pub session_lifetime: std::time::Duration,
     /// Cookies marked `Secure`: the site is reached over HTTPS.
     pub secure_cookies: bool,
+}
+
+impl WebSettings {
+    fn session_cookie(&self) -> &'static str {
+        if self.secure_cookies { SECURE_SESSION_COOKIE } else { SESSION_COOKIE }
+    }
+
+    fn sign_in_cookie(&self) -> &'static str {
+        if self.secure_cookies { SECURE_SIGN_IN_COOKIE } else { SIGN_IN_COOKIE }
+    }
+
+    /// Where a cookie applies: `path`, or the whole site for a `__Host-` one (which requires it).
+    fn cookie_path(&self, path: &'static str) -> &'static str {
+        if self.secure_cookies { "/" } else { path }
+    }
 }
 
 impl Default for WebSettings {
@@ -80,8 +100,8 @@ fn csrf_token(secret: &str) -> String {
 }
 
 /// The store's key of the request's session, if it has a session cookie.
-pub(crate) fn session_hash(headers: &HeaderMap) -> Option<String> {
-    cookie(headers, SESSION_COOKIE).map(hash_token)
+pub(crate) fn session_hash(settings: &WebSettings, headers: &HeaderMap) -> Option<String> {
+    cookie(headers, settings.session_cookie()).map(hash_token)
 }
 
 /// The value of cookie `name`, from any `Cookie` header of the request.
@@ -97,8 +117,8 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|value| !value.is_empty())
 }
 
-fn set_cookie(settings: &WebSettings, name: &str, value: &str, path: &str, max_age_seconds: Option<u64>) -> HeaderValue {
-    let mut text = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Strict");
+fn set_cookie(settings: &WebSettings, name: &str, value: &str, path: &'static str, max_age_seconds: Option<u64>) -> HeaderValue {
+    let mut text = format!("{name}={value}; Path={}; HttpOnly; SameSite=Strict", settings.cookie_path(path));
     if let Some(seconds) = max_age_seconds {
         text.push_str(&format!("; Max-Age={seconds}"));
     }
@@ -112,7 +132,7 @@ impl FromRequestParts<ApiState> for Signed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
-        let secret = cookie(&parts.headers, SESSION_COOKIE);
+        let secret = cookie(&parts.headers, state.web.session_cookie());
         let identity = match secret {
             Some(secret) => state.store.identify_web_session(&hash_token(secret)).await.map_err(|error| {
                 let error = crate::error::ApiError::from(error);
@@ -135,9 +155,14 @@ impl FromRequestParts<ApiState> for Signed {
     }
 }
 
-/// Where a sign-in may send the browser on: a console path only, never another site.
+/// Where a sign-in may send the browser on: a console path of visible ASCII only, never
+/// another site.
 fn safe_next(next: &str) -> &str {
-    let inside = next.starts_with("/ui/") && !next.contains("//") && !next.contains('\\') && !next.starts_with("/ui/sign-");
+    let inside = next.starts_with("/ui/")
+        && !next.contains("//")
+        && !next.contains('\\')
+        && !next.starts_with("/ui/sign-")
+        && next.bytes().all(|byte| byte.is_ascii_graphic());
     if inside { next } else { "/ui/" }
 }
 
@@ -169,7 +194,7 @@ fn sign_in_form(state: &ApiState, status: StatusCode, next: &str, user: &str, er
     let page = kiln_web::Page::SignIn { csrf: token.clone(), next: next.to_owned(), user: user.to_owned() };
     let frame = kiln_web::Frame { error, ..kiln_web::Frame::default() };
     let mut response = page_response(status, &frame, &page);
-    response.headers_mut().append(SET_COOKIE, set_cookie(&state.web, SIGN_IN_COOKIE, &token, "/ui/sign-in", Some(3600)));
+    response.headers_mut().append(SET_COOKIE, set_cookie(&state.web, state.web.sign_in_cookie(), &token, "/ui/sign-in", Some(3600)));
     response
 }
 
@@ -189,7 +214,7 @@ pub(crate) struct SignInForm {
 /// the same one answer for every failure), then starts a session.
 pub(crate) async fn sign_in(State(state): State<ApiState>, headers: HeaderMap, axum::Form(form): axum::Form<SignInForm>) -> Response {
     let next = safe_next(&form.next);
-    let expected = cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default();
+    let expected = cookie(&headers, state.web.sign_in_cookie()).unwrap_or_default();
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
         tracing::warn!("a console sign-in was refused: its form token is not the one its page was given");
         let message = "The sign-in form had expired or came from another site: sign in again.";
@@ -199,6 +224,13 @@ pub(crate) async fn sign_in(State(state): State<ApiState>, headers: HeaderMap, a
         Ok(context) => context,
         Err(error) => return sign_in_form(&state, error.status, next, &form.user, Some(error.message)),
     };
+    // A browser signing in again leaves no session of its own behind.
+    if let Some(earlier) = session_hash(&state.web, &headers)
+        && let Err(error) = state.store.end_web_session(&earlier).await
+    {
+        let error = crate::error::ApiError::from(error);
+        return sign_in_form(&state, error.status, next, &form.user, Some(error.message));
+    }
     let secret = mint_token();
     if let Err(error) = state.store.create_web_session(&context.user, &hash_token(&secret), state.web.session_lifetime).await {
         let error = crate::error::ApiError::from(error);
@@ -207,8 +239,8 @@ pub(crate) async fn sign_in(State(state): State<ApiState>, headers: HeaderMap, a
     tracing::info!(user = %context.user, "signed in to the console");
     let mut response = Redirect::to(next).into_response();
     let lifetime = state.web.session_lifetime.as_secs();
-    response.headers_mut().append(SET_COOKIE, set_cookie(&state.web, SESSION_COOKIE, &secret, "/ui", Some(lifetime)));
-    response.headers_mut().append(SET_COOKIE, set_cookie(&state.web, SIGN_IN_COOKIE, "", "/ui/sign-in", Some(0)));
+    response.headers_mut().append(SET_COOKIE, set_cookie(&state.web, state.web.session_cookie(), &secret, "/ui", Some(lifetime)));
+    response.headers_mut().append(SET_COOKIE, set_cookie(&state.web, state.web.sign_in_cookie(), "", "/ui/sign-in", Some(0)));
     response
 }
 
@@ -228,15 +260,15 @@ pub(crate) async fn sign_out(
     if let Some(refused) = signed.csrf_refusal(&form.csrf) {
         return refused;
     }
-    if let Some(secret) = cookie(&headers, SESSION_COOKIE)
-        && let Err(error) = state.store.end_web_session(&hash_token(secret)).await
+    if let Some(hash) = session_hash(&state.web, &headers)
+        && let Err(error) = state.store.end_web_session(&hash).await
     {
         let error = crate::error::ApiError::from(error);
         return problem(error.status, "Signing out failed", &error.message);
     }
     tracing::info!(user = %signed.caller.user, "signed out of the console");
     let mut response = Redirect::to("/ui/sign-in").into_response();
-    response.headers_mut().append(SET_COOKIE, set_cookie(&state.web, SESSION_COOKIE, "", "/ui", Some(0)));
+    response.headers_mut().append(SET_COOKIE, set_cookie(&state.web, state.web.session_cookie(), "", "/ui", Some(0)));
     response
 }
 
@@ -247,7 +279,9 @@ mod tests {
     #[test]
     fn a_sign_in_only_sends_the_browser_on_within_the_console() {
         assert_eq!(safe_next("/ui/nodes?state=active"), "/ui/nodes?state=active");
-        for hostile in ["https://evil.example/", "//evil.example/ui/", "/ui//evil", "/ui/\\evil", "/v1/nodes", "/ui/sign-out", ""] {
+        for hostile in
+            ["https://evil.example/", "//evil.example/ui/", "/ui//evil", "/ui/\\evil", "/v1/nodes", "/ui/sign-out", "", "/ui/\n", "/ui/é"]
+        {
             assert_eq!(safe_next(hostile), "/ui/", "{hostile}");
         }
     }
@@ -260,6 +294,16 @@ mod tests {
         assert_eq!(cookie(&headers, SESSION_COOKIE), Some("secret"));
         assert_eq!(cookie(&headers, SIGN_IN_COOKIE), Some("form"));
         assert_eq!(cookie(&headers, "kiln"), None);
+    }
+
+    #[test]
+    fn under_https_the_cookies_are_host_only_for_the_whole_site() {
+        let secure = WebSettings { secure_cookies: true, ..WebSettings::default() };
+        let cookie = set_cookie(&secure, secure.session_cookie(), "secret", "/ui", Some(60));
+        assert_eq!(cookie.to_str().unwrap(), "__Host-kiln_session=secret; Path=/; HttpOnly; SameSite=Strict; Max-Age=60; Secure");
+        let plain = WebSettings::default();
+        let cookie = set_cookie(&plain, plain.session_cookie(), "secret", "/ui", None);
+        assert_eq!(cookie.to_str().unwrap(), "kiln_session=secret; Path=/ui; HttpOnly; SameSite=Strict");
     }
 
     #[test]

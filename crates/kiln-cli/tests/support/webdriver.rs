@@ -199,6 +199,12 @@ impl Chrome {
         self.session_call("POST", "/execute/sync", Some(serde_json::json!({"script": script, "args": arguments})))
     }
 
+    /// Runs `script` (a function body whose last argument is the callback it calls with its
+    /// answer) in the page.
+    pub(crate) fn execute_async(&self, script: &str) -> serde_json::Value {
+        self.session_call("POST", "/execute/async", Some(serde_json::json!({"script": script, "args": []})))
+    }
+
     /// Runs axe-core in the page; the violations of serious or critical impact, as
     /// `rule: what (how many)` lines.
     pub(crate) fn serious_accessibility_violations(&self) -> Vec<String> {
