@@ -27,6 +27,7 @@ fn a_member_works_in_the_browser_by_mouse_and_keyboard_and_every_page_passes_axe
     let base = site.server.url.clone();
     let mut violations = Vec::new();
     let mut audit = |chrome: &Chrome, page: &str| {
+        chrome.screenshot_as(&page.replace(' ', "-"));
         for violation in chrome.serious_accessibility_violations() {
             violations.push(format!("{page}: {violation}"));
         }
@@ -225,6 +226,7 @@ fn a_member_uploads_a_version_from_the_browser_resuming_a_broken_upload() {
         chrome.wait_until("return document.querySelector('h2[id^=version-]') !== null", Duration::from_secs(60)),
         "no version appeared"
     );
+    chrome.screenshot_as("image");
     let page = chrome.source();
     assert!(page.contains(&digest), "the stored artifact has the file's SHA-256 {digest}");
     assert!(page.contains(&(24u32 << 20).to_string()), "and its size");

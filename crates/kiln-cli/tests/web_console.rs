@@ -58,6 +58,13 @@ fn a_member_signs_in_sees_only_their_project_acts_through_the_api_and_signs_out(
     assert_eq!(managed.status, 303, "{}", managed.body);
     let status = site.kiln(&["node", "show", "alpha-node", "-F", "json"]);
     assert!(status.contains("\"manageable\"") || status.contains("\"enroll\""), "{status}");
+    assert_eq!(alice.post("/ui/nodes/alpha-node/maintenance", &[("csrf", &csrf), ("on", "true")]).status, 303);
+    let shown = site.kiln(&["node", "show", "alpha-node", "-F", "json"]);
+    assert!(shown.replace(char::is_whitespace, "").contains("\"maintenance\":true"), "maintenance on: {shown}");
+    assert!(alice.get("/ui/nodes/alpha-node").body.contains("End maintenance"));
+    assert_eq!(alice.post("/ui/nodes/alpha-node/maintenance", &[("csrf", &csrf), ("on", "false")]).status, 303);
+    let not_active = alice.post("/ui/nodes/alpha-node/capture", &[("csrf", &csrf), ("image", "nothing-here")]);
+    assert_eq!(not_active.status, 404, "the API's answer: no such image to capture into: {}", not_active.body);
     let refused = alice.post("/ui/nodes/alpha-node/undeploy", &[("csrf", &csrf)]);
     assert_eq!(refused.status, 409, "the lifecycle's refusal, in its words: {}", refused.body);
     assert_eq!(alice.post("/ui/nodes/beta-node/manage", &[("csrf", &csrf)]).status, 404, "another project's node");

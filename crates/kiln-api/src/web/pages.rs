@@ -285,6 +285,56 @@ pub(crate) async fn deploy(
     back_to_node(&signed, &key, result)
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct CaptureForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    image: String,
+}
+
+/// `POST /ui/nodes/{node}/capture`: `POST /v1/nodes/{node}/capture`.
+pub(crate) async fn capture(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(key): Path<String>,
+    axum::Form(form): axum::Form<CaptureForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let result = match api_input(serde_json::json!({"image": form.image.trim()})) {
+        Ok(request) => crate::provision::capture(State(state), signed.caller(), Path(key.clone()), JsonBody(request)).await,
+        Err(error) => Err(error),
+    };
+    back_to_node(&signed, &key, result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct MaintenanceForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    on: String,
+}
+
+/// `POST /ui/nodes/{node}/maintenance`: `PATCH /v1/nodes/{node}` with `maintenance`.
+pub(crate) async fn maintenance(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(key): Path<String>,
+    axum::Form(form): axum::Form<MaintenanceForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let result = match api_input(serde_json::json!({"maintenance": form.on == "true"})) {
+        Ok(patch) => crate::nodes::update_node(State(state), signed.caller(), Path(key.clone()), JsonBody(patch)).await,
+        Err(error) => Err(error),
+    };
+    back_to_node(&signed, &key, result)
+}
+
 /// `POST /ui/nodes/{node}/{action}`: the provisioning request of that name.
 pub(crate) async fn provision_action(
     State(state): State<ApiState>,

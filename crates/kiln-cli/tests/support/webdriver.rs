@@ -199,6 +199,24 @@ impl Chrome {
         self.session_call("POST", "/execute/sync", Some(serde_json::json!({"script": script, "args": arguments})))
     }
 
+    /// Saves what the window shows as a PNG at `path`.
+    pub(crate) fn screenshot(&self, path: &std::path::Path) {
+        use base64::Engine as _;
+        let encoded = self.session_call("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD.decode(encoded.as_str().unwrap_or_default()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+
+    /// Where screenshots of the console's pages go, when asked for
+    /// (`KILN_SCREENSHOTS=docs/screenshots`, for the README).
+    pub(crate) fn screenshot_as(&self, name: &str) {
+        if let Ok(directory) = std::env::var("KILN_SCREENSHOTS") {
+            let directory = super::workspace_root().join(directory);
+            std::fs::create_dir_all(&directory).unwrap();
+            self.screenshot(&directory.join(format!("{name}.png")));
+        }
+    }
+
     /// Runs `script` (a function body whose last argument is the callback it calls with its
     /// answer) in the page.
     pub(crate) fn execute_async(&self, script: &str) -> serde_json::Value {
