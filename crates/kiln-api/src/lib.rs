@@ -10,6 +10,7 @@ pub mod body;
 pub mod boot;
 pub mod boot_listener;
 pub mod cloud_init;
+pub mod console;
 pub mod error;
 mod events;
 mod extract;
@@ -59,6 +60,8 @@ pub struct ApiState {
     pub ironic: ironic::IronicSettings,
     /// How the web console keeps sessions.
     pub web: web::WebSettings,
+    /// The serial consoles this replica reads, and the way to type into them.
+    pub consoles: Arc<console::ConsoleHub>,
     /// The console's live streams open on this replica.
     pub(crate) web_streams: Arc<web::LiveStreams>,
 }
@@ -87,6 +90,7 @@ impl ApiState {
             ironic: ironic::IronicSettings::default(),
             web: web::WebSettings::default(),
             web_streams: Arc::default(),
+            consoles: Arc::default(),
         }
     }
 

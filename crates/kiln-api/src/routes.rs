@@ -16,7 +16,7 @@ use axum::extract::DefaultBodyLimit;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt as _};
 use utoipa_axum::routes;
 
-use crate::{ApiState, bmc_discovery, boot, cloud_init, events, groups, images, metrics, nodes, openapi, power, provision};
+use crate::{ApiState, bmc_discovery, boot, cloud_init, console, events, groups, images, metrics, nodes, openapi, power, provision};
 use crate::{tenancy, uploads};
 
 /// Files under the data directory's `boot-files`, any path below it.
@@ -140,6 +140,7 @@ fn v1_table() -> RouteTable {
         .documented(routes!(power::get_power_reading))
         .documented(routes!(power::set_boot_device))
         .documented(routes!(power::get_facts))
+        .documented(routes!(console::get_console, console::type_on_console))
         .merge(provisioning_table())
         .documented(routes!(nodes::discover_static))
         .documented(routes!(bmc_discovery::discover_redfish))

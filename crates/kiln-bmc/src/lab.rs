@@ -2,13 +2,26 @@
 //! (the BMC address is the socket's path). "Off" is a stopped machine, reset so that "on"
 //! boots it from the start, as a real machine's firmware would.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 
 use crate::{BmcError, BmcTarget, BootDevice, BootMode, PowerAction, PowerState, SystemFacts};
+
+/// Where a lab machine offers its serial line: a QEMU socket beside its QMP socket
+/// (`…/qmp-X.sock` → `…/serial-X.sock`), which one client at a time reads and types into.
+pub fn serial_socket(qmp_socket: &Path) -> Option<PathBuf> {
+    let name = qmp_socket.file_name()?.to_str()?;
+    Some(qmp_socket.with_file_name(format!("serial-{}", name.strip_prefix("qmp-")?)))
+}
+
+/// The serial socket of the lab machine whose BMC address (its QMP socket) is `address`.
+pub fn serial_socket_of_address(address: &str) -> Option<PathBuf> {
+    let socket = Path::new(address.trim_start_matches("qmp://").trim_start_matches("unix:"));
+    if socket.is_absolute() { serial_socket(socket) } else { None }
+}
 
 #[derive(Debug, Clone)]
 pub struct Lab {
@@ -136,5 +149,18 @@ impl Lab {
             power_state: Some(self.power_state().await?),
             ..SystemFacts::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serial_socket_sits_beside_the_qmp_socket() {
+        assert_eq!(serial_socket_of_address("/run/lab/qmp-525400aa0001.sock"), Some(PathBuf::from("/run/lab/serial-525400aa0001.sock")));
+        assert_eq!(serial_socket_of_address("unix:/run/lab/qmp-x.sock"), Some(PathBuf::from("/run/lab/serial-x.sock")));
+        assert_eq!(serial_socket_of_address("relative/qmp-x.sock"), None);
+        assert_eq!(serial_socket_of_address("/run/lab/monitor.sock"), None);
     }
 }

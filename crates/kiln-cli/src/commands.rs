@@ -168,6 +168,16 @@ pub(crate) enum NodeCommand {
     BootDevice(crate::power::BootDeviceArgs),
     /// What the node's BMC says about the system (maker, model, serial, MACs…).
     Facts { node: String },
+    /// The node's recent serial console output; with --follow, what comes next as it comes.
+    Console {
+        node: String,
+        /// Keep printing new output until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// Type this on the console (a line: end it with \r for Enter) instead of reading.
+        #[arg(long)]
+        send: Option<String>,
+    },
     /// Deploy an image: to disk (written by the agent, then booted) or live (diskless).
     Deploy(crate::provision::DeployArgs),
     /// Take the image off: the disks are cleaned and the nodes become available.
@@ -198,6 +208,7 @@ pub(crate) async fn node(client: &Client, format: OutputFormat, command: NodeCom
         NodeCommand::Power(args) => crate::power::power(client, format, args).await,
         NodeCommand::BootDevice(args) => crate::power::boot_device(client, args).await,
         NodeCommand::Facts { node } => crate::power::facts(client, format, &node).await,
+        NodeCommand::Console { node, follow, send } => crate::power::console(client, &node, follow, send).await,
         NodeCommand::Deploy(args) => crate::provision::deploy(client, format, args).await,
         NodeCommand::Undeploy(args) => crate::provision::simple(client, format, "undeploy", args).await,
         NodeCommand::Abort(args) => crate::provision::simple(client, format, "abort", args).await,

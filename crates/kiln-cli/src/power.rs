@@ -197,3 +197,36 @@ pub(crate) async fn discover_redfish(client: &Client, format: OutputFormat, args
         text
     })
 }
+
+/// `kiln node console`: prints the node's kept console output, then (with `follow`) what
+/// comes after, asking from the last offset every half second; or types `send`.
+pub(crate) async fn console(client: &Client, node: &str, follow: bool, send: Option<String>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let path = format!("/v1/nodes/{}/console", encode(node));
+    if let Some(text) = send {
+        // `\r` typed on the command line stands for the Enter key.
+        let text = text.replace("\\r", "\r").replace("\\n", "\n");
+        client.post::<_, serde_json::Value>(&path, &kiln_types::api::ConsoleInput { text }).await.context("typing on the console")?;
+        return Ok(());
+    }
+    let mut after: Option<u64> = None;
+    loop {
+        let query = after.map(|offset| format!("?after={offset}")).unwrap_or_default();
+        let output: kiln_types::api::ConsoleOutput = client.get(&format!("{path}{query}")).await.context("reading the console")?;
+        if output.truncated {
+            eprintln!("kiln: [console output between offsets {} and {} was dropped]", after.unwrap_or(0), output.start);
+        }
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&output.data).context("decoding console output")?;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&bytes).context("writing the console output")?;
+        stdout.flush().context("writing the console output")?;
+        drop(stdout);
+        if !follow {
+            return Ok(());
+        }
+        after = Some(output.end);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

@@ -101,6 +101,26 @@ fn lab_up_deploys_two_machines_and_lab_down_leaves_nothing() {
     let live_console = std::fs::read_to_string(dir.join("console-5254004b0002.log")).unwrap_or_default();
     assert!(live_console.contains("KILN-LIVE-RUNNING"), "{live_console}");
 
+    // The server reads each machine's serial line: `kiln node console` shows what the console
+    // file shows, and a line typed through it reaches the machine, which answers.
+    let in_lab = |args: &[&str]| {
+        Command::new(KILN).args(["lab", "exec", "--dir"]).arg(&dir).args(["--name", &name, "--", "kiln"]).args(args).output().unwrap()
+    };
+    let shown = in_lab(&["node", "console", "lab-disk"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("kiln-lab: up and running"), "{}", text(&shown));
+    let sent = in_lab(&["node", "console", "lab-disk", "--send", "hello-from-kiln\\r"]);
+    assert!(sent.status.success(), "{}", text(&sent));
+    let heard = (0..40).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        String::from_utf8_lossy(&in_lab(&["node", "console", "lab-disk"]).stdout).contains("kiln-lab: heard hello-from-kiln")
+    });
+    assert!(
+        heard,
+        "the machine answered the typed line: {}",
+        std::fs::read_to_string(dir.join("console-5254004b0001.log")).unwrap_or_default()
+    );
+
     // A second `up` on the same lab is refused.
     let again = kiln_lab(&["up", "--agent", &agent.display().to_string()], &dir, &name);
     assert!(!again.status.success() && text(&again).contains("exists already"), "{}", text(&again));

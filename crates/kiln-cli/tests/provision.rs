@@ -100,6 +100,12 @@ fn a_lab_machine_is_deployed_to_disk_captured_undeployed_and_inspected() {
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     assert!(console_text.contains("kiln-agent: command"), "the agent ran:\n{console_text}");
     assert!(console_text.contains("KILN-LAB-PHONED-HOME"), "the deployed system called back:\n{console_text}");
+    // The server read the same serial line through the machine's serial socket.
+    let through_kiln = (0..40).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        lab.kiln(kiln, &["node", "console", "node31"]).unwrap_or_default().contains("KILN-LAB-PHONED-HOME")
+    });
+    assert!(through_kiln, "kiln node console shows the callback:\n{}", lab.server_log());
     let written = std::fs::read(&disk).unwrap();
     let expected = std::fs::read(&image).unwrap();
     assert!(written[..expected.len()] == expected[..], "the disk holds exactly the image");

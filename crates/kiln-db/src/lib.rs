@@ -8,6 +8,7 @@
 
 mod boot;
 mod cloud_init;
+mod console;
 mod error;
 mod events;
 mod groups;
@@ -31,6 +32,7 @@ use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _};
 
 pub use boot::{Enrolment, EnrolmentLimits, EnrolmentRefusal};
 pub use cloud_init::{CloudInitData, CloudInitGroupRecord, CloudInitNodeRecord};
+pub use console::ConsoleTail;
 pub use error::StoreError;
 pub use events::EventFilter;
 pub use images::{ImageChange, ImportSource, NewArtifact, NewImage, NewVersion, UnusedBlob};

@@ -71,6 +71,14 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 11, name: "ironic_nodes", sql: Sql::Common(include_str!("../migrations/common/0011_ironic_nodes.sql")) },
     Migration { version: 12, name: "user_passwords", sql: Sql::Common(include_str!("../migrations/common/0012_user_passwords.sql")) },
     Migration { version: 13, name: "web_sessions", sql: Sql::Common(include_str!("../migrations/common/0013_web_sessions.sql")) },
+    Migration {
+        version: 14,
+        name: "console_output",
+        sql: Sql::PerBackend {
+            sqlite: include_str!("../migrations/sqlite/0014_console_output.sql"),
+            postgres: include_str!("../migrations/postgres/0014_console_output.sql"),
+        },
+    },
 ];
 
 impl Store {

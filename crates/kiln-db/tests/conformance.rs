@@ -79,6 +79,7 @@ conformance!(
     allocation_moves_nodes_between_projects,
     tokens_resolve_expire_and_revoke,
     web_sessions_live_until_they_end_or_expire,
+    consoles_keep_their_last_bytes_and_offsets,
     bootstrap_creates_one_admin,
     groups_respect_project_ownership,
     events_record_changes,
@@ -319,6 +320,23 @@ async fn web_sessions_live_until_they_end_or_expire(store: Store) {
     store.create_web_session("alice", "again", Duration::from_secs(3600)).await.unwrap();
     store.delete_user("admin", "alice").await.unwrap();
     assert!(store.identify_web_session("again").await.unwrap().is_none(), "a deleted user's sessions go with them");
+}
+
+async fn consoles_keep_their_last_bytes_and_offsets(store: Store) {
+    let node = store.create_node("admin", &spec(r#"{"name": "n1"}"#)).await.unwrap();
+    assert_eq!(store.read_console(&node.id, None).await.unwrap(), kiln_db::ConsoleTail::default());
+    store.append_console(&node.id, b"iPXE 1.21\r\n", 16).await.unwrap();
+    store.append_console(&node.id, b"login: \xff", 16).await.unwrap();
+    let all = store.read_console(&node.id, None).await.unwrap();
+    assert_eq!((all.start, all.end, all.truncated), (3, 19, false), "the last 16 of 19 bytes");
+    assert_eq!(all.data, b"E 1.21\r\nlogin: \xff");
+    let after = store.read_console(&node.id, Some(11)).await.unwrap();
+    assert_eq!((after.start, after.data.as_slice(), after.truncated), (11, &b"login: \xff"[..], false));
+    let behind = store.read_console(&node.id, Some(1)).await.unwrap();
+    assert!(behind.truncated && behind.start == 3, "a reader behind what is kept is told so");
+    assert!(store.read_console(&node.id, Some(19)).await.unwrap().data.is_empty(), "nothing new");
+    store.delete_node("admin", "n1", &ProjectScope::All).await.unwrap();
+    assert_eq!(store.read_console(&node.id, None).await.unwrap().end, 0, "the console goes with its node");
 }
 
 async fn bootstrap_creates_one_admin(store: Store) {

@@ -34,7 +34,8 @@ echo "kiln-lab: address $(ip -4 -o addr show eth0)"
 if wget -q -O /dev/null "$server/boot/v1/phone-home?mac=$mac"; then echo "KILN-LAB-PHONED-HOME $mac"; else echo "KILN-LAB-PHONE-HOME-FAILED"; fi
 if grep -q kiln.lab.stay /proc/cmdline; then
   echo "kiln-lab: up and running"
-  while :; do sleep 3600; done
+  # Lines typed on the serial console are answered, so that typing through Kiln shows.
+  while :; do if read -r line; then echo "kiln-lab: heard $line"; else sleep 1; fi; done
 fi
 sleep 1
 poweroff -f

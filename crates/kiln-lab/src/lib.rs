@@ -372,7 +372,22 @@ impl Lab {
                 command.arg("-no-reboot");
             }
         }
-        command.arg("-serial").arg(format!("file:{}", console.display()));
+        match &qmp {
+            // Behind the lab BMC the serial line is also a socket, which Kiln's console
+            // capture reads and types into; the file keeps everything for the tests.
+            Some(qmp) => {
+                let serial = serial_socket(qmp);
+                command.arg("-chardev").arg(format!(
+                    "socket,id=serial0,path={},server=on,wait=off,logfile={}",
+                    serial.display(),
+                    console.display()
+                ));
+                command.args(["-serial", "chardev:serial0"]);
+            }
+            None => {
+                command.arg("-serial").arg(format!("file:{}", console.display()));
+            }
+        }
         command.args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
         if let Some(disk) = disk {
             // A serial number, so root device hints have something to match.
@@ -416,6 +431,14 @@ impl Lab {
     }
 }
 
+/// Where the machine behind QMP socket `qmp` offers its serial line: the name Kiln's lab BMC
+/// driver derives from the BMC address (`kiln_bmc::lab::serial_socket`; the test below keeps
+/// the two the same, without the CLI depending on the BMC drivers).
+pub fn serial_socket(qmp: &Path) -> PathBuf {
+    let name = qmp.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+    qmp.with_file_name(format!("serial-{}", name.strip_prefix("qmp-").unwrap_or(name)))
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if self.kept {
@@ -433,5 +456,14 @@ impl Drop for Lab {
         }
         // Deleting the namespace removes the bridge, the taps and the veth in it.
         let _ = Command::new("ip").args(["netns", "delete", &self.namespace]).status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_serial_socket_is_where_the_lab_bmc_driver_looks() {
+        let qmp = std::path::Path::new("/run/kiln-lab/qmp-525400be0001.sock");
+        assert_eq!(Some(super::serial_socket(qmp)), kiln_bmc::lab::serial_socket(qmp));
     }
 }

@@ -4,6 +4,7 @@
 //! [`ServerHandle`]; dropping the handle, or calling [`ServerHandle::shutdown`], stops it.
 
 pub mod config;
+pub mod console;
 pub mod power_sync;
 
 use std::io::Write as _;
@@ -187,6 +188,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let (dhcp, tftp) = start_udp_services(&config, &store, &inventory, &boot_url).await?;
     let images = image_settings(&config)?;
     let state = api_state(&config, &store, &inventory, boot, images, dhcp.as_ref());
+    let consoles = console::spawn(store.clone(), inventory.clone(), state.consoles.clone());
     let reconciler =
         kiln_lifecycle::start(store.clone(), inventory, config.provisioning.reconciler_settings(), state.provisioning_wake.clone());
     let boot_service = match boot_listener {
@@ -236,6 +238,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         };
         tokio::join!(api, others);
         follower.abort();
+        consoles.abort();
         if let Some(power_sync) = power_sync {
             power_sync.abort();
         }

@@ -297,3 +297,27 @@ pub struct PowerReading {
     /// Whether the sync put the node into maintenance (and will take it out).
     pub maintenance_set: bool,
 }
+
+/// A node's serial console output (`GET /v1/nodes/{node}/console`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleOutput {
+    pub node: String,
+    /// The offset (in every byte the console has sent) of the first byte of `data`.
+    pub start: u64,
+    /// Every byte received so far: ask with `after` set to this for what comes next.
+    pub end: u64,
+    /// The bytes, base64-encoded (a serial line is not always UTF-8).
+    pub data: String,
+    /// Bytes after the asked offset were no longer kept: the oldest are dropped.
+    pub truncated: bool,
+    /// Whether a replica reads the console now (and takes typed input).
+    pub connected: bool,
+}
+
+/// What to type on a node's serial console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleInput {
+    /// Sent as written; `\r` is the Enter key on a serial line.
+    pub text: String,
+}

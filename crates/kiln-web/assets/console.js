@@ -106,3 +106,37 @@
     upload(file, kind, checksum).catch(function (error) { status.textContent = "Upload failed: " + error.message; });
   });
 })();
+
+// The serial console on a node's page: what the node prints after the page was made,
+// asked for every second from the offset the page (then each answer) gives.
+(function () {
+  "use strict";
+  var screen = document.getElementById("console");
+  if (!screen) { return; }
+  var node = screen.getAttribute("data-console");
+  var after = Number(screen.getAttribute("data-console-end") || "0");
+  var decoder = new TextDecoder("utf-8");
+  var busy = false;
+  function bytes(base64) {
+    var text = atob(base64), out = new Uint8Array(text.length);
+    for (var index = 0; index < text.length; index += 1) { out[index] = text.charCodeAt(index); }
+    return out;
+  }
+  function follow() {
+    if (busy) { return; }
+    busy = true;
+    fetch("/ui/nodes/" + encodeURIComponent(node) + "/console?after=" + after, { credentials: "same-origin" })
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (output) {
+        busy = false;
+        if (!output || !output.data) { if (output) { after = output.end; } return; }
+        var atBottom = screen.scrollTop + screen.clientHeight >= screen.scrollHeight - 4;
+        screen.textContent += decoder.decode(bytes(output.data), { stream: true });
+        if (screen.textContent.length > 262144) { screen.textContent = screen.textContent.slice(-262144); }
+        after = output.end;
+        if (atBottom) { screen.scrollTop = screen.scrollHeight; }
+      }, function () { busy = false; });
+  }
+  screen.scrollTop = screen.scrollHeight;
+  setInterval(follow, 1000);
+})();

@@ -93,12 +93,15 @@ pub enum Page {
         next_href: Option<String>,
         first_href: Option<String>,
     },
+    /// `console`: the node's recent serial output, as text; `console_end`: the offset after it.
     Node {
         node: Box<Node>,
         status: Box<ProvisionStatus>,
         events: Vec<Event>,
         images: Vec<String>,
         can_operate: bool,
+        console: String,
+        console_end: u64,
     },
     /// `projects`: where the person may create an image (`None` stands for no project, an
     /// administrator's); empty when they may create none.
@@ -163,8 +166,9 @@ impl Page {
                 "nodes": nodes, "filter": filter, "next_href": next_href, "first_href": first_href,
                 "all_states": ProvisionState::ALL.map(ProvisionState::as_str),
             }),
-            Page::Node { node, status, events, images, can_operate } => json!({
+            Page::Node { node, status, events, images, can_operate, console, console_end } => json!({
                 "node": node, "status": status, "events": events, "images": images, "can_operate": can_operate,
+                "console": console, "console_end": console_end,
                 "progress_percent": progress_percent(status),
                 "properties": serde_json::to_string_pretty(&node.properties).unwrap_or_default(),
                 "provision_actions": provision_actions(status.provision_state),

@@ -41,6 +41,7 @@ pub fn router() -> axum::Router<ApiState> {
         .route("/ui/nodes/{node}/power", post(pages::power))
         .route("/ui/nodes/{node}/deploy", post(pages::deploy))
         .route("/ui/nodes/{node}/capture", post(pages::capture))
+        .route("/ui/nodes/{node}/console", get(pages::console_output).post(pages::console_line))
         .route("/ui/nodes/{node}/maintenance", post(pages::maintenance))
         .route("/ui/nodes/{node}/{action}", post(pages::provision_action))
         .route("/ui/images", get(pages::images).post(pages::create_image))

@@ -163,17 +163,26 @@ pub(crate) async fn node(State(state): State<ApiState>, signed: Signed, Path(key
         events.dedup_by_key(|event| event.id);
         events.truncate(EVENTS_SHOWN as usize);
         let Json(images) = crate::images::list_images(State(state.clone()), signed.caller()).await?;
-        Ok::<_, ApiError>((node, status, events, images))
+        let console_query = api_input(serde_json::json!({}))?;
+        let Json(console) =
+            crate::console::get_console(State(state.clone()), signed.caller(), Path(node.name.clone()), QueryParams(console_query)).await?;
+        Ok::<_, ApiError>((node, status, events, images, console))
     };
     match loaded.await {
-        Ok((node, status, events, images)) => {
+        Ok((node, status, events, images, console)) => {
             let can_operate = signed.caller.can_write(node.project.as_deref());
             let images = images.iter().map(|image| image.scoped_name().to_string()).collect();
-            page_response(
-                StatusCode::OK,
-                &frame(&signed),
-                &Page::Node { node: Box::new(node), status: Box::new(status), events, images, can_operate },
-            )
+            let text = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &console.data).unwrap_or_default();
+            let page = Page::Node {
+                node: Box::new(node),
+                status: Box::new(status),
+                events,
+                images,
+                can_operate,
+                console: String::from_utf8_lossy(&text).into_owned(),
+                console_end: console.end,
+            };
+            page_response(StatusCode::OK, &frame(&signed), &page)
         }
         Err(error) => refused(&signed, error),
     }
@@ -280,6 +289,51 @@ pub(crate) async fn deploy(
     })();
     let result = match request {
         Ok(request) => crate::provision::deploy(State(state), signed.caller(), Path(key.clone()), JsonBody(request)).await,
+        Err(error) => Err(error),
+    };
+    back_to_node(&signed, &key, result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ConsoleQuery {
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+/// `GET /ui/nodes/{node}/console`: `GET /v1/nodes/{node}/console`, for the page's script.
+pub(crate) async fn console_output(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(key): Path<String>,
+    QueryParams(query): QueryParams<ConsoleQuery>,
+) -> Response {
+    let result = match api_input(serde_json::json!({"after": query.after})) {
+        Ok(query) => crate::console::get_console(State(state), signed.caller(), Path(key), QueryParams(query)).await,
+        Err(error) => Err(error),
+    };
+    result.into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ConsoleLineForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    line: String,
+}
+
+/// `POST /ui/nodes/{node}/console`: `POST /v1/nodes/{node}/console` with the line and Enter.
+pub(crate) async fn console_line(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(key): Path<String>,
+    axum::Form(form): axum::Form<ConsoleLineForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let result = match api_input(serde_json::json!({"text": format!("{}\r", form.line)})) {
+        Ok(input) => crate::console::type_on_console(State(state), signed.caller(), Path(key.clone()), JsonBody(input)).await,
         Err(error) => Err(error),
     };
     back_to_node(&signed, &key, result)

@@ -57,10 +57,13 @@ fn a_node_page_never_shows_the_bmc_password_and_offers_only_what_its_state_takes
         events: Vec::new(),
         images: vec!["debian".into(), "alpha/custom".into()],
         can_operate,
+        console: "login: <b>".into(),
+        console_end: 10,
     };
     let html = Console::new().render(&frame(), &page(&status, true)).unwrap();
     assert!(!html.contains("******"), "not even the mask");
     assert!(html.contains("password set (hidden)"));
+    assert!(html.contains("login: &lt;b&gt;"), "the console is text, not markup");
     assert!(html.contains(r#"<progress id="progress" max="100" value="50">"#));
     assert!(html.contains("/ui/nodes/n1/undeploy") && !html.contains("/ui/nodes/n1/provide"));
     status.provision_state = ProvisionState::Available;
