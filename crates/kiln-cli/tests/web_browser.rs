@@ -160,6 +160,16 @@ fn the_nodes_page_of_ten_thousand_nodes_loads_within_a_second_and_stays_light() 
         assert!(timing["transferred"].as_f64().unwrap() < 300_000.0, "{timing}");
         assert!(timing["decoded"].as_f64().unwrap() < 300_000.0, "{timing}");
     }
+
+    // The administrator's pages, with 10,000 nodes behind them, pass axe-core too.
+    let mut violations = Vec::new();
+    for (path, name) in [("/ui/admin", "admin"), ("/ui/admin/boot", "boot"), ("/ui/", "overview-admin")] {
+        chrome.goto(&format!("{}{path}", site.server.url));
+        chrome.find("h1");
+        chrome.screenshot_as(name);
+        violations.extend(chrome.serious_accessibility_violations().into_iter().map(|violation| format!("{name}: {violation}")));
+    }
+    assert!(violations.is_empty(), "axe-core found serious or critical violations:\n{}", violations.join("\n"));
 }
 
 /// A member makes an image in the console and uploads a disk image into it from the browser:

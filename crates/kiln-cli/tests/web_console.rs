@@ -205,6 +205,33 @@ fn an_administrator_manages_projects_users_and_allocation_and_nobody_else_may() 
     assert_eq!(carol.sign_in("carol", "carol-first-password").status, 401);
     assert_eq!(carol.sign_in("carol", "carol-second-pass").status, 303);
 
+    // Boot parameters and cloud-init defaults, with the API's errors beside their fields.
+    assert_eq!(alice.get("/ui/admin/boot").status, 403, "administrators only, as in the API");
+    let boot = admin.get("/ui/admin/boot");
+    assert_eq!(boot.status, 200);
+    let csrf = boot.csrf();
+    let bad_mac = admin.post("/ui/admin/boot", &[("csrf", &csrf), ("kernel", "http://boot/vmlinuz"), ("macs", "zz:zz")]);
+    assert_eq!(bad_mac.status, 400, "{}", bad_mac.body);
+    let beside = bad_mac.body.lines().find(|line| line.contains("id=\"boot-macs-error\"")).unwrap_or_default();
+    assert!(beside.contains("zz:zz"), "the MAC's error is beside the MAC field: {}", bad_mac.body);
+    assert!(bad_mac.body.contains("value=\"http:&#x2f;&#x2f;boot&#x2f;vmlinuz\""), "what was typed is kept");
+    let saved = admin.post(
+        "/ui/admin/boot",
+        &[("csrf", &csrf), ("kernel", "http://boot/vmlinuz"), ("params", "console=ttyS0 nid={{ node.nid }}"), ("hosts", "Default")],
+    );
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    assert!(admin.get("/ui/admin/boot").body.contains("console=ttyS0 nid={{ node.nid }}"));
+    let bad_defaults =
+        admin.post("/ui/admin/cloud-init", &[("csrf", &csrf), ("defaults", "cluster-name: demo\nbase-url: ftp://nowhere\n")]);
+    assert_eq!(bad_defaults.status, 400);
+    let beside = bad_defaults.body.lines().find(|line| line.contains("id=\"cloud-init-defaults-error\"")).unwrap_or_default();
+    assert!(beside.contains("base-url"), "{}", bad_defaults.body);
+    assert_eq!(admin.post("/ui/admin/cloud-init", &[("csrf", &csrf), ("defaults", "cluster-name: demo\n")]).status, 303);
+    assert!(admin.get("/ui/admin/boot").body.contains("cluster-name: demo"));
+    let deleted = admin.post("/ui/admin/boot/delete", &[("csrf", &csrf), ("hosts", "Default")]);
+    assert_eq!(deleted.status, 303, "{}", deleted.body);
+    assert!(admin.get("/ui/admin/boot").body.contains("No entries."));
+
     // Releasing and removing, and deleting what was made.
     let csrf = admin.get("/ui/admin").csrf();
     for (path, form) in [

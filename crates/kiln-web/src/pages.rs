@@ -64,6 +64,33 @@ pub struct NodeFilterView {
     pub project: String,
 }
 
+/// The boot parameters form as it was sent, shown again beside its errors.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BootForm {
+    pub kernel: String,
+    pub initrd: String,
+    pub params: String,
+    pub macs: String,
+    pub hosts: String,
+    pub nids: String,
+    pub groups: String,
+    pub mode: String,
+}
+
+/// Splits an API error message `FIELD: what is wrong` into the form field it names, when it
+/// names one of `fields`; otherwise the message stays whole, for the top of the page.
+/// An index or a nested key (`macs[0]`, `bmc.address`) names the field it is in, and stays
+/// in the message.
+pub fn field_of_error<'a>(message: &'a str, fields: &[&str]) -> (Option<&'a str>, &'a str) {
+    let Some((path, rest)) = message.split_once(": ") else { return (None, message) };
+    let field = path.split(['[', '.']).next().unwrap_or(path);
+    match fields.iter().find(|candidate| **candidate == field) {
+        Some(_) if path == field => (Some(field), rest),
+        Some(_) => (Some(field), message),
+        None => (None, message),
+    }
+}
+
 /// A button that asks for a provisioning or power action.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Action {
@@ -122,6 +149,14 @@ pub enum Page {
         projects: Vec<Project>,
         users: Vec<User>,
     },
+    /// Boot parameters and cloud-init defaults, with what the form held and the API's
+    /// errors by field (`defaults` for the cloud-init document, `form` for the rest).
+    Boot {
+        entries: Vec<kiln_types::boot::BootParams>,
+        form: BootForm,
+        cloud_init: String,
+        errors: std::collections::BTreeMap<String, String>,
+    },
     Problem {
         title: String,
         message: String,
@@ -139,6 +174,7 @@ impl Page {
             Page::Image { .. } => "image.html",
             Page::Tokens { .. } => "tokens.html",
             Page::Admin { .. } => "admin.html",
+            Page::Boot { .. } => "boot.html",
             Page::Problem { .. } => "problem.html",
         }
     }
@@ -150,7 +186,7 @@ impl Page {
             Page::Nodes { .. } | Page::Node { .. } => Some("/ui/nodes"),
             Page::Images { .. } | Page::Image { .. } => Some("/ui/images"),
             Page::Tokens { .. } => Some("/ui/tokens"),
-            Page::Admin { .. } => Some(ADMIN_SECTION.0),
+            Page::Admin { .. } | Page::Boot { .. } => Some(ADMIN_SECTION.0),
             Page::SignIn { .. } | Page::Problem { .. } => None,
         }
     }
@@ -204,6 +240,9 @@ impl Page {
                 }).collect::<Vec<_>>(),
                 "users": users,
             }),
+            Page::Boot { entries, form, cloud_init, errors } => {
+                json!({"entries": entries, "form": form, "cloud_init": cloud_init, "errors": errors})
+            }
             Page::Problem { title, message } => json!({"title": title, "message": message}),
         }
     }
@@ -287,6 +326,7 @@ impl Console {
             ("tokens.html", include_str!("../templates/tokens.html")),
             ("problem.html", include_str!("../templates/problem.html")),
             ("admin.html", include_str!("../templates/admin.html")),
+            ("boot.html", include_str!("../templates/boot.html")),
         ] {
             templates.add_template(name, text).expect("the built-in templates parse");
         }

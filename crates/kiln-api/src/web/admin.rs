@@ -2,6 +2,8 @@
 //! the person's own password: each action is the `/v1` handler a client would call, so a
 //! person who is not an administrator is refused exactly as the API refuses them.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -224,4 +226,192 @@ pub(crate) async fn allocation(State(state): State<ApiState>, signed: Signed, ax
         other => Err(ApiError::invalid(format!("action: '{other}' is neither 'allocate' nor 'release'"))),
     };
     after(&state, &signed, result).await
+}
+
+/// The boot parameters form's fields, as the API's errors name them.
+const BOOT_FIELDS: [&str; 7] = ["kernel", "initrd", "params", "macs", "hosts", "nids", "groups"];
+
+/// `GET /ui/admin/boot`: `GET /v1/boot/params` and `GET /v1/cloud-init/defaults`.
+pub(crate) async fn boot_page(State(state): State<ApiState>, signed: Signed) -> Response {
+    boot_view(&state, &signed, StatusCode::OK, kiln_web::pages::BootForm::default(), BTreeMap::new(), None).await
+}
+
+async fn boot_view(
+    state: &ApiState,
+    signed: &Signed,
+    status: StatusCode,
+    form: kiln_web::pages::BootForm,
+    errors: BTreeMap<String, String>,
+    cloud_init: Option<String>,
+) -> Response {
+    let loaded = async {
+        let Json(entries) = crate::boot::list_params(State(state.clone()), signed.caller()).await?;
+        let Json(defaults) = crate::cloud_init::get_defaults(State(state.clone()), signed.caller()).await?;
+        Ok::<_, ApiError>((entries, defaults))
+    };
+    match loaded.await {
+        Ok((entries, defaults)) => {
+            let cloud_init = cloud_init.unwrap_or_else(|| match serde_yaml::to_value(&defaults) {
+                Ok(serde_yaml::Value::Mapping(mapping)) if mapping.is_empty() => String::new(),
+                _ => serde_yaml::to_string(&defaults).unwrap_or_default(),
+            });
+            page_response(status, &frame(signed), &Page::Boot { entries, form, cloud_init, errors })
+        }
+        Err(error) => refused(signed, error),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct BootParamsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    kernel: String,
+    #[serde(default)]
+    initrd: String,
+    #[serde(default)]
+    params: String,
+    #[serde(default)]
+    macs: String,
+    #[serde(default)]
+    hosts: String,
+    #[serde(default)]
+    nids: String,
+    #[serde(default)]
+    groups: String,
+    #[serde(default)]
+    mode: String,
+}
+
+fn listed(text: &str) -> Vec<&str> {
+    text.split(|character: char| character == ',' || character.is_whitespace()).filter(|item| !item.is_empty()).collect()
+}
+
+impl BootParamsForm {
+    /// The API's input, or the field that is not even that.
+    fn input(&self) -> Result<serde_json::Value, (String, String)> {
+        let nids = listed(&self.nids)
+            .into_iter()
+            .map(|nid| nid.parse::<u32>().map_err(|_| ("nids".to_owned(), format!("'{nid}' is not a node number"))))
+            .collect::<Result<Vec<u32>, _>>()?;
+        let mut input = serde_json::json!({
+            "macs": listed(&self.macs), "hosts": listed(&self.hosts), "nids": nids, "groups": listed(&self.groups),
+        });
+        for (name, value) in [("kernel", &self.kernel), ("initrd", &self.initrd), ("params", &self.params)] {
+            if !value.trim().is_empty() {
+                input[name] = value.trim().into();
+            }
+        }
+        Ok(input)
+    }
+
+    fn shown(&self) -> kiln_web::pages::BootForm {
+        kiln_web::pages::BootForm {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            params: self.params.clone(),
+            macs: self.macs.clone(),
+            hosts: self.hosts.clone(),
+            nids: self.nids.clone(),
+            groups: self.groups.clone(),
+            mode: self.mode.clone(),
+        }
+    }
+}
+
+/// The API's refusal beside the field it names, or at the top of the page.
+async fn boot_refusal(state: &ApiState, signed: &Signed, form: &BootParamsForm, error: ApiError) -> Response {
+    if error.status == StatusCode::FORBIDDEN {
+        return refused(signed, error);
+    }
+    let mut errors = BTreeMap::new();
+    match kiln_web::pages::field_of_error(&error.message, &BOOT_FIELDS) {
+        (Some(field), message) => errors.insert(field.to_owned(), message.to_owned()),
+        (None, message) => errors.insert("form".to_owned(), message.to_owned()),
+    };
+    boot_view(state, signed, error.status, form.shown(), errors, None).await
+}
+
+/// `POST /ui/admin/boot`: `POST` (add) or `PUT` (set) `/v1/boot/params`.
+pub(crate) async fn save_boot_params(
+    State(state): State<ApiState>,
+    signed: Signed,
+    axum::Form(form): axum::Form<BootParamsForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let input = match form.input() {
+        Ok(input) => input,
+        Err((field, message)) => {
+            let errors = BTreeMap::from([(field, message)]);
+            return boot_view(&state, &signed, StatusCode::BAD_REQUEST, form.shown(), errors, None).await;
+        }
+    };
+    let result = match api_input::<kiln_types::boot::BootParamsInput>(input) {
+        Ok(input) if form.mode == "set" => {
+            crate::boot::set_params(State(state.clone()), signed.caller(), JsonBody(input)).await.map(|_| ())
+        }
+        Ok(input) => crate::boot::add_params(State(state.clone()), signed.caller(), JsonBody(input)).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => Redirect::to("/ui/admin/boot").into_response(),
+        Err(error) => boot_refusal(&state, &signed, &form, error).await,
+    }
+}
+
+/// `POST /ui/admin/boot/delete`: `DELETE /v1/boot/params` for an entry's targets.
+pub(crate) async fn delete_boot_params(
+    State(state): State<ApiState>,
+    signed: Signed,
+    axum::Form(form): axum::Form<BootParamsForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let result = match form.input().map_err(|(field, message)| ApiError::invalid(format!("{field}: {message}"))).and_then(api_input) {
+        Ok(input) => crate::boot::delete_params(State(state.clone()), signed.caller(), JsonBody(input)).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => Redirect::to("/ui/admin/boot").into_response(),
+        Err(error) => boot_refusal(&state, &signed, &form, error).await,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct CloudInitForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    defaults: String,
+}
+
+/// `POST /ui/admin/cloud-init`: `PUT /v1/cloud-init/defaults` with the document, YAML or JSON.
+pub(crate) async fn save_cloud_init(
+    State(state): State<ApiState>,
+    signed: Signed,
+    axum::Form(form): axum::Form<CloudInitForm>,
+) -> Response {
+    if let Some(refused) = signed.csrf_refusal(&form.csrf) {
+        return refused;
+    }
+    let document: Result<serde_json::Value, ApiError> = if form.defaults.trim().is_empty() {
+        Ok(serde_json::json!({}))
+    } else {
+        serde_yaml::from_str(&form.defaults).map_err(|error| ApiError::invalid(format!("not a YAML or JSON document: {error}")))
+    };
+    let result = match document.and_then(api_input) {
+        Ok(defaults) => crate::cloud_init::set_defaults(State(state.clone()), signed.caller(), JsonBody(defaults)).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => Redirect::to("/ui/admin/boot").into_response(),
+        Err(error) if error.status == StatusCode::FORBIDDEN => refused(&signed, error),
+        Err(error) => {
+            let errors = BTreeMap::from([("defaults".to_owned(), error.message)]);
+            boot_view(&state, &signed, error.status, kiln_web::pages::BootForm::default(), errors, Some(form.defaults)).await
+        }
+    }
 }

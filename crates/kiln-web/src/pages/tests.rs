@@ -104,3 +104,18 @@ fn the_sign_in_page() {
         </main>"#]]
     .assert_eq(&main_of(&html));
 }
+
+#[test]
+fn an_api_error_naming_a_field_is_shown_beside_it() {
+    assert_eq!(field_of_error("macs: 'zz' is not a MAC address", &["macs", "kernel"]), (Some("macs"), "'zz' is not a MAC address"));
+    assert_eq!(field_of_error("node 'x' not found", &["macs"]), (None, "node 'x' not found"));
+    assert_eq!(field_of_error("macs[1]: 'zz' is not a MAC", &["macs"]), (Some("macs"), "macs[1]: 'zz' is not a MAC"));
+    let mut errors = std::collections::BTreeMap::new();
+    errors.insert("macs".to_owned(), "'zz' is not a MAC address".to_owned());
+    let page =
+        Page::Boot { entries: Vec::new(), form: BootForm { macs: "zz".into(), ..BootForm::default() }, cloud_init: String::new(), errors };
+    let html = Console::new().render(&Frame { admin: true, ..frame() }, &page).unwrap();
+    let field = html.lines().find(|line| line.contains(r#"id="boot-macs""#)).unwrap();
+    assert!(field.contains(r#"aria-invalid="true""#) && field.contains("boot-macs-error"), "{field}");
+    assert!(html.contains(r#"<span class="field-error" id="boot-macs-error">&#x27;zz&#x27; is not a MAC address</span>"#), "{html}");
+}
