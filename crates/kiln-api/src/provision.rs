@@ -490,3 +490,11 @@ pub async fn capture_upload(
     tracing::info!(node = %node.name, image = %image, version = version.version, "disk captured");
     Ok((StatusCode::CREATED, Json(version)))
 }
+
+/// Who holds which machine when: deploys waiting for their start and deploys on nodes, of the
+/// nodes the caller sees, earliest first.
+#[utoipa::path(get, path = "/v1/reservations", tag = "provisioning",
+    responses((status = 200, body = Vec<kiln_types::provision::Reservation>)))]
+pub async fn list_reservations(State(state): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<kiln_types::provision::Reservation>>> {
+    Ok(Json(state.store.list_reservations(&caller.read_scope()).await?))
+}

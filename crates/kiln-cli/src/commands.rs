@@ -199,6 +199,8 @@ pub(crate) enum NodeCommand {
     Capture(crate::provision::CaptureArgs),
     /// A node's provisioning: state, step, progress, last error.
     Provision { node: String },
+    /// Who holds which node when: deploys waiting for their start and deploys on nodes.
+    Reservations,
     /// Pause (on) or resume (off) automation for nodes.
     Maintenance(crate::provision::MaintenanceArgs),
 }
@@ -218,6 +220,7 @@ pub(crate) async fn node(client: &Client, format: OutputFormat, command: NodeCom
         NodeCommand::Provide(args) => crate::provision::simple(client, format, "provide", args).await,
         NodeCommand::Wait(args) => crate::provision::wait(client, format, args).await,
         NodeCommand::Provision { node } => crate::provision::status(client, format, &node).await,
+        NodeCommand::Reservations => crate::provision::reservations(client, format).await,
         NodeCommand::Capture(args) => crate::provision::capture(client, format, args).await,
         NodeCommand::Maintenance(args) => crate::provision::maintenance(client, args).await,
         NodeCommand::List { group, state, project, mac, limit } => {

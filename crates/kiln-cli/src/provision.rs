@@ -230,6 +230,27 @@ pub(crate) async fn status(client: &Client, format: OutputFormat, node: &str) ->
     print(format, &status, || status_table(std::slice::from_ref(&status)))
 }
 
+/// `kiln node reservations`: who holds which node when.
+pub(crate) async fn reservations(client: &Client, format: OutputFormat) -> anyhow::Result<()> {
+    let reservations: Vec<kiln_types::provision::Reservation> = client.get("/v1/reservations").await?;
+    print(format, &reservations, || {
+        let rows: Vec<Vec<String>> = reservations
+            .iter()
+            .map(|reservation| {
+                vec![
+                    reservation.node.clone(),
+                    reservation.project.clone().unwrap_or_default(),
+                    format!("{}:{}", reservation.image, reservation.version),
+                    reservation.start_at.map(|at| at.to_string()).unwrap_or_else(|| "now".to_owned()),
+                    reservation.end_at.map(|at| at.to_string()).unwrap_or_else(|| "until undeployed".to_owned()),
+                    if reservation.pending { "waiting".to_owned() } else { reservation.provision_state.to_string() },
+                ]
+            })
+            .collect();
+        table(&["NODE", "PROJECT", "IMAGE", "FROM", "TO", "STATE"], rows)
+    })
+}
+
 pub(crate) async fn maintenance(client: &Client, args: MaintenanceArgs) -> anyhow::Result<()> {
     let on = matches!(args.switch, OnOff::On);
     for node in &args.nodes {

@@ -83,7 +83,7 @@ fn a_member_works_in_the_browser_by_mouse_and_keyboard_and_every_page_passes_axe
     );
 
     // Every other page, and another project's node, which is missing here as in the API.
-    for (path, name) in [("/ui/", "overview"), ("/ui/images", "images"), ("/ui/tokens", "tokens")] {
+    for (path, name) in [("/ui/", "overview"), ("/ui/reservations", "reservations"), ("/ui/images", "images"), ("/ui/tokens", "tokens")] {
         chrome.goto(&format!("{base}{path}"));
         chrome.find("h1");
         audit(&chrome, name);

@@ -247,3 +247,48 @@ fn an_administrator_manages_projects_users_and_allocation_and_nobody_else_may() 
     assert!(!site.kiln(&["project", "list"]).contains("gamma"));
     assert!(!site.server.log().contains("carol-first-password") && !site.server.log().contains("carol-second-pass"));
 }
+
+#[test]
+fn a_reservation_shows_on_the_calendar_and_an_overlapping_deploy_is_refused() {
+    let site = Site::start("");
+    // An image of alpha's with a disk, and alpha's node available.
+    let disk = site.scratch_directory().join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    site.kiln(&["image", "create", "lab-os", "--project", "alpha"]);
+    site.kiln(&["image", "upload", "alpha/lab-os", &format!("disk={}", disk.display())]);
+    site.kiln(&["node", "manage", "alpha-node", "--wait", "--timeout", "30"]);
+    site.kiln(&["node", "provide", "alpha-node", "--wait", "--timeout", "30"]);
+
+    let mut alice = Browser::new(&site.server);
+    alice.sign_in("alice", "alice-long-password");
+    let csrf = alice.get("/ui/nodes/alpha-node").csrf();
+    let tomorrow = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date().tomorrow().unwrap();
+    let start = format!("{tomorrow}T08:00");
+    let end = format!("{}T08:00", tomorrow.tomorrow().unwrap());
+    let reserved = alice.post(
+        "/ui/nodes/alpha-node/deploy",
+        &[("csrf", &csrf), ("image", "alpha/lab-os"), ("mode", "disk"), ("start_at", &start), ("end_at", &end)],
+    );
+    assert_eq!(reserved.status, 303, "{}", reserved.body);
+
+    // The calendar: the node held from tomorrow 08:00 to the day after, by alpha.
+    let calendar = alice.get("/ui/reservations");
+    assert_eq!(calendar.status, 200);
+    assert!(calendar.body.contains("alpha: alpha&#x2f;lab-os v1 (waiting)"), "{}", calendar.body);
+    assert!(calendar.body.contains(&format!("{tomorrow} 08:00 to ")), "{}", calendar.body);
+    let row = calendar.body.lines().find(|line| line.contains(">alpha-node</a>")).unwrap();
+    let held: Vec<bool> = row.split("<td class=\"").skip(1).map(|cell| cell.starts_with("held")).collect();
+    assert_eq!(&held[..3], [false, true, true], "today free, tomorrow and the day after held: {row}");
+    let listed = site.kiln(&["node", "reservations"]);
+    assert!(listed.contains("alpha-node") && listed.contains("alpha/lab-os:1") && listed.contains("waiting"), "{listed}");
+
+    // Another deploy on the node is refused, saying whose time it is.
+    let overlapping = alice.post("/ui/nodes/alpha-node/deploy", &[("csrf", &csrf), ("image", "alpha/lab-os")]);
+    assert_eq!(overlapping.status, 409);
+    assert!(overlapping.body.contains("is reserved from"), "{}", overlapping.body);
+
+    // Bob's project sees no reservation of alpha's.
+    let mut bob = Browser::new(&site.server);
+    bob.sign_in("bob", "bob-long-password");
+    assert!(bob.get("/ui/reservations").body.contains("No node is reserved."));
+}

@@ -20,6 +20,7 @@ mod nodes;
 mod passwords;
 mod power;
 mod provision;
+mod reservations;
 mod resolve;
 mod tenancy;
 mod web_sessions;

@@ -130,7 +130,26 @@ impl Store {
             return Err(StoreError::conflict(format!("node '{}' is in maintenance: take it out first", node.name)));
         }
         if let Some(pending) = current.as_ref().and_then(|r| r.intent.as_ref()) {
+            // A deploy waiting for its start is a reservation: say whose time it is.
+            if let Intent::Deploy(reserved) = pending
+                && let Some(start) = reserved.start_at
+            {
+                let until = reserved.end_at.map_or_else(|| "until undeployed".to_owned(), |end| format!("to {end}"));
+                return Err(StoreError::conflict(format!(
+                    "node '{}' is reserved from {start} {until} (a deploy of {} waiting for its start): choose another node",
+                    node.name, reserved.image
+                )));
+            }
             return Err(StoreError::conflict(format!("node '{}' already has a '{}' request pending", node.name, pending.name())));
+        }
+        if let Intent::Deploy(_) = intent
+            && node.provision_state == ProvisionState::Active
+            && let Some(end) = current.as_ref().and_then(|r| r.target.as_ref()).and_then(|target| target.end_at)
+        {
+            return Err(StoreError::conflict(format!(
+                "node '{}' is reserved until {end} by the deploy on it: undeploy it first or choose another node",
+                node.name
+            )));
         }
         // An abort is for a busy node; its own states say which.
         if busy(node.provision_state) && *intent != Intent::Abort {

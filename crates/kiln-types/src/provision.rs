@@ -343,3 +343,24 @@ pub struct Transition {
     /// Why, for the event log and the server's log.
     pub reason: String,
 }
+
+/// Who holds a machine when: a deploy waiting for its start, or one under way or done that
+/// has not been undeployed (`GET /v1/reservations`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Reservation {
+    pub node: String,
+    /// The project holding the node (none: the operators').
+    pub project: Option<String>,
+    /// The image's key and version.
+    pub image: String,
+    pub version: i64,
+    /// When the hold starts: the deploy's start, or when it was taken up.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub start_at: Option<jiff::Timestamp>,
+    /// When it ends (the node is undeployed then); none: until undeployed.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub end_at: Option<jiff::Timestamp>,
+    /// `true` while the deploy waits for its start.
+    pub pending: bool,
+    pub provision_state: ProvisionState,
+}

@@ -42,8 +42,13 @@ struct SectionLink {
     current: bool,
 }
 
-const SECTIONS: [(&str, &str); 4] =
-    [("/ui/", "Overview"), ("/ui/nodes", "Nodes"), ("/ui/images", "Images"), ("/ui/tokens", "Account and tokens")];
+const SECTIONS: [(&str, &str); 5] = [
+    ("/ui/", "Overview"),
+    ("/ui/nodes", "Nodes"),
+    ("/ui/reservations", "Reservations"),
+    ("/ui/images", "Images"),
+    ("/ui/tokens", "Account and tokens"),
+];
 
 /// The section only administrators see.
 const ADMIN_SECTION: (&str, &str) = ("/ui/admin", "Administration");
@@ -157,6 +162,12 @@ pub enum Page {
         cloud_init: String,
         errors: std::collections::BTreeMap<String, String>,
     },
+    /// The reservations of the `days` days from `today` (UTC).
+    Reservations {
+        reservations: Vec<kiln_types::provision::Reservation>,
+        today: jiff::civil::Date,
+        days: u32,
+    },
     Problem {
         title: String,
         message: String,
@@ -175,6 +186,7 @@ impl Page {
             Page::Tokens { .. } => "tokens.html",
             Page::Admin { .. } => "admin.html",
             Page::Boot { .. } => "boot.html",
+            Page::Reservations { .. } => "reservations.html",
             Page::Problem { .. } => "problem.html",
         }
     }
@@ -187,6 +199,7 @@ impl Page {
             Page::Images { .. } | Page::Image { .. } => Some("/ui/images"),
             Page::Tokens { .. } => Some("/ui/tokens"),
             Page::Admin { .. } | Page::Boot { .. } => Some(ADMIN_SECTION.0),
+            Page::Reservations { .. } => Some("/ui/reservations"),
             Page::SignIn { .. } | Page::Problem { .. } => None,
         }
     }
@@ -243,6 +256,7 @@ impl Page {
             Page::Boot { entries, form, cloud_init, errors } => {
                 json!({"entries": entries, "form": form, "cloud_init": cloud_init, "errors": errors})
             }
+            Page::Reservations { reservations, today, days } => calendar(reservations, *today, *days),
             Page::Problem { title, message } => json!({"title": title, "message": message}),
         }
     }
@@ -269,6 +283,40 @@ pub fn provision_actions(state: ProvisionState) -> Vec<Action> {
         (Intent::Abort, Action { verb: "abort", label: "Abort" }),
     ];
     offered.into_iter().filter(|(intent, _)| intent.allowed_from().contains(&state)).map(|(_, action)| action).collect()
+}
+
+/// The calendar: one column per day from `today`, one row per reservation, a day held when
+/// the reservation covers any of it.
+fn calendar(reservations: &[kiln_types::provision::Reservation], today: jiff::civil::Date, days: u32) -> serde_json::Value {
+    let day_list: Vec<jiff::civil::Date> =
+        (0..days).filter_map(|offset| today.checked_add(jiff::Span::new().days(i64::from(offset))).ok()).collect();
+    let start_of = |date: jiff::civil::Date| date.to_zoned(jiff::tz::TimeZone::UTC).map(|zoned| zoned.timestamp()).ok();
+    let rows: Vec<serde_json::Value> = reservations
+        .iter()
+        .map(|reservation| {
+            let held: Vec<bool> = day_list
+                .iter()
+                .map(|day| {
+                    let (Some(day_start), Some(next_start)) = (start_of(*day), day.tomorrow().ok().and_then(start_of)) else {
+                        return false;
+                    };
+                    let starts_before_day_ends = reservation.start_at.is_none_or(|start| start < next_start);
+                    let ends_after_day_starts = reservation.end_at.is_none_or(|end| end > day_start);
+                    starts_before_day_ends && ends_after_day_starts
+                })
+                .collect();
+            serde_json::json!({
+                "node": reservation.node, "project": reservation.project, "image": reservation.image,
+                "version": reservation.version, "pending": reservation.pending,
+                "start": reservation.start_at.map(|at| at.strftime("%Y-%m-%d %H:%M").to_string()),
+                "end": reservation.end_at.map(|at| at.strftime("%Y-%m-%d %H:%M").to_string()),
+                "days": held,
+            })
+        })
+        .collect();
+    let days: Vec<serde_json::Value> =
+        day_list.iter().map(|day| serde_json::json!({"label": day.to_string(), "short": day.strftime("%a %d").to_string()})).collect();
+    serde_json::json!({"rows": rows, "days": days})
 }
 
 /// How far the agent's current phase is, 0 to 100, when it knows its total.
@@ -327,6 +375,7 @@ impl Console {
             ("problem.html", include_str!("../templates/problem.html")),
             ("admin.html", include_str!("../templates/admin.html")),
             ("boot.html", include_str!("../templates/boot.html")),
+            ("reservations.html", include_str!("../templates/reservations.html")),
         ] {
             templates.add_template(name, text).expect("the built-in templates parse");
         }

@@ -44,6 +44,7 @@ pub fn router() -> axum::Router<ApiState> {
         .route("/ui/nodes/{node}/console", get(pages::console_output).post(pages::console_line))
         .route("/ui/nodes/{node}/maintenance", post(pages::maintenance))
         .route("/ui/nodes/{node}/{action}", post(pages::provision_action))
+        .route("/ui/reservations", get(pages::reservations))
         .route("/ui/images", get(pages::images).post(pages::create_image))
         .route("/ui/images/{image}", get(pages::image))
         .route("/ui/images/{image}/versions", post(uploads::create_version))

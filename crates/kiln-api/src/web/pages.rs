@@ -563,3 +563,14 @@ pub(crate) async fn revoke_token(
         Err(error) => refused(&signed, error),
     }
 }
+
+/// `GET /ui/reservations`: `GET /v1/reservations` as a calendar of the next two weeks.
+pub(crate) async fn reservations(State(state): State<ApiState>, signed: Signed) -> Response {
+    match crate::provision::list_reservations(State(state), signed.caller()).await {
+        Ok(Json(reservations)) => {
+            let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+            page_response(StatusCode::OK, &frame(&signed), &Page::Reservations { reservations, today, days: 14 })
+        }
+        Err(error) => refused(&signed, error),
+    }
+}

@@ -119,3 +119,30 @@ fn an_api_error_naming_a_field_is_shown_beside_it() {
     assert!(field.contains(r#"aria-invalid="true""#) && field.contains("boot-macs-error"), "{field}");
     assert!(html.contains(r#"<span class="field-error" id="boot-macs-error">&#x27;zz&#x27; is not a MAC address</span>"#), "{html}");
 }
+
+#[test]
+fn the_calendar_marks_the_days_each_reservation_holds() {
+    let reservation = |node: &str, start: Option<&str>, end: Option<&str>| kiln_types::provision::Reservation {
+        node: node.into(),
+        project: Some("alpha".into()),
+        image: "alpha/debian".into(),
+        version: 2,
+        start_at: start.map(|at| at.parse().unwrap()),
+        end_at: end.map(|at| at.parse().unwrap()),
+        pending: start.is_some(),
+        provision_state: ProvisionState::Available,
+    };
+    let page = Page::Reservations {
+        reservations: vec![reservation("n1", Some("2026-12-07T08:00:00Z"), Some("2026-12-08T08:00:00Z")), reservation("n2", None, None)],
+        today: jiff::civil::date(2026, 12, 6),
+        days: 4,
+    };
+    let held = |html: &str, node: &str| {
+        let row = html.lines().find(|line| line.contains(&format!(">{node}</a>"))).unwrap().to_owned();
+        row.split("<td class=\"").skip(1).map(|cell| cell.starts_with("held")).collect::<Vec<_>>()
+    };
+    let html = Console::new().render(&frame(), &page).unwrap();
+    assert_eq!(held(&html, "n1"), [false, true, true, false], "from the 7th 08:00 to the 8th 08:00");
+    assert_eq!(held(&html, "n2"), [true, true, true, true], "held until undeployed");
+    assert!(html.contains("Sun 06") && html.contains("2026-12-07 08:00 to 2026-12-08 08:00"));
+}
