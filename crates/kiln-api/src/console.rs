@@ -21,6 +21,8 @@ use crate::extract::{JsonBody, QueryParams};
 
 /// The most one request types.
 const MAX_INPUT_BYTES: usize = 4096;
+/// Typed requests waiting for the line at once; more are refused rather than waited for.
+const TYPED_QUEUE: usize = 16;
 
 /// The consoles this replica reads now, each with the way to type into it.
 #[derive(Debug, Default)]
@@ -28,24 +30,29 @@ pub struct ConsoleHub {
     typing: Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>,
 }
 
-/// A console held open by its reader; the hub forgets it when this is dropped.
+/// A console held open by its reader; the hub forgets it when this is dropped (unless a newer
+/// reader of the same console has taken its place since).
 pub struct ConsoleAttachment<'a> {
     hub: &'a ConsoleHub,
     node_id: String,
+    sender: mpsc::Sender<Vec<u8>>,
 }
 
 impl Drop for ConsoleAttachment<'_> {
     fn drop(&mut self) {
-        self.hub.typing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.node_id);
+        let mut typing = self.hub.typing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if typing.get(&self.node_id).is_some_and(|registered| registered.same_channel(&self.sender)) {
+            typing.remove(&self.node_id);
+        }
     }
 }
 
 impl ConsoleHub {
     /// Registers the reader of `node_id`'s console: what people type arrives on the receiver.
     pub fn attach(&self, node_id: &str) -> (mpsc::Receiver<Vec<u8>>, ConsoleAttachment<'_>) {
-        let (sender, receiver) = mpsc::channel(16);
-        self.typing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(node_id.to_owned(), sender);
-        (receiver, ConsoleAttachment { hub: self, node_id: node_id.to_owned() })
+        let (sender, receiver) = mpsc::channel(TYPED_QUEUE);
+        self.typing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(node_id.to_owned(), sender.clone());
+        (receiver, ConsoleAttachment { hub: self, node_id: node_id.to_owned(), sender })
     }
 
     fn sender(&self, node_id: &str) -> Option<mpsc::Sender<Vec<u8>>> {
@@ -88,7 +95,8 @@ pub(crate) async fn get_console(
 /// Types `text` on the node's serial console, through the replica that reads it.
 #[utoipa::path(post, path = "/v1/nodes/{node}/console", tag = "bmc", params(("node" = String, Path, description = "Name, xname or id")),
     request_body = ConsoleInput,
-    responses((status = 202), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub(crate) async fn type_on_console(
     State(state): State<ApiState>,
     caller: Caller,
@@ -113,8 +121,16 @@ pub(crate) async fn type_on_console(
         )
     };
     let sender = state.consoles.sender(&node.id).ok_or_else(not_connected)?;
-    sender.send(input.text.into_bytes()).await.map_err(|_| not_connected())?;
-    // What was typed may be a password: its length only.
-    tracing::info!(node = %node.name, actor = %caller.user, "typed on the serial console");
+    let bytes = input.text.len();
+    sender.try_send(input.text.into_bytes()).map_err(|error| match error {
+        mpsc::error::TrySendError::Full(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Busy,
+            format!("node '{}': the serial line has not yet taken what was typed before: try again shortly", node.name),
+        ),
+        mpsc::error::TrySendError::Closed(_) => not_connected(),
+    })?;
+    // What was typed may be a password: how much, never what.
+    tracing::info!(node = %node.name, actor = %caller.user, bytes, "typed on the serial console");
     Ok(StatusCode::ACCEPTED)
 }

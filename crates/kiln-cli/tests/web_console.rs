@@ -285,7 +285,9 @@ fn a_reservation_shows_on_the_calendar_and_an_overlapping_deploy_is_refused() {
     // Another deploy on the node is refused, saying whose time it is.
     let overlapping = alice.post("/ui/nodes/alpha-node/deploy", &[("csrf", &csrf), ("image", "alpha/lab-os")]);
     assert_eq!(overlapping.status, 409);
-    assert!(overlapping.body.contains("is reserved from"), "{}", overlapping.body);
+    assert!(overlapping.body.contains("has a deploy of alpha&#x2f;lab-os scheduled from"), "{}", overlapping.body);
+    let inspect = alice.post("/ui/nodes/alpha-node/inspect", &[("csrf", &csrf)]);
+    assert!(inspect.body.contains("no other request is taken for it until that deploy starts"), "{}", inspect.body);
 
     // Bob's project sees no reservation of alpha's.
     let mut bob = Browser::new(&site.server);

@@ -130,13 +130,18 @@ impl Store {
             return Err(StoreError::conflict(format!("node '{}' is in maintenance: take it out first", node.name)));
         }
         if let Some(pending) = current.as_ref().and_then(|r| r.intent.as_ref()) {
-            // A deploy waiting for its start is a reservation: say whose time it is.
+            // A deploy waiting for its start is a reservation: say whose time it is. Nothing
+            // else is taken until it starts (one request at a time per node).
             if let Intent::Deploy(reserved) = pending
                 && let Some(start) = reserved.start_at
             {
-                let until = reserved.end_at.map_or_else(|| "until undeployed".to_owned(), |end| format!("to {end}"));
+                let until = reserved.end_at.map_or_else(|| "until it is undeployed".to_owned(), |end| format!("to {end}"));
+                let advice = match intent {
+                    Intent::Deploy(_) => "choose another node",
+                    _ => "no other request is taken for it until that deploy starts",
+                };
                 return Err(StoreError::conflict(format!(
-                    "node '{}' is reserved from {start} {until} (a deploy of {} waiting for its start): choose another node",
+                    "node '{}' has a deploy of {} scheduled from {start} {until}: {advice}",
                     node.name, reserved.image
                 )));
             }
@@ -145,6 +150,7 @@ impl Store {
         if let Intent::Deploy(_) = intent
             && node.provision_state == ProvisionState::Active
             && let Some(end) = current.as_ref().and_then(|r| r.target.as_ref()).and_then(|target| target.end_at)
+            && end.as_millisecond() > crate::now_millis()
         {
             return Err(StoreError::conflict(format!(
                 "node '{}' is reserved until {end} by the deploy on it: undeploy it first or choose another node",

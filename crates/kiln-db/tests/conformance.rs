@@ -325,16 +325,20 @@ async fn web_sessions_live_until_they_end_or_expire(store: Store) {
 async fn consoles_keep_their_last_bytes_and_offsets(store: Store) {
     let node = store.create_node("admin", &spec(r#"{"name": "n1"}"#)).await.unwrap();
     assert_eq!(store.read_console(&node.id, None).await.unwrap(), kiln_db::ConsoleTail::default());
-    store.append_console(&node.id, b"iPXE 1.21\r\n", 16).await.unwrap();
-    store.append_console(&node.id, b"login: \xff", 16).await.unwrap();
+    store.append_console(&node.id, b"iPXE 1.21\r\n", 64).await.unwrap();
+    store.append_console(&node.id, b"login: \xff", 64).await.unwrap();
     let all = store.read_console(&node.id, None).await.unwrap();
-    assert_eq!((all.start, all.end, all.truncated), (3, 19, false), "the last 16 of 19 bytes");
-    assert_eq!(all.data, b"E 1.21\r\nlogin: \xff");
-    let after = store.read_console(&node.id, Some(11)).await.unwrap();
-    assert_eq!((after.start, after.data.as_slice(), after.truncated), (11, &b"login: \xff"[..], false));
-    let behind = store.read_console(&node.id, Some(1)).await.unwrap();
-    assert!(behind.truncated && behind.start == 3, "a reader behind what is kept is told so");
+    assert_eq!((all.start, all.end, all.truncated), (0, 19, false));
+    assert_eq!(all.data, b"iPXE 1.21\r\nlogin: \xff");
+    let after = store.read_console(&node.id, Some(13)).await.unwrap();
+    assert_eq!((after.start, after.data.as_slice(), after.truncated), (13, &b"gin: \xff"[..], false), "from inside a piece");
     assert!(store.read_console(&node.id, Some(19)).await.unwrap().data.is_empty(), "nothing new");
+    // Keeping 8 bytes: the first piece falls out of the window, whole.
+    store.append_console(&node.id, b"root\r\n", 8).await.unwrap();
+    let kept = store.read_console(&node.id, None).await.unwrap();
+    assert_eq!((kept.start, kept.end, kept.data.as_slice()), (11, 25, &b"login: \xffroot\r\n"[..]));
+    let behind = store.read_console(&node.id, Some(1)).await.unwrap();
+    assert!(behind.truncated && behind.start == 11, "a reader behind what is kept is told so");
     store.delete_node("admin", "n1", &ProjectScope::All).await.unwrap();
     assert_eq!(store.read_console(&node.id, None).await.unwrap().end, 0, "the console goes with its node");
 }

@@ -20,8 +20,10 @@ use tokio::task::JoinSet;
 
 /// How much of each node's console the store keeps.
 pub const KEEP_BYTES: usize = 256 << 10;
-/// How often a reader writes what it read to the store.
-const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How often a reader writes what it read to the store (each write adds one piece).
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long typed bytes may take to go out.
+const WRITE_WITHIN: Duration = Duration::from_secs(5);
 /// How often new or lost consoles are looked for.
 const SCAN_EVERY: Duration = Duration::from_secs(2);
 
@@ -34,38 +36,52 @@ fn serial_socket(node: &Node) -> Option<PathBuf> {
     }
 }
 
-/// Starts the capture; it runs until the handle is aborted.
+/// Starts the capture; it runs until the handle is aborted, which aborts every reader too
+/// (they live in its `JoinSet`).
 pub fn spawn(store: Store, inventory: Arc<Inventory>, hub: Arc<ConsoleHub>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut readers: JoinSet<String> = JoinSet::new();
-        let mut reading: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+        let mut readers: JoinSet<()> = JoinSet::new();
+        // By node: the reader's task, the socket it reads and its handle.
+        let mut reading: HashMap<String, (tokio::task::Id, PathBuf, tokio::task::AbortHandle)> = HashMap::new();
         loop {
-            while let Some(finished) = readers.try_join_next() {
-                if let Ok(node_id) = finished {
-                    reading.remove(&node_id);
-                }
+            // A reader ended (the line closed, or it failed): the next scan starts another.
+            while let Some(finished) = readers.try_join_next_with_id() {
+                let task = match finished {
+                    Ok((task, ())) => task,
+                    Err(error) => error.id(),
+                };
+                reading.retain(|_, (id, _, _)| *id != task);
             }
             let view = inventory.view();
+            // A node deleted, or whose BMC now names another socket, is read no more.
+            reading.retain(|node_id, (_, socket, handle)| {
+                let current = view.get(node_id).and_then(|node| serial_socket(node));
+                let keep = current.as_ref() == Some(socket);
+                if !keep {
+                    handle.abort();
+                }
+                keep
+            });
             for node in view.nodes() {
                 if reading.contains_key(&node.id) {
                     continue;
                 }
                 let Some(socket) = serial_socket(node).filter(|socket| socket.exists()) else { continue };
-                let handle = readers.spawn(read_console(store.clone(), hub.clone(), node.id.clone(), node.name.clone(), socket));
-                reading.insert(node.id.clone(), handle);
+                let handle = readers.spawn(read_console(store.clone(), hub.clone(), node.id.clone(), node.name.clone(), socket.clone()));
+                reading.insert(node.id.clone(), (handle.id(), socket, handle));
             }
             tokio::time::sleep(SCAN_EVERY).await;
         }
     })
 }
 
-/// Reads one console until its connection ends; returns the node's id.
-async fn read_console(store: Store, hub: Arc<ConsoleHub>, node_id: String, node_name: String, socket: PathBuf) -> String {
+/// Reads one console until its connection ends.
+async fn read_console(store: Store, hub: Arc<ConsoleHub>, node_id: String, node_name: String, socket: PathBuf) {
     let stream = match tokio::net::UnixStream::connect(&socket).await {
         Ok(stream) => stream,
         Err(error) => {
             tracing::debug!(node = %node_name, socket = %socket.display(), %error, "the serial console is not reachable");
-            return node_id;
+            return;
         }
     };
     tracing::info!(node = %node_name, socket = %socket.display(), "reading the serial console");
@@ -81,7 +97,9 @@ async fn read_console(store: Store, hub: Arc<ConsoleHub>, node_id: String, node_
                 Ok(count) => pending.extend_from_slice(&buffer[..count]),
             },
             Some(bytes) = typed.recv() => {
-                if writer.write_all(&bytes).await.is_err() {
+                // A line that takes nothing for this long is stuck: reading it goes on from a
+                // new connection rather than stalling here.
+                if !matches!(tokio::time::timeout(WRITE_WITHIN, writer.write_all(&bytes)).await, Ok(Ok(()))) {
                     break;
                 }
             }
@@ -93,7 +111,6 @@ async fn read_console(store: Store, hub: Arc<ConsoleHub>, node_id: String, node_
     }
     flush_console(&store, &node_id, &node_name, &mut pending).await;
     tracing::info!(node = %node_name, "the serial console closed");
-    node_id
 }
 
 async fn flush_console(store: &Store, node_id: &str, node_name: &str, pending: &mut Vec<u8>) {

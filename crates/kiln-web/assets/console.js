@@ -108,7 +108,9 @@
 })();
 
 // The serial console on a node's page: what the node prints after the page was made,
-// asked for every second from the offset the page (then each answer) gives.
+// asked for from the offset the page (then each answer) gives: every second while the line
+// is read and the page is seen, every ten while it is not read, and never again once the
+// server refuses (the session ended, or the node is gone).
 (function () {
   "use strict";
   var screen = document.getElementById("console");
@@ -116,27 +118,29 @@
   var node = screen.getAttribute("data-console");
   var after = Number(screen.getAttribute("data-console-end") || "0");
   var decoder = new TextDecoder("utf-8");
-  var busy = false;
+  var waits = 0;
   function bytes(base64) {
     var text = atob(base64), out = new Uint8Array(text.length);
     for (var index = 0; index < text.length; index += 1) { out[index] = text.charCodeAt(index); }
     return out;
   }
+  function next(seconds) { setTimeout(follow, seconds * 1000); }
   function follow() {
-    if (busy) { return; }
-    busy = true;
+    if (document.hidden) { next(1); return; }
     fetch("/ui/nodes/" + encodeURIComponent(node) + "/console?after=" + after, { credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.json() : null; })
       .then(function (output) {
-        busy = false;
-        if (!output || !output.data) { if (output) { after = output.end; } return; }
-        var atBottom = screen.scrollTop + screen.clientHeight >= screen.scrollHeight - 4;
-        screen.textContent += decoder.decode(bytes(output.data), { stream: true });
-        if (screen.textContent.length > 262144) { screen.textContent = screen.textContent.slice(-262144); }
+        if (!output) { return; }
+        if (output.data) {
+          var atBottom = screen.scrollTop + screen.clientHeight >= screen.scrollHeight - 4;
+          screen.textContent += decoder.decode(bytes(output.data), { stream: true });
+          if (screen.textContent.length > 262144) { screen.textContent = screen.textContent.slice(-262144); }
+          if (atBottom) { screen.scrollTop = screen.scrollHeight; }
+        }
         after = output.end;
-        if (atBottom) { screen.scrollTop = screen.scrollHeight; }
-      }, function () { busy = false; });
+        next(output.connected ? 1 : 10);
+      }, function () { waits += 1; next(Math.min(30, 2 * waits)); });
   }
   screen.scrollTop = screen.scrollHeight;
-  setInterval(follow, 1000);
+  next(1);
 })();
