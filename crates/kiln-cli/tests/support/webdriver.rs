@@ -44,13 +44,15 @@ pub(crate) struct Chrome {
 impl Chrome {
     pub(crate) fn start() -> Chrome {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let profile = tempfile::tempdir().unwrap();
+        // Chromium's own scratch directories go into the profile's, removed with it.
         let driver = Command::new(CHROMEDRIVER)
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".to_owned()])
+            .env("TMPDIR", profile.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let profile = tempfile::tempdir().unwrap();
         let mut chrome = Chrome { driver, address: format!("127.0.0.1:{port}"), session: String::new(), _profile: profile };
         let started = Instant::now();
         while chrome.raw("GET", "/status", None).is_err() {
