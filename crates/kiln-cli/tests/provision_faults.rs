@@ -738,7 +738,8 @@ fn a_reservation_starts_at_its_time_and_ends_with_the_disk_cleaned() {
     site.kiln(&["node", "deploy", "res1", "--image", "os", "--at", "+3s", "--until", "+12s"]);
     let status = site.status("res1");
     assert_eq!((status["provision_state"].as_str(), status["pending"]["action"].as_str()), (Some("available"), Some("deploy")), "{status}");
-    assert!(site.kiln_fails(&["node", "inspect", "res1"]).contains("already has a 'deploy' request pending"));
+    let refused = site.kiln_fails(&["node", "inspect", "res1"]);
+    assert!(refused.contains("has a deploy of os scheduled from") && refused.contains("until that deploy starts"), "{refused}");
     let (node, agent_token) = site.agent_credentials("res1", "52:54:00:00:08:01");
     assert!(requested.elapsed() >= Duration::from_secs(3), "the deploy started early: {:?}", requested.elapsed());
     let disk = site.directory.path().join("res1.disk");
