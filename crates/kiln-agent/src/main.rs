@@ -8,10 +8,13 @@
 //! The same binary simulates nodes for scale tests: `--server`, `--node`, `--token` on the
 //! command line (`--api` for the API listener, if it is not the server's address, `--mac`
 //! for the booting MAC) and `--disk-file` to write to a file instead of the machine's disks.
+//!
+//! `kiln-agent nbd-root` attaches a network-mode node's disk instead (see `nbd_root`).
 
 mod client;
 mod inspect;
 mod io;
+mod nbd_root;
 mod work;
 
 use std::path::{Path, PathBuf};
@@ -80,6 +83,14 @@ fn options() -> anyhow::Result<Options> {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("nbd-root") {
+        let attached = nbd_root::NbdRoot::from_args(std::env::args().skip(2)).and_then(|root| nbd_root::attach(&root));
+        if let Err(error) = attached {
+            eprintln!("kiln-agent nbd-root: {error:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut options = match options() {
         Ok(options) => options,
         Err(error) => {

@@ -41,6 +41,8 @@ pub struct BootSettings {
     /// The API listener's URL, where agents send what is too large for the boot listener
     /// (a captured disk).
     pub api_url: String,
+    /// HOST:PORT of the network-disk gateway, when the server has one.
+    pub network_disk_address: Option<String>,
 }
 
 fn invalid(error: kiln_boot::InvalidBootParams) -> ApiError {
@@ -184,6 +186,11 @@ async fn provisioning_script(
     {
         return live_script(state, &context, target).await;
     }
+    if let Some(target) = status.target.as_ref().filter(|target| target.mode == DeployMode::Network)
+        && (running_image || node.provision_state == Deploying)
+    {
+        return network_disk_script(state, &context, target, peer).await;
+    }
     if !agent_states || waiting_for_system {
         return Ok(None);
     }
@@ -269,6 +276,36 @@ async fn live_script(
     };
     tracing::info!(node = %node.name, image = %target.image, version = target.version, "live boot script served");
     Ok(Some(script))
+}
+
+/// A network-mode node's script: the deploy ramdisk's kernel and initramfs, whose init
+/// attaches the node's clone over NBD (`kiln.nbd=`, `kiln.nbd.export=`) and boots the root
+/// it finds there in place. The export name is the clone's credential: like an agent token,
+/// only the node's own address is given it.
+async fn network_disk_script(
+    state: &ApiState,
+    context: &ScriptContext<'_>,
+    target: &kiln_types::provision::DeployTarget,
+    peer: std::net::IpAddr,
+) -> ApiResult<Option<String>> {
+    let node = context.node.expect("network-mode nodes are known");
+    let Some(address) = state.boot.network_disk_address.as_deref() else {
+        tracing::warn!(node = %node.name, "a network-mode node boots, but this server has no [netdisk]");
+        return Ok(Some(kiln_boot::unknown_machine_script(context)));
+    };
+    if !speaks_for(state, node, context.mac, peer) {
+        tracing::warn!(node = %node.name, mac = %context.mac, %peer, "a network disk's boot script was asked for from an address Kiln did not give this MAC; none served");
+        return Ok(Some(kiln_boot::unknown_machine_script(context)));
+    }
+    // Between the deploy's steps (the clone not made yet): ask again shortly.
+    let Some(export) = state.store.network_disk_export(&node.id).await? else {
+        return Ok(Some(kiln_boot::unknown_machine_script(context)));
+    };
+    let Some((kernel, initrd)) = ramdisk_urls(state, node).await else { return Ok(Some(kiln_boot::unknown_machine_script(context))) };
+    let command_line =
+        format!("console=tty0 console=ttyS0,115200 kiln.nbd={address} kiln.nbd.export={export} kiln.server={}", state.boot.public_url);
+    tracing::info!(node = %node.name, image = %target.image, version = target.version, "network disk boot script served");
+    Ok(Some(kiln_boot::network_disk_script(context, &kernel, &initrd, &command_line)))
 }
 
 /// A booted system's proof of life: records an event for the node with this MAC.

@@ -81,7 +81,21 @@ pub async fn deploy(
     let needed: &[ArtifactKind] = match body.mode {
         DeployMode::Disk => &[ArtifactKind::Disk],
         DeployMode::Live => &[ArtifactKind::Root],
+        DeployMode::Network => &[ArtifactKind::Disk],
     };
+    if body.mode == DeployMode::Network {
+        if state.boot.network_disk_address.is_none() {
+            return Err(ApiError::invalid("network deploys need the server's network disks: [netdisk] in its configuration"));
+        }
+        if let Some(disk) = version.artifact(ArtifactKind::Disk)
+            && !matches!(disk.format, kiln_types::image::ImageFormat::Raw | kiln_types::image::ImageFormat::Qcow2)
+        {
+            return Err(ApiError::invalid(format!(
+                "image {}:{} has a {} disk artifact; a network deploy needs a raw or qcow2 disk",
+                image.name, version.version, disk.format
+            )));
+        }
+    }
     if body.mode == DeployMode::Live && image.visibility != kiln_types::image::Visibility::Public {
         // A live node fetches its root at every boot, with no credential to show.
         return Err(ApiError::invalid(format!("live deploys need a public image; '{}' is {}", image.name, image.visibility)));
@@ -194,6 +208,11 @@ pub async fn capture(
     let image = crate::images::writable_image(&state, &caller, &body.image).await?;
     if status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Live) {
         return Err(ApiError::invalid(format!("node '{key}' runs its image live: there is no disk to capture")));
+    }
+    if status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Network) {
+        return Err(ApiError::invalid(format!(
+            "node '{key}' runs from a network disk: take a snapshot of it instead (kiln node snapshot)"
+        )));
     }
     request(&state, &caller, &key, Intent::Capture { image: image.scoped_name().key() }).await
 }

@@ -8,5 +8,6 @@ pub mod script;
 
 pub use params::{BootParams, BootParamsInput, BootTarget, InvalidBootParams};
 pub use script::{
-    RamdiskUrls, ScriptContext, agent_script, bootscript, chain_script, live_script, local_disk_script, unknown_machine_script,
+    RamdiskUrls, ScriptContext, agent_script, bootscript, chain_script, live_script, local_disk_script, network_disk_script,
+    unknown_machine_script,
 };

@@ -132,9 +132,19 @@ pub fn local_disk_script(context: &ScriptContext<'_>) -> String {
 /// The script of a node running an image live (diskless): its kernel and initramfs, with the
 /// root image's URL on the command line, where the initramfs fetches it into RAM.
 pub fn live_script(context: &ScriptContext<'_>, kernel: &str, initrd: &str, command_line: &str) -> String {
+    kernel_script(context, "boots its image live", kernel, initrd, command_line)
+}
+
+/// A network-mode node's script: the deploy ramdisk's kernel and initramfs, told where the
+/// node's network disk is (`kiln.nbd=`, `kiln.nbd.export=` in `command_line`).
+pub fn network_disk_script(context: &ScriptContext<'_>, kernel: &str, initrd: &str, command_line: &str) -> String {
+    kernel_script(context, "boots from its network disk", kernel, initrd, command_line)
+}
+
+fn kernel_script(context: &ScriptContext<'_>, what: &str, kernel: &str, initrd: &str, command_line: &str) -> String {
     let name = context.node.map_or("this machine", |node| node.name.as_str());
     format!(
-        "#!ipxe\necho Kiln: {name} ({mac}) boots its image live\n\
+        "#!ipxe\necho Kiln: {name} ({mac}) {what}\n\
          kernel --name kernel {kernel} initrd=initrd {command_line} || goto retry\n\
          initrd --name initrd {initrd} || goto retry\nboot || goto retry\n{tail}",
         mac = context.mac,
@@ -249,6 +259,22 @@ mod tests {
             "http://10.77.0.1:8081/k",
             "http://10.77.0.1:8081/i",
             "console=ttyS0 root=live:http://10.77.0.1:8081/r",
+        ));
+        expect_test::expect![[r#"
+            #!ipxe
+            echo Kiln: nid001 (52:54:00:be:ef:01) boots from its network disk
+            kernel --name kernel http://10.77.0.1:8081/k initrd=initrd console=ttyS0 kiln.nbd=10.77.0.1:10809 kiln.nbd.export=kiln_secret || goto retry
+            initrd --name initrd http://10.77.0.1:8081/i || goto retry
+            boot || goto retry
+            :retry
+            echo Retrying in 10 seconds
+            sleep 10
+            chain --replace --autofree http://10.77.0.1:8081/boot/v1/bootscript?mac=52:54:00:be:ef:01 || goto retry
+        "#]].assert_eq(&network_disk_script(
+            &context,
+            "http://10.77.0.1:8081/k",
+            "http://10.77.0.1:8081/i",
+            "console=ttyS0 kiln.nbd=10.77.0.1:10809 kiln.nbd.export=kiln_secret",
         ));
     }
 }

@@ -59,8 +59,12 @@ fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum ModeArg {
+    /// Write the image to the node's disk.
     Disk,
+    /// Boot the image's root from RAM.
     Live,
+    /// Boot from a copy-on-write clone of the image's disk, served over the network.
+    Network,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -191,6 +195,7 @@ pub(crate) async fn deploy(client: &Client, format: OutputFormat, args: DeployAr
         mode: match args.mode {
             ModeArg::Disk => DeployMode::Disk,
             ModeArg::Live => DeployMode::Live,
+            ModeArg::Network => DeployMode::Network,
         },
         root_device_hints: hints,
         wait_for_callback: args.wait_for_callback,

@@ -79,6 +79,7 @@ const MIGRATIONS: &[Migration] = &[
             postgres: include_str!("../migrations/postgres/0014_console_output.sql"),
         },
     },
+    Migration { version: 15, name: "network_disks", sql: Sql::Common(include_str!("../migrations/common/0015_network_disks.sql")) },
 ];
 
 impl Store {

@@ -47,6 +47,15 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "loop",
     "squashfs",
     "overlay",
+    // Network-mode boots: the root is a filesystem on a network block device. The
+    // filesystems check their metadata with CRC32C, which they ask the crypto API for at
+    // mount time: loaded first, since the ramdisk has no modprobe to find it then.
+    "nbd",
+    "crc32c_generic",
+    "crc32c-intel",
+    "libcrc32c",
+    "ext4",
+    "xfs",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +172,26 @@ for path in /sys/class/net/*; do
         break
     fi
 done
+fail() { echo "kiln-ramdisk: $1; powering off in 10 seconds"; sleep 10; poweroff -f; }
+nbd=$(sed -n 's/.*kiln\.nbd=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$nbd" ]; then
+    # Network mode: the node's own copy-on-write disk over NBD; the root is whichever of its
+    # partitions holds an init, booted in place (writes go to the node's clone).
+    echo "kiln-ramdisk: attaching the network disk at $nbd"
+    /bin/kiln-agent nbd-root || fail "could not attach the network disk at $nbd"
+    mkdir -p /newroot
+    root=""
+    for device in /dev/nbd0p* /dev/nbd0; do
+        [ -b "$device" ] || continue
+        mount "$device" /newroot 2>/dev/null || continue
+        if [ -e /newroot/sbin/init ] || [ -L /newroot/sbin/init ]; then root=$device; break; fi
+        umount /newroot
+    done
+    [ -n "$root" ] || fail "no partition of the network disk holds /sbin/init"
+    for fs in proc sys dev; do mkdir -p "/newroot/$fs"; mount --move "/$fs" "/newroot/$fs"; done
+    echo "kiln-ramdisk: switching to the root on $root"
+    exec switch_root /newroot /sbin/init
+fi
 live=$(sed -n 's/.*kiln\.live=\([^ ]*\).*/\1/p' /proc/cmdline)
 if [ -n "$live" ]; then
     # Kiln's small live init: the root image into RAM, a RAM overlay on top, and its init.
@@ -171,7 +200,6 @@ if [ -n "$live" ]; then
     mount -t tmpfs -o mode=0755 live /live
     mkdir -p /live/image /live/lower /live/upper /live/work
     echo "kiln-ramdisk: fetching the live root $live"
-    fail() { echo "kiln-ramdisk: $1; powering off in 10 seconds"; sleep 10; poweroff -f; }
     wget -q -O /live/image/root.squashfs "$live" || fail "could not fetch $live"
     if [ -n "$sha" ] && ! echo "$sha  /live/image/root.squashfs" | sha256sum -c - >/dev/null; then
         fail "the live root's SHA-256 is not $sha"

@@ -8,6 +8,7 @@
 mod disk;
 mod initrd;
 mod live;
+mod netdisk;
 pub mod standing;
 
 use std::io::Write as _;
@@ -20,6 +21,7 @@ use anyhow::{Context as _, bail};
 pub use disk::build_bootable_disk;
 pub use initrd::{build_callback_initrd, host_kernel};
 pub use live::build_live_root;
+pub use netdisk::build_network_disk_image;
 
 /// The lab network: 10.77.0.0/24 inside the namespace, the server at .1.
 pub const SERVER_ADDRESS: &str = "10.77.0.1";
@@ -28,6 +30,8 @@ pub const BRIDGE: &str = "kbr0";
 pub const API_PORT: u16 = 8080;
 /// The boot listener: boot scripts, files (sent with sendfile) and cloud-init.
 pub const BOOT_PORT: u16 = 8081;
+/// The network-disk gateway's port (NBD's registered port).
+pub const NETDISK_PORT: u16 = 10809;
 
 /// Whether this machine can run the lab: root, `ip`, QEMU and Debian's iPXE.
 pub fn available() -> Result<(), String> {
@@ -234,7 +238,8 @@ impl Lab {
              [boot]\nlisten = \"{SERVER_ADDRESS}:{BOOT_PORT}\"\n\n\
              [dhcp]\ninterface = \"{BRIDGE}\"\nserver_address = \"{SERVER_ADDRESS}\"\nsubnet = \"{SUBNET}\"\n\
              router = \"{SERVER_ADDRESS}\"\npool = \"10.77.0.100-10.77.0.150\"\nlease_seconds = 600\n{extra_config}\n\n\
-             [tftp]\nlisten = \"{SERVER_ADDRESS}:69\"\nroot = \"/usr/lib/ipxe\"\n",
+             [tftp]\nlisten = \"{SERVER_ADDRESS}:69\"\nroot = \"/usr/lib/ipxe\"\n\n\
+             [netdisk]\nlisten = \"{SERVER_ADDRESS}:{NETDISK_PORT}\"\n",
             url = self.server_url(),
             data = data_dir.display(),
         )?;

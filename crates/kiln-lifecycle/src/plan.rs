@@ -43,12 +43,17 @@ pub enum Action {
     BootFromDisk,
     /// Power off, best effort: a node that failed should not keep running the ramdisk.
     PowerOff,
+    /// Give the node a fresh copy-on-write clone of its deploy target's disk (network mode),
+    /// replacing any it had.
+    PrepareNetworkDisk,
+    /// Remove the node's network disk, freeing its space (the image is untouched).
+    RemoveNetworkDisk,
 }
 
 impl Action {
     /// Whether the step fails when this action does.
     pub fn required(self) -> bool {
-        matches!(self, Action::BootFromNetwork)
+        matches!(self, Action::BootFromNetwork | Action::PrepareNetworkDisk | Action::RemoveNetworkDisk)
     }
 }
 
@@ -177,7 +182,7 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
                 ..to(node, record, state, Some(ProvisionStep::Agent), "node powered on to boot the agent")
             };
             let transition = match node.provision_state {
-                Deploying if record.target.as_ref().is_some_and(|target| target.mode == DeployMode::Live) => {
+                Deploying if record.target.as_ref().is_some_and(|target| target.mode != DeployMode::Disk) => {
                     live_booted(node, record, now, settings)
                 }
                 Deploying => waiting(WaitAgent),
@@ -185,7 +190,13 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
                 Capturing => waiting(Capturing),
                 _ => waiting(Cleaning),
             };
-            Decision::Step { actions: vec![Action::BootFromNetwork], transition: Box::new(transition) }
+            let network_disk =
+                node.provision_state == Deploying && record.target.as_ref().is_some_and(|target| target.mode == DeployMode::Network);
+            let actions = match network_disk {
+                true => vec![Action::PrepareNetworkDisk, Action::BootFromNetwork],
+                false => vec![Action::BootFromNetwork],
+            };
+            Decision::Step { actions, transition: Box::new(transition) }
         }
         WaitAgent | Inspecting | Cleaning | Capturing if step == Some(ProvisionStep::Agent) => agent_waiting(node, record, now, settings),
         WaitAgent if step == Some(ProvisionStep::WaitCallback) => {
@@ -216,16 +227,22 @@ fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Optio
     }
 }
 
+/// A live or network-mode node powered on to boot its image: active, or waiting for the
+/// booted system's callback.
 fn live_booted(node: &Node, record: &ProvisionRecord, now: i64, settings: &LifecycleSettings) -> Transition {
     let wait = record.target.as_ref().is_some_and(|target| target.wait_for_callback);
+    let reason = match record.target.as_ref().map(|target| target.mode) {
+        Some(DeployMode::Network) => "node powered on to boot from its network disk",
+        _ => "node powered on to boot its live image",
+    };
     if wait {
         Transition {
             deadline: Some(now + millis(settings.callback_timeout)),
             due_at: Some(now + millis(settings.callback_timeout)),
-            ..to(node, record, ProvisionState::WaitAgent, Some(ProvisionStep::WaitCallback), "node powered on to boot its live image")
+            ..to(node, record, ProvisionState::WaitAgent, Some(ProvisionStep::WaitCallback), reason)
         }
     } else {
-        to(node, record, ProvisionState::Active, None, "node powered on to boot its live image")
+        to(node, record, ProvisionState::Active, None, reason)
     }
 }
 
@@ -260,6 +277,17 @@ fn take_intent(node: &Node, record: &ProvisionRecord, intent: &Intent, now: i64,
                 format!("deploy of {}:{} requested", target.image, target.version),
             )
         },
+        // A network-mode node has no disk of its own to clean: its clone is removed.
+        Intent::Undeploy if record.target.as_ref().is_some_and(|target| target.mode == DeployMode::Network) => {
+            let transition = Transition {
+                consume_intent: true,
+                consume_result: true,
+                token: TokenChange::Clear,
+                target: None,
+                ..to(node, record, Available, None, "undeployed: the node's network disk is removed")
+            };
+            return Decision::Step { actions: vec![Action::PowerOff, Action::RemoveNetworkDisk], transition: Box::new(transition) };
+        }
         Intent::Undeploy => Transition {
             operation: Operation { clean_mode: settings.undeploy_clean_mode, return_to: Some(Available), capture_image: None },
             ..start(node, record, Undeploying, now, true, "undeploy requested".into())

@@ -15,6 +15,19 @@ use tokio::task::JoinHandle;
 
 use crate::plan::{Action, Decision, LifecycleSettings, failed, plan};
 
+/// What carries out the network-disk actions: the server's network-disk service. A
+/// reconciler without one fails network-mode deploys with the reason.
+pub trait NetworkDisks: Send + Sync {
+    /// Gives `node` a fresh clone of its deploy target's disk artifact (replacing any).
+    fn prepare<'a>(
+        &'a self,
+        node: &'a Node,
+        target: &'a kiln_types::provision::DeployTarget,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    /// Removes `node`'s clone, if it has one.
+    fn remove<'a>(&'a self, node: &'a Node) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
 /// How the reconciler runs.
 #[derive(Debug, Clone)]
 pub struct ReconcilerSettings {
@@ -76,10 +89,23 @@ impl Drop for ReconcilerHandle {
 }
 
 /// Starts the reconciler for this replica. `wake` is shared with the API handlers.
-pub fn start(store: Store, inventory: Arc<Inventory>, settings: ReconcilerSettings, wake: Arc<Notify>) -> ReconcilerHandle {
+pub fn start(
+    store: Store,
+    inventory: Arc<Inventory>,
+    settings: ReconcilerSettings,
+    wake: Arc<Notify>,
+    network_disks: Option<Arc<dyn NetworkDisks>>,
+) -> ReconcilerHandle {
     let owner = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let reconciler =
-        Arc::new(Reconciler { store, inventory, settings, owner: owner.clone(), wake: wake.clone(), in_flight: Default::default() });
+    let reconciler = Arc::new(Reconciler {
+        store,
+        inventory,
+        settings,
+        owner: owner.clone(),
+        wake: wake.clone(),
+        in_flight: Default::default(),
+        network_disks,
+    });
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(reconciler.run(stop_requested));
     ReconcilerHandle { task: Some(task), stopping, wake, owner }
@@ -98,6 +124,7 @@ struct Reconciler {
     /// Nodes a task of this replica is working on: a claim renews their lease but must not
     /// start a second task on them.
     in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
+    network_disks: Option<Arc<dyn NetworkDisks>>,
 }
 
 impl Reconciler {
@@ -152,7 +179,11 @@ impl Reconciler {
             Decision::Step { actions, transition } => (actions, *transition),
         };
         for action in actions {
-            if let Err(error) = self.carry_out(node, action).await {
+            let outcome = match action {
+                Action::PrepareNetworkDisk | Action::RemoveNetworkDisk => self.network_disk(node, &record.target, action).await,
+                _ => self.carry_out(node, action).await,
+            };
+            if let Err(error) = outcome {
                 if action.required() {
                     transition = failed(node, record, format!("{}: {error}", action_name(action)));
                     break;
@@ -185,6 +216,17 @@ impl Reconciler {
         }
     }
 
+    async fn network_disk(&self, node: &Node, target: &Option<kiln_types::provision::DeployTarget>, action: Action) -> Result<(), String> {
+        let Some(disks) = self.network_disks.as_ref() else {
+            return Err("this server has no network-disk service ([netdisk] in the configuration)".to_owned());
+        };
+        match (action, target) {
+            (Action::PrepareNetworkDisk, Some(target)) => disks.prepare(node, target).await,
+            (Action::PrepareNetworkDisk, None) => Err("the deploy has no target".to_owned()),
+            _ => disks.remove(node).await,
+        }
+    }
+
     async fn carry_out(&self, node: &Node, action: Action) -> Result<(), String> {
         if node.bmc.is_none() {
             if action == Action::BootFromNetwork {
@@ -213,6 +255,7 @@ impl Reconciler {
                     other => other,
                 },
                 Action::PowerOff => bmc.power(PowerAction::ForceOff).await,
+                Action::PrepareNetworkDisk | Action::RemoveNetworkDisk => Ok(()),
             }
         };
         match tokio::time::timeout(limit, call).await {
@@ -227,6 +270,8 @@ fn action_name(action: Action) -> &'static str {
         Action::BootFromNetwork => "booting the node from the network",
         Action::BootFromDisk => "setting the boot device to disk",
         Action::PowerOff => "powering the node off",
+        Action::PrepareNetworkDisk => "preparing the node's network disk",
+        Action::RemoveNetworkDisk => "removing the node's network disk",
     }
 }
 

@@ -51,6 +51,19 @@ pub struct ServerConfigLayer {
     pub ironic: Option<IronicLayer>,
     /// The web console (`/ui/` on the API listener).
     pub web: Option<WebLayer>,
+    /// Network disks (deploy mode `network`); absent means none.
+    pub netdisk: Option<NetdiskLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetdiskLayer {
+    /// Where the NBD gateway listens for nodes, e.g. 10.77.0.1:10809 [default: 0.0.0.0:10809]
+    pub listen: Option<String>,
+    /// HOST:PORT nodes connect to [default: the boot URL's host, the listen port]
+    pub address: Option<String>,
+    /// Clones, expanded bases and export sockets [default: <data_dir>/netdisk]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +280,7 @@ impl ServerConfigLayer {
             provisioning: over.provisioning.or(self.provisioning),
             ironic: over.ironic.or(self.ironic),
             web: over.web.or(self.web),
+            netdisk: over.netdisk.or(self.netdisk),
             images: match (self.images, over.images) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
                 (base, over) => over.or(base),
@@ -447,6 +461,31 @@ pub struct ServerConfig {
     pub ironic_noauth: bool,
     /// How long a web console session lasts.
     pub web_session_lifetime_seconds: u64,
+    /// `None` when network disks are off.
+    pub netdisk: Option<NetdiskSettings>,
+}
+
+/// `[netdisk]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetdiskSettings {
+    pub listen: SocketAddr,
+    /// What nodes connect to, when set explicitly.
+    pub address: Option<String>,
+    pub dir: PathBuf,
+}
+
+fn netdisk_config(layer: NetdiskLayer, data_dir: &Path) -> Result<NetdiskSettings, ConfigError> {
+    let text = layer.listen.unwrap_or_else(|| "0.0.0.0:10809".to_owned());
+    let listen = text
+        .parse()
+        .map_err(|_| ConfigError::Invalid { setting: "netdisk.listen", message: format!("'{text}' is not an address:port") })?;
+    if let Some(address) = &layer.address {
+        let valid = address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0));
+        if !valid || address.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid { setting: "netdisk.address", message: format!("'{address}' is not HOST:PORT") });
+        }
+    }
+    Ok(NetdiskSettings { listen, address: layer.address, dir: layer.dir.unwrap_or_else(|| data_dir.join("netdisk")) })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -738,6 +777,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
         let boot = boot_config(layer.boot.unwrap_or_default(), &data_dir)?;
         let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, &boot, &data_dir)).transpose()?;
         let tftp = layer.tftp.map(|tftp| tftp_config(tftp, &boot.ipxe_dir)).transpose()?;
+        let netdisk = layer.netdisk.map(|netdisk| netdisk_config(netdisk, &data_dir)).transpose()?;
         let images = images_config(layer.images.unwrap_or_default(), &data_dir)?;
         let cloud_init = cloud_init_config(layer.cloud_init.unwrap_or_default())?;
         let bmc = layer.bmc.unwrap_or_default();
@@ -777,6 +817,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             provisioning,
             ironic_noauth: layer.ironic.and_then(|ironic| ironic.noauth).unwrap_or(false),
             web_session_lifetime_seconds,
+            netdisk,
         })
     }
 }

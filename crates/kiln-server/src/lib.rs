@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod console;
+mod netdisk;
 pub mod power_sync;
 
 use std::io::Write as _;
@@ -51,6 +52,8 @@ pub enum StartError {
     BlobStore(#[source] kiln_image_store::BlobError),
     #[error("starting the TFTP server")]
     Tftp(#[source] kiln_tftp::server::TftpError),
+    #[error("preparing network disks")]
+    NetworkDisks(#[source] kiln_netdisk::NetdiskError),
     #[error("listening on {address}")]
     Listen {
         address: SocketAddr,
@@ -136,7 +139,22 @@ fn boot_settings(config: &ServerConfig, boot_url: &str, api_url: &str) -> kiln_a
         enrolment: config.boot.enrolment,
         ramdisk_image: config.provisioning.ramdisk_image.clone(),
         api_url: api_url.to_owned(),
+        network_disk_address: config.netdisk.as_ref().map(|netdisk| network_disk_address(netdisk, boot_url)),
     }
+}
+
+/// What nodes connect to for their network disks: as configured, or the boot URL's host with
+/// the gateway's port.
+fn network_disk_address(netdisk: &config::NetdiskSettings, boot_url: &str) -> String {
+    if let Some(address) = &netdisk.address {
+        return address.clone();
+    }
+    let host = boot_url.split("://").nth(1).unwrap_or(boot_url).split('/').next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => host,
+    };
+    format!("{host}:{}", netdisk.listen.port())
 }
 
 /// What request bodies are held to on both listeners.
@@ -189,8 +207,14 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     let images = image_settings(&config)?;
     let state = api_state(&config, &store, &inventory, boot, images, dhcp.as_ref());
     let consoles = console::spawn(store.clone(), inventory.clone(), state.consoles.clone());
-    let reconciler =
-        kiln_lifecycle::start(store.clone(), inventory, config.provisioning.reconciler_settings(), state.provisioning_wake.clone());
+    let network_disks = start_network_disks(&config, &store, &inventory, &state).await?;
+    let reconciler = kiln_lifecycle::start(
+        store.clone(),
+        inventory,
+        config.provisioning.reconciler_settings(),
+        state.provisioning_wake.clone(),
+        network_disks.as_ref().map(|service| service.reconciler_hook(&store)),
+    );
     let boot_service = match boot_listener {
         Some(listener) => {
             let files = Arc::new(kiln_api::boot::BootFiles(state.clone()));
@@ -237,6 +261,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
             tokio::join!(boot, reconciler.shutdown(DRAIN_DEADLINE));
         };
         tokio::join!(api, others);
+        if let Some(network_disks) = network_disks {
+            network_disks.shutdown().await;
+        }
         follower.abort();
         consoles.abort();
         if let Some(power_sync) = power_sync {
@@ -248,6 +275,24 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     });
     tracing::info!(address = %local_addr, public_url = %config.public_url, database = %kiln_db::redact_url(&config.database_url), "kiln is serving");
     Ok(ServerHandle { local_addr, boot_addr, admin_token_file, shutdown, task: Some(task) })
+}
+
+/// Network disks and their NBD gateway, where configured.
+async fn start_network_disks(
+    config: &ServerConfig,
+    store: &Store,
+    inventory: &Arc<kiln_db::Inventory>,
+    state: &ApiState,
+) -> Result<Option<netdisk::NetworkDiskService>, StartError> {
+    let Some(settings) = &config.netdisk else { return Ok(None) };
+    let disks = Arc::new(kiln_netdisk::NetworkDisks::local(&settings.dir, state.images.blobs.clone()).map_err(StartError::NetworkDisks)?);
+    let listener =
+        tokio::net::TcpListener::bind(settings.listen).await.map_err(|source| StartError::Listen { address: settings.listen, source })?;
+    let authority = Arc::new(netdisk::Authority { store: store.clone(), inventory: inventory.clone(), leases: state.leases.clone() });
+    let gateway = kiln_netdisk::gateway::start(listener, disks.clone(), authority)
+        .map_err(|source| StartError::Listen { address: settings.listen, source })?;
+    tracing::info!(clones = %disks.describe(), address = %gateway.local_addr, "network disks ready");
+    Ok(Some(netdisk::NetworkDiskService { disks, gateway }))
 }
 
 /// What every handler shares, from the configuration and the services started so far.

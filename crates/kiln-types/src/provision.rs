@@ -19,6 +19,10 @@ pub enum DeployMode {
     Disk,
     /// Diskless: the node boots the image's kernel and initramfs with its root in RAM.
     Live,
+    /// Diskless, with a disk of its own: the node boots from a copy-on-write clone of the
+    /// image's disk artifact, served by Kiln over NBD (BMI's network-mounted boot). The
+    /// version's bytes are shared by every clone; a clone holds only what its node wrote.
+    Network,
 }
 
 impl DeployMode {
@@ -26,6 +30,7 @@ impl DeployMode {
         match self {
             DeployMode::Disk => "disk",
             DeployMode::Live => "live",
+            DeployMode::Network => "network",
         }
     }
 }

@@ -185,6 +185,24 @@ fn live_deploy_needs_no_agent() {
 }
 
 #[test]
+fn network_deploy_clones_before_booting_and_undeploy_removes_the_clone() {
+    let mut sim = Sim::new(ProvisionState::Available);
+    sim.request(deploy(DeployMode::Network, true)).step().step();
+    sim.after(40).callback().step();
+    sim.request(Intent::Undeploy).step().step();
+    sim.check(expect![[r#"
+        request deploy
+          [] -> deploying/powering -token
+          [PrepareNetworkDisk, BootFromNetwork] -> wait-agent/wait-callback deadline 900 s
+        callback
+          [] -> active
+        request undeploy
+          [PowerOff, RemoveNetworkDisk] -> available -token
+          idle
+    "#]]);
+}
+
+#[test]
 fn failures_end_in_the_operation_s_failure_state() {
     // The agent never calls in.
     let mut sim = Sim::new(ProvisionState::Available);

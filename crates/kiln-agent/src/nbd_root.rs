@@ -1,0 +1,153 @@
+//! `kiln-agent nbd-root`: attaches a network disk as the kernel's `/dev/nbdN` for a node
+//! deployed in network mode. The agent negotiates the export with Kiln's gateway itself
+//! (the handshake is `kiln-nbd`'s), then hands the socket to the kernel's NBD driver, which
+//! speaks the transmission phase; a process must stay in `NBD_DO_IT` for as long as the disk
+//! is attached, so the agent forks one that does and returns once the disk is usable.
+//!
+//! The node's root lives on that disk, so when the connection is lost the kernel fails the
+//! I/O and this process says so on the console before it exits: the node fails with the
+//! reason rather than hanging.
+
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+// Linux's `<linux/nbd.h>`: `_IO(0xab, n)`.
+const NBD_SET_SOCK: libc::c_ulong = 0xab00;
+const NBD_SET_BLKSIZE: libc::c_ulong = 0xab01;
+const NBD_DO_IT: libc::c_ulong = 0xab03;
+const NBD_CLEAR_SOCK: libc::c_ulong = 0xab04;
+const NBD_SET_SIZE_BLOCKS: libc::c_ulong = 0xab07;
+const NBD_SET_TIMEOUT: libc::c_ulong = 0xab09;
+const NBD_SET_FLAGS: libc::c_ulong = 0xab0a;
+// `<linux/fs.h>`: `_IO(0x12, 95)`, re-read the partition table.
+const BLKRRPART: libc::c_ulong = 0x125f;
+
+/// The logical block size the device presents: 512, as the disk images' partition tables
+/// count in 512-byte sectors (with 4096, an MBR's sectors would be read as 4 KiB each).
+const BLOCK_SIZE: u64 = 512;
+
+/// What to attach: `kiln.nbd=HOST:PORT` and `kiln.nbd.export=NAME` on the kernel command
+/// line, or `--server`, `--export` and `--device` given to `nbd-root`.
+pub(crate) struct NbdRoot {
+    pub(crate) server: String,
+    pub(crate) export: String,
+    pub(crate) device: String,
+}
+
+impl NbdRoot {
+    pub(crate) fn from_args(args: impl Iterator<Item = String>) -> anyhow::Result<NbdRoot> {
+        let command_line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let from_kernel = |name| crate::kernel_argument(&command_line, name).map(str::to_owned);
+        let (mut server, mut export, mut device) = (None, None, None);
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--server" => server = Some(value()?),
+                "--export" => export = Some(value()?),
+                "--device" => device = Some(value()?),
+                other => bail!("nbd-root: unknown argument {other} (--server HOST:PORT --export NAME --device /dev/nbdN)"),
+            }
+        }
+        Ok(NbdRoot {
+            server: server.or_else(|| from_kernel("kiln.nbd")).context("no network disk: kiln.nbd=HOST:PORT on the kernel command line")?,
+            export: export.or_else(|| from_kernel("kiln.nbd.export")).context("no export: kiln.nbd.export= on the kernel command line")?,
+            device: device.unwrap_or_else(|| "/dev/nbd0".to_owned()),
+        })
+    }
+}
+
+fn ioctl(device: &std::fs::File, request: libc::c_ulong, argument: libc::c_ulong, what: &str) -> anyhow::Result<()> {
+    // SAFETY: the NBD and block ioctls take an integer argument (a size, a flag word or a
+    // file descriptor), never a pointer.
+    let result = unsafe { libc::ioctl(device.as_raw_fd(), request as _, argument) };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("{what} on the NBD device"));
+    }
+    Ok(())
+}
+
+/// Connects, negotiates, attaches and returns once the device has its size (and its
+/// partitions, where it has any); a child process keeps the disk attached.
+pub(crate) fn attach(root: &NbdRoot) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stream = loop {
+        match TcpStream::connect(&root.server) {
+            Ok(stream) => break stream,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("kiln-nbd: {} not reachable yet ({error}); retrying", root.server);
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            Err(error) => return Err(error).with_context(|| format!("connecting to the network disk at {}", root.server)),
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(30))).context("setting a handshake timeout")?;
+    let export = kiln_nbd::negotiate_as_client(&mut stream, &root.export).context("negotiating the network disk")?;
+    stream.set_read_timeout(None).context("clearing the handshake timeout")?;
+    stream.set_nodelay(true).ok();
+    if export.size % BLOCK_SIZE != 0 {
+        bail!("the network disk's size {} is not a multiple of {BLOCK_SIZE} bytes", export.size);
+    }
+    let device =
+        std::fs::OpenOptions::new().read(true).write(true).open(&root.device).with_context(|| format!("opening {}", root.device))?;
+    ioctl(&device, NBD_CLEAR_SOCK, 0, "clearing a previous socket")?;
+    ioctl(&device, NBD_SET_BLKSIZE, BLOCK_SIZE as libc::c_ulong, "setting the block size")?;
+    ioctl(&device, NBD_SET_SIZE_BLOCKS, (export.size / BLOCK_SIZE) as libc::c_ulong, "setting the size")?;
+    // A request unanswered this long fails rather than hanging the node forever.
+    ioctl(&device, NBD_SET_TIMEOUT, 120, "setting the request timeout")?;
+    ioctl(&device, NBD_SET_FLAGS, libc::c_ulong::from(export.transmission_flags), "setting the transmission flags")?;
+    ioctl(&device, NBD_SET_SOCK, stream.as_raw_fd() as libc::c_ulong, "handing over the socket")?;
+    // SAFETY: fork in a single-threaded process (the agent starts no thread before this).
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("forking the process that keeps the disk attached"),
+        0 => {
+            // The child: its own session, so that the init's exit or a hang-up does not end it.
+            unsafe { libc::setsid() };
+            let result = unsafe { libc::ioctl(device.as_raw_fd(), NBD_DO_IT as _, 0) };
+            let error = std::io::Error::last_os_error();
+            let mut console = std::fs::OpenOptions::new().write(true).open("/dev/console").ok();
+            let line = match result {
+                0 => "kiln-nbd: the network disk was disconnected\n".to_owned(),
+                _ => format!("kiln-nbd: the connection to the network disk {} was lost ({error}); its I/O now fails\n", root.server),
+            };
+            if let Some(console) = console.as_mut() {
+                let _ = console.write_all(line.as_bytes());
+            }
+            eprint!("{line}");
+            std::process::exit(if result == 0 { 0 } else { 1 });
+        }
+        child => wait_until_ready(&root.device, child),
+    }
+}
+
+/// Waits for the kernel to show the disk's size, then has it read the partition table.
+fn wait_until_ready(device: &str, child: libc::pid_t) -> anyhow::Result<()> {
+    let name = Path::new(device).file_name().and_then(|name| name.to_str()).unwrap_or("nbd0").to_owned();
+    let size_file = format!("/sys/block/{name}/size");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting on our own child without blocking.
+        if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
+            bail!("the process keeping the network disk attached exited at once (status {status})");
+        }
+        let sectors: u64 = std::fs::read_to_string(&size_file).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(0);
+        if sectors > 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{device} has no size 30 s after it was attached");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let opened = std::fs::File::open(device).with_context(|| format!("opening {device} to read its partitions"))?;
+    // A disk without a partition table has nothing to read: not an error.
+    let _ = ioctl(&opened, BLKRRPART, 0, "reading the partition table");
+    eprintln!("kiln-nbd: {device} attached");
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Network-mode deploys end to end in the lab: two machines with no disk, one BIOS and one
+//! UEFI, deploy one image version in network mode at once. Each boots the deploy ramdisk,
+//! whose init attaches the node's own copy-on-write clone over NBD through Kiln's gateway
+//! and boots the root it holds; the system writes a marker with its MAC and reboots, then
+//! finds its own marker (not the other's), calls back and offers a login prompt. The
+//! version's bytes are unchanged afterwards, each clone holds only what its node wrote, and
+//! undeploying removes the clones.
+//!
+//! Needs what the lab needs (`scripts/install-deps`) and a built `kiln-agent`.
+
+mod support;
+
+use std::path::Path;
+
+use kiln_lab::{Firmware, Lab};
+use sha2::Digest as _;
+use support::agent_binary;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
+fn sha256_of(path: &Path) -> String {
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
+
+/// Enrols a powered-off, diskless machine behind the lab BMC as `name` and makes it
+/// available; returns its console log.
+fn add_node(lab: &mut Lab, name: &str, mac: &str, firmware: Firmware) -> std::path::PathBuf {
+    let kiln = Path::new(KILN);
+    let machine = lab.add_powered_off_machine(mac, firmware).unwrap();
+    let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
+    let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
+    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
+    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
+    lab.kiln(kiln, &["node", "update", name, "-f", "json", "-d", &bmc.to_string()]).unwrap();
+    lab.kiln(kiln, &["node", "manage", name, "--wait", "--timeout", "30"]).unwrap();
+    lab.kiln(kiln, &["node", "provide", name, "--wait", "--timeout", "30"]).unwrap();
+    console
+}
+
+#[test]
+fn two_diskless_machines_boot_their_own_clones_of_one_version() {
+    let Some(mut lab) = Lab::create_or_skip() else { return };
+    let kiln = Path::new(KILN);
+    let data = lab.start_server(kiln, "").unwrap();
+    let work = lab.directory.path().to_owned();
+    let image = kiln_lab::build_network_disk_image(&work, 64).unwrap();
+    let image_sha256 = sha256_of(&image);
+    let compressed = work.join("netdisk.raw.zst");
+    let status = std::process::Command::new("zstd").args(["-q", "-3", "-f"]).arg(&image).arg("-o").arg(&compressed).status().unwrap();
+    assert!(status.success());
+    lab.kiln(kiln, &["image", "create", "lab-netdisk"]).unwrap();
+    lab.kiln(kiln, &["image", "upload", "lab-netdisk", &format!("disk={}", compressed.display())]).unwrap();
+    let agent = agent_binary();
+    lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string()]).unwrap();
+
+    let nodes = [("node51", "52:54:00:be:ef:51", Firmware::Bios), ("node52", "52:54:00:be:ef:52", Firmware::Uefi)];
+    let consoles: Vec<_> = nodes.iter().map(|(name, mac, firmware)| add_node(&mut lab, name, mac, *firmware)).collect();
+    let started = std::time::Instant::now();
+    let mut args = vec!["node", "deploy"];
+    args.extend(nodes.iter().map(|(name, ..)| *name));
+    args.extend(["--image", "lab-netdisk", "--mode", "network", "--wait-for-callback", "--wait", "--timeout", "600", "-F", "json"]);
+    let deployed = lab.kiln(kiln, &args).unwrap_or_else(|error| {
+        let consoles: Vec<_> = consoles.iter().map(|console| std::fs::read_to_string(console).unwrap_or_default()).collect();
+        panic!("network deploy failed: {error}\nconsoles:\n{}\nserver:\n{}", consoles.join("\n-----\n"), lab.server_log())
+    });
+    let deployed = json(&deployed);
+    for (index, (name, ..)) in nodes.iter().enumerate() {
+        assert_eq!(deployed[index]["provision_state"], "active", "{name}: {deployed}");
+    }
+    eprintln!("two network deploys (BIOS and UEFI) to active, through a reboot each: {:.0} s", started.elapsed().as_secs_f64());
+
+    for ((name, mac, _), console) in nodes.iter().zip(&consoles) {
+        let text = std::fs::read_to_string(console).unwrap_or_default();
+        assert!(text.contains("KILN-NETDISK-ROOT /dev/nbd0p1 / ext4 rw"), "{name} runs from its network disk:\n{text}");
+        assert!(text.contains(&format!("KILN-NETDISK-WROTE {mac}")), "{name} wrote its marker:\n{text}");
+        assert!(text.contains(&format!("KILN-NETDISK-MARKER {mac}")), "{name} found its own marker after the reboot:\n{text}");
+        assert!(text.contains(&format!("KILN-NETDISK-PHONED-HOME {mac}")), "{text}");
+        let login = (0..60).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::fs::read_to_string(console).unwrap_or_default().contains("login:")
+        });
+        assert!(login, "{name} offers a login prompt:\n{}", std::fs::read_to_string(console).unwrap_or_default());
+    }
+
+    // The version's bytes are unchanged, shared by both clones, and each clone holds only
+    // what its node wrote.
+    let bases: Vec<_> = std::fs::read_dir(data.join("netdisk/bases")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(bases.len(), 1, "one base for one version: {bases:?}");
+    assert_eq!(sha256_of(&bases[0]), image_sha256, "the base is the version's bytes, unchanged");
+    let clones: Vec<_> = std::fs::read_dir(data.join("netdisk/clones")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(clones.len(), 2, "{clones:?}");
+    for clone in &clones {
+        use std::os::unix::fs::MetadataExt as _;
+        let stored = std::fs::metadata(clone).unwrap().blocks() * 512;
+        assert!(stored < 8 << 20, "{} holds {stored} bytes, far less than the 64 MiB image", clone.display());
+        eprintln!("clone {} stores {stored} bytes", clone.file_name().unwrap().to_string_lossy());
+    }
+
+    // Undeploy removes the clones; the base stays for the next deploy.
+    let mut args = vec!["node", "undeploy"];
+    args.extend(nodes.iter().map(|(name, ..)| *name));
+    args.extend(["--wait", "--timeout", "60", "-F", "json"]);
+    let undeployed = json(&lab.kiln(kiln, &args).unwrap());
+    assert_eq!(undeployed[0]["provision_state"], "available", "{undeployed}");
+    assert_eq!(std::fs::read_dir(data.join("netdisk/clones")).unwrap().count(), 0, "the clones are removed");
+    assert_eq!(sha256_of(&bases[0]), image_sha256);
+}

@@ -1,0 +1,116 @@
+//! Export processes: one `qemu-nbd` per clone in use, serving it on a Unix socket that only
+//! Kiln's gateway connects to. Started on the first connection (so exports come back by
+//! themselves after a restart), restarted when found dead, stopped before their clone is
+//! replaced or removed, and killed by the kernel if Kiln dies (`PR_SET_PDEATHSIG`), so that
+//! a restarted Kiln never finds a clone still locked by an orphan.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::{CloneBackend, NetdiskError};
+
+/// How long a starting export process may take to open its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct ExportProcess {
+    child: tokio::process::Child,
+    socket: PathBuf,
+}
+
+/// The running export processes, by node.
+pub struct Exports {
+    run_dir: PathBuf,
+    clones: Arc<dyn CloneBackend>,
+    processes: tokio::sync::Mutex<HashMap<String, ExportProcess>>,
+}
+
+impl Exports {
+    pub(crate) fn new(run_dir: PathBuf, clones: Arc<dyn CloneBackend>) -> Result<Exports, NetdiskError> {
+        std::fs::create_dir_all(&run_dir).map_err(|source| NetdiskError::CreateDirectory { path: run_dir.clone(), source })?;
+        Ok(Exports { run_dir, clones, processes: Default::default() })
+    }
+
+    /// The socket of `node_id`'s export process, starting one if none is running.
+    pub async fn socket_for(&self, node_id: &str) -> Result<PathBuf, NetdiskError> {
+        let mut processes = self.processes.lock().await;
+        if let Some(process) = processes.get_mut(node_id) {
+            match process.child.try_wait() {
+                Ok(None) => return Ok(process.socket.clone()),
+                Ok(Some(status)) => tracing::warn!(node = node_id, %status, "network disk export process had exited; restarting it"),
+                Err(error) => tracing::warn!(node = node_id, %error, "network disk export process lost; restarting it"),
+            }
+            processes.remove(node_id);
+        }
+        let clone = self.clones.clone_file(node_id).ok_or_else(|| NetdiskError::NoClone { node_id: node_id.to_owned() })?;
+        let socket = self.run_dir.join(format!("{node_id}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let mut command = tokio::process::Command::new("qemu-nbd");
+        // `--shared`: the gateway opens one connection per node connection; writeback cache
+        // with the node's flushes honoured (the kernel client sends them on fsync).
+        command
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--format", "qcow2", "--persistent", "--shared", "8", "--cache", "writeback", "--discard", "unmap"])
+            .arg(&clone)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; the child asks to be killed when Kiln dies.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child =
+            command.spawn().map_err(|source| NetdiskError::StartTool { command: "qemu-nbd (install qemu-utils)".into(), source })?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr).await;
+                }
+                return Err(NetdiskError::ExportNotReady {
+                    node_id: node_id.to_owned(),
+                    reason: format!("qemu-nbd exited ({status}): {}", stderr.trim()),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(NetdiskError::ExportNotReady { node_id: node_id.to_owned(), reason: "no socket after 10 s".into() });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(node = node_id, pid = child.id(), clone = %clone.display(), "network disk export process started");
+        processes.insert(node_id.to_owned(), ExportProcess { child, socket: socket.clone() });
+        Ok(socket)
+    }
+
+    /// Stops `node_id`'s export process, if one runs: its connections end.
+    pub async fn stop(&self, node_id: &str) {
+        let process = self.processes.lock().await.remove(node_id);
+        if let Some(mut process) = process {
+            let _ = process.child.kill().await;
+            let _ = std::fs::remove_file(&process.socket);
+            tracing::info!(node = node_id, "network disk export process stopped");
+        }
+    }
+
+    pub async fn stop_all(&self) {
+        let processes: Vec<_> = self.processes.lock().await.drain().collect();
+        for (_, mut process) in processes {
+            let _ = process.child.kill().await;
+            let _ = std::fs::remove_file(&process.socket);
+        }
+    }
+
+    /// The process ids of the running export processes (for tests and status).
+    pub async fn running(&self) -> Vec<(String, u32)> {
+        self.processes.lock().await.iter().filter_map(|(node, process)| Some((node.clone(), process.child.id()?))).collect()
+    }
+}
