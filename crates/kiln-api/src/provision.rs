@@ -83,6 +83,12 @@ pub async fn deploy(
         DeployMode::Live => &[ArtifactKind::Root],
         DeployMode::Network => &[ArtifactKind::Disk],
     };
+    if body.mode != DeployMode::Network && version.artifact(ArtifactKind::Layer).is_some() {
+        return Err(ApiError::invalid(format!(
+            "image {}:{} is a network-disk snapshot (a layer over its disk): deploy it with --mode network",
+            image.name, version.version
+        )));
+    }
     if body.mode == DeployMode::Network {
         if state.boot.network_disk_address.is_none() {
             return Err(ApiError::invalid("network deploys need the server's network disks: [netdisk] in its configuration"));
@@ -183,6 +189,29 @@ pub async fn clean(
     JsonBody(body): JsonBody<CleanRequest>,
 ) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
     request(&state, &caller, &key, Intent::Clean { mode: body.mode }).await
+}
+
+/// Turns a network-mode node's disk into a new version of an image: only what the node
+/// changed is stored, as a layer over the version it runs (BMI's snapshot). The node is
+/// powered off for it, then boots its disk again.
+#[utoipa::path(post, path = "/v1/nodes/{node}/snapshot", tag = "provisioning",
+    params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = CaptureRequest,
+    responses((status = 202, body = ProvisionStatus), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn snapshot(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    JsonBody(body): JsonBody<CaptureRequest>,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    // The node first: for a node the caller cannot see, nothing about the image is told.
+    let status = state.store.provision_status(&key, &caller.read_scope()).await?;
+    let image = crate::images::writable_image(&state, &caller, &body.image).await?;
+    if !status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Network) {
+        return Err(ApiError::invalid(format!(
+            "node '{key}' does not run from a network disk: capture its disk instead (kiln node capture)"
+        )));
+    }
+    request(&state, &caller, &key, Intent::Snapshot { image: image.scoped_name().key() }).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -165,6 +165,7 @@ fn provisioning_table() -> RouteTable {
         .documented(routes!(provision::manage))
         .documented(routes!(provision::provide))
         .documented(routes!(provision::capture))
+        .documented(routes!(provision::snapshot))
         .documented(routes!(provision::list_reservations))
 }
 

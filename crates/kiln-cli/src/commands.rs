@@ -197,6 +197,10 @@ pub(crate) enum NodeCommand {
     Wait(crate::provision::WaitArgs),
     /// Read a deployed node's disk into a new version of an image.
     Capture(crate::provision::CaptureArgs),
+    /// Turn a network-mode node's disk into a new version of an image: only what the node
+    /// changed is stored (a layer over the version it runs); the node is powered off for it
+    /// and boots again.
+    Snapshot(crate::provision::CaptureArgs),
     /// A node's provisioning: state, step, progress, last error.
     Provision { node: String },
     /// Who holds which node when: deploys waiting for their start and deploys on nodes.
@@ -221,7 +225,8 @@ pub(crate) async fn node(client: &Client, format: OutputFormat, command: NodeCom
         NodeCommand::Wait(args) => crate::provision::wait(client, format, args).await,
         NodeCommand::Provision { node } => crate::provision::status(client, format, &node).await,
         NodeCommand::Reservations => crate::provision::reservations(client, format).await,
-        NodeCommand::Capture(args) => crate::provision::capture(client, format, args).await,
+        NodeCommand::Capture(args) => crate::provision::capture(client, format, "capture", args).await,
+        NodeCommand::Snapshot(args) => crate::provision::capture(client, format, "snapshot", args).await,
         NodeCommand::Maintenance(args) => crate::provision::maintenance(client, args).await,
         NodeCommand::List { group, state, project, mac, limit } => {
             let mut query = Vec::new();

@@ -139,7 +139,7 @@ fn outcome_states(request: &str) -> (&'static [ProvisionState], &'static [Provis
         "undeploy" | "clean" => (&[Available, Manageable], &[CleanFailed]),
         "inspect" => (&[Manageable, Available], &[InspectFailed]),
         "manage" => (&[Manageable], &[]),
-        "capture" => (&[Active], &[]),
+        "capture" | "snapshot" => (&[Active], &[]),
         // An aborted operation ends in its failure state (a capture back in active).
         "abort" => (&[DeployFailed, CleanFailed, InspectFailed, Active], &[]),
         _ => (&[Available], &[]),
@@ -205,13 +205,14 @@ pub(crate) async fn deploy(client: &Client, format: OutputFormat, args: DeployAr
     request(client, format, "deploy", &args.nodes, serde_json::to_value(body)?, Some(&args.wait)).await
 }
 
-pub(crate) async fn capture(client: &Client, format: OutputFormat, args: CaptureArgs) -> anyhow::Result<()> {
+/// `capture` or `snapshot`: the node's disk into a new version of an image.
+pub(crate) async fn capture(client: &Client, format: OutputFormat, action: &str, args: CaptureArgs) -> anyhow::Result<()> {
     let body = serde_json::json!({ "image": args.image });
-    request(client, format, "capture", std::slice::from_ref(&args.node), body, Some(&args.wait)).await?;
+    request(client, format, action, std::slice::from_ref(&args.node), body, Some(&args.wait)).await?;
     if args.wait.wait {
         let status: ProvisionStatus = client.get(&format!("/v1/nodes/{}/provision", encode(&args.node))).await?;
         if let Some(error) = status.last_error {
-            bail!("the capture failed: {error}");
+            bail!("the {action} failed: {error}");
         }
     }
     Ok(())

@@ -3,8 +3,9 @@
 //! whose init attaches the node's own copy-on-write clone over NBD through Kiln's gateway
 //! and boots the root it holds; the system writes a marker with its MAC and reboots, then
 //! finds its own marker (not the other's), calls back and offers a login prompt. The
-//! version's bytes are unchanged afterwards, each clone holds only what its node wrote, and
-//! undeploying removes the clones.
+//! version's bytes are unchanged afterwards and each clone holds only what its node wrote.
+//! A snapshot of one node becomes a new version that stores about its changes only, and
+//! the other node, deployed from it, sees them. Undeploying removes the clones.
 //!
 //! Needs what the lab needs (`scripts/install-deps`) and a built `kiln-agent`.
 
@@ -92,6 +93,7 @@ fn two_diskless_machines_boot_their_own_clones_of_one_version() {
     // what its node wrote.
     let bases: Vec<_> = std::fs::read_dir(data.join("netdisk/bases")).unwrap().map(|entry| entry.unwrap().path()).collect();
     assert_eq!(bases.len(), 1, "one base for one version: {bases:?}");
+    assert!(bases[0].extension().is_some_and(|extension| extension == "raw"), "{bases:?}");
     assert_eq!(sha256_of(&bases[0]), image_sha256, "the base is the version's bytes, unchanged");
     let clones: Vec<_> = std::fs::read_dir(data.join("netdisk/clones")).unwrap().map(|entry| entry.unwrap().path()).collect();
     assert_eq!(clones.len(), 2, "{clones:?}");
@@ -102,6 +104,8 @@ fn two_diskless_machines_boot_their_own_clones_of_one_version() {
         eprintln!("clone {} stores {stored} bytes", clone.file_name().unwrap().to_string_lossy());
     }
 
+    snapshot_reaches_another_node(&lab, &consoles);
+
     // Undeploy removes the clones; the base stays for the next deploy.
     let mut args = vec!["node", "undeploy"];
     args.extend(nodes.iter().map(|(name, ..)| *name));
@@ -110,4 +114,60 @@ fn two_diskless_machines_boot_their_own_clones_of_one_version() {
     assert_eq!(undeployed[0]["provision_state"], "available", "{undeployed}");
     assert_eq!(std::fs::read_dir(data.join("netdisk/clones")).unwrap().count(), 0, "the clones are removed");
     assert_eq!(sha256_of(&bases[0]), image_sha256);
+}
+
+/// Snapshot: node51's changes (its marker) become version 1 of another image, a layer over
+/// the same disk blob, which adds only about what changed to the store; node52, deployed from
+/// it, sees node51's marker; node51 boots its clone again.
+fn snapshot_reaches_another_node(lab: &Lab, consoles: &[std::path::PathBuf]) {
+    let kiln = Path::new(KILN);
+    lab.kiln(kiln, &["image", "create", "lab-netdisk-snap"]).unwrap();
+    lab.kiln(kiln, &["node", "snapshot", "node51", "--image", "lab-netdisk-snap", "--wait", "--timeout", "120"])
+        .unwrap_or_else(|error| panic!("snapshot failed: {error}\nserver:\n{}", lab.server_log()));
+    let versions = json(&lab.kiln(kiln, &["image", "versions", "lab-netdisk-snap", "-F", "json"]).unwrap());
+    let artifacts = versions[0]["artifacts"].as_array().unwrap();
+    let original = json(&lab.kiln(kiln, &["image", "versions", "lab-netdisk", "-F", "json"]).unwrap());
+    let disk = artifacts.iter().find(|artifact| artifact["kind"] == "disk").unwrap();
+    assert_eq!(disk["sha256"], original[0]["artifacts"][0]["sha256"], "the snapshot shares the version's disk blob: {versions}");
+    let layer = artifacts.iter().find(|artifact| artifact["kind"] == "layer").unwrap();
+    let layer_bytes = layer["size"].as_u64().unwrap();
+    assert!(layer_bytes < 8 << 20, "the layer holds about what node51 changed: {layer_bytes} bytes");
+    eprintln!("snapshot layer stores {layer_bytes} bytes over the 64 MiB disk");
+    let undeployed = json(&lab.kiln(kiln, &["node", "undeploy", "node52", "--wait", "--timeout", "60", "-F", "json"]).unwrap());
+    assert_eq!(undeployed[0]["provision_state"], "available", "{undeployed}");
+    let before = std::fs::read_to_string(&consoles[1]).unwrap_or_default().len();
+    let args = [
+        "node",
+        "deploy",
+        "node52",
+        "--image",
+        "lab-netdisk-snap",
+        "--mode",
+        "network",
+        "--wait-for-callback",
+        "--wait",
+        "--timeout",
+        "600",
+    ];
+    lab.kiln(kiln, &args).unwrap_or_else(|error| {
+        panic!(
+            "deploy from the snapshot failed: {error}\nconsole:\n{}\nserver:\n{}",
+            std::fs::read_to_string(&consoles[1]).unwrap_or_default(),
+            lab.server_log()
+        )
+    });
+    let text = std::fs::read_to_string(&consoles[1]).unwrap_or_default()[before..].to_owned();
+    assert!(text.contains("KILN-NETDISK-MARKER 52:54:00:be:ef:51"), "node52 sees node51's change in the snapshot:\n{text}");
+    let refused = lab.kiln(kiln, &["node", "deploy", "node52", "--image", "lab-netdisk-snap"]).unwrap_err().to_string();
+    assert!(refused.contains("network-disk snapshot"), "{refused}");
+    // node51 booted its clone again after the snapshot.
+    let again = (0..120).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::fs::read_to_string(&consoles[0]).unwrap_or_default().matches("KILN-NETDISK-PHONED-HOME").count() >= 2
+    });
+    assert!(
+        again,
+        "node51 boots its network disk again after the snapshot:\n{}",
+        std::fs::read_to_string(&consoles[0]).unwrap_or_default()
+    );
 }

@@ -163,6 +163,7 @@ impl Inspection {
             ArtifactKind::Root => &[ImageFormat::Squashfs, ImageFormat::Raw, ImageFormat::Qcow2, ImageFormat::Initramfs],
             ArtifactKind::Disk => &[ImageFormat::Raw, ImageFormat::Qcow2, ImageFormat::Iso],
             ArtifactKind::Log => &[ImageFormat::Raw],
+            ArtifactKind::Layer => &[ImageFormat::Qcow2],
         };
         if allowed.contains(&self.format) { Ok(()) } else { Err(InspectionError::WrongFormatForKind { kind, detected: self.format }) }
     }

@@ -44,7 +44,7 @@ pub fn target_provision_state(state: ProvisionState, pending: Option<&Intent>) -
         Some(Intent::Provide | Intent::Undeploy) => Some("available"),
         Some(Intent::Clean { .. }) if state == Manageable => Some("manageable"),
         Some(Intent::Clean { .. }) => Some("available"),
-        Some(Intent::Deploy(_) | Intent::FailDeploy { .. } | Intent::Capture { .. }) => Some("active"),
+        Some(Intent::Deploy(_) | Intent::FailDeploy { .. } | Intent::Capture { .. } | Intent::Snapshot { .. }) => Some("active"),
         // An abort sets no target: the operation ends where it fails.
         Some(Intent::Abort) | None => None,
     };

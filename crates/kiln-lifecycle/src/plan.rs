@@ -48,12 +48,15 @@ pub enum Action {
     PrepareNetworkDisk,
     /// Remove the node's network disk, freeing its space (the image is untouched).
     RemoveNetworkDisk,
+    /// Store the node's network disk's changes as a new image version (the snapshot
+    /// request's image); the node is off.
+    SnapshotNetworkDisk,
 }
 
 impl Action {
     /// Whether the step fails when this action does.
     pub fn required(self) -> bool {
-        matches!(self, Action::BootFromNetwork | Action::PrepareNetworkDisk | Action::RemoveNetworkDisk)
+        matches!(self, Action::BootFromNetwork | Action::PrepareNetworkDisk | Action::RemoveNetworkDisk | Action::SnapshotNetworkDisk)
     }
 }
 
@@ -292,6 +295,22 @@ fn take_intent(node: &Node, record: &ProvisionRecord, intent: &Intent, now: i64,
             operation: Operation { clean_mode: settings.undeploy_clean_mode, return_to: Some(Available), capture_image: None },
             ..start(node, record, Undeploying, now, true, "undeploy requested".into())
         },
+        Intent::Snapshot { image } => {
+            if !record.target.as_ref().is_some_and(|target| target.mode == DeployMode::Network) {
+                let reason = "'snapshot' request dropped: the node does not run from a network disk".to_owned();
+                let transition = Transition { consume_intent: true, last_error: Some(reason.clone()), ..stay(node, record, reason) };
+                return Decision::Step { actions: vec![], transition: Box::new(transition) };
+            }
+            // Off first: the snapshot holds every write the node made, and nothing half-made.
+            let transition = Transition {
+                consume_intent: true,
+                ..stay(node, record, format!("snapshot into {image} taken; the node boots its network disk again"))
+            };
+            return Decision::Step {
+                actions: vec![Action::PowerOff, Action::SnapshotNetworkDisk, Action::BootFromNetwork],
+                transition: Box::new(transition),
+            };
+        }
         Intent::Capture { image } => Transition {
             operation: Operation { clean_mode: CleanMode::Fast, return_to: Some(Active), capture_image: Some(image.clone()) },
             ..start(node, record, Capturing, now, true, format!("capture into {image} requested"))

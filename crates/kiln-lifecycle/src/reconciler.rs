@@ -26,6 +26,13 @@ pub trait NetworkDisks: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
     /// Removes `node`'s clone, if it has one.
     fn remove<'a>(&'a self, node: &'a Node) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    /// Stores `node`'s clone's changes as a new version of `image` (the node is off).
+    fn snapshot<'a>(
+        &'a self,
+        node: &'a Node,
+        target: &'a kiln_types::provision::DeployTarget,
+        image: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
 /// How the reconciler runs.
@@ -180,7 +187,9 @@ impl Reconciler {
         };
         for action in actions {
             let outcome = match action {
-                Action::PrepareNetworkDisk | Action::RemoveNetworkDisk => self.network_disk(node, &record.target, action).await,
+                Action::PrepareNetworkDisk | Action::RemoveNetworkDisk | Action::SnapshotNetworkDisk => {
+                    self.network_disk(node, record, action).await
+                }
                 _ => self.carry_out(node, action).await,
             };
             if let Err(error) = outcome {
@@ -216,13 +225,17 @@ impl Reconciler {
         }
     }
 
-    async fn network_disk(&self, node: &Node, target: &Option<kiln_types::provision::DeployTarget>, action: Action) -> Result<(), String> {
+    async fn network_disk(&self, node: &Node, record: &kiln_types::provision::ProvisionRecord, action: Action) -> Result<(), String> {
         let Some(disks) = self.network_disks.as_ref() else {
             return Err("this server has no network-disk service ([netdisk] in the configuration)".to_owned());
         };
-        match (action, target) {
-            (Action::PrepareNetworkDisk, Some(target)) => disks.prepare(node, target).await,
-            (Action::PrepareNetworkDisk, None) => Err("the deploy has no target".to_owned()),
+        let target = record.target.as_ref().ok_or_else(|| "the node has no deploy target".to_owned());
+        match action {
+            Action::PrepareNetworkDisk => disks.prepare(node, target?).await,
+            Action::SnapshotNetworkDisk => match &record.intent {
+                Some(kiln_types::provision::Intent::Snapshot { image }) => disks.snapshot(node, target?, image).await,
+                _ => Err("no snapshot was asked for".to_owned()),
+            },
             _ => disks.remove(node).await,
         }
     }
@@ -255,7 +268,7 @@ impl Reconciler {
                     other => other,
                 },
                 Action::PowerOff => bmc.power(PowerAction::ForceOff).await,
-                Action::PrepareNetworkDisk | Action::RemoveNetworkDisk => Ok(()),
+                Action::PrepareNetworkDisk | Action::RemoveNetworkDisk | Action::SnapshotNetworkDisk => Ok(()),
             }
         };
         match tokio::time::timeout(limit, call).await {
@@ -272,6 +285,7 @@ fn action_name(action: Action) -> &'static str {
         Action::PowerOff => "powering the node off",
         Action::PrepareNetworkDisk => "preparing the node's network disk",
         Action::RemoveNetworkDisk => "removing the node's network disk",
+        Action::SnapshotNetworkDisk => "taking a snapshot of the node's network disk",
     }
 }
 

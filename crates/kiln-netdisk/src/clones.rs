@@ -22,6 +22,8 @@ pub struct BaseSpec {
     pub sha256: String,
     pub format: ImageFormat,
     pub compression: Option<Compression>,
+    /// The version's layer over that disk (a snapshot's changes), if it has one.
+    pub layer: Option<String>,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -37,6 +39,31 @@ pub trait CloneBackend: Send + Sync {
     fn clone_file(&self, node_id: &str) -> Option<PathBuf>;
     /// The bytes the clone takes on its own.
     fn stored_bytes(&self, node_id: &str) -> Option<u64>;
+    /// Writes what `node_id` changed over the root of `base` (its layer's changes too) as a
+    /// standalone qcow2 layer file in `directory`, and returns it. The clone must not be in
+    /// use (its export stopped).
+    fn snapshot_layer<'a>(
+        &'a self,
+        node_id: &'a str,
+        base: &'a BaseSpec,
+        directory: &'a Path,
+    ) -> BoxFuture<'a, Result<PathBuf, NetdiskError>>;
+}
+
+/// Runs `qemu-img` with `args`, naming `what` in the error.
+async fn qemu_img(what: &str, args: &[&std::ffi::OsStr]) -> Result<(), NetdiskError> {
+    let output = tokio::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .await
+        .map_err(|source| NetdiskError::StartTool { command: format!("qemu-img {what} (install qemu-utils)"), source })?;
+    if !output.status.success() {
+        return Err(NetdiskError::Tool {
+            command: format!("qemu-img {what}"),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// qcow2 overlays under `root/clones`, on bases that are local blobs or their expansions
@@ -121,6 +148,56 @@ impl LocalClones {
     }
 }
 
+impl LocalClones {
+    /// The file clones of `base` sit on: the root base, or the version's layer over it (a
+    /// copy of the layer blob whose backing file is set to the root base here).
+    async fn top_file(&self, base: &BaseSpec) -> Result<(PathBuf, &'static str), NetdiskError> {
+        let root = self.base_file(base).await?;
+        let Some(layer) = &base.layer else { return Ok((root, backing_format(base.format)?)) };
+        let path = self.root.join("bases").join(format!("{layer}.layer.qcow2"));
+        let lock = self.expanding.lock().await.entry(layer.clone()).or_default().clone();
+        let _expanding = lock.lock().await;
+        if !path.exists() {
+            let id = BlobId::parse(layer).map_err(|source| NetdiskError::ReadBlob { sha256: layer.clone(), source: Box::new(source) })?;
+            let stored = self
+                .blobs
+                .read(&id, None)
+                .await
+                .map_err(|source| NetdiskError::ReadBlob { sha256: layer.clone(), source: Box::new(source) })?;
+            let partial = path.with_extension("partial");
+            let write_error = |source| NetdiskError::ExpandBase { sha256: layer.clone(), path: partial.clone(), source };
+            let mut file = tokio::fs::File::create(&partial).await.map_err(write_error)?;
+            let mut stream = stored.stream;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(write_error)?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(write_error)?;
+            }
+            file.sync_all().await.map_err(write_error)?;
+            qemu_img(
+                "rebase",
+                &[
+                    "rebase".as_ref(),
+                    "-u".as_ref(),
+                    "-f".as_ref(),
+                    "qcow2".as_ref(),
+                    "-F".as_ref(),
+                    backing_format(base.format)?.as_ref(),
+                    "-b".as_ref(),
+                    root.as_os_str(),
+                    partial.as_os_str(),
+                ],
+            )
+            .await?;
+            std::fs::rename(&partial, &path).map_err(|source| NetdiskError::ExpandBase {
+                sha256: layer.clone(),
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok((path, "qcow2"))
+    }
+}
+
 /// Writes the decompressed bytes of `from` to `to`, sparse where they are zero, and syncs.
 fn decompress(from: &Path, to: &Path, compression: Option<Compression>) -> std::io::Result<u64> {
     let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(from)?);
@@ -168,11 +245,10 @@ impl CloneBackend for LocalClones {
 
     fn create_clone<'a>(&'a self, node_id: &'a str, base: &'a BaseSpec) -> BoxFuture<'a, Result<(), NetdiskError>> {
         Box::pin(async move {
-            let backing_format = backing_format(base.format)?;
             if !file_safe(node_id) {
                 return Err(NetdiskError::NoClone { node_id: node_id.to_owned() });
             }
-            let base_file = self.base_file(base).await?;
+            let (base_file, backing_format) = self.top_file(base).await?;
             let clone = self.clone_path(node_id);
             let partial = clone.with_extension("partial");
             let _ = std::fs::remove_file(&partial);
@@ -221,5 +297,47 @@ impl CloneBackend for LocalClones {
     fn stored_bytes(&self, node_id: &str) -> Option<u64> {
         let metadata = std::fs::metadata(self.clone_file(node_id)?).ok()?;
         Some(metadata.blocks() * 512)
+    }
+
+    fn snapshot_layer<'a>(
+        &'a self,
+        node_id: &'a str,
+        base: &'a BaseSpec,
+        directory: &'a Path,
+    ) -> BoxFuture<'a, Result<PathBuf, NetdiskError>> {
+        Box::pin(async move {
+            let clone = self.clone_file(node_id).ok_or_else(|| NetdiskError::NoClone { node_id: node_id.to_owned() })?;
+            let layer = directory.join(format!("snapshot-{node_id}.qcow2"));
+            let copy_error = |source| NetdiskError::ExpandBase { sha256: node_id.to_owned(), path: layer.clone(), source };
+            tokio::fs::copy(&clone, &layer).await.map_err(copy_error)?;
+            let root = self.base_file(base).await?;
+            let format = backing_format(base.format)?;
+            // Over the root: a clone of a layered version carries the layer's changes into the
+            // new layer (qemu-img's safe rebase writes where the old chain and the root differ),
+            // so versions are always one layer over their disk.
+            if base.layer.is_some() {
+                qemu_img(
+                    "rebase",
+                    &[
+                        "rebase".as_ref(),
+                        "-f".as_ref(),
+                        "qcow2".as_ref(),
+                        "-F".as_ref(),
+                        format.as_ref(),
+                        "-b".as_ref(),
+                        root.as_os_str(),
+                        layer.as_os_str(),
+                    ],
+                )
+                .await?;
+            }
+            // Stored without this server's path: whoever uses it sets its backing file.
+            qemu_img(
+                "rebase",
+                &["rebase".as_ref(), "-u".as_ref(), "-f".as_ref(), "qcow2".as_ref(), "-b".as_ref(), "".as_ref(), layer.as_os_str()],
+            )
+            .await?;
+            Ok(layer)
+        })
     }
 }

@@ -91,21 +91,20 @@ impl Exports {
         Ok(socket)
     }
 
-    /// Stops `node_id`'s export process, if one runs: its connections end.
+    /// Stops `node_id`'s export process, if one runs: its connections end, and the clone is
+    /// closed cleanly (qemu-nbd writes out its metadata on SIGTERM).
     pub async fn stop(&self, node_id: &str) {
         let process = self.processes.lock().await.remove(node_id);
-        if let Some(mut process) = process {
-            let _ = process.child.kill().await;
-            let _ = std::fs::remove_file(&process.socket);
+        if let Some(process) = process {
+            stop_process(process).await;
             tracing::info!(node = node_id, "network disk export process stopped");
         }
     }
 
     pub async fn stop_all(&self) {
         let processes: Vec<_> = self.processes.lock().await.drain().collect();
-        for (_, mut process) in processes {
-            let _ = process.child.kill().await;
-            let _ = std::fs::remove_file(&process.socket);
+        for (_, process) in processes {
+            stop_process(process).await;
         }
     }
 
@@ -113,4 +112,16 @@ impl Exports {
     pub async fn running(&self) -> Vec<(String, u32)> {
         self.processes.lock().await.iter().filter_map(|(node, process)| Some((node.clone(), process.child.id()?))).collect()
     }
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited within five seconds.
+async fn stop_process(mut process: ExportProcess) {
+    if let Some(pid) = process.child.id() {
+        // SAFETY: signalling our own child, which has not been reaped (we hold it).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        if tokio::time::timeout(Duration::from_secs(5), process.child.wait()).await.is_err() {
+            let _ = process.child.kill().await;
+        }
+    }
+    let _ = std::fs::remove_file(&process.socket);
 }

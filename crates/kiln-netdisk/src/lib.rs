@@ -113,6 +113,13 @@ impl NetworkDisks {
         self.clones.remove_clone(node_id).await
     }
 
+    /// Writes `node_id`'s changes over `base`'s root as a layer file in `directory` (the
+    /// export is stopped first, so the clone is closed cleanly and nothing writes to it).
+    pub async fn snapshot_layer(&self, node_id: &str, base: &BaseSpec, directory: &Path) -> Result<PathBuf, NetdiskError> {
+        self.exports.stop(node_id).await;
+        self.clones.snapshot_layer(node_id, base, directory).await
+    }
+
     /// Bytes `node_id`'s clone takes on its own (what its node wrote, and qcow2's metadata).
     pub fn stored_bytes(&self, node_id: &str) -> Option<u64> {
         self.clones.stored_bytes(node_id)

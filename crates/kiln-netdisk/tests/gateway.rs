@@ -72,7 +72,7 @@ async fn a_node_reaches_only_its_own_clone() {
     std::fs::create_dir_all(blob_path.parent().unwrap()).unwrap();
     std::fs::write(&blob_path, &base).unwrap();
     let disks = Arc::new(NetworkDisks::local(&work.path().join("netdisk"), blobs).unwrap());
-    let spec = BaseSpec { sha256: sha256.clone(), format: kiln_types::image::ImageFormat::Raw, compression: None };
+    let spec = BaseSpec { sha256: sha256.clone(), format: kiln_types::image::ImageFormat::Raw, compression: None, layer: None };
     disks.prepare("node-a", &spec).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = kiln_netdisk::gateway::start(listener, disks.clone(), Arc::new(Table)).unwrap();

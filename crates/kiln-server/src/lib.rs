@@ -292,7 +292,7 @@ async fn start_network_disks(
     let gateway = kiln_netdisk::gateway::start(listener, disks.clone(), authority)
         .map_err(|source| StartError::Listen { address: settings.listen, source })?;
     tracing::info!(clones = %disks.describe(), address = %gateway.local_addr, "network disks ready");
-    Ok(Some(netdisk::NetworkDiskService { disks, gateway }))
+    Ok(Some(netdisk::NetworkDiskService { disks, blobs: state.images.blobs.clone(), gateway }))
 }
 
 /// What every handler shares, from the configuration and the services started so far.

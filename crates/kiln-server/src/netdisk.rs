@@ -8,18 +8,20 @@ use std::sync::Arc;
 
 use kiln_db::{Inventory, Store};
 use kiln_netdisk::{BaseSpec, ExportAuthority, ExportRefusal, NetworkDisks};
+use kiln_types::image::{Artifact, ArtifactKind, VersionRef};
 use kiln_types::node::Node;
 use kiln_types::provision::DeployTarget;
 
 /// The running service: clones and the gateway in front of them.
 pub(crate) struct NetworkDiskService {
     pub(crate) disks: Arc<NetworkDisks>,
+    pub(crate) blobs: kiln_image_store::BlobStore,
     pub(crate) gateway: kiln_netdisk::GatewayHandle,
 }
 
 impl NetworkDiskService {
     pub(crate) fn reconciler_hook(&self, store: &Store) -> Arc<dyn kiln_lifecycle::NetworkDisks> {
-        Arc::new(ReconcilerHook { disks: self.disks.clone(), store: store.clone() })
+        Arc::new(ReconcilerHook { disks: self.disks.clone(), store: store.clone(), blobs: self.blobs.clone() })
     }
 
     /// Stops accepting nodes, then stops the export processes.
@@ -35,20 +37,29 @@ type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>
 pub(crate) struct ReconcilerHook {
     pub(crate) disks: Arc<NetworkDisks>,
     pub(crate) store: Store,
+    pub(crate) blobs: kiln_image_store::BlobStore,
 }
 
 impl ReconcilerHook {
-    async fn prepare_clone(&self, node: &Node, target: &DeployTarget) -> Result<(), String> {
-        use kiln_types::image::{ArtifactKind, VersionRef};
+    /// The deploy target's disk artifact, and what clones of its version sit on.
+    async fn base_of(&self, target: &DeployTarget) -> Result<(Artifact, BaseSpec), String> {
         let image = kiln_types::scoped_name::ScopedName::from_key(&target.image);
         let version = self
             .store
             .get_version(&image, &VersionRef::Number(target.version))
             .await
             .map_err(|error| format!("reading {}:{}: {}", target.image, target.version, kiln_types::error_chain(&error)))?;
-        let disk =
-            version.artifact(ArtifactKind::Disk).ok_or_else(|| format!("{}:{} has no disk artifact", target.image, target.version))?;
-        let base = BaseSpec { sha256: disk.sha256.clone(), format: disk.format, compression: disk.compression };
+        let disk = version
+            .artifact(ArtifactKind::Disk)
+            .ok_or_else(|| format!("{}:{} has no disk artifact", target.image, target.version))?
+            .clone();
+        let layer = version.artifact(ArtifactKind::Layer).map(|layer| layer.sha256.clone());
+        let base = BaseSpec { sha256: disk.sha256.clone(), format: disk.format, compression: disk.compression, layer };
+        Ok((disk, base))
+    }
+
+    async fn prepare_clone(&self, node: &Node, target: &DeployTarget) -> Result<(), String> {
+        let (disk, base) = self.base_of(target).await?;
         self.disks.prepare(&node.id, &base).await.map_err(|error| kiln_types::error_chain(&error))?;
         // The new export name revokes the old one: a node still running the old clone
         // cannot reconnect to the new one.
@@ -57,6 +68,68 @@ impl ReconcilerHook {
             .await
             .map_err(|error| format!("recording the network disk: {}", kiln_types::error_chain(&error)))?;
         tracing::info!(node = %node.name, image = %target.image, version = target.version, base = %disk.sha256, "network disk ready");
+        Ok(())
+    }
+
+    /// The node's changes become a layer blob, and a new version of `image` is its target's
+    /// disk (shared: no bytes added) with that layer over it.
+    async fn take_snapshot(&self, node: &Node, target: &DeployTarget, image: &str) -> Result<(), String> {
+        let (disk, base) = self.base_of(target).await?;
+        let layer =
+            self.disks.snapshot_layer(&node.id, &base, self.blobs.spool_dir()).await.map_err(|error| kiln_types::error_chain(&error))?;
+        let path = layer.clone();
+        let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+            use sha2::Digest as _;
+            let mut hasher = sha2::Sha256::new();
+            let size = std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
+            Ok((hex::encode(hasher.finalize()), size))
+        })
+        .await
+        .map_err(|error| format!("hashing the snapshot: {error}"))?;
+        let (sha256, size) = match hashed {
+            Ok(hashed) => hashed,
+            Err(error) => {
+                let _ = std::fs::remove_file(&layer);
+                return Err(format!("hashing the snapshot {}: {error}", layer.display()));
+            }
+        };
+        let id = kiln_image_store::BlobId::parse(&sha256).map_err(|error| kiln_types::error_chain(&error))?;
+        // Recorded before the bytes are stored: garbage collection spares touched blobs.
+        if let Err(error) = self.store.touch_blob(&sha256, size).await {
+            let _ = std::fs::remove_file(&layer);
+            return Err(format!("recording the snapshot's blob: {}", kiln_types::error_chain(&error)));
+        }
+        if let Err(error) = self.blobs.commit(&id, &layer).await {
+            let _ = std::fs::remove_file(&layer);
+            return Err(format!("storing the snapshot: {}", kiln_types::error_chain(&error)));
+        }
+        let layer_artifact = Artifact {
+            kind: ArtifactKind::Layer,
+            sha256: sha256.clone(),
+            format: kiln_types::image::ImageFormat::Qcow2,
+            compression: None,
+            size,
+            virtual_size: disk.virtual_size,
+            checksums: [("sha256".to_owned(), sha256.clone())].into_iter().collect(),
+            source_url: None,
+        };
+        let spec = kiln_db::NewVersion {
+            version: None,
+            base: None,
+            artifacts: [disk, layer_artifact]
+                .into_iter()
+                .map(|artifact| kiln_db::NewArtifact { artifact, source_etag: None, source_modified: None })
+                .collect(),
+            tags: Vec::new(),
+            note: format!("snapshot of node {} running {}:{}", node.name, target.image, target.version),
+        };
+        let identity = kiln_types::scoped_name::ScopedName::from_key(image);
+        let created = self
+            .store
+            .create_version("kiln", &identity, &spec)
+            .await
+            .map_err(|error| format!("recording the snapshot as a version of {image}: {}", kiln_types::error_chain(&error)))?;
+        tracing::info!(node = %node.name, image, version = created.version, layer = %sha256, stored_bytes = size, "network disk snapshot stored");
         Ok(())
     }
 
@@ -77,6 +150,10 @@ impl kiln_lifecycle::NetworkDisks for ReconcilerHook {
 
     fn remove<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(self.remove_clone(node))
+    }
+
+    fn snapshot<'a>(&'a self, node: &'a Node, target: &'a DeployTarget, image: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.take_snapshot(node, target, image))
     }
 }
 

@@ -32,6 +32,9 @@ word_enum! {
         Initrd = "initrd",
         /// The build log of a version made by `kiln image build`.
         Log = "log",
+        /// A network-disk snapshot: a qcow2 layer holding only the clusters a node changed,
+        /// over the version's disk artifact (which it shares with the version it came from).
+        Layer = "layer",
     }
 }
 

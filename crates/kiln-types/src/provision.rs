@@ -152,6 +152,13 @@ pub enum Intent {
         /// The image's key: `PROJECT/NAME`, or `NAME` for an image without a project.
         image: String,
     },
+    /// Turn a network-mode node's clone into a new version of `image` (BMI's snapshot): the
+    /// node is powered off, its changes become a layer over the version it runs, and it
+    /// boots its clone again.
+    Snapshot {
+        /// The image's key: `PROJECT/NAME`, or `NAME` for an image without a project.
+        image: String,
+    },
     /// A deploy that failed before it reached the machine (its image could not be fetched,
     /// or did not have the checksum given): the node records `deploy failed` with `reason`,
     /// as a deploy that failed later would, so that clients waiting on the state see it.
@@ -177,6 +184,7 @@ impl Intent {
             Intent::Undeploy => "undeploy",
             Intent::Clean { .. } => "clean",
             Intent::Capture { .. } => "capture",
+            Intent::Snapshot { .. } => "snapshot",
             Intent::FailDeploy { .. } => "fail-deploy",
             Intent::Abort => "abort",
         }
@@ -193,7 +201,7 @@ impl Intent {
             Intent::Deploy(_) | Intent::FailDeploy { .. } => Intent::DEPLOYABLE_FROM,
             Intent::Undeploy => &[Active, DeployFailed],
             Intent::Clean { .. } => &[Manageable, Available, CleanFailed],
-            Intent::Capture { .. } => &[Active],
+            Intent::Capture { .. } | Intent::Snapshot { .. } => &[Active],
             Intent::Abort => &[WaitAgent, Inspecting, Cleaning, Capturing],
         }
     }
