@@ -27,7 +27,11 @@ fn load_config(flags: &ServerFlags) -> anyhow::Result<ServerConfig> {
 }
 
 pub(crate) fn check(flags: &ServerFlags, format: OutputFormat) -> anyhow::Result<()> {
-    let config = load_config(flags)?.redacted();
+    let config = load_config(flags)?;
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    let config = config.redacted();
     crate::output::print(format, &config, || {
         let mut text = toml::to_string(&config).unwrap_or_default();
         text.insert_str(0, "# the configuration is valid\n");
@@ -37,6 +41,9 @@ pub(crate) fn check(flags: &ServerFlags, format: OutputFormat) -> anyhow::Result
 
 pub(crate) async fn serve(flags: &ServerFlags) -> anyhow::Result<()> {
     let config = load_config(flags)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let handle = kiln_server::start(config).await.context("starting the server")?;
     // Plain, on its own line: scripts and tests that asked for port 0 read the port here.
     // The boot listener's line first: a reader that waits for "listening on" has both.

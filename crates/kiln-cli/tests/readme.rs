@@ -57,7 +57,10 @@ const NOT_RUN_HERE: &[(&str, &str)] = &[
         "BMCs: power, boot device, discovery",
         "a synopsis (alternatives in `|`, addresses of a site): tests/bmc.rs runs each command against sushy-tools and ipmi_sim",
     ),
-    ("Provisioning: deploy, undeploy, inspect, clean", "a synopsis: tests/provision.rs runs each command against machines in the lab"),
+    (
+        "Provisioning: deploy, undeploy, inspect, clean",
+        "a synopsis: tests/provision.rs and tests/netdisk.rs run each command against machines in the lab",
+    ),
     (
         "Ironic's commands: `baremetal` and openstacksdk",
         "needs OpenStack's clients (PyPI): tests/ironic.rs runs these commands with python-ironicclient and openstacksdk",

@@ -491,6 +491,7 @@ impl Store {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
         let image = image_row(connection, identity).await?;
+        refuse_if_network_disks_use(connection, identity, None).await?;
         release_artifacts(connection, &image.id, None).await?;
         for statement in [
             "DELETE FROM image_tags WHERE image_id = $1",
@@ -612,6 +613,7 @@ impl Store {
         let image = image_row(connection, identity).await?;
         let number = resolve_version(connection, &image, reference).await?;
         let version = load_version(connection, &image, number).await?;
+        refuse_if_network_disks_use(connection, identity, Some(number)).await?;
         release_artifacts(connection, &image.id, Some(number)).await?;
         for statement in [
             "DELETE FROM image_tags WHERE image_id = $1 AND version = $2",
@@ -898,4 +900,32 @@ fn upload_from_row(row: &sqlx::any::AnyRow) -> Result<Upload, StoreError> {
         checksum: row.try_get("checksum").map_err(read())?,
         created_at: crate::timestamp(row.try_get("created_at").map_err(read())?),
     })
+}
+
+/// A version that nodes' network disks are clones of stays until they are undeployed: its
+/// blobs back their clones.
+async fn refuse_if_network_disks_use(
+    connection: &mut sqlx::AnyConnection,
+    identity: &ScopedName,
+    version: Option<i64>,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT n.name AS name, d.version AS version FROM network_disks d JOIN nodes n ON n.id = d.node_id WHERE d.image = $1 ORDER BY n.name")
+        .bind(identity.key())
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(StoreError::query("reading network disks"))?;
+    let mut users = Vec::new();
+    for row in &rows {
+        let used: i64 = row.try_get("version").map_err(StoreError::query("reading network disks"))?;
+        if version.is_none_or(|version| version == used) {
+            users.push(format!(
+                "{} ({identity}:{used})",
+                row.try_get::<String, _>("name").map_err(StoreError::query("reading network disks"))?
+            ));
+        }
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::conflict(format!("network disks of nodes {} are clones of it: undeploy them first", users.join(", "))))
 }

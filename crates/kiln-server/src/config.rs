@@ -474,6 +474,22 @@ pub struct NetdiskSettings {
     pub dir: PathBuf,
 }
 
+impl ServerConfig {
+    /// What is valid but worth saying: settings that do not do what a site of several
+    /// replicas might expect.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.netdisk.is_some() && self.database_url.starts_with("postgres") {
+            warnings.push(
+                "[netdisk] keeps network disks' clones on this machine's disk: a single-replica backend. With replicas \
+                 sharing this database, give [netdisk] to one replica only (ARCHITECTURE.md: the RBD backend is the scale path)"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
+}
+
 fn netdisk_config(layer: NetdiskLayer, data_dir: &Path) -> Result<NetdiskSettings, ConfigError> {
     let text = layer.listen.unwrap_or_else(|| "0.0.0.0:10809".to_owned());
     let listen = text

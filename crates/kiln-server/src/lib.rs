@@ -82,6 +82,7 @@ enum Stopping {
 pub struct ServerHandle {
     local_addr: SocketAddr,
     boot_addr: Option<SocketAddr>,
+    network_disk_addr: Option<SocketAddr>,
     admin_token_file: Option<PathBuf>,
     shutdown: watch::Sender<Stopping>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -96,6 +97,11 @@ impl ServerHandle {
     /// Where the boot listener listens, when it has a listener of its own.
     pub fn boot_addr(&self) -> Option<SocketAddr> {
         self.boot_addr
+    }
+
+    /// Where the network-disk gateway listens, when network disks are configured.
+    pub fn network_disk_addr(&self) -> Option<SocketAddr> {
+        self.network_disk_addr
     }
 
     /// The admin token file, when this start created the first administrator.
@@ -215,18 +221,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         state.provisioning_wake.clone(),
         network_disks.as_ref().map(|service| service.reconciler_hook(&store)),
     );
-    let boot_service = match boot_listener {
-        Some(listener) => {
-            let files = Arc::new(kiln_api::boot::BootFiles(state.clone()));
-            let address = listener.local_addr().ok();
-            let service = kiln_api::boot_listener::start(listener, files, kiln_api::boot_router(state.clone(), body_limits(&config)))
-                .map_err(|source| StartError::Listen { address: address.unwrap_or(local_addr), source })?;
-            tracing::info!(address = %service.local_addr, url = %boot_url, "boot listener ready (files sent with sendfile)");
-            Some(service)
-        }
-        None => None,
-    };
-    let boot_addr = boot_service.as_ref().map(|service| service.local_addr);
+    let boot_service = start_boot_listener(boot_listener, &state, &config, &boot_url, local_addr)?;
+    let (boot_addr, network_disk_addr) =
+        (boot_service.as_ref().map(|s| s.local_addr), network_disks.as_ref().map(|s| s.gateway.local_addr));
     let app = kiln_api::router(state, body_limits(&config));
     let (shutdown, mut shutdown_requested) = watch::channel(Stopping::No);
     let stop_signal = shutdown_requested.clone();
@@ -274,7 +271,24 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         tracing::info!("server stopped");
     });
     tracing::info!(address = %local_addr, public_url = %config.public_url, database = %kiln_db::redact_url(&config.database_url), "kiln is serving");
-    Ok(ServerHandle { local_addr, boot_addr, admin_token_file, shutdown, task: Some(task) })
+    Ok(ServerHandle { local_addr, boot_addr, network_disk_addr, admin_token_file, shutdown, task: Some(task) })
+}
+
+/// The boot listener, when machines have one of their own.
+fn start_boot_listener(
+    listener: Option<tokio::net::TcpListener>,
+    state: &ApiState,
+    config: &ServerConfig,
+    boot_url: &str,
+    api_addr: SocketAddr,
+) -> Result<Option<kiln_api::boot_listener::BootListener>, StartError> {
+    let Some(listener) = listener else { return Ok(None) };
+    let files = Arc::new(kiln_api::boot::BootFiles(state.clone()));
+    let address = listener.local_addr().ok();
+    let service = kiln_api::boot_listener::start(listener, files, kiln_api::boot_router(state.clone(), body_limits(config)))
+        .map_err(|source| StartError::Listen { address: address.unwrap_or(api_addr), source })?;
+    tracing::info!(address = %service.local_addr, url = %boot_url, "boot listener ready (files sent with sendfile)");
+    Ok(Some(service))
 }
 
 /// Network disks and their NBD gateway, where configured.

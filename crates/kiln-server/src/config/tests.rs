@@ -62,3 +62,23 @@ fn errors_name_the_setting() {
     assert_eq!(error.to_string(), "cloud_init.trusted_proxies: '10.0.0.0/33' is neither an address nor a network such as 10.0.0.0/24");
     assert!(toml::from_str::<ServerConfigLayer>("lisen = \"x\"").is_err(), "typos in the file are refused");
 }
+
+#[test]
+fn network_disks_are_checked_and_flagged_for_replicas() {
+    let layer: ServerConfigLayer = toml::from_str("[netdisk]\n").unwrap();
+    let config = ServerConfig::try_from(layer).unwrap();
+    let netdisk = config.netdisk.as_ref().unwrap();
+    assert_eq!(netdisk.listen.to_string(), "0.0.0.0:10809");
+    assert_eq!(netdisk.dir, PathBuf::from("./kiln-data/netdisk"));
+    assert!(config.warnings().is_empty(), "one replica on SQLite: nothing to say");
+    let shared: ServerConfigLayer = toml::from_str("database_url = \"postgres://kiln@db/kiln\"\n[netdisk]\n").unwrap();
+    let warnings = ServerConfig::try_from(shared).unwrap().warnings();
+    assert!(warnings[0].contains("single-replica backend"), "{warnings:?}");
+    for (text, message) in [
+        ("[netdisk]\nlisten = \"nowhere\"\n", "netdisk.listen: 'nowhere' is not an address:port"),
+        ("[netdisk]\naddress = \"10.0.0.1\"\n", "netdisk.address: '10.0.0.1' is not HOST:PORT"),
+    ] {
+        let error = ServerConfig::try_from(toml::from_str::<ServerConfigLayer>(text).unwrap()).unwrap_err();
+        assert!(error.to_string().contains(message), "{error}");
+    }
+}
