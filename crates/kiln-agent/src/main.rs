@@ -14,6 +14,7 @@
 mod client;
 mod inspect;
 mod io;
+mod nbd_relay;
 mod nbd_root;
 mod work;
 

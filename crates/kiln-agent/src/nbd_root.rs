@@ -4,13 +4,14 @@
 //! speaks the transmission phase; a process must stay in `NBD_DO_IT` for as long as the disk
 //! is attached, so the agent forks one that does and returns once the disk is usable.
 //!
-//! The node's root lives on that disk, so when the connection is lost the kernel fails the
-//! I/O and this process says so on the console before it exits: the node fails with the
-//! reason rather than hanging.
+//! The kernel's socket is one end of a local pair, and the process relays between it and the
+//! gateway (`nbd_relay`): when the gateway's connection breaks (the server restarted), the
+//! relay reconnects and sends what was unanswered again, and the node's I/O resumes. If the
+//! gateway stays away, the relay gives up, the kernel fails the I/O and the console says why.
 
-use std::io::Write as _;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd as _;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,6 @@ const NBD_SET_BLKSIZE: libc::c_ulong = 0xab01;
 const NBD_DO_IT: libc::c_ulong = 0xab03;
 const NBD_CLEAR_SOCK: libc::c_ulong = 0xab04;
 const NBD_SET_SIZE_BLOCKS: libc::c_ulong = 0xab07;
-const NBD_SET_TIMEOUT: libc::c_ulong = 0xab09;
 const NBD_SET_FLAGS: libc::c_ulong = 0xab0a;
 // `<linux/fs.h>`: `_IO(0x12, 95)`, re-read the partition table.
 const BLKRRPART: libc::c_ulong = 0x125f;
@@ -62,6 +62,37 @@ impl NbdRoot {
     }
 }
 
+/// Connects to the gateway from a privileged port (below 1024), which only root on the node
+/// can bind: the gateway refuses other ports, so that a user on the node who reads the export
+/// name from `/proc/cmdline` still cannot open the disk (NFS's `secure` rule).
+pub(crate) fn connect_privileged(server: &str, timeout: Duration) -> anyhow::Result<TcpStream> {
+    use std::net::ToSocketAddrs as _;
+    let address = server.to_socket_addrs()?.next().with_context(|| format!("{server} has no address"))?;
+    let domain = if address.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let unspecified: std::net::IpAddr =
+        if address.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    // Ports in use (or in TIME_WAIT from an earlier connection) are skipped.
+    let start = 600 + (std::process::id() % 400) as u16;
+    let mut last_error = None;
+    for offset in 0..400u16 {
+        let port = 600 + (start - 600 + offset) % 424;
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        if let Err(error) = socket.bind(&std::net::SocketAddr::new(unspecified, port).into()) {
+            last_error = Some(error);
+            continue;
+        }
+        return match socket.connect_timeout(&address.into(), timeout) {
+            Ok(()) => Ok(socket.into()),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                last_error = Some(error);
+                continue;
+            }
+            Err(error) => Err(error).with_context(|| format!("connecting to {server} from port {port}")),
+        };
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no port"))).context("binding a privileged port (the agent must run as root)")
+}
+
 fn ioctl(device: &std::fs::File, request: libc::c_ulong, argument: libc::c_ulong, what: &str) -> anyhow::Result<()> {
     // SAFETY: the NBD and block ioctls take an integer argument (a size, a flag word or a
     // file descriptor), never a pointer.
@@ -77,7 +108,7 @@ fn ioctl(device: &std::fs::File, request: libc::c_ulong, argument: libc::c_ulong
 pub(crate) fn attach(root: &NbdRoot) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut stream = loop {
-        match TcpStream::connect(&root.server) {
+        match connect_privileged(&root.server, Duration::from_secs(10)) {
             Ok(stream) => break stream,
             Err(error) if Instant::now() < deadline => {
                 eprintln!("kiln-nbd: {} not reachable yet ({error}); retrying", root.server);
@@ -95,30 +126,34 @@ pub(crate) fn attach(root: &NbdRoot) -> anyhow::Result<()> {
     }
     let device =
         std::fs::OpenOptions::new().read(true).write(true).open(&root.device).with_context(|| format!("opening {}", root.device))?;
+    // The kernel gets a local socket; the relay carries its requests to the gateway, and over
+    // a restart of the server (`nbd_relay`).
+    let (kernel_end, relay_end) = UnixStream::pair().context("making the relay's socket pair")?;
     ioctl(&device, NBD_CLEAR_SOCK, 0, "clearing a previous socket")?;
     ioctl(&device, NBD_SET_BLKSIZE, BLOCK_SIZE as libc::c_ulong, "setting the block size")?;
     ioctl(&device, NBD_SET_SIZE_BLOCKS, (export.size / BLOCK_SIZE) as libc::c_ulong, "setting the size")?;
-    // A request unanswered this long fails rather than hanging the node forever.
-    ioctl(&device, NBD_SET_TIMEOUT, 120, "setting the request timeout")?;
     ioctl(&device, NBD_SET_FLAGS, libc::c_ulong::from(export.transmission_flags), "setting the transmission flags")?;
-    ioctl(&device, NBD_SET_SOCK, stream.as_raw_fd() as libc::c_ulong, "handing over the socket")?;
+    ioctl(&device, NBD_SET_SOCK, kernel_end.as_raw_fd() as libc::c_ulong, "handing over the socket")?;
     // SAFETY: fork in a single-threaded process (the agent starts no thread before this).
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()).context("forking the process that keeps the disk attached"),
         0 => {
             // The child: its own session, so that the init's exit or a hang-up does not end it.
             unsafe { libc::setsid() };
+            drop(kernel_end);
+            let gateway = crate::nbd_relay::Gateway { server: root.server.clone(), export: root.export.clone() };
+            std::thread::spawn(move || {
+                if let Err(error) = crate::nbd_relay::run(relay_end, gateway, stream) {
+                    crate::nbd_relay::say(&format!("kiln-nbd: the relay stopped: {error:#}"));
+                }
+            });
+            // No request timeout is set: the kernel waits for the relay, which reconnects.
             let result = unsafe { libc::ioctl(device.as_raw_fd(), NBD_DO_IT as _, 0) };
             let error = std::io::Error::last_os_error();
-            let mut console = std::fs::OpenOptions::new().write(true).open("/dev/console").ok();
-            let line = match result {
-                0 => "kiln-nbd: the network disk was disconnected\n".to_owned(),
-                _ => format!("kiln-nbd: the connection to the network disk {} was lost ({error}); its I/O now fails\n", root.server),
-            };
-            if let Some(console) = console.as_mut() {
-                let _ = console.write_all(line.as_bytes());
+            match result {
+                0 => crate::nbd_relay::say("kiln-nbd: the network disk was disconnected"),
+                _ => crate::nbd_relay::say(&format!("kiln-nbd: the network disk {} is gone ({error}); its I/O now fails", root.server)),
             }
-            eprint!("{line}");
             std::process::exit(if result == 0 { 0 } else { 1 });
         }
         child => wait_until_ready(&root.device, child),

@@ -5,7 +5,9 @@
 //! finds its own marker (not the other's), calls back and offers a login prompt. The
 //! version's bytes are unchanged afterwards and each clone holds only what its node wrote.
 //! A snapshot of one node becomes a new version that stores about its changes only, and
-//! the other node, deployed from it, sees them. Undeploying removes the clones.
+//! the other node, deployed from it, sees them. `kill -9` of `kiln serve` while a node
+//! writes synced records: its I/O resumes after the restart, and every record it was told
+//! was written is there after a reset. Undeploying removes the clones.
 //!
 //! Needs what the lab needs (`scripts/install-deps`) and a built `kiln-agent`.
 
@@ -105,6 +107,7 @@ fn two_diskless_machines_boot_their_own_clones_of_one_version() {
     }
 
     snapshot_reaches_another_node(&lab, &consoles);
+    a_killed_server_is_survived(&mut lab, &consoles[0]);
 
     // Undeploy removes the clones; the base stays for the next deploy.
     let mut args = vec!["node", "undeploy"];
@@ -169,5 +172,52 @@ fn snapshot_reaches_another_node(lab: &Lab, consoles: &[std::path::PathBuf]) {
         again,
         "node51 boots its network disk again after the snapshot:\n{}",
         std::fs::read_to_string(&consoles[0]).unwrap_or_default()
+    );
+}
+
+/// The highest record the node reported as written (synced), in `text`.
+fn last_record(text: &str) -> u64 {
+    text.lines().filter_map(|line| line.split("KILN-NETDISK-RECORD ").nth(1)?.trim().parse().ok()).max().unwrap_or(0)
+}
+
+/// `kill -9` of `kiln serve` (its export processes die with it) while node51 writes synced
+/// records: the node's I/O waits, resumes when the server is back, and every record it was
+/// told was written is on its disk after a reset of the machine.
+fn a_killed_server_is_survived(lab: &mut Lab, console: &Path) {
+    let kiln = Path::new(KILN);
+    let read = || std::fs::read_to_string(console).unwrap_or_default();
+    let writing = (0..60).any(|_| {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        last_record(&read()) >= 3
+    });
+    assert!(writing, "node51 writes records:\n{}", read());
+    lab.stop_server();
+    let stopped_at = last_record(&read());
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert!(last_record(&read()) <= stopped_at + 1, "no write completes while the server is down");
+    lab.start_server(kiln, "").unwrap();
+    let resumed = (0..90).any(|_| {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        last_record(&read()) >= stopped_at + 3
+    });
+    let text = read();
+    assert!(
+        resumed && text.contains("kiln-nbd: reconnected"),
+        "node51's I/O resumes after the restart:\n{text}\nserver:\n{}",
+        lab.server_log()
+    );
+    let acknowledged = last_record(&text);
+    let reset_at = text.len();
+    lab.kiln(kiln, &["node", "power", "reset", "node51"]).unwrap();
+    let kept = (0..180).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let text = read();
+        let after_reset = text.get(reset_at..).unwrap_or_default();
+        after_reset.split("KILN-NETDISK-RECORDS-KEPT ").nth(1).and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+    });
+    let kept = kept.unwrap_or_else(|| panic!("node51 booted again after the reset:\n{}", read()));
+    assert!(kept >= acknowledged, "records up to {acknowledged} were acknowledged; {kept} are on the disk");
+    eprintln!(
+        "kill -9 of kiln serve survived: records {stopped_at} to {acknowledged} written around the restart, {kept} kept over a reset"
     );
 }

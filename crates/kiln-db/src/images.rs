@@ -909,23 +909,22 @@ async fn refuse_if_network_disks_use(
     identity: &ScopedName,
     version: Option<i64>,
 ) -> Result<(), StoreError> {
-    let rows = sqlx::query("SELECT n.name AS name, d.version AS version FROM network_disks d JOIN nodes n ON n.id = d.node_id WHERE d.image = $1 ORDER BY n.name")
+    let rows = sqlx::query("SELECT version FROM network_disks WHERE image = $1")
         .bind(identity.key())
         .fetch_all(&mut *connection)
         .await
         .map_err(StoreError::query("reading network disks"))?;
-    let mut users = Vec::new();
+    let mut versions = std::collections::BTreeMap::<i64, usize>::new();
     for row in &rows {
         let used: i64 = row.try_get("version").map_err(StoreError::query("reading network disks"))?;
         if version.is_none_or(|version| version == used) {
-            users.push(format!(
-                "{} ({identity}:{used})",
-                row.try_get::<String, _>("name").map_err(StoreError::query("reading network disks"))?
-            ));
+            *versions.entry(used).or_default() += 1;
         }
     }
-    if users.is_empty() {
+    if versions.is_empty() {
         return Ok(());
     }
-    Err(StoreError::conflict(format!("network disks of nodes {} are clones of it: undeploy them first", users.join(", "))))
+    // Counted, not named: the nodes may be other projects'.
+    let uses: Vec<String> = versions.iter().map(|(version, nodes)| format!("{nodes} of {identity}:{version}")).collect();
+    Err(StoreError::conflict(format!("nodes' network disks are clones of it ({}): undeploy them first", uses.join(", "))))
 }

@@ -2,7 +2,8 @@
 //! (made from a directory with `mke2fs -d`, so no loop device or mount is needed) holding
 //! busybox and an init that proves the disk is the node's own and writable: on the first boot
 //! it writes a marker with its MAC, syncs and reboots; on the next it reports the marker it
-//! finds, calls the server back and offers a login prompt on the serial line.
+//! finds, calls the server back, offers a login prompt on the serial line and appends a
+//! numbered record a second to a file, syncing each before it reports it.
 
 use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ mount -t proc proc /proc 2>/dev/null
 interface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
 mac=$(cat "/sys/class/net/$interface/address")
 echo "KILN-NETDISK-ROOT $(grep ' / ' /proc/mounts)"
+[ -f /kiln-records ] && echo "KILN-NETDISK-RECORDS-KEPT $(tail -n 1 /kiln-records)"
 if [ -f /kiln-marker ]; then
     echo "KILN-NETDISK-MARKER $(cat /kiln-marker)"
 else
@@ -32,6 +34,18 @@ fi
 server=$(sed -n 's/.*kiln.server=\([^ ]*\).*/\1/p' /proc/cmdline)
 if wget -q -O /dev/null "$server/boot/v1/phone-home?mac=$mac"; then echo "KILN-NETDISK-PHONED-HOME $mac"; fi
 hostname kiln-netdisk
+# Numbered records, each synced before it is reported: what the node was told is written
+# must be there after the server restarts or the machine is reset.
+(
+    record=$(tail -n 1 /kiln-records 2>/dev/null || echo 0)
+    while :; do
+        record=$((record + 1))
+        echo "$record" >> /kiln-records
+        sync
+        echo "KILN-NETDISK-RECORD $record" > /dev/console
+        sleep 1
+    done
+) &
 while :; do getty -L 115200 ttyS0 vt100; done
 "#;
 

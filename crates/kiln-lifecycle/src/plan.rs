@@ -337,7 +337,12 @@ fn take_intent(node: &Node, record: &ProvisionRecord, intent: &Intent, now: i64,
             )
         },
     };
-    Decision::Step { actions: vec![], transition: Box::new(transition) }
+    // A node leaving network mode (a deploy in another mode after a failed network deploy)
+    // gives its clone up first.
+    let leaves_network_disk = matches!(intent, Intent::Deploy(target) if target.mode != DeployMode::Network)
+        && record.target.as_ref().is_some_and(|target| target.mode == DeployMode::Network);
+    let actions = if leaves_network_disk { vec![Action::RemoveNetworkDisk] } else { vec![] };
+    Decision::Step { actions, transition: Box::new(transition) }
 }
 
 fn agent_waiting(node: &Node, record: &ProvisionRecord, now: i64, settings: &LifecycleSettings) -> Decision {

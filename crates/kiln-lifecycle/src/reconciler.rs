@@ -195,6 +195,17 @@ impl Reconciler {
             if let Err(error) = outcome {
                 if action.required() {
                     transition = failed(node, record, format!("{}: {error}", action_name(action)));
+                    // A snapshot or an undeploy that failed is not asked again by itself
+                    // (a retry of a failing clone copy would loop); a node whose snapshot
+                    // failed boots its disk again, as after a failed capture.
+                    if matches!(action, Action::SnapshotNetworkDisk | Action::RemoveNetworkDisk) {
+                        transition.consume_intent = true;
+                    }
+                    if action == Action::SnapshotNetworkDisk
+                        && let Err(error) = self.carry_out(node, Action::BootFromNetwork).await
+                    {
+                        tracing::warn!(node = %node.name, %error, "booting the node again after its failed snapshot failed");
+                    }
                     break;
                 }
                 tracing::info!(node = %node.name, action = action_name(action), %error, "best-effort BMC action failed");

@@ -125,13 +125,19 @@ impl LocalClones {
                     .read(&id, None)
                     .await
                     .map_err(|source| NetdiskError::ReadBlob { sha256: base.sha256.clone(), source: Box::new(source) })?;
-                let mut file = tokio::fs::File::create(&download).await.map_err(expand_error(&download))?;
-                let mut stream = read.stream;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(expand_error(&download))?;
-                    tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(expand_error(&download))?;
+                let downloaded = async {
+                    let mut file = tokio::fs::File::create(&download).await?;
+                    let mut stream = read.stream;
+                    while let Some(chunk) = stream.next().await {
+                        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?).await?;
+                    }
+                    file.sync_all().await
                 }
-                file.sync_all().await.map_err(expand_error(&download))?;
+                .await;
+                if let Err(error) = downloaded {
+                    let _ = std::fs::remove_file(&download);
+                    return Err(expand_error(&download)(error));
+                }
                 download.clone()
             }
         };
@@ -141,8 +147,14 @@ impl LocalClones {
             .await
             .unwrap_or_else(|panic| Err(std::io::Error::other(format!("the expansion panicked: {panic}"))));
         let _ = std::fs::remove_file(&download);
-        let written = written.map_err(expand_error(&partial))?;
-        std::fs::rename(&partial, &expanded).map_err(expand_error(&expanded))?;
+        let renamed = written.and_then(|written| std::fs::rename(&partial, &expanded).map(|()| written));
+        let written = match renamed {
+            Ok(written) => written,
+            Err(error) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(expand_error(&expanded)(error));
+            }
+        };
         tracing::info!(sha256 = %base.sha256, bytes = written, seconds = started.elapsed().as_secs_f64(), path = %expanded.display(), "network disk base expanded (once per version)");
         Ok(expanded)
     }
@@ -154,11 +166,11 @@ impl LocalClones {
     async fn top_file(&self, base: &BaseSpec) -> Result<(PathBuf, &'static str), NetdiskError> {
         let root = self.base_file(base).await?;
         let Some(layer) = &base.layer else { return Ok((root, backing_format(base.format)?)) };
-        let path = self.root.join("bases").join(format!("{layer}.layer.qcow2"));
+        let id = BlobId::parse(layer).map_err(|source| NetdiskError::ReadBlob { sha256: layer.clone(), source: Box::new(source) })?;
+        let path = self.root.join("bases").join(format!("{id}.layer.qcow2"));
         let lock = self.expanding.lock().await.entry(layer.clone()).or_default().clone();
         let _expanding = lock.lock().await;
         if !path.exists() {
-            let id = BlobId::parse(layer).map_err(|source| NetdiskError::ReadBlob { sha256: layer.clone(), source: Box::new(source) })?;
             let stored = self
                 .blobs
                 .read(&id, None)
@@ -310,6 +322,20 @@ impl CloneBackend for LocalClones {
             let layer = directory.join(format!("snapshot-{node_id}.qcow2"));
             let copy_error = |source| NetdiskError::ExpandBase { sha256: node_id.to_owned(), path: layer.clone(), source };
             tokio::fs::copy(&clone, &layer).await.map_err(copy_error)?;
+            let made = self.make_layer_standalone(&layer, base).await;
+            if made.is_err() {
+                let _ = std::fs::remove_file(&layer);
+            }
+            made.map(|()| layer)
+        })
+    }
+}
+
+impl LocalClones {
+    /// Rebases a copy of a clone onto the root base (carrying a layer's changes in), then
+    /// drops the backing file's name.
+    async fn make_layer_standalone(&self, layer: &Path, base: &BaseSpec) -> Result<(), NetdiskError> {
+        {
             let root = self.base_file(base).await?;
             let format = backing_format(base.format)?;
             // Over the root: a clone of a layered version carries the layer's changes into the
@@ -337,7 +363,7 @@ impl CloneBackend for LocalClones {
                 &["rebase".as_ref(), "-u".as_ref(), "-f".as_ref(), "qcow2".as_ref(), "-b".as_ref(), "".as_ref(), layer.as_os_str()],
             )
             .await?;
-            Ok(layer)
-        })
+            Ok(())
+        }
     }
 }

@@ -24,17 +24,23 @@ pub struct Exports {
     run_dir: PathBuf,
     clones: Arc<dyn CloneBackend>,
     processes: tokio::sync::Mutex<HashMap<String, ExportProcess>>,
+    /// Nodes whose clone is being replaced, snapshotted or removed: no export process starts
+    /// for them meanwhile (a node's relay reconnecting would otherwise reopen the clone).
+    fenced: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Exports {
     pub(crate) fn new(run_dir: PathBuf, clones: Arc<dyn CloneBackend>) -> Result<Exports, NetdiskError> {
         std::fs::create_dir_all(&run_dir).map_err(|source| NetdiskError::CreateDirectory { path: run_dir.clone(), source })?;
-        Ok(Exports { run_dir, clones, processes: Default::default() })
+        Ok(Exports { run_dir, clones, processes: Default::default(), fenced: Default::default() })
     }
 
     /// The socket of `node_id`'s export process, starting one if none is running.
     pub async fn socket_for(&self, node_id: &str) -> Result<PathBuf, NetdiskError> {
         let mut processes = self.processes.lock().await;
+        if self.fenced.lock().expect("not poisoned").contains(node_id) {
+            return Err(NetdiskError::ExportNotReady { node_id: node_id.to_owned(), reason: "its clone is being changed".into() });
+        }
         if let Some(process) = processes.get_mut(node_id) {
             match process.child.try_wait() {
                 Ok(None) => return Ok(process.socket.clone()),
@@ -46,6 +52,13 @@ impl Exports {
         let clone = self.clones.clone_file(node_id).ok_or_else(|| NetdiskError::NoClone { node_id: node_id.to_owned() })?;
         let socket = self.run_dir.join(format!("{node_id}.sock"));
         let _ = std::fs::remove_file(&socket);
+        // qemu-nbd's messages go to a file: a pipe nobody reads would stop it once full.
+        let log_path = self.run_dir.join(format!("{node_id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| NetdiskError::StartTool { command: format!("qemu-nbd (its log {})", log_path.display()), source })?;
         let mut command = tokio::process::Command::new("qemu-nbd");
         // `--shared`: the gateway opens one connection per node connection; writeback cache
         // with the node's flushes honoured (the kernel client sends them on fsync).
@@ -56,7 +69,7 @@ impl Exports {
             .arg(&clone)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            .stderr(log)
             .kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe; the child asks to be killed when Kiln dies.
         unsafe {
@@ -72,13 +85,11 @@ impl Exports {
         let deadline = Instant::now() + START_TIMEOUT;
         while !socket.exists() {
             if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr).await;
-                }
+                let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let last = logged.lines().last().unwrap_or_default().to_owned();
                 return Err(NetdiskError::ExportNotReady {
                     node_id: node_id.to_owned(),
-                    reason: format!("qemu-nbd exited ({status}): {}", stderr.trim()),
+                    reason: format!("qemu-nbd exited ({status}): {last}"),
                 });
             }
             if Instant::now() > deadline {
@@ -89,6 +100,16 @@ impl Exports {
         tracing::info!(node = node_id, pid = child.id(), clone = %clone.display(), "network disk export process started");
         processes.insert(node_id.to_owned(), ExportProcess { child, socket: socket.clone() });
         Ok(socket)
+    }
+
+    /// Stops `node_id`'s export process and starts none for it until [`Exports::unfence`].
+    pub async fn fence(&self, node_id: &str) {
+        self.fenced.lock().expect("not poisoned").insert(node_id.to_owned());
+        self.stop(node_id).await;
+    }
+
+    pub fn unfence(&self, node_id: &str) {
+        self.fenced.lock().expect("not poisoned").remove(node_id);
     }
 
     /// Stops `node_id`'s export process, if one runs: its connections end, and the clone is

@@ -5,7 +5,7 @@
 //! reached. Then the node is joined to its clone's export process, and bytes are copied
 //! both ways until either side closes.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,8 @@ pub enum ExportRefusal {
     Unknown,
     /// The name is a clone's, but the peer is not an address Kiln gave that clone's node.
     NotThisPeer { node_id: String },
+    /// The peer's port is not a privileged one (below 1024): not the node's root.
+    UnprivilegedPort { port: u16 },
     /// The decision could not be made (the store did not answer).
     Unavailable { reason: String },
 }
@@ -37,7 +39,7 @@ pub trait ExportAuthority: Send + Sync {
     fn authorize<'a>(
         &'a self,
         export: &'a str,
-        peer: IpAddr,
+        peer: SocketAddr,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<String, ExportRefusal>> + Send + 'a>>;
 }
 
@@ -64,6 +66,7 @@ impl Drop for GatewayHandle {
 /// Serves nodes on `listener`.
 pub fn start(listener: TcpListener, disks: Arc<NetworkDisks>, authority: Arc<dyn ExportAuthority>) -> std::io::Result<GatewayHandle> {
     let local_addr = listener.local_addr()?;
+    let current = Arc::new(CurrentConnections::default());
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
@@ -76,10 +79,13 @@ pub fn start(listener: TcpListener, disks: Arc<NetworkDisks>, authority: Arc<dyn
                     continue;
                 }
             };
-            let (disks, authority) = (disks.clone(), authority.clone());
+            let (disks, authority, current) = (disks.clone(), authority.clone(), current.clone());
             connections.spawn(async move {
                 let _ = stream.set_nodelay(true);
-                if let Err(error) = serve(stream, peer, &disks, authority.as_ref()).await {
+                // A machine reset sends no FIN: keepalives find the dead connection.
+                let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10));
+                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+                if let Err(error) = serve(stream, peer, &disks, authority.as_ref(), &current).await {
                     tracing::info!(%peer, error = %kiln_types::error_chain(&error), "network disk connection ended with an error");
                 }
             });
@@ -110,25 +116,59 @@ struct Granted {
     upstream: tokio::net::UnixStream,
 }
 
+/// Each node's one connection: a node that connects again (it rebooted, or its relay
+/// reconnected) ends its older connection, whose peer is gone, so that dead connections do
+/// not pile up on its export process.
+#[derive(Default)]
+struct CurrentConnections {
+    by_node: std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<tokio::sync::Notify>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl CurrentConnections {
+    /// Makes this connection `node_id`'s current one, ending the one before.
+    fn replace(&self, node_id: &str) -> (u64, Arc<tokio::sync::Notify>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let superseded = Arc::new(tokio::sync::Notify::new());
+        let previous = self.by_node.lock().expect("not poisoned").insert(node_id.to_owned(), (id, superseded.clone()));
+        if let Some((_, previous)) = previous {
+            previous.notify_one();
+        }
+        (id, superseded)
+    }
+
+    fn remove(&self, node_id: &str, id: u64) {
+        let mut by_node = self.by_node.lock().expect("not poisoned");
+        if by_node.get(node_id).is_some_and(|(current, _)| *current == id) {
+            by_node.remove(node_id);
+        }
+    }
+}
+
 async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     disks: &NetworkDisks,
     authority: &dyn ExportAuthority,
+    current: &CurrentConnections,
 ) -> Result<(), ConnectionError> {
     let granted = match tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate(&mut stream, peer, disks, authority)).await {
         Ok(result) => result?,
         Err(_) => return Err(ConnectionError::Timeout),
     };
     let Some(Granted { node_id, mut upstream }) = granted else { return Ok(()) };
+    let (id, superseded) = current.replace(&node_id);
     tracing::info!(node = %node_id, %peer, "network disk connected");
-    let copied = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-    match copied {
-        Ok((to_disk, to_node)) => {
-            tracing::info!(node = %node_id, %peer, bytes_from_node = to_disk, bytes_to_node = to_node, "network disk disconnected")
-        }
-        Err(error) => tracing::info!(node = %node_id, %peer, %error, "network disk connection broke"),
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut stream, &mut upstream) => match copied {
+            Ok((to_disk, to_node)) => {
+                tracing::info!(node = %node_id, %peer, bytes_from_node = to_disk, bytes_to_node = to_node, "network disk disconnected")
+            }
+            Err(error) => tracing::info!(node = %node_id, %peer, %error, "network disk connection broke"),
+        },
+        _ = superseded.notified() => tracing::info!(node = %node_id, %peer, "network disk connection replaced by the node's newer one"),
     }
+    current.remove(&node_id, id);
     Ok(())
 }
 
@@ -168,14 +208,18 @@ async fn negotiate(
                         continue;
                     }
                 };
-                let node_id = match authority.authorize(&request.name, peer.ip()).await {
+                let node_id = match authority.authorize(&request.name, peer).await {
                     Ok(node_id) => node_id,
                     Err(refusal) => {
                         let (kind, message) = match &refusal {
                             ExportRefusal::Unknown => (ReplyType::ErrorUnknown, "no such export".to_owned()),
                             ExportRefusal::NotThisPeer { .. } => (ReplyType::ErrorPolicy, "this export is not this machine's".to_owned()),
-                            ExportRefusal::Unavailable { reason } => {
-                                (ReplyType::Other((1 << 31) | 7), format!("the server cannot decide now: {reason}"))
+                            ExportRefusal::UnprivilegedPort { .. } => {
+                                (ReplyType::ErrorPolicy, "connect from a privileged port (below 1024)".to_owned())
+                            }
+                            // What went wrong inside stays in the server's log.
+                            ExportRefusal::Unavailable { .. } => {
+                                (ReplyType::ErrorPolicy, "the server cannot decide now; try again".to_owned())
                             }
                         };
                         tracing::warn!(%peer, ?refusal, "network disk export refused");
@@ -193,7 +237,7 @@ async fn negotiate(
                         if code == OptionCode::ExportName {
                             return Err(ConnectionError::Export(error));
                         }
-                        reply(stream, code, ReplyType::Other((1 << 31) | 7), "the disk is not available now").await?;
+                        reply(stream, code, ReplyType::ErrorPolicy, "the disk is not available now; try again").await?;
                         continue;
                     }
                 };

@@ -103,21 +103,29 @@ impl NetworkDisks {
     /// Gives `node_id` a fresh clone of `base` (its export, if running, is stopped first, so
     /// no node keeps writing to the clone being replaced).
     pub async fn prepare(&self, node_id: &str, base: &BaseSpec) -> Result<(), NetdiskError> {
-        self.exports.stop(node_id).await;
-        self.clones.create_clone(node_id, base).await
+        self.exports.fence(node_id).await;
+        let prepared = self.clones.create_clone(node_id, base).await;
+        self.exports.unfence(node_id);
+        prepared
     }
 
     /// Removes `node_id`'s clone and stops its export; its space is freed, the base stays.
     pub async fn remove(&self, node_id: &str) -> Result<(), NetdiskError> {
-        self.exports.stop(node_id).await;
-        self.clones.remove_clone(node_id).await
+        self.exports.fence(node_id).await;
+        let removed = self.clones.remove_clone(node_id).await;
+        self.exports.unfence(node_id);
+        removed
     }
 
     /// Writes `node_id`'s changes over `base`'s root as a layer file in `directory` (the
-    /// export is stopped first, so the clone is closed cleanly and nothing writes to it).
+    /// export is stopped first, so the clone is closed cleanly, and none starts meanwhile).
     pub async fn snapshot_layer(&self, node_id: &str, base: &BaseSpec, directory: &Path) -> Result<PathBuf, NetdiskError> {
-        self.exports.stop(node_id).await;
-        self.clones.snapshot_layer(node_id, base, directory).await
+        // Fenced throughout: a node still running (no BMC to power it off) waits, and the
+        // layer is the clone as its export process left it.
+        self.exports.fence(node_id).await;
+        let layer = self.clones.snapshot_layer(node_id, base, directory).await;
+        self.exports.unfence(node_id);
+        layer
     }
 
     /// Bytes `node_id`'s clone takes on its own (what its node wrote, and qcow2's metadata).

@@ -5,7 +5,7 @@
 //! proven in the lab test `kiln-cli/tests/netdisk.rs`.)
 
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, TcpStream};
+use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -18,11 +18,11 @@ impl ExportAuthority for Table {
     fn authorize<'a>(
         &'a self,
         export: &'a str,
-        peer: IpAddr,
+        peer: std::net::SocketAddr,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<String, ExportRefusal>> + Send + 'a>> {
         Box::pin(async move {
             match export {
-                "secret-of-node-a" if peer.is_loopback() => Ok("node-a".to_owned()),
+                "secret-of-node-a" if peer.ip().is_loopback() => Ok("node-a".to_owned()),
                 // Node B's address is not loopback: a loopback peer using it is someone else.
                 "secret-of-node-b" => Err(ExportRefusal::NotThisPeer { node_id: "node-b".to_owned() }),
                 _ => Err(ExportRefusal::Unknown),

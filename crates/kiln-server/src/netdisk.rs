@@ -2,7 +2,7 @@
 //! makes and removes them, and the gateway's authority, which lets a node reach its own
 //! clone only, from an address Kiln gave it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -60,6 +60,12 @@ impl ReconcilerHook {
 
     async fn prepare_clone(&self, node: &Node, target: &DeployTarget) -> Result<(), String> {
         let (disk, base) = self.base_of(target).await?;
+        // The old export name dies first: a node still running the old clone (a failed
+        // deploy's, not powered off) cannot reach the new one, nor reopen the old.
+        self.store
+            .remove_network_disk(&node.id)
+            .await
+            .map_err(|error| format!("revoking the old network disk: {}", kiln_types::error_chain(&error)))?;
         self.disks.prepare(&node.id, &base).await.map_err(|error| kiln_types::error_chain(&error))?;
         // The new export name revokes the old one: a node still running the old clone
         // cannot reconnect to the new one.
@@ -167,7 +173,7 @@ pub(crate) struct Authority {
 }
 
 impl Authority {
-    async fn decide(&self, export: &str, peer: IpAddr) -> Result<String, ExportRefusal> {
+    async fn decide(&self, export: &str, peer: SocketAddr) -> Result<String, ExportRefusal> {
         let record = self
             .store
             .network_disk_by_export(export)
@@ -176,7 +182,12 @@ impl Authority {
             .ok_or(ExportRefusal::Unknown)?;
         let view = self.inventory.view();
         let Some(node) = view.get(&record.node_id) else { return Err(ExportRefusal::Unknown) };
-        let peer = peer.to_canonical();
+        // Only root on the node binds a privileged port: a user who read the export name
+        // from the node's /proc/cmdline cannot use it.
+        if peer.port() >= 1024 {
+            return Err(ExportRefusal::UnprivilegedPort { port: peer.port() });
+        }
+        let peer = peer.ip().to_canonical();
         let reserved = node
             .interfaces
             .iter()
@@ -190,7 +201,7 @@ impl Authority {
 }
 
 impl ExportAuthority for Authority {
-    fn authorize<'a>(&'a self, export: &'a str, peer: IpAddr) -> BoxFuture<'a, Result<String, ExportRefusal>> {
+    fn authorize<'a>(&'a self, export: &'a str, peer: SocketAddr) -> BoxFuture<'a, Result<String, ExportRefusal>> {
         Box::pin(self.decide(export, peer))
     }
 }

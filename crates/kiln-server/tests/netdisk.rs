@@ -2,8 +2,8 @@
 //! network mode (no BMC: nothing to power), each with a reserved loopback address of its
 //! own. Each node's boot script, asked for from its own address, carries its export name; asked
 //! for from another address, it carries none. The gateway grants each export only from its
-//! node's address: every pair of the four is tried, and guessed names are refused. Undeploy
-//! revokes the name.
+//! node's address and a privileged port: every pair of the four is tried, and guessed names
+//! and unprivileged ports are refused. Undeploy revokes the name.
 
 mod support;
 
@@ -30,13 +30,24 @@ fn get_from(source: IpAddr, server: SocketAddr, path: &str) -> String {
     text
 }
 
-/// Negotiates `export` with the gateway from `source`.
+/// Negotiates `export` with the gateway from `source`, from a privileged port as the node's
+/// agent does (as root: the tests run as root, as the lab does), or from any port.
 fn negotiate_from(source: IpAddr, gateway: SocketAddr, export: &str) -> Result<kiln_nbd::ExportInfo, String> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
-    socket.connect(&gateway.into()).unwrap();
-    let mut stream: TcpStream = socket.into();
-    kiln_nbd::negotiate_as_client(&mut stream, export).map_err(|error| error.to_string())
+    negotiate_from_port(source, gateway, export, true)
+}
+
+fn negotiate_from_port(source: IpAddr, gateway: SocketAddr, export: &str, privileged: bool) -> Result<kiln_nbd::ExportInfo, String> {
+    // A port whose last connection to the gateway is in TIME_WAIT is skipped.
+    let ports: Vec<u16> = if privileged { (700..1000).collect() } else { vec![0] };
+    for port in ports {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if socket.bind(&SocketAddr::new(source, port).into()).is_err() || socket.connect(&gateway.into()).is_err() {
+            continue;
+        }
+        let mut stream: TcpStream = socket.into();
+        return kiln_nbd::negotiate_as_client(&mut stream, export).map_err(|error| error.to_string());
+    }
+    panic!("no source port on {source} reached the gateway");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,13 +119,20 @@ async fn each_node_reaches_only_its_own_clone_from_its_own_address() {
             for (j, export) in exports_moved.iter().enumerate() {
                 let outcome = negotiate_from(*address, gateway, export);
                 match i == j {
-                    true => assert_eq!(outcome.unwrap().size, 1 << 20, "node {i} reaches its own clone"),
+                    true => assert_eq!(
+                        outcome.unwrap_or_else(|error| panic!("node {i}: {error}")).size,
+                        1 << 20,
+                        "node {i} reaches its own clone"
+                    ),
                     false => {
                         let refusal = outcome.unwrap_err();
                         assert!(refusal.contains("not this machine's"), "node {i} with node {j}'s name: {refusal}");
                     }
                 }
             }
+            // The right name from the right address, but not from root's ports.
+            let refusal = negotiate_from_port(*address, gateway, &exports_moved[i], false).unwrap_err();
+            assert!(refusal.contains("privileged port"), "{refusal}");
             for guess in ["", "kiln_guessed", &format!("{}x", exports_moved[i])] {
                 let refusal = negotiate_from(*address, gateway, guess).unwrap_err();
                 assert!(refusal.contains("no such export"), "{guess:?}: {refusal}");
@@ -126,7 +144,7 @@ async fn each_node_reaches_only_its_own_clone_from_its_own_address() {
 
     // The version backs the clones: it stays until they are undeployed.
     let refused = admin.delete::<serde_json::Value>("/v1/images/tiny/versions/1").await.unwrap_err().to_string();
-    assert!(refused.contains("nd1 (tiny:1)") && refused.contains("undeploy them first"), "{refused}");
+    assert!(refused.contains("4 of tiny:1") && refused.contains("undeploy them first"), "{refused}");
 
     // Undeploy: the clone and its name are gone.
     let _: serde_json::Value = admin.post("/v1/nodes/nd1/undeploy", &serde_json::json!({})).await.unwrap();

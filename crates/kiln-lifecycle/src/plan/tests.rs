@@ -203,6 +203,22 @@ fn network_deploy_clones_before_booting_and_undeploy_removes_the_clone() {
 }
 
 #[test]
+fn a_node_leaving_network_mode_gives_its_clone_up() {
+    let mut sim = Sim::new(ProvisionState::Available);
+    sim.request(deploy(DeployMode::Network, true)).step().step();
+    sim.after(901).step();
+    sim.request(deploy(DeployMode::Disk, false)).step();
+    sim.check(expect![[r#"
+        request deploy
+          [] -> deploying/powering -token
+          [PrepareNetworkDisk, BootFromNetwork] -> wait-agent/wait-callback deadline 900 s
+          [PowerOff] -> deploy-failed -token error: the deployed system did not call back within 900 s
+        request deploy
+          [RemoveNetworkDisk] -> deploying/powering +token
+    "#]]);
+}
+
+#[test]
 fn failures_end_in_the_operation_s_failure_state() {
     // The agent never calls in.
     let mut sim = Sim::new(ProvisionState::Available);
