@@ -106,7 +106,15 @@ fn lab_up_deploys_two_machines_and_lab_down_leaves_nothing() {
     let in_lab = |args: &[&str]| {
         Command::new(KILN).args(["lab", "exec", "--dir"]).arg(&dir).args(["--name", &name, "--", "kiln"]).args(args).output().unwrap()
     };
-    let shown = in_lab(&["node", "console", "lab-disk"]);
+    // The server stores what it reads about once a second: it may be a moment behind the file.
+    let mut shown = in_lab(&["node", "console", "lab-disk"]);
+    for _ in 0..20 {
+        if !shown.status.success() || String::from_utf8_lossy(&shown.stdout).contains("kiln-lab: up and running") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        shown = in_lab(&["node", "console", "lab-disk"]);
+    }
     assert!(shown.status.success(), "{}", text(&shown));
     assert!(String::from_utf8_lossy(&shown.stdout).contains("kiln-lab: up and running"), "{}", text(&shown));
     let sent = in_lab(&["node", "console", "lab-disk", "--send", "hello-from-kiln\\r"]);
