@@ -368,14 +368,25 @@ pub(crate) fn node_speaks_from(state: &ApiState, node: &kiln_types::node::Node, 
 /// that MAC. MAC addresses are not secrets; this rule is what keeps a boot script's
 /// secrets for the machine they were meant for.
 pub(crate) fn speaks_for(state: &ApiState, node: &kiln_types::node::Node, mac: MacAddress, peer: std::net::IpAddr) -> bool {
+    assigned_to(node, state.leases.as_deref(), [mac], peer)
+}
+
+/// Whether `peer` is an address Kiln gave `node`: one of its reserved addresses, or the one
+/// Kiln's DHCP leased to one of `macs`. The rule for everything a node receives beyond the
+/// public (boot scripts with secrets here, network disks at the gateway).
+pub fn assigned_to(
+    node: &kiln_types::node::Node,
+    leases: Option<&dyn kiln_types::lease::LeaseLookup>,
+    macs: impl IntoIterator<Item = MacAddress>,
+    peer: std::net::IpAddr,
+) -> bool {
     let peer = peer.to_canonical();
     let reserved = node
         .interfaces
         .iter()
         .flat_map(|interface| interface.ip_addrs.iter())
         .any(|entry| entry.ip_addr.parse::<std::net::IpAddr>().is_ok_and(|address| address == peer));
-    let leased = state.leases.as_ref().and_then(|leases| leases.leased_address(mac)).is_some_and(|address| peer == address);
-    reserved || leased
+    reserved || leases.is_some_and(|leases| macs.into_iter().any(|mac| leases.leased_address(mac).is_some_and(|address| peer == address)))
 }
 
 /// What a request path names under a served directory.

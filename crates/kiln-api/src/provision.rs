@@ -203,15 +203,7 @@ pub async fn snapshot(
     Path(key): Path<String>,
     JsonBody(body): JsonBody<CaptureRequest>,
 ) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
-    // The node first: for a node the caller cannot see, nothing about the image is told.
-    let status = state.store.provision_status(&key, &caller.read_scope()).await?;
-    let image = crate::images::writable_image(&state, &caller, &body.image).await?;
-    if !status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Network) {
-        return Err(ApiError::invalid(format!(
-            "node '{key}' does not run from a network disk: capture its disk instead (kiln node capture)"
-        )));
-    }
-    request(&state, &caller, &key, Intent::Snapshot { image: image.scoped_name().key() }).await
+    disk_into_image(&state, &caller, &key, &body.image, DeployMode::Network).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -232,18 +224,39 @@ pub async fn capture(
     Path(key): Path<String>,
     JsonBody(body): JsonBody<CaptureRequest>,
 ) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
+    disk_into_image(&state, &caller, &key, &body.image, DeployMode::Disk).await
+}
+
+/// A capture (`from` disk mode) or a snapshot (`from` network mode) of the node's disk into
+/// a new version of `image`, refused with the other's name for a node in the other mode.
+async fn disk_into_image(
+    state: &ApiState,
+    caller: &Caller,
+    key: &str,
+    image: &str,
+    from: DeployMode,
+) -> ApiResult<(StatusCode, Json<ProvisionStatus>)> {
     // The node first: for a node the caller cannot see, nothing about the image is told.
-    let status = state.store.provision_status(&key, &caller.read_scope()).await?;
-    let image = crate::images::writable_image(&state, &caller, &body.image).await?;
-    if status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Live) {
-        return Err(ApiError::invalid(format!("node '{key}' runs its image live: there is no disk to capture")));
-    }
-    if status.target.as_ref().is_some_and(|target| target.mode == DeployMode::Network) {
-        return Err(ApiError::invalid(format!(
-            "node '{key}' runs from a network disk: take a snapshot of it instead (kiln node snapshot)"
-        )));
-    }
-    request(&state, &caller, &key, Intent::Capture { image: image.scoped_name().key() }).await
+    let status = state.store.provision_status(key, &caller.read_scope()).await?;
+    let image = crate::images::writable_image(state, caller, image).await?.scoped_name().key();
+    let intent = match (from, status.target.as_ref().map(|target| target.mode)) {
+        (_, Some(DeployMode::Live)) => {
+            return Err(ApiError::invalid(format!("node '{key}' runs its image live: there is no disk to capture")));
+        }
+        (DeployMode::Network, Some(DeployMode::Network)) => Intent::Snapshot { image },
+        (DeployMode::Network, _) => {
+            return Err(ApiError::invalid(format!(
+                "node '{key}' does not run from a network disk: capture its disk instead (kiln node capture)"
+            )));
+        }
+        (_, Some(DeployMode::Network)) => {
+            return Err(ApiError::invalid(format!(
+                "node '{key}' runs from a network disk: take a snapshot of it instead (kiln node snapshot)"
+            )));
+        }
+        _ => Intent::Capture { image },
+    };
+    request(state, caller, key, intent).await
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{node}/manage", tag = "provisioning",

@@ -621,11 +621,6 @@ fn add_node(lab: &mut kiln_lab::Lab, kiln: &Path, name: &str, mac: &str, disk: O
         None => lab.add_powered_off_machine(mac, kiln_lab::Firmware::Bios).unwrap(),
     };
     let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
-    let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
-    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
-    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
-    lab.kiln(kiln, &["node", "update", name, "-f", "json", "-d", &bmc.to_string()]).unwrap();
-    lab.kiln(kiln, &["node", "manage", name, "--wait", "--timeout", "30"]).unwrap();
-    lab.kiln(kiln, &["node", "provide", name, "--wait", "--timeout", "30"]).unwrap();
+    lab.enroll_machine(kiln, name, mac, &qmp).unwrap();
     console
 }

@@ -37,12 +37,7 @@ fn add_node(lab: &mut Lab, name: &str, mac: &str, firmware: Firmware) -> std::pa
     let kiln = Path::new(KILN);
     let machine = lab.add_powered_off_machine(mac, firmware).unwrap();
     let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
-    let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
-    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
-    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
-    lab.kiln(kiln, &["node", "update", name, "-f", "json", "-d", &bmc.to_string()]).unwrap();
-    lab.kiln(kiln, &["node", "manage", name, "--wait", "--timeout", "30"]).unwrap();
-    lab.kiln(kiln, &["node", "provide", name, "--wait", "--timeout", "30"]).unwrap();
+    lab.enroll_machine(kiln, name, mac, &qmp).unwrap();
     console
 }
 

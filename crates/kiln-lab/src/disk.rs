@@ -15,6 +15,23 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the partition table `script` (sfdisk's input) to the image file `image`.
+pub(crate) fn partition(image: &Path, script: &str) -> anyhow::Result<()> {
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(image)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("running sfdisk (apt-get install fdisk)")?;
+    use std::io::Write as _;
+    child.stdin.take().expect("piped").write_all(script.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("sfdisk could not partition {}", image.display());
+    }
+    Ok(())
+}
+
 /// Writes a raw disk image of `size_mib` MiB to `output` that boots `kernel` with `initrd`
 /// and the kernel command line `append`.
 pub fn build_bootable_disk(output: &Path, size_mib: u64, kernel: &Path, initrd: &Path, append: &str) -> anyhow::Result<()> {
@@ -22,14 +39,7 @@ pub fn build_bootable_disk(output: &Path, size_mib: u64, kernel: &Path, initrd: 
     let file = std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?;
     file.set_len(size_mib << 20)?;
     drop(file);
-    let mut sfdisk = Command::new("sfdisk");
-    sfdisk.arg("--quiet").arg(output).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    let mut child = sfdisk.spawn().context("running sfdisk")?;
-    use std::io::Write as _;
-    child.stdin.take().expect("piped").write_all(format!("label: dos\nstart={PARTITION_START_SECTOR}, type=c, bootable\n").as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("sfdisk could not partition {}", output.display());
-    }
+    partition(output, &format!("label: dos\nstart={PARTITION_START_SECTOR}, type=c, bootable\n"))?;
     let partition_kib = ((size_mib << 20) - PARTITION_START_SECTOR * 512) / 1024;
     run(Command::new("mkfs.vfat")
         .arg(format!("--offset={PARTITION_START_SECTOR}"))

@@ -277,6 +277,18 @@ impl Lab {
         std::fs::read_to_string(self.directory.path().join("server.log")).unwrap_or_default()
     }
 
+    /// Enrols a lab machine as node `name` through the CLI (static discovery with its MAC,
+    /// its lab BMC at `qmp`) and makes it available.
+    pub fn enroll_machine(&self, kiln: &Path, name: &str, mac: &str, qmp: &Path) -> anyhow::Result<()> {
+        let node = serde_json::json!([{ "name": name, "interfaces": [{"mac_addr": mac}] }]);
+        self.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()])?;
+        let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()}});
+        self.kiln(kiln, &["node", "update", name, "-f", "json", "-d", &bmc.to_string()])?;
+        self.kiln(kiln, &["node", "manage", name, "--wait", "--timeout", "30"])?;
+        self.kiln(kiln, &["node", "provide", name, "--wait", "--timeout", "30"])?;
+        Ok(())
+    }
+
     /// Runs the `kiln` CLI inside the namespace with the lab's admin token.
     pub fn kiln(&self, kiln: &Path, args: &[&str]) -> anyhow::Result<String> {
         let token = std::fs::read_to_string(self.directory.path().join("data/admin-token"))?;

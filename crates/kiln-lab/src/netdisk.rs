@@ -77,22 +77,8 @@ pub fn build_network_disk_image(directory: &Path, size_mib: u64) -> anyhow::Resu
     let image = directory.join("netdisk.raw");
     let file = std::fs::File::create(&image).with_context(|| format!("creating {}", image.display()))?;
     file.set_len(size_mib << 20)?;
-    let mut sfdisk = Command::new("sfdisk")
-        .arg("--quiet")
-        .arg(&image)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("running sfdisk (apt-get install fdisk)")?;
-    use std::io::Write as _;
-    sfdisk
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(format!("label: dos\nstart={}, size={}, type=83\n", PARTITION_START / 512, (filesystem_mib << 20) / 512).as_bytes())?;
-    if !sfdisk.wait()?.success() {
-        bail!("sfdisk could not partition {}", image.display());
-    }
+    let table = format!("label: dos\nstart={}, size={}, type=83\n", PARTITION_START / 512, (filesystem_mib << 20) / 512);
+    crate::disk::partition(&image, &table)?;
     // The filesystem into its partition, sparse where it is empty.
     let bytes = std::fs::read(&filesystem)?;
     for (index, block) in bytes.chunks(64 << 10).enumerate() {

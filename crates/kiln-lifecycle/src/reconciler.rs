@@ -7,11 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use kiln_bmc::{Bmc, BmcError, BootDevice, PowerAction, PowerState};
 use kiln_db::{Inventory, ProvisionWork, Store};
 use kiln_types::node::Node;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
+
+use kiln_types::provision::Transition;
 
 use crate::plan::{Action, Decision, LifecycleSettings, failed, plan};
 
@@ -19,20 +22,16 @@ use crate::plan::{Action, Decision, LifecycleSettings, failed, plan};
 /// reconciler without one fails network-mode deploys with the reason.
 pub trait NetworkDisks: Send + Sync {
     /// Gives `node` a fresh clone of its deploy target's disk artifact (replacing any).
-    fn prepare<'a>(
-        &'a self,
-        node: &'a Node,
-        target: &'a kiln_types::provision::DeployTarget,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    fn prepare<'a>(&'a self, node: &'a Node, target: &'a kiln_types::provision::DeployTarget) -> BoxFuture<'a, Result<(), String>>;
     /// Removes `node`'s clone, if it has one.
-    fn remove<'a>(&'a self, node: &'a Node) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    fn remove<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), String>>;
     /// Stores `node`'s clone's changes as a new version of `image` (the node is off).
     fn snapshot<'a>(
         &'a self,
         node: &'a Node,
         target: &'a kiln_types::provision::DeployTarget,
         image: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// How the reconciler runs.
@@ -194,13 +193,11 @@ impl Reconciler {
             };
             if let Err(error) = outcome {
                 if action.required() {
-                    transition = failed(node, record, format!("{}: {error}", action_name(action)));
-                    // A snapshot or an undeploy that failed is not asked again by itself
-                    // (a retry of a failing clone copy would loop); a node whose snapshot
-                    // failed boots its disk again, as after a failed capture.
-                    if matches!(action, Action::SnapshotNetworkDisk | Action::RemoveNetworkDisk) {
-                        transition.consume_intent = true;
-                    }
+                    // A request the step was taking up is taken up by its failure too: it is
+                    // not retried by itself (a failing snapshot or clone removal would loop).
+                    let consume_intent = transition.consume_intent;
+                    transition = Transition { consume_intent, ..failed(node, record, format!("{}: {error}", action_name(action))) };
+                    // A node whose snapshot failed boots its disk again, as after a failed capture.
                     if action == Action::SnapshotNetworkDisk
                         && let Err(error) = self.carry_out(node, Action::BootFromNetwork).await
                     {

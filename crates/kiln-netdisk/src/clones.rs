@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::StreamExt as _;
+use futures::future::BoxFuture;
 use kiln_image_store::{BlobId, BlobStore};
 use kiln_types::image::{Compression, ImageFormat};
 
@@ -25,8 +25,6 @@ pub struct BaseSpec {
     /// The version's layer over that disk (a snapshot's changes), if it has one.
     pub layer: Option<String>,
 }
-
-type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// A store of per-node clones.
 pub trait CloneBackend: Send + Sync {
@@ -120,24 +118,7 @@ impl LocalClones {
         let stored = match self.blobs.local_path(&id) {
             Some(path) => path,
             None => {
-                let read = self
-                    .blobs
-                    .read(&id, None)
-                    .await
-                    .map_err(|source| NetdiskError::ReadBlob { sha256: base.sha256.clone(), source: Box::new(source) })?;
-                let downloaded = async {
-                    let mut file = tokio::fs::File::create(&download).await?;
-                    let mut stream = read.stream;
-                    while let Some(chunk) = stream.next().await {
-                        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?).await?;
-                    }
-                    file.sync_all().await
-                }
-                .await;
-                if let Err(error) = downloaded {
-                    let _ = std::fs::remove_file(&download);
-                    return Err(expand_error(&download)(error));
-                }
+                self.download(&id, &download).await?;
                 download.clone()
             }
         };
@@ -171,20 +152,8 @@ impl LocalClones {
         let lock = self.expanding.lock().await.entry(layer.clone()).or_default().clone();
         let _expanding = lock.lock().await;
         if !path.exists() {
-            let stored = self
-                .blobs
-                .read(&id, None)
-                .await
-                .map_err(|source| NetdiskError::ReadBlob { sha256: layer.clone(), source: Box::new(source) })?;
             let partial = path.with_extension("partial");
-            let write_error = |source| NetdiskError::ExpandBase { sha256: layer.clone(), path: partial.clone(), source };
-            let mut file = tokio::fs::File::create(&partial).await.map_err(write_error)?;
-            let mut stream = stored.stream;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(write_error)?;
-                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(write_error)?;
-            }
-            file.sync_all().await.map_err(write_error)?;
+            self.download(&id, &partial).await?;
             qemu_img(
                 "rebase",
                 &[
@@ -199,14 +168,40 @@ impl LocalClones {
                     partial.as_os_str(),
                 ],
             )
-            .await?;
-            std::fs::rename(&partial, &path).map_err(|source| NetdiskError::ExpandBase {
-                sha256: layer.clone(),
-                path: path.clone(),
-                source,
+            .await
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&partial);
             })?;
+            if let Err(source) = std::fs::rename(&partial, &path) {
+                let _ = std::fs::remove_file(&partial);
+                return Err(NetdiskError::ExpandBase { sha256: layer.clone(), path: path.clone(), source });
+            }
         }
         Ok((path, "qcow2"))
+    }
+}
+
+impl LocalClones {
+    /// Copies blob `id` to `to` and syncs it; nothing is left at `to` when that fails.
+    async fn download(&self, id: &BlobId, to: &Path) -> Result<(), NetdiskError> {
+        let read = self
+            .blobs
+            .read(id, None)
+            .await
+            .map_err(|source| NetdiskError::ReadBlob { sha256: id.to_string(), source: Box::new(source) })?;
+        let copied = async {
+            let mut file = tokio::fs::File::create(to).await?;
+            let mut stream = read.stream;
+            while let Some(chunk) = stream.next().await {
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?).await?;
+            }
+            file.sync_all().await
+        }
+        .await;
+        copied.map_err(|source| {
+            let _ = std::fs::remove_file(to);
+            NetdiskError::ExpandBase { sha256: id.to_string(), path: to.to_owned(), source }
+        })
     }
 }
 
@@ -335,35 +330,33 @@ impl LocalClones {
     /// Rebases a copy of a clone onto the root base (carrying a layer's changes in), then
     /// drops the backing file's name.
     async fn make_layer_standalone(&self, layer: &Path, base: &BaseSpec) -> Result<(), NetdiskError> {
-        {
-            let root = self.base_file(base).await?;
-            let format = backing_format(base.format)?;
-            // Over the root: a clone of a layered version carries the layer's changes into the
-            // new layer (qemu-img's safe rebase writes where the old chain and the root differ),
-            // so versions are always one layer over their disk.
-            if base.layer.is_some() {
-                qemu_img(
-                    "rebase",
-                    &[
-                        "rebase".as_ref(),
-                        "-f".as_ref(),
-                        "qcow2".as_ref(),
-                        "-F".as_ref(),
-                        format.as_ref(),
-                        "-b".as_ref(),
-                        root.as_os_str(),
-                        layer.as_os_str(),
-                    ],
-                )
-                .await?;
-            }
-            // Stored without this server's path: whoever uses it sets its backing file.
+        let root = self.base_file(base).await?;
+        let format = backing_format(base.format)?;
+        // Over the root: a clone of a layered version carries the layer's changes into the
+        // new layer (qemu-img's safe rebase writes where the old chain and the root differ),
+        // so versions are always one layer over their disk.
+        if base.layer.is_some() {
             qemu_img(
                 "rebase",
-                &["rebase".as_ref(), "-u".as_ref(), "-f".as_ref(), "qcow2".as_ref(), "-b".as_ref(), "".as_ref(), layer.as_os_str()],
+                &[
+                    "rebase".as_ref(),
+                    "-f".as_ref(),
+                    "qcow2".as_ref(),
+                    "-F".as_ref(),
+                    format.as_ref(),
+                    "-b".as_ref(),
+                    root.as_os_str(),
+                    layer.as_os_str(),
+                ],
             )
             .await?;
-            Ok(())
         }
+        // Stored without this server's path: whoever uses it sets its backing file.
+        qemu_img(
+            "rebase",
+            &["rebase".as_ref(), "-u".as_ref(), "-f".as_ref(), "qcow2".as_ref(), "-b".as_ref(), "".as_ref(), layer.as_os_str()],
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -5,8 +5,8 @@
 //! reached. Then the node is joined to its clone's export process, and bytes are copied
 //! both ways until either side closes.
 
+use futures::future::BoxFuture;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,11 +36,7 @@ pub enum ExportRefusal {
 
 /// Decides whether `peer` may use the export named `export`, and whose it is.
 pub trait ExportAuthority: Send + Sync {
-    fn authorize<'a>(
-        &'a self,
-        export: &'a str,
-        peer: SocketAddr,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<String, ExportRefusal>> + Send + 'a>>;
+    fn authorize<'a>(&'a self, export: &'a str, peer: SocketAddr) -> BoxFuture<'a, Result<String, ExportRefusal>>;
 }
 
 /// The running gateway. Dropping it stops accepting; [`GatewayHandle::shutdown`] also ends

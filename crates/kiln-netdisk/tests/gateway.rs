@@ -6,7 +6,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use kiln_netdisk::{BaseSpec, ExportAuthority, ExportRefusal, NetworkDisks};
@@ -19,7 +18,7 @@ impl ExportAuthority for Table {
         &'a self,
         export: &'a str,
         peer: std::net::SocketAddr,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<String, ExportRefusal>> + Send + 'a>> {
+    ) -> futures::future::BoxFuture<'a, Result<String, ExportRefusal>> {
         Box::pin(async move {
             match export {
                 "secret-of-node-a" if peer.ip().is_loopback() => Ok("node-a".to_owned()),

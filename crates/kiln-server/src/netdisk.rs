@@ -2,10 +2,10 @@
 //! makes and removes them, and the gateway's authority, which lets a node reach its own
 //! clone only, from an address Kiln gave it.
 
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use kiln_db::{Inventory, Store};
 use kiln_netdisk::{BaseSpec, ExportAuthority, ExportRefusal, NetworkDisks};
 use kiln_types::image::{Artifact, ArtifactKind, VersionRef};
@@ -30,8 +30,6 @@ impl NetworkDiskService {
         self.disks.shutdown().await;
     }
 }
-
-type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// What the reconciler calls to prepare and remove clones.
 pub(crate) struct ReconcilerHook {
@@ -187,16 +185,11 @@ impl Authority {
         if peer.port() >= 1024 {
             return Err(ExportRefusal::UnprivilegedPort { port: peer.port() });
         }
-        let peer = peer.ip().to_canonical();
-        let reserved = node
-            .interfaces
-            .iter()
-            .flat_map(|interface| interface.ip_addrs.iter())
-            .any(|entry| entry.ip_addr.parse::<IpAddr>().is_ok_and(|address| address == peer));
-        let leased = node.interfaces.iter().map(|interface| interface.mac_addr).any(|mac| {
-            self.leases.as_ref().and_then(|leases| leases.leased_address(mac)).is_some_and(|address| IpAddr::V4(address) == peer)
-        });
-        if reserved || leased { Ok(record.node_id) } else { Err(ExportRefusal::NotThisPeer { node_id: record.node_id }) }
+        let macs = node.interfaces.iter().map(|interface| interface.mac_addr);
+        match kiln_api::boot::assigned_to(node, self.leases.as_deref(), macs, peer.ip()) {
+            true => Ok(record.node_id),
+            false => Err(ExportRefusal::NotThisPeer { node_id: record.node_id }),
+        }
     }
 }
 
