@@ -403,6 +403,18 @@ impl Store {
         let mut transaction = self.write().await?;
         let connection = transaction.connection();
         let before = find_visible_node(connection, key, scope).await?;
+        // Its clone and export would outlive it, unreachable by any operation.
+        let clone: Option<(String, i64)> = sqlx::query_as("SELECT image, version FROM network_disks WHERE node_id = $1")
+            .bind(&before.node.id)
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(StoreError::query("looking up a node's network disk"))?;
+        if let Some((image, version)) = clone {
+            return Err(StoreError::conflict(format!(
+                "node {} boots from a network disk (a clone of {image}:{version}): undeploy it first",
+                before.node.name
+            )));
+        }
         for table in ["interfaces", "group_members"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE node_id = $1"))
                 .bind(&before.node.id)

@@ -35,12 +35,23 @@ pub(crate) fn partition(image: &Path, script: &str) -> anyhow::Result<()> {
 /// Writes a raw disk image of `size_mib` MiB to `output` that boots `kernel` with `initrd`
 /// and the kernel command line `append`.
 pub fn build_bootable_disk(output: &Path, size_mib: u64, kernel: &Path, initrd: &Path, append: &str) -> anyhow::Result<()> {
-    const PARTITION_START_SECTOR: u64 = 2048;
     let file = std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?;
     file.set_len(size_mib << 20)?;
     drop(file);
-    partition(output, &format!("label: dos\nstart={PARTITION_START_SECTOR}, type=c, bootable\n"))?;
-    let partition_kib = ((size_mib << 20) - PARTITION_START_SECTOR * 512) / 1024;
+    partition(output, &format!("label: dos\nstart={SYSLINUX_PARTITION_START_SECTOR}, type=c, bootable\n"))?;
+    let partition_kib = ((size_mib << 20) - SYSLINUX_PARTITION_START_SECTOR * 512) / 1024;
+    install_syslinux(output, partition_kib, kernel, initrd, append)
+}
+
+/// Where [`install_syslinux`] expects its FAT partition: sector 2048, as partitioning tools
+/// align the first one.
+pub(crate) const SYSLINUX_PARTITION_START_SECTOR: u64 = 2048;
+
+/// Makes the (already partitioned) first partition of `output`, `partition_kib` KiB at
+/// [`SYSLINUX_PARTITION_START_SECTOR`], a FAT filesystem that SYSLINUX boots `kernel` and
+/// `initrd` from, and writes SYSLINUX's MBR boot code.
+pub(crate) fn install_syslinux(output: &Path, partition_kib: u64, kernel: &Path, initrd: &Path, append: &str) -> anyhow::Result<()> {
+    const PARTITION_START_SECTOR: u64 = SYSLINUX_PARTITION_START_SECTOR;
     run(Command::new("mkfs.vfat")
         .arg(format!("--offset={PARTITION_START_SECTOR}"))
         .args(["-n", "KILNTEST"])

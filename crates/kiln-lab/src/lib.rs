@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 pub use disk::build_bootable_disk;
 pub use initrd::{build_callback_initrd, host_kernel};
 pub use live::build_live_root;
-pub use netdisk::build_network_disk_image;
+pub use netdisk::{build_benchmark_disk_image, build_network_disk_image};
 
 /// The lab network: 10.77.0.0/24 inside the namespace, the server at .1.
 pub const SERVER_ADDRESS: &str = "10.77.0.1";

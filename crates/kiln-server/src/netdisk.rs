@@ -128,6 +128,18 @@ impl ReconcilerHook {
             note: format!("snapshot of node {} running {}:{}", node.name, target.image, target.version),
         };
         let identity = kiln_types::scoped_name::ScopedName::from_key(image);
+        // A step that is run again (its replica died after recording the version) takes the
+        // same layer from the same stopped clone: the version it made stands.
+        let versions = self
+            .store
+            .list_versions(&identity)
+            .await
+            .map_err(|error| format!("listing the versions of {image}: {}", kiln_types::error_chain(&error)))?;
+        let recorded = versions.iter().find(|version| version.artifact(ArtifactKind::Layer).is_some_and(|layer| layer.sha256 == sha256));
+        if let Some(recorded) = recorded {
+            tracing::info!(node = %node.name, image, version = recorded.version, layer = %sha256, "network disk snapshot already recorded");
+            return Ok(());
+        }
         let created = self
             .store
             .create_version("kiln", &identity, &spec)

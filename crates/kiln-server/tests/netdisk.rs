@@ -146,6 +146,10 @@ async fn each_node_reaches_only_its_own_clone_from_its_own_address() {
     let refused = admin.delete::<serde_json::Value>("/v1/images/tiny/versions/1").await.unwrap_err().to_string();
     assert!(refused.contains("4 of tiny:1") && refused.contains("undeploy them first"), "{refused}");
 
+    // A node with a clone is not deleted from under it.
+    let refused = admin.delete::<serde_json::Value>("/v1/nodes/nd1").await.unwrap_err().to_string();
+    assert!(refused.contains("network disk") && refused.contains("undeploy it first"), "{refused}");
+
     // Undeploy: the clone and its name are gone.
     let _: serde_json::Value = admin.post("/v1/nodes/nd1/undeploy", &serde_json::json!({})).await.unwrap();
     wait_for(&admin, "nd1", "available").await;
