@@ -416,15 +416,27 @@ const DEBIAN_INIT: &str = r#"#!/bin/bash
 echo "KILN-DEBIAN-BOOTED $PRETTY_NAME on $(grep ' / ' /proc/mounts)" > /dev/console
 # Booted from its disk: a kernel update, as a kernel package's hooks would run it. The image's
 # hook must bring the new kernel and initramfs onto the EFI system partition.
-if grep -q ' / ext4 ' /proc/mounts && [ -x /etc/kernel/postinst.d/zz-kiln-esp ]; then
+if grep -q ' / ext4 ' /proc/mounts && ! grep -q '^/dev/nbd' /proc/mounts && [ -x /etc/kernel/postinst.d/zz-kiln-esp ]; then
     running=$(uname -r)
     { cat "/boot/vmlinuz-$running"; echo KILN-NEWER-KERNEL; } > /boot/vmlinuz-99.0-kiln
     { cat "/boot/initrd.img-$running"; echo KILN-NEWER-INITRD; } > /boot/initrd.img-99.0-kiln
     /etc/kernel/postinst.d/zz-kiln-esp 99.0-kiln /boot/vmlinuz-99.0-kiln > /dev/console 2>&1
     echo "KILN-ESP-HOOK $?" > /dev/console
 fi
-server=$(sed -n 's/.*kiln\.server=http:\/\/\([^ /]*\).*/\1/p' /proc/cmdline)
 interface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+# Booted in network mode (the root on the node's own clone): a marker with the MAC, synced
+# before a reboot, and reported when found after it.
+if grep -q '^/dev/nbd[0-9]*p[0-9]* / ' /proc/mounts; then
+    if [ -f /kiln-marker ]; then
+        echo "KILN-DEBIAN-MARKER $(cat /kiln-marker)" > /dev/console
+    else
+        cat "/sys/class/net/$interface/address" > /kiln-marker
+        sync
+        echo "KILN-DEBIAN-WROTE $(cat /kiln-marker); rebooting" > /dev/console
+        busybox reboot -f
+    fi
+fi
+server=$(sed -n 's/.*kiln\.server=http:\/\/\([^ /]*\).*/\1/p' /proc/cmdline)
 if command -v busybox > /dev/null && ! ip -4 addr show "$interface" 2> /dev/null | grep -q inet; then
     busybox ip link set "$interface" up
     busybox udhcpc -i "$interface" -q -n -t 20 -T 2 -s /usr/local/sbin/kiln-udhcpc > /dev/console 2>&1
@@ -434,7 +446,8 @@ exec 3<>"/dev/tcp/${server%:*}/${server#*:}"
 printf 'GET /boot/v1/phone-home?mac=%s HTTP/1.0\r\nHost: %s\r\n\r\n' "$mac" "$server" >&3
 read -r status <&3
 echo "KILN-DEBIAN-PHONED-HOME $status" > /dev/console
-while :; do sleep 3600; done
+hostname kiln-debian
+while :; do agetty -L 115200 ttyS0 vt100 || sleep 5; done
 "#;
 
 const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
@@ -456,7 +469,7 @@ fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     let Some(registry) = TestRegistry::start() else { return };
     let Some(mut lab) = kiln_lab::Lab::create_or_skip() else { return };
     let kiln = Path::new(support::KILN);
-    lab.start_server(kiln, "").unwrap();
+    let data = lab.start_server(kiln, "").unwrap();
     let work = lab.directory.path().to_owned();
     let cache = work.join("build-cache");
     let cache_arg = cache.to_str().unwrap().to_owned();
@@ -555,6 +568,72 @@ fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     let text = boot_disk_with_ovmf(&work, &image);
     assert!(text.contains("KILN-DEBIAN-BOOTED Debian GNU/Linux 12 (bookworm) on /dev/"), "UEFI boot from the disk image:\n{text}");
     eprintln!("UEFI boot of the disk image to its init: {:.0} s", started.elapsed().as_secs_f64());
+
+    the_image_boots_in_network_mode(&mut lab, kiln, &data, &image);
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
+
+/// Network mode: two machines with no disk, BIOS and UEFI, deploy the same version at once;
+/// each boots the image's root from its own clone, writes a marker and reboots, finds its
+/// own marker and not the other's, calls back and offers a login prompt. The version's
+/// bytes (the shared base) are unchanged afterwards.
+fn the_image_boots_in_network_mode(lab: &mut kiln_lab::Lab, kiln: &Path, data: &Path, image: &Path) {
+    let nodes = [("node46", "52:54:00:be:ef:46", kiln_lab::Firmware::Bios), ("node47", "52:54:00:be:ef:47", kiln_lab::Firmware::Uefi)];
+    let mut consoles = Vec::new();
+    for (name, mac, firmware) in nodes {
+        let machine = lab.add_powered_off_machine(mac, firmware).unwrap();
+        let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
+        lab.enroll_machine(kiln, name, mac, &qmp).unwrap();
+        consoles.push(console);
+    }
+    let started = Instant::now();
+    let args = ["node", "deploy", "node46", "node47", "--image", "debian-disk", "--mode", "network"];
+    let deployed = lab.kiln(kiln, &[&args[..], &["--wait-for-callback", "--wait", "--timeout", "900", "-F", "json"]].concat());
+    let read = |console: &PathBuf| std::fs::read_to_string(console).unwrap_or_default();
+    let deployed = deployed.unwrap_or_else(|error| {
+        panic!(
+            "network deploy failed: {error}\nconsoles:\n{}\n-----\n{}\nserver:\n{}",
+            read(&consoles[0]),
+            read(&consoles[1]),
+            lab.server_log()
+        )
+    });
+    assert_eq!(json(&deployed)[1]["provision_state"], "active", "{deployed}");
+    for ((name, mac, _), console) in nodes.iter().zip(&consoles) {
+        let login = (0..120).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            read(console).contains("kiln-debian login:")
+        });
+        let text = read(console);
+        assert!(login, "{name} offers a login prompt:\n{text}");
+        assert!(text.contains("KILN-DEBIAN-BOOTED Debian GNU/Linux 12 (bookworm) on /dev/nbd0p"), "{name} runs from its clone:\n{text}");
+        assert!(text.contains(&format!("KILN-DEBIAN-WROTE {mac}")), "{name} wrote its marker:\n{text}");
+        let markers: Vec<&str> = text.lines().filter_map(|line| line.split("KILN-DEBIAN-MARKER ").nth(1)).map(str::trim).collect();
+        assert_eq!(markers, [*mac], "{name} finds its own marker after the reboot, and only it:\n{text}");
+        assert!(text.contains("KILN-DEBIAN-PHONED-HOME HTTP/1.1 204"), "{text}");
+    }
+    eprintln!("built Debian image, network deploy of a BIOS and a UEFI machine to login: {:.0} s", started.elapsed().as_secs_f64());
+    // Both clones stand on one base, the version's bytes, unchanged.
+    let clones: Vec<PathBuf> = std::fs::read_dir(data.join("netdisk/clones")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(clones.len(), 2, "{clones:?}");
+    let backing: Vec<String> = clones
+        .iter()
+        .map(|clone| {
+            let info = std::process::Command::new("qemu-img").args(["info", "-U", "--output", "json"]).arg(clone).output().unwrap();
+            let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+            info["full-backing-filename"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(backing[0], backing[1], "one base for one version");
+    assert_eq!(sha256_of(Path::new(&backing[0])), sha256_of(image), "the base is the version's bytes, unchanged");
+    lab.kiln(kiln, &["node", "undeploy", "node46", "node47", "--wait", "--timeout", "120"]).unwrap();
+    assert_eq!(std::fs::read_dir(data.join("netdisk/clones")).unwrap().count(), 0, "the clones are removed");
 }
 
 /// Boots `image` in a QEMU machine with OVMF and no network until its init reports; returns
