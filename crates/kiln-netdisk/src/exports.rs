@@ -19,11 +19,15 @@ struct ExportProcess {
     socket: PathBuf,
 }
 
+/// A node's export process, if one runs. Locked while it is started or stopped, so that one
+/// node's slow start holds up that node's connections only, not everyone's.
+type Slot = Arc<tokio::sync::Mutex<Option<ExportProcess>>>;
+
 /// The running export processes, by node.
 pub struct Exports {
     run_dir: PathBuf,
     clones: Arc<dyn CloneBackend>,
-    processes: tokio::sync::Mutex<HashMap<String, ExportProcess>>,
+    processes: std::sync::Mutex<HashMap<String, Slot>>,
     /// Nodes whose clone is being replaced, snapshotted or removed: no export process starts
     /// for them meanwhile (a node's relay reconnecting would otherwise reopen the clone).
     fenced: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -35,19 +39,28 @@ impl Exports {
         Ok(Exports { run_dir, clones, processes: Default::default(), fenced: Default::default() })
     }
 
+    fn slot(&self, node_id: &str) -> Slot {
+        self.processes.lock().expect("not poisoned").entry(node_id.to_owned()).or_default().clone()
+    }
+
+    fn slots(&self) -> Vec<(String, Slot)> {
+        self.processes.lock().expect("not poisoned").iter().map(|(node, slot)| (node.clone(), slot.clone())).collect()
+    }
+
     /// The socket of `node_id`'s export process, starting one if none is running.
     pub async fn socket_for(&self, node_id: &str) -> Result<PathBuf, NetdiskError> {
-        let mut processes = self.processes.lock().await;
+        let slot = self.slot(node_id);
+        let mut process = slot.lock().await;
         if self.fenced.lock().expect("not poisoned").contains(node_id) {
             return Err(NetdiskError::ExportNotReady { node_id: node_id.to_owned(), reason: "its clone is being changed".into() });
         }
-        if let Some(process) = processes.get_mut(node_id) {
-            match process.child.try_wait() {
-                Ok(None) => return Ok(process.socket.clone()),
+        if let Some(running) = process.as_mut() {
+            match running.child.try_wait() {
+                Ok(None) => return Ok(running.socket.clone()),
                 Ok(Some(status)) => tracing::warn!(node = node_id, %status, "network disk export process had exited; restarting it"),
                 Err(error) => tracing::warn!(node = node_id, %error, "network disk export process lost; restarting it"),
             }
-            processes.remove(node_id);
+            *process = None;
         }
         let clone = self.clones.clone_file(node_id).ok_or_else(|| NetdiskError::NoClone { node_id: node_id.to_owned() })?;
         let socket = self.run_dir.join(format!("{node_id}.sock"));
@@ -98,7 +111,7 @@ impl Exports {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::info!(node = node_id, pid = child.id(), clone = %clone.display(), "network disk export process started");
-        processes.insert(node_id.to_owned(), ExportProcess { child, socket: socket.clone() });
+        *process = Some(ExportProcess { child, socket: socket.clone() });
         Ok(socket)
     }
 
@@ -115,7 +128,8 @@ impl Exports {
     /// Stops `node_id`'s export process, if one runs: its connections end, and the clone is
     /// closed cleanly (qemu-nbd writes out its metadata on SIGTERM).
     pub async fn stop(&self, node_id: &str) {
-        let process = self.processes.lock().await.remove(node_id);
+        let slot = self.slot(node_id);
+        let process = slot.lock().await.take();
         if let Some(process) = process {
             stop_process(process).await;
             tracing::info!(node = node_id, "network disk export process stopped");
@@ -123,15 +137,23 @@ impl Exports {
     }
 
     pub async fn stop_all(&self) {
-        let processes: Vec<_> = self.processes.lock().await.drain().collect();
-        for (_, process) in processes {
-            stop_process(process).await;
+        for (_, slot) in self.slots() {
+            let process = slot.lock().await.take();
+            if let Some(process) = process {
+                stop_process(process).await;
+            }
         }
     }
 
     /// The process ids of the running export processes (for tests and status).
     pub async fn running(&self) -> Vec<(String, u32)> {
-        self.processes.lock().await.iter().filter_map(|(node, process)| Some((node.clone(), process.child.id()?))).collect()
+        let mut running = Vec::new();
+        for (node, slot) in self.slots() {
+            if let Some(pid) = slot.lock().await.as_ref().and_then(|process| process.child.id()) {
+                running.push((node, pid));
+            }
+        }
+        running
     }
 }
 

@@ -141,6 +141,11 @@ impl CurrentConnections {
     }
 }
 
+/// Each direction's buffer: a node's reads and writes come in requests of up to 128 KiB or
+/// more, which tokio's default 8 KiB buffer moves in sixteen reads and writes each (the
+/// benchmark's server CPU per GiB, `BENCHMARKS.md`).
+const RELAY_BUFFER: usize = 256 << 10;
+
 async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -156,7 +161,7 @@ async fn serve(
     let (id, superseded) = current.replace(&node_id);
     tracing::info!(node = %node_id, %peer, "network disk connected");
     tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut stream, &mut upstream) => match copied {
+        copied = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, RELAY_BUFFER, RELAY_BUFFER) => match copied {
             Ok((to_disk, to_node)) => {
                 tracing::info!(node = %node_id, %peer, bytes_from_node = to_disk, bytes_to_node = to_node, "network disk disconnected")
             }
