@@ -140,6 +140,7 @@ pub(crate) fn attach(root: &NbdRoot) -> anyhow::Result<()> {
         0 => {
             // The child: its own session, so that the init's exit or a hang-up does not end it.
             unsafe { libc::setsid() };
+            spare_from_shutdown_killing();
             drop(kernel_end);
             let gateway = crate::nbd_relay::Gateway { server: root.server.clone(), export: root.export.clone() };
             std::thread::spawn(move || {
@@ -157,6 +158,27 @@ pub(crate) fn attach(root: &NbdRoot) -> anyhow::Result<()> {
             std::process::exit(if result == 0 { 0 } else { 1 });
         }
         child => wait_until_ready(&root.device, child),
+    }
+}
+
+/// Marks this process as one that systemd's final killing spree at shutdown spares: its
+/// argv[0] starts with `@` (systemd's rule for processes that keep the root storage
+/// alive). It holds the node's root disk; killed before the root is unmounted, the disk's
+/// last writes would have nowhere to go. The first byte of argv[0] is overwritten in place,
+/// where the kernel put it (`arg_start` in `/proc/self/stat`), as setproctitle does.
+fn spare_from_shutdown_killing() {
+    let first_byte = std::fs::read("/proc/self/cmdline").ok().and_then(|command_line| command_line.first().copied());
+    if first_byte.is_none_or(|byte| byte == 0 || byte == b'@') {
+        return; // An empty argv[0] has no byte to overwrite but its end.
+    }
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    // After the command name's closing parenthesis, fields count from 3 (state); arg_start
+    // is field 48.
+    let arg_start = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(48 - 3)?.parse::<usize>().ok());
+    if let Some(address) = arg_start.filter(|&address| address != 0) {
+        // SAFETY: `address` is this process's argv[0], at least one byte before its NUL
+        // (checked above), in its own writable stack.
+        unsafe { std::ptr::write_volatile(address as *mut u8, b'@') };
     }
 }
 
@@ -185,4 +207,18 @@ fn wait_until_ready(device: &str, child: libc::pid_t) -> anyhow::Result<()> {
     let _ = ioctl(&opened, BLKRRPART, 0, "reading the partition table");
     eprintln!("kiln-nbd: {device} attached");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shutdown mark, on this test process's own argv[0] (the harness has read it).
+
+    #[test]
+    fn the_process_holding_the_disk_is_marked_for_systemd() {
+        super::spare_from_shutdown_killing();
+        let command_line = std::fs::read("/proc/self/cmdline").unwrap();
+        assert_eq!(command_line[0], b'@', "{}", String::from_utf8_lossy(&command_line));
+        let program = command_line.split(|&byte| byte == 0).next().unwrap();
+        assert!(program.len() > 1, "the rest of argv[0] is kept: {}", String::from_utf8_lossy(program));
+    }
 }
