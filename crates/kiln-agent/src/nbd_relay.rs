@@ -199,9 +199,14 @@ fn send(shared: &Shared, handle: u64, command: u16, bytes: Arc<Vec<u8>>, reply_d
     }
 }
 
+/// A handle for a request the relay makes itself.
+fn relay_handle(shared: &Shared) -> u64 {
+    RELAY_HANDLE | shared.relay_handles.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A request header the relay makes itself.
 fn relay_request(shared: &Shared, command: u16) -> (u64, Vec<u8>) {
-    let handle = RELAY_HANDLE | shared.relay_handles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let handle = relay_handle(shared);
     let mut header = Vec::with_capacity(28);
     header.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
     header.extend_from_slice(&0u16.to_be_bytes());
@@ -312,7 +317,7 @@ fn replay_journal(stream: &mut TcpStream, shared: &Shared) -> anyhow::Result<usi
         Ok(())
     };
     for request in &entries {
-        let (handle, _) = relay_request(shared, COMMAND_WRITE);
+        let handle = relay_handle(shared);
         let mut header = request[..28].to_vec();
         header[8..16].copy_from_slice(&handle.to_be_bytes());
         exchange(stream, &header, &request[28..])?;

@@ -572,13 +572,6 @@ fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     the_image_boots_in_network_mode(&mut lab, kiln, &data, &image);
 }
 
-fn sha256_of(path: &Path) -> String {
-    use sha2::Digest as _;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
-    hex::encode(hasher.finalize())
-}
-
 /// Network mode: two machines with no disk, BIOS and UEFI, deploy the same version at once;
 /// each boots the image's root from its own clone, writes a marker and reboots, finds its
 /// own marker and not the other's, calls back and offers a login prompt. The version's
@@ -631,7 +624,7 @@ fn the_image_boots_in_network_mode(lab: &mut kiln_lab::Lab, kiln: &Path, data: &
         })
         .collect();
     assert_eq!(backing[0], backing[1], "one base for one version");
-    assert_eq!(sha256_of(Path::new(&backing[0])), sha256_of(image), "the base is the version's bytes, unchanged");
+    assert_eq!(support::sha256_of(Path::new(&backing[0])), support::sha256_of(image), "the base is the version's bytes, unchanged");
     lab.kiln(kiln, &["node", "undeploy", "node46", "node47", "--wait", "--timeout", "120"]).unwrap();
     assert_eq!(std::fs::read_dir(data.join("netdisk/clones")).unwrap().count(), 0, "the clones are removed");
 }

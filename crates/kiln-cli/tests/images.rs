@@ -160,11 +160,6 @@ impl Drop for HttpServer {
     }
 }
 
-fn sha256_of(path: &Path) -> String {
-    let output = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
-}
-
 #[test]
 fn imports_verify_checksums_and_skip_unchanged_sources() {
     let directory = tempfile::tempdir().unwrap();
@@ -182,7 +177,7 @@ fn imports_verify_checksums_and_skip_unchanged_sources() {
     let web = HttpServer::start(&web_root, &directory.path().join("http.log"));
     let image = web_root.join("disk.qcow2");
     assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&image).arg("64M").status().unwrap().success());
-    let sha = sha256_of(&image);
+    let sha = support::sha256_of(&image);
     // No `image create` first: import makes the image (the README's example as written).
     let url = format!("{}/disk.qcow2", web.url);
 
@@ -271,7 +266,7 @@ fn imports_verify_checksums_and_skip_unchanged_sources() {
     let message = failed(kiln(
         &server,
         &token,
-        &["image", "import", "fedora", "--url", &format!("{}/backed.qcow2", web.url), "--checksum", &sha256_of(&backed)],
+        &["image", "import", "fedora", "--url", &format!("{}/backed.qcow2", web.url), "--checksum", &support::sha256_of(&backed)],
         None,
     ));
     assert!(message.contains("backing file"), "{message}");
@@ -468,7 +463,7 @@ fn a_broken_upload_resumes_and_a_race_for_one_version_has_one_winner() {
         "/v1/images/resumed/versions",
         &format!("{{\"artifacts\":[{{\"kind\":\"disk\",\"upload\":\"{id}\"}}]}}"),
     );
-    assert_eq!(version["artifacts"][0]["sha256"], sha256_of(&work.join("disk.img")), "{version}");
+    assert_eq!(version["artifacts"][0]["sha256"], support::sha256_of(&work.join("disk.img")), "{version}");
 
     // Two uploads race to create version 2: one wins, the other is told why.
     write_file(&work.join("x.img"), 4 << 20, 8);

@@ -434,11 +434,6 @@ fn md5_of(path: &std::path::Path) -> String {
     String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
 }
 
-fn sha256_of(path: &std::path::Path) -> String {
-    let output = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
-}
-
 impl Site {
     /// An available node with no BMC to reach (its deploys fail at the power step, after the
     /// image is fetched, which is what these tests look at).
@@ -534,7 +529,7 @@ fn image_sources_by_url_follow_ironic_s_cache_rule_and_checksums() {
 
     // No Last-Modified: fetched every time, even unchanged; sha256 by Ironic's os_hash fields.
     let bare_url = images.url("bare/disk.raw");
-    let sha256 = sha256_of(&raw);
+    let sha256 = support::sha256_of(&raw);
     for node in ["url5", "url6"] {
         deploy(
             node,

@@ -18,19 +18,12 @@ mod support;
 use std::path::Path;
 
 use kiln_lab::{Firmware, Lab};
-use sha2::Digest as _;
 use support::agent_binary;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
-}
-
-fn sha256_of(path: &Path) -> String {
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
-    hex::encode(hasher.finalize())
 }
 
 /// Enrols a powered-off, diskless machine behind the lab BMC as `name` and makes it
@@ -50,7 +43,7 @@ fn two_diskless_machines_boot_their_own_clones_of_one_version() {
     let data = lab.start_server(kiln, "").unwrap();
     let work = lab.directory.path().to_owned();
     let image = kiln_lab::build_network_disk_image(&work, 64).unwrap();
-    let image_sha256 = sha256_of(&image);
+    let image_sha256 = support::sha256_of(&image);
     let compressed = work.join("netdisk.raw.zst");
     let status = std::process::Command::new("zstd").args(["-q", "-3", "-f"]).arg(&image).arg("-o").arg(&compressed).status().unwrap();
     assert!(status.success());
@@ -93,7 +86,7 @@ fn two_diskless_machines_boot_their_own_clones_of_one_version() {
     let bases: Vec<_> = std::fs::read_dir(data.join("netdisk/bases")).unwrap().map(|entry| entry.unwrap().path()).collect();
     assert_eq!(bases.len(), 1, "one base for one version: {bases:?}");
     assert!(bases[0].extension().is_some_and(|extension| extension == "raw"), "{bases:?}");
-    assert_eq!(sha256_of(&bases[0]), image_sha256, "the base is the version's bytes, unchanged");
+    assert_eq!(support::sha256_of(&bases[0]), image_sha256, "the base is the version's bytes, unchanged");
     let clones: Vec<_> = std::fs::read_dir(data.join("netdisk/clones")).unwrap().map(|entry| entry.unwrap().path()).collect();
     assert_eq!(clones.len(), 2, "{clones:?}");
     for clone in &clones {
@@ -118,7 +111,7 @@ fn two_diskless_machines_boot_their_own_clones_of_one_version() {
     let undeployed = json(&lab.kiln(kiln, &args).unwrap());
     assert_eq!(undeployed[0]["provision_state"], "available", "{undeployed}");
     assert_eq!(std::fs::read_dir(data.join("netdisk/clones")).unwrap().count(), 0, "the clones are removed");
-    assert_eq!(sha256_of(&bases[0]), image_sha256);
+    assert_eq!(support::sha256_of(&bases[0]), image_sha256);
 }
 
 /// Snapshot: node51's changes (its marker) become version 1 of another image, a layer over

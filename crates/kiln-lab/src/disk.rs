@@ -51,13 +51,12 @@ pub(crate) const SYSLINUX_PARTITION_START_SECTOR: u64 = 2048;
 /// [`SYSLINUX_PARTITION_START_SECTOR`], a FAT filesystem that SYSLINUX boots `kernel` and
 /// `initrd` from, and writes SYSLINUX's MBR boot code.
 pub(crate) fn install_syslinux(output: &Path, partition_kib: u64, kernel: &Path, initrd: &Path, append: &str) -> anyhow::Result<()> {
-    const PARTITION_START_SECTOR: u64 = SYSLINUX_PARTITION_START_SECTOR;
     run(Command::new("mkfs.vfat")
-        .arg(format!("--offset={PARTITION_START_SECTOR}"))
+        .arg(format!("--offset={SYSLINUX_PARTITION_START_SECTOR}"))
         .args(["-n", "KILNTEST"])
         .arg(output)
         .arg(partition_kib.to_string()))?;
-    let image = format!("{}@@{}", output.display(), PARTITION_START_SECTOR * 512);
+    let image = format!("{}@@{}", output.display(), SYSLINUX_PARTITION_START_SECTOR * 512);
     let config = format!(
         "DEFAULT kiln\nPROMPT 0\nTIMEOUT 0\nSERIAL 0 115200\nLABEL kiln\n  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND {append}\n"
     );
@@ -67,7 +66,7 @@ pub(crate) fn install_syslinux(output: &Path, partition_kib: u64, kernel: &Path,
     for (source, name) in [(kernel, "vmlinuz"), (initrd, "initrd.img"), (config_path.as_path(), "syslinux.cfg")] {
         run(Command::new("mcopy").arg("-i").arg(&image).arg(source).arg(format!("::{name}")))?;
     }
-    run(Command::new("syslinux").arg("--offset").arg((PARTITION_START_SECTOR * 512).to_string()).arg("--install").arg(output))?;
+    run(Command::new("syslinux").arg("--offset").arg((SYSLINUX_PARTITION_START_SECTOR * 512).to_string()).arg("--install").arg(output))?;
     // SYSLINUX's MBR boot code: the first 440 bytes, before the partition table.
     let mbr = std::fs::read("/usr/lib/syslinux/mbr/mbr.bin").context("reading SYSLINUX's mbr.bin (apt-get install syslinux-common)")?;
     let file = std::fs::OpenOptions::new().write(true).open(output)?;

@@ -169,3 +169,11 @@ pub(crate) fn ironic_clients() -> Option<PathBuf> {
     eprintln!("skipping: python-ironicclient is not installed (scripts/install-deps)");
     None
 }
+
+/// The SHA-256 of a file, as hex.
+pub(crate) fn sha256_of(path: &Path) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
