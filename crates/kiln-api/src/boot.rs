@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use kiln_boot::params::lookup_order;
-use kiln_boot::{BootParams, BootParamsInput, ScriptContext};
+use kiln_boot::{BootParams, BootParamsInput, BootPlan, ScriptContext};
 use kiln_types::MacAddress;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -131,6 +131,19 @@ pub async fn bootscript(
 ) -> ApiResult<impl IntoResponse> {
     let source = request_source(&state, peer, &headers);
     let mac = parse_mac(&query.mac)?;
+    let (plan, node) = boot_plan(&state, mac, source).await?;
+    let context = ScriptContext { server_url: &state.boot.public_url, mac, node: node.as_deref() };
+    Ok(ipxe(kiln_boot::ipxe_script(&plan, &context)))
+}
+
+/// What the machine booting from `mac`, asking from `source`, boots next, for any boot
+/// loader: provisioning's decision for a node being provisioned, else the boot parameters
+/// that apply. An unknown machine is enrolled first, when auto-enrolment is on.
+pub(crate) async fn boot_plan(
+    state: &ApiState,
+    mac: MacAddress,
+    source: std::net::IpAddr,
+) -> ApiResult<(BootPlan, Option<Arc<kiln_types::node::Node>>)> {
     let view = state.inventory.view();
     let mut node = view.by_mac(&mac).cloned();
     if node.is_none() && state.boot.auto_enroll {
@@ -138,35 +151,34 @@ pub async fn bootscript(
             kiln_db::Enrolment::Refused(reason) => tracing::debug!(%mac, %reason, "unknown machine not enrolled"),
             enrolment => {
                 state.after_node_write().await;
-                node = enrolment.node().map(std::sync::Arc::new);
+                node = enrolment.node().map(Arc::new);
             }
         }
     }
     if let Some(node) = node.as_deref()
-        && let Some(script) = provisioning_script(&state, node, mac, source).await?
+        && let Some(plan) = provisioning_plan(state, node, mac, source).await?
     {
-        return Ok(ipxe(script));
+        return Ok((plan, Some(Arc::new(node.clone()))));
     }
     let order = lookup_order(mac, node.as_deref());
     // Enrolment adds a node, not boot parameters: the view taken above still has them all.
-    let params = view.boot_params_for(&order);
     let context = ScriptContext { server_url: &state.boot.public_url, mac, node: node.as_deref() };
-    let script = match params {
-        Some(params) => kiln_boot::bootscript(params, &context),
-        None => kiln_boot::unknown_machine_script(&context),
+    let plan = match view.boot_params_for(&order) {
+        Some(params) => BootPlan::from_params(params, &context),
+        None => BootPlan::AskAgain,
     };
-    tracing::debug!(%mac, node = node.as_ref().map(|n| n.name.as_str()), "boot script served");
-    Ok(ipxe(script))
+    tracing::debug!(%mac, node = node.as_ref().map(|n| n.name.as_str()), "boot plan made");
+    Ok((plan, node))
 }
 
-/// The script of a node that provisioning decides the boot of: the deploy ramdisk while an
+/// The plan of a node that provisioning decides the boot of: the deploy ramdisk while an
 /// agent is to run, the local disk once deployed to it. `None`: boot parameters decide.
-async fn provisioning_script(
+async fn provisioning_plan(
     state: &ApiState,
     node: &kiln_types::node::Node,
     mac: MacAddress,
     peer: std::net::IpAddr,
-) -> ApiResult<Option<String>> {
+) -> ApiResult<Option<BootPlan>> {
     use kiln_types::ProvisionState::*;
     use kiln_types::provision::DeployMode;
     let agent_states = matches!(node.provision_state, Deploying | WaitAgent | Inspecting | Undeploying | Cleaning | Capturing);
@@ -179,17 +191,17 @@ async fn provisioning_script(
     let waiting_for_system = status.step == Some(kiln_types::provision::ProvisionStep::WaitCallback);
     let running_image = node.provision_state == Active || waiting_for_system;
     if deployed_to_disk && running_image {
-        return Ok(Some(kiln_boot::local_disk_script(&context)));
+        return Ok(Some(BootPlan::LocalDisk));
     }
     if let Some(target) = status.target.as_ref().filter(|target| target.mode == DeployMode::Live)
         && (running_image || node.provision_state == Deploying)
     {
-        return live_script(state, &context, target).await;
+        return live_plan(state, &context, target).await;
     }
     if let Some(target) = status.target.as_ref().filter(|target| target.mode == DeployMode::Network)
         && (running_image || node.provision_state == Deploying)
     {
-        return network_disk_script(state, &context, target, peer).await;
+        return network_disk_plan(state, &context, target, peer).await;
     }
     if !agent_states || waiting_for_system {
         return Ok(None);
@@ -197,16 +209,16 @@ async fn provisioning_script(
     // The script carries the agent's token: only the machine itself may have it.
     if !speaks_for(state, node, mac, peer) {
         tracing::warn!(node = %node.name, %mac, %peer, "a boot script with an agent token was asked for from an address Kiln did not give this MAC; none served");
-        return Ok(Some(kiln_boot::unknown_machine_script(&context)));
+        return Ok(Some(BootPlan::AskAgain));
     }
     let Some(token) = state.store.boot_agent_token(&node.id).await? else {
         // Between steps (the token not minted yet): ask again shortly.
-        return Ok(Some(kiln_boot::unknown_machine_script(&context)));
+        return Ok(Some(BootPlan::AskAgain));
     };
-    let Some((kernel, initrd)) = ramdisk_urls(state, node).await else { return Ok(Some(kiln_boot::unknown_machine_script(&context))) };
+    let Some((kernel, initrd)) = ramdisk_urls(state, node).await else { return Ok(Some(BootPlan::AskAgain)) };
     let ramdisk = kiln_boot::RamdiskUrls { kernel: &kernel, initrd: &initrd };
     tracing::info!(node = %node.name, %mac, state = %node.provision_state, "deploy ramdisk boot script served");
-    Ok(Some(kiln_boot::agent_script(&context, ramdisk, &node.id, &token, &state.boot.api_url)))
+    Ok(Some(BootPlan::deploy_agent(&context, ramdisk, &node.id, &token, &state.boot.api_url)))
 }
 
 /// The deploy ramdisk image `node` boots its agent from: its own, where it was enrolled
@@ -237,15 +249,15 @@ async fn ramdisk_urls(state: &ApiState, node: &kiln_types::node::Node) -> Option
     Some((format!("{base}/kernel"), format!("{base}/initrd")))
 }
 
-/// A live node's script: the image's own kernel and initramfs with `root=live:URL` (dracut's
+/// A live node's plan: the image's own kernel and initramfs with `root=live:URL` (dracut's
 /// convention, as OpenCHAMI images expect), or, for an image without an initramfs, the
 /// deploy ramdisk's, whose init fetches the root (`kiln.live=URL`), checks its SHA-256 and
 /// boots it under a RAM overlay.
-async fn live_script(
+async fn live_plan(
     state: &ApiState,
     context: &ScriptContext<'_>,
     target: &kiln_types::provision::DeployTarget,
-) -> ApiResult<Option<String>> {
+) -> ApiResult<Option<BootPlan>> {
     use kiln_types::image::{ArtifactKind, VersionRef};
     let node = context.node.expect("live nodes are known");
     let image = kiln_types::scoped_name::ScopedName::from_key(&target.image);
@@ -253,13 +265,12 @@ async fn live_script(
     // The exact key: a live image must stay public to be served, and a bare name could name
     // another project's public image.
     let base = format!("{}/boot/images/{}/{}", state.boot.public_url, image.path_segment(), target.version);
-    let Some(root) = version.artifact(ArtifactKind::Root) else { return Ok(Some(kiln_boot::unknown_machine_script(context))) };
+    let Some(root) = version.artifact(ArtifactKind::Root) else { return Ok(Some(BootPlan::AskAgain)) };
     let root_url = format!("{base}/root");
     let console = "console=tty0 console=ttyS0,115200";
     let server = &state.boot.public_url;
-    let script = match (version.artifact(ArtifactKind::Kernel), version.artifact(ArtifactKind::Initrd)) {
-        (Some(_), Some(_)) => kiln_boot::live_script(
-            context,
+    let plan = match (version.artifact(ArtifactKind::Kernel), version.artifact(ArtifactKind::Initrd)) {
+        (Some(_), Some(_)) => BootPlan::live(
             &format!("{base}/kernel"),
             &format!("{base}/initrd"),
             // dracut's livenet fetches the root into RAM itself: `rd.live.ram` would copy it
@@ -268,44 +279,44 @@ async fn live_script(
         ),
         _ => {
             let Some((kernel, initrd)) = ramdisk_urls(state, node).await else {
-                return Ok(Some(kiln_boot::unknown_machine_script(context)));
+                return Ok(Some(BootPlan::AskAgain));
             };
             let command_line = format!("{console} kiln.live={root_url} kiln.live.sha256={} kiln.server={server}", root.sha256);
-            kiln_boot::live_script(context, &kernel, &initrd, &command_line)
+            BootPlan::live(&kernel, &initrd, &command_line)
         }
     };
-    tracing::info!(node = %node.name, image = %target.image, version = target.version, "live boot script served");
-    Ok(Some(script))
+    tracing::info!(node = %node.name, image = %target.image, version = target.version, "live boot planned");
+    Ok(Some(plan))
 }
 
-/// A network-mode node's script: the deploy ramdisk's kernel and initramfs, whose init
+/// A network-mode node's plan: the deploy ramdisk's kernel and initramfs, whose init
 /// attaches the node's clone over NBD (`kiln.nbd=`, `kiln.nbd.export=`) and boots the root
 /// it finds there in place. The export name is the clone's credential: like an agent token,
 /// only the node's own address is given it.
-async fn network_disk_script(
+async fn network_disk_plan(
     state: &ApiState,
     context: &ScriptContext<'_>,
     target: &kiln_types::provision::DeployTarget,
     peer: std::net::IpAddr,
-) -> ApiResult<Option<String>> {
+) -> ApiResult<Option<BootPlan>> {
     let node = context.node.expect("network-mode nodes are known");
     let Some(address) = state.boot.network_disk_address.as_deref() else {
         tracing::warn!(node = %node.name, "a network-mode node boots, but this server has no [netdisk]");
-        return Ok(Some(kiln_boot::unknown_machine_script(context)));
+        return Ok(Some(BootPlan::AskAgain));
     };
     if !speaks_for(state, node, context.mac, peer) {
         tracing::warn!(node = %node.name, mac = %context.mac, %peer, "a network disk's boot script was asked for from an address Kiln did not give this MAC; none served");
-        return Ok(Some(kiln_boot::unknown_machine_script(context)));
+        return Ok(Some(BootPlan::AskAgain));
     }
     // Between the deploy's steps (the clone not made yet): ask again shortly.
     let Some(export) = state.store.network_disk_export(&node.id).await? else {
-        return Ok(Some(kiln_boot::unknown_machine_script(context)));
+        return Ok(Some(BootPlan::AskAgain));
     };
-    let Some((kernel, initrd)) = ramdisk_urls(state, node).await else { return Ok(Some(kiln_boot::unknown_machine_script(context))) };
+    let Some((kernel, initrd)) = ramdisk_urls(state, node).await else { return Ok(Some(BootPlan::AskAgain)) };
     let command_line =
         format!("console=tty0 console=ttyS0,115200 kiln.nbd={address} kiln.nbd.export={export} kiln.server={}", state.boot.public_url);
-    tracing::info!(node = %node.name, image = %target.image, version = target.version, "network disk boot script served");
-    Ok(Some(kiln_boot::network_disk_script(context, &kernel, &initrd, &command_line)))
+    tracing::info!(node = %node.name, image = %target.image, version = target.version, "network disk boot planned");
+    Ok(Some(BootPlan::network_disk(&kernel, &initrd, &command_line)))
 }
 
 /// A booted system's proof of life: records an event for the node with this MAC.

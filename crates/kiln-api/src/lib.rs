@@ -9,6 +9,7 @@ pub mod bmc_discovery;
 pub mod body;
 pub mod boot;
 pub mod boot_listener;
+pub mod boot_tftp;
 pub mod cloud_init;
 pub mod console;
 pub mod error;

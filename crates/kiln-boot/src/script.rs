@@ -1,53 +1,6 @@
-//! iPXE scripts: what a booting machine runs.
+//! iPXE scripts: a [`BootPlan`] as the script a machine running iPXE runs.
 
-use kiln_types::MacAddress;
-use kiln_types::node::Node;
-
-use crate::BootParams;
-
-/// What a script is rendered for.
-#[derive(Debug, Clone, Copy)]
-pub struct ScriptContext<'a> {
-    /// How nodes reach the server, e.g. `http://10.77.0.1:8080`.
-    pub server_url: &'a str,
-    /// The MAC the machine booted from.
-    pub mac: MacAddress,
-    pub node: Option<&'a Node>,
-}
-
-impl ScriptContext<'_> {
-    fn bootscript_url(&self) -> String {
-        format!("{}/boot/v1/bootscript?mac={}", self.server_url, self.mac)
-    }
-
-    /// Replaces `{{ name }}` templates; the names were checked when the parameters were
-    /// stored, so an unknown one cannot occur here and is left as it is.
-    fn expand(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            let Some(end) = rest[start..].find("}}") else { break };
-            out.push_str(&rest[..start]);
-            let name = rest[start + 2..start + end].trim();
-            let value = match (name, self.node) {
-                ("server.url", _) => Some(self.server_url.to_owned()),
-                ("node.mac", _) => Some(self.mac.to_string()),
-                ("node.name", Some(node)) => Some(node.name.clone()),
-                ("node.xname", Some(node)) => Some(node.xname.clone().unwrap_or_default()),
-                ("node.nid", Some(node)) => Some(node.nid.map(|nid| nid.to_string()).unwrap_or_default()),
-                ("node.name" | "node.xname" | "node.nid", None) => Some(String::new()),
-                _ => None,
-            };
-            match value {
-                Some(value) => out.push_str(&value),
-                None => out.push_str(&rest[start..start + end + 2]),
-            }
-            rest = &rest[start + end + 2..];
-        }
-        out.push_str(rest);
-        out
-    }
-}
+use crate::plan::{BootPlan, KernelBoot, KernelPurpose, ScriptContext};
 
 /// After a failed boot the machine waits this long and asks again, rather than falling
 /// through to whatever boots next.
@@ -60,32 +13,49 @@ fn retry_tail(context: &ScriptContext<'_>) -> String {
     )
 }
 
-/// The script for a machine with boot parameters. The initrd gets a fixed name and the
-/// command line names it (`initrd=initrd`): the kernel's EFI stub finds the initrd only that
-/// way when iPXE boots it on UEFI.
-pub fn bootscript(params: &BootParams, context: &ScriptContext<'_>) -> String {
-    let mut script = String::from("#!ipxe\n");
-    if let Some(node) = context.node {
-        script.push_str(&format!("echo Kiln: booting {} ({})\n", node.name, context.mac));
+/// The iPXE script of `plan`.
+pub fn ipxe_script(plan: &BootPlan, context: &ScriptContext<'_>) -> String {
+    match plan {
+        BootPlan::Kernel(boot) => kernel_script(boot, context),
+        BootPlan::LocalDisk => local_disk_script(context),
+        BootPlan::AskAgain => ask_again_script(context),
     }
-    let mut command_line = context.expand(&params.params);
-    if params.initrd.is_some() && !command_line.split(' ').any(|word| word.starts_with("initrd=")) {
+}
+
+/// The initrd gets a fixed name and the command line names it (`initrd=initrd`): the
+/// kernel's EFI stub finds the initrd only that way when iPXE boots it on UEFI.
+fn kernel_script(boot: &KernelBoot, context: &ScriptContext<'_>) -> String {
+    let mut script = String::from("#!ipxe\n");
+    let who = context.who();
+    let mac = context.mac;
+    match boot.purpose {
+        KernelPurpose::Parameters => {
+            if let Some(node) = context.node {
+                script.push_str(&format!("echo Kiln: booting {} ({mac})\n", node.name));
+            }
+        }
+        KernelPurpose::DeployAgent => script.push_str(&format!("echo Kiln: {who} ({mac}) boots the deploy agent\n")),
+        KernelPurpose::Live => script.push_str(&format!("echo Kiln: {who} ({mac}) boots its image live\n")),
+        KernelPurpose::NetworkDisk => script.push_str(&format!("echo Kiln: {who} ({mac}) boots from its network disk\n")),
+    }
+    let mut command_line = boot.command_line.clone();
+    if boot.initrd.is_some() && !command_line.split(' ').any(|word| word.starts_with("initrd=")) {
         command_line = format!("initrd=initrd {command_line}").trim_end().to_owned();
     }
-    if let Some(kernel) = &params.kernel {
-        script.push_str(&format!("kernel --name kernel {} {command_line} || goto retry\n", context.expand(kernel)).replace("  ", " "));
+    if let Some(kernel) = &boot.kernel {
+        script.push_str(&format!("kernel --name kernel {kernel} {command_line} || goto retry\n").replace("  ", " "));
     }
-    if let Some(initrd) = &params.initrd {
-        script.push_str(&format!("initrd --name initrd {} || goto retry\n", context.expand(initrd)));
+    if let Some(initrd) = &boot.initrd {
+        script.push_str(&format!("initrd --name initrd {initrd} || goto retry\n"));
     }
     script.push_str("boot || goto retry\n");
     script.push_str(&retry_tail(context));
     script
 }
 
-/// The script for a machine without boot parameters (unknown, or known without any): it
-/// waits and asks again, so that it boots as soon as an operator gives it parameters.
-pub fn unknown_machine_script(context: &ScriptContext<'_>) -> String {
+/// The script for a machine with nothing to boot yet (unknown, or known without
+/// parameters): it waits and asks again, so that it boots as soon as there is something.
+fn ask_again_script(context: &ScriptContext<'_>) -> String {
     let who = match context.node {
         Some(node) => format!("node {}", node.name),
         None => "this machine".to_owned(),
@@ -93,62 +63,15 @@ pub fn unknown_machine_script(context: &ScriptContext<'_>) -> String {
     format!("#!ipxe\necho Kiln: no boot parameters for {who} ({})\ngoto retry\n{}", context.mac, retry_tail(context))
 }
 
-/// Where the deploy ramdisk's kernel and initramfs are served.
-#[derive(Debug, Clone, Copy)]
-pub struct RamdiskUrls<'a> {
-    pub kernel: &'a str,
-    pub initrd: &'a str,
-}
-
-/// The script that boots the deploy ramdisk, telling `kiln-agent` where the server is, which
-/// node it runs on and the operation's token (valid only until the operation ends).
-pub fn agent_script(context: &ScriptContext<'_>, ramdisk: RamdiskUrls<'_>, node_id: &str, agent_token: &str, api_url: &str) -> String {
-    let name = context.node.map_or("this machine", |node| node.name.as_str());
-    format!(
-        "#!ipxe\necho Kiln: {name} ({mac}) boots the deploy agent\n\
-         kernel --name kernel {kernel} initrd=initrd console=tty0 console=ttyS0,115200 quiet \
-         kiln.server={server} kiln.api={api_url} kiln.node={node_id} kiln.mac={mac} kiln.token={agent_token} || goto retry\n\
-         initrd --name initrd {initrd} || goto retry\nboot || goto retry\n{tail}",
-        mac = context.mac,
-        kernel = ramdisk.kernel,
-        initrd = ramdisk.initrd,
-        server = context.server_url,
-        tail = retry_tail(context),
-    )
-}
-
 /// The script of a node deployed to disk: boot the local disk. On BIOS iPXE boots the first
 /// disk itself (whatever the firmware's boot order); on UEFI it returns to the firmware,
 /// which goes on to its next boot option.
-pub fn local_disk_script(context: &ScriptContext<'_>) -> String {
-    let name = context.node.map_or("this machine", |node| node.name.as_str());
+fn local_disk_script(context: &ScriptContext<'_>) -> String {
     format!(
-        "#!ipxe\necho Kiln: {name} ({}) boots from its local disk\n\
+        "#!ipxe\necho Kiln: {} ({}) boots from its local disk\n\
          iseq ${{platform}} pcbios && sanboot --no-describe --drive 0x80 ||\nexit\n",
+        context.who(),
         context.mac
-    )
-}
-
-/// The script of a node running an image live (diskless): its kernel and initramfs, with the
-/// root image's URL on the command line, where the initramfs fetches it into RAM.
-pub fn live_script(context: &ScriptContext<'_>, kernel: &str, initrd: &str, command_line: &str) -> String {
-    kernel_script(context, "boots its image live", kernel, initrd, command_line)
-}
-
-/// A network-mode node's script: the deploy ramdisk's kernel and initramfs, told where the
-/// node's network disk is (`kiln.nbd=`, `kiln.nbd.export=` in `command_line`).
-pub fn network_disk_script(context: &ScriptContext<'_>, kernel: &str, initrd: &str, command_line: &str) -> String {
-    kernel_script(context, "boots from its network disk", kernel, initrd, command_line)
-}
-
-fn kernel_script(context: &ScriptContext<'_>, what: &str, kernel: &str, initrd: &str, command_line: &str) -> String {
-    let name = context.node.map_or("this machine", |node| node.name.as_str());
-    format!(
-        "#!ipxe\necho Kiln: {name} ({mac}) {what}\n\
-         kernel --name kernel {kernel} initrd=initrd {command_line} || goto retry\n\
-         initrd --name initrd {initrd} || goto retry\nboot || goto retry\n{tail}",
-        mac = context.mac,
-        tail = retry_tail(context),
     )
 }
 
@@ -160,7 +83,9 @@ pub fn chain_script(server_url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::BootParamsInput;
+    use crate::plan::RamdiskUrls;
+    use crate::{BootParams, BootParamsInput};
+    use kiln_types::node::Node;
 
     fn node() -> Node {
         serde_json::from_value(serde_json::json!({
@@ -197,7 +122,7 @@ mod tests {
             sleep 10
             chain --replace --autofree http://10.77.0.1:8080/boot/v1/bootscript?mac=52:54:00:be:ef:01 || goto retry
         "#]]
-        .assert_eq(&bootscript(&params, &context));
+        .assert_eq(&ipxe_script(&BootPlan::from_params(&params, &context), &context));
         let unknown = ScriptContext { node: None, mac: "52:54:00:00:00:99".parse().unwrap(), ..context };
         expect_test::expect![[r#"
             #!ipxe
@@ -208,7 +133,7 @@ mod tests {
             sleep 10
             chain --replace --autofree http://10.77.0.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:99 || goto retry
         "#]]
-        .assert_eq(&unknown_machine_script(&unknown));
+        .assert_eq(&ipxe_script(&BootPlan::AskAgain, &unknown));
         expect_test::expect![[r#"
             #!ipxe
             chain --replace --autofree http://10.77.0.1:8080/boot/v1/bootscript?mac=${netX/mac}
@@ -235,14 +160,14 @@ mod tests {
             sleep 10
             chain --replace --autofree http://10.77.0.1:8081/boot/v1/bootscript?mac=52:54:00:be:ef:01 || goto retry
         "#]]
-        .assert_eq(&agent_script(&context, ramdisk, "3d3c", "kiln_secret", "http://10.77.0.1:8080"));
+        .assert_eq(&ipxe_script(&BootPlan::deploy_agent(&context, ramdisk, "3d3c", "kiln_secret", "http://10.77.0.1:8080"), &context));
         expect_test::expect![[r#"
             #!ipxe
             echo Kiln: nid001 (52:54:00:be:ef:01) boots from its local disk
             iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||
             exit
         "#]]
-        .assert_eq(&local_disk_script(&context));
+        .assert_eq(&ipxe_script(&BootPlan::LocalDisk, &context));
         expect_test::expect![[r#"
             #!ipxe
             echo Kiln: nid001 (52:54:00:be:ef:01) boots its image live
@@ -254,11 +179,9 @@ mod tests {
             sleep 10
             chain --replace --autofree http://10.77.0.1:8081/boot/v1/bootscript?mac=52:54:00:be:ef:01 || goto retry
         "#]]
-        .assert_eq(&live_script(
+        .assert_eq(&ipxe_script(
+            &BootPlan::live("http://10.77.0.1:8081/k", "http://10.77.0.1:8081/i", "console=ttyS0 root=live:http://10.77.0.1:8081/r"),
             &context,
-            "http://10.77.0.1:8081/k",
-            "http://10.77.0.1:8081/i",
-            "console=ttyS0 root=live:http://10.77.0.1:8081/r",
         ));
         expect_test::expect![[r#"
             #!ipxe
@@ -270,11 +193,13 @@ mod tests {
             echo Retrying in 10 seconds
             sleep 10
             chain --replace --autofree http://10.77.0.1:8081/boot/v1/bootscript?mac=52:54:00:be:ef:01 || goto retry
-        "#]].assert_eq(&network_disk_script(
-            &context,
+        "#]].assert_eq(&ipxe_script(
+            &BootPlan::network_disk(
             "http://10.77.0.1:8081/k",
             "http://10.77.0.1:8081/i",
             "console=ttyS0 kiln.nbd=10.77.0.1:10809 kiln.nbd.export=kiln_secret",
+            ),
+            &context,
         ));
     }
 }

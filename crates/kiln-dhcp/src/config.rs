@@ -18,6 +18,9 @@ pub struct BootFiles {
     pub bios: String,
     pub uefi_x64: String,
     pub uefi_arm64: String,
+    /// For x64 UEFI nodes marked for Secure Boot: Debian's Microsoft-signed shim, which
+    /// loads `grubx64.efi` (signed network GRUB) from the same TFTP directory.
+    pub uefi_x64_secure_boot: String,
 }
 
 /// `snponly.efi` rather than `ipxe.efi` for UEFI: it drives the NIC through the firmware's
@@ -25,7 +28,12 @@ pub struct BootFiles {
 /// symlink out of /usr/lib/ipxe that a confined TFTP root rightly refuses to follow.
 impl Default for BootFiles {
     fn default() -> Self {
-        BootFiles { bios: "undionly.kpxe".into(), uefi_x64: "snponly.efi".into(), uefi_arm64: "ipxe-arm64.efi".into() }
+        BootFiles {
+            bios: "undionly.kpxe".into(),
+            uefi_x64: "snponly.efi".into(),
+            uefi_arm64: "ipxe-arm64.efi".into(),
+            uefi_x64_secure_boot: kiln_types::boot::SECURE_BOOT_SHIM_TFTP_PATH.into(),
+        }
     }
 }
 

@@ -15,6 +15,14 @@ pub struct Binding {
     pub hostname: Option<String>,
 }
 
+/// What the inventory says of how the client's node boots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeBoot {
+    /// Marked for Secure Boot: an x64 UEFI PXE client gets shim, not iPXE (which no Secure
+    /// Boot firmware with Microsoft's keys runs).
+    pub secure_boot: bool,
+}
+
 /// What a booting client should load next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootChoice {
@@ -56,7 +64,7 @@ fn is_ipxe(request: &Message) -> bool {
 
 /// Chooses the boot file by client kind (RFC 4578 architecture, vendor and user class). A
 /// client that is already iPXE gets its HTTP boot script, so it never loads iPXE again.
-pub fn boot_choice(request: &Message, config: &DhcpConfig, mac: MacAddress) -> Option<BootChoice> {
+pub fn boot_choice(request: &Message, config: &DhcpConfig, mac: MacAddress, node: NodeBoot) -> Option<BootChoice> {
     if is_ipxe(request) {
         return Some(BootChoice::Http(format!("{}/boot/v1/bootscript?mac={mac}", config.http_base_url)));
     }
@@ -71,29 +79,39 @@ pub fn boot_choice(request: &Message, config: &DhcpConfig, mac: MacAddress) -> O
         return Some(BootChoice::Http(format!("{}/boot/ipxe/{}", config.http_base_url, file(arch))));
     }
     if vendor.starts_with(b"PXEClient") || arch.is_some() {
+        if node.secure_boot && matches!(arch, Some(7) | Some(9)) {
+            return Some(BootChoice::Tftp(config.boot_files.uefi_x64_secure_boot.clone()));
+        }
         return Some(BootChoice::Tftp(file(arch).clone()));
     }
     None
 }
 
 /// The answer to `request`, or `None` when the server should stay silent.
-pub fn decide(request: &Message, config: &DhcpConfig, binding: Option<&Binding>) -> Option<Message> {
+pub fn decide(request: &Message, config: &DhcpConfig, binding: Option<&Binding>, node: NodeBoot) -> Option<Message> {
     if request.opcode() != Opcode::BootRequest {
         return None;
     }
     let mac = client_mac(request)?;
     let kind = request.opts().msg_type()?;
     match config.mode {
-        DhcpMode::Authoritative => authoritative(request, config, binding, mac, kind),
-        DhcpMode::Proxy => proxy(request, config, mac, kind),
+        DhcpMode::Authoritative => authoritative(request, config, binding, mac, kind, node),
+        DhcpMode::Proxy => proxy(request, config, mac, kind, node),
     }
 }
 
-fn authoritative(request: &Message, config: &DhcpConfig, binding: Option<&Binding>, mac: MacAddress, kind: MessageType) -> Option<Message> {
+fn authoritative(
+    request: &Message,
+    config: &DhcpConfig,
+    binding: Option<&Binding>,
+    mac: MacAddress,
+    kind: MessageType,
+    node: NodeBoot,
+) -> Option<Message> {
     match kind {
         MessageType::Discover => {
             let binding = binding?;
-            Some(reply(request, config, MessageType::Offer, binding.address, Some(binding), mac))
+            Some(reply(request, config, MessageType::Offer, binding.address, Some(binding), mac, node))
         }
         MessageType::Request => {
             if let Some(DhcpOption::ServerIdentifier(server)) = request.opts().get(OptionCode::ServerIdentifier)
@@ -107,7 +125,7 @@ fn authoritative(request: &Message, config: &DhcpConfig, binding: Option<&Bindin
             };
             match binding {
                 Some(binding) if binding.address == requested => {
-                    Some(reply(request, config, MessageType::Ack, binding.address, Some(binding), mac))
+                    Some(reply(request, config, MessageType::Ack, binding.address, Some(binding), mac, node))
                 }
                 // We know this client and it asks for another address (it moved, or its
                 // reservation changed): tell it so, so it starts over at once.
@@ -116,7 +134,7 @@ fn authoritative(request: &Message, config: &DhcpConfig, binding: Option<&Bindin
             }
         }
         MessageType::Inform => {
-            let mut answer = reply(request, config, MessageType::Ack, Ipv4Addr::UNSPECIFIED, binding, mac);
+            let mut answer = reply(request, config, MessageType::Ack, Ipv4Addr::UNSPECIFIED, binding, mac, node);
             answer.opts_mut().remove(OptionCode::AddressLeaseTime);
             answer.opts_mut().remove(OptionCode::Renewal);
             answer.opts_mut().remove(OptionCode::Rebinding);
@@ -127,7 +145,7 @@ fn authoritative(request: &Message, config: &DhcpConfig, binding: Option<&Bindin
 }
 
 /// ProxyDHCP (PXE specification, RFC 4578): answer PXE clients with boot information only.
-fn proxy(request: &Message, config: &DhcpConfig, mac: MacAddress, kind: MessageType) -> Option<Message> {
+fn proxy(request: &Message, config: &DhcpConfig, mac: MacAddress, kind: MessageType, node: NodeBoot) -> Option<Message> {
     let pxe = vendor_class(request).is_some_and(|vendor| vendor.starts_with(b"PXEClient")) || is_ipxe(request);
     if !pxe {
         return None;
@@ -141,7 +159,7 @@ fn proxy(request: &Message, config: &DhcpConfig, mac: MacAddress, kind: MessageT
     answer.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
     // PXE discovery control = 8: boot from the file named here, skip the boot server dance.
     answer.opts_mut().insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
-    set_boot(&mut answer, request, config, mac);
+    set_boot(&mut answer, request, config, mac, node);
     Some(answer)
 }
 
@@ -162,8 +180,8 @@ fn base_reply(request: &Message, config: &DhcpConfig, kind: MessageType, yiaddr:
     answer
 }
 
-fn set_boot(answer: &mut Message, request: &Message, config: &DhcpConfig, mac: MacAddress) {
-    let Some(choice) = boot_choice(request, config, mac) else { return };
+fn set_boot(answer: &mut Message, request: &Message, config: &DhcpConfig, mac: MacAddress, node: NodeBoot) {
+    let Some(choice) = boot_choice(request, config, mac, node) else { return };
     let file = match choice {
         BootChoice::Tftp(file) => file,
         BootChoice::Http(url) => {
@@ -194,6 +212,7 @@ fn reply(
     yiaddr: Ipv4Addr,
     binding: Option<&Binding>,
     mac: MacAddress,
+    node: NodeBoot,
 ) -> Message {
     let mut answer = base_reply(request, config, kind, yiaddr);
     let options = answer.opts_mut();
@@ -213,7 +232,7 @@ fn reply(
     if let Some(hostname) = binding.and_then(|binding| binding.hostname.clone()) {
         options.insert(DhcpOption::Hostname(hostname));
     }
-    set_boot(&mut answer, request, config, mac);
+    set_boot(&mut answer, request, config, mac, node);
     answer
 }
 
@@ -256,7 +275,7 @@ pub fn fuzz_one(bytes: &[u8]) {
             lease_file: None,
         };
         for reservation in [None, Some(&binding)] {
-            if let Some(answer) = decide(&request, &config, reservation) {
+            if let Some(answer) = decide(&request, &config, reservation, NodeBoot { secure_boot: reservation.is_some() }) {
                 let mut encoded = Vec::new();
                 let _ = dhcproto::Encodable::encode(&answer, &mut dhcproto::Encoder::new(&mut encoded));
             }

@@ -12,5 +12,5 @@ pub mod pool;
 pub mod server;
 
 pub use config::{DhcpConfig, DhcpMode};
-pub use decide::{Binding, BootChoice, decide};
+pub use decide::{Binding, BootChoice, NodeBoot, decide};
 pub use server::{DhcpHandle, start};

@@ -13,7 +13,7 @@ use kiln_types::node::Node;
 use tokio::net::UdpSocket;
 
 use crate::config::{DhcpConfig, DhcpMode};
-use crate::decide::{Binding, client_mac, decide};
+use crate::decide::{Binding, NodeBoot, client_mac, decide};
 use crate::leases::{LeaseLog, now_unix};
 use crate::pool::{Lease, Pool, PoolContext, PoolRequest};
 
@@ -179,7 +179,8 @@ impl Server {
             self.enroll(mac);
         }
         let binding = self.binding(&view, mac, node.map(|node| &**node), kind, &request);
-        let answer = decide(&request, &self.config, binding.as_ref())?;
+        let node_boot = NodeBoot { secure_boot: node.is_some_and(|node| node.secure_boot()) };
+        let answer = decide(&request, &self.config, binding.as_ref(), node_boot)?;
         tracing::debug!(%mac, ?kind, answer = ?answer.opts().msg_type(), address = %answer.yiaddr(), "DHCP answer");
         if matches!(answer.opts().msg_type(), Some(MessageType::Ack)) {
             tracing::info!(%mac, address = %answer.yiaddr(), node = node.map(|n| n.name.as_str()), "lease acknowledged");

@@ -158,6 +158,10 @@ pub enum Firmware {
     Bios,
     /// OVMF, whose own PXE client loads iPXE by TFTP.
     Uefi,
+    /// OVMF enforcing Secure Boot with Microsoft's keys enrolled (Debian's
+    /// `OVMF_CODE_4M.secboot.fd` with `OVMF_VARS_4M.ms.fd`), on a q35 machine with SMM, which
+    /// that firmware requires: it runs only what Microsoft's UEFI CA signed, such as shim.
+    UefiSecureBoot,
     /// An arm64 `virt` machine with AAVMF (EDK2 for arm64), whose PXE client asks as
     /// architecture 11 and loads the arm64 boot file by TFTP.
     UefiArm64,
@@ -422,6 +426,15 @@ impl Lab {
                 command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
                 command.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
                 command.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            }
+            Firmware::UefiSecureBoot => {
+                let vars = self.directory.path().join(format!("vars-{}.fd", mac.replace(':', "")));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", &vars)
+                    .context("copying OVMF's Secure Boot variables (apt-get install ovmf)")?;
+                command.args(["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
+                command.args(["-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"]);
+                command.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
             }
             Firmware::UefiArm64 => {
                 let vars = self.directory.path().join(format!("vars-{}.fd", mac.replace(':', "")));

@@ -170,6 +170,10 @@ pub struct BootLayer {
     pub listen: Option<String>,
     /// How machines reach the boot listener [default: http://<boot listen>]
     pub public_url: Option<String>,
+    /// Microsoft-signed shim, sent by TFTP to Secure Boot nodes [default: /usr/lib/shim/shimx64.efi.signed]
+    pub secure_boot_shim: Option<PathBuf>,
+    /// Signed network GRUB that shim loads [default: /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed]
+    pub secure_boot_grub: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +322,8 @@ impl BootLayer {
             max_discovered_nodes: over.max_discovered_nodes.or(self.max_discovered_nodes),
             listen: over.listen.or(self.listen),
             public_url: over.public_url.or(self.public_url),
+            secure_boot_shim: over.secure_boot_shim.or(self.secure_boot_shim),
+            secure_boot_grub: over.secure_boot_grub.or(self.secure_boot_grub),
         }
     }
 }
@@ -597,6 +603,9 @@ pub struct BootConfig {
     pub listen: Option<SocketAddr>,
     /// How machines reach the boot listener, when set explicitly.
     pub public_url: Option<String>,
+    /// Debian's signed shim and network GRUB, for Secure Boot nodes.
+    pub secure_boot_shim: PathBuf,
+    pub secure_boot_grub: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -660,6 +669,7 @@ fn dhcp_config(
             bios: layer.bios_boot_file.unwrap_or(defaults.bios),
             uefi_x64: layer.uefi_boot_file.unwrap_or(defaults.uefi_x64),
             uefi_arm64: layer.arm64_boot_file.unwrap_or(defaults.uefi_arm64),
+            uefi_x64_secure_boot: defaults.uefi_x64_secure_boot,
         },
         http_base_url: public_url.to_owned(),
         auto_enroll: boot.auto_enroll,
@@ -721,6 +731,10 @@ fn boot_config(boot_layer: BootLayer, data_dir: &Path) -> Result<BootConfig, Con
         },
         listen: boot_listen,
         public_url: boot_public_url,
+        secure_boot_shim: boot_layer.secure_boot_shim.unwrap_or_else(|| PathBuf::from("/usr/lib/shim/shimx64.efi.signed")),
+        secure_boot_grub: boot_layer
+            .secure_boot_grub
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed")),
     })
 }
 

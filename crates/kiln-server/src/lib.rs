@@ -209,9 +209,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         (None, None) => api_url.clone(),
     };
     let boot = boot_settings(&config, &boot_url, &api_url);
-    let (dhcp, tftp) = start_udp_services(&config, &store, &inventory, &boot_url).await?;
+    let dhcp = start_dhcp(&config, &store, &inventory, &boot_url).await?;
     let images = image_settings(&config)?;
     let state = api_state(&config, &store, &inventory, boot, images, dhcp.as_ref());
+    let tftp = start_tftp(&config, &state, &boot_url).await?;
     let consoles = console::spawn(store.clone(), inventory.clone(), state.consoles.clone());
     let network_disks = start_network_disks(&config, &store, &inventory, &state).await?;
     let reconciler = kiln_lifecycle::start(
@@ -337,31 +338,35 @@ fn api_state(
     state
 }
 
-/// DHCP and TFTP, where configured: machines are pointed at `boot_url`.
-async fn start_udp_services(
+/// DHCP, where configured: machines are pointed at `boot_url`.
+async fn start_dhcp(
     config: &ServerConfig,
     store: &Store,
     inventory: &Arc<kiln_db::Inventory>,
     boot_url: &str,
-) -> Result<(Option<kiln_dhcp::DhcpHandle>, Option<kiln_tftp::TftpHandle>), StartError> {
-    let dhcp = match &config.dhcp {
-        Some(dhcp) => {
-            let dhcp = kiln_dhcp::DhcpConfig { http_base_url: boot_url.to_owned(), ..dhcp.clone() };
-            Some(kiln_dhcp::start(dhcp, store.clone(), inventory.clone()).await.map_err(StartError::Dhcp)?)
-        }
-        None => None,
-    };
-    let tftp = match &config.tftp {
-        Some(tftp) => {
-            let mut settings = kiln_tftp::TftpConfig::new(tftp.listen, tftp.root.clone());
-            settings.max_sessions_per_client = tftp.max_sessions_per_client;
-            // iPXE asking by TFTP gets a script that continues over HTTP.
-            settings.generated.insert("kiln.ipxe".to_owned(), kiln_boot::chain_script(boot_url).into_bytes());
-            Some(kiln_tftp::start(settings).await.map_err(StartError::Tftp)?)
-        }
-        None => None,
-    };
-    Ok((dhcp, tftp))
+) -> Result<Option<kiln_dhcp::DhcpHandle>, StartError> {
+    let Some(dhcp) = &config.dhcp else { return Ok(None) };
+    let dhcp = kiln_dhcp::DhcpConfig { http_base_url: boot_url.to_owned(), ..dhcp.clone() };
+    Ok(Some(kiln_dhcp::start(dhcp, store.clone(), inventory.clone()).await.map_err(StartError::Dhcp)?))
+}
+
+/// TFTP, where configured: iPXE from its root, and through the API's state what Secure Boot
+/// nodes load (shim, GRUB, GRUB's configurations, the boot listener's files).
+async fn start_tftp(config: &ServerConfig, state: &ApiState, boot_url: &str) -> Result<Option<kiln_tftp::TftpHandle>, StartError> {
+    let Some(tftp) = &config.tftp else { return Ok(None) };
+    let mut settings = kiln_tftp::TftpConfig::new(tftp.listen, tftp.root.clone());
+    settings.max_sessions_per_client = tftp.max_sessions_per_client;
+    // iPXE asking by TFTP gets a script that continues over HTTP.
+    settings.generated.insert("kiln.ipxe".to_owned(), kiln_boot::chain_script(boot_url).into_bytes());
+    settings.dynamic = Some(Arc::new(kiln_api::boot_tftp::TftpBootFiles {
+        state: state.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        loaders: kiln_api::boot_tftp::SecureBootLoaders {
+            shim: config.boot.secure_boot_shim.clone(),
+            grub: config.boot.secure_boot_grub.clone(),
+        },
+    }));
+    Ok(Some(kiln_tftp::start(settings).await.map_err(StartError::Tftp)?))
 }
 
 /// The image store's settings: blobs on local disk or in S3, imports and collection.

@@ -7,4 +7,4 @@
 pub mod packet;
 pub mod server;
 
-pub use server::{TftpConfig, TftpHandle, start};
+pub use server::{DynamicFile, DynamicFiles, TftpConfig, TftpHandle, start};

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,13 +13,16 @@ use tokio::net::UdpSocket;
 
 use crate::packet::{self, Packet};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TftpConfig {
     pub listen: SocketAddr,
     /// Files are served from here and nowhere else.
     pub root: PathBuf,
     /// Generated files served by name before the root is consulted (the iPXE chain script).
     pub generated: HashMap<String, Vec<u8>>,
+    /// Asked after `generated` and before the root: files made for the client that asks, or
+    /// kept outside the root.
+    pub dynamic: Option<Arc<dyn DynamicFiles>>,
     pub max_sessions: usize,
     pub max_sessions_per_client: usize,
     /// Retransmissions of one packet before a transfer is abandoned.
@@ -32,12 +36,26 @@ impl TftpConfig {
             listen,
             root,
             generated: HashMap::new(),
+            dynamic: None,
             max_sessions: 512,
             max_sessions_per_client: 8,
             retries: 5,
             default_timeout_seconds: 2,
         }
     }
+}
+
+/// A file [`DynamicFiles`] found.
+pub enum DynamicFile {
+    Bytes(Vec<u8>),
+    File(std::fs::File),
+}
+
+/// Files whose content depends on the client asking (a machine's own boot configuration) or
+/// that live outside the root (an image's kernel, a signed boot loader from its package).
+/// `None`: not one of these; the root decides.
+pub trait DynamicFiles: Send + Sync + 'static {
+    fn open<'a>(&'a self, path: &'a str, client: IpAddr) -> Pin<Box<dyn Future<Output = Option<DynamicFile>> + Send + 'a>>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -289,19 +307,12 @@ impl Shared {
         if mode != "octet" && mode != "netascii" {
             return refuse((packet::ERROR_ILLEGAL_OPERATION, "unsupported mode")).await;
         }
-        let source = match self.config.generated.get(filename.trim_start_matches('/')) {
-            Some(bytes) => Source::Generated(Arc::from(bytes.as_slice())),
-            None => match resolve(&self.root, &filename).and_then(|path| {
-                let file = std::fs::File::open(&path).map_err(|_| (packet::ERROR_FILE_NOT_FOUND, "file not found"))?;
-                let length = file.metadata().map_err(|_| (packet::ERROR_FILE_NOT_FOUND, "file not found"))?.len();
-                Ok(Source::File(file, length))
-            }) {
-                Ok(source) => source,
-                Err(refusal) => {
-                    tracing::info!(%peer, file = %filename, reason = refusal.1, "TFTP request refused");
-                    return refuse(refusal).await;
-                }
-            },
+        let source = match self.open(&filename, peer.ip()).await {
+            Ok(source) => source,
+            Err(refusal) => {
+                tracing::info!(%peer, file = %filename, reason = refusal.1, "TFTP request refused");
+                return refuse(refusal).await;
+            }
         };
         let negotiated = packet::negotiate(&options, source.len(), packet::MAX_BLOCK_SIZE, self.config.default_timeout_seconds);
         match self.send_file(&socket, &source, &negotiated).await {
@@ -310,6 +321,29 @@ impl Shared {
             }
             Err(reason) => tracing::info!(%peer, file = %filename, reason, "TFTP transfer abandoned"),
         }
+    }
+
+    /// Where a requested file's bytes come from: a generated file, a dynamic one, or the root.
+    async fn open(&self, filename: &str, client: IpAddr) -> Result<Source, Refusal> {
+        let name = filename.trim_start_matches('/');
+        if let Some(bytes) = self.config.generated.get(name) {
+            return Ok(Source::Generated(Arc::from(bytes.as_slice())));
+        }
+        let not_found = (packet::ERROR_FILE_NOT_FOUND, "file not found");
+        let measured = |file: std::fs::File| -> Result<Source, Refusal> {
+            let length = file.metadata().map_err(|_| not_found)?.len();
+            Ok(Source::File(file, length))
+        };
+        if let Some(dynamic) = &self.config.dynamic
+            && let Some(found) = dynamic.open(name, client).await
+        {
+            return match found {
+                DynamicFile::Bytes(bytes) => Ok(Source::Generated(Arc::from(bytes))),
+                DynamicFile::File(file) => measured(file),
+            };
+        }
+        let path = resolve(&self.root, filename)?;
+        measured(std::fs::File::open(&path).map_err(|_| not_found)?)
     }
 
     /// Sends `source` in windows of blocks, advancing on ACKs, resending the window from the

@@ -134,3 +134,51 @@ async fn hostile_requests_never_leave_the_root_and_the_server_keeps_serving() {
     .await
     .unwrap();
 }
+
+/// Answers for the client that asks: its own address in `whoami`, a file outside the root
+/// by name, nothing for anything else.
+struct PerClient {
+    outside: std::path::PathBuf,
+}
+
+impl kiln_tftp::DynamicFiles for PerClient {
+    fn open<'a>(
+        &'a self,
+        path: &'a str,
+        client: std::net::IpAddr,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<kiln_tftp::DynamicFile>> + Send + 'a>> {
+        Box::pin(async move {
+            match path {
+                "whoami" => Some(kiln_tftp::DynamicFile::Bytes(client.to_string().into_bytes())),
+                "loader.efi" => std::fs::File::open(self.outside.join("secret")).ok().map(kiln_tftp::DynamicFile::File),
+                _ => None,
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_files_come_before_the_root_and_know_the_client() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("undionly.kpxe"), payload(3000)).unwrap();
+    std::fs::write(outside.path().join("secret"), payload(70_000)).unwrap();
+    let mut config = TftpConfig::new("127.0.0.1:0".parse().unwrap(), root.path().to_owned());
+    config.dynamic = Some(std::sync::Arc::new(PerClient { outside: outside.path().to_owned() }));
+    let handle = start(config).await.unwrap();
+    let address = handle.local_addr();
+    let results = tokio::task::spawn_blocking(move || {
+        [
+            curl(address, "whoami", &[]),
+            curl(address, "loader.efi", &["--tftp-blksize", "1024"]),
+            curl(address, "undionly.kpxe", &[]),
+            curl(address, "absent", &[]),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(results[0].as_deref(), Some(&b"127.0.0.1"[..]));
+    assert_eq!(results[1].as_deref(), Some(&payload(70_000)[..]), "a file outside the root, by name");
+    assert_eq!(results[2].as_deref(), Some(&payload(3000)[..]), "the root still serves what the dynamic files do not");
+    assert_eq!(results[3], None);
+}

@@ -14,6 +14,11 @@ use utoipa::ToSchema;
 /// The host name BSS uses for the fallback entry.
 pub const DEFAULT_HOST: &str = "Default";
 
+/// Where the TFTP server serves Debian's signed shim to Secure Boot nodes, and the signed
+/// network GRUB beside it, where shim looks for `grubx64.efi`.
+pub const SECURE_BOOT_SHIM_TFTP_PATH: &str = "shimx64.efi";
+pub const SECURE_BOOT_GRUB_TFTP_PATH: &str = "grubx64.efi";
+
 /// Boot parameters as `kiln boot params set|add` reads them (the tutorial's `boot.yaml`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BootParamsInput {

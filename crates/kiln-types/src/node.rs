@@ -428,3 +428,61 @@ pub struct Node {
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: jiff::Timestamp,
 }
+
+impl Node {
+    /// Whether the node network boots under UEFI Secure Boot (through shim and signed GRUB
+    /// rather than iPXE): `secure_boot: true` in its properties, or Ironic's spelling,
+    /// `secure_boot:true` in its `capabilities` (a `key:value,...` string or an object).
+    pub fn secure_boot(&self) -> bool {
+        let truthy = |value: &serde_json::Value| match value {
+            serde_json::Value::Bool(flag) => *flag,
+            serde_json::Value::String(text) => text.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        if self.properties.get("secure_boot").is_some_and(truthy) {
+            return true;
+        }
+        match self.properties.get("capabilities") {
+            Some(serde_json::Value::String(capabilities)) => capabilities
+                .split(',')
+                .filter_map(|pair| pair.split_once(':'))
+                .any(|(key, value)| key.trim() == "secure_boot" && value.trim().eq_ignore_ascii_case("true")),
+            Some(serde_json::Value::Object(capabilities)) => capabilities.get("secure_boot").is_some_and(truthy),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with(properties: serde_json::Value) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "id": "1", "name": "n1", "xname": null, "nid": null, "role": null, "groups": [], "interfaces": [], "bmc": null,
+            "properties": properties, "project": null, "provision_state": "available", "maintenance": false,
+            "created_at": "2026-12-07T00:00:00Z", "updated_at": "2026-12-07T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn secure_boot_is_read_from_properties_and_ironic_capabilities() {
+        for yes in [
+            serde_json::json!({"secure_boot": true}),
+            serde_json::json!({"secure_boot": "True"}),
+            serde_json::json!({"capabilities": "boot_mode:uefi,secure_boot:true"}),
+            serde_json::json!({"capabilities": {"secure_boot": "true"}}),
+        ] {
+            assert!(node_with(yes.clone()).secure_boot(), "{yes}");
+        }
+        for no in [
+            serde_json::json!({}),
+            serde_json::json!({"secure_boot": false}),
+            serde_json::json!({"capabilities": "boot_mode:uefi,secure_boot:false"}),
+            serde_json::json!({"capabilities": "not_secure_boot:true"}),
+        ] {
+            assert!(!node_with(no.clone()).secure_boot(), "{no}");
+        }
+    }
+}

@@ -92,7 +92,7 @@ fn bios_pxe_discover_gets_its_reservation_and_undionly() {
         59=Rebinding(3150)
         60="PXEClient"
         67="undionly.kpxe""#]]
-    .assert_eq(&summary(decide(&discover, &config(DhcpMode::Authoritative), Some(&reserved()))));
+    .assert_eq(&summary(decide(&discover, &config(DhcpMode::Authoritative), Some(&reserved()), NodeBoot::default())));
 }
 
 #[test]
@@ -123,7 +123,9 @@ fn boot_files_by_client_kind() {
         (vec![DhcpOption::ClassIdentifier(b"udhcp 1.35.0".to_vec())], ""),
     ];
     for (options, file) in cases {
-        let answer = decide(&request(MessageType::Discover, options), &config(DhcpMode::Authoritative), Some(&reserved())).unwrap();
+        let answer =
+            decide(&request(MessageType::Discover, options), &config(DhcpMode::Authoritative), Some(&reserved()), NodeBoot::default())
+                .unwrap();
         assert_eq!(answer.fname_str().and_then(Result::ok).unwrap_or(""), file);
     }
 }
@@ -135,7 +137,7 @@ fn requests_are_acked_naked_or_ignored() {
         MessageType::Request,
         vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 77, 0, 11)), DhcpOption::ServerIdentifier(config.server_address)],
     );
-    assert_eq!(decide(&ours, &config, Some(&reserved())).unwrap().opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(decide(&ours, &config, Some(&reserved()), NodeBoot::default()).unwrap().opts().msg_type(), Some(MessageType::Ack));
     let wrong_address = request(MessageType::Request, vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 77, 0, 99))]);
     expect![[r#"
         Nak
@@ -143,17 +145,17 @@ fn requests_are_acked_naked_or_ignored() {
         siaddr=0.0.0.0
         file=
         54=ServerIdentifier(10.77.0.1)"#]]
-    .assert_eq(&summary(decide(&wrong_address, &config, Some(&reserved()))));
+    .assert_eq(&summary(decide(&wrong_address, &config, Some(&reserved()), NodeBoot::default())));
     let other_server = request(MessageType::Request, vec![DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 2))]);
-    assert!(decide(&other_server, &config, Some(&reserved())).is_none());
+    assert!(decide(&other_server, &config, Some(&reserved()), NodeBoot::default()).is_none());
     let unknown = request(MessageType::Discover, vec![]);
-    assert!(decide(&unknown, &config, None).is_none(), "no reservation and no pool: stay silent");
+    assert!(decide(&unknown, &config, None, NodeBoot::default()).is_none(), "no reservation and no pool: stay silent");
     for kind in [MessageType::Release, MessageType::Decline] {
-        assert!(decide(&request(kind, vec![]), &config, Some(&reserved())).is_none());
+        assert!(decide(&request(kind, vec![]), &config, Some(&reserved()), NodeBoot::default()).is_none());
     }
     let mut inform = request(MessageType::Inform, vec![]);
     inform.set_ciaddr(Ipv4Addr::new(10, 77, 0, 11));
-    let answer = decide(&inform, &config, Some(&reserved())).unwrap();
+    let answer = decide(&inform, &config, Some(&reserved()), NodeBoot::default()).unwrap();
     assert_eq!((answer.yiaddr(), answer.opts().get(OptionCode::AddressLeaseTime)), (Ipv4Addr::UNSPECIFIED, None));
 }
 
@@ -176,29 +178,52 @@ fn proxy_mode_answers_pxe_clients_only() {
         54=ServerIdentifier(10.77.0.1)
         60="PXEClient"
         67="undionly.kpxe""#]]
-    .assert_eq(&summary(decide(&pxe, &config, None)));
-    assert!(decide(&request(MessageType::Discover, vec![]), &config, None).is_none());
+    .assert_eq(&summary(decide(&pxe, &config, None, NodeBoot::default())));
+    assert!(decide(&request(MessageType::Discover, vec![]), &config, None, NodeBoot::default()).is_none());
 }
 
 #[test]
 fn malformed_requests_get_no_answer() {
     let mut reply = request(MessageType::Discover, vec![]);
     reply.set_opcode(dhcproto::v4::Opcode::BootReply);
-    assert!(decide(&reply, &config(DhcpMode::Authoritative), Some(&reserved())).is_none());
+    assert!(decide(&reply, &config(DhcpMode::Authoritative), Some(&reserved()), NodeBoot::default()).is_none());
     let mut no_type = Message::default();
     no_type.set_chaddr(&[1, 2, 3, 4, 5, 6]);
-    assert!(decide(&no_type, &config(DhcpMode::Authoritative), Some(&reserved())).is_none());
+    assert!(decide(&no_type, &config(DhcpMode::Authoritative), Some(&reserved()), NodeBoot::default()).is_none());
     // A hardware address length beyond the 16-byte field is refused, not sliced.
     let mut bytes = Vec::new();
     dhcproto::Encodable::encode(&request(MessageType::Discover, vec![]), &mut dhcproto::Encoder::new(&mut bytes)).unwrap();
     bytes[2] = 95;
     let long_hlen = <Message as dhcproto::Decodable>::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();
-    assert!(decide(&long_hlen, &config(DhcpMode::Authoritative), Some(&reserved())).is_none());
+    assert!(decide(&long_hlen, &config(DhcpMode::Authoritative), Some(&reserved()), NodeBoot::default()).is_none());
     // Bytes that are not a DHCP message at all never reach `decide`: decoding fails.
     for garbage in [&b""[..], &[0u8; 10], &[1u8; 300], &[0xffu8; 600]] {
         let decoded = <Message as dhcproto::Decodable>::decode(&mut dhcproto::Decoder::new(garbage));
         if let Ok(message) = decoded {
-            let _ = decide(&message, &config(DhcpMode::Authoritative), Some(&reserved()));
+            let _ = decide(&message, &config(DhcpMode::Authoritative), Some(&reserved()), NodeBoot::default());
         }
+    }
+}
+
+#[test]
+fn a_secure_boot_node_gets_shim_from_uefi_pxe_in_both_modes() {
+    let secure = NodeBoot { secure_boot: true };
+    let uefi = |arch: u16| {
+        vec![
+            DhcpOption::ClassIdentifier(format!("PXEClient:Arch:{arch:05}").into_bytes()),
+            DhcpOption::ClientSystemArchitecture(Architecture::from(arch)),
+        ]
+    };
+    for mode in [DhcpMode::Authoritative, DhcpMode::Proxy] {
+        let binding = (mode == DhcpMode::Authoritative).then(reserved);
+        let file = |options| {
+            let answer = decide(&request(MessageType::Discover, options), &config(mode), binding.as_ref(), secure).unwrap();
+            answer.fname_str().and_then(Result::ok).unwrap_or("").to_owned()
+        };
+        assert_eq!(file(uefi(7)), "shimx64.efi", "{mode:?}");
+        assert_eq!(file(uefi(9)), "shimx64.efi", "{mode:?}");
+        // No Secure Boot on BIOS; arm64 shim is not served (yet): they boot iPXE as before.
+        assert_eq!(file(uefi(0)), "undionly.kpxe", "{mode:?}");
+        assert_eq!(file(uefi(11)), "ipxe-arm64.efi", "{mode:?}");
     }
 }
