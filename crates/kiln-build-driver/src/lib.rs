@@ -122,11 +122,12 @@ fn build_blocking(
     let Prepared { definition, definition_dir, elements, parent, plan, .. } = prepared;
     let settings = BuildSettings { cache_dir, definition_dir, elements };
     let built = build_layer(&plan, parent.root.as_ref(), &settings, &mut log)?;
-    let previous = reusable_previous(previous, built.reused, &definition.name, &definition.kernel_args);
+    let boot = kiln_image_build::disk::DiskBoot { kernel_args: &definition.kernel_args, secure_boot: definition.secure_boot };
+    let previous = reusable_previous(previous, built.reused, &definition.name, &boot);
     let context = OutputContext {
         layer_root: &built.root,
         name: &definition.name,
-        kernel_args: &definition.kernel_args,
+        boot,
         wanted: &definition.outputs,
         previous: previous.as_ref(),
         directory: outputs_dir,
@@ -144,6 +145,7 @@ fn build_blocking(
         s3: Vec::new(),
         log: outputs_dir.join("build.log"),
         kernel_args: definition.kernel_args.clone(),
+        secure_boot: definition.secure_boot,
     };
     Ok((result, log))
 }

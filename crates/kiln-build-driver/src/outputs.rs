@@ -2,6 +2,7 @@
 //! layer's tar and `result.json`, which says what the previous build of the same layer
 //! made so that a rebuild from a cached layer makes only what is missing.
 
+use kiln_image_build::disk::DiskBoot;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub struct BuildResult {
     /// What the disk image's boot configuration was made with (not part of the layer).
     #[serde(default)]
     pub kernel_args: String,
+    #[serde(default)]
+    pub secure_boot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,9 +66,11 @@ impl BuildResult {
 
 /// The previous build's result, when its outputs may stand for this build's: the layer
 /// came from the cache (so the outputs were made from these very bytes), and what names
-/// or boots them (the image's name, the kernel arguments) has not changed.
-pub fn reusable_previous(previous: Option<BuildResult>, layer_reused: bool, name: &str, kernel_args: &str) -> Option<BuildResult> {
-    previous.filter(|previous| layer_reused && previous.name == name && previous.kernel_args == kernel_args)
+/// or boots them (the image's name, the kernel arguments, Secure Boot) has not changed.
+pub fn reusable_previous(previous: Option<BuildResult>, layer_reused: bool, name: &str, boot: &DiskBoot<'_>) -> Option<BuildResult> {
+    previous.filter(|previous| {
+        layer_reused && previous.name == name && previous.kernel_args == boot.kernel_args && previous.secure_boot == boot.secure_boot
+    })
 }
 
 /// Whether one output is made now.
@@ -90,7 +95,7 @@ pub fn decide_output<T>(wanted: bool, previous: Option<T>, still_there: impl FnO
 pub(crate) struct OutputContext<'a> {
     pub(crate) layer_root: &'a Path,
     pub(crate) name: &'a str,
-    pub(crate) kernel_args: &'a str,
+    pub(crate) boot: DiskBoot<'a>,
     pub(crate) wanted: &'a BTreeSet<Output>,
     pub(crate) previous: Option<&'a BuildResult>,
     pub(crate) directory: &'a Path,
@@ -120,7 +125,7 @@ impl OutputContext<'_> {
             OutputDecision::Reuse(disk) => Ok(Some(disk)),
             OutputDecision::Make => {
                 let _ = writeln!(log, "kiln: making the disk image");
-                let raw = kiln_image_build::disk::make_disk(self.layer_root, self.name, self.directory, self.kernel_args, log)?;
+                let raw = kiln_image_build::disk::make_disk(self.layer_root, self.name, self.directory, &self.boot, log)?;
                 if !qcow2_wanted {
                     return Ok(Some(raw));
                 }

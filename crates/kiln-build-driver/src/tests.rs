@@ -217,17 +217,20 @@ fn result(name: &str, kernel_args: &str) -> BuildResult {
         s3: Vec::new(),
         log: "build.log".into(),
         kernel_args: kernel_args.to_owned(),
+        secure_boot: false,
     }
 }
 
 #[test]
 fn previous_outputs_stand_only_for_a_cached_layer_with_the_same_name_and_kernel_arguments() {
     let previous = || Some(result("debian", "console=ttyS0"));
-    assert!(reusable_previous(previous(), true, "debian", "console=ttyS0").is_some());
-    assert!(reusable_previous(previous(), false, "debian", "console=ttyS0").is_none(), "a rebuilt layer makes new bytes");
-    assert!(reusable_previous(previous(), true, "renamed", "console=ttyS0").is_none(), "the name is inside the outputs");
-    assert!(reusable_previous(previous(), true, "debian", "quiet").is_none(), "the disk boots with the kernel arguments");
-    assert!(reusable_previous(None, true, "debian", "console=ttyS0").is_none());
+    let boot = |kernel_args, secure_boot| kiln_image_build::disk::DiskBoot { kernel_args, secure_boot };
+    assert!(reusable_previous(previous(), true, "debian", &boot("console=ttyS0", false)).is_some());
+    assert!(reusable_previous(previous(), false, "debian", &boot("console=ttyS0", false)).is_none(), "a rebuilt layer makes new bytes");
+    assert!(reusable_previous(previous(), true, "renamed", &boot("console=ttyS0", false)).is_none(), "the name is inside the outputs");
+    assert!(reusable_previous(previous(), true, "debian", &boot("quiet", false)).is_none(), "the disk boots with the kernel arguments");
+    assert!(reusable_previous(previous(), true, "debian", &boot("console=ttyS0", true)).is_none(), "and with its boot loader");
+    assert!(reusable_previous(None, true, "debian", &boot("console=ttyS0", false)).is_none());
 }
 
 #[test]

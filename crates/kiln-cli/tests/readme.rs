@@ -73,7 +73,7 @@ const NOT_RUN_HERE: &[(&str, &str)] = &[
 
 /// Shell sections run here, in README order, with the lines that stand for something the
 /// test provides otherwise (each must still be in the README as written).
-const RUN_HERE: &[&str] = &["Quick start: enrol the tutorial's nodes", "Network boot", "Images", "Cloud-init", "Tenancy"];
+const RUN_HERE: &[&str] = &["Quick start: enrol the tutorial's nodes", "Network boot", "Secure Boot", "Images", "Cloud-init", "Tenancy"];
 
 /// Lines replaced before running: the build (the test runs the binary cargo built for it),
 /// a place-holder URL (the test's "mirror" is on loopback, which imports reach only when

@@ -74,6 +74,9 @@ pub struct OptionsWire {
     pub outputs: Vec<String>,
     /// Kiln: extra kernel arguments for the boot configuration of disk images.
     pub kernel_args: Option<String>,
+    /// Kiln: disk images boot UEFI through Debian's signed shim and GRUB, so that they boot
+    /// under Secure Boot (the image's kernel must be a signed one, as Debian's are).
+    pub secure_boot: Option<bool>,
 }
 
 /// `publish_tags: '9'` and `publish_tags: ['rocky9']` both appear in the tutorial.
@@ -130,6 +133,8 @@ pub struct ImageDefinition {
     pub publish: Publish,
     /// Extra kernel arguments in a disk image's boot configuration.
     pub kernel_args: String,
+    /// A disk image's UEFI boot goes through signed shim and GRUB.
+    pub secure_boot: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -344,6 +349,7 @@ impl TryFrom<DefinitionWire> for ImageDefinition {
             outputs,
             publish,
             kernel_args: options.kernel_args.unwrap_or_default(),
+            secure_boot: options.secure_boot.unwrap_or(false),
         })
     }
 }

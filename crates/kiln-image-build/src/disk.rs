@@ -1,6 +1,7 @@
 //! Whole-disk images of a built layer: GPT, an EFI system partition carrying the kernel,
 //! initramfs and SYSLINUX for BIOS (through `gptmbr.bin` and the partition's legacy-boot
-//! attribute) and UEFI (`\EFI\BOOT\BOOTX64.EFI`), and an ext4 root labelled
+//! attribute) and UEFI (`\EFI\BOOT\BOOTX64.EFI`; for Secure Boot, Debian's signed shim
+//! there and signed GRUB beside it instead), and an ext4 root labelled
 //! `cloudimg-rootfs`, as cloud images are. Every filesystem is written straight into the
 //! image file at its offset (mkfs.fat, mke2fs -d, mtools, syslinux): no loop device, no mount.
 //! The layout and the boot configuration are pure functions of their inputs.
@@ -19,6 +20,18 @@ pub const ROOT_LABEL: &str = "cloudimg-rootfs";
 const GPT_MBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
 const SYSLINUX_EFI: &str = "/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi";
 const LDLINUX_E64: &str = "/usr/lib/syslinux/modules/efi64/ldlinux.e64";
+/// Debian's shim, signed by Microsoft's UEFI CA, and GRUB, signed by Debian (whose key shim
+/// carries). This GRUB's built-in prefix is `/EFI/debian` on the partition it came from.
+const SHIM_SIGNED: &str = "/usr/lib/shim/shimx64.efi.signed";
+const GRUB_SIGNED: &str = "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
+
+/// How a disk image boots: the extra kernel arguments, and whether UEFI goes through signed
+/// shim and GRUB (Secure Boot) rather than SYSLINUX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskBoot<'a> {
+    pub kernel_args: &'a str,
+    pub secure_boot: bool,
+}
 
 /// Where the partitions are, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +79,14 @@ pub fn syslinux_config(kernel_args: &str) -> String {
     )
 }
 
+/// GRUB's configuration on a Secure Boot disk: the same kernel, initramfs and arguments as
+/// SYSLINUX's, each argument one single-quoted word (nothing in it is GRUB syntax then).
+pub fn grub_config(kernel_args: &str) -> String {
+    let mut arguments = format!("root=LABEL={ROOT_LABEL} rw console=tty0 console=ttyS0,115200 {}", kernel_args.trim());
+    arguments = arguments.split_whitespace().map(|word| format!("'{}'", word.replace('\'', "'\\''"))).collect::<Vec<_>>().join(" ");
+    format!("set timeout=0\nlinux /vmlinuz {arguments}\ninitrd /initrd.img\nboot\n")
+}
+
 /// Bytes a tree takes, counted as a filesystem allocates them (4 KiB blocks, an inode's
 /// worth per entry); symbolic links are not followed.
 pub fn tree_bytes(root: &Path) -> Result<u64, BuildError> {
@@ -85,12 +106,26 @@ pub fn tree_bytes(root: &Path) -> Result<u64, BuildError> {
 }
 
 /// Makes `<name>.raw` (sparse) in `output_dir` from a built layer.
-pub fn make_disk(layer_root: &Path, name: &str, output_dir: &Path, kernel_args: &str, log: &mut dyn Write) -> Result<PathBuf, BuildError> {
+pub fn make_disk(
+    layer_root: &Path,
+    name: &str,
+    output_dir: &Path,
+    boot: &DiskBoot<'_>,
+    log: &mut dyn Write,
+) -> Result<PathBuf, BuildError> {
     for tool_file in [GPT_MBR, SYSLINUX_EFI, LDLINUX_E64] {
         if !Path::new(tool_file).exists() {
             return Err(BuildError::ToolFailed {
                 tool: "syslinux",
                 message: format!("{tool_file} is missing (apt-get install syslinux syslinux-efi syslinux-common)"),
+            });
+        }
+    }
+    for signed_file in [SHIM_SIGNED, GRUB_SIGNED].into_iter().filter(|_| boot.secure_boot) {
+        if !Path::new(signed_file).exists() {
+            return Err(BuildError::ToolFailed {
+                tool: "secure boot",
+                message: format!("{signed_file} is missing (apt-get install shim-signed grub-efi-amd64-signed)"),
             });
         }
     }
@@ -139,7 +174,7 @@ pub fn make_disk(layer_root: &Path, name: &str, output_dir: &Path, kernel_args: 
         run("syslinux", &mut syslinux, log)?;
         let esp = format!("{}@@{}", partial.display(), layout.esp_start);
         let config = output_dir.join("syslinux.cfg");
-        std::fs::write(&config, syslinux_config(kernel_args)).map_err(io("writing", &config))?;
+        std::fs::write(&config, syslinux_config(boot.kernel_args)).map_err(io("writing", &config))?;
         run("mmd", Command::new("mmd").args(["-i", &esp, "::/EFI", "::/EFI/BOOT"]), log)?;
         let copies: [(&Path, &str); 6] = [
             (&kernel, "::/vmlinuz"),
@@ -153,6 +188,9 @@ pub fn make_disk(layer_root: &Path, name: &str, output_dir: &Path, kernel_args: 
             run("mcopy", Command::new("mcopy").args(["-o", "-i", &esp]).arg(source).arg(target), log)?;
         }
         let _ = std::fs::remove_file(&config);
+        if boot.secure_boot {
+            install_signed_uefi_boot(&esp, output_dir, boot.kernel_args, log)?;
+        }
         Ok(())
     })();
     if let Err(error) = result {
@@ -161,6 +199,29 @@ pub fn make_disk(layer_root: &Path, name: &str, output_dir: &Path, kernel_args: 
     }
     std::fs::rename(&partial, &raw).map_err(io("renaming", &partial))?;
     Ok(raw)
+}
+
+/// Replaces SYSLINUX's UEFI loader with shim (at the removable-media path firmware boots
+/// without a boot entry), signed GRUB beside it where shim looks, and GRUB's configuration
+/// where that GRUB's prefix points. BIOS keeps SYSLINUX: there is no Secure Boot there.
+fn install_signed_uefi_boot(esp: &str, scratch: &Path, kernel_args: &str, log: &mut dyn Write) -> Result<(), BuildError> {
+    let _ = writeln!(log, "kiln: installing signed shim and GRUB for UEFI Secure Boot");
+    let config = scratch.join("grub.cfg");
+    std::fs::write(&config, grub_config(kernel_args)).map_err(io("writing", &config))?;
+    let installed = (|| {
+        run("mmd", Command::new("mmd").args(["-i", esp, "::/EFI/debian"]), log)?;
+        let copies: [(&Path, &str); 3] = [
+            (Path::new(SHIM_SIGNED), "::/EFI/BOOT/BOOTX64.EFI"),
+            (Path::new(GRUB_SIGNED), "::/EFI/BOOT/grubx64.efi"),
+            (&config, "::/EFI/debian/grub.cfg"),
+        ];
+        for (source, target) in copies {
+            run("mcopy", Command::new("mcopy").args(["-o", "-i", esp]).arg(source).arg(target), log)?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&config);
+    installed
 }
 
 /// The script that keeps the ESP's kernel and initramfs the newest in `/boot`.
@@ -306,5 +367,12 @@ mod tests {
               APPEND root=LABEL=cloudimg-rootfs rw console=tty0 console=ttyS0,115200 init=/sbin/kiln-init
         "#]]
         .assert_eq(&syslinux_config(" init=/sbin/kiln-init "));
+        expect_test::expect![[r#"
+            set timeout=0
+            linux /vmlinuz 'root=LABEL=cloudimg-rootfs' 'rw' 'console=tty0' 'console=ttyS0,115200' 'init=/sbin/kiln-init' 'ds=nocloud;s=/x/' 'it'\''s'
+            initrd /initrd.img
+            boot
+        "#]]
+        .assert_eq(&grub_config(" init=/sbin/kiln-init ds=nocloud;s=/x/ it's"));
     }
 }

@@ -158,6 +158,8 @@ export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# The kernel says so itself, but under `quiet`: repeat it where the console shows it.
+dmesg | grep -q 'Secure boot enabled' && echo "kiln-ramdisk: Secure boot enabled"
 echo "kiln-ramdisk: loading drivers"
 for module in $(cat /etc/modules.order); do insmod "/lib/modules/$module" 2>/dev/null; done
 ip link set lo up

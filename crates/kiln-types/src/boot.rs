@@ -15,7 +15,9 @@ use utoipa::ToSchema;
 pub const DEFAULT_HOST: &str = "Default";
 
 /// Where the TFTP server serves Debian's signed shim to Secure Boot nodes, and the signed
-/// network GRUB beside it, where shim looks for `grubx64.efi`.
+/// network GRUB beside it, where shim looks for `grubx64.efi`. At the root: OVMF's PXE client
+/// took no offer naming `secureboot/shimx64.efi` in the lab (PXE-E16, "no valid offer") and
+/// takes this one.
 pub const SECURE_BOOT_SHIM_TFTP_PATH: &str = "shimx64.efi";
 pub const SECURE_BOOT_GRUB_TFTP_PATH: &str = "grubx64.efi";
 

@@ -323,7 +323,7 @@ fn bad_definitions_name_what_is_wrong() {
     check_error(
         "options: {name: x, pkg_manager: dnf, colour: blue}\n",
         expect![
-            "the definition is not valid YAML for an image: options: unknown field `colour`, expected one of `name`, `layer_type`, `parent`, `pkg_manager`, `publish_tags`, `publish_registry`, `registry_opts_push`, `registry_opts_pull`, `publish_s3`, `s3_prefix`, `s3_bucket`, `publish_local`, `publish_kiln`, `outputs`, `kernel_args` at line 1 column 38"
+            "the definition is not valid YAML for an image: options: unknown field `colour`, expected one of `name`, `layer_type`, `parent`, `pkg_manager`, `publish_tags`, `publish_registry`, `registry_opts_push`, `registry_opts_pull`, `publish_s3`, `s3_prefix`, `s3_bucket`, `publish_local`, `publish_kiln`, `outputs`, `kernel_args`, `secure_boot` at line 1 column 38"
         ],
     );
     check_error(
