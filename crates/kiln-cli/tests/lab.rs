@@ -86,6 +86,28 @@ fn a_uefi_machine_loads_ipxe_by_tftp_boots_linux_and_calls_back() {
 }
 
 #[test]
+fn a_uefi_machine_boots_by_http_boot_with_no_tftp_server() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(mut lab) = Lab::create_or_skip() else { return };
+    let data = lab.start_server_without_tftp(Path::new(KILN), "").unwrap();
+    let (kernel, _) = kiln_lab::host_kernel().unwrap();
+    std::fs::copy(kernel, data.join("boot-files/vmlinuz")).unwrap();
+    kiln_lab::build_callback_initrd(&data.join("boot-files/initrd.img")).unwrap();
+    let kiln = Path::new(KILN);
+    lab.kiln(kiln, &["boot", "params", "set", "-f", "yaml", "-d", &boot_params("macs: ['52:54:00:be:ef:07']")]).unwrap();
+    let machine = lab.boot_machine("52:54:00:be:ef:07", Firmware::UefiHttpBoot).unwrap();
+    let console = match machine.wait_for_console("KILN-LAB-PHONED-HOME", BOOT_TIMEOUT) {
+        Ok(console) => console,
+        Err(error) => panic!("{error:#}\nserver log:\n{}", lab.server_log()),
+    };
+    assert!(console.contains("Start HTTP Boot over IPv4"), "the firmware's own HTTP boot:\n{console}");
+    let log = lab.server_log();
+    assert!(!log.contains("TFTP server listening"), "no TFTP server ran:\n{log}");
+    let fetched = log.lines().any(|line| line.contains("boot file sent") && line.contains("/boot/ipxe/snponly.efi") && line.contains("method=GET"));
+    assert!(fetched, "the firmware fetched iPXE by HTTP:\n{log}");
+}
+
+#[test]
 fn an_unknown_machine_is_enrolled_and_boots_the_default_parameters() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some(mut lab) = Lab::create_or_skip() else { return };

@@ -158,6 +158,9 @@ pub enum Firmware {
     Bios,
     /// OVMF, whose own PXE client loads iPXE by TFTP.
     Uefi,
+    /// OVMF with its PXE boot options turned off (its fw_cfg knobs), so that it boots by
+    /// UEFI HTTP boot, as a machine on a network without TFTP does.
+    UefiHttpBoot,
     /// OVMF enforcing Secure Boot with Microsoft's keys enrolled (Debian's
     /// `OVMF_CODE_4M.secboot.fd` with `OVMF_VARS_4M.ms.fd`), on a q35 machine with SMM, which
     /// that firmware requires: it runs only what Microsoft's UEFI CA signed, such as shim.
@@ -232,6 +235,15 @@ impl Lab {
     /// Starts `kiln serve` inside the namespace with DHCP on the bridge and TFTP from
     /// Debian's iPXE directory. `extra_config` is appended to the TOML configuration.
     pub fn start_server(&mut self, kiln: &Path, extra_config: &str) -> anyhow::Result<PathBuf> {
+        self.start_server_with(kiln, extra_config, true)
+    }
+
+    /// [`Lab::start_server`] with no TFTP server at all: machines boot by UEFI HTTP boot.
+    pub fn start_server_without_tftp(&mut self, kiln: &Path, extra_config: &str) -> anyhow::Result<PathBuf> {
+        self.start_server_with(kiln, extra_config, false)
+    }
+
+    fn start_server_with(&mut self, kiln: &Path, extra_config: &str, tftp: bool) -> anyhow::Result<PathBuf> {
         let data_dir = self.directory.path().join("data");
         std::fs::create_dir_all(data_dir.join("boot-files"))?;
         let config = self.directory.path().join("kiln.toml");
@@ -242,10 +254,11 @@ impl Lab {
              [boot]\nlisten = \"{SERVER_ADDRESS}:{BOOT_PORT}\"\n\n\
              [dhcp]\ninterface = \"{BRIDGE}\"\nserver_address = \"{SERVER_ADDRESS}\"\nsubnet = \"{SUBNET}\"\n\
              router = \"{SERVER_ADDRESS}\"\npool = \"10.77.0.100-10.77.0.150\"\nlease_seconds = 600\n{extra_config}\n\n\
-             [tftp]\nlisten = \"{SERVER_ADDRESS}:69\"\nroot = \"/usr/lib/ipxe\"\n\n\
+             {tftp}\
              [netdisk]\nlisten = \"{SERVER_ADDRESS}:{NETDISK_PORT}\"\n",
             url = self.server_url(),
             data = data_dir.display(),
+            tftp = if tftp { format!("[tftp]\nlisten = \"{SERVER_ADDRESS}:69\"\nroot = \"/usr/lib/ipxe\"\n\n") } else { String::new() },
         )?;
         let log = std::fs::File::create(self.directory.path().join("server.log"))?;
         let child = self
@@ -423,6 +436,15 @@ impl Lab {
                 let vars = self.directory.path().join(format!("vars-{}.fd", mac.replace(':', "")));
                 std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("copying OVMF variables (apt-get install ovmf)")?;
                 // No option ROM: OVMF's own PXE client, which loads iPXE by TFTP.
+                command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
+                command.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
+                command.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            }
+            Firmware::UefiHttpBoot => {
+                let vars = self.directory.path().join(format!("vars-{}.fd", mac.replace(':', "")));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("copying OVMF variables (apt-get install ovmf)")?;
+                command.args(["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n"]);
+                command.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]);
                 command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
                 command.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
                 command.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
