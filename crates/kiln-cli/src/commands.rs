@@ -24,7 +24,8 @@ struct ClientConfigFile {
     token_file: Option<std::path::PathBuf>,
 }
 
-/// Flags and `KILN_URL`/`KILN_TOKEN` first, then the client config file.
+/// Flags and `KILN_URL`/`KILN_TOKEN` first, then the client config file; `KILN_CA` names a CA
+/// certificate to trust.
 pub(crate) fn client(url: Option<String>, token: Option<String>) -> anyhow::Result<Client> {
     let path = dirs::config_dir().map(|dir| dir.join("kiln").join("config.toml"));
     let file = match &path {
@@ -42,7 +43,16 @@ pub(crate) fn client(url: Option<String>, token: Option<String>) -> anyhow::Resu
         }
         (None, None, None) => None,
     };
-    Ok(Client::new(&url, token.filter(|t| !t.is_empty())))
+    let token = token.filter(|t| !t.is_empty());
+    // A server with a certificate from Kiln's own CA: the CA's certificate to trust.
+    match std::env::var_os("KILN_CA").filter(|path| !path.is_empty()) {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            let pem = std::fs::read(&path).with_context(|| format!("reading KILN_CA ({})", path.display()))?;
+            Client::with_ca(&url, token, &pem).with_context(|| format!("trusting KILN_CA ({})", path.display()))
+        }
+        None => Ok(Client::new(&url, token)),
+    }
 }
 
 impl Tabular for Node {

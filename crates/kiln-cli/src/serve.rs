@@ -44,13 +44,19 @@ pub(crate) async fn serve(flags: &ServerFlags) -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    // Clients trust a certificate from Kiln's own CA through this file.
+    let own_ca = config.tls.as_ref().filter(|tls| tls.cert_file.is_none()).map(|tls| tls.ca_cert_file.clone());
     let handle = kiln_server::start(config).await.context("starting the server")?;
     // Plain, on its own line: scripts and tests that asked for port 0 read the port here.
     // The boot listener's line first: a reader that waits for "listening on" has both.
     if let Some(address) = handle.boot_addr() {
         eprintln!("kiln: boot listener on http://{address}");
     }
-    eprintln!("kiln: listening on http://{}", handle.local_addr());
+    eprintln!("kiln: listening on {scheme}://{}", handle.local_addr());
+    if let Some(ca) = own_ca {
+        eprintln!("The API's certificate is from Kiln's CA; clients trust it with:\n  export KILN_CA={}", ca.display());
+    }
     if let Some(path) = handle.admin_token_file() {
         eprintln!("The administrator's API token is in {}:\n  export KILN_TOKEN=$(cat {})", path.display(), path.display());
     }

@@ -565,11 +565,39 @@ fn a_built_debian_image_boots_live_and_from_its_disk_in_the_lab() {
     // UEFI: the same image, booted by OVMF straight from the disk (no network, writes
     // discarded), reaches its init through SYSLINUX's BOOTX64.EFI.
     let started = Instant::now();
-    let text = boot_disk_with_ovmf(&work, &image);
+    let text = boot_disk_with_ovmf(&work, &image, false);
     assert!(text.contains("KILN-DEBIAN-BOOTED Debian GNU/Linux 12 (bookworm) on /dev/"), "UEFI boot from the disk image:\n{text}");
     eprintln!("UEFI boot of the disk image to its init: {:.0} s", started.elapsed().as_secs_f64());
 
+    the_image_boots_under_secure_boot(&lab, kiln, &work, &child, &cache_arg);
     the_image_boots_in_network_mode(&mut lab, kiln, &data, &image);
+}
+
+/// Secure Boot: the same layer (from the cache) made into a disk with shim and signed GRUB on
+/// its ESP, booted by OVMF enforcing Secure Boot with Microsoft's keys.
+fn the_image_boots_under_secure_boot(lab: &kiln_lab::Lab, kiln: &Path, work: &Path, child: &str, cache_arg: &str) {
+    if !std::path::Path::new("/usr/lib/shim/shimx64.efi.signed").exists() {
+        eprintln!("skipped the Secure Boot disk: shim-signed is not installed");
+        return;
+    }
+    let secure = child
+        .replace("name: debian-disk", "name: debian-disk-secure")
+        .replace("publish_local: true", "publish_local: true\n  secure_boot: true");
+    std::fs::write(work.join("child-secure.yaml"), &secure).unwrap();
+    let started = Instant::now();
+    let built = json(
+        &lab.kiln(
+            kiln,
+            &["image", "build", "-c", work.join("child-secure.yaml").to_str().unwrap(), "--cache", cache_arg, "--offline", "-F", "json"],
+        )
+        .unwrap(),
+    );
+    assert_eq!(built["reused"], true, "the layer is the cached one: {built}");
+    let secure_image = std::path::PathBuf::from(built["disk"].as_str().unwrap());
+    let text = boot_disk_with_ovmf(work, &secure_image, true);
+    assert!(text.contains("Secure boot enabled"), "the kernel runs under Secure Boot:\n{text}");
+    assert!(text.contains("KILN-DEBIAN-BOOTED Debian GNU/Linux 12 (bookworm) on /dev/"), "Secure Boot from the disk image:\n{text}");
+    eprintln!("Secure Boot disk image made and booted to its init: {:.0} s", started.elapsed().as_secs_f64());
 }
 
 /// Network mode: two machines with no disk, BIOS and UEFI, deploy the same version at once;
@@ -631,7 +659,10 @@ fn the_image_boots_in_network_mode(lab: &mut kiln_lab::Lab, kiln: &Path, data: &
 
 /// Boots `image` in a QEMU machine with OVMF and no network until its init reports; returns
 /// the serial console. The machine is killed when done, or when the test fails.
-fn boot_disk_with_ovmf(work: &Path, image: &Path) -> String {
+/// Boots `image` in OVMF with no network and writes discarded, until the Debian init says it
+/// booted; with `secure_boot`, OVMF enforcing Secure Boot with Microsoft's keys enrolled (on
+/// q35 with SMM, as that firmware needs).
+fn boot_disk_with_ovmf(work: &Path, image: &Path, secure_boot: bool) -> String {
     struct Machine(std::process::Child);
     impl Drop for Machine {
         fn drop(&mut self) {
@@ -639,15 +670,35 @@ fn boot_disk_with_ovmf(work: &Path, image: &Path) -> String {
             let _ = self.0.wait();
         }
     }
+    let (code, vars_template, machine_type) = match secure_boot {
+        true => ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd", "q35,smm=on"),
+        false => ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd", "q35"),
+    };
     let vars = work.join("uefi-vars.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-    let console = work.join("uefi-console.log");
+    std::fs::copy(format!("/usr/share/OVMF/{vars_template}"), &vars).unwrap();
+    let console = work.join(if secure_boot { "uefi-secure-console.log" } else { "uefi-console.log" });
     let machine = Machine(
         std::process::Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none", "-nic", "none", "-snapshot"])
-            .args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"])
+            .args([
+                "-machine",
+                machine_type,
+                "-accel",
+                "tcg",
+                "-m",
+                "512",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-nic",
+                "none",
+                "-snapshot",
+            ])
+            .args(if secure_boot { &["-global", "driver=cfi.pflash01,property=secure,value=on"][..] } else { &[] })
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/{code}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
             .arg("-drive")
             .arg(format!("if=virtio,format=raw,file={}", image.display()))
             .arg("-serial")

@@ -103,7 +103,8 @@ fn a_uefi_machine_boots_by_http_boot_with_no_tftp_server() {
     assert!(console.contains("Start HTTP Boot over IPv4"), "the firmware's own HTTP boot:\n{console}");
     let log = lab.server_log();
     assert!(!log.contains("TFTP server listening"), "no TFTP server ran:\n{log}");
-    let fetched = log.lines().any(|line| line.contains("boot file sent") && line.contains("/boot/ipxe/snponly.efi") && line.contains("method=GET"));
+    let fetched =
+        log.lines().any(|line| line.contains("boot file sent") && line.contains("/boot/ipxe/snponly.efi") && line.contains("method=GET"));
     assert!(fetched, "the firmware fetched iPXE by HTTP:\n{log}");
 }
 

@@ -65,6 +65,7 @@ const NOT_RUN_HERE: &[(&str, &str)] = &[
         "Ironic's commands: `baremetal` and openstacksdk",
         "needs OpenStack's clients (PyPI): tests/ironic.rs runs these commands with python-ironicclient and openstacksdk",
     ),
+    ("TLS", "a site's host name: tests/tls.rs runs `kiln` with KILN_CA and curl --cacert against a server with Kiln's CA, and SIGHUP"),
     (
         "Web console",
         "tests/web_console.rs and tests/web_browser.rs set passwords this way and sign in with them, over HTTP and in Chromium",

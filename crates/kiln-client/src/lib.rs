@@ -14,6 +14,8 @@ pub enum ClientError {
     Api { status: StatusCode, code: String, message: String },
     #[error("unexpected response from {url}: {message}")]
     Decode { url: String, message: String },
+    #[error("the CA certificate to trust is not PEM certificates")]
+    CaCertificate(#[source] reqwest::Error),
 }
 
 impl ClientError {
@@ -40,6 +42,17 @@ impl Client {
             .build()
             .expect("building an HTTP client with default settings");
         Client { http, base_url: base_url.trim_end_matches('/').to_owned(), token }
+    }
+
+    /// A client that also trusts the CA certificates in `ca_pem` (Kiln's own CA: the CLI's
+    /// `KILN_CA`), besides the usual roots.
+    pub fn with_ca(base_url: &str, token: Option<String>, ca_pem: &[u8]) -> Result<Client, ClientError> {
+        let mut builder = reqwest::Client::builder().user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
+        for certificate in reqwest::Certificate::from_pem_bundle(ca_pem).map_err(ClientError::CaCertificate)? {
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http = builder.build().map_err(ClientError::CaCertificate)?;
+        Ok(Client { http, base_url: base_url.trim_end_matches('/').to_owned(), token })
     }
 
     pub fn base_url(&self) -> &str {
@@ -169,7 +182,7 @@ impl Client {
                     let resumable = match &error {
                         ClientError::Unreachable { .. } => true,
                         ClientError::Api { status, .. } => *status == StatusCode::CONFLICT,
-                        ClientError::Decode { .. } => false,
+                        ClientError::Decode { .. } | ClientError::CaCertificate(_) => false,
                     };
                     if failures > UPLOAD_RETRIES || !resumable {
                         return Err(error);

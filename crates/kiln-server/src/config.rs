@@ -53,6 +53,24 @@ pub struct ServerConfigLayer {
     pub web: Option<WebLayer>,
     /// Network disks (deploy mode `network`); absent means none.
     pub netdisk: Option<NetdiskLayer>,
+    /// TLS on the API listener; absent means plain HTTP.
+    pub tls: Option<TlsLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsLayer {
+    /// The server's certificate chain, PEM [default: issued at start by Kiln's CA]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (with cert_file)
+    pub key_file: Option<PathBuf>,
+    /// Kiln's CA certificate; give the same CA files to every replica [default: <data_dir>/tls/ca.crt, made on first start]
+    pub ca_cert_file: Option<PathBuf>,
+    /// Kiln's CA key, kept 0600 [default: <data_dir>/tls/ca.key]
+    pub ca_key_file: Option<PathBuf>,
+    /// Names and addresses of the issued certificate, besides the listen address and the public URL's host
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +303,7 @@ impl ServerConfigLayer {
             ironic: over.ironic.or(self.ironic),
             web: over.web.or(self.web),
             netdisk: over.netdisk.or(self.netdisk),
+            tls: over.tls.or(self.tls),
             images: match (self.images, over.images) {
                 (Some(base), Some(over)) => Some(base.overlaid_with(over)),
                 (base, over) => over.or(base),
@@ -469,6 +488,8 @@ pub struct ServerConfig {
     pub web_session_lifetime_seconds: u64,
     /// `None` when network disks are off.
     pub netdisk: Option<NetdiskSettings>,
+    /// `None`: the API listener speaks plain HTTP.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// `[netdisk]`, validated.
@@ -738,6 +759,30 @@ fn boot_config(boot_layer: BootLayer, data_dir: &Path) -> Result<BootConfig, Con
     })
 }
 
+/// `[tls]`: a certificate and key together or neither (Kiln's CA issues one), and a public
+/// URL that says `https://`, since that is what the listener speaks.
+fn tls_config(layer: TlsLayer, data_dir: &Path, public_url: &str) -> Result<crate::tls::TlsSettings, ConfigError> {
+    if layer.cert_file.is_some() != layer.key_file.is_some() {
+        return Err(ConfigError::Invalid {
+            setting: "tls.cert_file",
+            message: "tls.cert_file and tls.key_file go together: give both, or neither for a certificate from Kiln's CA".to_owned(),
+        });
+    }
+    if !public_url.starts_with("https://") {
+        return Err(ConfigError::Invalid {
+            setting: "public_url",
+            message: format!("'{public_url}' is not an https:// URL, but with [tls] the API listener speaks only HTTPS"),
+        });
+    }
+    Ok(crate::tls::TlsSettings {
+        cert_file: layer.cert_file,
+        key_file: layer.key_file,
+        ca_cert_file: layer.ca_cert_file.unwrap_or_else(|| data_dir.join("tls/ca.crt")),
+        ca_key_file: layer.ca_key_file.unwrap_or_else(|| data_dir.join("tls/ca.key")),
+        names: layer.names,
+    })
+}
+
 /// `[tftp]`: where it listens, its root (the iPXE directory unless given), its per-client cap.
 fn tftp_config(tftp: TftpLayer, ipxe_dir: &Path) -> Result<TftpSettings, ConfigError> {
     let text = tftp.listen.unwrap_or_else(|| "0.0.0.0:69".to_owned());
@@ -775,7 +820,8 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             .unwrap_or_else(|| {
                 let host = if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
                 let host = if listen.is_ipv6() && host != "127.0.0.1" { format!("[{host}]") } else { host };
-                format!("http://{host}:{}", listen.port())
+                let scheme = if layer.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{host}:{}", listen.port())
             })
             .trim_end_matches('/')
             .to_owned();
@@ -787,6 +833,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
                 message: format!("'{public_url}' is not an http:// or https:// URL"),
             });
         }
+        let tls = layer.tls.map(|tls| tls_config(tls, &data_dir, &public_url)).transpose()?;
         let secret_key_file = layer.secret_key_file.unwrap_or_else(|| data_dir.join("secret.key"));
         let max_body_bytes = layer.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes < 1024 {
@@ -848,6 +895,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             ironic_noauth: layer.ironic.and_then(|ironic| ironic.noauth).unwrap_or(false),
             web_session_lifetime_seconds,
             netdisk,
+            tls,
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod console;
 mod netdisk;
 pub mod power_sync;
+pub mod tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub enum StartError {
     Tftp(#[source] kiln_tftp::server::TftpError),
     #[error("preparing network disks")]
     NetworkDisks(#[source] kiln_netdisk::NetdiskError),
+    #[error("preparing TLS on the API listener")]
+    Tls(#[source] tls::TlsError),
     #[error("listening on {address}")]
     Listen {
         address: SocketAddr,
@@ -196,9 +199,16 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     };
     // Port 0 (tests): the URL is known only once bound.
     let api_url = match config.listen.port() == 0 && config.public_url.ends_with(":0") {
-        true => format!("http://{local_addr}"),
+        true => format!("{}://{local_addr}", if config.tls.is_some() { "https" } else { "http" }),
         false => config.public_url.clone(),
     };
+    let certificates = match &config.tls {
+        Some(settings) => {
+            Some(tls::Certificates::load(settings.clone(), certificate_names(&api_url, local_addr)).map_err(StartError::Tls)?)
+        }
+        None => None,
+    };
+    let reload_on_hangup = certificates.clone().map(reload_certificates_on_hangup);
     let boot_url = match (&config.boot.public_url, &boot_listener) {
         (Some(url), _) => url.clone(),
         (None, Some(listener)) => {
@@ -232,12 +242,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         let stopped = async move {
             let _ = shutdown_requested.wait_for(|stopping| *stopping != Stopping::No).await;
         };
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let api = async {
-            if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-                tracing::error!(%error, "the API server failed");
-            }
-        };
+        let api = serve_api(listener, certificates, app, stopped);
         // Every listener and the reconciler drain at once, each from the same signal.
         let mut stop_signal = stop_signal;
         let others = async move {
@@ -264,6 +269,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         }
         follower.abort();
         consoles.abort();
+        if let Some(reload) = reload_on_hangup {
+            reload.abort();
+        }
         if let Some(power_sync) = power_sync {
             power_sync.abort();
         }
@@ -273,6 +281,63 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     });
     tracing::info!(address = %local_addr, public_url = %config.public_url, database = %kiln_db::redact_url(&config.database_url), "kiln is serving");
     Ok(ServerHandle { local_addr, boot_addr, network_disk_addr, admin_token_file, shutdown, task: Some(task) })
+}
+
+/// The API listener, plain or under TLS, until `stopped`; then it drains.
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    certificates: Option<Arc<tls::Certificates>>,
+    app: axum::Router,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match certificates {
+        Some(certificates) => match tls::listen(listener, certificates) {
+            // `tap_io` only for the connection's address, which axum gives handlers for a
+            // tapped listener.
+            Ok(listener) => axum::serve(axum::serve::ListenerExt::tap_io(listener, |_| {}), app).with_graceful_shutdown(stopped).await,
+            Err(error) => Err(error),
+        },
+        None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+    };
+    if let Err(error) = served {
+        tracing::error!(%error, "the API server failed");
+    }
+}
+
+/// What a certificate from Kiln's CA is for, besides `[tls] names`: the API URL's host, the
+/// listen address when it is one, and this machine by loopback (the CLI beside the server).
+fn certificate_names(api_url: &str, local_addr: SocketAddr) -> Vec<String> {
+    let authority = api_url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    let mut names = vec![host.to_owned(), "localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !local_addr.ip().is_unspecified() {
+        names.push(local_addr.ip().to_string());
+    }
+    names.retain(|name| !name.is_empty());
+    names
+}
+
+/// SIGHUP loads the API listener's certificate again (a renewed file, or a new one from
+/// Kiln's CA); connections already open keep the one they shook hands with.
+fn reload_certificates_on_hangup(certificates: Arc<tls::Certificates>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be caught: the certificate is reloaded only by a restart");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match certificates.reload() {
+                Ok(()) => tracing::info!("SIGHUP: the API listener's certificate was reloaded"),
+                Err(error) => {
+                    tracing::warn!(error = %kiln_types::error_chain(&error), "SIGHUP: the certificate could not be reloaded; the current one stays")
+                }
+            }
+        }
+    })
 }
 
 /// The boot listener, when machines have one of their own.
