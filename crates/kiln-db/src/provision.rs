@@ -272,6 +272,23 @@ impl Store {
         Ok(claimed)
     }
 
+    /// `node_id`'s work as it stands now, if `owner` still holds its lease. A claim read
+    /// while another task of the same replica was still working on the node is stale once
+    /// that task is done: its step would run again (a clone made twice, a booting machine
+    /// reset) before `apply_transition` refused to record it.
+    pub async fn held_provisioning(&self, owner: &str, node_id: &str) -> Result<Option<ProvisionWork>, StoreError> {
+        // In one transaction, so the record and the node are read from one state.
+        let mut transaction = self.write().await?;
+        let connection = transaction.connection();
+        let Some(record) = record_of(connection, node_id).await? else { return Ok(None) };
+        if record.lease_owner.as_deref() != Some(owner) {
+            return Ok(None);
+        }
+        let Some(snapshot) = load_nodes(connection, "id = $1", &[node_id.to_owned()], "").await?.pop() else { return Ok(None) };
+        transaction.commit().await?;
+        Ok(Some(ProvisionWork { node: snapshot.node, record, taken_over_from: None }))
+    }
+
     /// Applies one reconciler step, if `owner` still holds the node's lease (a replica that
     /// lost it, say after a long pause, must not overwrite its successor's work) and the node
     /// is still where `seen` says the step was planned from (state, step and command), so

@@ -686,6 +686,15 @@ async fn provisioning_leases_give_each_node_to_one_replica(store: Store, other: 
     assert!(store.apply_transition(owner, held_by_a, &transition).await.unwrap().is_some());
     assert!(store.apply_transition(owner, held_by_a, &transition).await.unwrap().is_none(), "a step planned twice is applied once");
     assert_eq!(store.get_node(&held_by_a.node.name, &ProjectScope::All).await.unwrap().provision_state.as_str(), "manageable");
+    // A claim read before that step was applied is stale: re-read, the lease it took is gone
+    // (the step released it), so the step is not planned again from the old state.
+    assert!(store.held_provisioning(owner, &held_by_a.node.id).await.unwrap().is_none(), "the released lease is not held");
+    let still_held = first.iter().chain(&second).find(|work| work.node.id != held_by_a.node.id).unwrap();
+    let its_owner = still_held.record.lease_owner.as_deref().expect("a claim records its owner");
+    let current = store.held_provisioning(its_owner, &still_held.node.id).await.unwrap().expect("a live lease is held");
+    assert_eq!((current.node.provision_state, current.record.command_id), (still_held.node.provision_state, still_held.record.command_id));
+    let not_its_owner = if its_owner == "a" { "b" } else { "a" };
+    assert!(store.held_provisioning(not_its_owner, &still_held.node.id).await.unwrap().is_none(), "another replica's lease is not held");
 
     // Leases that lapse (their replica died) go to whoever claims next, who is told.
     let mut names = Vec::new();

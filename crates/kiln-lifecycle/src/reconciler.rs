@@ -154,7 +154,9 @@ impl Reconciler {
                             let reconciler = self.clone();
                             steps.spawn(async move {
                                 let node_id = work.node.id.clone();
-                                reconciler.reconcile(work).await;
+                                if let Some(work) = reconciler.still_held(work).await {
+                                    reconciler.reconcile(work).await;
+                                }
                                 reconciler.in_flight.lock().expect("not poisoned").remove(&node_id);
                                 drop(permit);
                             });
@@ -172,6 +174,25 @@ impl Reconciler {
         }
         tracing::info!(owner = %self.owner, in_flight = steps.len(), "reconciler stopping; finishing the steps in flight");
         while steps.join_next().await.is_some() {}
+    }
+
+    /// The claimed work as it stands now that no other task of this replica is on the node,
+    /// or `None` when the lease went meanwhile. The claim may have been read while a task
+    /// that has since finished was still working on the node: planning from that read would
+    /// carry out its step a second time (a clone made again under a booted node, a reset
+    /// of a booting one) before the store refused to record it.
+    async fn still_held(&self, claimed: ProvisionWork) -> Option<ProvisionWork> {
+        match self.store.held_provisioning(&self.owner, &claimed.node.id).await {
+            Ok(Some(current)) => Some(ProvisionWork { taken_over_from: claimed.taken_over_from, ..current }),
+            Ok(None) => {
+                tracing::debug!(node = %claimed.node.name, "claim dropped: the lease went while another step finished");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(node = %claimed.node.name, %error, "re-reading a claimed node failed; retried when the lease expires");
+                None
+            }
+        }
     }
 
     /// Works on one claimed node until it waits for something outside this replica.
