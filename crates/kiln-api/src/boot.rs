@@ -155,10 +155,10 @@ pub(crate) async fn boot_plan(
             }
         }
     }
-    if let Some(node) = node.as_deref()
-        && let Some(plan) = provisioning_plan(state, node, mac, source).await?
+    if let Some(known) = node.as_deref()
+        && let Some(plan) = provisioning_plan(state, known, mac, source).await?
     {
-        return Ok((plan, Some(Arc::new(node.clone()))));
+        return Ok((plan, node));
     }
     let order = lookup_order(mac, node.as_deref());
     // Enrolment adds a node, not boot parameters: the view taken above still has them all.
@@ -218,7 +218,10 @@ async fn provisioning_plan(
     let Some((kernel, initrd)) = ramdisk_urls(state, node).await else { return Ok(Some(BootPlan::AskAgain)) };
     let ramdisk = kiln_boot::RamdiskUrls { kernel: &kernel, initrd: &initrd };
     tracing::info!(node = %node.name, %mac, state = %node.provision_state, "deploy ramdisk boot script served");
-    Ok(Some(BootPlan::deploy_agent(&context, ramdisk, &node.id, &token, &state.boot.api_url)))
+    // The agent speaks no HTTPS: behind an HTTPS API listener it sends everything to the
+    // boot listener, which takes no disk capture (its bodies are small).
+    let agent_api = if state.boot.api_url.starts_with("https://") { &state.boot.public_url } else { &state.boot.api_url };
+    Ok(Some(BootPlan::deploy_agent(&context, ramdisk, &node.id, &token, agent_api)))
 }
 
 /// The deploy ramdisk image `node` boots its agent from: its own, where it was enrolled

@@ -73,14 +73,14 @@ fn kernel_commands(config: &mut String, boot: &KernelBoot, context: &ScriptConte
         return;
     };
     let Some(kernel_path) = tftp_path(kernel, context) else {
-        say(config, &format!("Kiln: GRUB fetches files by TFTP from this server only, not {kernel}"));
+        say(config, &format!("Kiln: GRUB fetches files by TFTP only (paths on this server or tftp://), not {kernel}"));
         return;
     };
     let initrd_path = match &boot.initrd {
         Some(initrd) => match tftp_path(initrd, context) {
             Some(path) => Some(path),
             None => {
-                say(config, &format!("Kiln: GRUB fetches files by TFTP from this server only, not {initrd}"));
+                say(config, &format!("Kiln: GRUB fetches files by TFTP only (paths on this server or tftp://), not {initrd}"));
                 return;
             }
         },

@@ -12,7 +12,8 @@ use support::{KILN, ServerProcess, token};
 
 fn config_file(directory: &Path, tls: &str) -> std::path::PathBuf {
     let path = directory.join("kiln.toml");
-    std::fs::write(&path, format!("[tls]\n{tls}\n")).unwrap();
+    // Machines boot from a plain-HTTP listener of their own: [tls] asks for one.
+    std::fs::write(&path, format!("[boot]\nlisten = \"127.0.0.1:0\"\n\n[tls]\n{tls}\n")).unwrap();
     path
 }
 
@@ -174,4 +175,59 @@ fn sslyze_finds_tls_1_2_and_1_3_only_with_strong_suites(url: &str) {
     }
     assert!(!accepted("tls_1_3_cipher_suites").is_empty(), "TLS 1.3 is spoken");
     eprintln!("sslyze: TLS 1.2 suites {tls_1_2:?}; nothing below TLS 1.2");
+}
+
+/// A site's CA, made by openssl, given to two servers as replicas are: each issues its own
+/// certificate from it, and a client holding only the site's CA trusts both. A CA with its
+/// key missing stops the server with a message naming both files.
+#[test]
+fn a_site_ca_given_to_two_replicas_issues_certificates_clients_of_either_trust() {
+    let directory = tempfile::tempdir().unwrap();
+    let (ca_cert, ca_key) = (directory.path().join("site-ca.crt"), directory.path().join("site-ca.key"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=Site CA"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout"])
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca_cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tls = format!("ca_cert_file = '{}'\nca_key_file = '{}'", ca_cert.display(), ca_key.display());
+    let config = config_file(directory.path(), &tls);
+    let ca_as_given = std::fs::read(&ca_cert).unwrap();
+    for name in ["one", "two"] {
+        let data = directory.path().join(name);
+        let replica = ServerProcess::start(&data, &["--config", config.to_str().unwrap()]);
+        let (ok, answer) = curl(&["--cacert", ca_cert.to_str().unwrap(), &format!("{}/healthz", replica.url)]);
+        assert!(ok, "{name} is trusted through the site's CA: {answer}");
+        let listed = cli(&replica, &token(&data), Some(&ca_cert), &["node", "list"]);
+        assert!(listed.status.success(), "{name}: {}", String::from_utf8_lossy(&listed.stderr));
+        assert!(!data.join("tls/ca.key").exists(), "{name} made no CA of its own");
+    }
+    assert_eq!(std::fs::read(&ca_cert).unwrap(), ca_as_given, "the site's CA is left as given");
+
+    // Half a CA: the certificate without its key.
+    std::fs::remove_file(&ca_key).unwrap();
+    let mut server = Command::new(KILN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap(), "--data-dir"])
+        .arg(directory.path().join("three"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = server.kill();
+            panic!("the server started with half a CA");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let output = server.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("half there") && stderr.contains("site-ca.key"), "{stderr}");
 }

@@ -761,7 +761,16 @@ fn boot_config(boot_layer: BootLayer, data_dir: &Path) -> Result<BootConfig, Con
 
 /// `[tls]`: a certificate and key together or neither (Kiln's CA issues one), and a public
 /// URL that says `https://`, since that is what the listener speaks.
-fn tls_config(layer: TlsLayer, data_dir: &Path, public_url: &str) -> Result<crate::tls::TlsSettings, ConfigError> {
+fn tls_config(layer: TlsLayer, data_dir: &Path, public_url: &str, boot: &BootConfig) -> Result<crate::tls::TlsSettings, ConfigError> {
+    // Machines are pointed at the API listener when there is no boot listener; iPXE, GRUB
+    // and the deploy agent speak no HTTPS.
+    if boot.listen.is_none() {
+        return Err(ConfigError::Invalid {
+            setting: "tls",
+            message: "needs boot.listen: booting machines (iPXE, GRUB, the deploy agent) speak plain HTTP, to a listener of their own"
+                .to_owned(),
+        });
+    }
     if layer.cert_file.is_some() != layer.key_file.is_some() {
         return Err(ConfigError::Invalid {
             setting: "tls.cert_file",
@@ -833,7 +842,6 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
                 message: format!("'{public_url}' is not an http:// or https:// URL"),
             });
         }
-        let tls = layer.tls.map(|tls| tls_config(tls, &data_dir, &public_url)).transpose()?;
         let secret_key_file = layer.secret_key_file.unwrap_or_else(|| data_dir.join("secret.key"));
         let max_body_bytes = layer.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes < 1024 {
@@ -852,6 +860,7 @@ impl TryFrom<ServerConfigLayer> for ServerConfig {
             return Err(ConfigError::Invalid { setting: "body_total_seconds", message: "must be at least 1".to_owned() });
         }
         let boot = boot_config(layer.boot.unwrap_or_default(), &data_dir)?;
+        let tls = layer.tls.map(|tls| tls_config(tls, &data_dir, &public_url, &boot)).transpose()?;
         let dhcp = layer.dhcp.map(|dhcp| dhcp_config(dhcp, &public_url, &boot, &data_dir)).transpose()?;
         let tftp = layer.tftp.map(|tftp| tftp_config(tftp, &boot.ipxe_dir)).transpose()?;
         let netdisk = layer.netdisk.map(|netdisk| netdisk_config(netdisk, &data_dir)).transpose()?;

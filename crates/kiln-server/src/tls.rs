@@ -47,8 +47,20 @@ pub enum TlsError {
     },
     #[error("{path} holds no PEM certificate")]
     NoCertificate { path: PathBuf },
+    #[error("{path} holds a PEM block that is not a certificate")]
+    BadCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("{path} holds no PEM private key")]
-    NoKey { path: PathBuf },
+    NoKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("Kiln's CA is half there: {present} exists and {missing} does not (restore it, or remove both to make a new CA)")]
+    HalfCa { present: PathBuf, missing: PathBuf },
     #[error("the certificate and key do not make a TLS configuration")]
     Rustls {
         #[source]
@@ -110,7 +122,9 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(&read(path)?).filter_map(Result::ok).collect();
+    let chain = CertificateDer::pem_slice_iter(&read(path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::BadCertificate { path: path.to_owned(), source })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate { path: path.to_owned() });
     }
@@ -118,12 +132,11 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|_| TlsError::NoKey { path: path.to_owned() })
+    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|source| TlsError::NoKey { path: path.to_owned(), source })
 }
 
-/// The CA's subject: the same every time, so a certificate issued after a restart (by the
-/// CA rebuilt from its key) chains to the CA certificate clients were given.
-fn ca_params() -> rcgen::CertificateParams {
+/// A new CA's certificate: Kiln's, for a hundred years, issuing only server certificates.
+fn new_ca_params() -> rcgen::CertificateParams {
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name.push(rcgen::DnType::CommonName, "Kiln CA");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
@@ -133,21 +146,38 @@ fn ca_params() -> rcgen::CertificateParams {
     params
 }
 
-/// A server certificate from Kiln's CA, made (key 0600) when its files do not exist.
+/// The CA that issues the server's certificate: read from its files (Kiln's own from an
+/// earlier start, or a site's given to every replica), or made now when neither exists, the
+/// key 0600. Returns what to sign with and the CA certificate as clients hold it.
+fn certificate_authority(settings: &TlsSettings) -> Result<(rcgen::Certificate, rcgen::KeyPair, CertificateDer<'static>), TlsError> {
+    let failed = |source| TlsError::Issue { ca_cert: settings.ca_cert_file.clone(), source };
+    let (cert_file, key_file) = (&settings.ca_cert_file, &settings.ca_key_file);
+    match (cert_file.exists(), key_file.exists()) {
+        (true, true) => {
+            let key = rcgen::KeyPair::from_pem(&String::from_utf8_lossy(&read(key_file)?)).map_err(failed)?;
+            let held = read_chain(cert_file)?.swap_remove(0);
+            // Signing needs the CA as rcgen's certificate: its subject and key are the ones
+            // clients hold, which is all a certificate it issues is checked against.
+            let ca = rcgen::CertificateParams::from_ca_cert_der(&held).map_err(failed)?.self_signed(&key).map_err(failed)?;
+            Ok((ca, key, held))
+        }
+        (false, false) => {
+            let key = rcgen::KeyPair::generate().map_err(failed)?;
+            let ca = new_ca_params().self_signed(&key).map_err(failed)?;
+            write_new_files(&[(key_file, key.serialize_pem().as_bytes(), 0o600), (cert_file, ca.pem().as_bytes(), 0o644)])?;
+            tracing::info!(ca = %cert_file.display(), "made Kiln's CA: give its certificate to clients (KILN_CA)");
+            let held = ca.der().clone();
+            Ok((ca, key, held))
+        }
+        (true, false) => Err(TlsError::HalfCa { present: cert_file.clone(), missing: key_file.clone() }),
+        (false, true) => Err(TlsError::HalfCa { present: key_file.clone(), missing: cert_file.clone() }),
+    }
+}
+
+/// A server certificate from the CA, for `own_names` and `[tls] names`.
 fn issue(settings: &TlsSettings, own_names: &[String]) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let failed = |source| TlsError::Issue { ca_cert: settings.ca_cert_file.clone(), source };
-    let ca_key = if settings.ca_key_file.exists() {
-        let pem = String::from_utf8_lossy(&read(&settings.ca_key_file)?).into_owned();
-        rcgen::KeyPair::from_pem(&pem).map_err(failed)?
-    } else {
-        let key = rcgen::KeyPair::generate().map_err(failed)?;
-        let ca = ca_params().self_signed(&key).map_err(failed)?;
-        write_file(&settings.ca_key_file, key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&settings.ca_cert_file, ca.pem().as_bytes(), 0o644)?;
-        tracing::info!(ca = %settings.ca_cert_file.display(), "made Kiln's CA: give its certificate to clients (KILN_CA)");
-        key
-    };
-    let ca = ca_params().self_signed(&ca_key).map_err(failed)?;
+    let (ca, ca_key, held) = certificate_authority(settings)?;
     let mut names: Vec<String> = own_names.iter().chain(&settings.names).cloned().collect();
     names.sort();
     names.dedup();
@@ -159,8 +189,26 @@ fn issue(settings: &TlsSettings, own_names: &[String]) -> Result<(Vec<Certificat
     params.not_after = (now + Duration::from_secs(397 * 86_400)).into();
     let key = rcgen::KeyPair::generate().map_err(failed)?;
     let certificate = params.signed_by(&key, &ca, &ca_key).map_err(failed)?;
-    let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|_| TlsError::NoKey { path: settings.ca_key_file.clone() })?;
-    Ok((vec![certificate.der().clone(), ca.der().clone()], key))
+    let key = PrivateKeyDer::from(rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Ok((vec![certificate.der().clone(), held], key))
+}
+
+/// Writes each file under a temporary name, then renames them in order, so that none is
+/// ever seen half-written (called when none of them exists).
+fn write_new_files(files: &[(&PathBuf, &[u8], u32)]) -> Result<(), TlsError> {
+    for (path, bytes, mode) in files {
+        write_file(&partial_path(path), bytes, *mode)?;
+    }
+    for (path, _, _) in files {
+        std::fs::rename(partial_path(path), path).map_err(|source| TlsError::Write { path: (*path).clone(), source })?;
+    }
+    Ok(())
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".partial");
+    path.with_file_name(name)
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -168,6 +216,8 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     if let Some(directory) = path.parent() {
         std::fs::create_dir_all(directory).map_err(failed)?;
     }
+    // A partial file left by an earlier crash is written over.
+    let _ = std::fs::remove_file(path);
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(failed)?;
     io::Write::write_all(&mut file, bytes).map_err(failed)?;
     file.sync_all().map_err(failed)
@@ -177,6 +227,42 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes under way; more connections wait in the kernel's accept queue.
 const MAX_HANDSHAKES: usize = 256;
+/// Handshakes under way from one address: beyond, its new connections are closed, so that
+/// one client holding connections open without a handshake cannot take every slot.
+const MAX_HANDSHAKES_PER_CLIENT: usize = 16;
+
+/// Handshakes under way per client address; a [`ClientSlot`] gives its place back.
+#[derive(Default)]
+struct HandshakesPerClient(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+struct ClientSlot {
+    clients: Arc<HandshakesPerClient>,
+    address: std::net::IpAddr,
+}
+
+impl HandshakesPerClient {
+    fn claim(self: &Arc<Self>, address: std::net::IpAddr) -> Option<ClientSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot { clients: Arc::clone(self), address })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.clients.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
 
 /// The API listener under TLS, for `axum::serve`: handshakes run as tasks of their own, so
 /// that a slow client delays nobody else, and finished ones are handed to the server.
@@ -214,6 +300,7 @@ pub fn listen(listener: TcpListener, certificates: Arc<Certificates>) -> io::Res
     let local_addr = listener.local_addr()?;
     let (sender, ready) = tokio::sync::mpsc::channel(64);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let per_client = Arc::new(HandshakesPerClient::default());
     let acceptor = tokio::spawn(async move {
         loop {
             let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
@@ -225,14 +312,18 @@ pub fn listen(listener: TcpListener, certificates: Arc<Certificates>) -> io::Res
                     continue;
                 }
             };
+            let Some(slot) = per_client.claim(peer.ip()) else {
+                tracing::debug!(%peer, "too many TLS handshakes from one address; connection closed");
+                continue;
+            };
             let (sender, config) = (sender.clone(), certificates.current());
             tokio::spawn(async move {
-                let _permit = permit;
+                let _held = (permit, slot);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, config)).await {
                     Ok(Ok(Some(tls))) => {
                         let _ = sender.send((tls, peer)).await;
                     }
-                    Ok(Ok(None)) => tracing::info!(%peer, "plain HTTP on the TLS listener refused"),
+                    Ok(Ok(None)) => {}
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
@@ -257,9 +348,10 @@ fn plain_http_refusal() -> String {
 async fn handshake(stream: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Option<TlsStream<TcpStream>>> {
     let mut first = [0u8; 1];
     if stream.peek(&mut first).await? == 0 {
-        return Ok(None);
+        return Ok(None); // Closed before saying anything (a port probe).
     }
     if first[0] != 22 {
+        tracing::info!(peer = ?stream.peer_addr().ok(), "plain HTTP on the TLS listener refused");
         let mut stream = stream;
         stream.write_all(plain_http_refusal().as_bytes()).await?;
         stream.shutdown().await?;

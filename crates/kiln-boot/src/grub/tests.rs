@@ -147,7 +147,7 @@ fn a_file_grub_cannot_fetch_is_named_and_nothing_boots() {
     let elsewhere = BootPlan::live("http://mirror.example/vmlinuz", "http://10.77.0.1:8081/i", "quiet");
     expect_test::expect![[r#"
         echo 'Kiln: nid001 (52:54:00:be:ef:01) boots its image live'
-        echo 'Kiln: GRUB fetches files by TFTP from this server only, not http://mirror.example/vmlinuz'
+        echo 'Kiln: GRUB fetches files by TFTP only (paths on this server or tftp://), not http://mirror.example/vmlinuz'
     "#]]
     .assert_eq(&grub_config(&elsewhere, &context));
     // A URL that only starts like the server's is not the server's.

@@ -82,3 +82,24 @@ fn network_disks_are_checked_and_flagged_for_replicas() {
         assert!(error.to_string().contains(message), "{error}");
     }
 }
+
+#[test]
+fn tls_needs_an_https_public_url_a_boot_listener_and_a_whole_certificate() {
+    let layer = |public_url: &str, boot_listen: Option<&str>, tls: TlsLayer| ServerConfigLayer {
+        public_url: Some(public_url.to_owned()),
+        boot: Some(BootLayer { listen: boot_listen.map(str::to_owned), ..Default::default() }),
+        tls: Some(tls),
+        ..Default::default()
+    };
+    let error = |layer: ServerConfigLayer| ServerConfig::try_from(layer).unwrap_err().to_string();
+    let https = "https://kiln.example:8443";
+    assert!(
+        error(layer(https, None, TlsLayer::default())).starts_with("tls: needs boot.listen"),
+        "machines need a plain-HTTP listener of their own"
+    );
+    let half = TlsLayer { cert_file: Some("/etc/kiln/tls.crt".into()), ..Default::default() };
+    assert!(error(layer(https, Some("10.0.0.1:8081"), half)).starts_with("tls.cert_file:"));
+    assert!(error(layer("http://kiln.example:8443", Some("10.0.0.1:8081"), TlsLayer::default())).contains("https://"));
+    let config = ServerConfig::try_from(layer(https, Some("10.0.0.1:8081"), TlsLayer::default())).unwrap();
+    assert!(config.tls.is_some());
+}
