@@ -488,7 +488,7 @@ fn image_sources_by_url_follow_ironic_s_cache_rule_and_checksums() {
         site.baremetal(&args.iter().map(String::as_str).collect::<Vec<_>>());
         site.baremetal(&["node", "deploy", node]);
     };
-    for node in ["url1", "url2", "url3", "url4", "url5", "url6"] {
+    for node in ["url1", "url2", "url3", "url4", "url5", "url6", "url7"] {
         site.available_node(node, None);
     }
 
@@ -526,6 +526,15 @@ fn image_sources_by_url_follow_ironic_s_cache_rule_and_checksums() {
     let error = failed["last_error"].as_str().unwrap();
     assert!(error.contains("checksum") && error.contains(&wrong) && error.contains(&qcow2_url), "{error}");
     assert!(!error.contains(&md5), "the digest the server computed is not told: {error}");
+
+    // A small qcow2 that claims a 4 TiB disk is refused before anything converts it (every
+    // byte of the raw disk would be read and compressed).
+    let huge = images.root.join("with/huge.qcow2");
+    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&huge).arg("4T").status().unwrap().success());
+    deploy("url7", &[format!("image_source={}", images.url("with/huge.qcow2")), format!("image_checksum={}", md5_of(&huge))]);
+    let failed = site.wait_for_state(&site.admin, "url7", &["deploy failed"]);
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(error.contains("4398046511104-byte disk") && error.contains("serve a raw image"), "{error}");
 
     // No Last-Modified: fetched every time, even unchanged; sha256 by Ironic's os_hash fields.
     let bare_url = images.url("bare/disk.raw");

@@ -235,8 +235,14 @@ async fn fetch_artifact(
         if inspection.compression.is_some() {
             return Ok(Prepared::Failed(format!("{url} is a compressed qcow2: serve it uncompressed, or as a raw image")));
         }
+        let limit = kiln_image_store::convert::MAX_VIRTUAL_BYTES;
+        if let Some(virtual_size) = inspection.virtual_size.filter(|size| *size > limit) {
+            return Ok(Prepared::Failed(format!(
+                "{url} is a qcow2 of a {virtual_size}-byte disk, over the {limit} bytes Kiln converts to raw: serve a raw image"
+            )));
+        }
         match convert(state, &spool_path, &unique).await? {
-            Ok((path, converted, converted_head)) => (path.clone(), converted, converted_head, Some(SpoolGuard(path))),
+            Ok((guard, converted, converted_head)) => (guard.0.clone(), converted, converted_head, Some(guard)),
             Err(reason) => return Ok(Prepared::Failed(format!("{url}: {reason}"))),
         }
     } else {
@@ -348,31 +354,37 @@ pub(super) async fn prepare_deploy_ramdisk(
     Ok(Prepared::Ready(()))
 }
 
-/// Converts the spooled qcow2 into a compressed raw image in a second spool file: the path,
-/// digests and head of that, or why it could not be converted.
-async fn convert(
-    state: &ApiState,
-    qcow2: &std::path::Path,
-    unique: &str,
-) -> IronicResult<Result<(std::path::PathBuf, Digests, Vec<u8>), String>> {
+/// Converts the spooled qcow2 into a compressed raw image in a second spool file: that
+/// file (removed when its guard drops), its digests and head, or why it could not be
+/// converted. If the request goes away first (its client hung up), the conversion is told
+/// to stop and its files are removed by the blocking task itself.
+async fn convert(state: &ApiState, qcow2: &std::path::Path, unique: &str) -> IronicResult<Result<(SpoolGuard, Digests, Vec<u8>), String>> {
+    use kiln_image_store::convert::ConvertError;
+    /// Tells the conversion to stop when the request's future is dropped before it ends.
+    struct CancelOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let spool_dir = state.images.blobs.spool_dir();
     let output_path = SpoolFile::path_in(spool_dir, &format!("ironic-raw-{unique}"));
     let scratch = SpoolFile::path_in(spool_dir, &format!("ironic-scratch-{unique}"));
-    let (qcow2, create_path) = (qcow2.to_owned(), output_path.clone());
+    let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(std::sync::Arc::clone(&cancelled));
+    let qcow2 = qcow2.to_owned();
+    // The guard travels with the result: dropped unread (the request gone), it removes the file.
     let converted = tokio::task::spawn_blocking(move || {
-        let output = SpoolFile::create(&create_path, None).map_err(|source| kiln_image_store::convert::ConvertError::Spool { source })?;
-        kiln_image_store::convert::qcow2_to_raw_zstd(&qcow2, &scratch, output)
+        let guard = SpoolGuard(output_path.clone());
+        let output = SpoolFile::create(&output_path, None).map_err(|source| ConvertError::Spool { source })?;
+        kiln_image_store::convert::qcow2_to_raw_zstd(&qcow2, &scratch, output, &cancelled).map(|(digests, head)| (guard, digests, head))
     })
     .await
     .expect("no panic");
     match converted {
-        Ok((digests, head)) => Ok(Ok((output_path, digests, head))),
-        Err(kiln_image_store::convert::ConvertError::Spool { source }) => {
-            let _ = tokio::fs::remove_file(&output_path).await;
-            Err(spool_error("converting the image to raw", &source).into())
-        }
+        Ok(converted) => Ok(Ok(converted)),
+        Err(ConvertError::Spool { source }) => Err(spool_error("converting the image to raw", &source).into()),
         Err(error) => {
-            let _ = tokio::fs::remove_file(&output_path).await;
             tracing::warn!(error = %kiln_image_store::error_chain(&error), "converting an image from qcow2 failed");
             Ok(Err(format!("converting it from qcow2 to raw failed: {error}")))
         }
