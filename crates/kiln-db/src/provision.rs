@@ -293,7 +293,9 @@ impl Store {
     /// lost it, say after a long pause, must not overwrite its successor's work) and the node
     /// is still where `seen` says the step was planned from (state, step and command), so
     /// that a step planned twice is applied once. Returns whether it was applied, with the
-    /// agent token minted by the step, if any.
+    /// agent token minted by the step, if any. A request the step did not take up (an abort
+    /// that came during a `powering` step) makes the node due at once, not at the step's
+    /// deadline.
     pub async fn apply_transition(
         &self,
         owner: &str,
@@ -331,7 +333,8 @@ impl Store {
         let state_changed = before.node.provision_state != transition.state;
         let sql = "UPDATE node_provisioning SET intent = CASE WHEN $2 = 1 THEN NULL ELSE intent END, target = $3, operation = $4, step = $5, \
              command_id = command_id + $6, deadline = $7, last_error = $9, \
-             due_at = CASE WHEN $10 = 0 AND (agent_result IS NOT NULL OR callback_at IS NOT NULL) THEN $14 ELSE $8 END, \
+             due_at = CASE WHEN $10 = 0 AND (agent_result IS NOT NULL OR callback_at IS NOT NULL) THEN $14 \
+                           WHEN $2 = 0 AND intent IS NOT NULL THEN $14 ELSE $8 END, \
              agent_result = CASE WHEN $10 = 1 THEN NULL ELSE agent_result END, \
              callback_at = CASE WHEN $10 = 1 THEN NULL ELSE callback_at END, \
              state_entered_at = CASE WHEN $11 = 1 THEN $14 ELSE state_entered_at END, \

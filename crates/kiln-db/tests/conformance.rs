@@ -695,6 +695,15 @@ async fn provisioning_leases_give_each_node_to_one_replica(store: Store, other: 
     assert_eq!((current.node.provision_state, current.record.command_id), (still_held.node.provision_state, still_held.record.command_id));
     let not_its_owner = if its_owner == "a" { "b" } else { "a" };
     assert!(store.held_provisioning(not_its_owner, &still_held.node.id).await.unwrap().is_none(), "another replica's lease is not held");
+    // A step that leaves a request pending (an abort during a powering step) makes the node
+    // due at once, not at the deadline the step set.
+    let before_step = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let far = before_step + 365 * 86_400_000;
+    let leaves_the_request =
+        Transition { state: still_held.node.provision_state, consume_intent: false, due_at: Some(far), ..transition.clone() };
+    assert!(store.apply_transition(its_owner, &current, &leaves_the_request).await.unwrap().is_some());
+    let record = store.provision_record(&still_held.node.id).await.unwrap().unwrap();
+    assert!(record.intent.is_some() && record.due_at.is_some_and(|due| due >= before_step && due < far), "{record:?}");
 
     // Leases that lapse (their replica died) go to whoever claims next, who is told.
     let mut names = Vec::new();

@@ -118,6 +118,9 @@ pub fn failed(node: &Node, record: &ProvisionRecord, reason: impl Into<String>) 
     Transition {
         token: TokenChange::Clear,
         last_error: Some(reason.clone()),
+        // An abort that came while the operation failed by itself has nothing left to stop;
+        // kept, it would be dropped later with an error that hides this one.
+        consume_intent: record.intent == Some(Intent::Abort),
         consume_result: true,
         ..to(node, record, failure_state(node.provision_state), None, reason)
     }

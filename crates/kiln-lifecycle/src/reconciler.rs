@@ -216,8 +216,8 @@ impl Reconciler {
                 if action.required() {
                     // A request the step was taking up is taken up by its failure too: it is
                     // not retried by itself (a failing snapshot or clone removal would loop).
-                    let consume_intent = transition.consume_intent;
-                    transition = Transition { consume_intent, ..failed(node, record, format!("{}: {error}", action_name(action))) };
+                    let failure = failed(node, record, format!("{}: {error}", action_name(action)));
+                    transition = Transition { consume_intent: transition.consume_intent || failure.consume_intent, ..failure };
                     // A node whose snapshot failed boots its disk again, as after a failed capture.
                     if action == Action::SnapshotNetworkDisk
                         && let Err(error) = self.carry_out(node, Action::BootFromNetwork).await

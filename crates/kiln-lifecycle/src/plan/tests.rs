@@ -408,3 +408,20 @@ fn an_abort_ends_a_waiting_operation_in_its_failure_state() {
           [] -> active error: 'abort' request dropped: the node is active now
     "#]]);
 }
+
+#[test]
+fn an_abort_pending_when_the_operation_fails_by_itself_is_taken_up_by_the_failure() {
+    let mut sim = Sim::new(ProvisionState::Available);
+    // The replica powering the node died with an abort pending: the failure ends the deploy
+    // and takes the abort up, so no later "request dropped" hides the reason.
+    sim.request(deploy(DeployMode::Disk, false)).step();
+    sim.request(Intent::Abort).step_with(Some("replica-a"));
+    sim.step();
+    sim.check(expect![[r#"
+        request deploy
+          [] -> deploying/powering +token
+        request abort
+          [] -> deploy-failed -token error: interrupted: the server replica replica-a stopped while powering the node for deploying
+          idle
+    "#]]);
+}
