@@ -3,7 +3,10 @@
 //! `kiln.mac=`, the MAC it booted with), exchanges that boot token once for the operation's
 //! session token (the one never seen in a boot script), heartbeats, carries out what the server answers (inspect, deploy, clean)
 //! while reporting progress, reports the result, then reboots or powers off as the command
-//! said.
+//! said. When the API listener speaks HTTPS (`kiln.api=https://…`), the session, heartbeats,
+//! results and captures go there over TLS, trusting only the certificate whose SHA-256 the
+//! boot script names (`kiln.api_ca=`); images still come from the boot listener, checked
+//! against the digest in the command.
 //!
 //! The same binary simulates nodes for scale tests: `--server`, `--node`, `--token` on the
 //! command line (`--api` for the API listener, if it is not the server's address, `--mac`
@@ -31,9 +34,15 @@ use crate::io::ProgressCounter;
 use crate::work::Disks;
 
 struct Options {
+    /// The boot listener: boot scripts and image downloads (plain HTTP, checked against the
+    /// digest each command carries).
     server: Server,
     /// The API listener, for uploads too large for the boot listener (captures).
     api: Server,
+    /// Where the session exchange, heartbeats and results go: the API listener when it
+    /// speaks HTTPS (so the session token and the commands never cross the network in the
+    /// clear), else the boot listener.
+    control: Server,
     node: String,
     /// The MAC the node booted with, to ask for a fresh boot script (and token) with.
     mac: Option<String>,
@@ -50,13 +59,14 @@ fn kernel_argument<'a>(command_line: &'a str, name: &str) -> Option<&'a str> {
 fn options() -> anyhow::Result<Options> {
     let mut args = std::env::args().skip(1);
     let (mut server, mut node, mut token, mut disk_file, mut no_power) = (None, None, None, None, false);
-    let (mut api, mut mac) = (None, None);
+    let (mut api, mut api_ca, mut mac) = (None, None, None);
     let mut heartbeat = Duration::from_secs(5);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--server" => server = Some(value()?),
             "--api" => api = Some(value()?),
+            "--api-ca" => api_ca = Some(value()?),
             "--node" => node = Some(value()?),
             "--mac" => mac = Some(value()?),
             "--token" => token = Some(value()?),
@@ -65,7 +75,7 @@ fn options() -> anyhow::Result<Options> {
             "--no-power" => no_power = true,
             "--help" | "-h" => {
                 println!(
-                    "kiln-agent [--server URL [--api URL] --node ID --token TOKEN [--mac MAC]] [--disk-file PATH] [--no-power] [--heartbeat-seconds N]"
+                    "kiln-agent [--server URL [--api URL [--api-ca SHA256]] --node ID --token TOKEN [--mac MAC]] [--disk-file PATH] [--no-power] [--heartbeat-seconds N]"
                 );
                 std::process::exit(0);
             }
@@ -78,9 +88,44 @@ fn options() -> anyhow::Result<Options> {
     let node = node.or_else(|| from_kernel("kiln.node")).context("no node id: kiln.node= on the kernel command line")?;
     let token = token.or_else(|| from_kernel("kiln.token")).context("no token: kiln.token= on the kernel command line")?;
     let api = api.or_else(|| from_kernel("kiln.api")).unwrap_or_else(|| server.clone());
+    let api_ca = api_ca.or_else(|| from_kernel("kiln.api_ca"));
     let mac = mac.or_else(|| from_kernel("kiln.mac"));
     let disks = disk_file.map_or(Disks::Machine, Disks::File);
-    Ok(Options { server: Server::parse(&server, &token)?, api: Server::parse(&api, &token)?, node, mac, disks, no_power, heartbeat })
+    let server = Server::parse(&server, &token)?;
+    let (api, control) = match api.starts_with("https://") {
+        true => {
+            let digest = api_ca.context("kiln.api is https:// but no kiln.api_ca= names the certificate to trust there")?;
+            let api = Server::parse_https(&api, &token, trust_anchor(&server, &digest)?)?;
+            (api.clone(), api)
+        }
+        false => (Server::parse(&api, &token)?, server.clone()),
+    };
+    Ok(Options { server, api, control, node, mac, disks, no_power, heartbeat })
+}
+
+/// The HTTPS API's certificate, from the boot listener, waiting for it as for the server.
+fn trust_anchor(server: &Server, digest: &str) -> anyhow::Result<rustls::pki_types::CertificateDer<'static>> {
+    const ATTEMPTS: u32 = 20;
+    for attempt in 1.. {
+        match server.fetch_trust_anchor(digest) {
+            Ok(certificate) => return Ok(certificate),
+            Err(error) if attempt < ATTEMPTS => {
+                eprintln!("kiln-agent: fetching the API's certificate failed ({error:#}); retrying");
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Err(error) => return Err(error.context("fetching the API's certificate")),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+impl Options {
+    /// The operation's token, for every server the agent talks to.
+    fn set_token(&mut self, token: &str) {
+        for server in [&mut self.server, &mut self.api, &mut self.control] {
+            server.token = token.to_owned();
+        }
+    }
 }
 
 fn main() {
@@ -99,7 +144,13 @@ fn main() {
             std::process::exit(2);
         }
     };
-    eprintln!("kiln-agent {}: node {} server {}", env!("CARGO_PKG_VERSION"), options.node, options.server.host_port);
+    eprintln!(
+        "kiln-agent {}: node {} boot server {} control {}",
+        env!("CARGO_PKG_VERSION"),
+        options.node,
+        options.server.url(),
+        options.control.url()
+    );
     let outcome = exchange_boot_token(&mut options).and_then(|()| run(&options));
     let then = match &outcome {
         Ok(then) => *then,
@@ -121,10 +172,9 @@ fn exchange_boot_token(options: &mut Options) -> anyhow::Result<()> {
     let path = format!("/agent/v1/nodes/{}/session", options.node);
     let (mut failures, mut fresh_token_asked) = (0u32, false);
     loop {
-        match options.server.post_json::<_, kiln_types::provision::AgentSession>(&path, &serde_json::json!({})) {
+        match options.control.post_json::<_, kiln_types::provision::AgentSession>(&path, &serde_json::json!({})) {
             Ok(Some(session)) => {
-                options.api.token.clone_from(&session.token);
-                options.server.token = session.token;
+                options.set_token(&session.token);
                 return Ok(());
             }
             Ok(None) => bail!("the server answered the token exchange with nothing"),
@@ -132,8 +182,7 @@ fn exchange_boot_token(options: &mut Options) -> anyhow::Result<()> {
                 fresh_token_asked = true;
                 eprintln!("kiln-agent: the boot token was refused ({error:#}); asking for a fresh boot script");
                 let token = fresh_boot_token(options).context("the server refused the boot token, and gave no fresh one")?;
-                options.api.token.clone_from(&token);
-                options.server.token = token;
+                options.set_token(&token);
             }
             Err(error) if is_refused(&error) => {
                 bail!("the server refused the boot token: it was used already, or the operation is over ({error:#})")
@@ -168,7 +217,7 @@ fn run(options: &Options) -> anyhow::Result<Then> {
     let heartbeat_path = format!("/agent/v1/nodes/{}/heartbeat", options.node);
     let mut failures = 0u32;
     loop {
-        let answer: anyhow::Result<Option<AgentCommand>> = options.server.post_json(&heartbeat_path, &Heartbeat::default());
+        let answer: anyhow::Result<Option<AgentCommand>> = options.control.post_json(&heartbeat_path, &Heartbeat::default());
         let command = match answer {
             Ok(Some(command)) => {
                 failures = 0;
@@ -274,7 +323,7 @@ fn carry_out(options: &Options, command: AgentCommand, heartbeat_path: &str) -> 
         last = (Instant::now(), done);
         let progress = Progress { phase: phase.to_owned(), bytes_done: done, bytes_total: total, rate: Some(rate) };
         let heartbeat = Heartbeat { running: Some(id), progress: Some(progress) };
-        if let Err(error) = options.server.post_json::<_, AgentCommand>(heartbeat_path, &heartbeat) {
+        if let Err(error) = options.control.post_json::<_, AgentCommand>(heartbeat_path, &heartbeat) {
             eprintln!("kiln-agent: progress heartbeat failed ({error:#})");
         }
     };
@@ -287,7 +336,7 @@ fn carry_out(options: &Options, command: AgentCommand, heartbeat_path: &str) -> 
 fn report(options: &Options, result: &AgentResult) -> anyhow::Result<()> {
     let path = format!("/agent/v1/nodes/{}/result", options.node);
     for attempt in 1..=60u64 {
-        match options.server.post_json::<_, serde_json::Value>(&path, result) {
+        match options.control.post_json::<_, serde_json::Value>(&path, result) {
             Ok(_) => return Ok(()),
             Err(error) if error.downcast_ref::<HttpStatus>().is_some() => return Err(error.context("reporting the result")),
             Err(error) => {

@@ -43,6 +43,46 @@ pub struct BootSettings {
     pub api_url: String,
     /// HOST:PORT of the network-disk gateway, when the server has one.
     pub network_disk_address: Option<String>,
+    /// When the API listener speaks HTTPS: the certificate the deploy agent trusts there.
+    pub api_trust_anchor: Option<ApiTrustAnchor>,
+}
+
+/// Where the certificate an HTTPS API listener's chain ends in comes from (Kiln's CA, or
+/// the last certificate of a site's chain), as it stands after reloads.
+pub trait TrustAnchorSource: Send + Sync {
+    /// The certificate, DER.
+    fn trust_anchor_der(&self) -> Vec<u8>;
+}
+
+/// The deploy agent's trust in the HTTPS API listener: the boot script names the anchor's
+/// SHA-256 (`kiln.api_ca=`), and the agent fetches the certificate from the boot listener
+/// (`/boot/v1/api-ca`) and checks it against that digest before it trusts it.
+#[derive(Clone)]
+pub struct ApiTrustAnchor(pub Arc<dyn TrustAnchorSource>);
+
+impl std::fmt::Debug for ApiTrustAnchor {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ApiTrustAnchor")
+    }
+}
+
+impl ApiTrustAnchor {
+    fn sha256_hex(&self) -> String {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(self.0.trust_anchor_der()))
+    }
+}
+
+/// The certificate the deploy agent trusts the HTTPS API listener through (DER). Public and
+/// unauthenticated, like a CA certificate anywhere: the agent checks it against the digest
+/// its boot script carries.
+#[utoipa::path(get, path = "/boot/v1/api-ca", tag = "boot", security(()),
+    responses((status = 200, content_type = "application/pkix-cert", body = Vec<u8>), (status = 404, body = ErrorBody)))]
+pub async fn api_trust_anchor(State(state): State<ApiState>) -> ApiResult<impl IntoResponse> {
+    let Some(anchor) = &state.boot.api_trust_anchor else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, crate::error::ErrorCode::NotFound, "the API listener speaks plain HTTP"));
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/pkix-cert")], anchor.0.trust_anchor_der()))
 }
 
 fn invalid(error: kiln_boot::InvalidBootParams) -> ApiError {
@@ -218,10 +258,9 @@ async fn provisioning_plan(
     let Some((kernel, initrd)) = ramdisk_urls(state, node).await else { return Ok(Some(BootPlan::AskAgain)) };
     let ramdisk = kiln_boot::RamdiskUrls { kernel: &kernel, initrd: &initrd };
     tracing::info!(node = %node.name, %mac, state = %node.provision_state, "deploy ramdisk boot script served");
-    // The agent speaks no HTTPS: behind an HTTPS API listener it sends everything to the
-    // boot listener, which takes no disk capture (its bodies are small).
-    let agent_api = if state.boot.api_url.starts_with("https://") { &state.boot.public_url } else { &state.boot.api_url };
-    Ok(Some(BootPlan::deploy_agent(&context, ramdisk, &node.id, &token, agent_api)))
+    let digest = state.boot.api_trust_anchor.as_ref().map(ApiTrustAnchor::sha256_hex);
+    let api = kiln_boot::AgentApi { url: &state.boot.api_url, trust_anchor_sha256: digest.as_deref() };
+    Ok(Some(BootPlan::deploy_agent(&context, ramdisk, &node.id, &token, api)))
 }
 
 /// The deploy ramdisk image `node` boots its agent from: its own, where it was enrolled

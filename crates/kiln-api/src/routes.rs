@@ -114,6 +114,7 @@ pub fn api_table(mounts: FileMounts<'_>) -> RouteTable {
 pub fn node_table(mounts: FileMounts<'_>) -> RouteTable {
     RouteTable::new()
         .documented(routes!(boot::bootscript))
+        .documented(routes!(boot::api_trust_anchor))
         .documented(routes!(boot::phone_home, boot::phone_home_post))
         .documented(routes!(images::boot_artifact))
         .mount(BOOT_FILES_PREFIX, mounts.files_dir)

@@ -11,5 +11,5 @@ pub mod script;
 
 pub use grub::{GRUB_CONFIG_DIRECTORY, grub_config, grub_entry_config};
 pub use params::{BootParams, BootParamsInput, BootTarget, InvalidBootParams};
-pub use plan::{BootPlan, KernelBoot, KernelPurpose, RamdiskUrls, ScriptContext};
+pub use plan::{AgentApi, BootPlan, KernelBoot, KernelPurpose, RamdiskUrls, ScriptContext};
 pub use script::{chain_script, ipxe_script};

@@ -89,6 +89,15 @@ pub enum BootPlan {
     AskAgain,
 }
 
+/// Where the deploy agent reaches the API listener, and, when that speaks HTTPS, the SHA-256
+/// of the certificate it is to trust there: the agent fetches that certificate from the
+/// boot listener and checks it against this digest (`kiln.api_ca=`).
+#[derive(Debug, Clone, Copy)]
+pub struct AgentApi<'a> {
+    pub url: &'a str,
+    pub trust_anchor_sha256: Option<&'a str>,
+}
+
 /// Where the deploy ramdisk's kernel and initramfs are served.
 #[derive(Debug, Clone, Copy)]
 pub struct RamdiskUrls<'a> {
@@ -114,17 +123,22 @@ impl BootPlan {
         ramdisk: RamdiskUrls<'_>,
         node_id: &str,
         agent_token: &str,
-        api_url: &str,
+        api: AgentApi<'_>,
     ) -> BootPlan {
+        let mut command_line = format!(
+            "console=tty0 console=ttyS0,115200 quiet kiln.server={server} kiln.api={api_url} kiln.node={node_id} kiln.mac={mac} kiln.token={agent_token}",
+            server = context.server_url,
+            api_url = api.url,
+            mac = context.mac,
+        );
+        if let Some(digest) = api.trust_anchor_sha256 {
+            command_line.push_str(&format!(" kiln.api_ca={digest}"));
+        }
         BootPlan::Kernel(KernelBoot {
             purpose: KernelPurpose::DeployAgent,
             kernel: Some(ramdisk.kernel.to_owned()),
             initrd: Some(ramdisk.initrd.to_owned()),
-            command_line: format!(
-                "console=tty0 console=ttyS0,115200 quiet kiln.server={server} kiln.api={api_url} kiln.node={node_id} kiln.mac={mac} kiln.token={agent_token}",
-                server = context.server_url,
-                mac = context.mac,
-            ),
+            command_line,
         })
     }
 

@@ -83,7 +83,7 @@ pub fn chain_script(server_url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::RamdiskUrls;
+    use crate::plan::{AgentApi, RamdiskUrls};
     use crate::{BootParams, BootParamsInput};
     use kiln_types::node::Node;
 
@@ -160,7 +160,15 @@ mod tests {
             sleep 10
             chain --replace --autofree http://10.77.0.1:8081/boot/v1/bootscript?mac=52:54:00:be:ef:01 || goto retry
         "#]]
-        .assert_eq(&ipxe_script(&BootPlan::deploy_agent(&context, ramdisk, "3d3c", "kiln_secret", "http://10.77.0.1:8080"), &context));
+        .assert_eq(&ipxe_script(&BootPlan::deploy_agent(&context, ramdisk, "3d3c", "kiln_secret", AgentApi { url: "http://10.77.0.1:8080", trust_anchor_sha256: None }), &context));
+        // Behind an HTTPS API, the agent is told which certificate to trust there.
+        let https = AgentApi { url: "https://kiln.example:8443", trust_anchor_sha256: Some("9f86d081884c7d65") };
+        let KernelBoot { command_line, .. } = match BootPlan::deploy_agent(&context, ramdisk, "3d3c", "kiln_secret", https) {
+            BootPlan::Kernel(boot) => boot,
+            other => panic!("{other:?}"),
+        };
+        expect_test::expect!["console=tty0 console=ttyS0,115200 quiet kiln.server=http://10.77.0.1:8081 kiln.api=https://kiln.example:8443 kiln.node=3d3c kiln.mac=52:54:00:be:ef:01 kiln.token=kiln_secret kiln.api_ca=9f86d081884c7d65"]
+            .assert_eq(&command_line);
         expect_test::expect![[r#"
             #!ipxe
             echo Kiln: nid001 (52:54:00:be:ef:01) boots from its local disk

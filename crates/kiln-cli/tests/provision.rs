@@ -2,7 +2,7 @@
 //! is deployed through `kiln node deploy` (PXE to the deploy ramdisk built by `kiln build
 //! ramdisk`, kiln-agent writes and verifies the image, the machine boots its disk and the
 //! deployed system calls back), captured into a new image version, undeployed (the disk
-//! cleaned) and inspected.
+//! cleaned) and inspected, with the API listener on HTTPS (the agent's session over TLS).
 //!
 //! Needs what the lab needs plus SYSLINUX, mtools and dosfstools (`scripts/install-deps`),
 //! and a built `kiln-agent` (`cargo build --release -p kiln-agent`; `scripts/test` does it).
@@ -50,7 +50,10 @@ fn a_lab_machine_is_deployed_to_disk_captured_undeployed_and_inspected() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some(mut lab) = Lab::create_or_skip() else { return };
     let kiln = Path::new(KILN);
-    let data = lab.start_server(kiln, "").unwrap();
+    // The API listener speaks HTTPS: the CLI trusts Kiln's CA, and the agent talks to it over
+    // TLS (the certificate fetched from the boot listener and checked against the boot
+    // script's digest) while images still come by the boot listener's sendfile path.
+    let data = lab.start_server_with_tls(kiln, "").unwrap();
     let work = lab.directory.path().to_owned();
 
     // The image: a BIOS-bootable disk whose system calls the server back.
@@ -99,6 +102,7 @@ fn a_lab_machine_is_deployed_to_disk_captured_undeployed_and_inspected() {
     assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     assert!(console_text.contains("kiln-agent: command"), "the agent ran:\n{console_text}");
+    assert!(console_text.contains("control https://10.77.0.1:"), "the agent's session went over HTTPS:\n{console_text}");
     assert!(console_text.contains("KILN-LAB-PHONED-HOME"), "the deployed system called back:\n{console_text}");
     // The server read the same serial line through the machine's serial socket.
     let through_kiln = (0..40).any(|_| {

@@ -102,6 +102,8 @@ pub struct Lab {
     site: Option<(String, Child)>,
     machines: Vec<Machine>,
     taps: usize,
+    /// Whether the server's API listener speaks HTTPS (with Kiln's own CA).
+    tls: bool,
 }
 
 /// A QEMU machine in the lab; killed when dropped.
@@ -193,7 +195,7 @@ impl Lab {
 
     fn create_with(namespace: String, directory: LabDirectory, detached: bool) -> anyhow::Result<Lab> {
         run(Command::new("ip").args(["netns", "add", &namespace]))?;
-        let lab = Lab { namespace, directory, detached, kept: false, server: None, site: None, machines: Vec::new(), taps: 0 };
+        let lab = Lab { namespace, directory, detached, kept: false, server: None, site: None, machines: Vec::new(), taps: 0, tls: false };
         lab.ip(&["link", "set", "lo", "up"])?;
         lab.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         lab.ip(&["addr", "add", &format!("{SERVER_ADDRESS}/24"), "dev", BRIDGE])?;
@@ -224,7 +226,7 @@ impl Lab {
     }
 
     pub fn server_url(&self) -> String {
-        format!("http://{SERVER_ADDRESS}:{API_PORT}")
+        format!("{}://{SERVER_ADDRESS}:{API_PORT}", if self.tls { "https" } else { "http" })
     }
 
     /// Where machines boot from: the boot listener.
@@ -243,6 +245,13 @@ impl Lab {
         self.start_server_with(kiln, extra_config, false)
     }
 
+    /// [`Lab::start_server`] with the API listener on HTTPS (`[tls]`, a certificate from
+    /// Kiln's own CA); [`Lab::kiln`] trusts that CA.
+    pub fn start_server_with_tls(&mut self, kiln: &Path, extra_config: &str) -> anyhow::Result<PathBuf> {
+        self.tls = true;
+        self.start_server_with(kiln, extra_config, true)
+    }
+
     fn start_server_with(&mut self, kiln: &Path, extra_config: &str, tftp: bool) -> anyhow::Result<PathBuf> {
         let data_dir = self.directory.path().join("data");
         std::fs::create_dir_all(data_dir.join("boot-files"))?;
@@ -255,10 +264,12 @@ impl Lab {
              [dhcp]\ninterface = \"{BRIDGE}\"\nserver_address = \"{SERVER_ADDRESS}\"\nsubnet = \"{SUBNET}\"\n\
              router = \"{SERVER_ADDRESS}\"\npool = \"10.77.0.100-10.77.0.150\"\nlease_seconds = 600\n{extra_config}\n\n\
              {tftp}\
-             [netdisk]\nlisten = \"{SERVER_ADDRESS}:{NETDISK_PORT}\"\n",
+             [netdisk]\nlisten = \"{SERVER_ADDRESS}:{NETDISK_PORT}\"\n\n\
+             {tls}",
             url = self.server_url(),
             data = data_dir.display(),
             tftp = if tftp { format!("[tftp]\nlisten = \"{SERVER_ADDRESS}:69\"\nroot = \"/usr/lib/ipxe\"\n\n") } else { String::new() },
+            tls = if self.tls { "[tls]\n" } else { "" },
         )?;
         let log = std::fs::File::create(self.directory.path().join("server.log"))?;
         let child = self
@@ -309,7 +320,12 @@ impl Lab {
     /// Runs the `kiln` CLI inside the namespace with the lab's admin token.
     pub fn kiln(&self, kiln: &Path, args: &[&str]) -> anyhow::Result<String> {
         let token = std::fs::read_to_string(self.directory.path().join("data/admin-token"))?;
-        let output = self.command(kiln).args(args).env("KILN_URL", self.server_url()).env("KILN_TOKEN", token.trim()).output()?;
+        let mut command = self.command(kiln);
+        command.args(args).env("KILN_URL", self.server_url()).env("KILN_TOKEN", token.trim());
+        if self.tls {
+            command.env("KILN_CA", self.directory.path().join("data/tls/ca.crt"));
+        }
+        let output = command.output()?;
         if !output.status.success() {
             bail!("kiln {args:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
         }

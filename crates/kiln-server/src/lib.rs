@@ -139,7 +139,12 @@ impl Drop for ServerHandle {
 
 /// What the boot routes need: where machines and agents reach the server, the files, and
 /// auto-enrolment.
-fn boot_settings(config: &ServerConfig, boot_url: &str, api_url: &str) -> kiln_api::boot::BootSettings {
+fn boot_settings(
+    config: &ServerConfig,
+    boot_url: &str,
+    api_url: &str,
+    certificates: Option<&Arc<tls::Certificates>>,
+) -> kiln_api::boot::BootSettings {
     kiln_api::boot::BootSettings {
         public_url: boot_url.to_owned(),
         files_dir: config.boot.files_dir.clone(),
@@ -149,6 +154,8 @@ fn boot_settings(config: &ServerConfig, boot_url: &str, api_url: &str) -> kiln_a
         ramdisk_image: config.provisioning.ramdisk_image.clone(),
         api_url: api_url.to_owned(),
         network_disk_address: config.netdisk.as_ref().map(|netdisk| network_disk_address(netdisk, boot_url)),
+        api_trust_anchor: certificates
+            .map(|certificates| kiln_api::boot::ApiTrustAnchor(Arc::clone(certificates) as Arc<dyn kiln_api::boot::TrustAnchorSource>)),
     }
 }
 
@@ -218,7 +225,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         }
         (None, None) => api_url.clone(),
     };
-    let boot = boot_settings(&config, &boot_url, &api_url);
+    let boot = boot_settings(&config, &boot_url, &api_url, certificates.as_ref());
     let dhcp = start_dhcp(&config, &store, &inventory, &boot_url).await?;
     let images = image_settings(&config)?;
     let state = api_state(&config, &store, &inventory, boot, images, dhcp.as_ref());

@@ -79,32 +79,46 @@ pub struct Certificates {
     settings: TlsSettings,
     /// The listen address and the public URL's host: always in an issued certificate.
     own_names: Vec<String>,
-    current: RwLock<Arc<rustls::ServerConfig>>,
+    current: RwLock<Served>,
+}
+
+/// What the listener serves now: the TLS configuration, and the certificate its chain ends
+/// in (the one clients trust: Kiln's CA, or the last of a site's chain).
+struct Served {
+    config: Arc<rustls::ServerConfig>,
+    trust_anchor: CertificateDer<'static>,
 }
 
 impl Certificates {
     pub fn load(settings: TlsSettings, own_names: Vec<String>) -> Result<Arc<Certificates>, TlsError> {
-        let config = build(&settings, &own_names)?;
-        Ok(Arc::new(Certificates { settings, own_names, current: RwLock::new(config) }))
+        let served = build(&settings, &own_names)?;
+        Ok(Arc::new(Certificates { settings, own_names, current: RwLock::new(served) }))
     }
 
     /// Reads the files again (or issues again); on failure the current certificate stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = build(&self.settings, &self.own_names)?;
-        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+        let served = build(&self.settings, &self.own_names)?;
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = served;
         Ok(())
     }
 
     fn current(&self) -> Arc<rustls::ServerConfig> {
-        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).config.clone()
     }
 }
 
-fn build(settings: &TlsSettings, own_names: &[String]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+impl kiln_api::boot::TrustAnchorSource for Certificates {
+    fn trust_anchor_der(&self) -> Vec<u8> {
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).trust_anchor.to_vec()
+    }
+}
+
+fn build(settings: &TlsSettings, own_names: &[String]) -> Result<Served, TlsError> {
     let (chain, key) = match (&settings.cert_file, &settings.key_file) {
         (Some(cert_file), Some(key_file)) => (read_chain(cert_file)?, read_key(key_file)?),
         _ => issue(settings, own_names)?,
     };
+    let trust_anchor = chain.last().expect("a chain read or issued holds a certificate").clone();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // rustls speaks TLS 1.2 and 1.3 only, with forward-secret AEAD suites only.
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -114,7 +128,7 @@ fn build(settings: &TlsSettings, own_names: &[String]) -> Result<Arc<rustls::Ser
         .with_single_cert(chain, key)
         .map_err(|source| TlsError::Rustls { source })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Served { config: Arc::new(config), trust_anchor })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -1,7 +1,7 @@
 //! Snapshots of the GRUB configurations, and parameters that try to become GRUB commands.
 
 use super::*;
-use crate::plan::RamdiskUrls;
+use crate::plan::{AgentApi, RamdiskUrls};
 use crate::{BootParams, BootParamsInput};
 use kiln_types::node::Node;
 
@@ -105,7 +105,16 @@ fn deploy_agent_live_and_network_disk() {
         kernel: "http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/kernel",
         initrd: "http://10.77.0.1:8081/boot/images/kiln-deploy-ramdisk/1/initrd",
     };
-    let deploy = grub_config(&BootPlan::deploy_agent(&context, ramdisk, "3d3c", "kiln_secret", "http://10.77.0.1:8080"), &context);
+    let deploy = grub_config(
+        &BootPlan::deploy_agent(
+            &context,
+            ramdisk,
+            "3d3c",
+            "kiln_secret",
+            AgentApi { url: "http://10.77.0.1:8080", trust_anchor_sha256: None },
+        ),
+        &context,
+    );
     expect_test::expect![[r#"
         echo 'Kiln: nid001 (52:54:00:be:ef:01) boots the deploy agent'
         if linux '(tftp)/boot/images/kiln-deploy-ramdisk/1/kernel' 'console=tty0' 'console=ttyS0,115200' 'quiet' 'kiln.server=http://10.77.0.1:8081' 'kiln.api=http://10.77.0.1:8080' 'kiln.node=3d3c' 'kiln.mac=52:54:00:be:ef:01' 'kiln.token=kiln_secret'; then
