@@ -285,13 +285,20 @@ mod tests {
         assert!(Server::parse("http://10.77.0.1/boot", "t").is_err());
     }
 
-    /// Answers one request on `listener` with `body`, as an HTTP/1.1 server over `stream`.
+    /// Answers one request with `body`, as an HTTP/1.1 server over `stream`. The request's
+    /// own body is read first: a socket closed with bytes unread is reset, and the client
+    /// could then lose the answer.
     fn answer_one(mut stream: impl Read + Write, body: &[u8]) {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
             head.push(byte[0]);
         }
+        let length = String::from_utf8_lossy(&head)
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Length: ").and_then(|value| value.trim().parse::<u64>().ok()))
+            .unwrap_or(0);
+        let _ = std::io::copy(&mut (&mut stream).take(length), &mut std::io::sink());
         let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
         let _ = stream.write_all(body);
         let _ = stream.flush();
