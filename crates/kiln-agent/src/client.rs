@@ -110,7 +110,7 @@ impl Server {
         }
         let mut der = Vec::new();
         (&mut response).take(MAX_TRUST_ANCHOR_BYTES).read_to_end(&mut der).context("reading the API's certificate")?;
-        let fetched = sha2::Sha256::digest(&der).iter().map(|byte| format!("{byte:02x}")).collect::<String>();
+        let fetched = crate::io::hex(&sha2::Sha256::digest(&der));
         if !fetched.eq_ignore_ascii_case(digest) {
             bail!("the API's certificate from the boot listener has SHA-256 {fetched}, not the {digest} of kiln.api_ca=");
         }
@@ -308,7 +308,7 @@ mod tests {
     fn the_api_certificate_is_taken_only_with_the_digest_the_boot_script_named() {
         use sha2::Digest as _;
         let certificate = b"not really DER, but bytes with a digest".to_vec();
-        let digest = sha2::Sha256::digest(&certificate).iter().map(|byte| format!("{byte:02x}")).collect::<String>();
+        let digest = crate::io::hex(&sha2::Sha256::digest(&certificate));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let served = certificate.clone();

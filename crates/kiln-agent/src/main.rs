@@ -106,17 +106,18 @@ fn options() -> anyhow::Result<Options> {
 /// The HTTPS API's certificate, from the boot listener, waiting for it as for the server.
 fn trust_anchor(server: &Server, digest: &str) -> anyhow::Result<rustls::pki_types::CertificateDer<'static>> {
     const ATTEMPTS: u32 = 20;
-    for attempt in 1.. {
+    let mut attempt = 1;
+    loop {
         match server.fetch_trust_anchor(digest) {
             Ok(certificate) => return Ok(certificate),
             Err(error) if attempt < ATTEMPTS => {
                 eprintln!("kiln-agent: fetching the API's certificate failed ({error:#}); retrying");
                 std::thread::sleep(Duration::from_secs(3));
+                attempt += 1;
             }
             Err(error) => return Err(error.context("fetching the API's certificate")),
         }
     }
-    unreachable!("the loop returns")
 }
 
 impl Options {

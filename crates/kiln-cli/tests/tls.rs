@@ -73,17 +73,20 @@ fn kilns_own_ca_serves_the_cli_over_https_and_plain_http_is_refused() {
 
 /// A self-signed certificate for 127.0.0.1 named `name`, with its key, by openssl.
 fn self_signed(directory: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    openssl_self_signed(directory, name, &["subjectAltName=IP:127.0.0.1", "basicConstraints=critical,CA:FALSE"])
+}
+
+/// `directory/NAME.crt` and its key `NAME.key`: a self-signed P-256 certificate with subject
+/// `CN=NAME` and `extensions`, made by openssl.
+fn openssl_self_signed(directory: &Path, name: &str, extensions: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (directory.join(format!("{name}.crt")), directory.join(format!("{name}.key")));
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj"])
-        .arg(format!("/CN={name}"))
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let mut command = Command::new("openssl");
+    command.args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj"]);
+    command.arg(format!("/CN={name}"));
+    for extension in extensions {
+        command.args(["-addext", extension]);
+    }
+    let status = command.arg("-keyout").arg(&key).arg("-out").arg(&cert).stderr(std::process::Stdio::null()).status().unwrap();
     assert!(status.success());
     (cert, key)
 }
@@ -183,17 +186,8 @@ fn sslyze_finds_tls_1_2_and_1_3_only_with_strong_suites(url: &str) {
 #[test]
 fn a_site_ca_given_to_two_replicas_issues_certificates_clients_of_either_trust() {
     let directory = tempfile::tempdir().unwrap();
-    let (ca_cert, ca_key) = (directory.path().join("site-ca.crt"), directory.path().join("site-ca.key"));
-    let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=Site CA"])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout"])
-        .arg(&ca_key)
-        .arg("-out")
-        .arg(&ca_cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (ca_cert, ca_key) =
+        openssl_self_signed(directory.path(), "site-ca", &["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign"]);
     let tls = format!("ca_cert_file = '{}'\nca_key_file = '{}'", ca_cert.display(), ca_key.display());
     let config = config_file(directory.path(), &tls);
     let ca_as_given = std::fs::read(&ca_cert).unwrap();

@@ -762,13 +762,13 @@ fn boot_config(boot_layer: BootLayer, data_dir: &Path) -> Result<BootConfig, Con
 /// `[tls]`: a certificate and key together or neither (Kiln's CA issues one), and a public
 /// URL that says `https://`, since that is what the listener speaks.
 fn tls_config(layer: TlsLayer, data_dir: &Path, public_url: &str, boot: &BootConfig) -> Result<crate::tls::TlsSettings, ConfigError> {
-    // Machines are pointed at the API listener when there is no boot listener; iPXE, GRUB
-    // and the deploy agent speak no HTTPS.
+    // Machines are pointed at the API listener when there is no boot listener; iPXE and
+    // GRUB speak no HTTPS, and the deploy agent fetches its images and the API's certificate
+    // from the boot listener.
     if boot.listen.is_none() {
         return Err(ConfigError::Invalid {
             setting: "tls",
-            message: "needs boot.listen: booting machines (iPXE, GRUB, the deploy agent) speak plain HTTP, to a listener of their own"
-                .to_owned(),
+            message: "needs boot.listen: booting machines (iPXE, GRUB) speak plain HTTP, to a listener of their own".to_owned(),
         });
     }
     if layer.cert_file.is_some() != layer.key_file.is_some() {
