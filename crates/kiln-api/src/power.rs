@@ -1,11 +1,13 @@
-//! BMC operations on one node: power state and actions, the next boot device, system facts.
+//! BMC operations on one node: power state and actions, the next boot device, virtual media,
+//! system facts.
 //! The BMC is called during the request, bounded by the driver's timeouts; what was asked is
 //! recorded as an event (`node_bmc`), without credentials.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use kiln_bmc::{Bmc, BmcError, BmcTarget, BootDeviceRequest, PowerRequest, PowerState, PowerStatus, SystemFacts};
+use kiln_bmc::{Bmc, BmcError, BmcTarget, BootDevice, BootDeviceRequest, PowerRequest, PowerState, PowerStatus, SystemFacts};
+use kiln_types::bmc::{VirtualMediaRequest, VirtualMediaStatus};
 use kiln_types::node::Node;
 
 use crate::ApiState;
@@ -95,6 +97,89 @@ pub(crate) async fn set_boot_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The longest image URL taken: BMCs keep it in fixed fields, and a URL this long is a
+/// mistake.
+const MAX_IMAGE_URL_BYTES: usize = 2048;
+
+/// An image URL a BMC can fetch: absolute http(s), a host, no credentials (the BMC would
+/// show them to anyone who reads the drive's document).
+fn checked_image_url(text: &str) -> ApiResult<String> {
+    let invalid = |why: &str| ApiError::invalid(format!("image: '{text}' {why}"));
+    if text.len() > MAX_IMAGE_URL_BYTES {
+        return Err(ApiError::invalid(format!("image: the URL is {} bytes; at most {MAX_IMAGE_URL_BYTES}", text.len())));
+    }
+    let url = reqwest::Url::parse(text).map_err(|error| invalid(&format!("is not a URL ({error})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("is not an http:// or https:// URL, which is what BMCs fetch"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("names no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("holds credentials; BMCs show the image URL to anyone who reads the drive"));
+    }
+    Ok(url.to_string())
+}
+
+fn media_status(node: &Node, drive: kiln_bmc::VirtualDrive) -> VirtualMediaStatus {
+    VirtualMediaStatus {
+        node: node.name.clone(),
+        device: drive.device,
+        media_types: drive.media_types,
+        image: drive.image,
+        inserted: drive.inserted,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/nodes/{node}/virtual-media", tag = "bmc",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
+    responses((status = 200, body = VirtualMediaStatus), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub(crate) async fn get_virtual_media(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> ApiResult<Json<VirtualMediaStatus>> {
+    let node = visible_node(&state, &caller, &key)?;
+    let drive = bmc_of(&state, &node).await?.virtual_media().await.map_err(bmc_error)?;
+    Ok(Json(media_status(&node, drive)))
+}
+
+/// Has the node's BMC fetch an image and show it to the node as a CD (Redfish
+/// `VirtualMedia`), replacing what was in the drive; with `boot_once`, the next boot, only
+/// that one, is from the CD. The answer is the drive as the BMC reports it afterwards.
+#[utoipa::path(put, path = "/v1/nodes/{node}/virtual-media", tag = "bmc",
+    params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = VirtualMediaRequest,
+    responses((status = 200, body = VirtualMediaStatus), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub(crate) async fn insert_virtual_media(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    JsonBody(request): JsonBody<VirtualMediaRequest>,
+) -> ApiResult<Json<VirtualMediaStatus>> {
+    let image = checked_image_url(&request.image)?;
+    let node = writable_node(&state, &caller, &key)?;
+    let bmc = bmc_of(&state, &node).await?;
+    bmc.insert_virtual_media(&image).await.map_err(bmc_error)?;
+    if request.boot_once {
+        bmc.set_boot_device(BootDevice::Cd, true, None).await.map_err(bmc_error)?;
+    }
+    let details = serde_json::json!({ "action": "insert", "image": image, "boot_once": request.boot_once });
+    state.store.record_bmc_action(&caller.user, &node, "node.virtual-media", details).await?;
+    let drive = bmc.virtual_media().await.map_err(bmc_error)?;
+    Ok(Json(media_status(&node, drive)))
+}
+
+#[utoipa::path(delete, path = "/v1/nodes/{node}/virtual-media", tag = "bmc",
+    params(("node" = String, Path, description = "Name, xname or id of the node")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub(crate) async fn eject_virtual_media(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<StatusCode> {
+    let node = writable_node(&state, &caller, &key)?;
+    bmc_of(&state, &node).await?.eject_virtual_media().await.map_err(bmc_error)?;
+    state.store.record_bmc_action(&caller.user, &node, "node.virtual-media", serde_json::json!({ "action": "eject" })).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// What the power-state sync last read from the node's BMC, and its faults.
 #[utoipa::path(get, path = "/v1/nodes/{node}/power/sync", tag = "bmc",
     params(("node" = String, Path, description = "Name, xname or id of the node")),
@@ -113,4 +198,25 @@ pub(crate) async fn get_power_reading(
 pub(crate) async fn get_facts(State(state): State<ApiState>, caller: Caller, Path(key): Path<String>) -> ApiResult<Json<SystemFacts>> {
     let node = visible_node(&state, &caller, &key)?;
     Ok(Json(bmc_of(&state, &node).await?.facts().await.map_err(bmc_error)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_urls_are_absolute_http_without_credentials() {
+        assert_eq!(checked_image_url("http://10.0.0.1:8080/boot/v1/media/x.iso").unwrap(), "http://10.0.0.1:8080/boot/v1/media/x.iso");
+        assert!(checked_image_url("https://[fd00::1]/x.iso").is_ok());
+        for (bad, why) in [
+            ("/boot/x.iso", "is not a URL"),
+            ("nfs://10.0.0.1/x.iso", "http:// or https://"),
+            ("http://root:calvin@10.0.0.1/x.iso", "credentials"),
+            ("file:///tmp/x.iso", "http:// or https://"),
+        ] {
+            let error = checked_image_url(bad).unwrap_err();
+            assert!(error.message.contains(why), "{bad}: {}", error.message);
+        }
+        assert!(checked_image_url(&format!("http://h/{}", "a".repeat(3000))).unwrap_err().message.contains("at most 2048"));
+    }
 }

@@ -140,6 +140,7 @@ fn v1_table() -> RouteTable {
         .documented(routes!(power::get_power, power::set_power))
         .documented(routes!(power::get_power_reading))
         .documented(routes!(power::set_boot_device))
+        .documented(routes!(power::get_virtual_media, power::insert_virtual_media, power::eject_virtual_media))
         .documented(routes!(power::get_facts))
         .documented(routes!(console::get_console, console::type_on_console))
         .merge(provisioning_table())

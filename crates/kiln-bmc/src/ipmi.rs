@@ -131,6 +131,7 @@ impl Ipmi {
         let device = match device {
             BootDevice::Pxe => "pxe",
             BootDevice::Disk => "disk",
+            BootDevice::Cd => "cdrom",
         };
         let mut options = Vec::new();
         if !once {
@@ -146,6 +147,15 @@ impl Ipmi {
         }
         self.run("setting the boot device", &arguments).await?;
         Ok(())
+    }
+
+    /// IPMI has no standard command for virtual media (vendors add their own, or none).
+    pub(crate) fn lacks_virtual_media(&self, operation: &'static str) -> BmcError {
+        BmcError::Lacks {
+            address: self.target.address.clone(),
+            operation,
+            missing: "IPMI has no standard virtual media; give the node its BMC's Redfish address (driver redfish)".to_owned(),
+        }
     }
 
     /// What `mc info` says: the maker and product of the BMC. IPMI has no standard way to

@@ -139,7 +139,15 @@ impl Lab {
             BootDevice::Disk => {
                 Err(BmcError::Unsupported { address: self.target.address.clone(), operation: "booting a lab machine from disk" })
             }
+            BootDevice::Cd => {
+                Err(BmcError::Unsupported { address: self.target.address.clone(), operation: "booting a lab machine from CD" })
+            }
         }
+    }
+
+    /// Lab machines have no CD drive yet.
+    pub(crate) fn lacks_virtual_media(&self, operation: &'static str) -> BmcError {
+        BmcError::Lacks { address: self.target.address.clone(), operation, missing: "the lab machine has no CD drive".to_owned() }
     }
 
     pub async fn facts(&self) -> Result<SystemFacts, BmcError> {

@@ -43,6 +43,9 @@ pub enum BmcError {
     Malformed { address: String, operation: &'static str, message: String },
     #[error("BMC {address}: {operation} is not supported by this BMC")]
     Unsupported { address: String, operation: &'static str },
+    /// The BMC works but has no part the operation needs, named in `missing`.
+    #[error("BMC {address}: {operation}: {missing}")]
+    Lacks { address: String, operation: &'static str, missing: String },
     #[error("node has no usable BMC: {reason}")]
     NotConfigured { reason: String },
 }
@@ -54,11 +57,24 @@ impl BmcError {
             BmcError::Authentication { .. } => FaultKind::Authentication,
             BmcError::NotRedfish { .. } | BmcError::Malformed { .. } => FaultKind::Protocol,
             BmcError::Refused { status, .. } if *status >= 500 => FaultKind::Protocol,
-            BmcError::Refused { .. } | BmcError::Failed { .. } | BmcError::Unsupported { .. } | BmcError::NotConfigured { .. } => {
-                FaultKind::Refused
-            }
+            BmcError::Refused { .. }
+            | BmcError::Failed { .. }
+            | BmcError::Unsupported { .. }
+            | BmcError::Lacks { .. }
+            | BmcError::NotConfigured { .. } => FaultKind::Refused,
         }
     }
+}
+
+/// A node's virtual CD drive, as the BMC reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualDrive {
+    /// The BMC's name for the drive (the Redfish member's `Id`).
+    pub device: String,
+    pub media_types: Vec<String>,
+    /// The image's URL while one is inserted.
+    pub image: Option<String>,
+    pub inserted: bool,
 }
 
 /// How to reach a BMC. The password is kept out of `Debug`.
@@ -139,6 +155,34 @@ impl Bmc {
             Bmc::Redfish(redfish) => redfish.set_boot_device(device, once, mode).await,
             Bmc::Ipmi(ipmi) => ipmi.set_boot_device(device, once, mode).await,
             Bmc::Lab(lab) => lab.set_boot_device(device, once, mode).await,
+        }
+    }
+
+    /// The node's virtual CD drive and what is in it.
+    pub async fn virtual_media(&self) -> Result<VirtualDrive, BmcError> {
+        match self {
+            Bmc::Redfish(redfish) => redfish.virtual_media().await,
+            Bmc::Ipmi(ipmi) => Err(ipmi.lacks_virtual_media("reading virtual media")),
+            Bmc::Lab(lab) => Err(lab.lacks_virtual_media("reading virtual media")),
+        }
+    }
+
+    /// Has the BMC fetch `image` (an http(s) URL) and show it to the node as a CD, ejecting
+    /// whatever else was in the drive. Inserting the image that is already in is a no-op.
+    pub async fn insert_virtual_media(&self, image: &str) -> Result<(), BmcError> {
+        match self {
+            Bmc::Redfish(redfish) => redfish.insert_virtual_media(image).await,
+            Bmc::Ipmi(ipmi) => Err(ipmi.lacks_virtual_media("inserting virtual media")),
+            Bmc::Lab(lab) => Err(lab.lacks_virtual_media("inserting virtual media")),
+        }
+    }
+
+    /// Empties the virtual CD drive; an empty drive is left as it is.
+    pub async fn eject_virtual_media(&self) -> Result<(), BmcError> {
+        match self {
+            Bmc::Redfish(redfish) => redfish.eject_virtual_media().await,
+            Bmc::Ipmi(ipmi) => Err(ipmi.lacks_virtual_media("ejecting virtual media")),
+            Bmc::Lab(lab) => Err(lab.lacks_virtual_media("ejecting virtual media")),
         }
     }
 

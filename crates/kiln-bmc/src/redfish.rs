@@ -1,5 +1,6 @@
 //! The Redfish driver: the service root, the first computer system, its Reset action, its
-//! `Boot` override (with `If-Match` when the BMC gives an ETag) and its Ethernet interfaces.
+//! `Boot` override (with `If-Match` when the BMC gives an ETag), its Ethernet interfaces
+//! and its virtual CD drive (`VirtualMedia`, under the system or under its manager).
 //!
 //! Requests time out; connection failures and 5xx are retried a few times with backoff.
 //! Timeouts are not (a BMC silent for the whole timeout is not about to answer, and the
@@ -13,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::{BmcError, BmcTarget, BootDevice, BootMode, PowerAction, PowerState, SystemFacts};
+use crate::{BmcError, BmcTarget, BootDevice, BootMode, PowerAction, PowerState, SystemFacts, VirtualDrive};
 
 /// Attempts per request when the connection fails or the BMC answers 5xx.
 const ATTEMPTS: u32 = 3;
@@ -262,8 +263,21 @@ impl Redfish {
         // Some BMCs refuse a PATCH without the resource's current ETag.
         let (etag, system) = self.get("reading the system", &path).await?;
         let etag = etag.or_else(|| system.get("@odata.etag").and_then(Value::as_str).map(str::to_owned));
+        let target = match device {
+            BootDevice::Pxe => "Pxe",
+            BootDevice::Disk => "Hdd",
+            BootDevice::Cd => "Cd",
+        };
+        let allowed = strings(system.pointer("/Boot/BootSourceOverrideTarget@Redfish.AllowableValues"));
+        if !allowed.is_empty() && !allowed.iter().any(|value| value == target) {
+            return Err(BmcError::Lacks {
+                address: self.target.address.clone(),
+                operation: "setting the boot device",
+                missing: format!("the system cannot boot from {target}; it allows {}", allowed.join(", ")),
+            });
+        }
         let mut boot = json!({
-            "BootSourceOverrideTarget": match device { BootDevice::Pxe => "Pxe", BootDevice::Disk => "Hdd" },
+            "BootSourceOverrideTarget": target,
             "BootSourceOverrideEnabled": if once { "Once" } else { "Continuous" },
         });
         if let Some(mode) = mode {
@@ -282,6 +296,105 @@ impl Redfish {
         let (_, system) = self.get("reading the system", &path).await?;
         let text = |pointer: &str| system.pointer(pointer).and_then(Value::as_str).map(str::to_owned);
         Ok((text("/Boot/BootSourceOverrideTarget"), text("/Boot/BootSourceOverrideEnabled")))
+    }
+
+    /// The system's virtual CD drive: the first `VirtualMedia` member that takes a CD or a
+    /// DVD, looked for under the system (Redfish 1.11 and later) and then under the managers
+    /// that manage it (older BMCs). Its path, ETag and document.
+    async fn virtual_cd(&self, operation: &'static str) -> Result<(String, Option<String>, Value), BmcError> {
+        let path = self.system().await?.to_owned();
+        let (_, system) = self.get("reading the system", &path).await?;
+        let mut collections: Vec<String> =
+            system.pointer("/VirtualMedia/@odata.id").and_then(Value::as_str).map(str::to_owned).into_iter().collect();
+        for manager in system.pointer("/Links/ManagedBy").and_then(Value::as_array).into_iter().flatten() {
+            let Some(manager) = manager.get("@odata.id").and_then(Value::as_str) else { continue };
+            // A BMC that cannot show its manager may still have media under the system.
+            let Ok((_, manager)) = self.get("reading the system's manager", manager).await else { continue };
+            if let Some(collection) = manager.pointer("/VirtualMedia/@odata.id").and_then(Value::as_str)
+                && !collections.iter().any(|known| known == collection)
+            {
+                collections.push(collection.to_owned());
+            }
+        }
+        let mut other_media = Vec::new();
+        for collection in &collections {
+            let members = match self.get("listing virtual media", collection).await {
+                Ok((_, listing)) => listing.get("Members").and_then(Value::as_array).cloned().unwrap_or_default(),
+                Err(BmcError::Refused { status: 404 | 405 | 501, .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            for member in &members {
+                let Some(member) = member.get("@odata.id").and_then(Value::as_str) else { continue };
+                let (etag, drive) = self.get("reading a virtual media device", member).await?;
+                let media_types = strings(drive.get("MediaTypes"));
+                if media_types.iter().any(|kind| kind.eq_ignore_ascii_case("CD") || kind.eq_ignore_ascii_case("DVD")) {
+                    let etag = etag.or_else(|| drive.get("@odata.etag").and_then(Value::as_str).map(str::to_owned));
+                    return Ok((member.to_owned(), etag, drive));
+                }
+                other_media.extend(media_types);
+            }
+        }
+        let missing = if collections.is_empty() {
+            "neither the system nor its manager has VirtualMedia".to_owned()
+        } else if other_media.is_empty() {
+            "its VirtualMedia collection has no device".to_owned()
+        } else {
+            format!("no VirtualMedia device takes a CD or DVD (they take {})", other_media.join(", "))
+        };
+        Err(BmcError::Lacks { address: self.target.address.clone(), operation, missing })
+    }
+
+    pub async fn virtual_media(&self) -> Result<VirtualDrive, BmcError> {
+        let (path, _, drive) = self.virtual_cd("reading virtual media").await?;
+        Ok(drive_of(&path, &drive))
+    }
+
+    pub async fn insert_virtual_media(&self, image: &str) -> Result<(), BmcError> {
+        const OPERATION: &str = "inserting virtual media";
+        let (path, etag, drive) = self.virtual_cd(OPERATION).await?;
+        let current = drive_of(&path, &drive);
+        if current.inserted && current.image.as_deref() == Some(image) {
+            return Ok(());
+        }
+        // Most BMCs refuse to insert into an occupied drive.
+        if current.inserted || current.image.is_some() {
+            self.eject(&path, etag.as_deref(), &drive).await?;
+        }
+        let body = json!({ "Image": image, "Inserted": true, "WriteProtected": true });
+        match drive.pointer("/Actions/#VirtualMedia.InsertMedia/target").and_then(Value::as_str) {
+            Some(action) => self.request(OPERATION, Method::POST, action, Some(&body), None).await?,
+            // Before the actions (Redfish 1.0 to 1.5), the resource itself was patched; a
+            // fresh ETag, since an eject above may have changed it.
+            None => {
+                let (etag, _) = self.get("reading a virtual media device", &path).await?;
+                self.request(OPERATION, Method::PATCH, &path, Some(&body), etag.as_deref()).await?
+            }
+        };
+        tracing::info!(address = %self.target.address, device = %current.device, image, "virtual media inserted");
+        Ok(())
+    }
+
+    pub async fn eject_virtual_media(&self) -> Result<(), BmcError> {
+        let (path, etag, drive) = self.virtual_cd("ejecting virtual media").await?;
+        let current = drive_of(&path, &drive);
+        if !current.inserted && current.image.is_none() {
+            return Ok(());
+        }
+        self.eject(&path, etag.as_deref(), &drive).await?;
+        tracing::info!(address = %self.target.address, device = %current.device, "virtual media ejected");
+        Ok(())
+    }
+
+    async fn eject(&self, path: &str, etag: Option<&str>, drive: &Value) -> Result<(), BmcError> {
+        const OPERATION: &str = "ejecting virtual media";
+        match drive.pointer("/Actions/#VirtualMedia.EjectMedia/target").and_then(Value::as_str) {
+            Some(action) => self.request(OPERATION, Method::POST, action, Some(&json!({})), None).await?,
+            None => {
+                let body = json!({ "Image": null, "Inserted": false });
+                self.request(OPERATION, Method::PATCH, path, Some(&body), etag).await?
+            }
+        };
+        Ok(())
     }
 
     pub async fn facts(&self) -> Result<SystemFacts, BmcError> {
@@ -315,6 +428,20 @@ impl Redfish {
     }
 }
 
+/// The strings of a JSON array (none when it is not one).
+fn strings(value: Option<&Value>) -> Vec<String> {
+    value.and_then(Value::as_array).map(|values| values.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
+}
+
+/// A `VirtualMedia` document as a [`VirtualDrive`]. An empty `Image` is no image: BMCs say
+/// "" as often as null for an empty drive.
+fn drive_of(path: &str, drive: &Value) -> VirtualDrive {
+    let device = drive.get("Id").and_then(Value::as_str).map_or_else(|| path.rsplit('/').next().unwrap_or(path).to_owned(), str::to_owned);
+    let image = drive.get("Image").and_then(Value::as_str).filter(|image| !image.is_empty()).map(str::to_owned);
+    let inserted = drive.get("Inserted").and_then(Value::as_bool).unwrap_or(image.is_some());
+    VirtualDrive { device, media_types: strings(drive.get("MediaTypes")), image, inserted }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +469,18 @@ mod tests {
         assert_eq!(reset_type(PowerAction::Off, &sushy), Some("GracefulShutdown"));
         assert_eq!(reset_type(PowerAction::Off, &["ForceOff".to_owned()]), None, "no silent hard power-off for a soft one");
         assert_eq!(reset_type(PowerAction::On, &["ForceOn".to_owned()]), Some("ForceOn"));
+    }
+
+    #[test]
+    fn virtual_media_documents_read_the_same_whatever_the_bmc_says_for_empty() {
+        let sushy_empty = json!({"Id": "Cd", "MediaTypes": ["CD", "DVD"], "Image": "", "Inserted": false});
+        assert_eq!(
+            drive_of("/redfish/v1/Systems/1/VirtualMedia/Cd", &sushy_empty),
+            VirtualDrive { device: "Cd".into(), media_types: vec!["CD".into(), "DVD".into()], image: None, inserted: false }
+        );
+        let without_inserted = json!({"Image": "http://10.0.0.1/a.iso", "MediaTypes": ["DVD"]});
+        let drive = drive_of("/redfish/v1/Managers/1/VirtualMedia/2", &without_inserted);
+        assert_eq!((drive.device.as_str(), drive.inserted), ("2", true), "no Inserted: an image means inserted");
     }
 
     #[test]

@@ -174,8 +174,12 @@ pub(crate) enum NodeCommand {
     },
     /// Power on, off (soft), force-off, reset, cycle, or show status, through the BMCs.
     Power(crate::power::PowerArgs),
-    /// Set the device the node boots from next: pxe or disk.
+    /// Set the device the node boots from next: pxe, disk or cd.
     BootDevice(crate::power::BootDeviceArgs),
+    /// The node's virtual CD drive, through its BMC (Redfish VirtualMedia): insert an image
+    /// by URL, eject it, or show what is in.
+    #[command(subcommand)]
+    VirtualMedia(crate::power::VirtualMediaCommand),
     /// What the node's BMC says about the system (maker, model, serial, MACs…).
     Facts { node: String },
     /// The node's recent serial console output; with --follow, what comes next as it comes.
@@ -223,6 +227,7 @@ pub(crate) async fn node(client: &Client, format: OutputFormat, command: NodeCom
     match command {
         NodeCommand::Power(args) => crate::power::power(client, format, args).await,
         NodeCommand::BootDevice(args) => crate::power::boot_device(client, args).await,
+        NodeCommand::VirtualMedia(command) => crate::power::virtual_media(client, format, command).await,
         NodeCommand::Facts { node } => crate::power::facts(client, format, &node).await,
         NodeCommand::Console { node, follow, send } => crate::power::console(client, &node, follow, send).await,
         NodeCommand::Deploy(args) => crate::provision::deploy(client, format, args).await,

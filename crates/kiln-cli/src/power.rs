@@ -1,9 +1,12 @@
-//! `kiln node power|boot-device|facts`: BMC operations on nodes, several at once.
+//! `kiln node power|boot-device|virtual-media|facts`: BMC operations on nodes, power on several
+//! at once.
 
 use clap::ValueEnum;
 use futures::StreamExt as _;
 use kiln_client::{Client, encode};
-use kiln_types::bmc::{BootDevice, BootDeviceRequest, BootMode, PowerAction, PowerRequest, PowerStatus, SystemFacts};
+use kiln_types::bmc::{
+    BootDevice, BootDeviceRequest, BootMode, PowerAction, PowerRequest, PowerStatus, SystemFacts, VirtualMediaRequest, VirtualMediaStatus,
+};
 
 use crate::output::{OutputFormat, print, table};
 
@@ -32,6 +35,7 @@ pub(crate) struct PowerArgs {
 pub(crate) enum DeviceArg {
     Pxe,
     Disk,
+    Cd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,6 +121,7 @@ pub(crate) async fn boot_device(client: &Client, args: BootDeviceArgs) -> anyhow
         device: match args.device {
             DeviceArg::Pxe => BootDevice::Pxe,
             DeviceArg::Disk => BootDevice::Disk,
+            DeviceArg::Cd => BootDevice::Cd,
         },
         once: args.once,
         mode: args.mode.map(|mode| match mode {
@@ -126,6 +131,46 @@ pub(crate) async fn boot_device(client: &Client, args: BootDeviceArgs) -> anyhow
     };
     client.put::<_, serde_json::Value>(&format!("/v1/nodes/{}/boot-device", encode(&args.node)), &request).await?;
     Ok(())
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum VirtualMediaCommand {
+    /// Have the BMC fetch an ISO by URL and show it to the node as a CD.
+    Insert {
+        node: String,
+        /// An http:// or https:// URL the BMC can reach.
+        image: String,
+        /// Also boot from the CD next time, only then.
+        #[arg(long)]
+        boot_once: bool,
+    },
+    /// Empty the node's virtual CD drive.
+    Eject { node: String },
+    /// What is in the node's virtual CD drive.
+    Status { node: String },
+}
+
+pub(crate) async fn virtual_media(client: &Client, format: OutputFormat, command: VirtualMediaCommand) -> anyhow::Result<()> {
+    let status: VirtualMediaStatus = match command {
+        VirtualMediaCommand::Insert { node, image, boot_once } => {
+            client.put(&format!("/v1/nodes/{}/virtual-media", encode(&node)), &VirtualMediaRequest { image, boot_once }).await?
+        }
+        VirtualMediaCommand::Eject { node } => {
+            client.delete::<serde_json::Value>(&format!("/v1/nodes/{}/virtual-media", encode(&node))).await?;
+            return Ok(());
+        }
+        VirtualMediaCommand::Status { node } => client.get(&format!("/v1/nodes/{}/virtual-media", encode(&node))).await?,
+    };
+    print(format, &status, || {
+        let rows = vec![vec![
+            status.node.clone(),
+            status.device.clone(),
+            status.media_types.join(","),
+            if status.inserted { "yes" } else { "no" }.to_owned(),
+            status.image.clone().unwrap_or_default(),
+        ]];
+        table(&["node", "device", "media", "inserted", "image"], rows)
+    })
 }
 
 pub(crate) async fn facts(client: &Client, format: OutputFormat, node: &str) -> anyhow::Result<()> {

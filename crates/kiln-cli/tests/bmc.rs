@@ -425,3 +425,124 @@ fn ipmi_power_and_boot_device_against_ipmi_sim() {
     assert!(error.contains("the username or password was refused") && error.contains("bmc_authentication"), "{error}");
     assert!(!server.log().contains("ipmi-s3cret") && !error.contains("not-it"));
 }
+
+/// A web server for one file, as a site's image server is to a BMC: answers GET for `path`
+/// with `body`, 404 for anything else, and counts the GETs it served.
+fn file_server(path: &'static str, body: &'static [u8]) -> (std::net::TcpListener, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (acceptor, counter) = (listener.try_clone().unwrap(), served.clone());
+    std::thread::spawn(move || {
+        for stream in acceptor.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = std::io::BufReader::new(stream);
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            // The rest of the head; the requests carry no body.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|read| read > 2) {
+                line.clear();
+            }
+            let mut stream = reader.into_inner();
+            if request_line.starts_with(&format!("GET {path} ")) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = stream.write_all(body);
+            } else {
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        }
+    });
+    (listener, url, served)
+}
+
+fn emulator_document(redfish: &TestRedfish, path: &str, username: &str, password: &str) -> serde_json::Value {
+    let output = std::process::Command::new("curl")
+        .args(["-sf", "-u", &format!("{username}:{password}"), &format!("{}{path}", redfish.url)])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{path}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Virtual media against sushy-tools' fake system: the image goes in by URL (the emulator
+/// fetches it from that URL, as a BMC does), the next boot, only that one, is from the CD,
+/// inserting the same image again is a no-op, and eject empties the drive; each shows in the
+/// emulator's own documents.
+#[test]
+fn redfish_virtual_media_insert_boot_once_and_eject() {
+    let _one = one_at_a_time();
+    let Some(redfish) = TestRedfish::start(Some(("admin", "vm-s3cret"))) else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let (server, admin) = start(directory.path());
+    add_node(&server, &admin, "vm1", &redfish.url, "admin", "vm-s3cret");
+    let (_files, iso_url, served) = file_server("/media/vm1-deploy.iso", b"CD001 a small stand-in for an ISO image");
+
+    let status = json(kiln(&server, &admin, &["node", "virtual-media", "status", "vm1", "-F", "json"], None));
+    assert_eq!((status["device"].as_str(), status["inserted"].as_bool()), (Some("Cd"), Some(false)), "{status}");
+    assert!(status["media_types"].as_array().unwrap().iter().any(|kind| kind == "CD"), "{status}");
+
+    let status = json(kiln(&server, &admin, &["node", "virtual-media", "insert", "vm1", &iso_url, "--boot-once", "-F", "json"], None));
+    assert_eq!((status["image"].as_str(), status["inserted"].as_bool()), (Some(iso_url.as_str()), Some(true)), "{status}");
+    let drive_path = format!("/redfish/v1/Systems/{}/VirtualMedia/Cd", redfish.uuid);
+    let drive = emulator_document(&redfish, &drive_path, "admin", "vm-s3cret");
+    assert_eq!((drive["Image"].as_str(), drive["Inserted"].as_bool()), (Some(iso_url.as_str()), Some(true)), "{drive}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1, "the emulator fetched the image from its URL");
+    // The emulator keeps the target and, as its source says, ignores "Once" (it always
+    // reports "Continuous"); the request Kiln sent is in the event below.
+    let system = emulator_document(&redfish, &format!("/redfish/v1/Systems/{}", redfish.uuid), "admin", "vm-s3cret");
+    assert_eq!(system["Boot"]["BootSourceOverrideTarget"].as_str(), Some("Cd"), "{system}");
+
+    // The same image again: nothing to do, nothing fetched again.
+    ok(kiln(&server, &admin, &["node", "virtual-media", "insert", "vm1", &iso_url], None));
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    ok(kiln(&server, &admin, &["node", "virtual-media", "eject", "vm1"], None));
+    let drive = emulator_document(&redfish, &drive_path, "admin", "vm-s3cret");
+    assert_eq!(drive["Inserted"].as_bool(), Some(false), "{drive}");
+    let status = json(kiln(&server, &admin, &["node", "virtual-media", "status", "vm1", "-F", "json"], None));
+    assert_eq!((status["image"].as_str(), status["inserted"].as_bool()), (None, Some(false)), "{status}");
+    // Ejecting an empty drive is not an error.
+    ok(kiln(&server, &admin, &["node", "virtual-media", "eject", "vm1"], None));
+
+    // A URL the BMC must not get: refused before any BMC is called.
+    let error = failed(kiln(&server, &admin, &["node", "virtual-media", "insert", "vm1", "http://user:pw@10.0.0.1/x.iso"], None));
+    assert!(error.contains("holds credentials"), "{error}");
+    let error = failed(kiln(&server, &admin, &["node", "virtual-media", "insert", "vm1", "tftp://10.0.0.1/x.iso"], None));
+    assert!(error.contains("not an http:// or https:// URL"), "{error}");
+    // An image the BMC cannot fetch: the BMC's refusal, passed on.
+    let (missing_url, _) = iso_url.rsplit_once('/').unwrap();
+    let error = failed(kiln(&server, &admin, &["node", "virtual-media", "insert", "vm1", &format!("{missing_url}/absent.iso")], None));
+    assert!(error.contains("inserting virtual media") && error.contains("bmc_refused"), "{error}");
+
+    let events = json(kiln(&server, &admin, &["events", "--kind", "node_bmc", "-F", "json"], None));
+    let actions: Vec<&str> = events.as_array().unwrap().iter().map(|event| event["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["node.virtual-media", "node.virtual-media", "node.virtual-media", "node.virtual-media"], "{events}");
+    assert_eq!(events[0]["after"]["boot_once"], true, "{events}");
+    assert!(!events.to_string().contains("vm-s3cret") && !server.log().contains("vm-s3cret"));
+}
+
+/// A BMC with power and a boot override but no virtual media (sushy's minimum feature set)
+/// and an IPMI BMC: the error names what is missing.
+#[test]
+fn a_bmc_without_virtual_media_gets_an_error_naming_what_is_missing() {
+    let _one = one_at_a_time();
+    let Some(redfish) = TestRedfish::start_minimal(Some(("admin", "min-s3cret"))) else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let (server, admin) = start(directory.path());
+    add_node(&server, &admin, "plain", &redfish.url, "admin", "min-s3cret");
+    let ipmi = serde_json::json!({"name": "ipmi1", "bmc": {"driver": "ipmi", "address": "127.0.0.1:1", "username": "u", "password": "p"}});
+    ok(kiln(&server, &admin, &["node", "create", "-f", "json", "-d", &ipmi.to_string()], None));
+
+    assert!(!power_state(&server, &admin, "plain").is_empty(), "the BMC itself works");
+    let error = failed(kiln(&server, &admin, &["node", "virtual-media", "insert", "plain", "http://127.0.0.1:9/x.iso"], None));
+    assert!(
+        error.contains("inserting virtual media: neither the system nor its manager has VirtualMedia") && error.contains("bmc_refused"),
+        "{error}"
+    );
+    let error = failed(kiln(&server, &admin, &["node", "virtual-media", "status", "ipmi1"], None));
+    assert!(error.contains("IPMI has no standard virtual media"), "{error}");
+}

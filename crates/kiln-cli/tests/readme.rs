@@ -54,7 +54,7 @@ const NOT_RUN_HERE: &[(&str, &str)] = &[
     ("The two commands", "the commands themselves: CI runs scripts/test, and `kiln serve` runs in the quick start below"),
     ("Building images", "needs root, a registry and the network: tests/image_build.rs builds such definitions with a local registry"),
     (
-        "BMCs: power, boot device, discovery",
+        "BMCs: power, boot device, virtual media, discovery",
         "a synopsis (alternatives in `|`, addresses of a site): tests/bmc.rs runs each command against sushy-tools and ipmi_sim",
     ),
     (

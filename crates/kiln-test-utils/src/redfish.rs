@@ -53,6 +53,16 @@ impl TestRedfish {
 
     /// One emulator with `count` fake systems (`/redfish/v1/Systems/<uuid>` each).
     pub fn start_with(port: u16, credentials: Option<(&str, &str)>, count: usize) -> Option<TestRedfish> {
+        Self::launch(port, credentials, count, "full")
+    }
+
+    /// An emulator of a plainer BMC: sushy's `minimum` feature set, with power and the boot
+    /// override but no managers and no virtual media.
+    pub fn start_minimal(credentials: Option<(&str, &str)>) -> Option<TestRedfish> {
+        Self::launch(free_port(), credentials, 1, "minimum")
+    }
+
+    fn launch(port: u16, credentials: Option<(&str, &str)>, count: usize, feature_set: &str) -> Option<TestRedfish> {
         let Some(emulator) = emulator() else {
             assert_ne!(
                 std::env::var("KILN_REQUIRE_BMC").as_deref(),
@@ -85,7 +95,7 @@ impl TestRedfish {
             })
             .collect();
         let mut config = format!(
-            "SUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{}]\n",
+            "SUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_SYSTEMS = [{}]\nSUSHY_EMULATOR_FEATURE_SET = '{feature_set}'\n",
             directory.path().join("state").display(),
             entries.join(", ")
         );
@@ -105,6 +115,9 @@ impl TestRedfish {
         let config_file = directory.path().join("emulator.conf");
         std::fs::write(&config_file, config).unwrap();
         command.arg("--config").arg(&config_file);
+        // Virtual media: the emulator downloads inserted images into its temporary directory,
+        // which goes with this one.
+        command.env("TMPDIR", directory.path());
         let log = directory.path().join("emulator.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = command.stdin(Stdio::null()).stdout(log_file.try_clone().unwrap()).stderr(log_file).spawn().unwrap();

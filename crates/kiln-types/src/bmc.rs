@@ -38,6 +38,8 @@ pub enum PowerAction {
 pub enum BootDevice {
     Pxe,
     Disk,
+    /// The CD or DVD drive, where virtual media appears.
+    Cd,
 }
 
 /// Firmware mode for the next boot.
@@ -96,6 +98,30 @@ pub struct BootDeviceRequest {
     #[serde(default)]
     pub once: bool,
     pub mode: Option<BootMode>,
+}
+
+/// What `PUT /v1/nodes/{node}/virtual-media` takes: the image the BMC fetches and shows
+/// the node as a CD.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VirtualMediaRequest {
+    /// An `http://` or `https://` URL the BMC can reach, without credentials in it.
+    pub image: String,
+    /// Also make the next boot, only that one, from the CD [default: false].
+    #[serde(default)]
+    pub boot_once: bool,
+}
+
+/// A node's virtual CD drive, as its BMC reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VirtualMediaStatus {
+    pub node: String,
+    /// The BMC's own name for the drive (Redfish `VirtualMedia` member id, such as `Cd`).
+    pub device: String,
+    /// What the drive takes (`CD`, `DVD`, `USBStick`, ...).
+    pub media_types: Vec<String>,
+    /// The image's URL while one is inserted.
+    pub image: Option<String>,
+    pub inserted: bool,
 }
 
 /// What `POST /v1/discover/redfish` takes.
