@@ -37,6 +37,39 @@ pub fn grub_entry_config() -> String {
     )
 }
 
+/// Where a boot medium (an ISO Kiln builds for virtual media) holds its files.
+pub const MEDIUM_KERNEL_PATH: &str = "/kiln/kernel";
+/// The medium's initramfs files, loaded one after the other (Linux unpacks concatenated
+/// archives in order): the kernel's own, then what Kiln adds for this one boot.
+pub const MEDIUM_INITRD_PATHS: [&str; 2] = ["/kiln/initrd", "/kiln/boot.cpio"];
+
+/// The `grub.cfg` of a boot medium: GRUB on the ISO boots `boot`'s kernel from the medium
+/// itself ([`MEDIUM_KERNEL_PATH`], [`MEDIUM_INITRD_PATHS`]) with its command line, each word
+/// quoted as in [`grub_config`]; nothing comes from the network, so it boots with no DHCP.
+/// When the kernel does not boot, GRUB says so and stops, rather than loop: a medium cannot
+/// change until the BMC ejects it.
+pub fn medium_grub_config(boot: &KernelBoot, who: &str) -> String {
+    let what = match boot.purpose {
+        KernelPurpose::Parameters => format!("booting {who}"),
+        KernelPurpose::DeployAgent => format!("{who} boots the deploy agent from virtual media"),
+        KernelPurpose::Live => format!("{who} boots its image live from virtual media"),
+        KernelPurpose::NetworkDisk => format!("{who} boots from its network disk"),
+    };
+    let mut config = String::from("# Kiln: a boot medium made for one boot of one machine.\nset timeout=0\n");
+    say(&mut config, &format!("Kiln: {what}"));
+    let mut linux = format!("if linux {}", quote(MEDIUM_KERNEL_PATH));
+    for word in boot.command_line.split_whitespace() {
+        linux.push(' ');
+        linux.push_str(&quote(word));
+    }
+    config.push_str(&linux);
+    config.push_str("; then\n");
+    let initrds: Vec<String> = MEDIUM_INITRD_PATHS.iter().map(|path| quote(path)).collect();
+    config.push_str(&format!("  if initrd {}; then\n    boot\n  fi\nfi\n", initrds.join(" ")));
+    say(&mut config, "Kiln: the kernel did not boot");
+    config
+}
+
 /// The GRUB configuration of `plan` for the machine of `context`, read by
 /// [`grub_entry_config`]'s loop: it returns to that loop when it boots nothing.
 pub fn grub_config(plan: &BootPlan, context: &ScriptContext<'_>) -> String {

@@ -5,11 +5,12 @@
 
 pub mod cloud_init;
 pub mod grub;
+pub mod medium;
 pub mod params;
 pub mod plan;
 pub mod script;
 
-pub use grub::{GRUB_CONFIG_DIRECTORY, grub_config, grub_entry_config};
+pub use grub::{GRUB_CONFIG_DIRECTORY, MEDIUM_INITRD_PATHS, MEDIUM_KERNEL_PATH, grub_config, grub_entry_config, medium_grub_config};
 pub use params::{BootParams, BootParamsInput, BootTarget, InvalidBootParams};
 pub use plan::{AgentApi, BootPlan, KernelBoot, KernelPurpose, RamdiskUrls, ScriptContext};
 pub use script::{chain_script, ipxe_script};

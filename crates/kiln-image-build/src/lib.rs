@@ -12,6 +12,7 @@ pub mod elements;
 pub mod execute;
 pub mod hooks;
 pub mod layers;
+pub mod medium;
 pub mod oci;
 pub mod plan;
 pub mod ramdisk;

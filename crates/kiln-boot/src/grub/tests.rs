@@ -252,3 +252,44 @@ fn parameters_that_try_to_become_grub_commands_stay_kernel_arguments() {
         assert!(BootParams::try_from(&input).is_err(), "{text:?} was accepted");
     }
 }
+
+#[test]
+fn a_boot_medium_boots_its_own_files_with_every_word_quoted() {
+    let node = node();
+    let context = context(Some(&node));
+    let ramdisk = RamdiskUrls { kernel: "http://10.77.0.1:8081/k", initrd: "http://10.77.0.1:8081/i" };
+    let BootPlan::Kernel(boot) = BootPlan::deploy_agent(
+        &context,
+        ramdisk,
+        "3d3c",
+        "kiln_secret",
+        AgentApi { url: "http://10.77.0.1:8080", trust_anchor_sha256: None },
+    ) else {
+        unreachable!()
+    };
+    let config = medium_grub_config(&boot, "nid001");
+    assert_grub_parses(&config);
+    expect_test::expect![[r#"
+        # Kiln: a boot medium made for one boot of one machine.
+        set timeout=0
+        echo 'Kiln: nid001 boots the deploy agent from virtual media'
+        if linux '/kiln/kernel' 'console=tty0' 'console=ttyS0,115200' 'quiet' 'kiln.server=http://10.77.0.1:8081' 'kiln.api=http://10.77.0.1:8080' 'kiln.node=3d3c' 'kiln.mac=52:54:00:be:ef:01' 'kiln.token=kiln_secret'; then
+          if initrd '/kiln/initrd' '/kiln/boot.cpio'; then
+            boot
+          fi
+        fi
+        echo 'Kiln: the kernel did not boot'
+    "#]]
+    .assert_eq(&config);
+
+    for text in ["quiet; reboot", "a='; reboot; echo '", "${prefix} $root `halt`"] {
+        let BootPlan::Kernel(boot) = BootPlan::from_params(&params(text), &context) else { unreachable!() };
+        let config = medium_grub_config(&boot, "nid001");
+        assert_grub_parses(&config);
+        let linux_line = config.lines().find(|line| line.starts_with("if linux ")).unwrap();
+        let commands = grub_commands(linux_line.strip_suffix("; then").unwrap());
+        assert_eq!(commands.len(), 1, "{text:?} became more than one command: {commands:?}");
+        let words: Vec<&str> = commands[0].iter().skip(3).map(String::as_str).collect();
+        assert_eq!(words, text.split_whitespace().collect::<Vec<_>>(), "{text:?}");
+    }
+}
