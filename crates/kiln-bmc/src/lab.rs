@@ -1,6 +1,11 @@
 //! The lab driver: a QEMU machine of the test lab, power-controlled through its QMP socket
 //! (the BMC address is the socket's path). "Off" is a stopped machine, reset so that "on"
 //! boots it from the start, as a real machine's firmware would.
+//!
+//! Virtual media, for machines the lab starts with a CD drive (QEMU device
+//! [`CD_DEVICE`], first in their boot order): as a BMC does, the driver fetches the image
+//! from its URL, here into a file beside the QMP socket, and puts it in the drive
+//! (`blockdev-change-medium`); the URL is kept beside it, for the drive's status.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +13,13 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 
-use crate::{BmcError, BmcTarget, BootDevice, BootMode, PowerAction, PowerState, SystemFacts};
+use crate::{BmcError, BmcTarget, BootDevice, BootMode, PowerAction, PowerState, SystemFacts, VirtualDrive};
+
+/// The QEMU device id of a lab machine's CD drive.
+pub const CD_DEVICE: &str = "kiln-cd";
+
+/// The largest image the lab BMC fetches: boot media are tens of MiB.
+const MAX_MEDIUM_BYTES: u64 = 1 << 30;
 
 /// Where a lab machine offers its serial line: a QEMU socket beside its QMP socket
 /// (`…/qmp-X.sock` → `…/serial-X.sock`), which one client at a time reads and types into.
@@ -132,22 +143,115 @@ impl Lab {
         Ok(())
     }
 
-    /// Lab machines boot from the network, always: there is nothing else to choose.
+    /// Lab machines boot from the network, or first from their CD drive while it holds a
+    /// medium: there is nothing else to choose.
     pub async fn set_boot_device(&self, device: BootDevice, _once: bool, _mode: Option<BootMode>) -> Result<(), BmcError> {
         match device {
             BootDevice::Pxe => Ok(()),
+            BootDevice::Cd if self.cd_drive().await?.is_some() => Ok(()),
+            BootDevice::Cd => Err(self.lacks_virtual_media("booting from CD")),
             BootDevice::Disk => {
                 Err(BmcError::Unsupported { address: self.target.address.clone(), operation: "booting a lab machine from disk" })
-            }
-            BootDevice::Cd => {
-                Err(BmcError::Unsupported { address: self.target.address.clone(), operation: "booting a lab machine from CD" })
             }
         }
     }
 
-    /// Lab machines have no CD drive yet.
-    pub(crate) fn lacks_virtual_media(&self, operation: &'static str) -> BmcError {
-        BmcError::Lacks { address: self.target.address.clone(), operation, missing: "the lab machine has no CD drive".to_owned() }
+    fn lacks_virtual_media(&self, operation: &'static str) -> BmcError {
+        BmcError::Lacks {
+            address: self.target.address.clone(),
+            operation,
+            missing: format!("the lab machine has no CD drive (QEMU device '{CD_DEVICE}')"),
+        }
+    }
+
+    /// Where the fetched medium and its URL are kept: beside the QMP socket.
+    fn medium_files(&self) -> (PathBuf, PathBuf) {
+        let stem = self.socket.file_stem().and_then(|stem| stem.to_str()).unwrap_or("machine");
+        let stem = stem.strip_prefix("qmp-").unwrap_or(stem);
+        (self.socket.with_file_name(format!("medium-{stem}.iso")), self.socket.with_file_name(format!("medium-{stem}.url")))
+    }
+
+    /// The CD drive's entry in `query-block`, if the machine has one.
+    async fn cd_drive(&self) -> Result<Option<Value>, BmcError> {
+        let blocks = self.run(&["query-block"]).await?;
+        Ok(blocks.as_array().into_iter().flatten().find(|block| block.get("qdev").and_then(Value::as_str) == Some(CD_DEVICE)).cloned())
+    }
+
+    pub async fn virtual_media(&self) -> Result<VirtualDrive, BmcError> {
+        let drive = self.cd_drive().await?.ok_or_else(|| self.lacks_virtual_media("reading virtual media"))?;
+        let inserted = drive.get("inserted").is_some();
+        let image = if inserted { std::fs::read_to_string(self.medium_files().1).ok() } else { None };
+        Ok(VirtualDrive { device: CD_DEVICE.to_owned(), media_types: vec!["CD".to_owned()], image, inserted })
+    }
+
+    pub async fn insert_virtual_media(&self, image: &str) -> Result<(), BmcError> {
+        const OPERATION: &str = "inserting virtual media";
+        if self.cd_drive().await?.is_none() {
+            return Err(self.lacks_virtual_media(OPERATION));
+        }
+        let (medium, url_file) = self.medium_files();
+        self.fetch(image, &medium).await?;
+        let mut session = self.session().await?;
+        let arguments =
+            json!({ "id": CD_DEVICE, "filename": medium.display().to_string(), "format": "raw", "read-only-mode": "read-only" });
+        self.execute_in(&mut session, "blockdev-change-medium", arguments).await?;
+        std::fs::write(&url_file, image).map_err(|error| self.failed(OPERATION, &error))?;
+        tracing::info!(address = %self.target.address, image, "lab machine: medium inserted");
+        Ok(())
+    }
+
+    pub async fn eject_virtual_media(&self) -> Result<(), BmcError> {
+        if self.cd_drive().await?.is_none() {
+            return Err(self.lacks_virtual_media("ejecting virtual media"));
+        }
+        let mut session = self.session().await?;
+        self.execute_in(&mut session, "eject", json!({ "id": CD_DEVICE, "force": true })).await?;
+        let (medium, url_file) = self.medium_files();
+        let _ = std::fs::remove_file(medium);
+        let _ = std::fs::remove_file(url_file);
+        Ok(())
+    }
+
+    fn failed(&self, operation: &'static str, error: &dyn std::fmt::Display) -> BmcError {
+        BmcError::Failed { address: self.target.address.clone(), operation, message: error.to_string() }
+    }
+
+    /// Fetches `url` into `path` as a BMC would, refusing what is not a success or is too
+    /// large; a partial file is never left under `path`.
+    async fn fetch(&self, url: &str, path: &Path) -> Result<(), BmcError> {
+        const OPERATION: &str = "fetching the virtual media image";
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(300))
+            .build()
+            .map_err(|error| self.failed(OPERATION, &error))?;
+        let mut response = client.get(url).send().await.map_err(|error| self.failed(OPERATION, &error))?;
+        if !response.status().is_success() {
+            return Err(BmcError::Refused {
+                address: self.target.address.clone(),
+                operation: OPERATION,
+                status: response.status().as_u16(),
+                message: format!("{url} answered {}", response.status()),
+            });
+        }
+        let partial = path.with_extension("partial");
+        let mut file = tokio::fs::File::create(&partial).await.map_err(|error| self.failed(OPERATION, &error))?;
+        let mut written = 0u64;
+        let copied: Result<(), BmcError> = async {
+            while let Some(chunk) = response.chunk().await.map_err(|error| self.failed(OPERATION, &error))? {
+                written += chunk.len() as u64;
+                if written > MAX_MEDIUM_BYTES {
+                    return Err(self.failed(OPERATION, &format!("{url} is larger than {MAX_MEDIUM_BYTES} bytes")));
+                }
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(|error| self.failed(OPERATION, &error))?;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|error| self.failed(OPERATION, &error))?;
+            tokio::fs::rename(&partial, path).await.map_err(|error| self.failed(OPERATION, &error))
+        }
+        .await;
+        if copied.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        copied
     }
 
     pub async fn facts(&self) -> Result<SystemFacts, BmcError> {

@@ -163,7 +163,7 @@ impl Bmc {
         match self {
             Bmc::Redfish(redfish) => redfish.virtual_media().await,
             Bmc::Ipmi(ipmi) => Err(ipmi.lacks_virtual_media("reading virtual media")),
-            Bmc::Lab(lab) => Err(lab.lacks_virtual_media("reading virtual media")),
+            Bmc::Lab(lab) => lab.virtual_media().await,
         }
     }
 
@@ -173,7 +173,7 @@ impl Bmc {
         match self {
             Bmc::Redfish(redfish) => redfish.insert_virtual_media(image).await,
             Bmc::Ipmi(ipmi) => Err(ipmi.lacks_virtual_media("inserting virtual media")),
-            Bmc::Lab(lab) => Err(lab.lacks_virtual_media("inserting virtual media")),
+            Bmc::Lab(lab) => lab.insert_virtual_media(image).await,
         }
     }
 
@@ -182,7 +182,7 @@ impl Bmc {
         match self {
             Bmc::Redfish(redfish) => redfish.eject_virtual_media().await,
             Bmc::Ipmi(ipmi) => Err(ipmi.lacks_virtual_media("ejecting virtual media")),
-            Bmc::Lab(lab) => Err(lab.lacks_virtual_media("ejecting virtual media")),
+            Bmc::Lab(lab) => lab.eject_virtual_media().await,
         }
     }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use kiln_test_utils::OneFileServer;
 use kiln_test_utils::redfish::TestRedfish;
 use support::{ServerProcess, kiln, ok, token};
 
@@ -426,40 +427,6 @@ fn ipmi_power_and_boot_device_against_ipmi_sim() {
     assert!(!server.log().contains("ipmi-s3cret") && !error.contains("not-it"));
 }
 
-/// A web server for one file, as a site's image server is to a BMC: answers GET for `path`
-/// with `body`, 404 for anything else, and counts the GETs it served.
-fn file_server(path: &'static str, body: &'static [u8]) -> (std::net::TcpListener, String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{BufRead as _, Write as _};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}{path}", listener.local_addr().unwrap());
-    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (acceptor, counter) = (listener.try_clone().unwrap(), served.clone());
-    std::thread::spawn(move || {
-        for stream in acceptor.incoming() {
-            let Ok(stream) = stream else { return };
-            let mut reader = std::io::BufReader::new(stream);
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            // The rest of the head; the requests carry no body.
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|read| read > 2) {
-                line.clear();
-            }
-            let mut stream = reader.into_inner();
-            if request_line.starts_with(&format!("GET {path} ")) {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                let _ = stream.write_all(body);
-            } else {
-                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            }
-        }
-    });
-    (listener, url, served)
-}
-
 fn emulator_document(redfish: &TestRedfish, path: &str, username: &str, password: &str) -> serde_json::Value {
     let output = std::process::Command::new("curl")
         .args(["-sf", "-u", &format!("{username}:{password}"), &format!("{}{path}", redfish.url)])
@@ -479,7 +446,8 @@ fn redfish_virtual_media_insert_boot_once_and_eject() {
     let directory = tempfile::tempdir().unwrap();
     let (server, admin) = start(directory.path());
     add_node(&server, &admin, "vm1", &redfish.url, "admin", "vm-s3cret");
-    let (_files, iso_url, served) = file_server("/media/vm1-deploy.iso", b"CD001 a small stand-in for an ISO image");
+    let files = OneFileServer::start("/media/vm1-deploy.iso", b"CD001 a small stand-in for an ISO image");
+    let iso_url = files.url.clone();
 
     let status = json(kiln(&server, &admin, &["node", "virtual-media", "status", "vm1", "-F", "json"], None));
     assert_eq!((status["device"].as_str(), status["inserted"].as_bool()), (Some("Cd"), Some(false)), "{status}");
@@ -490,7 +458,7 @@ fn redfish_virtual_media_insert_boot_once_and_eject() {
     let drive_path = format!("/redfish/v1/Systems/{}/VirtualMedia/Cd", redfish.uuid);
     let drive = emulator_document(&redfish, &drive_path, "admin", "vm-s3cret");
     assert_eq!((drive["Image"].as_str(), drive["Inserted"].as_bool()), (Some(iso_url.as_str()), Some(true)), "{drive}");
-    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1, "the emulator fetched the image from its URL");
+    assert_eq!(files.served(), 1, "the emulator fetched the image from its URL");
     // The emulator keeps the target and, as its source says, ignores "Once" (it always
     // reports "Continuous"); the request Kiln sent is in the event below.
     let system = emulator_document(&redfish, &format!("/redfish/v1/Systems/{}", redfish.uuid), "admin", "vm-s3cret");
@@ -498,7 +466,7 @@ fn redfish_virtual_media_insert_boot_once_and_eject() {
 
     // The same image again: nothing to do, nothing fetched again.
     ok(kiln(&server, &admin, &["node", "virtual-media", "insert", "vm1", &iso_url], None));
-    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(files.served(), 1);
 
     ok(kiln(&server, &admin, &["node", "virtual-media", "eject", "vm1"], None));
     let drive = emulator_document(&redfish, &drive_path, "admin", "vm-s3cret");

@@ -249,6 +249,51 @@ fn power_reaches_a_redfish_bmc() {
     );
 }
 
+/// openstacksdk's virtual media calls (microversion 1.89) against a Redfish BMC
+/// (sushy-tools): attach has the emulator fetch the image from its URL into its CD drive,
+/// detach empties it; a floppy, or an older microversion, is refused as Ironic would.
+#[test]
+fn openstacksdk_attaches_and_detaches_virtual_media() {
+    let Some(site) = Site::start() else { return };
+    let Some(bmc) = kiln_test_utils::redfish::TestRedfish::start(None) else { return };
+    let files = kiln_test_utils::OneFileServer::start("/rescue.iso", b"CD001 stand-in");
+    let script = r#"
+import sys, openstack
+token, endpoint, bmc, image = sys.argv[1:5]
+conn = openstack.connection.Connection(auth_type="admin_token", auth={"token": token, "endpoint": endpoint},
+                                       baremetal_endpoint_override=endpoint, baremetal_api_version="1")
+node = conn.baremetal.create_node(driver="redfish", name="vm-sdk", driver_info={"redfish_address": bmc})
+conn.baremetal.attach_vmedia_to_node(node, device_type="cdrom", image_url=image)
+print("attached")
+try:
+    conn.baremetal.attach_vmedia_to_node(node, device_type="floppy", image_url=image)
+except openstack.exceptions.BadRequestException as error:
+    print("floppy refused:", error)
+conn.baremetal.detach_vmedia_from_node(node, device_types=["cdrom"])
+print("detached")
+"#;
+    let output =
+        Command::new(site.bin.join("python")).args(["-c", script, &site.admin, &site.endpoint(), &bmc.url, &files.url]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("attached") && stdout.contains("detached"), "{stdout}");
+    assert!(stdout.contains("floppy refused:") && stdout.contains("device_type 'cdrom', not 'floppy'"), "{stdout}");
+    assert_eq!(files.served(), 1, "the emulator fetched the image from its URL");
+    let status: serde_json::Value = serde_json::from_str(&site.kiln(&["node", "virtual-media", "status", "vm-sdk", "-F", "json"])).unwrap();
+    assert_eq!(status["inserted"], false, "{status}");
+
+    // Before 1.89 the resource does not exist.
+    let (status, _, body) = raw(
+        &site,
+        "POST",
+        "/ironic/v1/nodes/vm-sdk/vmedia",
+        &[("X-Auth-Token", site.admin.as_str()), ("X-OpenStack-Ironic-API-Version", "1.88"), ("Content-Type", "application/json")],
+        &serde_json::json!({"device_type": "cdrom", "image_url": files.url}).to_string(),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(fault(&body).contains("microversion 1.89"), "{body}");
+}
+
 #[test]
 fn openstacksdk_enrols_a_node_and_moves_it_through_its_states() {
     let Some(site) = Site::start() else { return };

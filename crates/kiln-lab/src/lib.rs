@@ -387,23 +387,36 @@ impl Lab {
 
     /// Boots a QEMU machine with `mac` on a new tap on the bridge (TCG: KVM guests hang here).
     pub fn boot_machine(&mut self, mac: &str, firmware: Firmware) -> anyhow::Result<&mut Machine> {
-        self.start_machine(mac, firmware, false, None)
+        self.start_machine(mac, firmware, false, None, false)
     }
 
     /// A machine that starts powered off, behind a QMP socket (`Machine::qmp`) that Kiln's
     /// lab BMC driver powers it through: on, resets and off, as an operator would. Resets
     /// restart it rather than end QEMU.
     pub fn add_powered_off_machine(&mut self, mac: &str, firmware: Firmware) -> anyhow::Result<&mut Machine> {
-        self.start_machine(mac, firmware, true, None)
+        self.start_machine(mac, firmware, true, None, false)
+    }
+
+    /// A powered-off machine behind the lab BMC with an empty CD drive first in its boot
+    /// order (an empty drive is passed over), which the lab BMC fills as virtual media.
+    pub fn add_machine_with_cd(&mut self, mac: &str, firmware: Firmware) -> anyhow::Result<&mut Machine> {
+        self.start_machine(mac, firmware, true, None, true)
     }
 
     /// A powered-off machine behind the lab BMC with `disk` (a raw image file) as its
     /// virtio disk: what deploy tests provision.
     pub fn add_machine_with_disk(&mut self, mac: &str, firmware: Firmware, disk: &Path) -> anyhow::Result<&mut Machine> {
-        self.start_machine(mac, firmware, true, Some(disk))
+        self.start_machine(mac, firmware, true, Some(disk), false)
     }
 
-    fn start_machine(&mut self, mac: &str, firmware: Firmware, behind_bmc: bool, disk: Option<&Path>) -> anyhow::Result<&mut Machine> {
+    fn start_machine(
+        &mut self,
+        mac: &str,
+        firmware: Firmware,
+        behind_bmc: bool,
+        disk: Option<&Path>,
+        cd_drive: bool,
+    ) -> anyhow::Result<&mut Machine> {
         let tap = format!("ktap{}", self.taps);
         self.taps += 1;
         self.ip(&["tuntap", "add", &tap, "mode", "tap"])?;
@@ -444,7 +457,19 @@ impl Lab {
             command.arg("-drive").arg(format!("file={},if=none,id=d0,format=raw,discard=unmap", disk.display()));
             command.args(["-device", &format!("virtio-blk-pci,drive=d0,serial=KILN-{}", mac.replace(':', ""))]);
         }
+        // With a CD drive, boot order is by device: the drive (passed over while empty), then
+        // the network.
+        let nic_boot_order = if cd_drive {
+            command.args(["-drive", "if=none,id=cd0,media=cdrom,readonly=on"]);
+            command.args(["-device", &format!("ide-cd,drive=cd0,id={},bootindex=0", CD_DEVICE)]);
+            ",bootindex=1"
+        } else {
+            ""
+        };
         match firmware {
+            Firmware::Bios if cd_drive => {
+                command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}{nic_boot_order}")]);
+            }
             Firmware::Bios => {
                 command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}"), "-boot", "n"]);
             }
@@ -452,7 +477,7 @@ impl Lab {
                 let vars = self.directory.path().join(format!("vars-{}.fd", mac.replace(':', "")));
                 std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("copying OVMF variables (apt-get install ovmf)")?;
                 // No option ROM: OVMF's own PXE client, which loads iPXE by TFTP.
-                command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
+                command.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile={nic_boot_order}")]);
                 command.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"]);
                 command.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
             }
@@ -499,6 +524,10 @@ impl Lab {
     }
 }
 
+/// The QEMU id of a lab machine's CD drive, where Kiln's lab BMC looks for it
+/// (`kiln_bmc::lab::CD_DEVICE`; a test checks they agree).
+pub const CD_DEVICE: &str = "kiln-cd";
+
 /// Where the machine behind QMP socket `qmp` offers its serial line: the name Kiln's lab BMC
 /// driver derives from the BMC address (`kiln_bmc::lab::serial_socket`; the test below keeps
 /// the two the same, without the CLI depending on the BMC drivers).
@@ -531,6 +560,7 @@ impl Drop for Lab {
 mod tests {
     #[test]
     fn the_serial_socket_is_where_the_lab_bmc_driver_looks() {
+        assert_eq!(super::CD_DEVICE, kiln_bmc::lab::CD_DEVICE);
         let qmp = std::path::Path::new("/run/kiln-lab/qmp-525400be0001.sock");
         assert_eq!(Some(super::serial_socket(qmp)), kiln_bmc::lab::serial_socket(qmp));
     }

@@ -1,16 +1,20 @@
-//! Helpers for Kiln's tests: throwaway SQLite and PostgreSQL databases, and a real S3 server.
+//! Helpers for Kiln's tests: throwaway SQLite and PostgreSQL databases, a real S3 server,
+//! BMC emulators, a registry, and a web server for one file.
 //!
 //! PostgreSQL tests run when `KILN_TEST_POSTGRES_URL` names a server the tests may create
 //! databases on (`.ci/run` starts a throwaway cluster and sets it). When
 //! `KILN_REQUIRE_POSTGRES=1` is set as well, a missing server fails the tests instead of
 //! skipping them, so CI cannot pass without having run them.
 
+mod files;
 pub mod ipmi;
 pub mod redfish;
 pub mod registry;
 pub mod s3;
 
 use std::path::PathBuf;
+
+pub use files::OneFileServer;
 
 /// The two store backends every conformance test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

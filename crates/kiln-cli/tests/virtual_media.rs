@@ -1,0 +1,106 @@
+//! Virtual media in the lab: a boot medium Kiln builds (`kiln_image_build::medium`) is
+//! published as a public image's disk artifact, and `kiln node virtual-media insert` has
+//! the lab BMC fetch it from the boot listener by URL and put it in the CD drive of a lab
+//! machine, which boots from it when powered on: its init prints the file from the
+//! medium's boot archive. Eject empties the drive; a machine without a CD drive is refused,
+//! naming what is missing.
+//!
+//! Needs what the lab needs (`scripts/install-deps`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kiln_boot::medium::{ArchiveEntry, newc_archive};
+use kiln_boot::plan::{KernelBoot, KernelPurpose};
+use kiln_image_build::medium::{MediumContents, build_boot_medium};
+use kiln_lab::{Firmware, Lab};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+const INIT: &str = "#!/bin/busybox sh
+/bin/busybox mount -t devtmpfs dev /dev
+exec >/dev/ttyS0 2>&1
+echo \"vmedia-test: boot.env $(/bin/busybox cat /etc/kiln/boot.env)\"
+/bin/busybox poweroff -f
+";
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
+/// A medium whose init prints the boot archive's file and powers off.
+fn build_medium(directory: &Path) -> std::path::PathBuf {
+    let (kernel, _) = kiln_image_build::ramdisk::host_kernel().unwrap();
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let initrd = newc_archive(&[
+        ArchiveEntry::Directory { path: "bin" },
+        ArchiveEntry::File { path: "bin/busybox", mode: 0o755, contents: &busybox },
+        ArchiveEntry::Directory { path: "dev" },
+        ArchiveEntry::File { path: "init", mode: 0o755, contents: INIT.as_bytes() },
+    ]);
+    let initrd_path = directory.join("vmedia-initrd");
+    std::fs::write(&initrd_path, initrd).unwrap();
+    let boot_archive = newc_archive(&[
+        ArchiveEntry::Directory { path: "etc" },
+        ArchiveEntry::Directory { path: "etc/kiln" },
+        ArchiveEntry::File { path: "etc/kiln/boot.env", mode: 0o600, contents: b"KILN_VMEDIA=from-the-medium" },
+    ]);
+    let boot = KernelBoot { purpose: KernelPurpose::Live, kernel: None, initrd: None, command_line: "console=ttyS0".to_owned() };
+    let grub_config = kiln_boot::medium_grub_config(&boot, "vm1");
+    let medium = directory.join("vmedia.iso");
+    build_boot_medium(
+        MediumContents { kernel: &kernel, initrd: &initrd_path, boot_archive: &boot_archive, grub_config: &grub_config },
+        &medium,
+    )
+    .unwrap();
+    medium
+}
+
+#[test]
+fn a_lab_machine_boots_a_medium_its_bmc_fetched_by_url() {
+    let Some(mut lab) = Lab::create_or_skip() else { return };
+    let kiln = Path::new(KILN);
+    lab.start_server(kiln, "").unwrap();
+    let work = lab.directory.path().to_owned();
+    let medium = build_medium(&work);
+    lab.kiln(kiln, &["image", "create", "vmedia", "--visibility", "public"]).unwrap();
+    lab.kiln(kiln, &["image", "upload", "vmedia", &format!("disk={}", medium.display())]).unwrap();
+    let url = format!("{}/boot/images/vmedia/1/disk", lab.boot_url());
+
+    let machine = lab.add_machine_with_cd("52:54:00:be:ef:71", Firmware::Bios).unwrap();
+    let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
+    lab.enroll_machine(kiln, "vm1", "52:54:00:be:ef:71", &qmp).unwrap();
+    let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm1", "-F", "json"]).unwrap());
+    assert_eq!((status["device"].as_str(), status["inserted"].as_bool()), (Some("kiln-cd"), Some(false)), "{status}");
+
+    let status = json(&lab.kiln(kiln, &["node", "virtual-media", "insert", "vm1", &url, "--boot-once", "-F", "json"]).unwrap());
+    assert_eq!((status["image"].as_str(), status["inserted"].as_bool()), (Some(url.as_str()), Some(true)), "{status}");
+    lab.kiln(kiln, &["node", "power", "on", "vm1"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !std::fs::read_to_string(&console).unwrap_or_default().contains("vmedia-test: boot.env KILN_VMEDIA=from-the-medium") {
+        assert!(
+            Instant::now() < deadline,
+            "vm1 did not boot its medium:\n{}\nserver:\n{}",
+            std::fs::read_to_string(&console).unwrap_or_default(),
+            lab.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    lab.kiln(kiln, &["node", "virtual-media", "eject", "vm1"]).unwrap();
+    let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm1", "-F", "json"]).unwrap());
+    assert_eq!((status["image"].as_str(), status["inserted"].as_bool()), (None, Some(false)), "{status}");
+    assert!(!qmp.with_file_name("medium-525400beef71.iso").exists(), "the fetched medium goes with the eject");
+
+    // A URL the BMC cannot fetch: its refusal, and the drive stays empty.
+    let error =
+        lab.kiln(kiln, &["node", "virtual-media", "insert", "vm1", &format!("{}/boot/images/vmedia/9/disk", lab.boot_url())]).unwrap_err();
+    assert!(error.to_string().contains("fetching the virtual media image") && error.to_string().contains("404"), "{error}");
+
+    // A machine without a CD drive.
+    let machine = lab.add_powered_off_machine("52:54:00:be:ef:72", Firmware::Bios).unwrap();
+    let qmp = machine.qmp.clone().unwrap();
+    lab.enroll_machine(kiln, "vm2", "52:54:00:be:ef:72", &qmp).unwrap();
+    let error = lab.kiln(kiln, &["node", "virtual-media", "insert", "vm2", &url]).unwrap_err();
+    assert!(error.to_string().contains("the lab machine has no CD drive"), "{error}");
+}
