@@ -13,6 +13,7 @@
 mod images;
 mod nodes;
 mod ports;
+mod vmedia;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Request, State};
@@ -219,7 +220,7 @@ pub fn router() -> axum::Router<ApiState> {
         .route("/v1/nodes/{node}/states/provision", put(nodes::set_provision))
         .route("/v1/nodes/{node}/maintenance", put(nodes::maintenance_on).delete(nodes::maintenance_off))
         .route("/v1/nodes/{node}/validate", get(nodes::validate))
-        .route("/v1/nodes/{node}/vmedia", axum::routing::post(nodes::attach_vmedia).delete(nodes::detach_vmedia))
+        .route("/v1/nodes/{node}/vmedia", axum::routing::post(vmedia::attach_vmedia).delete(vmedia::detach_vmedia))
         .route("/v1/nodes/{node}/ports", get(ports::of_node))
         .route("/v1/ports", get(ports::list).post(ports::create))
         .route("/v1/ports/", get(ports::list).post(ports::create))
