@@ -27,7 +27,8 @@ fn bmc_error(error: BmcError) -> ApiError {
         kiln_bmc::FaultKind::Refused => ErrorCode::BmcRefused,
     };
     let status = match error {
-        BmcError::NotConfigured { .. } => StatusCode::CONFLICT,
+        // The BMC answered; the node's BMC record or the BMC's make lacks what was asked.
+        BmcError::NotConfigured { .. } | BmcError::Lacks { .. } => StatusCode::CONFLICT,
         BmcError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     };
@@ -105,10 +106,13 @@ const MAX_IMAGE_URL_BYTES: usize = 2048;
 /// show them to anyone who reads the drive's document).
 fn checked_image_url(text: &str) -> ApiResult<String> {
     let invalid = |why: &str| ApiError::invalid(format!("image: '{text}' {why}"));
+    // Never quoted back: the URL holds a password.
+    let with_credentials = || ApiError::invalid("image: the URL holds credentials; BMCs show the image URL to anyone who reads the drive");
     if text.len() > MAX_IMAGE_URL_BYTES {
         return Err(ApiError::invalid(format!("image: the URL is {} bytes; at most {MAX_IMAGE_URL_BYTES}", text.len())));
     }
-    let url = reqwest::Url::parse(text).map_err(|error| invalid(&format!("is not a URL ({error})")))?;
+    let url = reqwest::Url::parse(text)
+        .map_err(|error| if text.contains('@') { with_credentials() } else { invalid(&format!("is not a URL ({error})")) })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("is not an http:// or https:// URL, which is what BMCs fetch"));
     }
@@ -116,7 +120,7 @@ fn checked_image_url(text: &str) -> ApiResult<String> {
         return Err(invalid("names no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("holds credentials; BMCs show the image URL to anyone who reads the drive"));
+        return Err(with_credentials());
     }
     Ok(url.to_string())
 }
@@ -157,16 +161,22 @@ pub(crate) async fn insert_virtual_media(
     Path(key): Path<String>,
     JsonBody(request): JsonBody<VirtualMediaRequest>,
 ) -> ApiResult<Json<VirtualMediaStatus>> {
-    let image = checked_image_url(&request.image)?;
+    // The node first: another tenant's node is missing, whatever the body says.
     let node = writable_node(&state, &caller, &key)?;
+    let image = checked_image_url(&request.image)?;
     let bmc = bmc_of(&state, &node).await?;
     bmc.insert_virtual_media(&image).await.map_err(bmc_error)?;
+    // Recorded as soon as the medium is in, so that a failure of what follows does not hide it.
+    let details = serde_json::json!({ "action": "insert", "image": image, "boot_once": request.boot_once });
+    state.store.record_bmc_action(&caller.user, &node, "node.virtual-media", details).await?;
     if request.boot_once {
         bmc.set_boot_device(BootDevice::Cd, true, None).await.map_err(bmc_error)?;
     }
-    let details = serde_json::json!({ "action": "insert", "image": image, "boot_once": request.boot_once });
-    state.store.record_bmc_action(&caller.user, &node, "node.virtual-media", details).await?;
-    let drive = bmc.virtual_media().await.map_err(bmc_error)?;
+    // The medium is in whatever a re-read says; a BMC slow to show it is not an error.
+    let drive = bmc.virtual_media().await.unwrap_or_else(|error| {
+        tracing::warn!(node = %node.name, error = %kiln_types::error_chain(&error), "virtual media inserted, but the drive could not be read back");
+        kiln_bmc::VirtualDrive { device: String::new(), media_types: Vec::new(), image: Some(image.clone()), inserted: true }
+    });
     Ok(Json(media_status(&node, drive)))
 }
 
@@ -212,10 +222,12 @@ mod tests {
             ("/boot/x.iso", "is not a URL"),
             ("nfs://10.0.0.1/x.iso", "http:// or https://"),
             ("http://root:calvin@10.0.0.1/x.iso", "credentials"),
+            ("http://root:calvin@bad host/x.iso", "credentials"),
             ("file:///tmp/x.iso", "http:// or https://"),
         ] {
             let error = checked_image_url(bad).unwrap_err();
             assert!(error.message.contains(why), "{bad}: {}", error.message);
+            assert!(!error.message.contains("calvin"), "the password is not quoted back: {}", error.message);
         }
         assert!(checked_image_url(&format!("http://h/{}", "a".repeat(3000))).unwrap_err().message.contains("at most 2048"));
     }

@@ -143,11 +143,15 @@ impl Lab {
         Ok(())
     }
 
-    /// Lab machines boot from the network, or first from their CD drive while it holds a
-    /// medium: there is nothing else to choose.
+    /// Lab machines have no boot override: they boot from their CD drive while it holds a
+    /// medium (it is first in their boot order), else from the network. So "the network" is
+    /// an empty drive, and "the CD, once" a medium in it until it is ejected.
     pub async fn set_boot_device(&self, device: BootDevice, _once: bool, _mode: Option<BootMode>) -> Result<(), BmcError> {
         match device {
-            BootDevice::Pxe => Ok(()),
+            BootDevice::Pxe => match self.cd_drive().await? {
+                Some(drive) if drive.get("inserted").is_some() => self.eject_virtual_media().await,
+                _ => Ok(()),
+            },
             BootDevice::Cd if self.cd_drive().await?.is_some() => Ok(()),
             BootDevice::Cd => Err(self.lacks_virtual_media("booting from CD")),
             BootDevice::Disk => {
@@ -185,17 +189,22 @@ impl Lab {
     }
 
     pub async fn insert_virtual_media(&self, image: &str) -> Result<(), BmcError> {
-        const OPERATION: &str = "inserting virtual media";
-        if self.cd_drive().await?.is_none() {
-            return Err(self.lacks_virtual_media(OPERATION));
+        let current = self.virtual_media().await.map_err(|error| match error {
+            BmcError::Lacks { .. } => self.lacks_virtual_media("inserting virtual media"),
+            other => other,
+        })?;
+        if current.inserted && current.image.as_deref() == Some(image) {
+            return Ok(());
         }
         let (medium, url_file) = self.medium_files();
         self.fetch(image, &medium).await?;
         let mut session = self.session().await?;
-        let arguments =
-            json!({ "id": CD_DEVICE, "filename": medium.display().to_string(), "format": "raw", "read-only-mode": "read-only" });
+        // `force`: a guest that has the CD mounted has locked its tray.
+        let arguments = json!({
+            "id": CD_DEVICE, "filename": medium.display().to_string(), "format": "raw", "read-only-mode": "read-only", "force": true,
+        });
         self.execute_in(&mut session, "blockdev-change-medium", arguments).await?;
-        std::fs::write(&url_file, image).map_err(|error| self.failed(OPERATION, &error))?;
+        std::fs::write(&url_file, image).map_err(|source| self.medium_store(&url_file, source))?;
         tracing::info!(address = %self.target.address, image, "lab machine: medium inserted");
         Ok(())
     }
@@ -212,46 +221,61 @@ impl Lab {
         Ok(())
     }
 
-    fn failed(&self, operation: &'static str, error: &dyn std::fmt::Display) -> BmcError {
-        BmcError::Failed { address: self.target.address.clone(), operation, message: error.to_string() }
+    fn medium_store(&self, path: &Path, source: std::io::Error) -> BmcError {
+        BmcError::MediumStore { address: self.target.address.clone(), path: path.to_owned(), source }
     }
 
-    /// Fetches `url` into `path` as a BMC would, refusing what is not a success or is too
-    /// large; a partial file is never left under `path`.
+    /// Fetches `url` into `path` as a BMC would. The lab BMC runs in the server's process, so
+    /// it does not fetch from where a BMC could not reach and the server could (loopback,
+    /// link-local, unspecified, multicast addresses), follows no redirect and uses no proxy.
+    /// The bytes go to a temporary file beside `path`, renamed into place when whole and
+    /// removed otherwise (also when the request is dropped).
     async fn fetch(&self, url: &str, path: &Path) -> Result<(), BmcError> {
-        const OPERATION: &str = "fetching the virtual media image";
+        let refused = |reason: String| BmcError::ImageRefused { address: self.target.address.clone(), url: url.to_owned(), reason };
+        let fetch_error = |source: Box<dyn std::error::Error + Send + Sync>| BmcError::ImageFetch {
+            address: self.target.address.clone(),
+            url: url.to_owned(),
+            source,
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|error| refused(format!("not a URL ({error})")))?;
+        let host = parsed.host_str().ok_or_else(|| refused("the URL names no host".to_owned()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = parsed.port_or_known_default().unwrap_or(80);
+        let addresses: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host((host, port)).await.map_err(|error| fetch_error(Box::new(error)))?.collect();
+        if let Some(address) = addresses.iter().find(|address| !fetchable(address.ip())) {
+            return Err(refused(format!("{host} is {}, where the lab BMC does not fetch from", address.ip())));
+        }
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(300))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .resolve_to_addrs(host, &addresses)
             .build()
-            .map_err(|error| self.failed(OPERATION, &error))?;
-        let mut response = client.get(url).send().await.map_err(|error| self.failed(OPERATION, &error))?;
+            .map_err(|error| fetch_error(Box::new(error)))?;
+        let mut response = client.get(url).send().await.map_err(|error| fetch_error(Box::new(error)))?;
         if !response.status().is_success() {
-            return Err(BmcError::Refused {
+            return Err(BmcError::ImageUnavailable {
                 address: self.target.address.clone(),
-                operation: OPERATION,
+                url: url.to_owned(),
                 status: response.status().as_u16(),
-                message: format!("{url} answered {}", response.status()),
             });
         }
-        let partial = path.with_extension("partial");
-        let mut file = tokio::fs::File::create(&partial).await.map_err(|error| self.failed(OPERATION, &error))?;
+        let directory = path.parent().unwrap_or(Path::new("."));
+        let partial = tempfile::NamedTempFile::new_in(directory).map_err(|source| self.medium_store(directory, source))?;
+        let std_file = partial.as_file().try_clone().map_err(|source| self.medium_store(partial.path(), source))?;
+        let mut file = tokio::fs::File::from_std(std_file);
         let mut written = 0u64;
-        let copied: Result<(), BmcError> = async {
-            while let Some(chunk) = response.chunk().await.map_err(|error| self.failed(OPERATION, &error))? {
-                written += chunk.len() as u64;
-                if written > MAX_MEDIUM_BYTES {
-                    return Err(self.failed(OPERATION, &format!("{url} is larger than {MAX_MEDIUM_BYTES} bytes")));
-                }
-                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(|error| self.failed(OPERATION, &error))?;
+        while let Some(chunk) = response.chunk().await.map_err(|error| fetch_error(Box::new(error)))? {
+            written += chunk.len() as u64;
+            if written > MAX_MEDIUM_BYTES {
+                return Err(refused(format!("the image is larger than {MAX_MEDIUM_BYTES} bytes")));
             }
-            tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|error| self.failed(OPERATION, &error))?;
-            tokio::fs::rename(&partial, path).await.map_err(|error| self.failed(OPERATION, &error))
+            file.write_all(&chunk).await.map_err(|source| self.medium_store(partial.path(), source))?;
         }
-        .await;
-        if copied.is_err() {
-            let _ = tokio::fs::remove_file(&partial).await;
-        }
-        copied
+        file.sync_all().await.map_err(|source| self.medium_store(partial.path(), source))?;
+        partial.persist(path).map_err(|error| self.medium_store(path, error.error))?;
+        Ok(())
     }
 
     pub async fn facts(&self) -> Result<SystemFacts, BmcError> {
@@ -264,9 +288,34 @@ impl Lab {
     }
 }
 
+/// Whether the lab BMC fetches images from `address`: not from this host's own loopback,
+/// link-local or unspecified addresses, nor multicast, which a BMC on its own network would
+/// not reach as the server does.
+fn fetchable(address: std::net::IpAddr) -> bool {
+    match address {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast())
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mapped = v6.to_ipv4_mapped().map(std::net::IpAddr::V4);
+            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local()) && mapped.is_none_or(fetchable)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lab_bmc_fetches_only_from_where_a_bmc_could() {
+        for address in ["10.77.0.1", "192.168.1.5", "2001:db8::1", "fd00::1"] {
+            assert!(fetchable(address.parse().unwrap()), "{address}");
+        }
+        for address in ["127.0.0.1", "169.254.169.254", "0.0.0.0", "224.0.0.1", "::1", "fe80::1", "::ffff:127.0.0.1"] {
+            assert!(!fetchable(address.parse().unwrap()), "{address}");
+        }
+    }
 
     #[test]
     fn the_serial_socket_sits_beside_the_qmp_socket() {

@@ -48,6 +48,26 @@ pub enum BmcError {
     Lacks { address: String, operation: &'static str, missing: String },
     #[error("node has no usable BMC: {reason}")]
     NotConfigured { reason: String },
+    /// The image a BMC was to fetch for virtual media could not be had: its server, not the
+    /// BMC, is at fault.
+    #[error("BMC {address}: fetching the image {url}")]
+    ImageFetch {
+        address: String,
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("BMC {address}: fetching the image {url}: its server answered HTTP {status}")]
+    ImageUnavailable { address: String, url: String, status: u16 },
+    #[error("BMC {address}: fetching the image {url}: {reason}")]
+    ImageRefused { address: String, url: String, reason: String },
+    #[error("BMC {address}: keeping the fetched image in {path}")]
+    MediumStore {
+        address: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl BmcError {
@@ -61,7 +81,11 @@ impl BmcError {
             | BmcError::Failed { .. }
             | BmcError::Unsupported { .. }
             | BmcError::Lacks { .. }
-            | BmcError::NotConfigured { .. } => FaultKind::Refused,
+            | BmcError::NotConfigured { .. }
+            | BmcError::ImageFetch { .. }
+            | BmcError::ImageUnavailable { .. }
+            | BmcError::ImageRefused { .. }
+            | BmcError::MediumStore { .. } => FaultKind::Refused,
         }
     }
 }

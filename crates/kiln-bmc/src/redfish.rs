@@ -269,6 +269,16 @@ impl Redfish {
             BootDevice::Cd => "Cd",
         };
         let allowed = strings(system.pointer("/Boot/BootSourceOverrideTarget@Redfish.AllowableValues"));
+        // Some BMCs (Supermicro's) show virtual media to the system as a USB CD only.
+        let target = if target == "Cd"
+            && !allowed.is_empty()
+            && !allowed.iter().any(|value| value == "Cd")
+            && allowed.iter().any(|value| value == "UsbCd")
+        {
+            "UsbCd"
+        } else {
+            target
+        };
         if !allowed.is_empty() && !allowed.iter().any(|value| value == target) {
             return Err(BmcError::Lacks {
                 address: self.target.address.clone(),
@@ -306,10 +316,18 @@ impl Redfish {
         let (_, system) = self.get("reading the system", &path).await?;
         let mut collections: Vec<String> =
             system.pointer("/VirtualMedia/@odata.id").and_then(Value::as_str).map(str::to_owned).into_iter().collect();
+        let mut manager_errors = Vec::new();
         for manager in system.pointer("/Links/ManagedBy").and_then(Value::as_array).into_iter().flatten() {
             let Some(manager) = manager.get("@odata.id").and_then(Value::as_str) else { continue };
-            // A BMC that cannot show its manager may still have media under the system.
-            let Ok((_, manager)) = self.get("reading the system's manager", manager).await else { continue };
+            // A BMC that cannot show its manager may still have media under the system; if
+            // it has none there, the manager's error is what the caller is told.
+            let manager = match self.get("reading the system's manager", manager).await {
+                Ok((_, manager)) => manager,
+                Err(error) => {
+                    manager_errors.push(error.to_string());
+                    continue;
+                }
+            };
             if let Some(collection) = manager.pointer("/VirtualMedia/@odata.id").and_then(Value::as_str)
                 && !collections.iter().any(|known| known == collection)
             {
@@ -334,7 +352,9 @@ impl Redfish {
                 other_media.extend(media_types);
             }
         }
-        let missing = if collections.is_empty() {
+        let missing = if collections.is_empty() && !manager_errors.is_empty() {
+            format!("the system has no VirtualMedia and its manager could not be read ({})", manager_errors.join("; "))
+        } else if collections.is_empty() {
             "neither the system nor its manager has VirtualMedia".to_owned()
         } else if other_media.is_empty() {
             "its VirtualMedia collection has no device".to_owned()
@@ -360,18 +380,55 @@ impl Redfish {
         if current.inserted || current.image.is_some() {
             self.eject(&path, etag.as_deref(), &drive).await?;
         }
-        let body = json!({ "Image": image, "Inserted": true, "WriteProtected": true });
         match drive.pointer("/Actions/#VirtualMedia.InsertMedia/target").and_then(Value::as_str) {
-            Some(action) => self.request(OPERATION, Method::POST, action, Some(&body), None).await?,
+            Some(action) => self.insert_by_action(action, image).await?,
             // Before the actions (Redfish 1.0 to 1.5), the resource itself was patched; a
             // fresh ETag, since an eject above may have changed it.
             None => {
-                let (etag, _) = self.get("reading a virtual media device", &path).await?;
-                self.request(OPERATION, Method::PATCH, &path, Some(&body), etag.as_deref()).await?
+                let (etag, fresh) = self.get("reading a virtual media device", &path).await?;
+                let etag = etag.or_else(|| fresh.get("@odata.etag").and_then(Value::as_str).map(str::to_owned));
+                let body = json!({ "Image": image, "Inserted": true, "WriteProtected": true });
+                match self.request(OPERATION, Method::PATCH, &path, Some(&body), etag.as_deref()).await {
+                    Err(BmcError::Refused { status: 405 | 501, .. }) => {
+                        return Err(BmcError::Lacks {
+                            address: self.target.address.clone(),
+                            operation: OPERATION,
+                            missing: format!("the drive {path} has no InsertMedia action and does not take a PATCH of its Image"),
+                        });
+                    }
+                    other => other?,
+                };
             }
         };
         tracing::info!(address = %self.target.address, device = %current.device, image, "virtual media inserted");
         Ok(())
+    }
+
+    /// `InsertMedia` with the image alone: `Inserted` and `WriteProtected` default to true,
+    /// and some BMCs (Supermicro's) refuse them when sent. Others want the transfer protocol
+    /// named, and then the transfer method; each is added only when the BMC's refusal asks
+    /// for it, as the Redfish clients of Ironic (sushy) do.
+    async fn insert_by_action(&self, action: &str, image: &str) -> Result<(), BmcError> {
+        const OPERATION: &str = "inserting virtual media";
+        let mut body = json!({ "Image": image });
+        for _ in 0..3 {
+            match self.request(OPERATION, Method::POST, action, Some(&body), None).await {
+                Ok(_) => return Ok(()),
+                Err(BmcError::Refused { status: 400, message, .. })
+                    if message.contains("TransferProtocolType") && body.get("TransferProtocolType").is_none() =>
+                {
+                    let protocol = if image.starts_with("https://") { "HTTPS" } else { "HTTP" };
+                    body["TransferProtocolType"] = json!(protocol);
+                }
+                Err(BmcError::Refused { status: 400, message, .. })
+                    if message.contains("TransferMethod") && body.get("TransferMethod").is_none() =>
+                {
+                    body["TransferMethod"] = json!("Stream");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        self.request(OPERATION, Method::POST, action, Some(&body), None).await.map(|_| ())
     }
 
     pub async fn eject_virtual_media(&self) -> Result<(), BmcError> {

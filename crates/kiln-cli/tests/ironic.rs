@@ -269,6 +269,10 @@ try:
     conn.baremetal.attach_vmedia_to_node(node, device_type="floppy", image_url=image)
 except openstack.exceptions.BadRequestException as error:
     print("floppy refused:", error)
+try:
+    conn.baremetal.detach_vmedia_from_node(node, device_types=["floppy"])
+except openstack.exceptions.BadRequestException as error:
+    print("floppy detach refused:", error)
 conn.baremetal.detach_vmedia_from_node(node, device_types=["cdrom"])
 print("detached")
 "#;
@@ -278,6 +282,7 @@ print("detached")
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("attached") && stdout.contains("detached"), "{stdout}");
     assert!(stdout.contains("floppy refused:") && stdout.contains("device_type 'cdrom', not 'floppy'"), "{stdout}");
+    assert!(stdout.contains("floppy detach refused:") && stdout.contains("device_types 'cdrom', not 'floppy'"), "{stdout}");
     assert_eq!(files.served(), 1, "the emulator fetched the image from its URL");
     let status: serde_json::Value = serde_json::from_str(&site.kiln(&["node", "virtual-media", "status", "vm-sdk", "-F", "json"])).unwrap();
     assert_eq!(status["inserted"], false, "{status}");

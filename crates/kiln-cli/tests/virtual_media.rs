@@ -33,18 +33,20 @@ fn build_medium(directory: &Path) -> std::path::PathBuf {
     let (kernel, _) = kiln_image_build::ramdisk::host_kernel().unwrap();
     let busybox = std::fs::read("/bin/busybox").unwrap();
     let initrd = newc_archive(&[
-        ArchiveEntry::Directory { path: "bin" },
+        ArchiveEntry::Directory { path: "bin", mode: 0o755 },
         ArchiveEntry::File { path: "bin/busybox", mode: 0o755, contents: &busybox },
-        ArchiveEntry::Directory { path: "dev" },
+        ArchiveEntry::Directory { path: "dev", mode: 0o755 },
         ArchiveEntry::File { path: "init", mode: 0o755, contents: INIT.as_bytes() },
-    ]);
+    ])
+    .unwrap();
     let initrd_path = directory.join("vmedia-initrd");
     std::fs::write(&initrd_path, initrd).unwrap();
     let boot_archive = newc_archive(&[
-        ArchiveEntry::Directory { path: "etc" },
-        ArchiveEntry::Directory { path: "etc/kiln" },
+        ArchiveEntry::Directory { path: "etc", mode: 0o755 },
+        ArchiveEntry::Directory { path: "etc/kiln", mode: 0o755 },
         ArchiveEntry::File { path: "etc/kiln/boot.env", mode: 0o600, contents: b"KILN_VMEDIA=from-the-medium" },
-    ]);
+    ])
+    .unwrap();
     let boot = KernelBoot { purpose: KernelPurpose::Live, kernel: None, initrd: None, command_line: "console=ttyS0".to_owned() };
     let grub_config = kiln_boot::medium_grub_config(&boot, "vm1");
     let medium = directory.join("vmedia.iso");
@@ -95,7 +97,12 @@ fn a_lab_machine_boots_a_medium_its_bmc_fetched_by_url() {
     // A URL the BMC cannot fetch: its refusal, and the drive stays empty.
     let error =
         lab.kiln(kiln, &["node", "virtual-media", "insert", "vm1", &format!("{}/boot/images/vmedia/9/disk", lab.boot_url())]).unwrap_err();
-    assert!(error.to_string().contains("fetching the virtual media image") && error.to_string().contains("404"), "{error}");
+    assert!(error.to_string().contains("fetching the image") && error.to_string().contains("HTTP 404"), "{error}");
+    let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm1", "-F", "json"]).unwrap());
+    assert_eq!(status["inserted"].as_bool(), Some(false), "{status}");
+    // Nor from the server's own loopback, which no BMC could reach.
+    let error = lab.kiln(kiln, &["node", "virtual-media", "insert", "vm1", "http://127.0.0.1:8081/boot/images/vmedia/1/disk"]).unwrap_err();
+    assert!(error.to_string().contains("where the lab BMC does not fetch from"), "{error}");
 
     // A machine without a CD drive.
     let machine = lab.add_powered_off_machine("52:54:00:be:ef:72", Firmware::Bios).unwrap();

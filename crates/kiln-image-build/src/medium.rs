@@ -21,11 +21,24 @@ pub struct MediumContents<'a> {
     pub grub_config: &'a str,
 }
 
+/// GRUB's module directories `grub-mkrescue` lays out the two firmware paths from, and the
+/// Debian package of each. Without one it would quietly make a medium for the other only.
+const PLATFORMS: [(&str, &str); 2] = [("/usr/lib/grub/i386-pc", "grub-pc-bin"), ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin")];
+
 #[derive(Debug, thiserror::Error)]
 pub enum MediumError {
-    #[error("reading {path}")]
-    Read {
+    #[error("no GRUB modules at {directory}, so the medium would not boot that way (apt-get install {package})")]
+    NoPlatform { directory: &'static str, package: &'static str },
+    #[error("making a working directory under {path}")]
+    WorkDirectory {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("copying {from} to {to}")]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -35,31 +48,36 @@ pub enum MediumError {
         #[source]
         source: std::io::Error,
     },
-    #[error("running grub-mkrescue (apt-get install grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools)")]
+    #[error("running grub-mkrescue (apt-get install grub-common xorriso mtools)")]
     Start {
         #[source]
         source: std::io::Error,
     },
-    #[error("grub-mkrescue failed: {message}")]
-    Tool { message: String },
+    #[error("grub-mkrescue failed ({status}): {message}")]
+    Tool { status: std::process::ExitStatus, message: String },
 }
 
-/// Writes the medium of `contents` to `output`, whole or not at all: it is made beside
-/// `output` and renamed into place.
+/// Writes the medium of `contents` to `output`, whole or not at all: it is made in a
+/// temporary file beside `output`, synced, and renamed into place.
 pub fn build_boot_medium(contents: MediumContents<'_>, output: &Path) -> Result<(), MediumError> {
-    let work = tempfile::tempdir().map_err(|source| MediumError::Write { path: std::env::temp_dir(), source })?;
-    let tree = work.path().join("tree");
-    let write = |path: &Path, bytes: &[u8]| -> Result<(), MediumError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| MediumError::Write { path: parent.to_owned(), source })?;
+    for (directory, package) in PLATFORMS {
+        if !Path::new(directory).is_dir() {
+            return Err(MediumError::NoPlatform { directory, package });
         }
+    }
+    let work = tempfile::tempdir().map_err(|source| MediumError::WorkDirectory { path: std::env::temp_dir(), source })?;
+    let tree = work.path().join("tree");
+    let make_parent = |path: &Path| -> Result<(), MediumError> {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(parent).map_err(|source| MediumError::Write { path: parent.to_owned(), source })
+    };
+    let write = |path: &Path, bytes: &[u8]| -> Result<(), MediumError> {
+        make_parent(path)?;
         std::fs::write(path, bytes).map_err(|source| MediumError::Write { path: path.to_owned(), source })
     };
     let copy = |from: &Path, to: &Path| -> Result<(), MediumError> {
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| MediumError::Write { path: parent.to_owned(), source })?;
-        }
-        std::fs::copy(from, to).map(|_| ()).map_err(|source| MediumError::Read { path: from.to_owned(), source })
+        make_parent(to)?;
+        std::fs::copy(from, to).map(|_| ()).map_err(|source| MediumError::Copy { from: from.to_owned(), to: to.to_owned(), source })
     };
     let [initrd_path, archive_path] = kiln_boot::MEDIUM_INITRD_PATHS;
     let on_medium = |path: &str| tree.join(path.trim_start_matches('/'));
@@ -67,26 +85,24 @@ pub fn build_boot_medium(contents: MediumContents<'_>, output: &Path) -> Result<
     copy(contents.initrd, &on_medium(initrd_path))?;
     write(&on_medium(archive_path), contents.boot_archive)?;
     write(&tree.join("boot/grub/grub.cfg"), contents.grub_config.as_bytes())?;
-    let partial = output.with_extension("partial");
+    let directory = output.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let partial = tempfile::Builder::new()
+        .prefix(".medium-")
+        .tempfile_in(directory)
+        .map_err(|source| MediumError::Write { path: directory.to_owned(), source })?;
     let result = Command::new("grub-mkrescue")
         // No translations, fonts or themes: a medium that boots one kernel at once needs none,
         // and they are most of its size otherwise.
         .args(["--locales=", "--fonts=", "--themes=", "-o"])
-        .arg(&partial)
+        .arg(partial.path())
         .arg(&tree)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| MediumError::Start { source })
-        .and_then(|output| {
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(MediumError::Tool { message: String::from_utf8_lossy(&output.stderr).trim().to_owned() })
-            }
-        })
-        .and_then(|()| std::fs::rename(&partial, output).map_err(|source| MediumError::Write { path: output.to_owned(), source }));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        .map_err(|source| MediumError::Start { source })?;
+    if !result.status.success() {
+        return Err(MediumError::Tool { status: result.status, message: String::from_utf8_lossy(&result.stderr).trim().to_owned() });
     }
-    result
+    partial.as_file().sync_all().map_err(|source| MediumError::Write { path: partial.path().to_owned(), source })?;
+    partial.persist(output).map_err(|error| MediumError::Write { path: output.to_owned(), source: error.error })?;
+    Ok(())
 }

@@ -75,19 +75,21 @@ fn a_boot_medium_boots_by_bios_and_uefi_without_a_network() {
     let directory = tempfile::tempdir().unwrap();
     let busybox = std::fs::read(busybox).unwrap();
     let initrd = newc_archive(&[
-        ArchiveEntry::Directory { path: "bin" },
+        ArchiveEntry::Directory { path: "bin", mode: 0o755 },
         ArchiveEntry::File { path: "bin/busybox", mode: 0o755, contents: &busybox },
-        ArchiveEntry::Directory { path: "dev" },
-        ArchiveEntry::Directory { path: "proc" },
+        ArchiveEntry::Directory { path: "dev", mode: 0o755 },
+        ArchiveEntry::Directory { path: "proc", mode: 0o755 },
         ArchiveEntry::File { path: "init", mode: 0o755, contents: INIT.as_bytes() },
-    ]);
+    ])
+    .unwrap();
     let initrd_path = directory.path().join("initrd");
     std::fs::write(&initrd_path, initrd).unwrap();
     let boot_archive = newc_archive(&[
-        ArchiveEntry::Directory { path: "etc" },
-        ArchiveEntry::Directory { path: "etc/kiln" },
+        ArchiveEntry::Directory { path: "etc", mode: 0o755 },
+        ArchiveEntry::Directory { path: "etc/kiln", mode: 0o755 },
         ArchiveEntry::File { path: "etc/kiln/boot.env", mode: 0o600, contents: b"KILN_TEST=from-the-boot-archive" },
-    ]);
+    ])
+    .unwrap();
     let boot = KernelBoot {
         purpose: KernelPurpose::DeployAgent,
         kernel: None,
@@ -101,7 +103,8 @@ fn a_boot_medium_boots_by_bios_and_uefi_without_a_network() {
         &medium,
     )
     .unwrap();
-    assert!(!directory.path().join("boot.partial").exists());
+    let left: Vec<_> = std::fs::read_dir(directory.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|name| name.to_string_lossy().starts_with(".medium-")), "no temporary file left: {left:?}");
     let size = std::fs::metadata(&medium).unwrap().len();
     eprintln!("medium: {} MiB", size >> 20);
 
@@ -133,6 +136,19 @@ fn a_failed_build_leaves_nothing_behind() {
         &medium,
     )
     .unwrap_err();
-    assert!(error.to_string().contains("reading") && error.to_string().contains("absent"), "{error}");
+    assert!(error.to_string().contains("copying") && error.to_string().contains("absent"), "{error}");
     assert_eq!(std::fs::read_dir(directory.path()).unwrap().count(), 0, "nothing written");
+    // An output directory that does not exist: refused before grub-mkrescue runs, and the
+    // working tree goes with the error.
+    let kernel = directory.path().join("kernel");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    let parent = directory.path().join("parent");
+    std::fs::create_dir(&parent).unwrap();
+    let error = build_boot_medium(
+        MediumContents { kernel: &kernel, initrd: &kernel, boot_archive: b"", grub_config: "" },
+        &parent.join("missing-directory/boot.iso"),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("writing"), "{error}");
+    assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0, "nothing left");
 }

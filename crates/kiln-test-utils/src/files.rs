@@ -3,23 +3,37 @@
 
 use std::io::{BufRead as _, Write as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub struct OneFileServer {
     /// `http://127.0.0.1:PORT/PATH`
     pub url: String,
     served: Arc<AtomicUsize>,
-    _listener: std::net::TcpListener,
+    stopping: Arc<AtomicBool>,
+    address: std::net::SocketAddr,
+}
+
+impl Drop for OneFileServer {
+    /// Stops the serving thread, which closes the listener: a connection wakes its accept.
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.address);
+    }
 }
 
 impl OneFileServer {
     pub fn start(path: &'static str, body: &'static [u8]) -> OneFileServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        let address = listener.local_addr().unwrap();
         let served = Arc::new(AtomicUsize::new(0));
-        let (acceptor, counter) = (listener.try_clone().unwrap(), served.clone());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (counter, stop) = (served.clone(), stopping.clone());
         std::thread::spawn(move || {
-            for stream in acceptor.incoming() {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
                 let Ok(stream) = stream else { return };
                 let mut reader = std::io::BufReader::new(stream);
                 let mut request_line = String::new();
@@ -41,7 +55,7 @@ impl OneFileServer {
                 }
             }
         });
-        OneFileServer { url, served, _listener: listener }
+        OneFileServer { url, served, stopping, address }
     }
 
     /// GETs of the file answered so far.

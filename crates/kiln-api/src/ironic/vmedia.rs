@@ -59,22 +59,51 @@ pub(super) async fn attach_vmedia(
 }
 
 #[derive(Debug, Deserialize)]
-pub(super) struct VmediaDetach {
+pub(super) struct VmediaDetachQuery {
     #[serde(default)]
     device_types: Option<String>,
 }
 
-/// `DELETE /v1/nodes/{node}/vmedia[?device_types=cdrom]`: empties the node's virtual CD.
+/// What openstacksdk sends on the DELETE: the device types in a JSON body, comma-separated
+/// as in the query (a list is taken too).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DeviceTypes {
+    Joined(String),
+    Listed(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct VmediaDetachBody {
+    #[serde(default)]
+    device_types: Option<DeviceTypes>,
+}
+
+/// `DELETE /v1/nodes/{node}/vmedia`: empties the node's virtual CD. The device types may be
+/// given in the query (`?device_types=cdrom`, comma-separated) or, as openstacksdk sends
+/// them, in a JSON body; any but `cdrom` is refused.
 pub(super) async fn detach_vmedia(
     State(state): State<ApiState>,
     caller: IronicCaller,
     Path(key): Path<String>,
-    Query(query): Query<VmediaDetach>,
+    query: Result<Query<VmediaDetachQuery>, axum::extract::rejection::QueryRejection>,
+    body: axum::body::Bytes,
 ) -> IronicResult<StatusCode> {
     vmedia_available(&caller)?;
     let node = writable(&state, &caller, &key)?;
-    if let Some(other) = query.device_types.as_deref().and_then(|types| types.split(',').find(|kind| !kind.is_empty() && *kind != "cdrom"))
-    {
+    let query = super::nodes::parsed(query)?;
+    let mut device_types: Vec<String> =
+        query.device_types.iter().flat_map(|types| types.split(',')).filter(|kind| !kind.is_empty()).map(str::to_owned).collect();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let body: VmediaDetachBody = serde_json::from_slice(&body)
+            .map_err(|error| IronicError::invalid(format!("The request body is not a JSON object with device_types: {error}.")))?;
+        match body.device_types {
+            Some(DeviceTypes::Joined(joined)) => device_types.extend(joined.split(',').filter(|kind| !kind.is_empty()).map(str::to_owned)),
+            Some(DeviceTypes::Listed(listed)) => device_types.extend(listed),
+            None => {}
+        }
+    }
+    if let Some(other) = device_types.iter().find(|kind| *kind != "cdrom") {
         return Err(IronicError::invalid(format!("Kiln's virtual media is a CD: device_types 'cdrom', not '{other}'.")));
     }
     crate::power::eject_virtual_media(State(state.clone()), Caller(caller.context.clone()), Path(node.id.clone())).await?;
