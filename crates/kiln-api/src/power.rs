@@ -150,7 +150,7 @@ pub(crate) async fn get_virtual_media(
 
 /// Has the node's BMC fetch an image and show it to the node as a CD (Redfish
 /// `VirtualMedia`), replacing what was in the drive; with `boot_once`, the next boot, only
-/// that one, is from the CD. The answer is the drive as the BMC reports it afterwards.
+/// that one, is from the CD. The answer is the drive as the insert left it.
 #[utoipa::path(put, path = "/v1/nodes/{node}/virtual-media", tag = "bmc",
     params(("node" = String, Path, description = "Name, xname or id of the node")), request_body = VirtualMediaRequest,
     responses((status = 200, body = VirtualMediaStatus), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -165,18 +165,13 @@ pub(crate) async fn insert_virtual_media(
     let node = writable_node(&state, &caller, &key)?;
     let image = checked_image_url(&request.image)?;
     let bmc = bmc_of(&state, &node).await?;
-    bmc.insert_virtual_media(&image).await.map_err(bmc_error)?;
+    let drive = bmc.insert_virtual_media(&image).await.map_err(bmc_error)?;
     // Recorded as soon as the medium is in, so that a failure of what follows does not hide it.
     let details = serde_json::json!({ "action": "insert", "image": image, "boot_once": request.boot_once });
     state.store.record_bmc_action(&caller.user, &node, "node.virtual-media", details).await?;
     if request.boot_once {
         bmc.set_boot_device(BootDevice::Cd, true, None).await.map_err(bmc_error)?;
     }
-    // The medium is in whatever a re-read says; a BMC slow to show it is not an error.
-    let drive = bmc.virtual_media().await.unwrap_or_else(|error| {
-        tracing::warn!(node = %node.name, error = %kiln_types::error_chain(&error), "virtual media inserted, but the drive could not be read back");
-        kiln_bmc::VirtualDrive { device: String::new(), media_types: Vec::new(), image: Some(image.clone()), inserted: true }
-    });
     Ok(Json(media_status(&node, drive)))
 }
 

@@ -149,7 +149,7 @@ impl Lab {
     pub async fn set_boot_device(&self, device: BootDevice, _once: bool, _mode: Option<BootMode>) -> Result<(), BmcError> {
         match device {
             BootDevice::Pxe => match self.cd_drive().await? {
-                Some(drive) if drive.get("inserted").is_some() => self.eject_virtual_media().await,
+                Some(drive) if drive.get("inserted").is_some() => self.eject_medium().await,
                 _ => Ok(()),
             },
             BootDevice::Cd if self.cd_drive().await?.is_some() => Ok(()),
@@ -188,13 +188,14 @@ impl Lab {
         Ok(VirtualDrive { device: CD_DEVICE.to_owned(), media_types: vec!["CD".to_owned()], image, inserted })
     }
 
-    pub async fn insert_virtual_media(&self, image: &str) -> Result<(), BmcError> {
+    pub async fn insert_virtual_media(&self, image: &str) -> Result<VirtualDrive, BmcError> {
         let current = self.virtual_media().await.map_err(|error| match error {
             BmcError::Lacks { .. } => self.lacks_virtual_media("inserting virtual media"),
             other => other,
         })?;
+        let inserted = VirtualDrive { image: Some(image.to_owned()), inserted: true, ..current.clone() };
         if current.inserted && current.image.as_deref() == Some(image) {
-            return Ok(());
+            return Ok(inserted);
         }
         let (medium, url_file) = self.medium_files();
         self.fetch(image, &medium).await?;
@@ -206,13 +207,18 @@ impl Lab {
         self.execute_in(&mut session, "blockdev-change-medium", arguments).await?;
         std::fs::write(&url_file, image).map_err(|source| self.medium_store(&url_file, source))?;
         tracing::info!(address = %self.target.address, image, "lab machine: medium inserted");
-        Ok(())
+        Ok(inserted)
     }
 
     pub async fn eject_virtual_media(&self) -> Result<(), BmcError> {
         if self.cd_drive().await?.is_none() {
             return Err(self.lacks_virtual_media("ejecting virtual media"));
         }
+        self.eject_medium().await
+    }
+
+    /// Empties the drive the caller knows is there, and forgets the fetched medium.
+    async fn eject_medium(&self) -> Result<(), BmcError> {
         let mut session = self.session().await?;
         self.execute_in(&mut session, "eject", json!({ "id": CD_DEVICE, "force": true })).await?;
         let (medium, url_file) = self.medium_files();

@@ -193,7 +193,8 @@ impl Bmc {
 
     /// Has the BMC fetch `image` (an http(s) URL) and show it to the node as a CD, ejecting
     /// whatever else was in the drive. Inserting the image that is already in is a no-op.
-    pub async fn insert_virtual_media(&self, image: &str) -> Result<(), BmcError> {
+    /// Returns the drive as the insert leaves it, so callers need not ask the BMC again.
+    pub async fn insert_virtual_media(&self, image: &str) -> Result<VirtualDrive, BmcError> {
         match self {
             Bmc::Redfish(redfish) => redfish.insert_virtual_media(image).await,
             Bmc::Ipmi(ipmi) => Err(ipmi.lacks_virtual_media("inserting virtual media")),

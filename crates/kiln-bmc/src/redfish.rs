@@ -369,12 +369,13 @@ impl Redfish {
         Ok(drive_of(&path, &drive))
     }
 
-    pub async fn insert_virtual_media(&self, image: &str) -> Result<(), BmcError> {
+    pub async fn insert_virtual_media(&self, image: &str) -> Result<VirtualDrive, BmcError> {
         const OPERATION: &str = "inserting virtual media";
         let (path, etag, drive) = self.virtual_cd(OPERATION).await?;
         let current = drive_of(&path, &drive);
+        let inserted = VirtualDrive { image: Some(image.to_owned()), inserted: true, ..current.clone() };
         if current.inserted && current.image.as_deref() == Some(image) {
-            return Ok(());
+            return Ok(inserted);
         }
         // Most BMCs refuse to insert into an occupied drive.
         if current.inserted || current.image.is_some() {
@@ -401,7 +402,7 @@ impl Redfish {
             }
         };
         tracing::info!(address = %self.target.address, device = %current.device, image, "virtual media inserted");
-        Ok(())
+        Ok(inserted)
     }
 
     /// `InsertMedia` with the image alone: `Inserted` and `WriteProtected` default to true,
