@@ -12,13 +12,15 @@
 //! command line (`--api` for the API listener, if it is not the server's address, `--mac`
 //! for the booting MAC) and `--disk-file` to write to a file instead of the machine's disks.
 //!
-//! `kiln-agent nbd-root` attaches a network-mode node's disk instead (see `nbd_root`).
+//! `kiln-agent nbd-root` attaches a network-mode node's disk instead (see `nbd_root`), and
+//! `kiln-agent network-up` sets a static address from the command line (see `network_up`).
 
 mod client;
 mod inspect;
 mod io;
 mod nbd_relay;
 mod nbd_root;
+mod network_up;
 mod work;
 
 use std::path::{Path, PathBuf};
@@ -130,6 +132,16 @@ impl Options {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("network-up") {
+        match network_up::network_up() {
+            Ok(true) => return,
+            Ok(false) => std::process::exit(network_up::NO_STATIC_CONFIGURATION),
+            Err(error) => {
+                eprintln!("kiln-agent network-up: {error:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     if std::env::args().nth(1).as_deref() == Some("nbd-root") {
         let attached = nbd_root::NbdRoot::from_args(std::env::args().skip(2)).and_then(|root| nbd_root::attach(&root));
         if let Err(error) = attached {

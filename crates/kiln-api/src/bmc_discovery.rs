@@ -39,14 +39,7 @@ fn spec_for(existing: Option<&Node>, system: &FoundSystem, name: String, input: 
         .map(|node| {
             node.interfaces
                 .iter()
-                .map(|interface| InterfaceSpec {
-                    mac: interface.mac_addr,
-                    ip_addrs: interface
-                        .ip_addrs
-                        .iter()
-                        .filter_map(|entry| Some((entry.name.clone(), entry.ip_addr.parse().ok()?)))
-                        .collect(),
-                })
+                .map(|interface| InterfaceSpec { mac: interface.mac_addr, ip_addrs: interface.ip_addrs.clone() })
                 .collect()
         })
         .unwrap_or_default();

@@ -45,6 +45,9 @@ pub struct BootSettings {
     pub network_disk_address: Option<String>,
     /// When the API listener speaks HTTPS: the certificate the deploy agent trusts there.
     pub api_trust_anchor: Option<ApiTrustAnchor>,
+    /// Virtual-media nodes' boot media, served by the boot listener under `/boot/media/` by
+    /// unguessable names while their operations last.
+    pub media_dir: PathBuf,
 }
 
 /// Where the certificate an HTTPS API listener's chain ends in comes from (Kiln's CA, or
@@ -196,7 +199,7 @@ pub(crate) async fn boot_plan(
         }
     }
     if let Some(known) = node.as_deref()
-        && let Some(plan) = provisioning_plan(state, known, mac, source).await?
+        && let Some(plan) = provisioning_plan(state, known, mac, Requester::Machine(source)).await?
     {
         return Ok((plan, node));
     }
@@ -213,11 +216,39 @@ pub(crate) async fn boot_plan(
 
 /// The plan of a node that provisioning decides the boot of: the deploy ramdisk while an
 /// agent is to run, the local disk once deployed to it. `None`: boot parameters decide.
+/// Who a provisioning plan is made for. A plan can carry secrets (an agent token, a network
+/// disk's export name): a machine asking over the network gets them only from an address
+/// Kiln gave it; a boot medium Kiln makes itself goes to the node's BMC alone.
+#[derive(Debug, Clone, Copy)]
+enum Requester {
+    Machine(std::net::IpAddr),
+    BootMedium,
+}
+
+impl Requester {
+    fn may_have_secrets_of(self, state: &ApiState, node: &kiln_types::node::Node, mac: MacAddress) -> bool {
+        match self {
+            Requester::Machine(peer) => speaks_for(state, node, mac, peer),
+            Requester::BootMedium => true,
+        }
+    }
+}
+
+/// What a virtual-media node boots now, for the boot medium made for it: what its boot
+/// script would say, were it asking from its own address. `None` when it is to boot nothing.
+pub async fn boot_medium_plan(state: &ApiState, node: &kiln_types::node::Node) -> ApiResult<Option<BootPlan>> {
+    let mac = kiln_types::static_network::StaticNetwork::of_node(node)
+        .map(|network| network.mac)
+        .or_else(|| node.interfaces.first().map(|interface| interface.mac_addr))
+        .ok_or_else(|| ApiError::invalid("a node that boots from virtual media needs an interface (its MAC names it to its agent)"))?;
+    provisioning_plan(state, node, mac, Requester::BootMedium).await
+}
+
 async fn provisioning_plan(
     state: &ApiState,
     node: &kiln_types::node::Node,
     mac: MacAddress,
-    peer: std::net::IpAddr,
+    requester: Requester,
 ) -> ApiResult<Option<BootPlan>> {
     use kiln_types::ProvisionState::*;
     use kiln_types::provision::DeployMode;
@@ -241,14 +272,14 @@ async fn provisioning_plan(
     if let Some(target) = status.target.as_ref().filter(|target| target.mode == DeployMode::Network)
         && (running_image || node.provision_state == Deploying)
     {
-        return network_disk_plan(state, &context, target, peer).await;
+        return network_disk_plan(state, &context, target, requester).await;
     }
     if !agent_states || waiting_for_system {
         return Ok(None);
     }
     // The script carries the agent's token: only the machine itself may have it.
-    if !speaks_for(state, node, mac, peer) {
-        tracing::warn!(node = %node.name, %mac, %peer, "a boot script with an agent token was asked for from an address Kiln did not give this MAC; none served");
+    if !requester.may_have_secrets_of(state, node, mac) {
+        tracing::warn!(node = %node.name, %mac, ?requester, "a boot script with an agent token was asked for from an address Kiln did not give this MAC; none served");
         return Ok(Some(BootPlan::AskAgain));
     }
     let Some(token) = state.store.boot_agent_token(&node.id).await? else {
@@ -339,15 +370,15 @@ async fn network_disk_plan(
     state: &ApiState,
     context: &ScriptContext<'_>,
     target: &kiln_types::provision::DeployTarget,
-    peer: std::net::IpAddr,
+    requester: Requester,
 ) -> ApiResult<Option<BootPlan>> {
     let node = context.node.expect("network-mode nodes are known");
     let Some(address) = state.boot.network_disk_address.as_deref() else {
         tracing::warn!(node = %node.name, "a network-mode node boots, but this server has no [netdisk]");
         return Ok(Some(BootPlan::AskAgain));
     };
-    if !speaks_for(state, node, context.mac, peer) {
-        tracing::warn!(node = %node.name, mac = %context.mac, %peer, "a network disk's boot script was asked for from an address Kiln did not give this MAC; none served");
+    if !requester.may_have_secrets_of(state, node, context.mac) {
+        tracing::warn!(node = %node.name, mac = %context.mac, ?requester, "a network disk's boot script was asked for from an address Kiln did not give this MAC; none served");
         return Ok(Some(BootPlan::AskAgain));
     }
     // Between the deploy's steps (the clone not made yet): ask again shortly.
@@ -512,7 +543,9 @@ async fn served_file(root: &std::path::Path, path: &str) -> ServedFile {
 /// What the boot listener sends for a path: a file of `/boot/files/` or `/boot/ipxe/`, a
 /// public image's artifact from the local blob store, or nothing (the router answers).
 pub async fn resolve_boot_file(state: &ApiState, path: &str, headers: &axum::http::HeaderMap) -> Resolved {
-    use crate::routes::{AGENT_ARTIFACT_SUFFIX, AGENT_NODES_PREFIX, BOOT_FILES_PREFIX, BOOT_IMAGES_PREFIX, BOOT_IPXE_PREFIX};
+    use crate::routes::{
+        AGENT_ARTIFACT_SUFFIX, AGENT_NODES_PREFIX, BOOT_FILES_PREFIX, BOOT_IMAGES_PREFIX, BOOT_IPXE_PREFIX, BOOT_MEDIA_PREFIX,
+    };
     let below = |prefix: &str| path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/'));
     let (root, relative) = if let Some(node_id) = below(AGENT_NODES_PREFIX).and_then(|rest| rest.strip_suffix(AGENT_ARTIFACT_SUFFIX)) {
         return crate::provision::resolve_agent_artifact(state, headers, node_id).await;
@@ -520,6 +553,8 @@ pub async fn resolve_boot_file(state: &ApiState, path: &str, headers: &axum::htt
         (&state.boot.files_dir, relative)
     } else if let Some(relative) = below(BOOT_IPXE_PREFIX) {
         (&state.boot.ipxe_dir, relative)
+    } else if let Some(relative) = below(BOOT_MEDIA_PREFIX) {
+        (&state.boot.media_dir, relative)
     } else if let Some(rest) = below(BOOT_IMAGES_PREFIX) {
         return crate::images::resolve_boot_artifact(state, rest).await;
     } else {

@@ -413,6 +413,20 @@ pub async fn boot_artifact(
     serve_artifact(&state, &version, artifact, &method, &headers).await
 }
 
+/// The blob behind a public image artifact's boot URL (`{boot URL}/boot/images/{image}/
+/// {version}/{artifact}`, as boot plans hand them out), and its size; `None` for any other
+/// URL or an artifact that is gone.
+pub async fn boot_artifact_blob(state: &ApiState, url: &str) -> Option<(BlobId, u64)> {
+    let rest = url.strip_prefix(&state.boot.public_url)?.strip_prefix(crate::routes::BOOT_IMAGES_PREFIX)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [name, version, kind] = parts[..] else { return None };
+    let reference = NameReference::parse_path_segment("image", name).ok()?;
+    let image = state.store.get_public_image(&reference).await.ok()?;
+    let version = state.store.get_version(&image.scoped_name(), &version_ref(version).ok()?).await.ok()?;
+    let artifact = artifact_of(&version, kind).ok()?;
+    Some((BlobId::parse(&artifact.sha256).ok()?, artifact.size))
+}
+
 /// The boot listener's view of `/boot/images/{image}/{version}/{artifact}`: the artifact's
 /// blob file, when the store is a local directory. Anything else (S3, a bad path, an error
 /// to explain) is left to the router.

@@ -23,6 +23,10 @@ use crate::{tenancy, uploads};
 pub const BOOT_FILES_PREFIX: &str = "/boot/files";
 /// Debian's iPXE binaries, any path below the iPXE directory.
 pub const BOOT_IPXE_PREFIX: &str = "/boot/ipxe";
+/// Virtual-media nodes' boot media, on the boot listener only: `/boot/media/{name}`, by
+/// names that are unguessable and gone when the operation ends (a medium can carry an
+/// agent token).
+pub const BOOT_MEDIA_PREFIX: &str = "/boot/media";
 /// Public images' artifacts: `/boot/images/{image}/{version}/{artifact}`.
 pub const BOOT_IMAGES_PREFIX: &str = "/boot/images";
 /// What an agent asks for: `/agent/v1/nodes/{node}/…`.

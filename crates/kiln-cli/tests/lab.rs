@@ -251,7 +251,8 @@ fn an_arm64_uefi_machine_is_offered_and_loads_the_arm64_boot_file() {
     }
     let log = lab.server_log();
     assert!(
-        !log.lines().any(|line| (line.contains("TFTP transfer complete") || line.contains("boot file sent")) && line.contains("snponly.efi")),
+        !log.lines()
+            .any(|line| (line.contains("TFTP transfer complete") || line.contains("boot file sent")) && line.contains("snponly.efi")),
         "{log}"
     );
 }

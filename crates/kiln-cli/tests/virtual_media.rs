@@ -5,7 +5,14 @@
 //! medium's boot archive. Eject empties the drive; a machine without a CD drive is refused,
 //! naming what is missing.
 //!
-//! Needs what the lab needs (`scripts/install-deps`).
+//! With no DHCP server on the segment at all, a node whose boot interface is virtual media is
+//! deployed: Kiln makes a medium of the deploy ramdisk for the operation, the lab BMC fetches
+//! it by its unguessable URL and boots it, the agent sets the node's static address from the
+//! medium's command line, writes the image, and the medium is ejected and removed.
+//!
+//! Needs what the lab needs (`scripts/install-deps`) and a built `kiln-agent`.
+
+mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -110,4 +117,65 @@ fn a_lab_machine_boots_a_medium_its_bmc_fetched_by_url() {
     lab.enroll_machine(kiln, "vm2", "52:54:00:be:ef:72", &qmp).unwrap();
     let error = lab.kiln(kiln, &["node", "virtual-media", "insert", "vm2", &url]).unwrap_err();
     assert!(error.to_string().contains("the lab machine has no CD drive"), "{error}");
+}
+
+#[test]
+fn a_node_is_deployed_from_virtual_media_with_no_dhcp_anywhere() {
+    let Some(mut lab) = Lab::create_or_skip() else { return };
+    let kiln = Path::new(KILN);
+    let data = lab.start_server_without_dhcp(kiln).unwrap();
+    let work = lab.directory.path().to_owned();
+    let (kernel, _) = kiln_lab::host_kernel().unwrap();
+    let callback_initrd = work.join("callback-initrd.img");
+    kiln_lab::build_callback_initrd(&callback_initrd).unwrap();
+    let image = work.join("lab-os.raw");
+    kiln_lab::build_bootable_disk(&image, 48, &kernel, &callback_initrd, "console=ttyS0,115200 panic=-1").unwrap();
+    lab.kiln(kiln, &["image", "create", "lab-os"]).unwrap();
+    lab.kiln(kiln, &["image", "upload", "lab-os", &format!("disk={}", image.display())]).unwrap();
+    let agent = support::agent_binary();
+    lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string()]).unwrap();
+
+    let disk = work.join("node-disk.raw");
+    std::fs::File::create(&disk).unwrap().set_len(128 << 20).unwrap();
+    let mac = "52:54:00:be:ef:73";
+    let machine = lab.add_machine_with_cd_and_disk(mac, Firmware::Bios, &disk).unwrap();
+    let (qmp, console) = (machine.qmp.clone().unwrap(), machine.console.clone());
+    let node = serde_json::json!([{
+        "name": "vm3",
+        "interfaces": [{"mac_addr": mac, "ip_addrs": [{"name": "provisioning", "ip_addr": "10.77.0.73", "prefix_length": 24,
+            "gateway": "10.77.0.1", "dns_servers": ["10.77.0.1"]}]}],
+    }]);
+    lab.kiln(kiln, &["discover", "static", "-f", "json", "-d", &node.to_string()]).unwrap();
+    let bmc = serde_json::json!({"bmc": {"driver": "lab", "address": qmp.display().to_string()},
+        "properties": {"boot_interface": "virtual-media"}});
+    lab.kiln(kiln, &["node", "update", "vm3", "-f", "json", "-d", &bmc.to_string()]).unwrap();
+    lab.kiln(kiln, &["node", "manage", "vm3", "--wait", "--timeout", "30"]).unwrap();
+    lab.kiln(kiln, &["node", "provide", "vm3", "--wait", "--timeout", "30"]).unwrap();
+
+    let deployed = lab.kiln(kiln, &["node", "deploy", "vm3", "--image", "lab-os", "--wait", "--timeout", "600", "-F", "json"]);
+    let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    let log = lab.server_log();
+    let deployed = deployed.unwrap_or_else(|error| panic!("deploy failed: {error}\nconsole:\n{console_text}\nserver:\n{log}"));
+    assert_eq!(json(&deployed)[0]["provision_state"], "active", "{deployed}");
+    assert!(console_text.contains("is up with static address 10.77.0.73/24"), "the ramdisk set the static address:\n{console_text}");
+    assert!(console_text.contains("kiln-agent: command"), "the agent ran:\n{console_text}");
+    assert!(!log.contains("DHCP"), "no DHCP server ran:\n{log}");
+    assert!(log.contains("boot medium made") && log.contains("boot medium removed"), "{log}");
+    let written = std::fs::read(&disk).unwrap();
+    let expected = std::fs::read(&image).unwrap();
+    assert!(written[..expected.len()] == expected[..], "the disk holds exactly the image");
+    // The medium (with the operation's token on its command line) is gone from the BMC's
+    // drive and from the boot listener.
+    let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm3", "-F", "json"]).unwrap());
+    assert_eq!(status["inserted"].as_bool(), Some(false), "{status}");
+    let left: Vec<_> = std::fs::read_dir(data.join("boot-media")).unwrap().flatten().map(|entry| entry.file_name()).collect();
+    assert!(left.is_empty(), "media left behind: {left:?}");
+    let fetched =
+        log.lines().find(|line| line.contains("boot file sent") && line.contains("/boot/media/")).unwrap_or_else(|| panic!("{log}"));
+    let path = fetched.split("path=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+    let name = path.rsplit('/').next().unwrap();
+    assert!(name.len() > 40, "the medium's name is unguessable: {name}");
+    let answer =
+        lab.command("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}{path}", lab.boot_url())]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&answer.stdout), "404", "the medium's URL died with the operation");
 }

@@ -188,13 +188,7 @@ pub(crate) async fn find_visible_node(connection: &mut AnyConnection, key: &str,
 }
 
 fn interface_views(interfaces: &[InterfaceSpec]) -> Vec<InterfaceView> {
-    interfaces
-        .iter()
-        .map(|interface| InterfaceView {
-            mac_addr: interface.mac,
-            ip_addrs: interface.ip_addrs.iter().map(|(name, ip)| IpAddrEntry { name: name.clone(), ip_addr: ip.to_string() }).collect(),
-        })
-        .collect()
+    interfaces.iter().map(|interface| InterfaceView { mac_addr: interface.mac, ip_addrs: interface.ip_addrs.clone() }).collect()
 }
 
 impl Store {

@@ -47,6 +47,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "loop",
     "squashfs",
     "overlay",
+    // Static network configurations on a tagged VLAN (virtual-media boots).
+    "8021q",
     // Network-mode boots: the root is a filesystem on a network block device. The
     // filesystems check their metadata with CRC32C, which they ask the crypto API for at
     // mount time: loaded first, since the ramdisk has no modprobe to find it then.
@@ -164,17 +166,26 @@ echo "kiln-ramdisk: loading drivers"
 for module in $(cat /etc/modules.order); do insmod "/lib/modules/$module" 2>/dev/null; done
 ip link set lo up
 for attempt in $(seq 1 20); do ls /sys/class/net | grep -qv '^lo$' && break; sleep 0.5; done
-# Every wired interface asks for a lease; the first to get one carries the agent's traffic.
-for path in /sys/class/net/*; do
-    interface=${path##*/}
-    [ "$interface" = lo ] && continue
-    ip link set "$interface" up
-    if udhcpc -i "$interface" -s /etc/udhcpc.script -q -n -t 10 -T 2; then
-        echo "kiln-ramdisk: $interface is up"
-        break
-    fi
-done
 fail() { echo "kiln-ramdisk: $1; powering off in 10 seconds"; sleep 10; poweroff -f; }
+# A static address on the command line (a virtual-media boot, with no DHCP) is set as given;
+# otherwise every wired interface asks for a lease, and the first to get one carries the
+# agent's traffic.
+/bin/kiln-agent network-up
+case $? in
+0) ;;
+3)
+    for path in /sys/class/net/*; do
+        interface=${path##*/}
+        [ "$interface" = lo ] && continue
+        ip link set "$interface" up
+        if udhcpc -i "$interface" -s /etc/udhcpc.script -q -n -t 10 -T 2; then
+            echo "kiln-ramdisk: $interface is up"
+            break
+        fi
+    done
+    ;;
+*) fail "could not set the static network configuration" ;;
+esac
 nbd=$(sed -n 's/.*kiln\.nbd=\([^ ]*\).*/\1/p' /proc/cmdline)
 if [ -n "$nbd" ]; then
     # Network mode: the node's own copy-on-write disk over NBD; the root is whichever of its

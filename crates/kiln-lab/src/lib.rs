@@ -237,22 +237,28 @@ impl Lab {
     /// Starts `kiln serve` inside the namespace with DHCP on the bridge and TFTP from
     /// Debian's iPXE directory. `extra_config` is appended to the TOML configuration.
     pub fn start_server(&mut self, kiln: &Path, extra_config: &str) -> anyhow::Result<PathBuf> {
-        self.start_server_with(kiln, extra_config, true)
+        self.start_server_with(kiln, extra_config, true, true)
     }
 
     /// [`Lab::start_server`] with no TFTP server at all: machines boot by UEFI HTTP boot.
     pub fn start_server_without_tftp(&mut self, kiln: &Path, extra_config: &str) -> anyhow::Result<PathBuf> {
-        self.start_server_with(kiln, extra_config, false)
+        self.start_server_with(kiln, extra_config, false, true)
+    }
+
+    /// `kiln serve` with no DHCP server and no TFTP server on the segment at all: machines
+    /// boot from virtual media with static addresses.
+    pub fn start_server_without_dhcp(&mut self, kiln: &Path) -> anyhow::Result<PathBuf> {
+        self.start_server_with(kiln, "", false, false)
     }
 
     /// [`Lab::start_server`] with the API listener on HTTPS (`[tls]`, a certificate from
     /// Kiln's own CA); [`Lab::kiln`] trusts that CA.
     pub fn start_server_with_tls(&mut self, kiln: &Path, extra_config: &str) -> anyhow::Result<PathBuf> {
         self.tls = true;
-        self.start_server_with(kiln, extra_config, true)
+        self.start_server_with(kiln, extra_config, true, true)
     }
 
-    fn start_server_with(&mut self, kiln: &Path, extra_config: &str, tftp: bool) -> anyhow::Result<PathBuf> {
+    fn start_server_with(&mut self, kiln: &Path, extra_config: &str, tftp: bool, dhcp: bool) -> anyhow::Result<PathBuf> {
         let data_dir = self.directory.path().join("data");
         std::fs::create_dir_all(data_dir.join("boot-files"))?;
         let config = self.directory.path().join("kiln.toml");
@@ -261,13 +267,20 @@ impl Lab {
             file,
             "listen = \"{SERVER_ADDRESS}:{API_PORT}\"\npublic_url = \"{url}\"\ndata_dir = \"{data}\"\n\n\
              [boot]\nlisten = \"{SERVER_ADDRESS}:{BOOT_PORT}\"\n\n\
-             [dhcp]\ninterface = \"{BRIDGE}\"\nserver_address = \"{SERVER_ADDRESS}\"\nsubnet = \"{SUBNET}\"\n\
-             router = \"{SERVER_ADDRESS}\"\npool = \"10.77.0.100-10.77.0.150\"\nlease_seconds = 600\n{extra_config}\n\n\
+             {dhcp}\
              {tftp}\
              [netdisk]\nlisten = \"{SERVER_ADDRESS}:{NETDISK_PORT}\"\n\n\
              {tls}",
             url = self.server_url(),
             data = data_dir.display(),
+            dhcp = if dhcp {
+                format!(
+                    "[dhcp]\ninterface = \"{BRIDGE}\"\nserver_address = \"{SERVER_ADDRESS}\"\nsubnet = \"{SUBNET}\"\n\
+                     router = \"{SERVER_ADDRESS}\"\npool = \"10.77.0.100-10.77.0.150\"\nlease_seconds = 600\n{extra_config}\n\n"
+                )
+            } else {
+                String::new()
+            },
             tftp = if tftp { format!("[tftp]\nlisten = \"{SERVER_ADDRESS}:69\"\nroot = \"/usr/lib/ipxe\"\n\n") } else { String::new() },
             tls = if self.tls { "[tls]\n" } else { "" },
         )?;
@@ -403,6 +416,12 @@ impl Lab {
         self.start_machine(mac, firmware, true, None, true)
     }
 
+    /// A powered-off machine behind the lab BMC with an empty CD drive and `disk`: it boots
+    /// from the drive while it holds a medium, else from the disk, then the network.
+    pub fn add_machine_with_cd_and_disk(&mut self, mac: &str, firmware: Firmware, disk: &Path) -> anyhow::Result<&mut Machine> {
+        self.start_machine(mac, firmware, true, Some(disk), true)
+    }
+
     /// A powered-off machine behind the lab BMC with `disk` (a raw image file) as its
     /// virtio disk: what deploy tests provision.
     pub fn add_machine_with_disk(&mut self, mac: &str, firmware: Firmware, disk: &Path) -> anyhow::Result<&mut Machine> {
@@ -455,14 +474,16 @@ impl Lab {
         if let Some(disk) = disk {
             // A serial number, so root device hints have something to match.
             command.arg("-drive").arg(format!("file={},if=none,id=d0,format=raw,discard=unmap", disk.display()));
-            command.args(["-device", &format!("virtio-blk-pci,drive=d0,serial=KILN-{}", mac.replace(':', ""))]);
+            // Beside a CD drive, the disk comes second, as a server's after its virtual media.
+            let disk_boot_order = if cd_drive { ",bootindex=1" } else { "" };
+            command.args(["-device", &format!("virtio-blk-pci,drive=d0,serial=KILN-{}{disk_boot_order}", mac.replace(':', ""))]);
         }
-        // With a CD drive, boot order is by device: the drive (passed over while empty), then
-        // the network.
+        // With a CD drive, boot order is by device: the drive (passed over while empty), the
+        // disk if there is one, then the network.
         let nic_boot_order = if cd_drive {
             command.args(["-drive", "if=none,id=cd0,media=cdrom,readonly=on"]);
             command.args(["-device", &format!("ide-cd,drive=cd0,id={},bootindex=0", CD_DEVICE)]);
-            ",bootindex=1"
+            ",bootindex=2"
         } else {
             ""
         };

@@ -7,4 +7,4 @@ pub mod plan;
 pub mod reconciler;
 
 pub use plan::{Action, Decision, LifecycleSettings, plan};
-pub use reconciler::{NetworkDisks, ReconcilerHandle, ReconcilerSettings, start};
+pub use reconciler::{BootMedia, NetworkDisks, ReconcilerHandle, ReconcilerSettings, Services, start};

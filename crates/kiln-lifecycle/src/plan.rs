@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kiln_types::ProvisionState;
-use kiln_types::node::Node;
+use kiln_types::node::{BootInterface, Node};
 use kiln_types::provision::{CleanMode, DeployMode, Intent, Operation, ProvisionRecord, ProvisionStep, TokenChange, Transition};
 
 /// How long each waiting state may last.
@@ -51,12 +51,26 @@ pub enum Action {
     /// Store the node's network disk's changes as a new image version (the snapshot
     /// request's image); the node is off.
     SnapshotNetworkDisk,
+    /// A virtual-media node's [`Action::BootFromNetwork`]: make the boot medium of what the
+    /// node boots now (the agent or its image, with its static network configuration),
+    /// have the BMC insert it, boot from it once, then power on (or reset).
+    BootFromVirtualMedia,
+    /// Have the BMC eject the node's boot medium and remove the medium's file, best effort:
+    /// nothing is to boot from it any more.
+    EjectVirtualMedia,
 }
 
 impl Action {
     /// Whether the step fails when this action does.
     pub fn required(self) -> bool {
-        matches!(self, Action::BootFromNetwork | Action::PrepareNetworkDisk | Action::RemoveNetworkDisk | Action::SnapshotNetworkDisk)
+        matches!(
+            self,
+            Action::BootFromNetwork
+                | Action::BootFromVirtualMedia
+                | Action::PrepareNetworkDisk
+                | Action::RemoveNetworkDisk
+                | Action::SnapshotNetworkDisk
+        )
     }
 }
 
@@ -144,14 +158,41 @@ fn start(node: &Node, record: &ProvisionRecord, state: ProvisionState, now: i64,
 /// held the node: a `powering` step it was carrying out may or may not have happened, so
 /// the operation fails with the reason rather than guessing.
 pub fn plan(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Option<&str>, settings: &LifecycleSettings) -> Decision {
-    match plan_step(node, record, now, interrupted, settings) {
+    let decision = match plan_step(node, record, now, interrupted, settings) {
         // A node that becomes active with a reservation end is due again at that end.
         Decision::Step { actions, mut transition } if transition.state == ProvisionState::Active && transition.due_at.is_none() => {
             transition.due_at = transition.target.as_ref().and_then(|target| target.end_millis());
             Decision::Step { actions, transition }
         }
         decision => decision,
+    };
+    through_boot_interface(node, decision)
+}
+
+/// The decision for how `node` boots. The lifecycle is the same for every boot interface;
+/// a virtual-media node boots from a medium where another boots from the network, and its
+/// medium is ejected once nothing is to boot from it: before the node boots its disk, and
+/// when the operation ends, unless the node goes on running an image from the medium (a
+/// live or network-mode deploy, whose reboots boot the medium again).
+fn through_boot_interface(node: &Node, decision: Decision) -> Decision {
+    if node.boot_interface() != BootInterface::VirtualMedia {
+        return decision;
     }
+    let Decision::Step { mut actions, transition } = decision else { return decision };
+    for action in &mut actions {
+        if *action == Action::BootFromNetwork {
+            *action = Action::BootFromVirtualMedia;
+        }
+    }
+    let boots_medium = actions.contains(&Action::BootFromVirtualMedia);
+    let runs_from_medium = transition.target.as_ref().is_some_and(|target| target.mode != DeployMode::Disk)
+        && matches!(transition.state, ProvisionState::Deploying | ProvisionState::WaitAgent | ProvisionState::Active);
+    let operation_over = transition.token == TokenChange::Clear && !runs_from_medium;
+    if !boots_medium && (operation_over || actions.contains(&Action::BootFromDisk)) {
+        let before_disk = actions.iter().position(|action| *action == Action::BootFromDisk).unwrap_or(actions.len());
+        actions.insert(before_disk, Action::EjectVirtualMedia);
+    }
+    Decision::Step { actions, transition }
 }
 
 fn plan_step(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Option<&str>, settings: &LifecycleSettings) -> Decision {

@@ -34,6 +34,24 @@ pub trait NetworkDisks: Send + Sync {
     ) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// What makes virtual-media nodes' boot media: the server's boot-media service. A reconciler
+/// without one fails a virtual-media node's boots with the reason.
+pub trait BootMedia: Send + Sync {
+    /// Makes the medium of what `node` boots now (replacing any it had) and serves it; the
+    /// URL its BMC fetches it from.
+    fn prepare<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<String, String>>;
+    /// Removes `node`'s medium, if it has one: its URL serves nothing from then on.
+    fn remove<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// What the reconciler hands work to besides the BMC; each is optional, and a step that
+/// needs a missing one fails with the reason.
+#[derive(Clone, Default)]
+pub struct Services {
+    pub network_disks: Option<Arc<dyn NetworkDisks>>,
+    pub boot_media: Option<Arc<dyn BootMedia>>,
+}
+
 /// How the reconciler runs.
 #[derive(Debug, Clone)]
 pub struct ReconcilerSettings {
@@ -100,7 +118,7 @@ pub fn start(
     inventory: Arc<Inventory>,
     settings: ReconcilerSettings,
     wake: Arc<Notify>,
-    network_disks: Option<Arc<dyn NetworkDisks>>,
+    services: Services,
 ) -> ReconcilerHandle {
     let owner = format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let reconciler = Arc::new(Reconciler {
@@ -110,7 +128,7 @@ pub fn start(
         owner: owner.clone(),
         wake: wake.clone(),
         in_flight: Default::default(),
-        network_disks,
+        services,
     });
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(reconciler.run(stop_requested));
@@ -130,7 +148,7 @@ struct Reconciler {
     /// Nodes a task of this replica is working on: a claim renews their lease but must not
     /// start a second task on them.
     in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
-    network_disks: Option<Arc<dyn NetworkDisks>>,
+    services: Services,
 }
 
 impl Reconciler {
@@ -219,8 +237,12 @@ impl Reconciler {
                     let failure = failed(node, record, format!("{}: {error}", action_name(action)));
                     transition = Transition { consume_intent: transition.consume_intent || failure.consume_intent, ..failure };
                     // A node whose snapshot failed boots its disk again, as after a failed capture.
+                    let boot = match node.boot_interface() {
+                        kiln_types::node::BootInterface::Pxe => Action::BootFromNetwork,
+                        kiln_types::node::BootInterface::VirtualMedia => Action::BootFromVirtualMedia,
+                    };
                     if action == Action::SnapshotNetworkDisk
-                        && let Err(error) = self.carry_out(node, Action::BootFromNetwork).await
+                        && let Err(error) = self.carry_out(node, boot).await
                     {
                         tracing::warn!(node = %node.name, %error, "booting the node again after its failed snapshot failed");
                     }
@@ -255,7 +277,7 @@ impl Reconciler {
     }
 
     async fn network_disk(&self, node: &Node, record: &kiln_types::provision::ProvisionRecord, action: Action) -> Result<(), String> {
-        let Some(disks) = self.network_disks.as_ref() else {
+        let Some(disks) = self.services.network_disks.as_ref() else {
             return Err("this server has no network-disk service ([netdisk] in the configuration)".to_owned());
         };
         let target = record.target.as_ref().ok_or_else(|| "the node has no deploy target".to_owned());
@@ -271,11 +293,27 @@ impl Reconciler {
 
     async fn carry_out(&self, node: &Node, action: Action) -> Result<(), String> {
         if node.bmc.is_none() {
-            if action == Action::BootFromNetwork {
-                tracing::info!(node = %node.name, "node has no BMC: waiting for it to boot from the network by itself");
+            match action {
+                Action::BootFromNetwork => {
+                    tracing::info!(node = %node.name, "node has no BMC: waiting for it to boot from the network by itself");
+                }
+                Action::BootFromVirtualMedia => return Err("the node has no BMC to insert its boot medium".to_owned()),
+                Action::EjectVirtualMedia => return self.remove_medium(node).await,
+                _ => {}
             }
             return Ok(());
         }
+        // The medium is made before the BMC is called: making it is the slow part, and the
+        // BMC's time limit is for the BMC.
+        let medium_url = match action {
+            Action::BootFromVirtualMedia => {
+                let Some(media) = self.services.boot_media.as_ref() else {
+                    return Err("this server makes no boot media (the boot listener is off)".to_owned());
+                };
+                Some(media.prepare(node).await.map_err(|error| format!("making the boot medium: {error}"))?)
+            }
+            _ => None,
+        };
         let password = self
             .store
             .bmc_password(&node.id)
@@ -296,13 +334,37 @@ impl Reconciler {
                     Err(BmcError::Unsupported { .. }) => Ok(()),
                     other => other,
                 },
+                Action::BootFromVirtualMedia => {
+                    let url = medium_url.as_deref().expect("made above");
+                    tracing::info!(node = %node.name, "boot medium inserted through the BMC");
+                    bmc.insert_virtual_media(url).await?;
+                    bmc.set_boot_device(BootDevice::Cd, true, None).await?;
+                    match bmc.power_state().await? {
+                        PowerState::Off | PowerState::PoweringOff => bmc.power(PowerAction::On).await,
+                        _ => bmc.power(PowerAction::Reset).await,
+                    }
+                }
+                Action::EjectVirtualMedia => bmc.eject_virtual_media().await,
                 Action::PowerOff => bmc.power(PowerAction::ForceOff).await,
                 Action::PrepareNetworkDisk | Action::RemoveNetworkDisk | Action::SnapshotNetworkDisk => Ok(()),
             }
         };
-        match tokio::time::timeout(limit, call).await {
+        let outcome = match tokio::time::timeout(limit, call).await {
             Ok(result) => result.map_err(|error| kiln_types::error_chain(&error)),
             Err(_) => Err(format!("the BMC did not answer within {} s", limit.as_secs())),
+        };
+        if action == Action::EjectVirtualMedia {
+            // The file goes whatever the BMC said: its URL must die with the operation.
+            let removed = self.remove_medium(node).await;
+            return outcome.and(removed);
+        }
+        outcome
+    }
+
+    async fn remove_medium(&self, node: &Node) -> Result<(), String> {
+        match self.services.boot_media.as_ref() {
+            Some(media) => media.remove(node).await.map_err(|error| format!("removing the boot medium: {error}")),
+            None => Ok(()),
         }
     }
 }
@@ -315,6 +377,8 @@ fn action_name(action: Action) -> &'static str {
         Action::PrepareNetworkDisk => "preparing the node's network disk",
         Action::RemoveNetworkDisk => "removing the node's network disk",
         Action::SnapshotNetworkDisk => "taking a snapshot of the node's network disk",
+        Action::BootFromVirtualMedia => "booting the node from its boot medium",
+        Action::EjectVirtualMedia => "ejecting the node's boot medium",
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`start`] brings up everything a [`ServerConfig`] describes and returns a
 //! [`ServerHandle`]; dropping the handle, or calling [`ServerHandle::shutdown`], stops it.
 
+mod boot_media;
 pub mod config;
 pub mod console;
 mod netdisk;
@@ -156,6 +157,7 @@ fn boot_settings(
         network_disk_address: config.netdisk.as_ref().map(|netdisk| network_disk_address(netdisk, boot_url)),
         api_trust_anchor: certificates
             .map(|certificates| kiln_api::boot::ApiTrustAnchor(Arc::clone(certificates) as Arc<dyn kiln_api::boot::TrustAnchorSource>)),
+        media_dir: config.data_dir.join("boot-media"),
     }
 }
 
@@ -237,7 +239,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         inventory,
         config.provisioning.reconciler_settings(),
         state.provisioning_wake.clone(),
-        network_disks.as_ref().map(|service| service.reconciler_hook(&store)),
+        kiln_lifecycle::Services {
+            network_disks: network_disks.as_ref().map(|service| service.reconciler_hook(&store)),
+            boot_media: Some(boot_media::BootMedia::new(state.clone()) as Arc<dyn kiln_lifecycle::BootMedia>),
+        },
     );
     let boot_service = start_boot_listener(boot_listener, &state, &config, &boot_url, local_addr)?;
     let (boot_addr, network_disk_addr) =

@@ -208,10 +208,14 @@ mod tests {
                         InterfaceSpec {
                             mac: de:ad:be:ee:ee:f1,
                             ip_addrs: [
-                                (
-                                    "internal",
-                                    172.16.0.1,
-                                ),
+                                IpAddrEntry {
+                                    name: "internal",
+                                    ip_addr: "172.16.0.1",
+                                    prefix_length: None,
+                                    gateway: None,
+                                    dns_servers: [],
+                                    vlan: None,
+                                },
                             ],
                         },
                     ],

@@ -19,6 +19,7 @@ pub mod mac;
 pub mod node;
 pub mod provision;
 pub mod scoped_name;
+pub mod static_network;
 pub mod validate;
 pub mod xname;
 

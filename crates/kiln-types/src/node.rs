@@ -132,13 +132,34 @@ impl FromStr for BmcDriver {
     }
 }
 
-/// One named address on an interface, as in OpenCHAMI's `ip_addrs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// One named address on an interface, as in OpenCHAMI's `ip_addrs`. An address with a
+/// `prefix_length` is also the node's static configuration for booting without DHCP (virtual
+/// media): the deploy ramdisk, a live image and cloud-init's network configuration set it
+/// themselves. OpenCHAMI's entries, without these fields, are accepted as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpAddrEntry {
     #[serde(default)]
     pub name: String,
     pub ip_addr: String,
+    /// The subnet's prefix length (24 for a /24): what makes the address a static one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_length: Option<u8>,
+    /// The default route's next hop, inside the address's subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_servers: Vec<String>,
+    /// The 802.1Q VLAN the address lives on, tagged by the node (1 to 4094).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+}
+
+impl IpAddrEntry {
+    /// A plain named address, with no static configuration.
+    pub fn named(name: impl Into<String>, ip_addr: impl Into<String>) -> IpAddrEntry {
+        IpAddrEntry { name: name.into(), ip_addr: ip_addr.into(), ..IpAddrEntry::default() }
+    }
 }
 
 /// A network interface as the API accepts and shows it.
@@ -226,7 +247,8 @@ pub struct NodePatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceSpec {
     pub mac: MacAddress,
-    pub ip_addrs: Vec<(String, IpAddr)>,
+    /// Checked, and written canonically (`10.0.0.1`, `fd00::1`).
+    pub ip_addrs: Vec<IpAddrEntry>,
 }
 
 /// Validated BMC settings. The password is plain text here; the store encrypts it.
@@ -282,16 +304,77 @@ pub fn validate_interfaces(inputs: &[InterfaceInput]) -> Result<Vec<InterfaceSpe
                 .ip_addrs
                 .iter()
                 .enumerate()
-                .map(|(ip_index, entry)| {
-                    let field = format!("{path}.ip_addrs[{ip_index}]");
-                    let name = validate::single_line(&format!("{field}.name"), &entry.name, 63)?;
-                    let ip = validate::ip(&format!("{field}.ip_addr"), &entry.ip_addr)?;
-                    Ok((name, ip))
-                })
+                .map(|(ip_index, entry)| validate_address(&format!("{path}.ip_addrs[{ip_index}]"), entry))
                 .collect::<Result<_, InvalidField>>()?;
             Ok(InterfaceSpec { mac, ip_addrs })
         })
         .collect()
+}
+
+/// One address checked: the static fields need a prefix length, a gateway and DNS servers
+/// are addresses of the same family, the gateway lies inside the subnet.
+fn validate_address(field: &str, entry: &IpAddrEntry) -> Result<IpAddrEntry, InvalidField> {
+    let name = validate::single_line(&format!("{field}.name"), &entry.name, 63)?;
+    let address = validate::ip(&format!("{field}.ip_addr"), &entry.ip_addr)?;
+    let same_family = |what: &str, value: &str| -> Result<IpAddr, InvalidField> {
+        let other = validate::ip(&format!("{field}.{what}"), value)?;
+        if other.is_ipv4() != address.is_ipv4() {
+            return Err(InvalidField::new(format!("{field}.{what}"), format!("{other} is not of the same family as {address}")));
+        }
+        Ok(other)
+    };
+    let gateway = entry.gateway.as_deref().map(|gateway| same_family("gateway", gateway)).transpose()?;
+    let dns_servers = entry.dns_servers.iter().map(|server| same_family("dns_servers", server)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(vlan) = entry.vlan
+        && !(1..=4094).contains(&vlan)
+    {
+        return Err(InvalidField::new(format!("{field}.vlan"), format!("{vlan} is not a VLAN ID (1 to 4094)")));
+    }
+    match entry.prefix_length {
+        Some(prefix) => {
+            let longest = if address.is_ipv4() { 32 } else { 128 };
+            if prefix > longest {
+                return Err(InvalidField::new(format!("{field}.prefix_length"), format!("{prefix} is longer than {longest}")));
+            }
+            if let Some(gateway) = gateway
+                && (gateway == address || !same_subnet(address, gateway, prefix))
+            {
+                return Err(InvalidField::new(
+                    format!("{field}.gateway"),
+                    format!("{gateway} is not another address of {address}/{prefix}'s subnet"),
+                ));
+            }
+        }
+        None if gateway.is_some() || !dns_servers.is_empty() || entry.vlan.is_some() => {
+            return Err(InvalidField::new(
+                format!("{field}.prefix_length"),
+                "missing: a gateway, DNS servers or a VLAN make a static address, which needs its prefix length",
+            ));
+        }
+        None => {}
+    }
+    Ok(IpAddrEntry {
+        name,
+        ip_addr: address.to_string(),
+        prefix_length: entry.prefix_length,
+        gateway: gateway.map(|gateway| gateway.to_string()),
+        dns_servers: dns_servers.iter().map(IpAddr::to_string).collect(),
+        vlan: entry.vlan,
+    })
+}
+
+/// Whether `a` and `b` share their first `prefix` bits.
+fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
+    let bits = |address: IpAddr| match address {
+        IpAddr::V4(v4) => (u128::from(v4.to_bits()) << 96, 32u32),
+        IpAddr::V6(v6) => (v6.to_bits(), 128u32),
+    };
+    let ((a, width), (b, _)) = (bits(a), bits(b));
+    let prefix = u32::from(prefix).min(width);
+    if prefix == 0 {
+        return true;
+    }
+    (a ^ b) >> (128 - prefix) == 0
 }
 
 pub fn validate_bmc(input: &BmcInput) -> Result<BmcSpec, InvalidField> {
@@ -348,10 +431,22 @@ impl TryFrom<&NodeInput> for NodeSpec {
             groups: validate_groups(&input.groups)?,
             interfaces: validate_interfaces(&input.interfaces)?,
             bmc: input.bmc.as_ref().map(validate_bmc).transpose()?,
-            properties: input.properties.clone().unwrap_or_default(),
+            properties: validate_properties(input.properties.clone().unwrap_or_default())?,
             project,
         })
     }
+}
+
+/// Properties are free-form, but the ones Kiln acts on must say something it understands.
+fn validate_properties(
+    properties: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Map<String, serde_json::Value>, InvalidField> {
+    if let Some(value) = properties.get("boot_interface") {
+        let field = "properties.boot_interface";
+        let text = value.as_str().ok_or_else(|| InvalidField::new(field, "must be a string (pxe or virtual-media)"))?;
+        text.parse::<BootInterface>().map_err(|message| InvalidField::new(field, message))?;
+    }
+    Ok(properties)
 }
 
 /// A validated partial change.
@@ -380,7 +475,7 @@ impl TryFrom<&NodePatch> for NodeChange {
             groups: patch.groups.as_deref().map(validate_groups).transpose()?,
             interfaces: patch.interfaces.as_deref().map(validate_interfaces).transpose()?,
             bmc: patch.bmc.as_ref().map(validate_bmc).transpose()?,
-            properties: patch.properties.clone(),
+            properties: patch.properties.clone().map(validate_properties).transpose()?,
             maintenance: patch.maintenance,
         })
     }
@@ -429,7 +524,48 @@ pub struct Node {
     pub updated_at: jiff::Timestamp,
 }
 
+/// How a node boots what Kiln gives it: from the network (DHCP, then PXE or HTTP boot), or
+/// from a medium Kiln makes for the operation and its BMC inserts (no DHCP anywhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootInterface {
+    Pxe,
+    VirtualMedia,
+}
+
+impl BootInterface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pxe => "pxe",
+            Self::VirtualMedia => "virtual-media",
+        }
+    }
+}
+
+impl FromStr for BootInterface {
+    type Err = String;
+
+    /// Kiln's names, and Ironic's boot interfaces as its users write them.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "pxe" | "ipxe" | "http" | "http-ipxe" | "redfish-https" => Ok(Self::Pxe),
+            "virtual-media" | "redfish-virtual-media" | "idrac-redfish-virtual-media" => Ok(Self::VirtualMedia),
+            _ => Err(format!("'{text}' is not a boot interface (pxe or virtual-media)")),
+        }
+    }
+}
+
 impl Node {
+    /// How the node boots: `boot_interface` in its properties (`pxe`, `virtual-media`, or
+    /// Ironic's names for them), PXE when absent.
+    pub fn boot_interface(&self) -> BootInterface {
+        self.properties
+            .get("boot_interface")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(BootInterface::Pxe)
+    }
+
     /// Whether the node network boots under UEFI Secure Boot (through shim and signed GRUB
     /// rather than iPXE): `secure_boot: true` in its properties, or Ironic's spelling,
     /// `secure_boot:true` in its `capabilities` (a `key:value,...` string or an object).
@@ -454,35 +590,4 @@ impl Node {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node_with(properties: serde_json::Value) -> Node {
-        serde_json::from_value(serde_json::json!({
-            "id": "1", "name": "n1", "xname": null, "nid": null, "role": null, "groups": [], "interfaces": [], "bmc": null,
-            "properties": properties, "project": null, "provision_state": "available", "maintenance": false,
-            "created_at": "2026-12-07T00:00:00Z", "updated_at": "2026-12-07T00:00:00Z"
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn secure_boot_is_read_from_properties_and_ironic_capabilities() {
-        for yes in [
-            serde_json::json!({"secure_boot": true}),
-            serde_json::json!({"secure_boot": "True"}),
-            serde_json::json!({"capabilities": "boot_mode:uefi,secure_boot:true"}),
-            serde_json::json!({"capabilities": {"secure_boot": "true"}}),
-        ] {
-            assert!(node_with(yes.clone()).secure_boot(), "{yes}");
-        }
-        for no in [
-            serde_json::json!({}),
-            serde_json::json!({"secure_boot": false}),
-            serde_json::json!({"capabilities": "boot_mode:uefi,secure_boot:false"}),
-            serde_json::json!({"capabilities": "not_secure_boot:true"}),
-        ] {
-            assert!(!node_with(no.clone()).secure_boot(), "{no}");
-        }
-    }
-}
+mod tests;

@@ -27,6 +27,12 @@ impl Sim {
         Sim { node, record: ProvisionRecord::default(), now: 1_000_000, settings: LifecycleSettings::default(), log: Vec::new() }
     }
 
+    /// The node boots from virtual media rather than the network.
+    fn virtual_media(mut self) -> Sim {
+        self.node.properties.insert("boot_interface".into(), "virtual-media".into());
+        self
+    }
+
     fn request(&mut self, intent: Intent) -> &mut Self {
         self.log.push(format!("request {}", intent.name()));
         self.record.intent = Some(intent);
@@ -423,5 +429,36 @@ fn an_abort_pending_when_the_operation_fails_by_itself_is_taken_up_by_the_failur
         request abort
           [] -> deploy-failed -token error: interrupted: the server replica replica-a stopped while powering the node for deploying
           idle
+    "#]]);
+}
+
+#[test]
+fn a_virtual_media_node_boots_from_its_medium_and_ejects_it_when_done() {
+    let mut sim = Sim::new(ProvisionState::Available).virtual_media();
+    sim.request(deploy(DeployMode::Disk, true)).step().step().agent_heartbeat();
+    sim.agent_result(None).step().after(60).callback().step();
+    sim.request(Intent::Undeploy).step().step().agent_heartbeat().agent_result(None).step();
+    sim.request(deploy(DeployMode::Live, false)).step().step();
+    sim.request(Intent::Undeploy).step().step().after(601).step();
+    sim.check(expect![[r#"
+        request deploy
+          [] -> deploying/powering +token
+          [BootFromVirtualMedia] -> wait-agent/agent deadline 600 s
+        agent result: ok
+          [EjectVirtualMedia, BootFromDisk] -> wait-agent/wait-callback -token deadline 900 s
+        callback
+          [] -> active
+        request undeploy
+          [] -> undeploying/powering +token
+          [BootFromVirtualMedia] -> cleaning/agent deadline 600 s
+        agent result: ok
+          [EjectVirtualMedia] -> available -token
+        request deploy
+          [] -> deploying/powering -token
+          [BootFromVirtualMedia] -> active
+        request undeploy
+          [] -> undeploying/powering +token
+          [BootFromVirtualMedia] -> cleaning/agent deadline 600 s
+          [PowerOff, EjectVirtualMedia] -> clean-failed -token error: no agent called in within 600 s of powering the node on
     "#]]);
 }
