@@ -228,6 +228,8 @@ enum Document {
     MetaData,
     UserData,
     VendorData,
+    /// cloud-init's network configuration of the node's static addresses.
+    NetworkConfig,
     Group(String),
 }
 
@@ -237,6 +239,7 @@ impl Document {
             "meta-data" => Some(Document::MetaData),
             "user-data" => Some(Document::UserData),
             "vendor-data" => Some(Document::VendorData),
+            "network-config" => Some(Document::NetworkConfig),
             other => other.strip_suffix(".yaml").filter(|group| !group.is_empty()).map(|group| Document::Group(group.to_owned())),
         }
     }
@@ -411,6 +414,11 @@ fn serve(state: &ApiState, view: &InventoryView, requester: Requester<'_>, docum
             let inputs = inputs(state, view, node, requester.token);
             text(kiln_boot::cloud_init::vendor_data(&inputs.base_url, &inputs.groups))
         }
+        // A node without a static address has none: cloud-init falls back to DHCP.
+        Document::NetworkConfig => yaml(
+            kiln_boot::network_config::network_config(node)
+                .ok_or_else(|| ApiError::not_found("static network configuration of node", &node.name))?,
+        ),
         Document::Group(group) => {
             // Only the node's own groups: another group's config is another node's data.
             // The node names the group as it knows it: its project's group, else the one
@@ -430,7 +438,7 @@ fn serve(state: &ApiState, view: &InventoryView, requester: Requester<'_>, docum
 
 /// `/cloud-init/<document>`: for the node at the request's address.
 #[utoipa::path(get, path = "/cloud-init/{document}", tag = "cloud-init", security(()),
-    params(("document" = String, Path, description = "meta-data, user-data, vendor-data or GROUP.yaml")),
+    params(("document" = String, Path, description = "meta-data, user-data, vendor-data, network-config or GROUP.yaml")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn node_document(
     State(state): State<ApiState>,
@@ -458,7 +466,7 @@ fn node_of_token<'a>(view: &'a InventoryView, token: &str) -> ApiResult<&'a Arc<
 /// `/cloud-init-secure/<token>/<document>`: the token's node, with its secrets. The token
 /// sits in the path so stock cloud-init can use it (`ds=nocloud-net;s=<seed_url>`).
 #[utoipa::path(get, path = "/cloud-init-secure/{token}/{document}", tag = "cloud-init",
-    params(("token" = String, Path, description = "The node's cloud-init token"), ("document" = String, Path, description = "meta-data, user-data, vendor-data or GROUP.yaml")), security(()),
+    params(("token" = String, Path, description = "The node's cloud-init token"), ("document" = String, Path, description = "meta-data, user-data, vendor-data, network-config or GROUP.yaml")), security(()),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)))]
 pub async fn secure_document(
     State(state): State<ApiState>,
@@ -474,7 +482,7 @@ pub async fn secure_document(
 /// `/cloud-init-secure/<document>` with `Authorization: Bearer <node token>` (OpenCHAMI's
 /// secure path).
 #[utoipa::path(get, path = "/cloud-init-secure/{document}", tag = "cloud-init",
-    params(("document" = String, Path, description = "meta-data, user-data, vendor-data or GROUP.yaml")), security(()),
+    params(("document" = String, Path, description = "meta-data, user-data, vendor-data, network-config or GROUP.yaml")), security(()),
     responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn secure_document_bearer(
     State(state): State<ApiState>,
@@ -498,7 +506,7 @@ pub async fn secure_document_bearer(
 /// `/cloud-init/admin/impersonation/<node>/<document>`: what `node` is served, for an
 /// administrator, when impersonation is enabled.
 #[utoipa::path(get, path = "/cloud-init/admin/impersonation/{node}/{document}", tag = "cloud-init",
-    params(("node" = String, Path, description = "Name, xname or id of the node"), ("document" = String, Path, description = "meta-data, user-data, vendor-data or GROUP.yaml")),
+    params(("node" = String, Path, description = "Name, xname or id of the node"), ("document" = String, Path, description = "meta-data, user-data, vendor-data, network-config or GROUP.yaml")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn impersonate(
     State(state): State<ApiState>,

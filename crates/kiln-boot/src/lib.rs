@@ -6,6 +6,7 @@
 pub mod cloud_init;
 pub mod grub;
 pub mod medium;
+pub mod network_config;
 pub mod params;
 pub mod plan;
 pub mod script;

@@ -414,3 +414,60 @@ fn stock_cloud_init_applies_the_group_config() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(scratch.to_str().unwrap()), "nothing stays mounted");
 }
+
+/// A node with static addresses reads its `network-config` from its own address, and Debian's
+/// stock cloud-init turns it into the system's network files (systemd-networkd's and
+/// ifupdown's); a node without one is told it has none.
+#[test]
+fn stock_cloud_init_renders_a_nodes_static_network_configuration() {
+    if std::process::Command::new("cloud-init").arg("--version").output().is_err() {
+        assert_ne!(std::env::var("KILN_REQUIRE_LAB").as_deref(), Ok("1"), "KILN_REQUIRE_LAB=1 but cloud-init is not installed");
+        eprintln!("skipping: cloud-init is not installed (apt-get install cloud-init)");
+        return;
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let (server, admin) = start(directory.path(), &[]);
+    let address = Ipv4Addr::new(127, 0, 0, 61);
+    let node = serde_json::json!({
+        "name": "static61",
+        "interfaces": [{"mac_addr": "52:54:00:c1:00:61", "ip_addrs": [
+            {"name": "provisioning", "ip_addr": address.to_string(), "prefix_length": 8, "gateway": "127.0.0.1", "dns_servers": ["127.0.0.53"]},
+            {"name": "storage", "ip_addr": "10.78.0.61", "prefix_length": 24, "vlan": 100}
+        ]}],
+    });
+    ok(kiln(&server, &admin, &["node", "create", "-f", "json", "-d", &node.to_string()], None));
+    let (status, body) = get_from(address, &server, "/cloud-init/network-config", &[]);
+    assert_eq!(status, 200, "{body}");
+    let config = directory.path().join("network-config");
+    std::fs::write(&config, &body).unwrap();
+    for (renderer, file, expected) in [
+        (
+            "networkd",
+            "etc/systemd/network/10-cloud-init-kiln0.network",
+            &["MACAddress=52:54:00:c1:00:61", "Address=127.0.0.61/8", "Gateway=127.0.0.1", "DNS=127.0.0.53"][..],
+        ),
+        ("networkd", "etc/systemd/network/10-cloud-init-kiln0.100.network", &["Address=10.78.0.61/24"][..]),
+        ("eni", "etc/network/interfaces.d/50-cloud-init", &["iface kiln0 inet static", "vlan-raw-device kiln0", "vlan_id 100"][..]),
+    ] {
+        let output_directory = directory.path().join(renderer);
+        let output = std::process::Command::new("cloud-init")
+            .args(["devel", "net-convert", "-k", "yaml", "-D", "debian", "-O", renderer, "-p"])
+            .arg(&config)
+            .arg("-d")
+            .arg(&output_directory)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "cloud-init refused:\n{body}\n{}", String::from_utf8_lossy(&output.stderr));
+        let rendered = std::fs::read_to_string(output_directory.join(file)).unwrap_or_else(|error| panic!("{file}: {error}\n{body}"));
+        for line in expected {
+            assert!(rendered.contains(line), "{renderer} lacks {line}:\n{rendered}\nfrom:\n{body}");
+        }
+    }
+    // Without a static address there is nothing to say; cloud-init keeps its DHCP default.
+    let plain =
+        serde_json::json!({"name": "plain62", "interfaces": [{"mac_addr": "52:54:00:c1:00:62", "ip_addrs": [{"ip_addr": "127.0.0.62"}]}]});
+    ok(kiln(&server, &admin, &["node", "create", "-f", "json", "-d", &plain.to_string()], None));
+    let (status, body) = get_from(Ipv4Addr::new(127, 0, 0, 62), &server, "/cloud-init/network-config", &[]);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("static network configuration"), "{body}");
+}

@@ -178,4 +178,45 @@ fn a_node_is_deployed_from_virtual_media_with_no_dhcp_anywhere() {
     let answer =
         lab.command("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}{path}", lab.boot_url())]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&answer.stdout), "404", "the medium's URL died with the operation");
+
+    // Undeploy: the agent cleans the disk from a new medium, which is ejected after.
+    lab.kiln(kiln, &["node", "undeploy", "vm3", "--wait", "--timeout", "600"])
+        .unwrap_or_else(|error| panic!("undeploy failed: {error}\nconsole:\n{}", std::fs::read_to_string(&console).unwrap_or_default()));
+    assert!(std::fs::read(&disk).unwrap()[..1 << 20].iter().all(|&byte| byte == 0), "the disk was cleaned");
+    let left: Vec<_> = std::fs::read_dir(data.join("boot-media")).unwrap().flatten().map(|entry| entry.file_name()).collect();
+    assert!(left.is_empty(), "media left behind: {left:?}");
+
+    // A live image: the ramdisk on the medium sets the static address, fetches the root and
+    // boots it; the live system calls back from that address, which completes the deploy.
+    let root = kiln_lab::build_live_root(&work, true).unwrap();
+    lab.kiln(kiln, &["image", "create", "lab-live", "--visibility", "public"]).unwrap();
+    lab.kiln(kiln, &["image", "upload", "lab-live", &format!("root={}", root.display())]).unwrap();
+    let live = lab.kiln(
+        kiln,
+        &[
+            "node",
+            "deploy",
+            "vm3",
+            "--image",
+            "lab-live",
+            "--mode",
+            "live",
+            "--wait-for-callback",
+            "--wait",
+            "--timeout",
+            "400",
+            "-F",
+            "json",
+        ],
+    );
+    let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    let live = live.unwrap_or_else(|error| panic!("live deploy failed: {error}\nconsole:\n{console_text}\nserver:\n{}", lab.server_log()));
+    assert_eq!(json(&live)[0]["provision_state"], "active", "{live}");
+    assert!(console_text.contains("KILN-LIVE-PHONED-HOME"), "the live system called back:\n{console_text}");
+    let log = lab.server_log();
+    assert!(log.lines().any(|line| line.contains("node phoned home") && line.contains("10.77.0.73")), "from its static address:\n{log}");
+    // A live node keeps its medium: a reboot boots the image again.
+    let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm3", "-F", "json"]).unwrap());
+    assert_eq!(status["inserted"].as_bool(), Some(true), "{status}");
+    assert!(!log.contains("DHCP"), "no DHCP server ran:\n{log}");
 }
