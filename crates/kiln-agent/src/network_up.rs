@@ -4,6 +4,7 @@
 //! its address, its default route and `/etc/resolv.conf`. It exits 3 when the command line
 //! has no static configuration, so that the ramdisk's init asks DHCP instead.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,6 +29,11 @@ pub(crate) fn network_up() -> anyhow::Result<bool> {
         Ok(())
     };
     ip(&["link", "set", "dev", &physical, "up"])?;
+    // What comes next (fetching a root, attaching a disk, the agent's first call) fails at
+    // once without a link; a real NIC takes seconds to negotiate one.
+    if !wait_for_carrier(Path::new("/sys/class/net"), &physical, Duration::from_secs(30)) {
+        eprintln!("kiln-ramdisk: {physical} has no link after 30 seconds; going on");
+    }
     let interface = match network.vlan {
         Some(vlan) => {
             let tagged = format!("{physical}.{vlan}");
@@ -38,7 +44,12 @@ pub(crate) fn network_up() -> anyhow::Result<bool> {
         None => physical,
     };
     let address = format!("{}/{}", network.address, network.prefix_length);
-    ip(&["addr", "add", &address, "dev", &interface])?;
+    match network.address {
+        IpAddr::V4(_) => ip(&["addr", "add", &address, "dev", &interface])?,
+        // The address was assigned by the inventory: without `nodad` it stays tentative
+        // (unusable) for the seconds duplicate address detection takes.
+        IpAddr::V6(_) => ip(&["-6", "addr", "add", &address, "dev", &interface, "nodad"])?,
+    }
     if let Some(gateway) = network.gateway {
         let family = if gateway.is_ipv4() { "-4" } else { "-6" };
         ip(&[family, "route", "add", "default", "via", &gateway.to_string(), "dev", &interface])?;
@@ -49,6 +60,20 @@ pub(crate) fn network_up() -> anyhow::Result<bool> {
     }
     println!("kiln-ramdisk: {interface} is up with static address {address}");
     Ok(true)
+}
+
+/// Whether `interface` reports a carrier within `patience`.
+fn wait_for_carrier(sysfs: &Path, interface: &str, patience: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        if std::fs::read_to_string(sysfs.join(interface).join("carrier")).is_ok_and(|carrier| carrier.trim() == "1") {
+            return true;
+        }
+        if started.elapsed() >= patience {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The name of the interface whose MAC is `mac`, waiting up to `patience` for its driver.
@@ -84,5 +109,8 @@ mod tests {
         assert_eq!(found, "ens3");
         let missing = interface_with_mac(sysfs.path(), "52:54:00:be:ef:42".parse().unwrap(), Duration::ZERO).unwrap_err();
         assert_eq!(missing.to_string(), "no network interface has MAC 52:54:00:be:ef:42, which the static configuration names");
+        assert!(!wait_for_carrier(sysfs.path(), "ens3", Duration::ZERO));
+        std::fs::write(sysfs.path().join("ens3").join("carrier"), "1\n").unwrap();
+        assert!(wait_for_carrier(sysfs.path(), "ens3", Duration::ZERO));
     }
 }

@@ -214,11 +214,10 @@ pub(crate) async fn boot_plan(
     Ok((plan, node))
 }
 
-/// The plan of a node that provisioning decides the boot of: the deploy ramdisk while an
-/// agent is to run, the local disk once deployed to it. `None`: boot parameters decide.
 /// Who a provisioning plan is made for. A plan can carry secrets (an agent token, a network
 /// disk's export name): a machine asking over the network gets them only from an address
-/// Kiln gave it; a boot medium Kiln makes itself goes to the node's BMC alone.
+/// Kiln gave it; a boot medium Kiln makes itself is served under a secret name, for the
+/// node's BMC to fetch.
 #[derive(Debug, Clone, Copy)]
 enum Requester {
     Machine(std::net::IpAddr),
@@ -244,6 +243,8 @@ pub async fn boot_medium_plan(state: &ApiState, node: &kiln_types::node::Node) -
     provisioning_plan(state, node, mac, Requester::BootMedium).await
 }
 
+/// The plan of a node that provisioning decides the boot of: the deploy ramdisk while an
+/// agent is to run, the local disk once deployed to it. `None`: boot parameters decide.
 async fn provisioning_plan(
     state: &ApiState,
     node: &kiln_types::node::Node,

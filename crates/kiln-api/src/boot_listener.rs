@@ -396,7 +396,8 @@ async fn serve_connection(
             Resolved::File(file) => {
                 let size = file.size;
                 send_file(&mut stream, &head, file, keep_alive).await?;
-                tracing::info!(%peer, path = head.path(), method = %head.method, size, "boot file sent");
+                let path = kiln_types::bmc::redacted_medium_url(head.path());
+                tracing::info!(%peer, path = %path, method = %head.method, size, "boot file sent");
             }
             Resolved::NotFound => {
                 with_timeout(stream.write_all(short_answer(StatusCode::NOT_FOUND, "", keep_alive, head.method != Method::HEAD).as_bytes()))

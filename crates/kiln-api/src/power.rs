@@ -130,7 +130,8 @@ fn media_status(node: &Node, drive: kiln_bmc::VirtualDrive) -> VirtualMediaStatu
         node: node.name.clone(),
         device: drive.device,
         media_types: drive.media_types,
-        image: drive.image,
+        // A Kiln medium's name is its secret: even readers of the node do not see it.
+        image: drive.image.map(|image| kiln_types::bmc::redacted_medium_url(&image).into_owned()),
         inserted: drive.inserted,
     }
 }

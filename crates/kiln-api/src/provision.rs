@@ -433,7 +433,7 @@ pub async fn heartbeat(
         _ => None,
     };
     let capture_path = format!("/agent/v1/nodes/{}/capture", node.id);
-    let command = kiln_lifecycle::agent::agent_command(node.provision_state, &record, artifact, &capture_path);
+    let command = kiln_lifecycle::agent::agent_command(node.provision_state, &record, artifact, &capture_path, node.boot_interface());
     if command.id().is_some() {
         tracing::info!(node = %node.name, command = ?command.id(), state = %node.provision_state, "agent given a command");
     }

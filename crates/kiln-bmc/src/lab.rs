@@ -206,7 +206,8 @@ impl Lab {
         });
         self.execute_in(&mut session, "blockdev-change-medium", arguments).await?;
         std::fs::write(&url_file, image).map_err(|source| self.medium_store(&url_file, source))?;
-        tracing::info!(address = %self.target.address, image, "lab machine: medium inserted");
+        let image = kiln_types::bmc::redacted_medium_url(image);
+        tracing::info!(address = %self.target.address, %image, "lab machine: medium inserted");
         Ok(inserted)
     }
 

@@ -401,7 +401,8 @@ impl Redfish {
                 };
             }
         };
-        tracing::info!(address = %self.target.address, device = %current.device, image, "virtual media inserted");
+        let image = kiln_types::bmc::redacted_medium_url(image);
+        tracing::info!(address = %self.target.address, device = %current.device, %image, "virtual media inserted");
         Ok(inserted)
     }
 

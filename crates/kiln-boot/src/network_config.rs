@@ -1,6 +1,6 @@
 //! cloud-init's network configuration (version 2) of a node's static addresses: NoCloud's
-//! `network-config` document, which the deployed system's cloud-init applies before it
-//! brings the network up, so a node on a segment with no DHCP comes up at its address.
+//! `network-config` document, which cloud-init applies before it brings the network up when
+//! it finds it locally (a seed directory or a config drive).
 //!
 //! Interfaces are matched by MAC and named `kiln0`, `kiln1`, … in inventory order (the
 //! first is the one boot media configure: `kiln_types::static_network`); a tagged address

@@ -119,6 +119,38 @@ fn a_lab_machine_boots_a_medium_its_bmc_fetched_by_url() {
     assert!(error.to_string().contains("the lab machine has no CD drive"), "{error}");
 }
 
+/// Notes the names of the media in the server's directory while they exist.
+struct MediaWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::collections::BTreeSet<String>>,
+}
+
+impl MediaWatcher {
+    fn start(media_dir: std::path::PathBuf) -> MediaWatcher {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir(&media_dir).into_iter().flatten().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".iso") {
+                        seen.insert(name);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        });
+        MediaWatcher { stop, thread }
+    }
+
+    fn stop(self) -> std::collections::BTreeSet<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 #[test]
 fn a_node_is_deployed_from_virtual_media_with_no_dhcp_anywhere() {
     let Some(mut lab) = Lab::create_or_skip() else { return };
@@ -152,6 +184,8 @@ fn a_node_is_deployed_from_virtual_media_with_no_dhcp_anywhere() {
     lab.kiln(kiln, &["node", "manage", "vm3", "--wait", "--timeout", "30"]).unwrap();
     lab.kiln(kiln, &["node", "provide", "vm3", "--wait", "--timeout", "30"]).unwrap();
 
+    let media_dir = data.join("boot-media");
+    let watcher = MediaWatcher::start(media_dir.clone());
     let deployed = lab.kiln(kiln, &["node", "deploy", "vm3", "--image", "lab-os", "--wait", "--timeout", "600", "-F", "json"]);
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     let log = lab.server_log();
@@ -164,19 +198,30 @@ fn a_node_is_deployed_from_virtual_media_with_no_dhcp_anywhere() {
     let written = std::fs::read(&disk).unwrap();
     let expected = std::fs::read(&image).unwrap();
     assert!(written[..expected.len()] == expected[..], "the disk holds exactly the image");
+    // The agent powered off; once the medium was out, Kiln powered the node on from its disk.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !std::fs::read_to_string(&console).unwrap_or_default().contains("kiln-lab: init started") {
+        assert!(Instant::now() < deadline, "the deployed system did not boot:\n{}", std::fs::read_to_string(&console).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // The medium (with the operation's token on its command line) is gone from the BMC's
     // drive and from the boot listener.
     let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm3", "-F", "json"]).unwrap());
     assert_eq!(status["inserted"].as_bool(), Some(false), "{status}");
     let left: Vec<_> = std::fs::read_dir(data.join("boot-media")).unwrap().flatten().map(|entry| entry.file_name()).collect();
     assert!(left.is_empty(), "media left behind: {left:?}");
-    let fetched =
-        log.lines().find(|line| line.contains("boot file sent") && line.contains("/boot/media/")).unwrap_or_else(|| panic!("{log}"));
-    let path = fetched.split("path=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
-    let name = path.rsplit('/').next().unwrap();
-    assert!(name.len() > 40, "the medium's name is unguessable: {name}");
-    let answer =
-        lab.command("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}{path}", lab.boot_url())]).output().unwrap();
+    assert!(log.lines().any(|line| line.contains("boot file sent") && line.contains("/boot/media/<secret>")), "{log}");
+    let names = watcher.stop();
+    let name = names.first().unwrap_or_else(|| panic!("no medium was seen in {}", media_dir.display()));
+    assert!(name.len() > 60, "the medium's name is unguessable: {name}");
+    assert!(!log.contains(name.as_str()), "the medium's name is in no log:\n{log}");
+    let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm3", "-F", "json"]).unwrap());
+    assert!(!status.to_string().contains(name.as_str()), "nor in the API's answers: {status}");
+    let answer = lab
+        .command("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}/boot/media/{name}", lab.boot_url())])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&answer.stdout), "404", "the medium's URL died with the operation");
 
     // Undeploy: the agent cleans the disk from a new medium, which is ejected after.
@@ -215,7 +260,7 @@ fn a_node_is_deployed_from_virtual_media_with_no_dhcp_anywhere() {
     assert!(console_text.contains("KILN-LIVE-PHONED-HOME"), "the live system called back:\n{console_text}");
     let log = lab.server_log();
     assert!(log.lines().any(|line| line.contains("node phoned home") && line.contains("10.77.0.73")), "from its static address:\n{log}");
-    // A live node keeps its medium: a reboot boots the image again.
+    // A live node keeps its medium inserted.
     let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm3", "-F", "json"]).unwrap());
     assert_eq!(status["inserted"].as_bool(), Some(true), "{status}");
     assert!(!log.contains("DHCP"), "no DHCP server ran:\n{log}");

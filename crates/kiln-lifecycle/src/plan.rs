@@ -58,6 +58,10 @@ pub enum Action {
     /// Have the BMC eject the node's boot medium and remove the medium's file, best effort:
     /// nothing is to boot from it any more.
     EjectVirtualMedia,
+    /// A virtual-media node's return to its disk after its agent (told to power off, so
+    /// that it does not boot its medium again): once the node is off, the next boot from
+    /// disk where the BMC can say so, and power on.
+    PowerOnFromDisk,
 }
 
 impl Action {
@@ -166,7 +170,7 @@ pub fn plan(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Option
         }
         decision => decision,
     };
-    through_boot_interface(node, decision)
+    through_boot_interface(node, record, decision)
 }
 
 /// The decision for how `node` boots. The lifecycle is the same for every boot interface;
@@ -174,11 +178,27 @@ pub fn plan(node: &Node, record: &ProvisionRecord, now: i64, interrupted: Option
 /// medium is ejected once nothing is to boot from it: before the node boots its disk, and
 /// when the operation ends, unless the node goes on running an image from the medium (a
 /// live or network-mode deploy, whose reboots boot the medium again).
-fn through_boot_interface(node: &Node, decision: Decision) -> Decision {
+fn through_boot_interface(node: &Node, record: &ProvisionRecord, decision: Decision) -> Decision {
     if node.boot_interface() != BootInterface::VirtualMedia {
         return decision;
     }
     let Decision::Step { mut actions, transition } = decision else { return decision };
+    let on_disk_target = transition.target.as_ref().is_none_or(|target| target.mode == DeployMode::Disk);
+    // The node goes back to its disk from its agent: a deploy or capture that ended (the
+    // agent powers off rather than reboot), or a capture that failed (which boots the disk
+    // again, where the network would be told to hand over to it).
+    let back_to_disk = on_disk_target
+        && record.step == Some(ProvisionStep::Agent)
+        && matches!(node.provision_state, ProvisionState::WaitAgent | ProvisionState::Capturing)
+        && matches!(
+            (transition.state, transition.step),
+            (ProvisionState::Active, _) | (ProvisionState::WaitAgent, Some(ProvisionStep::WaitCallback))
+        );
+    if back_to_disk {
+        actions.retain(|action| !matches!(action, Action::BootFromNetwork | Action::BootFromDisk));
+        actions.extend([Action::EjectVirtualMedia, Action::PowerOnFromDisk]);
+        return Decision::Step { actions, transition };
+    }
     for action in &mut actions {
         if *action == Action::BootFromNetwork {
             *action = Action::BootFromVirtualMedia;

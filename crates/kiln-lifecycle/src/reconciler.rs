@@ -292,23 +292,41 @@ impl Reconciler {
     }
 
     async fn carry_out(&self, node: &Node, action: Action) -> Result<(), String> {
+        let outcome = self.at_the_bmc(node, action).await;
+        match action {
+            // The file goes whatever the BMC said: its URL must die with the operation.
+            Action::EjectVirtualMedia => outcome.and(self.remove_medium(node).await),
+            // Nor is a medium left served after a boot from it failed.
+            Action::BootFromVirtualMedia if outcome.is_err() => {
+                if let Err(error) = self.at_the_bmc(node, Action::EjectVirtualMedia).await {
+                    tracing::info!(node = %node.name, %error, "ejecting the medium of a failed boot failed");
+                }
+                if let Err(error) = self.remove_medium(node).await {
+                    tracing::warn!(node = %node.name, %error, "removing the medium of a failed boot failed");
+                }
+                outcome
+            }
+            _ => outcome,
+        }
+    }
+
+    async fn at_the_bmc(&self, node: &Node, action: Action) -> Result<(), String> {
         if node.bmc.is_none() {
-            match action {
+            return match action {
                 Action::BootFromNetwork => {
                     tracing::info!(node = %node.name, "node has no BMC: waiting for it to boot from the network by itself");
+                    Ok(())
                 }
-                Action::BootFromVirtualMedia => return Err("the node has no BMC to insert its boot medium".to_owned()),
-                Action::EjectVirtualMedia => return self.remove_medium(node).await,
-                _ => {}
-            }
-            return Ok(());
+                Action::BootFromVirtualMedia => Err("the node has no BMC to insert its boot medium".to_owned()),
+                _ => Ok(()),
+            };
         }
         // The medium is made before the BMC is called: making it is the slow part, and the
         // BMC's time limit is for the BMC.
         let medium_url = match action {
             Action::BootFromVirtualMedia => {
                 let Some(media) = self.services.boot_media.as_ref() else {
-                    return Err("this server makes no boot media (the boot listener is off)".to_owned());
+                    return Err("this server makes no boot media (it has no boot listener to serve them)".to_owned());
                 };
                 Some(media.prepare(node).await.map_err(|error| format!("making the boot medium: {error}"))?)
             }
@@ -321,14 +339,15 @@ impl Reconciler {
             .map_err(|error| format!("reading the BMC password: {}", kiln_types::error_chain(&error)))?;
         let bmc = Bmc::for_node(node, password, self.settings.bmc_timeout).map_err(|error| kiln_types::error_chain(&error))?;
         let limit = self.settings.bmc_timeout * 3;
+        let power_on_or_reset = async |bmc: &Bmc| match bmc.power_state().await? {
+            PowerState::Off | PowerState::PoweringOff => bmc.power(PowerAction::On).await,
+            _ => bmc.power(PowerAction::Reset).await,
+        };
         let call = async {
             match action {
                 Action::BootFromNetwork => {
                     bmc.set_boot_device(BootDevice::Pxe, true, None).await?;
-                    match bmc.power_state().await? {
-                        PowerState::Off | PowerState::PoweringOff => bmc.power(PowerAction::On).await,
-                        _ => bmc.power(PowerAction::Reset).await,
-                    }
+                    power_on_or_reset(&bmc).await
                 }
                 Action::BootFromDisk => match bmc.set_boot_device(BootDevice::Disk, false, None).await {
                     Err(BmcError::Unsupported { .. }) => Ok(()),
@@ -336,29 +355,33 @@ impl Reconciler {
                 },
                 Action::BootFromVirtualMedia => {
                     let url = medium_url.as_deref().expect("made above");
-                    tracing::info!(node = %node.name, "boot medium inserted through the BMC");
                     bmc.insert_virtual_media(url).await?;
+                    tracing::info!(node = %node.name, "boot medium inserted through the BMC");
                     bmc.set_boot_device(BootDevice::Cd, true, None).await?;
-                    match bmc.power_state().await? {
-                        PowerState::Off | PowerState::PoweringOff => bmc.power(PowerAction::On).await,
-                        _ => bmc.power(PowerAction::Reset).await,
+                    power_on_or_reset(&bmc).await
+                }
+                Action::PowerOnFromDisk => {
+                    // The agent powers the node off once it has reported; a node still on
+                    // after that (an agent that hung) is reset instead.
+                    let patience = std::time::Instant::now() + self.settings.bmc_timeout * 2;
+                    while std::time::Instant::now() < patience && !matches!(bmc.power_state().await?, PowerState::Off) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
+                    match bmc.set_boot_device(BootDevice::Disk, false, None).await {
+                        Err(BmcError::Unsupported { .. }) | Ok(()) => {}
+                        Err(error) => return Err(error),
+                    }
+                    power_on_or_reset(&bmc).await
                 }
                 Action::EjectVirtualMedia => bmc.eject_virtual_media().await,
                 Action::PowerOff => bmc.power(PowerAction::ForceOff).await,
                 Action::PrepareNetworkDisk | Action::RemoveNetworkDisk | Action::SnapshotNetworkDisk => Ok(()),
             }
         };
-        let outcome = match tokio::time::timeout(limit, call).await {
+        match tokio::time::timeout(limit, call).await {
             Ok(result) => result.map_err(|error| kiln_types::error_chain(&error)),
             Err(_) => Err(format!("the BMC did not answer within {} s", limit.as_secs())),
-        };
-        if action == Action::EjectVirtualMedia {
-            // The file goes whatever the BMC said: its URL must die with the operation.
-            let removed = self.remove_medium(node).await;
-            return outcome.and(removed);
         }
-        outcome
     }
 
     async fn remove_medium(&self, node: &Node) -> Result<(), String> {
@@ -379,6 +402,7 @@ fn action_name(action: Action) -> &'static str {
         Action::SnapshotNetworkDisk => "taking a snapshot of the node's network disk",
         Action::BootFromVirtualMedia => "booting the node from its boot medium",
         Action::EjectVirtualMedia => "ejecting the node's boot medium",
+        Action::PowerOnFromDisk => "powering the node on from its disk",
     }
 }
 

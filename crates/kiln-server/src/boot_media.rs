@@ -27,15 +27,33 @@ pub(crate) enum BootMediumError {
     NothingToBoot { node: String, why: &'static str },
     #[error("{url} is not an artifact of a public image in the store, so it cannot go on a medium")]
     NotAnArtifact { url: String },
+    #[error("reading {url} from the image store")]
+    Read {
+        url: String,
+        #[source]
+        source: kiln_image_store::BlobError,
+    },
     #[error("copying {url} from the image store to {path}")]
-    Fetch {
+    Copy {
         url: String,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("writing {path}")]
-    Write {
+    #[error("making the media directory {path}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listing the media directory {path}")]
+    List {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("removing the medium {path}")]
+    Remove {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -79,8 +97,8 @@ impl BootMedia {
             .recursive(true)
             .mode(0o700)
             .create(&directory)
-            .map_err(|source| BootMediumError::Write { path: directory.clone(), source })?;
-        let work = tempfile::tempdir_in(&directory).map_err(|source| BootMediumError::Write { path: directory.clone(), source })?;
+            .map_err(|source| BootMediumError::Directory { path: directory.clone(), source })?;
+        let work = tempfile::tempdir_in(&directory).map_err(|source| BootMediumError::Directory { path: directory.clone(), source })?;
         let kernel = work.path().join("kernel");
         let initrd = work.path().join("initrd");
         self.copy_artifact(&kernel_url, &kernel).await?;
@@ -113,8 +131,9 @@ impl BootMedia {
         let (blob, _) = kiln_api::images::boot_artifact_blob(&self.state, url)
             .await
             .ok_or_else(|| BootMediumError::NotAnArtifact { url: url.to_owned() })?;
-        let fetch_error = |source| BootMediumError::Fetch { url: url.to_owned(), path: path.to_owned(), source };
-        let read = self.state.images.blobs.read(&blob, None).await.map_err(|error| fetch_error(std::io::Error::other(error)))?;
+        let fetch_error = |source| BootMediumError::Copy { url: url.to_owned(), path: path.to_owned(), source };
+        let read =
+            self.state.images.blobs.read(&blob, None).await.map_err(|source| BootMediumError::Read { url: url.to_owned(), source })?;
         let mut file = tokio::fs::File::create(path).await.map_err(fetch_error)?;
         let mut stream = read.stream;
         while let Some(chunk) = stream.next().await {
@@ -129,12 +148,12 @@ impl BootMedia {
         let mut entries = match tokio::fs::read_dir(self.directory()).await {
             Ok(entries) => entries,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(BootMediumError::Write { path: self.directory().to_owned(), source }),
+            Err(source) => return Err(BootMediumError::List { path: self.directory().to_owned(), source }),
         };
         while let Ok(Some(entry)) = entries.next_entry().await {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(&prefix) && name.ends_with(".iso") && Some(name.as_str()) != keep {
-                tokio::fs::remove_file(entry.path()).await.map_err(|source| BootMediumError::Write { path: entry.path(), source })?;
+                tokio::fs::remove_file(entry.path()).await.map_err(|source| BootMediumError::Remove { path: entry.path(), source })?;
                 tracing::info!(node = %node.name, "boot medium removed");
             }
         }

@@ -241,7 +241,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         state.provisioning_wake.clone(),
         kiln_lifecycle::Services {
             network_disks: network_disks.as_ref().map(|service| service.reconciler_hook(&store)),
-            boot_media: Some(boot_media::BootMedia::new(state.clone()) as Arc<dyn kiln_lifecycle::BootMedia>),
+            // Media are served by the boot listener alone: without one there are none.
+            boot_media: boot_listener.is_some().then(|| boot_media::BootMedia::new(state.clone()) as Arc<dyn kiln_lifecycle::BootMedia>),
         },
     );
     let boot_service = start_boot_listener(boot_listener, &state, &config, &boot_url, local_addr)?;

@@ -163,3 +163,29 @@ pub struct RedfishDiscoveryReport {
     pub unchanged: Vec<String>,
     pub failures: Vec<DiscoveryFailure>,
 }
+
+/// Where Kiln's per-operation boot media are served: a medium's name there is its only
+/// secret (the medium can carry an agent token).
+pub const BOOT_MEDIA_PATH: &str = "/boot/media/";
+
+/// `url` as logs and API answers show it: a Kiln boot medium's secret name replaced by
+/// `<secret>`; any other URL as it is.
+pub fn redacted_medium_url(url: &str) -> std::borrow::Cow<'_, str> {
+    match url.find(BOOT_MEDIA_PATH) {
+        Some(at) => format!("{}<secret>", &url[..at + BOOT_MEDIA_PATH.len()]).into(),
+        None => url.into(),
+    }
+}
+
+#[cfg(test)]
+mod medium_url_tests {
+    #[test]
+    fn a_boot_medium_s_name_is_never_shown() {
+        assert_eq!(
+            super::redacted_medium_url("http://10.77.0.1:8081/boot/media/n1.kiln_abc.iso"),
+            "http://10.77.0.1:8081/boot/media/<secret>"
+        );
+        assert_eq!(super::redacted_medium_url("/boot/media/n1.kiln_abc.iso"), "/boot/media/<secret>");
+        assert_eq!(super::redacted_medium_url("http://site/rescue.iso"), "http://site/rescue.iso");
+    }
+}

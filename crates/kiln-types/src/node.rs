@@ -333,11 +333,26 @@ fn validate_address(field: &str, entry: &IpAddrEntry) -> Result<IpAddrEntry, Inv
     match entry.prefix_length {
         Some(prefix) => {
             let longest = if address.is_ipv4() { 32 } else { 128 };
-            if prefix > longest {
-                return Err(InvalidField::new(format!("{field}.prefix_length"), format!("{prefix} is longer than {longest}")));
+            if prefix == 0 || prefix > longest {
+                return Err(InvalidField::new(
+                    format!("{field}.prefix_length"),
+                    format!("{prefix} is not a prefix length (1 to {longest})"),
+                ));
             }
+            if let IpAddr::V4(v4) = address
+                && prefix <= 30
+                && let host_bits = v4.to_bits() & (u32::MAX >> prefix)
+                && (host_bits == 0 || host_bits == u32::MAX >> prefix)
+            {
+                return Err(InvalidField::new(
+                    format!("{field}.ip_addr"),
+                    format!("{address} is the network or broadcast address of its /{prefix}, not a host's"),
+                ));
+            }
+            // An IPv6 router is often named by its link-local address, which is on every link.
+            let link_local = matches!(gateway, Some(IpAddr::V6(v6)) if v6.is_unicast_link_local());
             if let Some(gateway) = gateway
-                && (gateway == address || !same_subnet(address, gateway, prefix))
+                && (gateway == address || !(link_local || same_subnet(address, gateway, prefix)))
             {
                 return Err(InvalidField::new(
                     format!("{field}.gateway"),

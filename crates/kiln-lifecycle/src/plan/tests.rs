@@ -445,7 +445,7 @@ fn a_virtual_media_node_boots_from_its_medium_and_ejects_it_when_done() {
           [] -> deploying/powering +token
           [BootFromVirtualMedia] -> wait-agent/agent deadline 600 s
         agent result: ok
-          [EjectVirtualMedia, BootFromDisk] -> wait-agent/wait-callback -token deadline 900 s
+          [EjectVirtualMedia, PowerOnFromDisk] -> wait-agent/wait-callback -token deadline 900 s
         callback
           [] -> active
         request undeploy
@@ -460,5 +460,30 @@ fn a_virtual_media_node_boots_from_its_medium_and_ejects_it_when_done() {
           [] -> undeploying/powering +token
           [BootFromVirtualMedia] -> cleaning/agent deadline 600 s
           [PowerOff, EjectVirtualMedia] -> clean-failed -token error: no agent called in within 600 s of powering the node on
+    "#]]);
+}
+
+#[test]
+fn a_virtual_media_node_s_agent_powers_off_and_the_node_boots_its_disk_after_the_eject() {
+    let mut sim = Sim::new(ProvisionState::Available).virtual_media();
+    sim.request(deploy(DeployMode::Disk, false)).step().step().agent_heartbeat().agent_result(None).step();
+    sim.request(Intent::Capture { image: "golden".into() }).step().step().agent_heartbeat().agent_result(Some("disk read error")).step();
+    sim.request(Intent::Capture { image: "golden".into() }).step().step().agent_heartbeat().agent_result(None).step();
+    sim.check(expect![[r#"
+        request deploy
+          [] -> deploying/powering +token
+          [BootFromVirtualMedia] -> wait-agent/agent deadline 600 s
+        agent result: ok
+          [EjectVirtualMedia, PowerOnFromDisk] -> active -token
+        request capture
+          [] -> capturing/powering +token
+          [BootFromVirtualMedia] -> capturing/agent deadline 600 s
+        agent result: disk read error
+          [EjectVirtualMedia, PowerOnFromDisk] -> active -token error: agent: disk read error
+        request capture
+          [] -> capturing/powering +token
+          [BootFromVirtualMedia] -> capturing/agent deadline 600 s
+        agent result: ok
+          [EjectVirtualMedia, PowerOnFromDisk] -> active -token
     "#]]);
 }

@@ -49,12 +49,16 @@ mod static_addresses {
         .unwrap();
         assert_eq!((good.ip_addr.as_str(), good.dns_servers[0].as_str()), ("fd00:77::41", "fd00:77::1"));
         assert!(check(serde_json::json!({"ip_addr": "10.0.0.5"})).is_ok(), "OpenCHAMI's entries stay as they are");
+        assert!(check(serde_json::json!({"ip_addr": "fd00::5", "prefix_length": 64, "gateway": "fe80::1"})).is_ok(), "a link-local router");
+        assert!(check(serde_json::json!({"ip_addr": "10.0.0.5", "prefix_length": 32})).is_ok(), "a host route");
         let errors: Vec<String> = [
             serde_json::json!({"ip_addr": "10.0.0.5", "gateway": "10.0.0.1"}),
             serde_json::json!({"ip_addr": "10.0.0.5", "prefix_length": 33}),
             serde_json::json!({"ip_addr": "10.0.0.5", "prefix_length": 24, "gateway": "10.0.1.1"}),
             serde_json::json!({"ip_addr": "10.0.0.5", "prefix_length": 24, "dns_servers": ["fd00::1"]}),
             serde_json::json!({"ip_addr": "10.0.0.5", "prefix_length": 24, "vlan": 4095}),
+            serde_json::json!({"ip_addr": "10.0.0.255", "prefix_length": 24}),
+            serde_json::json!({"ip_addr": "10.0.0.5", "prefix_length": 0}),
         ]
         .into_iter()
         .map(|entry| check(entry).unwrap_err())
@@ -62,10 +66,12 @@ mod static_addresses {
         expect![[r#"
             [
                 "interfaces[0].ip_addrs[0].prefix_length: missing: a gateway, DNS servers or a VLAN make a static address, which needs its prefix length",
-                "interfaces[0].ip_addrs[0].prefix_length: 33 is longer than 32",
+                "interfaces[0].ip_addrs[0].prefix_length: 33 is not a prefix length (1 to 32)",
                 "interfaces[0].ip_addrs[0].gateway: 10.0.1.1 is not another address of 10.0.0.5/24's subnet",
                 "interfaces[0].ip_addrs[0].dns_servers: fd00::1 is not of the same family as 10.0.0.5",
                 "interfaces[0].ip_addrs[0].vlan: 4095 is not a VLAN ID (1 to 4094)",
+                "interfaces[0].ip_addrs[0].ip_addr: 10.0.0.255 is the network or broadcast address of its /24, not a host's",
+                "interfaces[0].ip_addrs[0].prefix_length: 0 is not a prefix length (1 to 32)",
             ]
         "#]]
         .assert_debug_eq(&errors);
