@@ -299,6 +299,30 @@ print("detached")
     assert!(fault(&body).contains("microversion 1.89"), "{body}");
 }
 
+/// `--boot-interface redfish-virtual-media` makes a node boot from virtual media in Kiln's
+/// lifecycle (its `boot_interface` property); `node set` changes it, `--reset-boot-interface`
+/// returns it to network boot, and a boot interface Kiln has not is refused.
+#[test]
+fn the_boot_interface_chooses_virtual_media_or_the_network() {
+    let Some(site) = Site::start() else { return };
+    site.baremetal(&["node", "create", "--driver", "redfish", "--name", "vm-bi", "--boot-interface", "redfish-virtual-media"]);
+    let shown = |site: &Site| -> (String, serde_json::Value) {
+        let ironic: serde_json::Value =
+            serde_json::from_str(&site.baremetal(&["node", "show", "vm-bi", "-f", "json", "-c", "boot_interface"])).unwrap();
+        let kiln: serde_json::Value = serde_json::from_str(&site.kiln(&["node", "show", "vm-bi", "-F", "json"])).unwrap();
+        (ironic["boot_interface"].as_str().unwrap().to_owned(), kiln["properties"]["boot_interface"].clone())
+    };
+    assert_eq!(shown(&site), ("redfish-virtual-media".to_owned(), serde_json::json!("redfish-virtual-media")));
+    site.baremetal(&["node", "set", "vm-bi", "--boot-interface", "pxe"]);
+    assert_eq!(shown(&site), ("pxe".to_owned(), serde_json::json!("pxe")));
+    site.baremetal(&["node", "set", "vm-bi", "--reset-boot-interface"]);
+    assert_eq!(shown(&site), ("ipxe".to_owned(), serde_json::Value::Null));
+    let refused = site.baremetal_fails_as(&site.admin, &["node", "set", "vm-bi", "--boot-interface", "floppy"]);
+    assert!(refused.contains("'floppy' is not a boot interface"), "{refused}");
+    let refused = site.baremetal_fails_as(&site.admin, &["node", "create", "--driver", "redfish", "--boot-interface", "floppy"]);
+    assert!(refused.contains("'floppy' is not a boot interface"), "{refused}");
+}
+
 #[test]
 fn openstacksdk_enrols_a_node_and_moves_it_through_its_states() {
     let Some(site) = Site::start() else { return };

@@ -31,8 +31,12 @@ pub struct NodeFacts<'a> {
 /// The fields of a short listing (`GET /v1/nodes` without `detail`).
 pub const NODE_LIST_FIELDS: [&str; 7] = ["uuid", "instance_uuid", "maintenance", "power_state", "provision_state", "name", "links"];
 
+/// The `boot_interface` a node shows when it has none of its own: Kiln boots nodes from
+/// the network through iPXE.
+pub const DEFAULT_BOOT_INTERFACE: &str = "ipxe";
+
 /// Node fields and the microversion that introduced each (1: always there).
-const NODE_FIELDS: [(&str, u32); 32] = [
+const NODE_FIELDS: [(&str, u32); 33] = [
     ("uuid", 1),
     ("name", 5),
     ("driver", 1),
@@ -62,6 +66,7 @@ const NODE_FIELDS: [(&str, u32); 32] = [
     ("owner", 50),
     ("retired", 61),
     ("lessee", 65),
+    ("boot_interface", 31),
     ("links", 1),
     ("ports", 1),
     ("states", 1),
@@ -108,6 +113,7 @@ pub fn node_document(facts: NodeFacts<'_>, version: Microversion, base_url: &str
             "updated_at" | "provision_updated_at" => timestamp(node.updated_at),
             "conductor_group" => json!(""),
             "owner" => json!(node.project),
+            "boot_interface" => node.properties.get("boot_interface").cloned().unwrap_or_else(|| json!(DEFAULT_BOOT_INTERFACE)),
             "links" => links(base_url, "nodes", &node.id),
             "ports" => links(base_url, &format!("nodes/{}", node.id), "ports"),
             "states" => links(base_url, &format!("nodes/{}", node.id), "states"),
@@ -245,6 +251,7 @@ mod tests {
               "owner": "lab-a",
               "retired": false,
               "lessee": null,
+              "boot_interface": "ipxe",
               "links": [
                 {
                   "href": "http://kiln/ironic/v1/nodes/0b6c5f7e-3c1a-4b7e-9a55-5f9e6c1f2d10",

@@ -1,7 +1,6 @@
 //! Nodes: what the API accepts (wire input), what the store keeps (validated spec) and shows.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +8,8 @@ use utoipa::ToSchema;
 
 use crate::validate::{self, InvalidField};
 use crate::{MacAddress, Xname};
+
+mod address;
 
 /// Where a node is in its life. Only the reconciler moves a node between these; API
 /// handlers record intent.
@@ -304,92 +305,11 @@ pub fn validate_interfaces(inputs: &[InterfaceInput]) -> Result<Vec<InterfaceSpe
                 .ip_addrs
                 .iter()
                 .enumerate()
-                .map(|(ip_index, entry)| validate_address(&format!("{path}.ip_addrs[{ip_index}]"), entry))
+                .map(|(ip_index, entry)| address::validate_address(&format!("{path}.ip_addrs[{ip_index}]"), entry))
                 .collect::<Result<_, InvalidField>>()?;
             Ok(InterfaceSpec { mac, ip_addrs })
         })
         .collect()
-}
-
-/// One address checked: the static fields need a prefix length, a gateway and DNS servers
-/// are addresses of the same family, the gateway lies inside the subnet.
-fn validate_address(field: &str, entry: &IpAddrEntry) -> Result<IpAddrEntry, InvalidField> {
-    let name = validate::single_line(&format!("{field}.name"), &entry.name, 63)?;
-    let address = validate::ip(&format!("{field}.ip_addr"), &entry.ip_addr)?;
-    let same_family = |what: &str, value: &str| -> Result<IpAddr, InvalidField> {
-        let other = validate::ip(&format!("{field}.{what}"), value)?;
-        if other.is_ipv4() != address.is_ipv4() {
-            return Err(InvalidField::new(format!("{field}.{what}"), format!("{other} is not of the same family as {address}")));
-        }
-        Ok(other)
-    };
-    let gateway = entry.gateway.as_deref().map(|gateway| same_family("gateway", gateway)).transpose()?;
-    let dns_servers = entry.dns_servers.iter().map(|server| same_family("dns_servers", server)).collect::<Result<Vec<_>, _>>()?;
-    if let Some(vlan) = entry.vlan
-        && !(1..=4094).contains(&vlan)
-    {
-        return Err(InvalidField::new(format!("{field}.vlan"), format!("{vlan} is not a VLAN ID (1 to 4094)")));
-    }
-    match entry.prefix_length {
-        Some(prefix) => {
-            let longest = if address.is_ipv4() { 32 } else { 128 };
-            if prefix == 0 || prefix > longest {
-                return Err(InvalidField::new(
-                    format!("{field}.prefix_length"),
-                    format!("{prefix} is not a prefix length (1 to {longest})"),
-                ));
-            }
-            if let IpAddr::V4(v4) = address
-                && prefix <= 30
-                && let host_bits = v4.to_bits() & (u32::MAX >> prefix)
-                && (host_bits == 0 || host_bits == u32::MAX >> prefix)
-            {
-                return Err(InvalidField::new(
-                    format!("{field}.ip_addr"),
-                    format!("{address} is the network or broadcast address of its /{prefix}, not a host's"),
-                ));
-            }
-            // An IPv6 router is often named by its link-local address, which is on every link.
-            let link_local = matches!(gateway, Some(IpAddr::V6(v6)) if v6.is_unicast_link_local());
-            if let Some(gateway) = gateway
-                && (gateway == address || !(link_local || same_subnet(address, gateway, prefix)))
-            {
-                return Err(InvalidField::new(
-                    format!("{field}.gateway"),
-                    format!("{gateway} is not another address of {address}/{prefix}'s subnet"),
-                ));
-            }
-        }
-        None if gateway.is_some() || !dns_servers.is_empty() || entry.vlan.is_some() => {
-            return Err(InvalidField::new(
-                format!("{field}.prefix_length"),
-                "missing: a gateway, DNS servers or a VLAN make a static address, which needs its prefix length",
-            ));
-        }
-        None => {}
-    }
-    Ok(IpAddrEntry {
-        name,
-        ip_addr: address.to_string(),
-        prefix_length: entry.prefix_length,
-        gateway: gateway.map(|gateway| gateway.to_string()),
-        dns_servers: dns_servers.iter().map(IpAddr::to_string).collect(),
-        vlan: entry.vlan,
-    })
-}
-
-/// Whether `a` and `b` share their first `prefix` bits.
-fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
-    let bits = |address: IpAddr| match address {
-        IpAddr::V4(v4) => (u128::from(v4.to_bits()) << 96, 32u32),
-        IpAddr::V6(v6) => (v6.to_bits(), 128u32),
-    };
-    let ((a, width), (b, _)) = (bits(a), bits(b));
-    let prefix = u32::from(prefix).min(width);
-    if prefix == 0 {
-        return true;
-    }
-    (a ^ b) >> (128 - prefix) == 0
 }
 
 pub fn validate_bmc(input: &BmcInput) -> Result<BmcSpec, InvalidField> {

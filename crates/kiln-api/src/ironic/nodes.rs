@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use kiln_auth::ProjectScope;
-use kiln_ironic::documents::{NODE_LIST_FIELDS, NodeFacts, node_document, select};
+use kiln_ironic::documents::{DEFAULT_BOOT_INTERFACE, NODE_LIST_FIELDS, NodeFacts, node_document, select};
 use kiln_ironic::driver::{DriverError, split_driver_info};
 use kiln_ironic::patch::{PatchOperation, apply};
 use kiln_ironic::states::{ProvisionVerb, provision_verb};
@@ -222,7 +222,24 @@ async fn listing(
 }
 
 /// What `baremetal node create` sends that Kiln takes; anything else is refused by name.
-const CREATE_FIELDS: [&str; 7] = ["driver", "driver_info", "name", "properties", "extra", "instance_info", "owner"];
+const CREATE_FIELDS: [&str; 8] = ["driver", "driver_info", "name", "properties", "extra", "instance_info", "owner", "boot_interface"];
+
+/// Ironic's `boot_interface`, kept as Kiln keeps a node's: `boot_interface` in its
+/// properties (`redfish-virtual-media` boots from virtual media, the others from the
+/// network); `None` (absent or null) removes it.
+fn set_boot_interface(properties: &mut Map<String, Value>, boot_interface: Option<&Value>) -> IronicResult<()> {
+    match boot_interface {
+        None | Some(Value::Null) => {
+            properties.remove("boot_interface");
+        }
+        Some(Value::String(name)) => {
+            name.parse::<kiln_types::node::BootInterface>().map_err(IronicError::invalid)?;
+            properties.insert("boot_interface".to_owned(), Value::String(name.clone()));
+        }
+        Some(_) => return Err(IronicError::invalid("boot_interface must be a string")),
+    }
+    Ok(())
+}
 
 fn object_field(body: &Map<String, Value>, field: &str) -> IronicResult<Map<String, Value>> {
     match body.get(field) {
@@ -263,7 +280,10 @@ pub(super) async fn create(
         extra: object_field(&body, "extra")?,
         instance_info: object_field(&body, "instance_info")?,
     };
-    let properties = object_field(&body, "properties")?;
+    let mut properties = object_field(&body, "properties")?;
+    if body.contains_key("boot_interface") {
+        set_boot_interface(&mut properties, body.get("boot_interface"))?;
+    }
     check_sizes(&state, &fields, &properties)?;
     // Kiln names every node; Ironic's may be nameless, and then it is named for its id.
     let name = match body.get("name") {
@@ -282,7 +302,7 @@ pub(super) async fn create(
 
 /// The fields a patch may change; the rest are read-only here (Kiln's lifecycle, power and
 /// allocation own them).
-const PATCHABLE: [&str; 6] = ["name", "driver", "driver_info", "properties", "extra", "instance_info"];
+const PATCHABLE: [&str; 7] = ["name", "driver", "driver_info", "properties", "extra", "instance_info", "boot_interface"];
 
 pub(super) async fn update(
     State(state): State<ApiState>,
@@ -332,13 +352,19 @@ pub(super) async fn update(
         extra: object("extra")?,
         instance_info: object("instance_info")?,
     };
-    check_sizes(&state, &fields, &object("properties")?)?;
+    let mut properties = object("properties")?;
+    if after.get("boot_interface") != before.get("boot_interface") {
+        // `baremetal node set --boot-interface`, or `--reset-boot-interface` (a removal).
+        let chosen = after.get("boot_interface").filter(|value| value.as_str() != Some(DEFAULT_BOOT_INTERFACE));
+        set_boot_interface(&mut properties, chosen)?;
+    }
+    check_sizes(&state, &fields, &properties)?;
     let mut change = NodeChange::default();
     if after["name"] != before["name"] {
         change.name = Some(kiln_types::validate::node_name("name", name).map_err(|error| IronicError::invalid(error.to_string()))?);
     }
-    if after["properties"] != before["properties"] {
-        change.properties = Some(object("properties")?);
+    if Some(&properties) != before.get("properties").and_then(Value::as_object) {
+        change.properties = Some(properties);
     }
     if identity_changed {
         change.bmc = Some(validate_bmc(&info.bmc).map_err(|error| IronicError::invalid(error.to_string()))?);

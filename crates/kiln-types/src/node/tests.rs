@@ -39,7 +39,7 @@ mod static_addresses {
 
     fn check(entry: serde_json::Value) -> Result<IpAddrEntry, String> {
         let entry: IpAddrEntry = serde_json::from_value(entry).unwrap();
-        validate_address("interfaces[0].ip_addrs[0]", &entry).map_err(|error| error.to_string())
+        super::super::address::validate_address("interfaces[0].ip_addrs[0]", &entry).map_err(|error| error.to_string())
     }
 
     #[test]
