@@ -396,6 +396,22 @@ fn inputs<'a>(state: &ApiState, view: &'a InventoryView, node: &'a Node, token: 
     }
 }
 
+/// The NoCloud seed of a node that boots with no DHCP: the documents it would fetch from
+/// `/cloud-init/` (meta-data without secrets, user-data, vendor-data, whose group configs it
+/// then fetches over the network it has configured), and its `network-config`. `None` when
+/// the node has no static address, and so no need of one.
+pub fn seed_documents(state: &ApiState, node: &Node) -> Option<Vec<(&'static str, String)>> {
+    let network_config = kiln_boot::network_config::network_config(node)?;
+    let view = state.inventory.view();
+    let inputs = inputs(state, &view, node, None);
+    Some(vec![
+        ("meta-data", kiln_boot::cloud_init::to_yaml(&kiln_boot::cloud_init::meta_data(&inputs))),
+        ("user-data", "#cloud-config\n{}\n".to_owned()),
+        ("vendor-data", kiln_boot::cloud_init::vendor_data(&inputs.base_url, &inputs.groups)),
+        ("network-config", network_config),
+    ])
+}
+
 fn serve(state: &ApiState, view: &InventoryView, requester: Requester<'_>, document: &str) -> ApiResult<Response> {
     let node = requester.node;
     let document = Document::parse(document).ok_or_else(|| ApiError::not_found("cloud-init document", document))?;

@@ -405,7 +405,7 @@ fn stock_cloud_init_applies_the_group_config() {
     eprintln!("{stdout}");
     assert!(stdout.contains("hostname: nid007\n"), "the hostname is the node's: {stdout}");
     assert!(stdout.contains("etc-hostname: nid007\n"), "{stdout}");
-    let keys = stdout.split("authorized_keys:\n").nth(1).unwrap().split("warnings:").next().unwrap();
+    let keys = stdout.split("authorized_keys:\n").nth(1).unwrap().split("network files:").next().unwrap();
     assert_eq!(
         keys.trim(),
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOYl8uT1q9ZxKilnTutorialKeyOnlyForTests1 root@head",

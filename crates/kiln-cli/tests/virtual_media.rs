@@ -119,6 +119,68 @@ fn a_lab_machine_boots_a_medium_its_bmc_fetched_by_url() {
     assert!(error.to_string().contains("the lab machine has no CD drive"), "{error}");
 }
 
+/// The disk image `lab-os` (a SYSLINUX disk whose system reports that it booted) and the
+/// deploy ramdisk, in the lab's server; the image's raw file.
+fn upload_image_and_ramdisk(lab: &Lab) -> std::path::PathBuf {
+    let kiln = Path::new(KILN);
+    let work = lab.directory.path().to_owned();
+    let (kernel, _) = kiln_lab::host_kernel().unwrap();
+    let callback_initrd = work.join("callback-initrd.img");
+    kiln_lab::build_callback_initrd(&callback_initrd).unwrap();
+    let image = work.join("lab-os.raw");
+    kiln_lab::build_bootable_disk(&image, 48, &kernel, &callback_initrd, "console=ttyS0,115200 panic=-1").unwrap();
+    lab.kiln(kiln, &["image", "create", "lab-os"]).unwrap();
+    lab.kiln(kiln, &["image", "upload", "lab-os", &format!("disk={}", image.display())]).unwrap();
+    let agent = support::agent_binary();
+    lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string()]).unwrap();
+
+    image
+}
+
+/// The seed in a deployed node's drive is NoCloud's: a `cidata` volume whose documents
+/// Debian's stock cloud-init reads as a local seed before the network, writing the node's
+/// static address into the system's network configuration.
+fn check_seed_with_stock_cloud_init(lab: &mut Lab, seed: &Path, mac: &str) {
+    let info = std::process::Command::new("xorriso").args(["-indev"]).arg(seed).arg("-pvd_info").output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned() + &String::from_utf8_lossy(&info.stderr);
+    assert!(info.lines().any(|line| line.starts_with("Volume Id") && line.trim_end().ends_with("cidata")), "{info}");
+    let files = lab.directory.path().join("seed-files");
+    let extracted = std::process::Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(seed)
+        .args(["-extract", "/"])
+        .arg(&files)
+        .output()
+        .unwrap();
+    assert!(extracted.status.success(), "{}", String::from_utf8_lossy(&extracted.stderr));
+    if !Path::new("/usr/bin/cloud-init").exists() {
+        assert_ne!(std::env::var("KILN_REQUIRE_LAB").as_deref(), Ok("1"), "KILN_REQUIRE_LAB=1 but cloud-init is not installed");
+        return;
+    }
+    // cloud-init configures only the interface the seed names by its MAC, and waits for it:
+    // the namespace gets one (a veth pair of its own, off the lab's bridge, where the node
+    // has that MAC; this kernel has no dummy interfaces).
+    let host = lab.add_host().unwrap();
+    let interface = std::process::Command::new("ip")
+        .args(["netns", "exec", &host, "ip", "link", "add", "kseed0", "address", mac, "type", "veth", "peer", "name", "kseed1"])
+        .status()
+        .unwrap();
+    assert!(interface.success());
+    let scratch = lab.directory.path().join("cloud-init-root");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/run-cloud-init.sh");
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", &host, "unshare", "--mount", "--uts", "--propagation", "private", script])
+        .arg(&files)
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "cloud-init failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let network = stdout.split("network files:").nth(1).unwrap_or_default();
+    assert!(network.contains("10.77.0.73/24") && network.contains("10.77.0.1"), "the static address and gateway:\n{stdout}");
+}
+
 /// Notes the names of the media in the server's directory while they exist.
 struct MediaWatcher {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -157,16 +219,7 @@ fn a_node_is_deployed_from_virtual_media_with_no_dhcp_anywhere() {
     let kiln = Path::new(KILN);
     let data = lab.start_server_without_dhcp(kiln).unwrap();
     let work = lab.directory.path().to_owned();
-    let (kernel, _) = kiln_lab::host_kernel().unwrap();
-    let callback_initrd = work.join("callback-initrd.img");
-    kiln_lab::build_callback_initrd(&callback_initrd).unwrap();
-    let image = work.join("lab-os.raw");
-    kiln_lab::build_bootable_disk(&image, 48, &kernel, &callback_initrd, "console=ttyS0,115200 panic=-1").unwrap();
-    lab.kiln(kiln, &["image", "create", "lab-os"]).unwrap();
-    lab.kiln(kiln, &["image", "upload", "lab-os", &format!("disk={}", image.display())]).unwrap();
-    let agent = support::agent_binary();
-    lab.kiln(kiln, &["build", "ramdisk", "--agent", &agent.display().to_string()]).unwrap();
-
+    let image = upload_image_and_ramdisk(&lab);
     let disk = work.join("node-disk.raw");
     std::fs::File::create(&disk).unwrap().set_len(128 << 20).unwrap();
     let mac = "52:54:00:be:ef:73";
@@ -205,24 +258,26 @@ fn a_node_is_deployed_from_virtual_media_with_no_dhcp_anywhere() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // The medium (with the operation's token on its command line) is gone from the BMC's
-    // drive and from the boot listener.
+    // drive and from the boot listener; the drive holds the node's cloud-init seed instead.
     let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm3", "-F", "json"]).unwrap());
-    assert_eq!(status["inserted"].as_bool(), Some(false), "{status}");
-    let left: Vec<_> = std::fs::read_dir(data.join("boot-media")).unwrap().flatten().map(|entry| entry.file_name()).collect();
-    assert!(left.is_empty(), "media left behind: {left:?}");
+    assert_eq!(status["inserted"].as_bool(), Some(true), "{status}\n{}", lab.server_log());
+    let left: Vec<String> =
+        std::fs::read_dir(&media_dir).unwrap().flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left.len(), 1, "only the seed stays: {left:?}");
     assert!(log.lines().any(|line| line.contains("boot file sent") && line.contains("/boot/media/<secret>")), "{log}");
+    assert!(log.contains("cloud-init seed inserted"), "{log}");
     let names = watcher.stop();
-    let name = names.first().unwrap_or_else(|| panic!("no medium was seen in {}", media_dir.display()));
-    assert!(name.len() > 60, "the medium's name is unguessable: {name}");
-    assert!(!log.contains(name.as_str()), "the medium's name is in no log:\n{log}");
-    let status = json(&lab.kiln(kiln, &["node", "virtual-media", "status", "vm3", "-F", "json"]).unwrap());
-    assert!(!status.to_string().contains(name.as_str()), "nor in the API's answers: {status}");
+    let medium = names.iter().find(|name| !left.contains(name)).unwrap_or_else(|| panic!("no medium was seen: {names:?}"));
+    assert!(medium.len() > 60, "the medium's name is unguessable: {medium}");
+    assert!(!log.contains(medium.as_str()), "the medium's name is in no log:\n{log}");
+    assert!(!status.to_string().contains(medium.as_str()), "nor in the API's answers: {status}");
     let answer = lab
         .command("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}/boot/media/{name}", lab.boot_url())])
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}/boot/media/{medium}", lab.boot_url())])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&answer.stdout), "404", "the medium's URL died with the operation");
+    check_seed_with_stock_cloud_init(&mut lab, &media_dir.join(&left[0]), mac);
 
     // Undeploy: the agent cleans the disk from a new medium, which is ejected after.
     lab.kiln(kiln, &["node", "undeploy", "vm3", "--wait", "--timeout", "600"])

@@ -55,6 +55,47 @@ pub enum MediumError {
     },
     #[error("grub-mkrescue failed ({status}): {message}")]
     Tool { status: std::process::ExitStatus, message: String },
+    #[error("running xorriso (apt-get install xorriso)")]
+    StartXorriso {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("xorriso failed ({status}): {message}")]
+    Xorriso { status: std::process::ExitStatus, message: String },
+}
+
+/// The volume label cloud-init's NoCloud datasource looks for, on any block device (a CD
+/// included), before it brings the network up.
+pub const SEED_LABEL: &str = "cidata";
+
+/// Writes a NoCloud seed to `output`, whole or not at all: an ISO 9660 filesystem labelled
+/// [`SEED_LABEL`] holding `files` (`meta-data`, `user-data`, `network-config`, …) at its
+/// root. It does not boot: firmware passes over it to the next device.
+pub fn build_seed_medium(files: &[(&str, &[u8])], output: &Path) -> Result<(), MediumError> {
+    let work = tempfile::tempdir().map_err(|source| MediumError::WorkDirectory { path: std::env::temp_dir(), source })?;
+    for (name, contents) in files {
+        let path = work.path().join(name);
+        std::fs::write(&path, contents).map_err(|source| MediumError::Write { path: path.clone(), source })?;
+    }
+    let directory = output.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let partial = tempfile::Builder::new()
+        .prefix(".seed-")
+        .tempfile_in(directory)
+        .map_err(|source| MediumError::Write { path: directory.to_owned(), source })?;
+    // Rock Ridge and Joliet keep the names as they are (`meta-data`, not `META_DAT`).
+    let result = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-volid", SEED_LABEL, "-joliet", "-rock", "-o"])
+        .arg(partial.path())
+        .arg(work.path())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| MediumError::StartXorriso { source })?;
+    if !result.status.success() {
+        return Err(MediumError::Xorriso { status: result.status, message: String::from_utf8_lossy(&result.stderr).trim().to_owned() });
+    }
+    partial.as_file().sync_all().map_err(|source| MediumError::Write { path: partial.path().to_owned(), source })?;
+    partial.persist(output).map_err(|error| MediumError::Write { path: output.to_owned(), source: error.error })?;
+    Ok(())
 }
 
 /// Writes the medium of `contents` to `output`, whole or not at all: it is made in a

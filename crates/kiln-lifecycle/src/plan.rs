@@ -59,8 +59,9 @@ pub enum Action {
     /// nothing is to boot from it any more.
     EjectVirtualMedia,
     /// A virtual-media node's return to its disk after its agent (told to power off, so
-    /// that it does not boot its medium again): once the node is off, the next boot from
-    /// disk where the BMC can say so, and power on.
+    /// that it does not boot its medium again): once the node is off, its cloud-init seed
+    /// in the drive when it has a static address, the next boot from disk where the BMC can
+    /// say so, and power on.
     PowerOnFromDisk,
 }
 

@@ -40,6 +40,10 @@ pub trait BootMedia: Send + Sync {
     /// Makes the medium of what `node` boots now (replacing any it had) and serves it; the
     /// URL its BMC fetches it from.
     fn prepare<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<String, String>>;
+    /// Makes `node`'s cloud-init seed (NoCloud's `cidata`, with its static network
+    /// configuration) for the system on its disk, and serves it; its URL, or `None` when the
+    /// node has no static address to give.
+    fn prepare_seed<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<Option<String>, String>>;
     /// Removes `node`'s medium, if it has one: its URL serves nothing from then on.
     fn remove<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), String>>;
 }
@@ -332,6 +336,17 @@ impl Reconciler {
             }
             _ => None,
         };
+        let seed_url = match (action, self.services.boot_media.as_ref()) {
+            (Action::PowerOnFromDisk, Some(media)) => match media.prepare_seed(node).await {
+                Ok(url) => url,
+                // The disk boots without it; a system that needs it says so on its console.
+                Err(error) => {
+                    tracing::warn!(node = %node.name, %error, "making the node's cloud-init seed failed; its disk boots without one");
+                    None
+                }
+            },
+            _ => None,
+        };
         let password = self
             .store
             .bmc_password(&node.id)
@@ -366,6 +381,12 @@ impl Reconciler {
                     let patience = std::time::Instant::now() + self.settings.bmc_timeout * 2;
                     while std::time::Instant::now() < patience && !matches!(bmc.power_state().await?, PowerState::Off) {
                         tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    // The deployed system's cloud-init finds its network configuration on
+                    // the seed in the drive, before it brings the network up.
+                    if let Some(url) = &seed_url {
+                        bmc.insert_virtual_media(url).await?;
+                        tracing::info!(node = %node.name, "cloud-init seed inserted through the BMC");
                     }
                     match bmc.set_boot_device(BootDevice::Disk, false, None).await {
                         Err(BmcError::Unsupported { .. }) | Ok(()) => {}

@@ -3,7 +3,9 @@
 //! image) and a boot entry whose command line carries the node's static network
 //! configuration, so that no DHCP is needed. The ISO is served by the boot listener under an
 //! unguessable name for the node's BMC to fetch, and removed when the operation ends (the
-//! reconciler's eject) or when the next boot replaces it.
+//! reconciler's eject) or when the next boot replaces it. A node going back to its disk gets
+//! a cloud-init seed in the drive instead (NoCloud's `cidata`: its documents and its static
+//! network configuration), which its system reads before it brings the network up.
 
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
@@ -126,6 +128,35 @@ impl BootMedia {
         Ok(format!("{}{}/{name}", self.state.boot.public_url, kiln_api::routes::BOOT_MEDIA_PREFIX))
     }
 
+    /// Makes `node`'s cloud-init seed, replacing its other media; its URL, or `None` when
+    /// the node has no static address.
+    async fn prepare_seed(&self, node: &Node) -> Result<Option<String>, BootMediumError> {
+        let Some(documents) = kiln_api::cloud_init::seed_documents(&self.state, node) else {
+            tracing::info!(node = %node.name, interfaces = ?node.interfaces, "the node has no static address: no cloud-init seed");
+            return Ok(None);
+        };
+        let directory = self.directory().to_owned();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&directory)
+            .map_err(|source| BootMediumError::Directory { path: directory.clone(), source })?;
+        // Not a secret (the seed holds no secrets), but named as the other media are, so
+        // that the eject's sweep removes it.
+        let name = format!("{}.{}.iso", node.id, kiln_auth::mint_token());
+        let output = directory.join(&name);
+        tokio::task::spawn_blocking(move || {
+            let files: Vec<(&str, &[u8])> = documents.iter().map(|(name, text)| (*name, text.as_bytes())).collect();
+            kiln_image_build::medium::build_seed_medium(&files, &output)
+        })
+        .await
+        .expect("building a seed does not panic")
+        .map_err(BootMediumError::Build)?;
+        self.remove_except(node, Some(&name)).await?;
+        tracing::info!(node = %node.name, "cloud-init seed made");
+        Ok(Some(format!("{}{}/{name}", self.state.boot.public_url, kiln_api::routes::BOOT_MEDIA_PREFIX)))
+    }
+
     /// Copies the artifact behind `url` out of the image store (local or S3) to `path`.
     async fn copy_artifact(&self, url: &str, path: &Path) -> Result<(), BootMediumError> {
         let (blob, _) = kiln_api::images::boot_artifact_blob(&self.state, url)
@@ -172,6 +203,10 @@ fn medium_command_line(plan: &str, network: Option<&StaticNetwork>) -> String {
 impl kiln_lifecycle::BootMedia for BootMedia {
     fn prepare<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move { BootMedia::prepare(self, node).await.map_err(|error| kiln_types::error_chain(&error)) })
+    }
+
+    fn prepare_seed<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async move { BootMedia::prepare_seed(self, node).await.map_err(|error| kiln_types::error_chain(&error)) })
     }
 
     fn remove<'a>(&'a self, node: &'a Node) -> BoxFuture<'a, Result<(), String>> {

@@ -1,10 +1,13 @@
 #!/bin/sh
-# Runs Debian's stock cloud-init against a NoCloud seed URL in an isolated root: called by
-# the cloud-init test inside `unshare --mount --uts --propagation private`, so every mount
+# Runs Debian's stock cloud-init against a NoCloud seed in an isolated root: called by the
+# cloud-init tests inside `unshare --mount --uts --propagation private`, so every mount
 # below and the hostname cloud-init sets vanish with the process. The root is an overlay of
 # the host's / with its upper layer on a tmpfs: cloud-init writes there, never to the host.
-# Prints the hostname and root's authorized_keys as cloud-init left them.
-# Usage: run-cloud-init.sh SEED_URL SCRATCH_DIR
+# A seed URL is read over the network (`cloud-init init`), with cloud-init's networking
+# off; a seed directory (what a `cidata` medium holds) is read as a local seed before the
+# network (`cloud-init init --local`), whose network configuration cloud-init renders.
+# Prints the hostname, root's authorized_keys and the rendered network files.
+# Usage: run-cloud-init.sh SEED_URL|SEED_DIRECTORY SCRATCH_DIR
 set -eu
 seed=$1
 scratch=$2
@@ -21,7 +24,14 @@ mount -t tmpfs tmpfs "$root/tmp"
 # on the host itself).
 rm -rf "$root/var/lib/cloud" "$root/var/log/cloud-init.log" "$root/etc/cloud/cloud-init.disabled" "$root/root/.ssh"
 mkdir -p "$root/etc/cloud/cloud.cfg.d"
-cat > "$root/etc/cloud/cloud.cfg.d/99-kiln-test.cfg" <<CONFIG
+if [ -d "$seed" ]; then
+    mkdir -p "$root/var/lib/cloud/seed/nocloud"
+    cp "$seed"/* "$root/var/lib/cloud/seed/nocloud/"
+    rm -f "$root/etc/network/interfaces.d/50-cloud-init" "$root"/etc/systemd/network/10-cloud-init-*
+    printf 'datasource_list: [ NoCloud ]\n' > "$root/etc/cloud/cloud.cfg.d/99-kiln-test.cfg"
+    stage=--local
+else
+    cat > "$root/etc/cloud/cloud.cfg.d/99-kiln-test.cfg" <<CONFIG
 datasource_list: [ NoCloud ]
 datasource:
   NoCloud:
@@ -29,8 +39,10 @@ datasource:
 network:
   config: disabled
 CONFIG
+    stage=
+fi
 hostname before-cloud-init
-if ! chroot "$root" cloud-init init > "$root/tmp/cloud-init.out" 2>&1; then
+if ! chroot "$root" cloud-init init $stage > "$root/tmp/cloud-init.out" 2>&1; then
     cat "$root/tmp/cloud-init.out"
     tail -n 60 "$root/var/log/cloud-init.log"
     exit 1
@@ -38,6 +50,8 @@ fi
 echo "hostname: $(hostname)"
 echo "etc-hostname: $(cat "$root/etc/hostname")"
 echo "authorized_keys:"
-cat "$root/root/.ssh/authorized_keys"
+cat "$root/root/.ssh/authorized_keys" 2>/dev/null || true
+echo "network files:"
+cat "$root/etc/network/interfaces.d/50-cloud-init" "$root"/etc/systemd/network/10-cloud-init-* 2>/dev/null || true
 echo "warnings:"
 grep -E "WARNING|Traceback" "$root/var/log/cloud-init.log" || true
