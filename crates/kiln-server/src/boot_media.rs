@@ -32,8 +32,9 @@ pub(crate) enum BootMediumError {
     #[error("reading {url} from the image store")]
     Read {
         url: String,
+        /// Boxed: the store's error is large, and this one travels through every medium step.
         #[source]
-        source: kiln_image_store::BlobError,
+        source: Box<kiln_image_store::BlobError>,
     },
     #[error("copying {url} from the image store to {path}")]
     Copy {
@@ -78,6 +79,17 @@ impl BootMedia {
         &self.state.boot.media_dir
     }
 
+    /// The media directory, made (owner only) if it is not there yet.
+    fn made_directory(&self) -> Result<PathBuf, BootMediumError> {
+        let directory = self.directory().to_owned();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&directory)
+            .map_err(|source| BootMediumError::Directory { path: directory.clone(), source })?;
+        Ok(directory)
+    }
+
     /// Makes `node`'s medium for what it boots now and returns its URL; its older media go.
     async fn prepare(&self, node: &Node) -> Result<String, BootMediumError> {
         let plan = kiln_api::boot::boot_medium_plan(&self.state, node)
@@ -94,12 +106,7 @@ impl BootMedia {
             return Err(nothing("its boot parameters name no kernel and initramfs"));
         };
         let boot = KernelBoot { command_line: medium_command_line(&boot.command_line, StaticNetwork::of_node(node).as_ref()), ..boot };
-        let directory = self.directory().to_owned();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&directory)
-            .map_err(|source| BootMediumError::Directory { path: directory.clone(), source })?;
+        let directory = self.made_directory()?;
         let work = tempfile::tempdir_in(&directory).map_err(|source| BootMediumError::Directory { path: directory.clone(), source })?;
         let kernel = work.path().join("kernel");
         let initrd = work.path().join("initrd");
@@ -132,15 +139,10 @@ impl BootMedia {
     /// the node has no static address.
     async fn prepare_seed(&self, node: &Node) -> Result<Option<String>, BootMediumError> {
         let Some(documents) = kiln_api::cloud_init::seed_documents(&self.state, node) else {
-            tracing::info!(node = %node.name, interfaces = ?node.interfaces, "the node has no static address: no cloud-init seed");
+            tracing::debug!(node = %node.name, "the node has no static address: no cloud-init seed");
             return Ok(None);
         };
-        let directory = self.directory().to_owned();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&directory)
-            .map_err(|source| BootMediumError::Directory { path: directory.clone(), source })?;
+        let directory = self.made_directory()?;
         // Not a secret (the seed holds no secrets), but named as the other media are, so
         // that the eject's sweep removes it.
         let name = format!("{}.{}.iso", node.id, kiln_auth::mint_token());
@@ -163,8 +165,13 @@ impl BootMedia {
             .await
             .ok_or_else(|| BootMediumError::NotAnArtifact { url: url.to_owned() })?;
         let fetch_error = |source| BootMediumError::Copy { url: url.to_owned(), path: path.to_owned(), source };
-        let read =
-            self.state.images.blobs.read(&blob, None).await.map_err(|source| BootMediumError::Read { url: url.to_owned(), source })?;
+        let read = self
+            .state
+            .images
+            .blobs
+            .read(&blob, None)
+            .await
+            .map_err(|source| BootMediumError::Read { url: url.to_owned(), source: Box::new(source) })?;
         let mut file = tokio::fs::File::create(path).await.map_err(fetch_error)?;
         let mut stream = read.stream;
         while let Some(chunk) = stream.next().await {
