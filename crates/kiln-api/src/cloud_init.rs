@@ -396,6 +396,10 @@ fn inputs<'a>(state: &ApiState, view: &'a InventoryView, node: &'a Node, token: 
     }
 }
 
+/// user-data: an empty mapping rather than nothing, as cloud-init warns about an empty
+/// cloud-config.
+const EMPTY_USER_DATA: &str = "#cloud-config\n{}\n";
+
 /// The NoCloud seed of a node that boots with no DHCP: the documents it would fetch from
 /// `/cloud-init/` (meta-data without secrets, user-data, vendor-data, whose group configs it
 /// then fetches over the network it has configured), and its `network-config`. `None` when
@@ -406,7 +410,7 @@ pub fn seed_documents(state: &ApiState, node: &Node) -> Option<Vec<(&'static str
     let inputs = inputs(state, &view, node, None);
     Some(vec![
         ("meta-data", kiln_boot::cloud_init::to_yaml(&kiln_boot::cloud_init::meta_data(&inputs))),
-        ("user-data", "#cloud-config\n{}\n".to_owned()),
+        ("user-data", EMPTY_USER_DATA.to_owned()),
         ("vendor-data", kiln_boot::cloud_init::vendor_data(&inputs.base_url, &inputs.groups)),
         ("network-config", network_config),
     ])
@@ -424,8 +428,7 @@ fn serve(state: &ApiState, view: &InventoryView, requester: Requester<'_>, docum
                 None => yaml(state.cloud_init_cache.get_or_render(view, &node.id, render)),
             }
         }
-        // An empty mapping rather than nothing: cloud-init warns about an empty cloud-config.
-        Document::UserData => text("#cloud-config\n{}\n".to_owned()),
+        Document::UserData => text(EMPTY_USER_DATA.to_owned()),
         Document::VendorData => {
             let inputs = inputs(state, view, node, requester.token);
             text(kiln_boot::cloud_init::vendor_data(&inputs.base_url, &inputs.groups))

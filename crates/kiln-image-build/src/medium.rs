@@ -77,21 +77,37 @@ pub fn build_seed_medium(files: &[(&str, &[u8])], output: &Path) -> Result<(), M
         let path = work.path().join(name);
         std::fs::write(&path, contents).map_err(|source| MediumError::Write { path: path.clone(), source })?;
     }
+    // Rock Ridge and Joliet keep the names as they are (`meta-data`, not `META_DAT`).
+    let mut xorriso = Command::new("xorriso");
+    xorriso.args(["-as", "mkisofs", "-quiet", "-volid", SEED_LABEL, "-joliet", "-rock", "-o"]);
+    write_whole(output, xorriso, work.path(), Tool::Xorriso)
+}
+
+/// The program that writes an ISO.
+#[derive(Clone, Copy)]
+enum Tool {
+    GrubMkrescue,
+    Xorriso,
+}
+
+/// Runs `command` with a temporary file beside `output` and then `tree` as its last
+/// arguments, and renames that file into place once synced: `output` is whole or absent.
+fn write_whole(output: &Path, mut command: Command, tree: &Path, tool: Tool) -> Result<(), MediumError> {
     let directory = output.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let partial = tempfile::Builder::new()
-        .prefix(".seed-")
+        .prefix(".medium-")
         .tempfile_in(directory)
         .map_err(|source| MediumError::Write { path: directory.to_owned(), source })?;
-    // Rock Ridge and Joliet keep the names as they are (`meta-data`, not `META_DAT`).
-    let result = Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-volid", SEED_LABEL, "-joliet", "-rock", "-o"])
-        .arg(partial.path())
-        .arg(work.path())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| MediumError::StartXorriso { source })?;
+    let result = command.arg(partial.path()).arg(tree).stdin(Stdio::null()).output().map_err(|source| match tool {
+        Tool::GrubMkrescue => MediumError::Start { source },
+        Tool::Xorriso => MediumError::StartXorriso { source },
+    })?;
     if !result.status.success() {
-        return Err(MediumError::Xorriso { status: result.status, message: String::from_utf8_lossy(&result.stderr).trim().to_owned() });
+        let (status, message) = (result.status, String::from_utf8_lossy(&result.stderr).trim().to_owned());
+        return Err(match tool {
+            Tool::GrubMkrescue => MediumError::Tool { status, message },
+            Tool::Xorriso => MediumError::Xorriso { status, message },
+        });
     }
     partial.as_file().sync_all().map_err(|source| MediumError::Write { path: partial.path().to_owned(), source })?;
     partial.persist(output).map_err(|error| MediumError::Write { path: output.to_owned(), source: error.error })?;
@@ -126,24 +142,9 @@ pub fn build_boot_medium(contents: MediumContents<'_>, output: &Path) -> Result<
     copy(contents.initrd, &on_medium(initrd_path))?;
     write(&on_medium(archive_path), contents.boot_archive)?;
     write(&tree.join("boot/grub/grub.cfg"), contents.grub_config.as_bytes())?;
-    let directory = output.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let partial = tempfile::Builder::new()
-        .prefix(".medium-")
-        .tempfile_in(directory)
-        .map_err(|source| MediumError::Write { path: directory.to_owned(), source })?;
-    let result = Command::new("grub-mkrescue")
-        // No translations, fonts or themes: a medium that boots one kernel at once needs none,
-        // and they are most of its size otherwise.
-        .args(["--locales=", "--fonts=", "--themes=", "-o"])
-        .arg(partial.path())
-        .arg(&tree)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| MediumError::Start { source })?;
-    if !result.status.success() {
-        return Err(MediumError::Tool { status: result.status, message: String::from_utf8_lossy(&result.stderr).trim().to_owned() });
-    }
-    partial.as_file().sync_all().map_err(|source| MediumError::Write { path: partial.path().to_owned(), source })?;
-    partial.persist(output).map_err(|error| MediumError::Write { path: output.to_owned(), source: error.error })?;
-    Ok(())
+    let mut grub_mkrescue = Command::new("grub-mkrescue");
+    // No translations, fonts or themes: a medium that boots one kernel at once needs none,
+    // and they are most of its size otherwise.
+    grub_mkrescue.args(["--locales=", "--fonts=", "--themes=", "-o"]);
+    write_whole(output, grub_mkrescue, &tree, Tool::GrubMkrescue)
 }

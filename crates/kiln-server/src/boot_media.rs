@@ -115,23 +115,36 @@ impl BootMedia {
         let grub_config = kiln_boot::medium_grub_config(&boot, &node.name);
         let archive = kiln_boot::medium::newc_archive(&[]).expect("an empty archive fits");
         // The name is the medium's only secret (it can carry an agent token): 256 random bits.
-        let name = format!("{}.{}.iso", node.id, kiln_auth::mint_token());
-        let output = directory.join(&name);
-        let built = output.clone();
-        tokio::task::spawn_blocking(move || {
-            let contents = kiln_image_build::medium::MediumContents {
-                kernel: &kernel,
-                initrd: &initrd,
-                boot_archive: &archive,
-                grub_config: &grub_config,
-            };
-            kiln_image_build::medium::build_boot_medium(contents, &built)
-        })
-        .await
-        .expect("building a medium does not panic")
-        .map_err(BootMediumError::Build)?;
-        self.remove_except(node, Some(&name)).await?;
+        let url = self
+            .publish(node, move |output| {
+                let contents = kiln_image_build::medium::MediumContents {
+                    kernel: &kernel,
+                    initrd: &initrd,
+                    boot_archive: &archive,
+                    grub_config: &grub_config,
+                };
+                kiln_image_build::medium::build_boot_medium(contents, output)
+            })
+            .await?;
         tracing::info!(node = %node.name, purpose = ?boot.purpose, "boot medium made");
+        Ok(url)
+    }
+
+    /// Builds a medium of `node` under a new name in the media directory (256 random bits:
+    /// a medium can carry an agent token), removes the node's other media, and returns the
+    /// URL the boot listener serves it at.
+    async fn publish(
+        &self,
+        node: &Node,
+        build: impl FnOnce(&Path) -> Result<(), kiln_image_build::medium::MediumError> + Send + 'static,
+    ) -> Result<String, BootMediumError> {
+        let name = format!("{}.{}.iso", node.id, kiln_auth::mint_token());
+        let output = self.made_directory()?.join(&name);
+        tokio::task::spawn_blocking(move || build(&output))
+            .await
+            .expect("building a medium does not panic")
+            .map_err(BootMediumError::Build)?;
+        self.remove_except(node, Some(&name)).await?;
         Ok(format!("{}{}/{name}", self.state.boot.public_url, kiln_api::routes::BOOT_MEDIA_PREFIX))
     }
 
@@ -142,21 +155,14 @@ impl BootMedia {
             tracing::debug!(node = %node.name, "the node has no static address: no cloud-init seed");
             return Ok(None);
         };
-        let directory = self.made_directory()?;
-        // Not a secret (the seed holds no secrets), but named as the other media are, so
-        // that the eject's sweep removes it.
-        let name = format!("{}.{}.iso", node.id, kiln_auth::mint_token());
-        let output = directory.join(&name);
-        tokio::task::spawn_blocking(move || {
-            let files: Vec<(&str, &[u8])> = documents.iter().map(|(name, text)| (*name, text.as_bytes())).collect();
-            kiln_image_build::medium::build_seed_medium(&files, &output)
-        })
-        .await
-        .expect("building a seed does not panic")
-        .map_err(BootMediumError::Build)?;
-        self.remove_except(node, Some(&name)).await?;
+        let url = self
+            .publish(node, move |output| {
+                let files: Vec<(&str, &[u8])> = documents.iter().map(|(name, text)| (*name, text.as_bytes())).collect();
+                kiln_image_build::medium::build_seed_medium(&files, output)
+            })
+            .await?;
         tracing::info!(node = %node.name, "cloud-init seed made");
-        Ok(Some(format!("{}{}/{name}", self.state.boot.public_url, kiln_api::routes::BOOT_MEDIA_PREFIX)))
+        Ok(Some(url))
     }
 
     /// Copies the artifact behind `url` out of the image store (local or S3) to `path`.
